@@ -1,0 +1,7 @@
+"""``python -m medfuse`` (and ``torchrun -m medfuse``)."""
+
+import sys
+
+from medfuse.cli import main
+
+sys.exit(main())

@@ -1,0 +1,242 @@
+"""The Python API: ``train``, ``evaluate``, ``load`` (see ``medfuse.predict``)."""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medfuse.config import Spec, complete_spec, load_spec, parse_spec
+from medfuse.data import DataBundle, Split, load_data
+from medfuse.package import read_meta, save_package
+from medfuse.preprocess import channel_axis, fit_stats
+from medfuse.train.metrics import SUMMARY_KEYS, choose_threshold, compute_metrics, probabilities
+from medfuse.train.trainer import (
+    HISTORY,
+    Tensors,
+    Trainer,
+    predict_logits,
+    resolve_device,
+    to_tensors,
+)
+
+log = logging.getLogger("medfuse")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def prepare_data(spec: Spec, data_dir: str | Path | None = None) -> tuple[Spec, DataBundle]:
+    """Load the spec's data source and complete the spec (modalities, labels, default branches)."""
+    bundle = load_data(
+        spec.data.source,
+        spec.data.options,
+        data_root=data_dir,
+        modalities=spec.modalities or None,
+        task=spec.task.type,
+        on_bad_row=spec.data.on_bad_row,
+        seed=spec.train.seed,
+    )
+    if bundle.task != spec.task.type:
+        from medfuse.errors import SpecError
+
+        raise SpecError(
+            "task.type", f"the data is {bundle.task!r} but the spec says {spec.task.type!r}"
+        )
+    return complete_spec(spec, bundle.modalities, bundle.labels), bundle
+
+
+def fit_preprocessing(spec: Spec, train: Split, info: dict[str, Any]) -> dict[str, Any]:
+    axes = {
+        m: channel_axis(spec.modalities[m].kind, bool(spec.modalities[m].sequence))
+        for m in spec.modalities
+    }
+    stats = fit_stats(train.arrays, train.masks, axes)
+    for m, cats in (info.get("categories") or {}).items():
+        if cats:
+            stats[m]["categories"] = cats
+    return stats
+
+
+def threshold_for(spec: Spec, y_val: np.ndarray, p_val: np.ndarray) -> dict[str, Any]:
+    t = spec.threshold
+    if spec.task.type != "binary":
+        return {"method": "argmax" if spec.task.type == "multiclass" else "fixed", "value": 0.5}
+    value = choose_threshold(y_val, p_val, t.method, t.target, t.value)
+    return {"method": t.method, "target": t.target, "value": value, "chosen_on": "val"}
+
+
+def split_metrics(
+    model: torch.nn.Module,
+    spec: Spec,
+    data: Tensors,
+    threshold: float,
+    device: torch.device,
+    *,
+    branches: bool = True,
+) -> dict[str, Any]:
+    """Fused metrics, plus each branch alone (its auxiliary head) and each modality removed."""
+    task, labels = spec.task.type, spec.task.labels
+    y = data.y.numpy()
+    logits, per = predict_logits(model, data, device, bf16=spec.train.bf16, branches=branches)
+    out = compute_metrics(task, y, probabilities(task, logits), threshold, labels)
+    if branches:
+        out["branches"] = {}
+        for m, lg in per.items():
+            present = data.masks[m].numpy() > 0
+            if present.sum() >= 2:
+                mm = compute_metrics(
+                    task, y[present], probabilities(task, lg[present]), threshold, labels
+                )
+                out["branches"][m] = {k: mm[k] for k in SUMMARY_KEYS if k in mm}
+        if len(spec.modalities) > 1:
+            out["without"] = {}
+            for m in spec.modalities:
+                masks = {k: (torch.zeros_like(v) if k == m else v) for k, v in data.masks.items()}
+                inputs = {k: (torch.zeros_like(v) if k == m else v) for k, v in data.inputs.items()}
+                lg, _ = predict_logits(
+                    model, Tensors(inputs, masks, data.y), device, bf16=spec.train.bf16
+                )
+                mm = compute_metrics(task, y, probabilities(task, lg), threshold, labels)
+                out["without"][m] = {k: mm[k] for k in SUMMARY_KEYS if k in mm}
+    return out
+
+
+@dataclass
+class TrainResult:
+    package: Path
+    metrics: dict[str, Any]
+    seconds: float
+
+
+def train(
+    spec: Spec | dict[str, Any] | str | Path,
+    *,
+    out: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    device: str = "auto",
+    seed: int | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    overrides: list[str] | None = None,
+    command: str | None = None,
+) -> TrainResult:
+    """Train the composite a spec describes and save it as a package (returned with its metrics)."""
+    t0 = time.perf_counter()
+    if isinstance(spec, str | Path):
+        spec = load_spec(spec, overrides)
+    else:
+        spec = parse_spec(spec)
+    if seed is not None:
+        d = spec.to_dict()
+        d["train"]["seed"] = int(seed)
+        spec = parse_spec(d)
+    seed_everything(spec.train.seed)
+    spec, bundle = prepare_data(spec, data_dir)
+    dev = resolve_device(device)
+    out = Path(out) if out is not None else Path("runs") / spec.name
+    workdir = out.with_name(out.name + ".train")
+    stats = fit_preprocessing(spec, bundle.train, bundle.info)
+    train_t, val_t = to_tensors(bundle.train, stats), to_tensors(bundle.val, stats)
+    from medfuse.models import build_model
+
+    seed_everything(spec.train.seed)
+    model = build_model(spec)
+    trainer = Trainer(model, spec, train_t, val_t, device=dev, workdir=workdir, progress=progress)
+    trainer.fit(resume=resume)
+    model = trainer.model.eval()
+    task = spec.task.type
+    val_logits, _ = predict_logits(model, val_t, dev, bf16=spec.train.bf16)
+    thr = threshold_for(spec, bundle.val.y, probabilities(task, val_logits))
+    metrics = {"val": split_metrics(model, spec, val_t, thr["value"], dev)}
+    if bundle.test is not None:
+        metrics["test"] = split_metrics(
+            model, spec, to_tensors(bundle.test, stats), thr["value"], dev
+        )
+    seconds = time.perf_counter() - t0
+    training = {
+        "stages": trainer.stage_results,
+        "seconds": round(seconds, 2),
+        "device": str(dev),
+        "seed": spec.train.seed,
+        "samples": {
+            "train": len(bundle.train),
+            "val": len(bundle.val),
+            "test": len(bundle.test) if bundle.test else 0,
+        },
+        "command": command,
+    }
+    extra = {}
+    if (workdir / HISTORY).exists():
+        extra[HISTORY] = (workdir / HISTORY).read_bytes()
+    data_info = {
+        k: v for k, v in bundle.info.items() if k in ("name", "synthetic", "file", "options")
+    }
+    data_info["bad_rows"] = len(bundle.info.get("bad_rows", []))
+    pkg = save_package(
+        out,
+        model=model,
+        spec=spec,
+        preprocessing=stats,
+        threshold=thr,
+        metrics=metrics,
+        training=training,
+        data_info=data_info,
+        extra_files=extra,
+    )
+    shutil.rmtree(workdir, ignore_errors=True)
+    return TrainResult(pkg, metrics, seconds)
+
+
+def evaluate(
+    package: str | Path,
+    *,
+    split: str = "test",
+    data_dir: str | Path | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Metrics of a package on a split of its own data source (threshold and calibration applied)."""
+    from medfuse.predict import load
+
+    pred = load(package, device=device)
+    spec = pred.spec
+    bundle = load_data(
+        spec.data.source,
+        spec.data.options,
+        data_root=data_dir,
+        modalities=spec.modalities,
+        task=spec.task.type,
+        on_bad_row=spec.data.on_bad_row,
+        seed=spec.train.seed,
+    )
+    data = bundle.split(split)
+    stats = pred.meta["preprocessing"]
+    t = to_tensors(data, stats)
+    out = split_metrics(pred.model, spec, t, pred.threshold, pred.device)
+    if pred.temperature != 1.0:
+        task = spec.task.type
+        p = pred.predict_proba(data)
+        cal = compute_metrics(task, data.y, p, pred.threshold, spec.task.labels)
+        out.update({k: cal[k] for k in ("ece", "brier") if k in cal})
+    out["split"] = split
+    return out
+
+
+def package_summary(path: str | Path) -> dict[str, Any]:
+    meta = read_meta(path)
+    return {
+        "name": meta["name"],
+        "task": meta["task"],
+        "labels": meta["labels"],
+        "parameters": meta.get("parameters"),
+    }

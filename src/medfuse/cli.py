@@ -1,0 +1,287 @@
+"""``medfuse <verb>``: each verb is a thin call into one API function.
+
+Verbs live in small modules that register themselves with ``@command``; ``COMMAND_MODULES`` lists
+the modules to import (one line per area, so areas do not collide).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from medfuse.errors import MedfuseError
+
+Handler = Callable[[argparse.Namespace], int | None]
+_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
+
+#: modules whose import registers more verbs (each area adds its own line)
+COMMAND_MODULES: list[str] = []
+
+
+def command(
+    name: str, help: str
+) -> Callable[
+    [Callable[[argparse.ArgumentParser], Handler]], Callable[[argparse.ArgumentParser], Handler]
+]:
+    """Register a verb: the decorated function adds its arguments and returns the handler."""
+
+    def deco(
+        setup: Callable[[argparse.ArgumentParser], Handler],
+    ) -> Callable[[argparse.ArgumentParser], Handler]:
+        if name in _COMMANDS:
+            raise ValueError(f"command {name!r} is already registered")
+        holder: dict[str, Handler] = {}
+
+        def add(p: argparse.ArgumentParser) -> None:
+            holder["h"] = setup(p)
+
+        _COMMANDS[name] = (help, add, lambda a: holder["h"](a))
+        return setup
+
+    return deco
+
+
+def console():
+    from rich.console import Console
+
+    return Console(stderr=False, soft_wrap=True)
+
+
+def metrics_table(title: str, rows: dict[str, dict[str, Any]], keys: tuple[str, ...]) -> Any:
+    from rich.table import Table
+
+    t = Table(title=title)
+    t.add_column("")
+    for k in keys:
+        t.add_column(k, justify="right")
+    for name, m in rows.items():
+        t.add_row(
+            name,
+            *[f"{m[k]:.4f}" if isinstance(m.get(k), float) else str(m.get(k, "")) for k in keys],
+        )
+    return t
+
+
+def _common_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="data root (default: $MEDFUSE_DATA_DIR or ~/.cache/medfuse)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+
+
+# ---- core verbs ---------------------------------------------------------------------------
+
+
+@command("train", "train a composite model from a spec and save a package")
+def _train(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument(
+        "config", help="spec YAML/JSON (or a shipped config name: synthetic, breastmnist, ...)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a spec field (repeatable)",
+    )
+    p.add_argument("--out", help="package directory (default runs/<name>)")
+    _common_data(p)
+    p.add_argument("--seed", type=int, help="overrides train.seed")
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run from its last checkpoint"
+    )
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    def run(a: argparse.Namespace) -> int:
+        from medfuse.api import train
+        from medfuse.train.metrics import SUMMARY_KEYS
+
+        res = train(
+            a.config,
+            out=a.out,
+            data_dir=a.data_dir,
+            device=a.device,
+            seed=a.seed,
+            resume=a.resume,
+            overrides=a.overrides,
+            command=" ".join(shlex.quote(x) for x in ["medfuse", *sys.argv[1:]]),
+        )
+        if a.json:
+            print(
+                json.dumps(
+                    {"package": str(res.package), "metrics": res.metrics}, indent=2, default=str
+                )
+            )
+            return 0
+        c = console()
+        rows = {s: res.metrics[s] for s in ("val", "test") if s in res.metrics}
+        c.print(metrics_table("metrics", rows, SUMMARY_KEYS))
+        c.print(f"package: {res.package}  ({res.seconds:.1f} s)")
+        return 0
+
+    return run
+
+
+@command("evaluate", "metrics of a package on its data's test or val split")
+def _evaluate(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument("package")
+    p.add_argument("--split", default="test", choices=["test", "val", "train"])
+    _common_data(p)
+    p.add_argument("--json", action="store_true", help="print JSON only")
+    p.add_argument("-o", "--output", help="also write the metrics JSON to this file")
+
+    def run(a: argparse.Namespace) -> int:
+        from medfuse.api import evaluate
+        from medfuse.train.metrics import SUMMARY_KEYS
+
+        m = evaluate(a.package, split=a.split, data_dir=a.data_dir, device=a.device)
+        text = json.dumps(m, indent=2, default=str)
+        if a.output:
+            Path(a.output).write_text(text)
+        if a.json:
+            print(text)
+            return 0
+        rows = {
+            "fused": m,
+            **{f"{k} only": v for k, v in m.get("branches", {}).items()},
+            **{f"without {k}": v for k, v in m.get("without", {}).items()},
+        }
+        console().print(
+            metrics_table(f"{a.package} ({a.split}, n={m.get('n')})", rows, SUMMARY_KEYS)
+        )
+        return 0
+
+    return run
+
+
+@command("predict", "probabilities and labels for new samples")
+def _predict(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument("package")
+    p.add_argument(
+        "--input",
+        required=True,
+        help="manifest .csv, .npz with one array per modality, or one image/signal file",
+    )
+    p.add_argument("--out", help="output .csv or .parquet (default: print)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=256)
+
+    def run(a: argparse.Namespace) -> int:
+        from medfuse.io import predict_file
+
+        df = predict_file(a.package, a.input, device=a.device, batch_size=a.batch_size)
+        if a.out:
+            out = Path(a.out)
+            df.to_parquet(out, index=False) if out.suffix == ".parquet" else df.to_csv(
+                out, index=False
+            )
+            console().print(f"{len(df)} predictions -> {out}")
+        else:
+            print(df.to_csv(index=False), end="")
+        return 0
+
+    return run
+
+
+@command("models", "the registered branches and fusions, with their parameters")
+def _models(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument("--json", action="store_true")
+
+    def run(a: argparse.Namespace) -> int:
+        from medfuse.models import BRANCHES, FUSIONS
+
+        out = {
+            "branches": {
+                n: {"doc": BRANCHES.doc(n), "params": BRANCHES.params(n, skip=("input_shape",))}
+                for n in BRANCHES.names()
+            },
+            "fusions": {
+                n: {
+                    "doc": FUSIONS.doc(n),
+                    "params": FUSIONS.params(n, skip=("feature_dims", "num_outputs")),
+                }
+                for n in FUSIONS.names()
+            },
+        }
+        if a.json:
+            print(json.dumps(out, indent=2, default=str))
+            return 0
+        from rich.table import Table
+
+        for family, items in out.items():
+            t = Table(title=family)
+            for col in ("name", "parameters (defaults)", "what"):
+                t.add_column(col)
+            for n, d in items.items():
+                t.add_row(n, ", ".join(f"{k}={v}" for k, v in d["params"].items()), d["doc"])
+            console().print(t)
+        return 0
+
+    return run
+
+
+@command(
+    "demo", "the main job on built-in defaults: a synthetic three-modality composite, end to end"
+)
+def _demo(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument("--out", default="runs/demo", help="package directory (default runs/demo)")
+    p.add_argument("--device", default="auto")
+
+    def run(a: argparse.Namespace) -> int:
+        from medfuse.demo import run_demo
+
+        run_demo(out=a.out, device=a.device, console=console())
+        return 0
+
+    return run
+
+
+# ---- entry point --------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    for mod in COMMAND_MODULES:
+        importlib.import_module(mod)
+    parser = argparse.ArgumentParser(
+        prog="medfuse",
+        description="Compose, train, compress and migrate multimodal medical models.",
+    )
+    from medfuse import __version__
+
+    parser.add_argument("--version", action="version", version=f"medfuse {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name, (help_, add, _) in _COMMANDS.items():
+        add(sub.add_parser(name, help=help_, description=help_))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s" if args.verbose else "%(message)s",
+        stream=sys.stderr,
+    )
+    if not args.verb:
+        parser.print_help()
+        return 2
+    try:
+        return int(_COMMANDS[args.verb][2](args) or 0)
+    except MedfuseError as err:
+        print(f"medfuse {args.verb}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,355 @@
+"""The spec: typed, validated, YAML/JSON round-trip, ``--set a.b=c`` overrides.
+
+A spec says what the model sees (modalities), how each modality is encoded (branches), how the
+encodings are fused, what is predicted (task) and how it is trained. Errors name the field path,
+the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medfuse.errors import SpecError, did_you_mean
+
+MODALITY_KINDS = ("image", "signal", "tabular")
+STAGES = ("end_to_end", "branches", "fusion", "finetune")
+DEFAULT_BRANCH = {"image": "cnn", "signal": "cnn1d", "tabular": "mlp"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TaskSpec(_Strict):
+    type: Literal["binary", "multiclass", "multilabel"] = "binary"
+    labels: list[str] | None = Field(
+        default=None,
+        description="Class names. Binary: [negative, positive]. Filled from the data when omitted.",
+    )
+
+
+class ModalitySpec(_Strict):
+    kind: Literal["image", "signal", "tabular"]
+    channels: int | None = Field(default=None, ge=1, description="image/signal channels")
+    size: list[int] | None = Field(default=None, description="image size [H, W] or [D, H, W]")
+    length: int | None = Field(default=None, ge=1, description="signal length in samples")
+    columns: list[str] | None = Field(default=None, description="tabular column names")
+    sequence: int | None = Field(
+        default=None, ge=1, description="number of elements when a sample is a sequence"
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> ModalitySpec:
+        need = {
+            "image": ("channels", "size"),
+            "signal": ("channels", "length"),
+            "tabular": ("columns",),
+        }
+        for name in need[self.kind]:
+            if getattr(self, name) is None:
+                raise ValueError(f"a {self.kind} modality needs '{name}'")
+        if self.size is not None and len(self.size) not in (2, 3):
+            raise ValueError(f"'size' must be [H, W] or [D, H, W]; got {self.size}")
+        return self
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one sample of this modality (no batch axis)."""
+        lead = (self.sequence,) if self.sequence else ()
+        if self.kind == "image":
+            return (*lead, self.channels, *self.size)  # type: ignore[misc]
+        if self.kind == "signal":
+            return (*lead, self.channels, self.length)  # type: ignore[return-value]
+        return (*lead, len(self.columns))  # type: ignore[arg-type]
+
+
+class BranchSpec(BaseModel):
+    """``type`` names a registered branch; every other key is a keyword of its builder."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class FusionSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str = "concat"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class HeadSpec(_Strict):
+    hidden: int = Field(default=64, ge=0, description="0 means a single linear layer")
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+
+
+class StageSpec(_Strict):
+    name: Literal["end_to_end", "branches", "fusion", "finetune"]
+    epochs: int | None = Field(default=None, ge=0)
+    lr: float | None = Field(default=None, gt=0)
+
+
+class EarlyStoppingSpec(_Strict):
+    metric: str = "auroc"
+    patience: int = Field(default=8, ge=1)
+    mode: Literal["max", "min"] = "max"
+
+
+class TrainSpec(_Strict):
+    epochs: int = Field(default=20, ge=0)
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    warmup_epochs: int = Field(default=0, ge=0)
+    stages: list[StageSpec] = Field(default_factory=lambda: [StageSpec(name="end_to_end")])
+    finetune_lr_scale: float = Field(default=0.1, gt=0)
+    early_stopping: EarlyStoppingSpec | None = Field(default_factory=EarlyStoppingSpec)
+    class_weights: Literal["none", "balanced"] = "none"
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(default=None, gt=0)
+    bf16: bool = False
+    seed: int = 0
+    modality_dropout: dict[str, float] = Field(
+        default_factory=dict, description="per-modality probability of masking it in training"
+    )
+    strategy: str = Field(default="single", description="single | ddp | fsdp | branch | hybrid")
+    placement: dict[str, str] = Field(default_factory=dict)
+    checkpoint_every: int = Field(
+        default=0, ge=0, description="steps between checkpoints; 0 = each epoch"
+    )
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _stage_shorthand(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"name": s} if isinstance(s, str) else s for s in v]
+        return v
+
+    @field_validator("modality_dropout")
+    @classmethod
+    def _rates(cls, v: dict[str, float]) -> dict[str, float]:
+        for k, r in v.items():
+            if not 0.0 <= r < 1.0:
+                raise ValueError(f"rate for {k!r} must be in [0, 1); got {r}")
+        return v
+
+
+class AugmentSpec(_Strict):
+    flip: bool = False
+    vflip: bool = False
+    rotate: float = Field(default=0.0, ge=0, description="max rotation in degrees")
+    translate: float = Field(default=0.0, ge=0, lt=0.5, description="max shift, fraction of size")
+    scale: float = Field(default=0.0, ge=0, lt=0.5, description="max zoom, fraction")
+    noise: float = Field(default=0.0, ge=0, description="Gaussian noise std on signals")
+
+
+class DataSpec(_Strict):
+    source: str = Field(description="medmnist:<name> | manifest:<file.csv> | synthetic | ...")
+    options: dict[str, Any] = Field(default_factory=dict)
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    on_bad_row: Literal["fail", "missing"] = "fail"
+
+
+class ThresholdSpec(_Strict):
+    method: Literal["youden", "sensitivity", "specificity", "fixed"] = "youden"
+    target: float | None = Field(default=None, gt=0, le=1)
+    value: float | None = Field(default=None, ge=0, le=1)
+
+
+class Spec(_Strict):
+    """The whole model specification; what ``medfuse train`` reads."""
+
+    name: str = "model"
+    task: TaskSpec = Field(default_factory=TaskSpec)
+    data: DataSpec
+    modalities: dict[str, ModalitySpec] = Field(default_factory=dict)
+    branches: dict[str, BranchSpec] = Field(default_factory=dict)
+    fusion: FusionSpec = Field(default_factory=FusionSpec)
+    head: HeadSpec = Field(default_factory=HeadSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    threshold: ThresholdSpec = Field(default_factory=ThresholdSpec)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @property
+    def num_outputs(self) -> int:
+        labels = self.task.labels or []
+        return 1 if self.task.type == "binary" else len(labels)
+
+
+def _format_validation_error(err: ValidationError, model: type[BaseModel]) -> SpecError:
+    e = err.errors()[0]
+    loc = [str(p) for p in e["loc"]]
+    path = ".".join(loc)
+    bad = e.get("input")
+    if e["type"] == "extra_forbidden":
+        # find the parent model to suggest the closest field name
+        parent: Any = model
+        for part in loc[:-1]:
+            field = getattr(parent, "model_fields", {}).get(part)
+            if field is None:
+                parent = None
+                break
+            ann = field.annotation
+            args = getattr(ann, "__args__", ())
+            parent = next(
+                (a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None
+            )
+            if parent is None:
+                break
+        allowed = sorted(getattr(parent, "model_fields", {})) if parent else []
+        hint = did_you_mean(loc[-1], allowed)
+        return SpecError(path, f"unknown field {loc[-1]!r}{hint} Allowed: {', '.join(allowed)}")
+    msg = e["msg"]
+    if e["type"] == "literal_error":
+        msg = msg.replace("Input should be", "must be one of")
+        if isinstance(bad, str):
+            import re
+
+            opts = re.findall(r"'([^']+)'", e["msg"])
+            msg += did_you_mean(bad, opts)
+    return SpecError(
+        path, f"{msg}; got {bad!r}" if bad is not None and not isinstance(bad, dict) else msg
+    )
+
+
+def parse_spec(data: dict[str, Any] | Spec) -> Spec:
+    """Validate a dict into a Spec; raises SpecError naming the field path."""
+    if isinstance(data, Spec):
+        return data
+    if not isinstance(data, dict):
+        raise SpecError("", f"a spec must be a mapping; got {type(data).__name__}")
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as err:
+        raise _format_validation_error(err, Spec) from None
+    _check_cross_fields(spec)
+    return spec
+
+
+def _check_cross_fields(spec: Spec) -> None:
+    if spec.task.labels is not None:
+        if spec.task.type == "binary" and len(spec.task.labels) != 2:
+            raise SpecError("task.labels", f"a binary task needs 2 labels; got {spec.task.labels}")
+        if spec.task.type != "binary" and len(spec.task.labels) < 2:
+            raise SpecError("task.labels", f"needs at least 2 labels; got {spec.task.labels}")
+    for name in spec.branches:
+        if spec.modalities and name not in spec.modalities:
+            raise SpecError(
+                f"branches.{name}",
+                f"no modality named {name!r}{did_you_mean(name, spec.modalities)} "
+                f"Modalities: {', '.join(spec.modalities)}",
+            )
+    for name in spec.train.modality_dropout:
+        if spec.modalities and name not in spec.modalities:
+            raise SpecError(f"train.modality_dropout.{name}", f"no modality named {name!r}")
+    if len(spec.train.stages) > 1 and any(s.name == "end_to_end" for s in spec.train.stages):
+        raise SpecError("train.stages", "'end_to_end' cannot be combined with other stages")
+    # branch and fusion parameters are checked against their registered builders
+    from medfuse.models import BRANCHES, FUSIONS
+
+    for name, b in spec.branches.items():
+        BRANCHES.check_params(b.type, b.params, path=f"branches.{name}", skip=("input_shape",))
+    FUSIONS.check_params(
+        spec.fusion.type, spec.fusion.params, path="fusion", skip=("feature_dims", "num_outputs")
+    )
+    if spec.threshold.method in ("sensitivity", "specificity") and spec.threshold.target is None:
+        raise SpecError(
+            "threshold.target", f"method {spec.threshold.method!r} needs a target in (0, 1]"
+        )
+
+
+def complete_spec(spec: Spec, modalities: dict[str, ModalitySpec], labels: list[str]) -> Spec:
+    """Fill modalities, labels and default branches from the data; checks they agree."""
+    d = spec.to_dict()
+    if spec.modalities:
+        for name, m in spec.modalities.items():
+            if name not in modalities:
+                raise SpecError(
+                    f"modalities.{name}",
+                    f"the data source provides no modality {name!r}{did_you_mean(name, modalities)} "
+                    f"It provides: {', '.join(modalities)}",
+                )
+            if m.kind != modalities[name].kind:
+                raise SpecError(
+                    f"modalities.{name}.kind",
+                    f"data has {modalities[name].kind!r}, spec says {m.kind!r}",
+                )
+        d["modalities"] = {n: modalities[n].model_dump(mode="json") for n in spec.modalities}
+    else:
+        d["modalities"] = {n: m.model_dump(mode="json") for n, m in modalities.items()}
+    if spec.task.labels is None:
+        d["task"]["labels"] = list(labels)
+    for name, m in d["modalities"].items():
+        d["branches"].setdefault(name, {"type": DEFAULT_BRANCH[m["kind"]]})
+    d["branches"] = {n: b for n, b in d["branches"].items() if n in d["modalities"]}
+    return parse_spec(d)
+
+
+def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict, creating mappings on the way."""
+    parts = dotted.split(".")
+    cur = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = cur.get(part)
+        if nxt is None:
+            nxt = cur[part] = {}
+        if not isinstance(nxt, dict):
+            raise SpecError(
+                ".".join(parts[: i + 1]), f"is {nxt!r}, not a mapping; cannot set {dotted}"
+            )
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``key.path=value`` strings; values parse as YAML (numbers, lists, booleans)."""
+    data = copy.deepcopy(data)
+    for item in overrides or []:
+        if "=" not in item:
+            raise SpecError("", f"--set expects key.path=value; got {item!r}")
+        key, raw = item.split("=", 1)
+        set_path(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    return data
+
+
+def load_spec_dict(path: str | Path) -> dict[str, Any]:
+    """Read YAML or JSON; a name without a path may be a shipped config (e.g. 'breastmnist')."""
+    p = Path(path)
+    if not p.exists():
+        shipped = Path(__file__).parent / "configs" / f"{p.stem}.yaml"
+        if p.parent == Path(".") and shipped.exists():
+            p = shipped
+        else:
+            raise SpecError("", f"config file not found: {path}")
+    text = p.read_text()
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        raise SpecError("", f"{p} is not valid YAML/JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise SpecError("", f"{p} must hold a mapping at the top level")
+    return data
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
+    return parse_spec(apply_overrides(load_spec_dict(path), overrides))

@@ -1,0 +1,79 @@
+"""The composite model: one branch per modality, a fusion, a head. Masks in, logits out."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from medfuse.config import Spec
+
+
+class CompositeModel(nn.Module):
+    """``forward(inputs, masks)``: ``inputs[m]`` is ``(B, *shape_m)``, ``masks[m]`` is ``(B,)``.
+
+    Each branch also has an auxiliary linear head (``aux_heads``) used by staged training to
+    train the branch alone, and by evaluation to score each branch as a single-modality model.
+    """
+
+    def __init__(self, spec: Spec) -> None:
+        super().__init__()
+        from medfuse.models import BRANCHES, FUSIONS
+
+        self.modalities = list(spec.modalities)
+        self.num_outputs = spec.num_outputs
+        self.branches = nn.ModuleDict()
+        for name in self.modalities:
+            b = spec.branches[name]
+            builder = BRANCHES.get(b.type, path=f"branches.{name}.type")
+            self.branches[name] = builder(input_shape=spec.modalities[name].shape, **b.params)
+        dims = {n: int(self.branches[n].out_features) for n in self.modalities}
+        self.aux_heads = nn.ModuleDict({n: nn.Linear(d, self.num_outputs) for n, d in dims.items()})
+        fbuild = FUSIONS.get(spec.fusion.type, path="fusion.type")
+        self.fusion = fbuild(feature_dims=dims, num_outputs=self.num_outputs, **spec.fusion.params)
+        width = int(self.fusion.out_features)
+        if spec.head.hidden > 0:
+            self.head: nn.Module = nn.Sequential(
+                nn.Linear(width, spec.head.hidden),
+                nn.ReLU(),
+                nn.Dropout(spec.head.dropout),
+                nn.Linear(spec.head.hidden, self.num_outputs),
+            )
+        else:
+            self.head = nn.Sequential(
+                nn.Dropout(spec.head.dropout), nn.Linear(width, self.num_outputs)
+            )
+
+    def encode(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Branch features ``{m: (B, D_m)}``."""
+        return {n: self.branches[n](inputs[n]) for n in self.modalities}
+
+    def fuse(
+        self, features: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        return self.head(self.fusion(features, masks))  # (B, num_outputs)
+
+    def forward(
+        self, inputs: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], aux: str = "none"
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits ``(B, num_outputs)``; with ``aux`` also each branch's auxiliary logits, computed
+        on features that are ``"detached"`` (probe only) or ``"attached"`` (train the branch)."""
+        features = self.encode(inputs)
+        logits = self.fuse(features, masks)
+        if aux == "none":
+            return logits
+        src = features if aux == "attached" else {n: f.detach() for n, f in features.items()}
+        return logits, self.branch_logits(src)
+
+    def branch_logits(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each branch alone, through its auxiliary head: ``{m: (B, num_outputs)}``."""
+        return {n: self.aux_heads[n](features[n]) for n in self.modalities}
+
+
+def build_model(spec: Spec) -> CompositeModel:
+    return CompositeModel(spec)
+
+
+def count_parameters(model: nn.Module, *, inference: bool = True) -> int:
+    """Parameters used at inference (auxiliary heads excluded when ``inference``)."""
+    skip = "aux_heads." if inference else "\0"
+    return sum(p.numel() for n, p in model.named_parameters() if not n.startswith(skip))

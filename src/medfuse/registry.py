@@ -1,0 +1,97 @@
+"""One small Registry class; one instance per family (branches, fusions, datasets, ...)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from medfuse.errors import SpecError, did_you_mean, not_allowed
+
+T = TypeVar("T", bound=Callable[..., Any])
+
+
+class Registry(Generic[T]):
+    """Name -> builder. Registering a name twice is an error (as in torchvision)."""
+
+    def __init__(self, family: str) -> None:
+        self.family = family
+        self._items: dict[str, T] = {}
+        self._docs: dict[str, str] = {}
+
+    def register(self, name: str, *, doc: str | None = None) -> Callable[[T], T]:
+        def deco(fn: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.family} {name!r} is already registered")
+            self._items[name] = fn
+            self._docs[name] = doc or (inspect.getdoc(fn) or "").split("\n")[0]
+            return fn
+
+        return deco
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def get(self, name: str, *, path: str = "") -> T:
+        if name not in self._items:
+            raise SpecError(path, not_allowed(self.family, name, self._items))
+        return self._items[name]
+
+    def doc(self, name: str) -> str:
+        return self._docs[name]
+
+    def params(self, name: str, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Keyword parameters a builder accepts, with their defaults (for `medfuse models`)."""
+        sig = inspect.signature(self.get(name))
+        out: dict[str, Any] = {}
+        for p in sig.parameters.values():
+            if p.kind is not inspect.Parameter.KEYWORD_ONLY or p.name in skip:
+                continue
+            out[p.name] = None if p.default is inspect.Parameter.empty else p.default
+        return out
+
+    def check_params(
+        self, name: str, params: dict[str, Any], *, path: str, skip: tuple[str, ...] = ()
+    ) -> None:
+        """Unknown or ill-typed keyword parameters become a SpecError naming the field path."""
+        sig = inspect.signature(self.get(name, path=f"{path}.type"))
+        allowed = {
+            p.name: p
+            for p in sig.parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in skip
+        }
+        for key, value in params.items():
+            if key not in allowed:
+                raise SpecError(
+                    f"{path}.{key}",
+                    f"{self.family} {name!r} has no parameter {key!r}{did_you_mean(key, allowed)} "
+                    f"Allowed: {', '.join(sorted(allowed)) or '(none)'}",
+                )
+            default = allowed[key].default
+            if default is inspect.Parameter.empty or default is None or value is None:
+                continue
+            ok = isinstance(value, type(default)) or (
+                isinstance(default, float)
+                and isinstance(value, int)
+                and not isinstance(value, bool)
+            )
+            if isinstance(default, bool) != isinstance(value, bool):
+                ok = False
+            if isinstance(default, tuple | list) and isinstance(value, tuple | list):
+                ok = True
+            if not ok:
+                raise SpecError(
+                    f"{path}.{key}",
+                    f"must be of type {type(default).__name__}; got {value!r} "
+                    f"({type(value).__name__}) instead",
+                )
+        missing = [
+            n
+            for n, p in allowed.items()
+            if p.default is inspect.Parameter.empty and n not in params
+        ]
+        if missing:
+            raise SpecError(f"{path}.{missing[0]}", f"required parameter of {self.family} {name!r}")

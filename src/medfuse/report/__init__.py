@@ -1,0 +1,1 @@
+"""Model card, clinical metrics with confidence intervals, plots and the HTML report."""

@@ -1,0 +1,59 @@
+"""The model card (``README.md`` inside a package)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from medfuse.train.metrics import SUMMARY_KEYS
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def model_card(meta: dict[str, Any], metrics: dict[str, Any]) -> str:
+    spec = meta["spec"]
+    data = meta.get("data", {})
+    synthetic = bool(data.get("synthetic"))
+    lines = [f"# Model card: {meta['name']}", ""]
+    if synthetic:
+        lines += [
+            "> **Trained on SYNTHETIC data (virtual patients).** Not for any clinical use.",
+            "",
+        ]
+    lines += [
+        f"- Task: {meta['task']}; labels: {', '.join(meta['labels'])}",
+        f"- Data: {data.get('name', spec['data']['source'])}",
+        "- Modalities: "
+        + ", ".join(
+            f"{n} ({m['kind']}, branch `{spec['branches'][n]['type']}`)"
+            for n, m in spec["modalities"].items()
+        ),
+        f"- Fusion: `{spec['fusion']['type']}`; parameters: {meta.get('parameters', '?'):,}",
+        f"- Decision threshold: {meta['threshold'].get('value', 0.5):.4f} ({meta['threshold'].get('method')}, chosen on validation)",
+        "- Versions: "
+        + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items() if k != "platform"),
+        "",
+        "## Metrics",
+        "",
+        "| split | " + " | ".join(SUMMARY_KEYS) + " |",
+        "|---|" + "---|" * len(SUMMARY_KEYS),
+    ]
+    for split in ("val", "test"):
+        if split in metrics:
+            lines.append(
+                f"| {split} | "
+                + " | ".join(_fmt(metrics[split].get(k, "")) for k in SUMMARY_KEYS)
+                + " |"
+            )
+    lines += [
+        "",
+        "## Intended use and limitations",
+        "",
+        "A research model. It has not been validated prospectively or cleared for clinical use. "
+        "Performance was measured on the test split named above only; expect it to differ on other "
+        "sites, devices and populations. Missing modalities are supported (presence masks), but "
+        "metrics with a modality removed may be much lower.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Trainer, stages, losses and metrics."""

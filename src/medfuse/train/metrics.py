@@ -1,0 +1,217 @@
+"""Clinical metrics (scikit-learn for the standard ones) and the decision threshold."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+from sklearn import metrics as skm
+
+ECE_BINS = 10
+
+
+def probabilities(task: str, logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Binary: (N,) P(positive); multiclass: (N, K) softmax; multilabel: (N, K) sigmoids."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    if task == "multiclass":
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+    p = 1.0 / (1.0 + np.exp(-z))
+    return p[:, 0] if task == "binary" and p.ndim == 2 else p
+
+
+def ece(y: np.ndarray, p: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Expected calibration error of P(y=1), equal-width bins over [0, 1]."""
+    y, p = np.asarray(y, float), np.asarray(p, float)
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        sel = idx == b
+        if sel.any():
+            total += sel.mean() * abs(p[sel].mean() - y[sel].mean())
+    return float(total)
+
+
+def top_label_ece(y: np.ndarray, p: np.ndarray, bins: int = ECE_BINS) -> float:
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(float)
+    return ece(correct, conf, bins)
+
+
+def youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
+    """Threshold maximising sensitivity + specificity - 1 on (validation) data."""
+    if len(np.unique(y)) < 2:
+        return 0.5
+    fpr, tpr, thr = skm.roc_curve(y, p)
+    j = tpr - fpr
+    best = int(np.argmax(j))
+    t = float(thr[best])
+    return float(min(max(t, 0.0), 1.0))
+
+
+def choose_threshold(
+    y: np.ndarray,
+    p: np.ndarray,
+    method: str = "youden",
+    target: float | None = None,
+    value: float | None = None,
+) -> float:
+    """Operating point on validation: Youden's J, a target sensitivity/specificity, or fixed."""
+    if method == "fixed":
+        return float(0.5 if value is None else value)
+    if method == "youden":
+        return youden_threshold(y, p)
+    fpr, tpr, thr = skm.roc_curve(y, p)
+    thr = np.clip(thr, 0.0, 1.0)
+    if method == "sensitivity":
+        ok = np.flatnonzero(tpr >= float(target))  # highest threshold reaching the target
+        return float(thr[ok[0]]) if len(ok) else float(thr[-1])
+    ok = np.flatnonzero(1 - fpr >= float(target))  # specificity: lowest threshold keeping it
+    return float(thr[ok[-1]]) if len(ok) else float(thr[0])
+
+
+def _safe(fn, *a, **k) -> float:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            v = float(fn(*a, **k))
+        return v if np.isfinite(v) else float("nan")
+    except ValueError:
+        return float("nan")
+
+
+def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
+    y = np.asarray(y).astype(int).ravel()
+    p = np.asarray(p, float).ravel()
+    pred = (p >= threshold).astype(int)
+    tn, fp, fn, tp = skm.confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    sens = tp / (tp + fn) if tp + fn else float("nan")
+    spec = tn / (tn + fp) if tn + fp else float("nan")
+    return {
+        "auroc": _safe(skm.roc_auc_score, y, p),
+        "auprc": _safe(skm.average_precision_score, y, p),
+        "accuracy": float((pred == y).mean()),
+        "balanced_accuracy": _safe(skm.balanced_accuracy_score, y, pred),
+        "sensitivity": float(sens),
+        "specificity": float(spec),
+        "ppv": float(tp / (tp + fp)) if tp + fp else float("nan"),
+        "npv": float(tn / (tn + fn)) if tn + fn else float("nan"),
+        "f1": _safe(skm.f1_score, y, pred, zero_division=0),
+        "ece": ece(y, p),
+        "brier": float(np.mean((p - y) ** 2)),
+        "threshold": float(threshold),
+        "confusion_matrix": [[int(tn), int(fp)], [int(fn), int(tp)]],
+        "n": len(y),
+    }
+
+
+def multiclass_metrics(
+    y: np.ndarray, p: np.ndarray, labels: list[str] | None = None
+) -> dict[str, Any]:
+    y = np.asarray(y).astype(int).ravel()
+    k = p.shape[1]
+    pred = p.argmax(axis=1)
+    present = np.unique(y)
+    cm = skm.confusion_matrix(y, pred, labels=list(range(k)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sens = np.diag(cm) / cm.sum(axis=1)
+        ppv = np.diag(cm) / cm.sum(axis=0)
+        spec = np.array(
+            [
+                (cm.sum() - cm[i].sum() - cm[:, i].sum() + cm[i, i]) / (cm.sum() - cm[i].sum())
+                for i in range(k)
+            ]
+        )
+    onehot = np.eye(k)[y]
+    auroc = (
+        _safe(skm.roc_auc_score, y, p, multi_class="ovr", average="macro", labels=list(range(k)))
+        if len(present) == k
+        else float(np.nanmean([_safe(skm.roc_auc_score, onehot[:, i], p[:, i]) for i in present]))
+    )
+    names = labels or [str(i) for i in range(k)]
+    return {
+        "auroc": auroc,
+        "auprc": float(
+            np.nanmean([_safe(skm.average_precision_score, onehot[:, i], p[:, i]) for i in present])
+        ),
+        "accuracy": float((pred == y).mean()),
+        "balanced_accuracy": float(np.nanmean(sens[present])),
+        "sensitivity": float(np.nanmean(sens[present])),
+        "specificity": float(np.nanmean(spec[present])),
+        "f1": _safe(skm.f1_score, y, pred, average="macro", labels=list(present), zero_division=0),
+        "kappa": _safe(skm.cohen_kappa_score, y, pred),
+        "ece": top_label_ece(y, p),
+        "brier": float(np.mean(np.sum((p - onehot) ** 2, axis=1))),
+        "per_class": {
+            names[i]: {
+                "sensitivity": float(sens[i]),
+                "ppv": float(ppv[i]),
+                "support": int(cm[i].sum()),
+            }
+            for i in range(k)
+        },
+        "confusion_matrix": cm.tolist(),
+        "n": len(y),
+    }
+
+
+def multilabel_metrics(
+    y: np.ndarray,
+    p: np.ndarray,
+    thresholds: float | list[float] = 0.5,
+    labels: list[str] | None = None,
+) -> dict[str, Any]:
+    y = np.asarray(y).astype(int)
+    k = y.shape[1]
+    thr = np.broadcast_to(np.asarray(thresholds, float), (k,))
+    per = [binary_metrics(y[:, i], p[:, i], float(thr[i])) for i in range(k)]
+    names = labels or [str(i) for i in range(k)]
+    keys = (
+        "auroc",
+        "auprc",
+        "accuracy",
+        "balanced_accuracy",
+        "sensitivity",
+        "specificity",
+        "f1",
+        "ece",
+        "brier",
+    )
+    out: dict[str, Any] = {key: float(np.nanmean([m[key] for m in per])) for key in keys}
+    out["per_label"] = {
+        names[i]: {key: per[i][key] for key in ("auroc", "auprc", "sensitivity", "specificity")}
+        for i in range(k)
+    }
+    out["n"] = len(y)
+    return out
+
+
+def compute_metrics(
+    task: str,
+    y: np.ndarray,
+    p: np.ndarray,
+    threshold: float | list[float] = 0.5,
+    labels: list[str] | None = None,
+) -> dict[str, Any]:
+    """The standard metric set for a task; names as in ``metrics.json``."""
+    if task == "binary":
+        return binary_metrics(y, p, float(threshold if np.isscalar(threshold) else threshold[0]))  # type: ignore[index]
+    if task == "multiclass":
+        return multiclass_metrics(y, p, labels)
+    return multilabel_metrics(y, p, threshold, labels)
+
+
+SUMMARY_KEYS = (
+    "auroc",
+    "auprc",
+    "accuracy",
+    "balanced_accuracy",
+    "sensitivity",
+    "specificity",
+    "f1",
+    "ece",
+    "brier",
+)
