@@ -1,0 +1,1 @@
+"""Exporters (ONNX, torch.export) and parity verification."""

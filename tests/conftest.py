@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny specs and a tiny trained package (built once per session), and the
+shared real-data root (tests that need it skip with a clear reason when it is absent)."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path | None:
+    for cand in (os.environ.get("MEDFUSE_DATA_DIR"), REPO.parent / "shared" / "data"):
+        if cand and Path(cand).is_dir():
+            return Path(cand)
+    return None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real medical datasets (../shared/data or $MEDFUSE_DATA_DIR); skips when absent."""
+    d = shared_data_dir()
+    if d is None:
+        pytest.skip(
+            "real data not found: set MEDFUSE_DATA_DIR or place ../shared/data beside the repo"
+        )
+    return d
+
+
+TINY_SYNTHETIC: dict[str, Any] = {
+    "name": "tiny",
+    "task": {"type": "binary"},
+    "data": {
+        "source": "synthetic",
+        "options": {
+            "n_train": 96,
+            "n_val": 48,
+            "n_test": 48,
+            "image_size": 16,
+            "signal_length": 32,
+            "signal_channels": 2,
+        },
+    },
+    "branches": {
+        "image": {"type": "cnn", "width": 4, "depth": 2, "out_features": 8},
+        "signal": {"type": "lstm", "hidden": 8, "out_features": 8},
+        "tabular": {"type": "mlp", "hidden": 8, "out_features": 4},
+    },
+    "fusion": {"type": "concat"},
+    "head": {"hidden": 8},
+    "train": {"epochs": 2, "batch_size": 32, "early_stopping": None},
+}
+
+
+@pytest.fixture
+def tiny_spec() -> dict[str, Any]:
+    """A three-modality synthetic spec that trains in about a second."""
+    return copy.deepcopy(TINY_SYNTHETIC)
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained three-modality package (synthetic, image+signal+tabular, LSTM signal branch)."""
+    from medfuse.api import train
+
+    out = tmp_path_factory.mktemp("pkg") / "tiny"
+    return train(copy.deepcopy(TINY_SYNTHETIC), out=out, device="cpu", progress=False).package

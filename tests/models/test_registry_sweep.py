@@ -1,0 +1,147 @@
+"""Every registered branch and fusion: forward, backward, a missing modality, save/load."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from medfuse.config import parse_spec
+from medfuse.models import BRANCHES, FUSIONS, build_model
+from medfuse.package import load_package, save_package
+
+SHAPES = {
+    "image": {"kind": "image", "channels": 1, "size": [16, 16]},
+    "signal": {"kind": "signal", "channels": 2, "length": 24},
+    "tabular": {"kind": "tabular", "columns": ["a", "b", "c"]},
+}
+KIND_OF_BRANCH = {}
+
+
+def _kind_for(branch: str) -> str:
+    """Which modality kind a branch accepts, found by trying (new branches need no edit here)."""
+    for kind, m in SHAPES.items():
+        spec = parse_spec(
+            {
+                "data": {"source": "synthetic"},
+                "task": {"labels": ["n", "p"]},
+                "modalities": {"x": m},
+                "branches": {"x": {"type": branch}},
+            }
+        )
+        try:
+            build_model(spec)
+            return kind
+        except Exception:
+            continue
+    raise AssertionError(f"branch {branch!r} accepts none of the test modalities")
+
+
+def _spec(branch: str, fusion: str, task: str = "binary") -> dict:
+    kind = _kind_for(branch)
+    mods = {"x": SHAPES[kind], "t": SHAPES["tabular"] if kind != "tabular" else SHAPES["image"]}
+    other = "mlp" if kind != "tabular" else "cnn"
+    labels = ["n", "p"] if task == "binary" else ["a", "b", "c"]
+    return {
+        "data": {"source": "synthetic"},
+        "task": {"type": task, "labels": labels},
+        "modalities": mods,
+        "branches": {"x": {"type": branch}, "t": {"type": other}},
+        "fusion": {"type": fusion},
+    }
+
+
+def _batch(spec, n: int = 4):
+    inputs = {m: torch.randn(n, *s.shape) for m, s in spec.modalities.items()}
+    masks = {m: torch.ones(n) for m in spec.modalities}
+    return inputs, masks
+
+
+@pytest.mark.parametrize("fusion", FUSIONS.names())
+@pytest.mark.parametrize("branch", BRANCHES.names())
+def test_forward_backward_missing_and_roundtrip(branch: str, fusion: str, tmp_path) -> None:
+    spec = parse_spec(_spec(branch, fusion))
+    torch.manual_seed(0)
+    model = build_model(spec)
+    inputs, masks = _batch(spec)
+    logits = model(inputs, masks)
+    assert logits.shape == (4, 1)
+    logits.sum().backward()
+    grads = [p.grad for n, p in model.named_parameters() if n.startswith("branches.x.")]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads), "no gradient reached the branch"
+
+    # a missing modality: zero tensor + mask 0 must give finite output, and the values of the
+    # absent modality must not matter
+    model.eval()
+    masks_missing = dict(masks, x=torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    a = model(
+        dict(inputs, x=inputs["x"] * masks_missing["x"].view(-1, *[1] * (inputs["x"].dim() - 1))),
+        masks_missing,
+    )
+    b = model(dict(inputs, x=torch.randn_like(inputs["x"]) * 5), masks_missing)
+    assert torch.isfinite(a).all()
+    assert torch.allclose(a[1], b[1], atol=1e-5) and torch.allclose(a[3], b[3], atol=1e-5)
+    all_missing = {m: torch.zeros(4) for m in masks}
+    assert torch.isfinite(
+        model({m: torch.zeros_like(v) for m, v in inputs.items()}, all_missing)
+    ).all()
+
+    # save/load: identical outputs
+    pkg = save_package(
+        tmp_path / "p",
+        model=model,
+        spec=spec,
+        preprocessing={},
+        threshold={"value": 0.5},
+        metrics={},
+    )
+    loaded = load_package(pkg).model
+    with torch.no_grad():
+        assert torch.equal(model(inputs, masks), loaded(inputs, masks))
+
+
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_multi_output_tasks(task: str) -> None:
+    spec = parse_spec(_spec("cnn", "concat", task))
+    model = build_model(spec)
+    inputs, masks = _batch(spec)
+    assert model(inputs, masks).shape == (4, 3)
+
+
+def test_duplicate_registration_is_an_error() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        BRANCHES.register("cnn")(lambda **k: None)
+
+
+def test_resnet18_is_resnet18_sized() -> None:
+    spec = parse_spec(
+        {
+            "data": {"source": "synthetic"},
+            "task": {"labels": ["n", "p"]},
+            "modalities": {"image": SHAPES["image"] | {"size": [28, 28]}},
+            "branches": {"image": {"type": "resnet18"}},
+        }
+    )
+    n = sum(p.numel() for p in build_model(spec).branches.parameters())
+    assert 10.5e6 < n < 11.5e6
+    # 28-px friendly: the last block still has spatial extent (stride-1 stem, no max-pool)
+    feats = (
+        build_model(spec)
+        .branches["image"]
+        .features(build_model(spec).branches["image"].stem(torch.randn(1, 1, 28, 28)))
+    )
+    assert feats.shape[-1] == 4
+
+
+def test_gated_weights_renormalise_over_present() -> None:
+    spec = parse_spec(_spec("cnn", "gated"))
+    model = build_model(spec).eval()
+    inputs, masks = _batch(spec)
+    masks["x"] = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    model(inputs, masks)
+    w = model.fusion.last_weights
+    assert np.allclose(w.sum(1).numpy(), 1.0, atol=1e-5)
+    assert (w[1, 0] == 0) and (w[3, 0] == 0)
+    _ = copy
