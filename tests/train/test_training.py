@@ -1,0 +1,143 @@
+"""Trainer: stages, metrics.jsonl, early stopping, bf16, and resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from medfuse.api import train
+
+
+def test_staged_training_records_each_stage(tiny_spec, tmp_path) -> None:
+    tiny_spec["train"]["stages"] = [
+        {"name": "branches", "epochs": 2},
+        {"name": "fusion", "epochs": 1},
+        {"name": "finetune", "epochs": 1},
+    ]
+    res = train(tiny_spec, out=tmp_path / "p", device="cpu", progress=False)
+    meta = json.loads((res.package / "medfuse.json").read_text())
+    stages = [s["stage"] for s in meta["training"]["stages"]]
+    assert stages == ["branches", "fusion", "finetune"]
+    lines = [json.loads(x) for x in (res.package / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in lines] == ["branches", "branches", "fusion", "finetune"]
+    assert all("auroc" in r["val"] and "train_loss" in r for r in lines)
+    assert set(res.metrics["test"]["branches"]) == {"image", "signal", "tabular"}
+    assert set(res.metrics["test"]["without"]) == {"image", "signal", "tabular"}
+
+
+def test_fusion_stage_freezes_branches(tiny_spec, tmp_path) -> None:
+    """After a fusion-only stage the branch weights are exactly the initial ones."""
+    import torch
+
+    from medfuse.api import prepare_data
+    from medfuse.config import parse_spec
+    from medfuse.models import build_model
+
+    tiny_spec["train"]["stages"] = [{"name": "fusion", "epochs": 2}]
+    res = train(tiny_spec, out=tmp_path / "p", device="cpu", progress=False)
+    spec, _ = prepare_data(parse_spec(tiny_spec))
+    torch.manual_seed(spec.train.seed)
+    init = build_model(spec).state_dict()
+    trained = load_file(str(res.package / "model.safetensors"))
+    branch_keys = [k for k in init if k.startswith("branches.") and "num_batches" not in k]
+    assert branch_keys and all(torch.equal(init[k], trained[k]) for k in branch_keys)
+    assert any(not torch.equal(init[k], trained[k]) for k in init if k.startswith("head."))
+
+
+def test_early_stopping_stops_and_restores_best(tiny_spec, tmp_path) -> None:
+    tiny_spec["train"].update(epochs=30, early_stopping={"metric": "auroc", "patience": 1}, lr=0.05)
+    res = train(tiny_spec, out=tmp_path / "p", device="cpu", progress=False)
+    meta = json.loads((res.package / "medfuse.json").read_text())
+    st = meta["training"]["stages"][0]
+    assert st["early_stopped"] and st["epochs_run"] < 30
+    hist = [json.loads(x) for x in (res.package / "metrics.jsonl").read_text().splitlines()]
+    best = max(h["score"] for h in hist)
+    assert abs(res.metrics["val"]["auroc"] - best) < 1e-9
+
+
+def test_bf16_autocast_trains(tiny_spec, tmp_path) -> None:
+    tiny_spec["train"]["bf16"] = True
+    tiny_spec["train"]["epochs"] = 1
+    res = train(tiny_spec, out=tmp_path / "p", device="cpu", progress=False)
+    assert 0.0 <= res.metrics["test"]["auroc"] <= 1.0
+
+
+def test_modality_dropout_and_class_weights(tiny_spec, tmp_path) -> None:
+    tiny_spec["train"].update(
+        modality_dropout={"image": 0.5}, class_weights="balanced", schedule="onecycle"
+    )
+    res = train(tiny_spec, out=tmp_path / "p", device="cpu", progress=False)
+    assert "without" in res.metrics["test"]
+
+
+def _run(cfg, out, *extra):
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "medfuse",
+            "train",
+            str(cfg),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_resume_after_kill_9_matches_uninterrupted_run(tiny_spec, tmp_path) -> None:
+    """kill -9 mid-run, then --resume: the final weights equal those of a run never interrupted."""
+    tiny_spec["train"].update(epochs=12, early_stopping=None)
+    tiny_spec["data"]["options"].update(n_train=256)
+    cfg = tmp_path / "spec.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_spec))
+    ref = _run(cfg, tmp_path / "ref")
+    assert ref.wait(timeout=300) == 0, ref.stderr.read()
+
+    out = tmp_path / "run"
+    proc = _run(cfg, out)
+    ckpt = tmp_path / "run.train" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        hist = tmp_path / "run.train" / "metrics.jsonl"
+        if ckpt.exists() and hist.exists() and len(hist.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "medfuse.json").exists(), "killed run must not leave a complete package"
+    assert ckpt.exists()
+    done_before = len((tmp_path / "run.train" / "metrics.jsonl").read_text().splitlines())
+    assert done_before < 12
+
+    resumed = _run(cfg, out, "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    a = load_file(str(tmp_path / "ref" / "model.safetensors"))
+    b = load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k].float() - b[k].float()).abs().max() <= 1e-6, k
+    hist = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in hist] == list(range(1, 13))
+
+
+@pytest.mark.slow
+def test_synthetic_fusion_beats_every_single_branch(tmp_path) -> None:
+    """The shipped synthetic config: fused test AUROC exceeds the best branch by >= 0.05."""
+    res = train("configs/synthetic.yaml", out=tmp_path / "syn", device="cpu", progress=False)
+    test = res.metrics["test"]
+    best = max(v["auroc"] for v in test["branches"].values())
+    assert test["auroc"] - best >= 0.05
