@@ -1,0 +1,80 @@
+"""Metric definitions against scikit-learn, and the decision threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn import metrics as skm
+
+from medfuse.train.metrics import (
+    choose_threshold,
+    compute_metrics,
+    ece,
+    probabilities,
+    youden_threshold,
+)
+
+
+def test_binary_metrics_match_sklearn() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    p = np.clip(0.3 * y + rng.random(300) * 0.7, 0, 1)
+    m = compute_metrics("binary", y, p, 0.5)
+    pred = (p >= 0.5).astype(int)
+    assert np.isclose(m["auroc"], skm.roc_auc_score(y, p))
+    assert np.isclose(m["auprc"], skm.average_precision_score(y, p))
+    assert np.isclose(m["accuracy"], skm.accuracy_score(y, pred))
+    assert np.isclose(m["balanced_accuracy"], skm.balanced_accuracy_score(y, pred))
+    assert np.isclose(m["sensitivity"], skm.recall_score(y, pred))
+    assert np.isclose(m["specificity"], skm.recall_score(1 - y, 1 - pred))
+    assert np.isclose(m["f1"], skm.f1_score(y, pred))
+    assert np.isclose(m["brier"], skm.brier_score_loss(y, p))
+
+
+def test_multiclass_and_multilabel() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 200)
+    logits = rng.standard_normal((200, 3)) + 2 * np.eye(3)[y]
+    p = probabilities("multiclass", logits)
+    m = compute_metrics("multiclass", y, p, labels=["a", "b", "c"])
+    assert np.isclose(m["auroc"], skm.roc_auc_score(y, p, multi_class="ovr"))
+    assert np.isclose(m["kappa"], skm.cohen_kappa_score(y, p.argmax(1)))
+    assert np.isclose(m["balanced_accuracy"], skm.balanced_accuracy_score(y, p.argmax(1)))
+    assert set(m["per_class"]) == {"a", "b", "c"}
+    ym = (rng.random((200, 3)) < 0.3).astype(int)
+    pm = np.clip(ym * 0.5 + rng.random((200, 3)) * 0.5, 0, 1)
+    mm = compute_metrics("multilabel", ym, pm, 0.5, ["x", "y", "z"])
+    assert np.isclose(mm["auroc"], skm.roc_auc_score(ym, pm, average="macro"))
+
+
+def test_ece_known_cases() -> None:
+    y = np.array([0, 1] * 50)
+    assert ece(y, y.astype(float)) == 0.0  # perfectly confident and right
+    assert np.isclose(ece(y, np.full(100, 0.5)), 0.0)  # calibrated at 0.5
+    assert np.isclose(ece(np.zeros(100), np.full(100, 0.9)), 0.9)
+
+
+def test_youden_threshold_is_between_scores_and_optimal() -> None:
+    y = np.array([0, 0, 0, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.8])
+    t = youden_threshold(y, p)
+    assert 0.3 < t < 0.6 and np.isclose(t, 0.45)
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 500)
+    p = np.clip(0.25 * y + rng.random(500) * 0.75, 0, 1)
+    t = youden_threshold(y, p)
+    j = lambda th: (
+        ((p >= th) & (y == 1)).sum() / (y == 1).sum()
+        - ((p >= th) & (y == 0)).sum() / (y == 0).sum()
+    )
+    assert np.isclose(j(t), max(j(th) for th in np.unique(p)))
+
+
+def test_target_sensitivity_and_specificity() -> None:
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 1000)
+    p = np.clip(0.3 * y + rng.random(1000) * 0.7, 0, 1)
+    t = choose_threshold(y, p, "sensitivity", 0.95)
+    assert ((p >= t) & (y == 1)).sum() / (y == 1).sum() >= 0.95
+    t = choose_threshold(y, p, "specificity", 0.9)
+    assert ((p < t) & (y == 0)).sum() / (y == 0).sum() >= 0.9
+    assert choose_threshold(y, p, "fixed", value=0.3) == 0.3
