@@ -62,10 +62,12 @@ def test_youden_threshold_is_between_scores_and_optimal() -> None:
     y = rng.integers(0, 2, 500)
     p = np.clip(0.25 * y + rng.random(500) * 0.75, 0, 1)
     t = youden_threshold(y, p)
-    j = lambda th: (
-        ((p >= th) & (y == 1)).sum() / (y == 1).sum()
-        - ((p >= th) & (y == 0)).sum() / (y == 0).sum()
-    )
+
+    def j(th):
+        return ((p >= th) & (y == 1)).sum() / (y == 1).sum() - ((p >= th) & (y == 0)).sum() / (
+            y == 0
+        ).sum()
+
     assert np.isclose(j(t), max(j(th) for th in np.unique(p)))
 
 
