@@ -20,6 +20,9 @@ from medfuse.errors import SpecError, did_you_mean
 MODALITY_KINDS = ("image", "signal", "tabular")
 STAGES = ("end_to_end", "branches", "fusion", "finetune")
 DEFAULT_BRANCH = {"image": "cnn", "signal": "cnn1d", "tabular": "mlp"}
+#: branch keys handled by the composite, not the builder (``layer_shapes``: pruned layer sizes,
+#: see ``medfuse.compress.shapes``)
+BRANCH_RESERVED = ("layer_shapes",)
 
 
 class _Strict(BaseModel):
@@ -43,6 +46,17 @@ class ModalitySpec(_Strict):
     sequence: int | None = Field(
         default=None, ge=1, description="number of elements when a sample is a sequence"
     )
+    leads: list[str] | None = Field(
+        default=None, description="signal: leads to read, by name (WFDB / CSV files), in order"
+    )
+    rate: float | None = Field(
+        default=None, gt=0, description="signal: resample to this rate in Hz (WFDB / CSV files)"
+    )
+    window: list[float] | Literal["file"] | None = Field(
+        default=None,
+        description="image: intensity window [centre, width] mapped to [0, 1], or 'file' "
+        "(the DICOM's own WindowCenter/WindowWidth)",
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> ModalitySpec:
@@ -56,6 +70,15 @@ class ModalitySpec(_Strict):
                 raise ValueError(f"a {self.kind} modality needs '{name}'")
         if self.size is not None and len(self.size) not in (2, 3):
             raise ValueError(f"'size' must be [H, W] or [D, H, W]; got {self.size}")
+        for name, kind in (("leads", "signal"), ("rate", "signal"), ("window", "image")):
+            if getattr(self, name) is not None and self.kind != kind:
+                raise ValueError(f"'{name}' applies to {kind} modalities only")
+        if self.leads is not None and len(self.leads) != self.channels:
+            raise ValueError(
+                f"'leads' names {len(self.leads)} leads but 'channels' is {self.channels}"
+            )
+        if isinstance(self.window, list) and (len(self.window) != 2 or self.window[1] <= 0):
+            raise ValueError(f"'window' must be [centre, width] with width > 0; got {self.window}")
         return self
 
     @property
@@ -101,9 +124,16 @@ class StageSpec(_Strict):
 
 
 class EarlyStoppingSpec(_Strict):
-    metric: str = "auroc"
+    metric: Literal[
+        "auroc", "auprc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1",
+        "kappa", "ece", "brier", "loss",
+    ] = "auroc"
     patience: int = Field(default=8, ge=1)
-    mode: Literal["max", "min"] = "max"
+    mode: Literal["max", "min"] | None = Field(default=None, description="default: min for loss/ece/brier, else max")
+
+    @property
+    def maximize(self) -> bool:
+        return self.mode == "max" if self.mode else self.metric not in ("loss", "ece", "brier")
 
 
 class TrainSpec(_Strict):
@@ -119,6 +149,7 @@ class TrainSpec(_Strict):
     class_weights: Literal["none", "balanced"] = "none"
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     grad_clip: float | None = Field(default=None, gt=0)
+    ema: float | None = Field(default=None, gt=0, lt=1, description="weight EMA decay, e.g. 0.99")
     bf16: bool = False
     seed: int = 0
     modality_dropout: dict[str, float] = Field(
@@ -268,7 +299,8 @@ def _check_cross_fields(spec: Spec) -> None:
     from medfuse.models import BRANCHES, FUSIONS
 
     for name, b in spec.branches.items():
-        BRANCHES.check_params(b.type, b.params, path=f"branches.{name}", skip=("input_shape",))
+        params = {k: v for k, v in b.params.items() if k not in BRANCH_RESERVED}
+        BRANCHES.check_params(b.type, params, path=f"branches.{name}", skip=("input_shape",))
     FUSIONS.check_params(
         spec.fusion.type, spec.fusion.params, path="fusion", skip=("feature_dims", "num_outputs")
     )

@@ -11,10 +11,7 @@ import pandas as pd
 from medfuse.data.readers import (
     IMAGE_READERS,
     SIGNAL_READERS,
-    fit_image,
-    fit_signal,
-    read_image,
-    read_signal,
+    read_modality,
     suffix_of,
 )
 from medfuse.errors import DataError
@@ -81,21 +78,12 @@ def read_inputs(
             ids = [str(v) for v in d["id"]] if "id" in keys else [f"{p.stem}-{i}" for i in range(n)]
         return arrays, masks, pd.DataFrame({"id": ids})
     # one file: an image or a signal for a model with one such modality
-    for kind, reg, reader in (
-        ("image", IMAGE_READERS, read_image),
-        ("signal", SIGNAL_READERS, read_signal),
-    ):
+    for kind, reg in (("image", IMAGE_READERS), ("signal", SIGNAL_READERS)):
         if suf in reg:
             names = [m for m, s in modalities.items() if s.kind == kind]
             if len(names) != 1:
                 continue
-            spec = modalities[names[0]]
-            raw = reader(p)
-            x = (
-                fit_image(raw, spec.channels, spec.size)
-                if kind == "image"
-                else fit_signal(raw, spec.channels, spec.length)
-            )
+            x = read_modality(p, modalities[names[0]])  # honours window / leads / rate
             arrays = {
                 m: (
                     x[None]

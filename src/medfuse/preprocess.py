@@ -15,9 +15,8 @@ EPS = 1e-6
 
 
 def channel_axis(kind: str, has_sequence: bool) -> int:
-    """Axis of channels (image/signal) or columns (tabular) within one sample."""
-    if kind == "tabular":
-        return 1 if has_sequence else 0
+    """Axis of channels (image/signal) or columns (tabular) within one sample: after the
+    sequence axis when samples are sequences, else first."""
     return 1 if has_sequence else 0
 
 

@@ -16,6 +16,8 @@ SHAPES = {
     "image": {"kind": "image", "channels": 1, "size": [16, 16]},
     "signal": {"kind": "signal", "channels": 2, "length": 24},
     "tabular": {"kind": "tabular", "columns": ["a", "b", "c"]},
+    # tried last: only branches that accept none of the above land here (crnn: D slices)
+    "volume": {"kind": "image", "channels": 1, "size": [3, 12, 12]},
 }
 KIND_OF_BRANCH = {}
 

@@ -12,7 +12,7 @@ import pandas as pd
 
 from medfuse.config import ModalitySpec
 from medfuse.data import DATASETS, DataBundle, Split
-from medfuse.data.readers import fit_image, fit_signal, read_image, read_signal
+from medfuse.data.readers import read_modality
 from medfuse.data.splits import group_stratified_split
 from medfuse.errors import DataError, SpecError, did_you_mean
 
@@ -100,12 +100,7 @@ def read_rows(
             path = Path(str(cell).strip())
             path = path if path.is_absolute() else base / path
             try:
-                raw = read_image(path) if m.kind == "image" else read_signal(path)
-                x[i] = (
-                    fit_image(raw, m.channels, m.size)
-                    if m.kind == "image"
-                    else fit_signal(raw, m.channels, m.length)
-                )
+                x[i] = read_modality(path, m)  # reader by file type, fitted to m.shape
                 mask[i] = 1.0
             except DataError as err:
                 msg = f"{where} row {i + 2} ({name}): {err}"

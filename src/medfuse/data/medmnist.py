@@ -1,4 +1,9 @@
-"""MedMNIST ``.npz`` files (2D) with their official train/val/test splits."""
+"""MedMNIST ``.npz`` files (2D images and 3D volumes) with their official train/val/test splits.
+
+3D files (``*mnist3d``, 28^3, or ``*mnist3d_64``, 64^3) hold volumes ``(N, D, H, W)``; they load
+as one image modality ``(1, D, H, W)``, which the ``cnn`` branch treats as 3D and ``crnn`` as a
+sequence of D slices. Known files are downloaded from Zenodo and checked against the MD5 of
+MedMNIST's own ``INFO`` table; an unknown name must be placed under the data root by hand."""
 
 from __future__ import annotations
 
@@ -21,6 +26,60 @@ KNOWN: dict[str, tuple[list[str], str | None]] = {
     "pneumoniamnist": (["normal", "pneumonia"], "28209eda62fecd6e6a2d98b1501bb15f"),
 }
 
+#: MedMNIST v3 3D sets: name -> (labels, md5 of the 28^3 file, md5 of the 64^3 file)
+KNOWN_3D: dict[str, tuple[list[str], str, str]] = {
+    "organmnist3d": (
+        [
+            "liver",
+            "kidney-right",
+            "kidney-left",
+            "femur-right",
+            "femur-left",
+            "bladder",
+            "heart",
+            "lung-right",
+            "lung-left",
+            "spleen",
+            "pancreas",
+        ],
+        "a0c5a1ff56af4f155c46d46fbb45a2fe",
+        "58a2205adf14a9d0a189cb06dc78bf10",
+    ),
+    "nodulemnist3d": (
+        ["benign", "malignant"],
+        "8755a7e9e05a4d9ce80a24c3e7a256f3",
+        "c47c5b7d457bf6332200d2ea6d64ecd8",
+    ),
+    "adrenalmnist3d": (
+        ["normal", "hyperplasia"],
+        "bbd3c5a5576322bc4cdfea780653b1ce",
+        "17721accfe9fb005146a47d33bc54b2f",
+    ),
+    "fracturemnist3d": (
+        ["buckle rib fracture", "nondisplaced rib fracture", "displaced rib fracture"],
+        "6aa7b0143a6b42da40027a9dda61302f",
+        "f01d7e6316aedf4210da0da5b7437b42",
+    ),
+    "vesselmnist3d": (
+        ["vessel", "aneurysm"],
+        "b41fd4f7e7e2feedddb201585ecafa1b",
+        "6bb274a8846e1097066dcd64e2c4520f",
+    ),
+    "synapsemnist3d": (
+        ["inhibitory synapse", "excitatory synapse"],
+        "1235b78a3cd6280881dd7850a78eadb6",
+        "43bd14ebf3af9d3dd072446fedc14d5e",
+    ),
+}
+for _name, (_labels, _md5, _md5_64) in KNOWN_3D.items():
+    KNOWN[_name] = (_labels, _md5)
+    KNOWN[f"{_name}_64"] = (_labels, _md5_64)
+
+
+def is_volume_set(name: str) -> bool:
+    """MedMNIST 3D sets are named ``<x>mnist3d`` or ``<x>mnist3d_64``."""
+    return name.removesuffix("_64").endswith("3d")
+
 
 def locate(name: str, root: Path) -> Path:
     """Find ``<root>/medmnist/<name>.npz`` (or ``<root>/<name>.npz``), downloading if known."""
@@ -41,8 +100,14 @@ def locate(name: str, root: Path) -> Path:
     return fetch(ZENODO.format(name=name), dest, md5)
 
 
-def _images(x: np.ndarray) -> np.ndarray:
+def _images(x: np.ndarray, volume: bool = False) -> np.ndarray:
     x = x.astype(np.float32)
+    if volume:
+        if x.ndim == 4:  # (N, D, H, W) -> (N, 1, D, H, W)
+            return x[:, None]
+        if x.ndim == 5:  # (N, C, D, H, W)
+            return x
+        raise DataError(f"a 3D MedMNIST file holds volumes (N, D, H, W); got {x.shape}")
     if x.ndim == 3:  # (N, H, W) grey
         return x[:, None]
     if x.ndim == 4 and x.shape[-1] in (1, 3):  # (N, H, W, C) -> (N, C, H, W)
@@ -78,7 +143,7 @@ def load_medmnist(
     mod_name = next(iter(modalities), "image") if modalities else "image"
     splits = {}
     for s in ("train", "val", "test"):
-        x = _images(raw[f"{s}_images"])
+        x = _images(raw[f"{s}_images"], volume=is_volume_set(name))
         yl = raw[f"{s}_labels"]
         y = (
             yl.astype(np.float32)

@@ -1,21 +1,32 @@
 """File readers, chosen by file type. Each returns float32 channel-first arrays.
 
-``read_image(path) -> (C, H, W)`` or ``(C, D, H, W)``; ``read_signal(path) -> (C, T)``.
-Register more with ``@IMAGE_READERS.register('.ext')`` / ``SIGNAL_READERS``.
+``read_image(path) -> (C, H, W)`` or ``(C, D, H, W)``; ``read_signal(path) -> (C, T)``;
+``read_modality(path, modality)`` reads and fits a file to a modality's shape, honouring its
+``window`` (images) and ``leads`` / ``rate`` (signals). Register more readers with
+``@IMAGE_READERS.register('.ext')`` / ``SIGNAL_READERS``: an image reader is
+``fn(path, *, window=None)``, a signal reader ``fn(path, *, leads=None, rate=None)``.
+
+Formats: Pillow images and ``.npy`` here; DICOM, NIfTI, WFDB and CSV signals in
+``medfuse.data.readers_medical`` (imported at the end of this module).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medfuse.errors import DataError
 from medfuse.registry import Registry
 
+if TYPE_CHECKING:
+    from medfuse.config import ModalitySpec
+
 IMAGE_READERS: Registry = Registry("image file type")
 SIGNAL_READERS: Registry = Registry("signal file type")
+
+Window = list[float] | str | None
 
 
 def suffix_of(path: str | Path) -> str:
@@ -30,47 +41,112 @@ def _reader(reg: Registry, path: str | Path, what: str):
     suf = suffix_of(path)
     if suf not in reg:
         raise DataError(
-            f"{path}: cannot read a {what} from '{suf or '(no extension)'}' files; supported: {', '.join(reg.names())}"
+            f"{path}: cannot read a {what} from '{suf or '(no extension)'}' files; "
+            f"supported: {', '.join(reg.names())}"
         )
     return reg.get(suf)
 
 
-def read_image(path: str | Path, **kw: Any) -> np.ndarray:
+def read_image(path: str | Path, *, window: Window = None) -> np.ndarray:
+    """An image ``(C, H, W)`` or volume ``(C, D, H, W)``; ``window`` as in ``ModalitySpec``."""
     p = Path(path)
+    reader = _reader(IMAGE_READERS, p, "image")
     if not p.exists():
         raise DataError(f"{p}: file not found")
     try:
-        return _reader(IMAGE_READERS, p, "image")(p, **kw)
+        return reader(p, window=window)
     except DataError:
         raise
     except Exception as err:  # a library's own error: say which file
         raise DataError(f"{p}: not a readable image ({type(err).__name__}: {err})") from None
 
 
-def read_signal(path: str | Path, **kw: Any) -> np.ndarray:
+def read_signal(
+    path: str | Path, *, leads: list[str] | None = None, rate: float | None = None
+) -> np.ndarray:
+    """A signal ``(C, T)``: ``leads`` picks channels by name, ``rate`` resamples (Hz)."""
     p = Path(path)
-    if not p.exists() and suffix_of(p) != ".hea":
+    reader = _reader(SIGNAL_READERS, p, "signal")
+    if not p.exists():
         raise DataError(f"{p}: file not found")
     try:
-        return _reader(SIGNAL_READERS, p, "signal")(p, **kw)
+        return reader(p, leads=leads, rate=rate)
     except DataError:
         raise
     except Exception as err:
         raise DataError(f"{p}: not a readable signal ({type(err).__name__}: {err})") from None
 
 
-def _pil(path: Path) -> np.ndarray:
+def read_modality(path: str | Path, m: ModalitySpec) -> np.ndarray:
+    """Read one file and fit it to ``m.shape`` (any failure is a DataError naming the file).
+
+    Images: channels matched (grey <-> RGB) and resized to ``size``; a single-slice volume fits
+    a 2D size. With ``sequence: S`` an image modality is ``(S, C, H, W)``: the frames (DICOM
+    multi-frame) or slices (NIfTI depth) of the file, resampled to ``S`` elements. Signals:
+    centre-cropped / zero-padded to ``length``; with ``sequence: S`` the signal is cut into
+    ``S`` consecutive windows of ``length`` samples, ``(S, C, length)``.
+    """
+    p = Path(path)
+    try:
+        if m.kind == "image":
+            raw = read_image(p, window=m.window)
+            size = list(m.size or [])
+            if m.sequence:
+                if len(size) != 2:
+                    raise DataError(f"a sequence image modality needs size [H, W]; got {size}")
+                vol = raw[:, None] if raw.ndim == 3 else raw  # (C, D, H, W)
+                x = fit_image(vol, int(m.channels or 1), [m.sequence, *size])
+                return np.ascontiguousarray(x.transpose(1, 0, 2, 3))  # (S, C, H, W)
+            if len(size) == 2 and raw.ndim == 4 and raw.shape[1] == 1:
+                raw = raw[:, 0]  # one slice / one frame
+            return fit_image(raw, int(m.channels or 1), size)
+        if m.kind == "signal":
+            raw = read_signal(p, leads=m.leads, rate=m.rate)
+            c, t = int(m.channels or 1), int(m.length or 1)
+            if m.sequence:
+                x = fit_signal(raw, c, m.sequence * t)  # (C, S*T)
+                return np.ascontiguousarray(x.reshape(c, m.sequence, t).transpose(1, 0, 2))
+            return fit_signal(raw, c, t)
+    except DataError as err:
+        msg = str(err)
+        raise DataError(msg if msg.startswith(str(p)) else f"{p}: {msg}") from None
+    except Exception as err:
+        raise DataError(f"{p}: cannot fit to {m.shape} ({type(err).__name__}: {err})") from None
+    raise DataError(f"{p}: a {m.kind} modality is not read from files (use manifest columns)")
+
+
+def apply_window(x: np.ndarray, centre: float, width: float) -> np.ndarray:
+    """Map ``[centre - width/2, centre + width/2]`` linearly to ``[0, 1]``, clipping outside."""
+    lo = float(centre) - float(width) / 2.0
+    return np.clip((x - lo) / float(width), 0.0, 1.0).astype(np.float32)
+
+
+def numeric_window(window: Window) -> tuple[float, float] | None:
+    """The ``[centre, width]`` of a window option, or None ('file' is handled by DICOM)."""
+    if isinstance(window, list | tuple):
+        return float(window[0]), float(window[1])
+    return None
+
+
+def _pil(path: Path, *, window: Window = None) -> np.ndarray:
+    """Pillow: grey -> 1 channel, colour -> RGB. These are display images (already windowed):
+    a ``window`` only scales them to [0, 1] by their bit depth, to match windowed DICOM/NIfTI."""
     from PIL import Image
 
     with Image.open(path) as im:
         im.load()
-        if im.mode in ("I;16", "I", "F"):
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             arr = np.asarray(im, dtype=np.float32)[None]
-        elif im.mode in ("L", "1", "P") and im.mode != "P":
+            full = 65535.0 if im.mode.startswith("I;16") else None
+        elif im.mode in ("L", "1", "LA"):
             arr = np.asarray(im.convert("L"), dtype=np.float32)[None]
+            full = 255.0
         else:
             arr = np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)
-    return np.ascontiguousarray(arr)
+            full = 255.0
+    if window is not None and full is not None:
+        arr = arr / full
+    return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 for _ext in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"):
@@ -78,19 +154,37 @@ for _ext in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"):
 
 
 @IMAGE_READERS.register(".npy", doc="numpy array (H, W) or (C, H, W) / (C, D, H, W)")
-def _npy_image(path: Path) -> np.ndarray:
-    arr = np.load(path, allow_pickle=False).astype(np.float32)
-    return arr[None] if arr.ndim == 2 else arr
+def _npy_image(path: Path, *, window: Window = None) -> np.ndarray:
+    arr = np.load(path, allow_pickle=False)
+    if arr.ndim not in (2, 3, 4) or not np.issubdtype(arr.dtype, np.number):
+        raise DataError(
+            f"{path}: an image .npy must be numeric (H, W), (C, H, W) or (C, D, H, W); "
+            f"got {arr.dtype} {arr.shape}"
+        )
+    arr = arr.astype(np.float32)
+    arr = arr[None] if arr.ndim == 2 else arr
+    w = numeric_window(window)
+    return apply_window(arr, *w) if w else arr
 
 
 @SIGNAL_READERS.register(".npy", doc="numpy array (C, T) or (T,)")
-def _npy_signal(path: Path) -> np.ndarray:
-    arr = np.load(path, allow_pickle=False).astype(np.float32)
+def _npy_signal(path: Path, *, leads: list[str] | None = None, rate: float | None = None) -> Any:
+    if leads or rate:
+        raise DataError(
+            f"{path}: an .npy signal has no lead names or sampling rate; 'leads' and 'rate' "
+            "need WFDB (.hea) or CSV files"
+        )
+    arr = np.load(path, allow_pickle=False)
+    if arr.ndim not in (1, 2) or not np.issubdtype(arr.dtype, np.number):
+        raise DataError(
+            f"{path}: a signal .npy must be numeric (T,) or (C, T); got {arr.dtype} {arr.shape}"
+        )
+    arr = arr.astype(np.float32)
     return arr[None] if arr.ndim == 1 else arr
 
 
 def fit_image(arr: np.ndarray, channels: int, size: list[int]) -> np.ndarray:
-    """Match channels (grey <-> RGB) and resize to ``size`` (bilinear / trilinear-ish)."""
+    """Match channels (grey <-> RGB) and resize to ``size`` (linear interpolation, scipy zoom)."""
     if arr.shape[0] != channels:
         if channels == 1:
             arr = arr.mean(axis=0, keepdims=True)
@@ -104,7 +198,8 @@ def fit_image(arr: np.ndarray, channels: int, size: list[int]) -> np.ndarray:
         from scipy.ndimage import zoom
 
         factors = [1.0] + [t / s for t, s in zip(size, arr.shape[1:])]
-        arr = zoom(arr, factors, order=1)
+        # pixel-centre aligned, edges repeated; medfuse.runtime.fit_image mirrors this exactly
+        arr = zoom(arr, factors, order=1, grid_mode=True, mode="nearest")
         arr = arr[(slice(None), *(slice(0, t) for t in size))]
     return np.ascontiguousarray(arr, dtype=np.float32)
 
@@ -120,3 +215,6 @@ def fit_signal(arr: np.ndarray, channels: int, length: int) -> np.ndarray:
     elif t < length:
         arr = np.pad(arr, ((0, 0), (0, length - t)))
     return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+from medfuse.data import readers_medical as _medical  # noqa: E402,F401

@@ -3,4 +3,4 @@
 (1 present, 0 missing) and returns the fused representation ``(B, out_features)``. A missing
 modality must never change the output through its (zero) features."""
 
-from medfuse.models.fusion import basic  # noqa: F401
+from medfuse.models.fusion import basic, sequence  # noqa: F401

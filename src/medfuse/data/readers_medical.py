@@ -1,0 +1,236 @@
+"""Readers for what hospitals and PhysioNet produce: DICOM, NIfTI, WFDB records, CSV signals.
+
+Registered on import (``medfuse.data.readers`` imports this module):
+
+- ``.dcm`` / ``.dicom`` (pydicom): modality LUT (rescale slope/intercept), optional window,
+  MONOCHROME1 inverted so that higher always means brighter; multi-frame grey files become a
+  volume ``(1, frames, H, W)`` (frames are the depth axis), colour files ``(3, [frames,] H, W)``.
+- ``.nii`` / ``.nii.gz`` (nibabel): reoriented to the closest canonical (RAS+) orientation and
+  returned as ``(C, D, H, W)``: D from inferior to superior, H from anterior to posterior, W
+  from the patient's right to left (axial slices as a radiologist views them); a 4th axis
+  (time, echoes) becomes channels.
+- ``.hea`` (wfdb): physical units (voltages in millivolts), leads chosen by name, resampled.
+- ``.csv`` signals: a ``time`` (or ``t``) column in seconds and one column per lead.
+"""
+
+from __future__ import annotations
+
+import warnings
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from medfuse.data.readers import (
+    IMAGE_READERS,
+    SIGNAL_READERS,
+    Window,
+    apply_window,
+    numeric_window,
+)
+from medfuse.errors import DataError
+
+#: voltage units converted to millivolts, so records written in uV and mV agree
+_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3, "nv": 1e-6}
+TIME_COLUMNS = ("time", "t")
+
+
+# ---- DICOM ---------------------------------------------------------------------------------
+
+
+def _first(value: object) -> float:
+    """WindowCenter/WindowWidth may hold several values; the first is the default view."""
+    try:
+        return float(value[0])  # type: ignore[index]
+    except TypeError:
+        return float(value)  # type: ignore[arg-type]
+
+
+def _stored_range(ds: object) -> np.ndarray:
+    bits = int(getattr(ds, "BitsStored", 16))
+    if int(getattr(ds, "PixelRepresentation", 0)) == 1:
+        return np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1], np.int64)
+    return np.array([0, 2**bits - 1], np.int64)
+
+
+def _dicom(path: Path, *, window: Window = None) -> np.ndarray:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_color_lut, apply_modality_lut
+
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError as err:
+        raise DataError(f"{path}: not a DICOM file ({err})") from None
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        sop = ds.get("SOPClassUID", None)
+        what = f"{sop.name} ({sop})" if sop is not None else "unknown SOP class"
+        raise DataError(f"{path}: DICOM holds no pixel data ({what}); it is not an image")
+    arr = ds.pixel_array
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    spp = int(ds.get("SamplesPerPixel", 1))
+    if photometric == "PALETTE COLOR":
+        arr, spp = apply_color_lut(arr, ds), 3
+    if spp == 1:
+        x = apply_modality_lut(arr, ds).astype(np.float32)
+        w = numeric_window(window)
+        if window == "file" and "WindowCenter" in ds and "WindowWidth" in ds:
+            w = (_first(ds.WindowCenter), _first(ds.WindowWidth))
+        if w is not None:
+            x = apply_window(x, *w)  # in modality units (e.g. HU), before any inversion
+        if photometric == "MONOCHROME1":  # low values are white: invert over the value range
+            if w is not None:
+                x = 1.0 - x
+            else:
+                lo, hi = apply_modality_lut(_stored_range(ds), ds).astype(np.float64)
+                x = (lo + hi - x).astype(np.float32)
+        x = x[None]  # (1, [F,] H, W)
+    elif spp == 3:
+        x = np.moveaxis(np.asarray(arr, np.float32), -1, 0)  # (3, [F,] H, W)
+        if window is not None:  # colour images are already display values: scale to [0, 1]
+            x = x / float(2 ** int(ds.get("BitsStored", 8)) - 1)
+    else:
+        raise DataError(f"{path}: {spp} samples per pixel ({photometric}) is not supported")
+    want = 4 if frames > 1 else 3
+    if x.ndim != want:
+        raise DataError(f"{path}: pixel data of shape {arr.shape} does not match {frames} frame(s)")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+for _ext in (".dcm", ".dicom"):
+    IMAGE_READERS.register(_ext, doc="DICOM: rescale, window, MONOCHROME1, multi-frame")(_dicom)
+
+
+# ---- NIfTI ---------------------------------------------------------------------------------
+
+
+def _nifti(path: Path, *, window: Window = None) -> np.ndarray:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    if len(img.shape) >= 3:
+        img = nib.as_closest_canonical(img)
+    data = np.asarray(img.get_fdata(dtype=np.float32))  # applies scl_slope / scl_inter
+    if data.ndim == 2:  # (i, j): one slice
+        data = data[:, :, None]
+    if data.ndim == 3:
+        data = data[..., None]
+    if data.ndim != 4:
+        raise DataError(f"{path}: NIfTI with {data.ndim} dimensions {data.shape} is not supported")
+    # (i=R, j=A, k=S, c) -> (c, k, j, i), then flip j and i: rows anterior->posterior, columns
+    # patient right->left
+    x = data.transpose(3, 2, 1, 0)[:, :, ::-1, ::-1]
+    w = numeric_window(window)
+    if w is not None:
+        x = apply_window(x, *w)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+for _ext in (".nii", ".nii.gz"):
+    IMAGE_READERS.register(_ext, doc="NIfTI volume, canonical (RAS+) orientation")(_nifti)
+
+
+# ---- signals -------------------------------------------------------------------------------
+
+
+def _pick(path: Path, names: list[str], leads: list[str] | None) -> list[int]:
+    if not leads:
+        return list(range(len(names)))
+    lower = {n.lower(): i for i, n in enumerate(names)}
+    idx = []
+    for lead in leads:
+        if lead in names:
+            idx.append(names.index(lead))
+        elif lead.lower() in lower:
+            idx.append(lower[lead.lower()])
+        else:
+            raise DataError(f"{path}: no lead {lead!r}; the file has {', '.join(names)}")
+    return idx
+
+
+def _fill_nan(x: np.ndarray) -> np.ndarray:
+    """Linear interpolation over NaN samples (WFDB invalid samples) so filters do not spread them."""
+    if not np.isnan(x).any():
+        return x
+    x = x.copy()
+    t = np.arange(x.shape[1])
+    for c in range(x.shape[0]):
+        bad = np.isnan(x[c])
+        x[c, bad] = np.interp(t[bad], t[~bad], x[c, ~bad]) if (~bad).any() else 0.0
+    return x
+
+
+def resample(x: np.ndarray, fs: float, rate: float) -> np.ndarray:
+    """Polyphase resampling ``(C, T)`` from ``fs`` to ``rate`` Hz (anti-aliased)."""
+    if abs(fs - rate) < 1e-9 * rate:
+        return x
+    from scipy.signal import resample_poly
+
+    frac = Fraction(rate / fs).limit_denominator(1000)
+    out = resample_poly(_fill_nan(x.astype(np.float64)), frac.numerator, frac.denominator, axis=1)
+    return out.astype(np.float32)
+
+
+@SIGNAL_READERS.register(".hea", doc="WFDB record: physical units (mV), leads by name, resampled")
+def _wfdb(path: Path, *, leads: list[str] | None = None, rate: float | None = None) -> np.ndarray:
+    import wfdb
+
+    record = str(path)[: -len(".hea")]
+    with warnings.catch_warnings():  # wfdb's own pandas deprecation noise, once per file
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        header = wfdb.rdheader(record)
+        names = list(header.sig_name or [])
+        channels = _pick(path, names, leads)
+        rec = wfdb.rdrecord(record, channels=channels, physical=True)
+    if rec.p_signal is None or rec.p_signal.size == 0:
+        raise DataError(f"{path}: WFDB record holds no samples")
+    x = rec.p_signal.T.astype(np.float32)  # (C, T)
+    for c, unit in enumerate(rec.units or []):
+        x[c] *= _TO_MV.get(str(unit).strip().lower(), 1.0)
+    if rate:
+        x = resample(x, float(rec.fs), float(rate))
+    return np.ascontiguousarray(x)
+
+
+@SIGNAL_READERS.register(".csv", doc="CSV signal: a time/t column (seconds) + one column per lead")
+def _csv_signal(
+    path: Path, *, leads: list[str] | None = None, rate: float | None = None
+) -> np.ndarray:
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    if df.empty:
+        raise DataError(f"{path}: CSV signal has no rows")
+    tcol = next((c for c in df.columns if str(c).strip().lower() in TIME_COLUMNS), None)
+    names = [str(c) for c in df.columns if c != tcol]
+    cols = [c for c in df.columns if c != tcol]
+    if not cols:
+        raise DataError(f"{path}: CSV signal has no lead columns besides {tcol!r}")
+    num = df.apply(pd.to_numeric, errors="coerce")
+    bad = num.isna() & df.notna()
+    if bad.to_numpy().any():
+        r, c = np.argwhere(bad.to_numpy())[0]
+        raise DataError(
+            f"{path} row {r + 2}, column {df.columns[c]!r}: {df.iat[r, c]!r} is not a number"
+        )
+    idx = _pick(path, names, leads)
+    x = num[[cols[i] for i in idx]].to_numpy(np.float32).T  # (C, T)
+    if not rate:
+        return np.ascontiguousarray(x)
+    if tcol is None:
+        raise DataError(
+            f"{path}: resampling to {rate} Hz needs a time column named "
+            f"{' or '.join(TIME_COLUMNS)} (seconds)"
+        )
+    t = num[tcol].to_numpy(np.float64)
+    dt = np.diff(t)
+    if len(t) < 2 or not (dt > 0).all():
+        raise DataError(f"{path}: the time column must increase strictly")
+    step = float(np.median(dt))
+    if np.abs(dt - step).max() <= 0.01 * step:  # regular: proper anti-aliased resampling
+        return resample(x, 1.0 / step, float(rate))
+    grid = t[0] + np.arange(int(np.floor((t[-1] - t[0]) * rate)) + 1) / rate  # irregular
+    x = _fill_nan(x)
+    return np.stack([np.interp(grid, t, ch) for ch in x]).astype(np.float32)
