@@ -1,0 +1,500 @@
+"""``Explainer``: one loaded package, every explanation; ``explain_file``: ``medfuse explain``.
+
+What is explained: for a binary task the positive class (``labels[1]``); for a multiclass or
+multilabel task the predicted class (highest probability), unless a ``target`` is given. Maps
+(Grad-CAM, integrated gradients) are on the explained class's *logit* (pre-sigmoid/softmax, as
+usual for gradients); modality Shapley values are on the calibrated *probability* scale (the
+number a clinician sees), with the logit-scale values reported beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medfuse.errors import DataError, SpecError, did_you_mean
+from medfuse.explain.shapley import SCALES, ShapleyResult, modality_shapley
+from medfuse.preprocess import normalize
+from medfuse.train.metrics import probabilities
+
+log = logging.getLogger("medfuse.explain")
+
+#: the scale the modality contributions are drawn and ranked on
+SHAPLEY_SCALE = "probability"
+
+
+def _round(a: Any, digits: int = 6) -> Any:
+    return np.round(np.asarray(a, np.float64), digits).tolist()
+
+
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None (strict JSON has neither)."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+@dataclass
+class Explained:
+    """Explanations of a batch: ``samples`` (JSON-ready dicts), ``pictures`` (per sample
+    ``{name: png bytes}``) and the Shapley results over the batch."""
+
+    samples: list[dict[str, Any]]
+    pictures: list[dict[str, bytes]]
+    shapley: dict[str, ShapleyResult] = field(default_factory=dict)
+
+
+class Explainer:
+    """Explanations for one model package (a loaded ``medfuse.predict.Predictor``)."""
+
+    def __init__(
+        self,
+        predictor: Any,
+        *,
+        layer: str | None = None,
+        steps: int = 32,
+        target: str | int | None = None,
+    ) -> None:
+        self.predictor = predictor
+        self.model = predictor.model
+        self.spec = predictor.spec
+        self.modalities = dict(self.spec.modalities)
+        self.names = list(self.modalities)
+        self.stats = predictor.meta["preprocessing"]
+        self.labels = list(predictor.labels)
+        self.task = predictor.task
+        self.layer = layer
+        self.steps = int(steps)
+        if self.steps < 1:
+            raise SpecError("--steps", f"must be >= 1; got {steps}")
+        self.target = self._target_index(target)
+        self.image_layers: dict[str, str | None] = {}
+        from medfuse.explain.gradcam import resolve_layer
+
+        images = [m for m, s in self.modalities.items() if s.kind == "image"]
+        if layer is not None:
+            owner = [m for m in images if layer.startswith(f"branches.{m}.")]
+            if not images or (layer.startswith("branches.") and not owner):
+                raise SpecError(
+                    "--layer",
+                    f"{layer!r} names no layer of an image branch; image modalities: "
+                    f"{', '.join(images) or '(none)'}",
+                )
+        for m in images:
+            mine = layer
+            if (
+                layer is not None
+                and layer.startswith("branches.")
+                and not layer.startswith(f"branches.{m}.")
+            ):
+                mine = None  # the layer belongs to another image branch
+            try:
+                self.image_layers[m] = resolve_layer(self.model, m, mine)[0]
+            except SpecError:
+                if mine is not None:
+                    raise
+                self.image_layers[m] = None  # no convolution: integrated gradients instead
+
+    @classmethod
+    def from_package(cls, path: str | Path, *, device: str = "cpu", **kw: Any) -> Explainer:
+        from medfuse.predict import load
+
+        return cls(load(path, device=device), **kw)
+
+    # ---- inputs and targets -------------------------------------------------------------
+
+    def _target_index(self, target: str | int | None) -> int | None:
+        """Class index to explain (multiclass/multilabel); binary models: the positive class."""
+        if target is None:
+            return None
+        if self.task == "binary":
+            if str(target) in (self.labels[1], "1"):
+                return None
+            raise SpecError(
+                "--target",
+                f"a binary model is explained for its positive class {self.labels[1]!r}; "
+                f"got {target!r}",
+            )
+        if str(target) in self.labels:
+            return self.labels.index(str(target))
+        try:
+            idx = int(target)
+        except (TypeError, ValueError):
+            raise SpecError(
+                "--target",
+                f"no class {target!r}{did_you_mean(str(target), self.labels)} "
+                f"Allowed: {', '.join(self.labels)} (or an index)",
+            ) from None
+        if not 0 <= idx < len(self.labels):
+            raise SpecError("--target", f"class index {idx} out of range 0..{len(self.labels) - 1}")
+        return idx
+
+    def tensors(
+        self, arrays: dict[str, np.ndarray], masks: dict[str, np.ndarray]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Raw arrays + masks -> normalised tensors as the model sees them (absent = 0)."""
+        dev = self.predictor.device
+        missing = [m for m in self.names if m not in arrays]
+        if missing:
+            raise DataError(f"no input for modality {missing[0]!r}; modalities: {self.names}")
+        inputs, mk = {}, {}
+        for m in self.names:
+            mask = np.asarray(masks[m], np.float32)
+            inputs[m] = torch.from_numpy(normalize(arrays[m], mask, self.stats[m])).to(dev)
+            mk[m] = torch.from_numpy(mask).to(dev)
+        return inputs, mk
+
+    def _targets(self, logits: torch.Tensor) -> torch.Tensor:
+        n = logits.shape[0]
+        if self.task == "binary":
+            return torch.zeros(n, dtype=torch.long)
+        if self.target is not None:
+            return torch.full((n,), self.target, dtype=torch.long)
+        return logits.argmax(dim=1).cpu()
+
+    # ---- explanations -------------------------------------------------------------------
+
+    def shapley(
+        self, arrays: dict[str, np.ndarray], masks: dict[str, np.ndarray], *, batch: int = 256
+    ) -> dict[str, ShapleyResult]:
+        """Exact modality Shapley values for every sample (both scales), in chunks."""
+        n = len(masks[self.names[0]])
+        parts: list[dict[str, ShapleyResult]] = []
+        for s in range(0, n, batch):
+            sl = slice(s, s + batch)
+            inputs, mk = self.tensors(
+                {m: arrays[m][sl] for m in self.names}, {m: masks[m][sl] for m in self.names}
+            )
+            with torch.no_grad():
+                tgt = self._targets(self.model(inputs, mk))
+            parts.append(
+                modality_shapley(
+                    self.model,
+                    inputs,
+                    mk,
+                    task=self.task,
+                    target=tgt,
+                    temperature=self.predictor.temperature,
+                )
+            )
+        out = {}
+        for sc in SCALES:
+            rs = [p[sc] for p in parts]
+            out[sc] = ShapleyResult(
+                self.names,
+                sc,
+                np.concatenate([r.values for r in rs]) if rs else np.zeros((0, len(self.names))),
+                np.concatenate([r.base for r in rs]) if rs else np.zeros(0),
+                np.concatenate([r.full for r in rs]) if rs else np.zeros(0),
+            )
+        return out
+
+    def explain(
+        self,
+        arrays: dict[str, np.ndarray],
+        masks: dict[str, np.ndarray],
+        ids: list[str] | None = None,
+        *,
+        pictures: bool = True,
+    ) -> Explained:
+        """Every explanation of every sample in a (small) batch of raw inputs."""
+        from medfuse.explain import gradcam, integrated
+        from medfuse.predict import decide
+
+        inputs, mk = self.tensors(arrays, masks)
+        n = len(mk[self.names[0]])
+        ids = list(ids) if ids is not None else [str(i) for i in range(n)]
+        with torch.no_grad():
+            logits = self.model(inputs, mk)  # (B, K)
+        tgt = self._targets(logits)
+        lg = logits.float().cpu().numpy()
+        p = probabilities(self.task, lg, self.predictor.temperature)
+        decided = decide(self.task, p, self.labels, self.predictor.threshold)
+        shap = modality_shapley(
+            self.model,
+            inputs,
+            mk,
+            task=self.task,
+            target=tgt,
+            temperature=self.predictor.temperature,
+        )
+        samples: list[dict[str, Any]] = []
+        pics: list[dict[str, bytes]] = [{} for _ in range(n)]
+        for i in range(n):
+            k = int(tgt[i])
+            label = self.labels[1] if self.task == "binary" else self.labels[k]
+            prob = float(p[i]) if self.task == "binary" else float(p[i, k])
+            samples.append(
+                {
+                    "id": ids[i],
+                    "prediction": {
+                        "label": decided[i],
+                        "probabilities": (
+                            {self.labels[0]: float(1.0 - p[i]), self.labels[1]: float(p[i])}
+                            if self.task == "binary"
+                            else {lab: float(p[i, j]) for j, lab in enumerate(self.labels)}
+                        ),
+                        "threshold": (
+                            self.predictor.threshold if self.task != "multiclass" else None
+                        ),
+                        "missing": [m for m in self.names if not mk[m][i] > 0],
+                    },
+                    "explained": {
+                        "class": label,
+                        "index": k,
+                        "probability": prob,
+                        "logit": float(lg[i, 0 if self.task == "binary" else k]),
+                    },
+                    "present": {m: bool(mk[m][i] > 0) for m in self.names},
+                    "shapley": {sc: shap[sc].sample(i) for sc in SCALES},
+                    "maps": {},
+                }
+            )
+        for m, s in self.modalities.items():
+            present = (mk[m] > 0).cpu().numpy()
+            if not present.any():
+                continue
+            if s.kind == "image" and self.image_layers.get(m):
+                r = gradcam.grad_cam(self.model, inputs, mk, m, tgt, layer=self.image_layers[m])
+                cm = gradcam.central_mass(r["upsampled"])
+                for i in np.flatnonzero(present):
+                    samples[i]["maps"][m] = {
+                        "method": "grad-cam",
+                        "layer": r["layer"],
+                        "target_scale": "logit",
+                        "cam": _round(r["cam"][i]),
+                        "upsampled": _round(r["upsampled"][i], 5),
+                        "central_mass": float(cm[i]) if np.isfinite(cm[i]) else None,
+                    }
+                    if pictures:
+                        from medfuse.explain.plots import gradcam_overlay
+
+                        pics[i][m] = gradcam_overlay(
+                            arrays[m][i],
+                            r["upsampled"][i],
+                            title=f"{ids[i]}: {m}, towards {samples[i]['explained']['class']}",
+                        )
+                continue
+            r = integrated.integrated_gradients(self.model, inputs, mk, m, tgt, steps=self.steps)
+            for i in np.flatnonzero(present):
+                a = r["attribution"][i]
+                entry: dict[str, Any] = {
+                    "method": "integrated-gradients",
+                    "baseline": "training mean (normalised zero)",
+                    "steps": self.steps,
+                    "target_scale": "logit",
+                    "delta": float(r["delta"][i]),
+                    "total": float(a.sum()),
+                }
+                title = f"{ids[i]}: {m}, towards {samples[i]['explained']['class']}"
+                if s.kind == "tabular":
+                    entry["features"] = self._features(m, arrays[m][i], a)
+                    if pictures:
+                        from medfuse.explain.plots import signed_bars
+
+                        fs = entry["features"]
+                        pics[i][m] = signed_bars(
+                            [f["name"] for f in fs],
+                            [f["attribution"] for f in fs],
+                            labels=[f"{f['name']} = {f['display']}" for f in fs],
+                            title=title,
+                            xlabel="integrated gradients (logit)",
+                        )
+                else:
+                    entry["attribution"] = _round(a)
+                    if s.kind == "signal":
+                        entry["per_lead"] = _round(np.abs(a).sum(axis=-1))
+                    if pictures:
+                        from medfuse.explain.plots import gradcam_overlay, signal_attribution
+
+                        if s.kind == "signal" and a.ndim == 2:
+                            pics[i][m] = signal_attribution(arrays[m][i], a, title=title)
+                        elif s.kind == "image":
+                            pics[i][m] = gradcam_overlay(
+                                arrays[m][i], np.abs(a).sum(0), title=title + " (|IG|)"
+                            )
+                samples[i]["maps"][m] = entry
+        if pictures:
+            from medfuse.explain.plots import modality_waterfall
+
+            for i in range(n):
+                sv = shap[SHAPLEY_SCALE].sample(i)
+                pics[i]["modalities"] = modality_waterfall(
+                    self.names,
+                    [sv["values"][m] for m in self.names],
+                    sv["base"],
+                    sv["full"],
+                    scale=SHAPLEY_SCALE,
+                    title=f"{ids[i]}: modality contributions to P({samples[i]['explained']['class']})",
+                )
+        return Explained(samples, pics, shap)
+
+    def _features(self, m: str, raw: np.ndarray, attr: np.ndarray) -> list[dict[str, Any]]:
+        cols = list(self.modalities[m].columns or [])
+        cats = self.stats[m].get("categories", {}) or {}
+        out = []
+        for j, col in enumerate(cols):
+            v = float(raw[j])
+            missing = not np.isfinite(v)
+            if missing:
+                display = "missing"
+            elif col in cats and 0 <= int(v) < len(cats[col]):
+                display = str(cats[col][int(v)])
+            else:
+                display = f"{v:.4g}"
+            out.append(
+                {
+                    "name": col,
+                    "value": None if missing else v,
+                    "display": display,
+                    "missing": missing,
+                    "attribution": float(attr[j]),
+                }
+            )
+        return out
+
+
+# ---- medfuse explain ------------------------------------------------------------------------
+
+
+def parse_rows(text: str | None, n: int) -> list[int] | None:
+    """``"0,3,5"`` or ``"0-4,9"`` -> row indices (0-based, in file order), checked against ``n``."""
+    if text is None or not str(text).strip():
+        return None
+    rows: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                rows.extend(range(int(lo), int(hi) + 1))
+            else:
+                rows.append(int(part))
+        except ValueError:
+            raise SpecError(
+                "--rows", f"expects 0-based row numbers like 0,3,5 or 0-4; got {text!r}"
+            ) from None
+    bad = [r for r in rows if not 0 <= r < n]
+    if bad:
+        raise SpecError("--rows", f"row {bad[0]} out of range; the input has {n} rows (0..{n - 1})")
+    return rows
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "sample"
+
+
+def explain_file(
+    package: str | Path,
+    input_path: str | Path,
+    *,
+    out: str | Path,
+    rows: str | list[int] | None = None,
+    layer: str | None = None,
+    target: str | int | None = None,
+    steps: int = 32,
+    device: str = "cpu",
+    max_samples: int = 20,
+) -> dict[str, Any]:
+    """Explain the rows of a prediction input (manifest .csv / .npz / one file) and write
+    ``explanation.json`` plus PNGs (``<id>_<modality>.png``, ``<id>_modalities.png`` and
+    ``dataset_modalities.png`` when there are several rows) into ``out``. Returns the JSON written.
+
+    Maps are drawn for ``rows`` (default: the first ``max_samples``); modality Shapley values
+    are computed for every row and averaged over the whole input (dataset level).
+    """
+    from medfuse.explain.plots import dataset_contributions
+    from medfuse.io import read_inputs
+    from medfuse.predict import load
+
+    t0 = time.perf_counter()
+    pred = load(package, device=device)
+    ex = Explainer(pred, layer=layer, steps=steps, target=target)
+    arrays, masks, ids_df = read_inputs(input_path, pred.spec.modalities, ex.stats)
+    ids = [str(v) for v in ids_df["id"]]
+    n = len(ids)
+    sel = rows if isinstance(rows, list) else parse_rows(rows, n)
+    if sel is None:
+        sel = list(range(min(n, max_samples)))
+        if n > max_samples:
+            log.info("maps for the first %d of %d rows (choose others with --rows)", max_samples, n)
+    outdir = Path(out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    samples: list[dict[str, Any]] = []
+    used: set[str] = set()
+    for s in range(0, len(sel), 16):
+        chunk = sel[s : s + 16]
+        res = ex.explain(
+            {m: arrays[m][chunk] for m in ex.names},
+            {m: masks[m][chunk] for m in ex.names},
+            [ids[r] for r in chunk],
+        )
+        for r, sample, pics in zip(chunk, res.samples, res.pictures):
+            sample["row"] = r
+            stem = _safe(sample["id"])
+            if stem in used:
+                stem = f"{stem}_row{r}"
+            used.add(stem)
+            sample["pictures"] = {}
+            for key, png in pics.items():
+                name = f"{stem}_{key}.png"
+                (outdir / name).write_bytes(png)
+                sample["pictures"][key] = name
+            samples.append(sample)
+    shap = ex.shapley(arrays, masks)
+    dataset = {sc: shap[sc].summary() for sc in SCALES}
+    d = dataset[SHAPLEY_SCALE]
+    picture = None
+    if n > 1:
+        picture = "dataset_modalities.png"
+        png = dataset_contributions(
+            ex.names,
+            [d["mean_abs"][m] for m in ex.names],
+            [d["mean"][m] for m in ex.names],
+            scale=SHAPLEY_SCALE,
+            n=d["n"],
+        )
+        (outdir / picture).write_bytes(png)
+    doc = {
+        "package": str(package),
+        "input": str(input_path),
+        "task": ex.task,
+        "labels": ex.labels,
+        "explained": (
+            f"positive class {ex.labels[1]!r}"
+            if ex.task == "binary"
+            else (f"class {ex.labels[ex.target]!r}" if ex.target is not None else "predicted class")
+        ),
+        "scales": {
+            "maps": "logit of the explained class",
+            "shapley": f"{SHAPLEY_SCALE} of the explained class (logit values beside)",
+        },
+        "modalities": {m: s.kind for m, s in ex.modalities.items()},
+        "samples": samples,
+        "dataset": {
+            "n": n,
+            "shapley": dataset,
+            "per_sample": {
+                "ids": ids,
+                SHAPLEY_SCALE: _round(shap[SHAPLEY_SCALE].values),
+            },
+            "picture": picture,
+        },
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    (outdir / "explanation.json").write_text(
+        json.dumps(finite_or_none(doc), indent=1, allow_nan=False)
+    )
+    return doc

@@ -1,0 +1,328 @@
+// medfuse web page: a form built from GET /v1/model, sent to POST /v1/explain.
+// No framework and no external resource: everything here is served by medfuse itself.
+"use strict";
+
+const state = { info: null, kinds: {} };
+const $ = (id) => document.getElementById(id);
+
+function token() {
+  return sessionStorage.getItem("medfuse-token") || "";
+}
+
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {});
+  if (token()) headers["Authorization"] = "Bearer " + token();
+  const r = await fetch(path, Object.assign({}, options, { headers }));
+  let body = null;
+  try {
+    body = await r.json();
+  } catch (e) {
+    body = null;
+  }
+  return { status: r.status, body };
+}
+
+function esc(s) {
+  return String(s).replace(/[&<>"']/g, (c) => ({
+    "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;",
+  }[c]));
+}
+
+function showError(msg) {
+  const box = $("error");
+  box.textContent = msg;
+  box.hidden = !msg;
+}
+
+function describeErrors(body, status) {
+  if (!body) return `request failed (HTTP ${status})`;
+  const d = body.detail;
+  if (Array.isArray(d)) {
+    return d.map((e) => {
+      const loc = (e.loc || []).filter((p) => p !== "body").join(" › ");
+      return (loc ? loc + ": " : "") + e.msg;
+    }).join("\n");
+  }
+  return typeof d === "string" ? d : JSON.stringify(d);
+}
+
+// ---- the form ---------------------------------------------------------------------------------
+
+const IMAGE_TYPES = {
+  png: "png", jpg: "png", jpeg: "png", bmp: "png", tif: "png", tiff: "png",
+  dcm: "dicom", dicom: "dicom", npy: "npy",
+};
+
+function fieldId(modality, column) {
+  return ("f-" + modality + (column === undefined ? "" : "-" + column)).replace(/[^A-Za-z0-9_-]/g, "_");
+}
+
+function buildForm(info) {
+  const root = $("fields");
+  root.innerHTML = "";
+  for (const [name, m] of Object.entries(info.modalities)) {
+    state.kinds[name] = m.kind;
+    const fs = document.createElement("fieldset");
+    fs.dataset.modality = name;
+    const shape = m.shape.join(" × ");
+    fs.innerHTML = `<legend>${esc(name)} <span class="hint">(${esc(m.kind)}, ${esc(shape)})</span></legend>`;
+    if (m.kind === "image") {
+      fs.innerHTML += `<label>file (PNG, JPEG, DICOM or .npy)
+        <input type="file" id="${fieldId(name)}" data-testid="file-${esc(name)}"
+          accept=".png,.jpg,.jpeg,.bmp,.tif,.tiff,.dcm,.dicom,.npy"></label>
+        <img class="preview" id="${fieldId(name)}-preview" alt="" hidden>`;
+    } else if (m.kind === "signal") {
+      fs.innerHTML += `<label>file (.npy of shape (channels, time), or .csv with one column per lead)
+        <input type="file" id="${fieldId(name)}" data-testid="file-${esc(name)}" accept=".npy,.csv"></label>
+        <div class="hint">${esc(m.shape[m.shape.length - 2])} channels; longer signals are
+        centre-cropped, shorter ones zero-padded to ${esc(m.shape[m.shape.length - 1])} samples.</div>`;
+    } else {
+      const cats = m.categories || {};
+      for (const col of m.columns || []) {
+        const id = fieldId(name, col);
+        if (cats[col]) {
+          const opts = cats[col].map((v) => `<option value="${esc(v)}">${esc(v)}</option>`).join("");
+          fs.innerHTML += `<label>${esc(col)} <select id="${id}" data-testid="field-${esc(col)}">
+            <option value="">(missing)</option>${opts}</select></label>`;
+        } else {
+          fs.innerHTML += `<label>${esc(col)} <input type="number" step="any" id="${id}"
+            data-testid="field-${esc(col)}" placeholder="missing"></label>`;
+        }
+      }
+    }
+    root.appendChild(fs);
+    const file = $(fieldId(name));
+    if (m.kind === "image" && file) {
+      file.addEventListener("change", () => {
+        const img = $(fieldId(name) + "-preview");
+        const f = file.files[0];
+        if (f && /\.(png|jpe?g|bmp)$/i.test(f.name)) {
+          img.src = URL.createObjectURL(f);
+          img.hidden = false;
+        } else {
+          img.hidden = true;
+        }
+      });
+    }
+  }
+  $("case-form").hidden = false;
+}
+
+function toBase64(buffer) {
+  const bytes = new Uint8Array(buffer);
+  let s = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    s += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(s);
+}
+
+// A .csv signal becomes a float32 .npy of shape (channels, time), fitted by the server.
+function csvToNpy(text, channels) {
+  const rows = [];
+  for (const line of text.split(/\r?\n/)) {
+    if (!line.trim()) continue;
+    const cells = line.trim().split(/[,;\t ]+/);
+    const nums = cells.map(Number);
+    if (nums.some((v) => !Number.isFinite(v))) {
+      if (rows.length === 0) continue; // a header line
+      throw new Error(`the CSV has a non-numeric value on line ${rows.length + 2}`);
+    }
+    rows.push(nums);
+  }
+  if (!rows.length) throw new Error("the CSV holds no numbers");
+  const r = rows.length;
+  const k = rows[0].length;
+  if (rows.some((row) => row.length !== k)) throw new Error("the CSV rows have different lengths");
+  let mat; // channels x time
+  if (k === channels) {
+    mat = Array.from({ length: k }, (_, c) => rows.map((row) => row[c]));
+  } else if (k === channels + 1) {
+    mat = Array.from({ length: channels }, (_, c) => rows.map((row) => row[c + 1])); // time column
+  } else if (r === channels) {
+    mat = rows;
+  } else {
+    throw new Error(`the CSV has ${r} rows × ${k} columns; the model expects ${channels} leads ` +
+      "(one column per lead, or one row per lead)");
+  }
+  const t = mat[0].length;
+  let header = `{'descr': '<f4', 'fortran_order': False, 'shape': (${channels}, ${t}), }`;
+  const total = 10 + header.length + 1;
+  header += " ".repeat((64 - (total % 64)) % 64) + "\n";
+  const buf = new ArrayBuffer(10 + header.length + 4 * channels * t);
+  const u8 = new Uint8Array(buf);
+  u8.set([0x93, 78, 85, 77, 80, 89, 1, 0]); // \x93NUMPY v1.0
+  new DataView(buf).setUint16(8, header.length, true);
+  for (let i = 0; i < header.length; i++) u8[10 + i] = header.charCodeAt(i);
+  const data = new DataView(buf, 10 + header.length);
+  let o = 0;
+  for (const row of mat) for (const v of row) { data.setFloat32(o, v, true); o += 4; }
+  return buf;
+}
+
+async function readInstance() {
+  const inst = {};
+  for (const [name, m] of Object.entries(state.info.modalities)) {
+    if (m.kind === "tabular") {
+      const row = {};
+      let any = false;
+      for (const col of m.columns || []) {
+        const el = $(fieldId(name, col));
+        const v = el.value.trim();
+        if (v === "") continue;
+        row[col] = el.tagName === "SELECT" ? v : Number(v);
+        any = true;
+      }
+      if (any) inst[name] = row;
+      continue;
+    }
+    const file = $(fieldId(name)).files[0];
+    if (!file) continue;
+    const ext = (file.name.split(".").pop() || "").toLowerCase();
+    if (m.kind === "image") {
+      const field = IMAGE_TYPES[ext];
+      if (!field) throw new Error(`${name}: cannot send a .${ext} file; use PNG, JPEG, DICOM or .npy`);
+      inst[name] = { [field]: toBase64(await file.arrayBuffer()) };
+    } else if (ext === "csv") {
+      const channels = m.shape[m.shape.length - 2];
+      try {
+        inst[name] = { npy: toBase64(csvToNpy(await file.text(), channels)) };
+      } catch (e) {
+        throw new Error(`${name}: ${e.message}`);
+      }
+    } else if (ext === "npy") {
+      inst[name] = { npy: toBase64(await file.arrayBuffer()) };
+    } else {
+      throw new Error(`${name}: cannot send a .${ext} file; use .npy or .csv`);
+    }
+  }
+  return inst;
+}
+
+// ---- the results ------------------------------------------------------------------------------
+
+function fmt(x, d = 3) {
+  return x === null || x === undefined ? "n/a" : Number(x).toFixed(d);
+}
+
+function signed(x, d = 3) {
+  return (x > 0 ? "+" : "") + Number(x).toFixed(d);
+}
+
+function render(result) {
+  const e = result.explanations[0];
+  const info = state.info;
+  const p = e.prediction;
+  const label = Array.isArray(p.label) ? p.label.join(", ") || "(none)" : p.label;
+  const positive = info.task === "binary" && label === info.labels[1];
+  const probs = Object.entries(p.probabilities)
+    .map(([k, v]) => `P(${esc(k)}) = ${fmt(v)}`).join(" · ");
+  const thr = p.threshold === null || p.threshold === undefined
+    ? "decision: the most probable class"
+    : `threshold ${fmt(p.threshold)}`;
+  const missing = p.missing.length ? `<div class="hint">absent: ${esc(p.missing.join(", "))}</div>` : "";
+  $("prediction").innerHTML =
+    `<div>predicted: <span class="label ${positive ? "positive" : ""}" data-testid="label">${esc(label)}</span></div>
+     <div data-testid="probability">${probs}</div>
+     <div data-testid="threshold">${thr}</div>${missing}`;
+  $("explained-class").textContent = e.explained.label;
+
+  const c = e.contributions;
+  const cl = e.contributions_logit;
+  let rows = `<thead><tr><th>modality</th><th>Shapley (probability)</th><th>(logit)</th></tr></thead><tbody>`;
+  rows += `<tr><td>no modality present</td><td>${fmt(c.base)}</td><td>${fmt(cl.base)}</td></tr>`;
+  for (const [m, v] of Object.entries(c.values)) {
+    const cls = v > 0 ? "pos" : v < 0 ? "neg" : "";
+    const absent = p.missing.includes(m) ? " (absent)" : "";
+    rows += `<tr data-modality="${esc(m)}"><td>${esc(m)}${absent}</td><td class="${cls}">${signed(v)}</td>
+      <td class="${cls}">${signed(cl.values[m])}</td></tr>`;
+  }
+  rows += `<tr><td><b>prediction</b></td><td><b>${fmt(c.full)}</b></td><td><b>${fmt(cl.full)}</b></td></tr></tbody>`;
+  $("contributions").innerHTML = rows;
+  const wf = $("picture-modalities");
+  if (e.pictures.modalities) { wf.src = e.pictures.modalities; wf.hidden = false; } else { wf.hidden = true; }
+
+  const maps = $("maps");
+  maps.innerHTML = "";
+  for (const [m, mp] of Object.entries(e.maps)) {
+    const kind = state.kinds[m];
+    const testid = kind === "image" ? "overlay" : kind === "signal" ? "attribution" : "features";
+    const fig = document.createElement("figure");
+    const how = mp.method === "grad-cam" ? `Grad-CAM at ${mp.layer}` : `integrated gradients (${mp.steps} steps)`;
+    const src = e.pictures[m];
+    fig.innerHTML = (src ? `<img id="picture-${esc(m)}" data-testid="${testid}-${esc(m)}" alt="${esc(how)} for ${esc(m)}" src="${src}">` : "") +
+      `<figcaption>${esc(m)}: ${esc(how)}, towards ${esc(e.explained.label)}</figcaption>`;
+    maps.appendChild(fig);
+  }
+  $("results").hidden = false;
+}
+
+// ---- wiring -----------------------------------------------------------------------------------
+
+async function loadModel() {
+  const r = await api("/v1/model");
+  if (r.status === 401) {
+    $("token-box").hidden = false;
+    $("model-summary").textContent = "a token is needed";
+    return;
+  }
+  if (r.status !== 200) {
+    showError(describeErrors(r.body, r.status));
+    return;
+  }
+  $("token-box").hidden = true;
+  state.info = r.body;
+  const i = r.body;
+  $("model-summary").textContent =
+    `${i.name}: ${i.task} (${i.labels.join(" / ")}) from ${Object.keys(i.modalities).join(", ")}`;
+  buildForm(i);
+}
+
+async function submit(ev) {
+  ev.preventDefault();
+  showError("");
+  let inst;
+  try {
+    inst = await readInstance();
+  } catch (e) {
+    showError(e.message);
+    return;
+  }
+  if (!Object.keys(inst).length) {
+    showError("give at least one input (an image, a signal or a clinical value)");
+    return;
+  }
+  $("submit").disabled = true;
+  $("busy").hidden = false;
+  try {
+    const r = await api("/v1/explain", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ instances: [inst] }),
+    });
+    if (r.status !== 200) {
+      showError(describeErrors(r.body, r.status));
+      return;
+    }
+    render(r.body);
+  } catch (e) {
+    showError("the service did not answer: " + e.message);
+  } finally {
+    $("submit").disabled = false;
+    $("busy").hidden = true;
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("case-form").addEventListener("submit", submit);
+  $("case-form").addEventListener("reset", () => {
+    $("results").hidden = true;
+    showError("");
+    document.querySelectorAll(".preview").forEach((img) => { img.hidden = true; });
+  });
+  $("token-save").addEventListener("click", () => {
+    sessionStorage.setItem("medfuse-token", $("token").value);
+    loadModel();
+  });
+  loadModel();
+});
