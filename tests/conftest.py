@@ -72,3 +72,40 @@ def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("pkg") / "tiny"
     return train(copy.deepcopy(TINY_SYNTHETIC), out=out, device="cpu", progress=False).package
+
+
+# ---- headless Chromium (browser tests: HTML report, explanation pages) ------------------------
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    """Debian's chromium (``apt-get install -y chromium``); skips when absent."""
+    import shutil
+
+    for cand in (os.environ.get("MEDFUSE_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
+        if cand and Path(cand).exists():
+            return str(cand)
+    pytest.skip("no chromium binary (apt-get install -y chromium, or set MEDFUSE_CHROMIUM)")
+
+
+@pytest.fixture(scope="session")
+def browser(chromium_path: str):
+    """A Playwright Chromium browser (headless, system chromium); skips without playwright."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=chromium_path, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()

@@ -6,6 +6,7 @@ import logging
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,7 @@ from medfuse.train.metrics import SUMMARY_KEYS, choose_threshold, compute_metric
 from medfuse.train.trainer import (
     HISTORY,
     Tensors,
-    Trainer,
     predict_logits,
-    resolve_device,
     to_tensors,
 )
 
@@ -90,6 +89,14 @@ def split_metrics(
     y = data.y.numpy()
     logits, per = predict_logits(model, data, device, bf16=spec.train.bf16, branches=branches)
     out = compute_metrics(task, y, probabilities(task, logits), threshold, labels)
+    paired = np.all([data.masks[m].numpy() > 0 for m in spec.modalities], axis=0)
+    if not paired.all():  # some samples miss a modality: fully paired subset vs the others
+        for key, sel in (("paired", paired), ("partial", ~paired)):
+            out[key] = {"n": int(sel.sum())}
+            if sel.any():
+                p_sel = probabilities(task, logits[sel])
+                mm = compute_metrics(task, y[sel], p_sel, threshold, labels)
+                out[key].update({k: mm[k] for k in SUMMARY_KEYS if k in mm})
     if branches:
         out["branches"] = {}
         for m, lg in per.items():
@@ -130,8 +137,14 @@ def train(
     progress: bool | None = None,
     overrides: list[str] | None = None,
     command: str | None = None,
+    strategy: str | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Train the composite a spec describes and save it as a package (returned with its metrics)."""
+    """Train the composite a spec describes and save it as a package (returned with its metrics).
+
+    ``strategy`` overrides ``train.strategy`` (see ``medfuse.distributed``); under torchrun every
+    rank calls this, rank 0 writes the package and the other ranks return empty metrics.
+    ``on_epoch(record)`` is called after every epoch (experiment tracking, e.g. MLflow)."""
     t0 = time.perf_counter()
     if isinstance(spec, str | Path):
         spec = load_spec(spec, overrides)
@@ -141,9 +154,16 @@ def train(
         d = spec.to_dict()
         d["train"]["seed"] = int(seed)
         spec = parse_spec(d)
+    if strategy is not None:
+        d = spec.to_dict()
+        d["train"]["strategy"] = strategy
+        spec = parse_spec(d)
     seed_everything(spec.train.seed)
     spec, bundle = prepare_data(spec, data_dir)
-    dev = resolve_device(device)
+    from medfuse.distributed.strategies import start_session
+
+    session = start_session(spec, device)  # rank, device, process group (single: no-op)
+    dev = session.device
     out = Path(out) if out is not None else Path("runs") / spec.name
     workdir = out.with_name(out.name + ".train")
     stats = fit_preprocessing(spec, bundle.train, bundle.info)
@@ -152,9 +172,14 @@ def train(
 
     seed_everything(spec.train.seed)
     model = build_model(spec)
-    trainer = Trainer(model, spec, train_t, val_t, device=dev, workdir=workdir, progress=progress)
+    trainer = session.trainer(
+        model, spec, train_t, val_t, workdir=workdir, progress=progress, on_epoch=on_epoch
+    )
     trainer.fit(resume=resume)
-    model = trainer.model.eval()
+    model = session.finish(trainer)  # the plain trained model, on rank 0 only
+    if model is None:
+        return TrainResult(out, {}, time.perf_counter() - t0)
+    model = model.eval()
     task = spec.task.type
     val_logits, _ = predict_logits(model, val_t, dev, bf16=spec.train.bf16)
     thr = threshold_for(spec, bundle.val.y, probabilities(task, val_logits))
@@ -168,6 +193,7 @@ def train(
         "stages": trainer.stage_results,
         "seconds": round(seconds, 2),
         "device": str(dev),
+        **session.record(),
         "seed": spec.train.seed,
         "samples": {
             "train": len(bundle.train),
@@ -227,7 +253,9 @@ def evaluate(
         task = spec.task.type
         p = pred.predict_proba(data)
         cal = compute_metrics(task, data.y, p, pred.threshold, spec.task.labels)
-        out.update({k: cal[k] for k in ("ece", "brier") if k in cal})
+        # the stored threshold lives on the calibrated scale (medfuse calibrate maps it), so
+        # every threshold metric, not only ECE/Brier, comes from the calibrated probabilities
+        out.update({k: v for k, v in cal.items() if k in out})
     out["split"] = split
     return out
 

@@ -22,7 +22,13 @@ Handler = Callable[[argparse.Namespace], int | None]
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
 
 #: modules whose import registers more verbs (each area adds its own line)
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = [
+    "medfuse.explain.cli",
+    "medfuse.export.cli",
+    "medfuse.serve.cli",
+    "medfuse.compress.cli",
+    "medfuse.evaluation_cli",
+]
 
 
 def command(
@@ -51,7 +57,10 @@ def command(
 def console():
     from rich.console import Console
 
-    return Console(stderr=False, soft_wrap=True)
+    c = Console(soft_wrap=True)
+    if not c.is_terminal:  # pipes and CI logs: wide enough that metric tables are not truncated
+        c = Console(soft_wrap=True, width=160)
+    return c
 
 
 def metrics_table(title: str, rows: dict[str, dict[str, Any]], keys: tuple[str, ...]) -> Any:
@@ -94,24 +103,59 @@ def _train(p: argparse.ArgumentParser) -> Handler:
     _common_data(p)
     p.add_argument("--seed", type=int, help="overrides train.seed")
     p.add_argument(
+        "--on-bad-row",
+        choices=["fail", "missing"],
+        help="a manifest row whose file is missing or unreadable: fail the run, or treat that "
+        "modality as missing and count it (sets data.on_bad_row)",
+    )
+    p.add_argument(
         "--resume", action="store_true", help="continue an interrupted run from its last checkpoint"
     )
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    from medfuse.distributed.launch import add_launch_arguments, launch_from_cli
+
+    add_launch_arguments(p)  # --strategy, --nproc, --nnodes, --node-rank, --rdzv-endpoint, ...
+    p.add_argument(
+        "--track",
+        choices=["mlflow"],
+        help="log params, per-epoch metrics and the package to MLflow (pip install "
+        "medfuse[tracking]); off by default",
+    )
+    p.add_argument("--track-uri", help="MLflow tracking URI (default: local file store ./mlruns)")
 
     def run(a: argparse.Namespace) -> int:
         from medfuse.api import train
+        from medfuse.report.tracking import tracking
         from medfuse.train.metrics import SUMMARY_KEYS
 
-        res = train(
-            a.config,
-            out=a.out,
-            data_dir=a.data_dir,
-            device=a.device,
-            seed=a.seed,
-            resume=a.resume,
-            overrides=a.overrides,
-            command=" ".join(shlex.quote(x) for x in ["medfuse", *sys.argv[1:]]),
-        )
+        launched = launch_from_cli(p, a)  # --nproc/--nnodes: torchrun starts the workers
+        if launched is not None:
+            return launched
+        overrides = a.overrides + ([f"data.on_bad_row={a.on_bad_row}"] if a.on_bad_row else [])
+        params = None
+        if a.track:
+            from medfuse.config import load_spec
+
+            params = {**load_spec(a.config, overrides).to_dict(), "cli": {"seed": a.seed}}
+        with tracking(a.track, a.track_uri, params=params) as tracker:
+            res = train(
+                a.config,
+                out=a.out,
+                data_dir=a.data_dir,
+                device=a.device,
+                seed=a.seed,
+                resume=a.resume,
+                overrides=overrides,
+                command=" ".join(shlex.quote(x) for x in ["medfuse", *sys.argv[1:]]),
+                strategy=a.strategy,
+                on_epoch=tracker.on_epoch if tracker else None,
+            )
+            if tracker:
+                tracker.finish(res)
+        from medfuse.distributed.strategies import is_main_process
+
+        if not is_main_process():  # other ranks: rank 0 prints and writes the package
+            return 0
         if a.json:
             print(
                 json.dumps(
@@ -135,12 +179,25 @@ def _evaluate(p: argparse.ArgumentParser) -> Handler:
     _common_data(p)
     p.add_argument("--json", action="store_true", help="print JSON only")
     p.add_argument("-o", "--output", help="also write the metrics JSON to this file")
+    from medfuse.evaluation_cli import add_evaluate_options, clinical_requested
+
+    add_evaluate_options(p)  # --ci/--no-ci, --bootstrap, --subgroup, --threshold-method, --target
 
     def run(a: argparse.Namespace) -> int:
         from medfuse.api import evaluate
         from medfuse.train.metrics import SUMMARY_KEYS
 
         m = evaluate(a.package, split=a.split, data_dir=a.data_dir, device=a.device)
+        if clinical_requested(a):  # CIs, operating point, subgroups (medfuse.report)
+            from medfuse.evaluation_cli import run_clinical_evaluate
+
+            rc = run_clinical_evaluate(a, m)
+            if not a.json and "paired" in m:  # some samples miss a modality
+                rows = {"all": m, **{f"{k} (n={m[k]['n']})": m[k] for k in ("paired", "partial")}}
+                console().print(
+                    metrics_table("fully paired vs partial samples", rows, SUMMARY_KEYS)
+                )
+            return rc
         text = json.dumps(m, indent=2, default=str)
         if a.output:
             Path(a.output).write_text(text)
@@ -151,6 +208,11 @@ def _evaluate(p: argparse.ArgumentParser) -> Handler:
             "fused": m,
             **{f"{k} only": v for k, v in m.get("branches", {}).items()},
             **{f"without {k}": v for k, v in m.get("without", {}).items()},
+            **{
+                f"{k} (n={m[k]['n']})": m[k]
+                for k in ("paired", "partial")  # all modalities present / some missing
+                if k in m
+            },
         }
         console().print(
             metrics_table(f"{a.package} ({a.split}, n={m.get('n')})", rows, SUMMARY_KEYS)
@@ -171,19 +233,27 @@ def _predict(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--out", help="output .csv or .parquet (default: print)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument(
+        "--runtime",
+        default="torch",
+        choices=["torch", "onnx"],
+        help="torch (the weights) or onnx (model.onnx via ONNX Runtime; run medfuse export first)",
+    )
 
     def run(a: argparse.Namespace) -> int:
-        from medfuse.io import predict_file
+        # streams a manifest in chunks (constant memory), progress bar on a terminal
+        from medfuse.serve.batch import predict_stream
 
-        df = predict_file(a.package, a.input, device=a.device, batch_size=a.batch_size)
+        n = predict_stream(
+            a.package,
+            a.input,
+            a.out,
+            runtime=a.runtime,
+            device=a.device,
+            batch_size=a.batch_size,
+        )
         if a.out:
-            out = Path(a.out)
-            df.to_parquet(out, index=False) if out.suffix == ".parquet" else df.to_csv(
-                out, index=False
-            )
-            console().print(f"{len(df)} predictions -> {out}")
-        else:
-            print(df.to_csv(index=False), end="")
+            console().print(f"{n} predictions -> {Path(a.out)}")
         return 0
 
     return run

@@ -97,7 +97,7 @@ def load_data(
     """Load a data source by name (``medmnist:breastmnist``, ``manifest:file.csv``, ``synthetic``)."""
     kind, arg = parse_source(source)
     loader = DATASETS.get(kind, path="data.source")
-    return loader(
+    bundle = loader(
         arg,
         dict(options or {}),
         root=resolve_data_root(data_root),
@@ -106,6 +106,24 @@ def load_data(
         on_bad_row=on_bad_row,
         seed=seed,
     )
+    return keep_modalities(bundle, list(modalities or {}))
 
 
-from medfuse.data import manifest, medmnist, synthetic  # noqa: E402,F401
+def keep_modalities(bundle: DataBundle, names: list[str]) -> DataBundle:
+    """Drop the modalities a spec does not use (e.g. an image-only model on synthetic data).
+
+    Only when the source provides every name; otherwise the bundle is returned unchanged so that
+    ``complete_spec`` can say which modality is missing.
+    """
+    have = set(bundle.modalities)
+    if not names or set(names) == have or not set(names) <= have:
+        return bundle
+    for s in (bundle.train, bundle.val, bundle.test):
+        if s is not None:
+            s.arrays = {m: s.arrays[m] for m in names}
+            s.masks = {m: s.masks[m] for m in names}
+    bundle.modalities = {m: bundle.modalities[m] for m in names}
+    return bundle
+
+
+from medfuse.data import manifest, medmnist, mitbih, ptbxl, synthetic  # noqa: E402,F401

@@ -11,6 +11,18 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+def _calibration_line(c: dict[str, Any]) -> str:
+    if c.get("method", "none") == "none":
+        return "- Calibration: none (probabilities as trained; `medfuse calibrate` fits one)"
+    line = f"- Calibration: {c['method']} scaling, T = {c.get('temperature', 1.0):.4f}"
+    if "ece_before" in c:
+        line += (
+            f", fitted on {c.get('fitted_on', 'val')}; validation ECE "
+            f"{c['ece_before']:.4f} -> {c['ece_after']:.4f} ({c.get('binning', '10 bins')})"
+        )
+    return line
+
+
 def model_card(meta: dict[str, Any], metrics: dict[str, Any]) -> str:
     spec = meta["spec"]
     data = meta.get("data", {})
@@ -31,6 +43,7 @@ def model_card(meta: dict[str, Any], metrics: dict[str, Any]) -> str:
         ),
         f"- Fusion: `{spec['fusion']['type']}`; parameters: {meta.get('parameters', '?'):,}",
         f"- Decision threshold: {meta['threshold'].get('value', 0.5):.4f} ({meta['threshold'].get('method')}, chosen on validation)",
+        _calibration_line(meta.get("calibration") or {}),
         "- Versions: "
         + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items() if k != "platform"),
         "",

@@ -1,0 +1,182 @@
+"""Metrics per subgroup (sex, age band, site, ...) with bootstrap CIs and the best-worst gap.
+
+The groups are resampled *jointly*: one resample of patients from the whole split is cut into
+groups, so group sizes vary from resample to resample as they would in a new cohort, and the gap
+between the best and the worst group gets an honest interval of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medfuse.errors import DataError
+from medfuse.report.ci import LEVEL, RESAMPLES, bootstrap, interval, metric_rows, point_rows
+
+#: columns tried, in order, when no column is named
+CANDIDATES = (
+    "sex",
+    "gender",
+    "age_band",
+    "age_group",
+    "site",
+    "centre",
+    "center",
+    "hospital",
+    "scanner",
+    "device",
+    "ethnicity",
+)
+#: a numeric column with more distinct values than this is cut into quartile bands
+MAX_LEVELS = 8
+#: groups smaller than this are listed but not ranked
+MIN_GROUP = 10
+KEYS = ("auroc", "auprc", "sensitivity", "specificity", "ppv", "npv", "accuracy")
+_SKIP = ("id", "patient_id", "record", "file", "path")
+
+
+def _usable_meta_columns(meta: pd.DataFrame) -> list[str]:
+    return [
+        c
+        for c in meta.columns
+        if c not in _SKIP and not str(c).startswith("contrib_") and meta[c].nunique() >= 2
+    ]
+
+
+def available_columns(meta: pd.DataFrame, tabular_columns: dict[str, list[str]]) -> list[str]:
+    """Subgroup columns: metadata columns plus the columns of tabular modalities."""
+    out = _usable_meta_columns(meta) if len(meta) else []
+    for cols in tabular_columns.values():
+        out += [c for c in cols if c not in out]
+    return out
+
+
+def auto_column(meta: pd.DataFrame) -> str | None:
+    """A sensible default subgroup column from the metadata, or None (e.g. MedMNIST has none)."""
+    if not len(meta):
+        return None
+    usable = _usable_meta_columns(meta)
+    for c in CANDIDATES:
+        if c in usable:
+            return c
+    for c in usable:
+        if 2 <= meta[c].nunique() <= MAX_LEVELS:
+            return c
+    return None
+
+
+def band(values: pd.Series) -> tuple[np.ndarray, str]:
+    """Categorical values as strings; numeric columns with many values cut into quartile bands."""
+    s = pd.Series(values)
+    numeric = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
+    if numeric and s.nunique(dropna=True) > MAX_LEVELS:
+        q = s.quantile([0, 0.25, 0.5, 0.75, 1.0]).to_numpy()
+        edges = np.unique(q)
+        cats = pd.cut(s, edges, include_lowest=True, duplicates="drop")
+        labels = cats.map(lambda iv: f"{iv.left:.4g}-{iv.right:.4g}").astype(object)
+        out = labels.where(cats.notna(), "missing").astype(str).to_numpy()
+        return out, "quartile bands"
+    return s.astype(object).where(s.notna(), "missing").astype(str).to_numpy(), "values"
+
+
+def subgroup_values(
+    column: str,
+    meta: pd.DataFrame,
+    arrays: dict[str, np.ndarray],
+    tabular_columns: dict[str, list[str]],
+) -> tuple[np.ndarray, str]:
+    """The subgroup label of each sample for ``column`` (metadata first, then tabular inputs)."""
+    if len(meta) and column in meta.columns:
+        vals, how = band(meta[column])
+        return vals, f"metadata column '{column}' ({how})"
+    for mod, cols in tabular_columns.items():
+        if column in cols:
+            raw = arrays[mod][:, cols.index(column)]
+            vals, how = band(pd.Series(raw))
+            return vals, f"tabular input '{mod}.{column}' ({how})"
+    avail = available_columns(meta, tabular_columns)
+    from medfuse.errors import did_you_mean
+
+    raise DataError(
+        f"no subgroup column {column!r} in this data{did_you_mean(column, avail)} "
+        + (
+            f"Available: {', '.join(avail)}"
+            if avail
+            else "This data source has no subgroup columns (MedMNIST, for one, provides none)."
+        )
+    )
+
+
+def subgroup_metrics(
+    task: str,
+    y: np.ndarray,
+    p: np.ndarray,
+    values: np.ndarray,
+    threshold: float = 0.5,
+    *,
+    groups: Any = None,
+    n_boot: int = RESAMPLES,
+    seed: int = 0,
+    level: float = LEVEL,
+    gap_metric: str = "auroc",
+) -> dict[str, Any]:
+    """``{groups: {value: {n, positives, metrics}}, gap: {...}}`` with percentile bootstrap CIs."""
+    values = np.asarray(values).astype(str)
+    names = sorted(np.unique(values))
+    sel = {g: values == g for g in names}
+    y = np.asarray(y)
+    rankable = [
+        g
+        for g in names
+        if sel[g].sum() >= MIN_GROUP and (task != "binary" or len(np.unique(y[sel[g]])) == 2)
+    ]
+
+    def rows(w: np.ndarray) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        per_gap = []
+        for g in names:
+            m = metric_rows(task, y[sel[g]], p[sel[g]], w[:, sel[g]], threshold)
+            for k in KEYS:
+                if k in m:
+                    out[f"{g}\0{k}"] = m[k]
+            if g in rankable:
+                per_gap.append(m[gap_metric])
+        if len(per_gap) >= 2:
+            a = np.stack(per_gap, axis=1)
+            ok = np.isfinite(a).all(axis=1)
+            out["\0gap"] = np.where(ok, np.nanmax(a, axis=1) - np.nanmin(a, axis=1), np.nan)
+        return out
+
+    dist = bootstrap(rows, len(y), groups=groups, n_boot=n_boot, seed=seed)
+    result: dict[str, Any] = {"groups": {}, "gap": None, "metric": gap_metric}
+    points = {}
+    for g in names:
+        pt = point_rows(task, y[sel[g]], p[sel[g]], threshold)
+        points[g] = pt
+        yy = y[sel[g]]
+        result["groups"][g] = {
+            "n": int(sel[g].sum()),
+            "positives": int(np.asarray(yy).sum()) if task == "binary" else None,
+            "ranked": g in rankable,
+            "metrics": {
+                k: interval(pt[k], dist[f"{g}\0{k}"], level) for k in KEYS if f"{g}\0{k}" in dist
+            },
+        }
+    if "\0gap" in dist:
+        vals = {g: points[g][gap_metric] for g in rankable}
+        best = max(vals, key=lambda g: vals[g])
+        worst = min(vals, key=lambda g: vals[g])
+        result["gap"] = {
+            "metric": gap_metric,
+            "best": best,
+            "worst": worst,
+            **interval(vals[best] - vals[worst], dist["\0gap"], level),
+        }
+    small = [g for g in names if g not in rankable]
+    if small:
+        result["note"] = (
+            f"not ranked (fewer than {MIN_GROUP} samples or one class only): {', '.join(small)}"
+        )
+    return result

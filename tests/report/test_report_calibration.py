@@ -1,0 +1,101 @@
+"""Temperature scaling: recovers a known temperature, lowers ECE, is stored in the package
+atomically, is applied by predict, and keeps decisions unless a new operating point is asked for."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medfuse.cli import main
+from medfuse.package import read_meta
+from medfuse.predict import load
+from medfuse.report.calibration import (
+    calibrate_package,
+    calibration_error,
+    fit_temperature,
+    map_threshold,
+    reliability,
+)
+from medfuse.report.clinical import load_bundle
+from medfuse.train.metrics import probabilities
+
+
+def test_fit_temperature_recovers_overconfidence() -> None:
+    rng = np.random.default_rng(0)
+    true_logit = rng.normal(0, 2, 4000)
+    y = (rng.random(4000) < 1 / (1 + np.exp(-true_logit))).astype(float)
+    logits = 3.0 * true_logit  # a model three times too confident
+    t = fit_temperature("binary", logits[:, None], y)
+    assert t == pytest.approx(3.0, rel=0.15)
+    before = calibration_error("binary", y, probabilities("binary", logits[:, None]))
+    after = calibration_error("binary", y, probabilities("binary", logits[:, None], t))
+    assert after < 0.5 * before
+    rel = reliability("binary", y, probabilities("binary", logits[:, None], t))
+    assert sum(rel["count"]) == 4000 and rel["binning"].startswith("10 equal-width")
+
+
+def test_fit_temperature_multiclass() -> None:
+    rng = np.random.default_rng(1)
+    z = rng.normal(0, 1.5, (3000, 3))
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    y = np.array([rng.choice(3, p=row) for row in p])
+    assert fit_temperature("multiclass", 0.5 * z, y) == pytest.approx(0.5, rel=0.15)
+
+
+def test_map_threshold_keeps_decisions() -> None:
+    rng = np.random.default_rng(2)
+    logits = rng.normal(0, 2, 500)
+    old_t, new_t, thr = 1.0, 1.7, 0.62
+    v = map_threshold(thr, old_t, new_t)
+    before = 1 / (1 + np.exp(-logits / old_t)) >= thr
+    after = 1 / (1 + np.exp(-logits / new_t)) >= v
+    assert np.array_equal(before, after)
+
+
+def test_calibrate_package_stores_and_predict_applies(tiny_package, tmp_path) -> None:
+    out = tmp_path / "cal"
+    res = calibrate_package(tiny_package, out=out)
+    meta = read_meta(out)  # checksums verified: the rewrite was complete
+    c = meta["calibration"]
+    assert c["method"] == "temperature" and c["fitted_on"] == "val"
+    assert c["temperature"] == pytest.approx(res["calibration"]["temperature"])
+    assert c["nll_after"] <= c["nll_before"] + 1e-12
+    assert {"ece_before", "ece_after", "binning"} <= set(c)
+    assert read_meta(tiny_package)["calibration"]["temperature"] == 1.0  # source untouched
+    src, dst = load(tiny_package), load(out)
+    test = load_bundle(src).test
+    assert dst.temperature == pytest.approx(c["temperature"])
+    assert np.allclose(
+        dst.predict_proba(test), probabilities("binary", src.logits(test), dst.temperature)
+    )
+    assert dst.predict(test) == src.predict(test)  # the threshold was mapped
+    assert f"T = {c['temperature']:.4f}" in (out / "README.md").read_text()
+
+
+def test_calibrate_rechooses_operating_point(tiny_package, tmp_path) -> None:
+    out = tmp_path / "cal95"
+    res = calibrate_package(tiny_package, out=out, threshold_method="sensitivity", target=0.9)
+    thr = read_meta(out)["threshold"]
+    assert thr["method"] == "sensitivity" and thr["target"] == 0.9
+    assert thr["value"] == pytest.approx(res["threshold"]["value"])
+    pred = load(out)
+    val = load_bundle(pred).val
+    p = pred.predict_proba(val)
+    sens = float(((p >= pred.threshold) & (val.y == 1)).sum() / (val.y == 1).sum())
+    assert sens >= 0.9
+
+
+def test_calibrate_cli_errors(tiny_package, tmp_path, capsys) -> None:
+    rc = main(
+        [
+            "calibrate",
+            str(tiny_package),
+            "--out",
+            str(tmp_path / "x"),
+            "--threshold-method",
+            "sensitivity",
+        ]
+    )
+    assert rc == 2
+    assert "--target" in capsys.readouterr().err
+    assert main(["calibrate", str(tmp_path / "nope")]) == 4
