@@ -44,7 +44,13 @@ def example_inputs(spec: Any, batch: int = 2) -> tuple[torch.Tensor, ...]:
     return (*xs, *masks)
 
 
-def export_onnx_bytes(model: nn.Module, spec: Any, *, opset: int = DEFAULT_OPSET, example: tuple[torch.Tensor, ...] | None = None) -> bytes:
+def export_onnx_bytes(
+    model: nn.Module,
+    spec: Any,
+    *,
+    opset: int = DEFAULT_OPSET,
+    example: tuple[torch.Tensor, ...] | None = None,
+) -> bytes:
     """Serialise the composite to ONNX (TorchScript-based exporter: stable for LSTM/GRU)."""
     mods = list(spec.modalities)
     wrapper = FlatInputs(model, mods).eval().cpu()
@@ -56,13 +62,22 @@ def export_onnx_bytes(model: nn.Module, spec: Any, *, opset: int = DEFAULT_OPSET
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            wrapper, args, buf, input_names=names, output_names=["logits"], dynamic_axes=dyn,
-            opset_version=opset, do_constant_folding=True, dynamo=False,
+            wrapper,
+            args,
+            buf,
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes=dyn,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
         )
     return buf.getvalue()
 
 
-def export_onnx(model: nn.Module, spec: Any, path: str | Path, *, opset: int = DEFAULT_OPSET) -> Path:
+def export_onnx(
+    model: nn.Module, spec: Any, path: str | Path, *, opset: int = DEFAULT_OPSET
+) -> Path:
     path = Path(path)
     path.write_bytes(export_onnx_bytes(model, spec, opset=opset))
     return path

@@ -1,0 +1,299 @@
+"""Load test of ``medfuse serve``: 64 concurrent clients on loopback, ONNX vs torch backends.
+
+For each backend a real server is started (``medfuse serve PACKAGE --runtime R``, uvicorn, same
+workers / threads for both), warmed up, then hammered by ``--clients`` concurrent keep-alive
+connections for ``--seconds`` seconds, each sending one real test instance per request
+(``POST /v1/predict``). Every request is accounted for: ``sent == ok + errors`` is asserted, an
+``ok`` is a 200 whose JSON holds exactly one prediction. Printed side by side: requests/s, p50
+and p99 latency, and the ONNX / torch throughput ratio, all measured in this one run.
+
+Both servers run at once (an idle one costs nothing) and the load alternates between them in
+``--rounds`` rounds, so that both backends see the same machine conditions (the CPU is shared).
+The clients are plain asyncio HTTP/1.1 connections (``--client raw``, default) so that the load
+generator, which shares the CPU with the server, spends as little of it as possible;
+``--client httpx`` uses ``httpx.AsyncClient`` instead.
+
+    python benchmarks/serve_load.py --package runs/breastmnist        # an exported package
+    python benchmarks/serve_load.py --data-dir /work/shared/data      # trains a small one first
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(package: Path, runtime: str, workers: int, threads: int) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "medfuse", "serve", str(package), "--runtime", runtime,
+           "--port", str(port), "--workers", str(workers), "--threads", str(threads),
+           "--no-access-log", "--max-batch", "64"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{runtime} server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                if s.recv(64).startswith(b"HTTP/1.1 200"):
+                    return proc, port
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise SystemExit(f"{runtime} server did not start")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.sent = 0
+        self.ok = 0
+        self.errors: dict[str, int] = {}
+        self.latencies: list[float] = []
+
+    def error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+
+def check_body(body: bytes) -> bool:
+    try:
+        return len(json.loads(body)["predictions"]) == 1
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+async def raw_client(port: int, request: bytes, until: float, tally: Tally) -> None:
+    """One keep-alive connection sending ``request`` until ``until``; every send is tallied."""
+    conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+    try:
+        while time.perf_counter() < until:
+            t = time.perf_counter()
+            tally.sent += 1
+            try:
+                if conn is None:
+                    conn = await asyncio.open_connection("127.0.0.1", port)
+                reader, writer = conn
+                writer.write(request)
+                await writer.drain()
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head[9:12])
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                body = await reader.readexactly(length)
+            except (OSError, asyncio.IncompleteReadError, ValueError) as err:
+                tally.error(type(err).__name__)
+                if conn is not None:
+                    conn[1].close()
+                conn = None  # reconnect on the next request
+                await asyncio.sleep(0.01)
+                continue
+            if status == 200 and check_body(body):
+                tally.ok += 1
+                tally.latencies.append(time.perf_counter() - t)
+            else:
+                tally.error(f"HTTP {status}")
+    finally:
+        if conn is not None:
+            conn[1].close()
+
+
+async def httpx_client(client: Any, body: bytes, until: float, tally: Tally) -> None:
+    import httpx
+
+    headers = {"Content-Type": "application/json"}
+    while time.perf_counter() < until:
+        t = time.perf_counter()
+        tally.sent += 1
+        try:
+            r = await client.post("/v1/predict", content=body, headers=headers)
+        except httpx.HTTPError as err:
+            tally.error(type(err).__name__)
+            continue
+        if r.status_code == 200 and check_body(r.content):
+            tally.ok += 1
+            tally.latencies.append(time.perf_counter() - t)
+        else:
+            tally.error(f"HTTP {r.status_code}")
+
+
+async def load(port: int, body: bytes, clients: int, seconds: float, kind: str) -> Tally:
+    tally = Tally()
+    request = (
+        b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    until = time.perf_counter() + seconds
+    if kind == "raw":
+        await asyncio.gather(*(raw_client(port, request, until, tally) for _ in range(clients)))
+    else:
+        import httpx
+
+        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=60
+        ) as c:
+            await asyncio.gather(*(httpx_client(c, body, until, tally) for _ in range(clients)))
+    return tally
+
+
+def request_bodies(package: Path, data_dir: str | None, n: int = 32) -> list[bytes]:
+    """One-instance JSON bodies from the package's own test split (raw values)."""
+    from medfuse.config import parse_spec
+    from medfuse.data import load_data
+    from medfuse.package import read_meta
+
+    spec = parse_spec(read_meta(package)["spec"])
+    bundle = load_data(spec.data.source, spec.data.options, data_root=data_dir,
+                       modalities=spec.modalities, task=spec.task.type)  # fmt: skip
+    split = bundle.test or bundle.val
+    bodies = []
+    for i in range(min(n, len(split))):
+        inst: dict[str, Any] = {}
+        for m, s in spec.modalities.items():
+            if split.masks[m][i] == 0:
+                continue
+            x = split.arrays[m][i]
+            if s.kind == "tabular":
+                inst[m] = {c: (None if np.isnan(v) else float(v)) for c, v in zip(s.columns, x)}
+            else:
+                inst[m] = {"array": x.tolist()}
+        bodies.append(json.dumps({"instances": [inst]}).encode())
+    return bodies
+
+
+def model_latency(
+    package: Path, runtimes: list[str], body: bytes, n: int = 200
+) -> dict[str, float]:
+    """Median batch-1 ``predict_proba`` time of each runtime (no HTTP), interleaved."""
+    from medfuse.serve.service import Service
+
+    services = {rt: Service(package, runtime=rt, threads=1) for rt in runtimes}
+    any_service = next(iter(services.values()))
+    inst = any_service.request_model.model_validate(json.loads(body)).instances
+    arrays, masks = any_service.decode(inst)
+    batch = {**arrays, "mask": masks}
+    times: dict[str, list[float]] = {rt: [] for rt in runtimes}
+    for i in range(n + 20):
+        for rt, svc in services.items():
+            t = time.perf_counter()
+            svc.predictor.predict_proba(batch)
+            if i >= 20:
+                times[rt].append(time.perf_counter() - t)
+    return {rt: float(np.median(v)) * 1000 for rt, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--package", help="an exported package (default: train a BreastMNIST one)")
+    ap.add_argument("--data-dir", default=os.environ.get("MEDFUSE_DATA_DIR", "/work/shared/data"))
+    ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--warmup", type=float, default=3.0)
+    ap.add_argument("--rounds", type=int, default=6, help="interleaved rounds per backend")
+    ap.add_argument("--workers", type=int, default=2, help="uvicorn workers (both backends)")
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads per worker (both)")
+    ap.add_argument("--client", choices=["raw", "httpx"], default="raw")
+    ap.add_argument("--runtimes", default="onnx,torch")
+    a = ap.parse_args()
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if a.package:
+        package = Path(a.package)
+    else:
+        package = Path(tempfile.mkdtemp(prefix="medfuse-load-")) / "breastmnist"
+        base = [sys.executable, "-m", "medfuse"]
+        subprocess.run([*base, "train", "breastmnist", "--out", str(package), "--data-dir",
+                        a.data_dir, "--set", "train.epochs=3", "--device", "cpu"], check=True)  # fmt: skip
+        subprocess.run([*base, "export", str(package), "--data-dir", a.data_dir], check=True)
+    bodies = request_bodies(package, a.data_dir)
+    body = bodies[0]
+    print(f"package {package}; {a.clients} clients x {a.seconds:.0f} s per backend "
+          f"({a.rounds} interleaved rounds); {a.workers} workers x {a.threads} thread(s); "
+          f"body {len(body)} bytes; client {a.client}")  # fmt: skip
+    runtimes = a.runtimes.split(",")
+    model_only = model_latency(package, runtimes, bodies[0])
+    print("model only, batch 1, in process: "
+          + ", ".join(f"{rt} {ms:.2f} ms" for rt, ms in model_only.items()))  # fmt: skip
+    servers = {rt: start(package, rt, a.workers, a.threads) for rt in runtimes}
+    tallies = {rt: Tally() for rt in runtimes}
+    walls = dict.fromkeys(runtimes, 0.0)
+    try:
+        for rt in runtimes:  # warm-up, not counted
+            asyncio.run(load(servers[rt][1], body, a.clients, a.warmup, a.client))
+        # interleaved rounds: on a shared, noisy machine both backends see the same conditions
+        for _ in range(a.rounds):
+            for rt in runtimes:
+                t0 = time.perf_counter()
+                part = asyncio.run(
+                    load(servers[rt][1], body, a.clients, a.seconds / a.rounds, a.client)
+                )
+                walls[rt] += time.perf_counter() - t0
+                tally = tallies[rt]
+                tally.sent += part.sent
+                tally.ok += part.ok
+                tally.latencies += part.latencies
+                for k, v in part.errors.items():
+                    tally.errors[k] = tally.errors.get(k, 0) + v
+    finally:
+        for proc, _ in servers.values():
+            stop(proc)
+    results: dict[str, dict[str, Any]] = {}
+    for rt, tally in tallies.items():
+        lat = np.asarray(tally.latencies) * 1000
+        errors = sum(tally.errors.values())
+        assert tally.sent == tally.ok + errors, "a request is unaccounted for"
+        results[rt] = {
+            "sent": tally.sent,
+            "ok": tally.ok,
+            "errors": errors,
+            "error_kinds": tally.errors,
+            "seconds": walls[rt],
+            "rps": tally.ok / walls[rt],
+            "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
+            "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
+        }
+    print()
+    print(f"{'backend':8} {'sent':>7} {'ok':>7} {'errors':>6} {'secs':>5} {'req/s':>8} "
+          f"{'p50 ms':>8} {'p99 ms':>8}")  # fmt: skip
+    for rt, r in results.items():
+        print(f"{rt:8} {r['sent']:7d} {r['ok']:7d} {r['errors']:6d} {r['seconds']:5.0f} "
+              f"{r['rps']:8.1f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f}"
+              + (f"  {r['error_kinds']}" if r["errors"] else ""))  # fmt: skip
+    if "onnx" in results and "torch" in results:
+        ratio = results["onnx"]["rps"] / results["torch"]["rps"]
+        print(f"\nONNX / torch requests/s: {ratio:.2f}x (target >= 3x)")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

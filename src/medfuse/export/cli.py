@@ -1,0 +1,114 @@
+"""``medfuse export`` and ``medfuse verify``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from medfuse.cli import Handler, command, console
+
+
+def report_table(report: Any) -> Any:
+    from rich.table import Table
+
+    t = Table(title=f"verify {report.package}  (checksums ok; inputs: {report.inputs})")
+    for col in ("runtime", "device", "precision", "n", "max |diff|", "labels agree", "criterion"):
+        t.add_column(col, justify="right" if col in ("n", "max |diff|", "labels agree") else "left")
+    t.add_column("result")
+    t.add_column("note", overflow="fold")
+    for c in report.checks:
+        colour = {"ok": "green", "fail": "red"}.get(c.status, "yellow")
+        t.add_row(
+            c.runtime,
+            c.device,
+            c.precision,
+            str(c.n or ""),
+            "" if c.max_abs_diff is None else f"{c.max_abs_diff:.2e}",
+            "" if c.label_agreement is None else f"{c.label_agreement:.2%}",
+            c.criterion,
+            f"[{colour}]{c.status}[/{colour}]",
+            c.note,
+        )
+    return t
+
+
+def _print_report(report: Any, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        c = console()
+        c.print(report_table(report))
+        c.print("[green]verified[/green]" if report.ok else "[red]verification FAILED[/red]")
+    return 0 if report.ok else 1
+
+
+@command("export", "write an ONNX or torch.export program into a package, then verify it")
+def _export(p: argparse.ArgumentParser) -> Handler:
+    from medfuse.export.onnx import DEFAULT_OPSET
+
+    p.add_argument("package")
+    p.add_argument("--format", default="onnx", choices=["onnx", "pt2"])
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default 17)")
+    p.add_argument("--samples", type=int, default=16, help="verification samples (default 16)")
+    p.add_argument("--refresh", action="store_true", help="rebuild verification.npz")
+    p.add_argument("--data-dir", help="data root for the verification inputs (validation split)")
+    p.add_argument("--device", default="cpu", help="device for the verification run (default cpu)")
+    p.add_argument("--json", action="store_true")
+
+    def run(a: argparse.Namespace) -> int:
+        from medfuse.export.exporter import export_package
+
+        res = export_package(
+            a.package,
+            format=a.format,
+            opset=a.opset,
+            data_dir=a.data_dir,
+            device=a.device,
+            samples=a.samples,
+            refresh=a.refresh,
+        )
+        if not a.json:
+            c = console()
+            for note in res.notes:
+                c.print(note)
+            if res.written:
+                c.print(f"wrote {', '.join(res.written)} into {res.package}")
+        return _print_report(res.report, a.json)
+
+    return run
+
+
+@command("verify", "check a package's checksums and its runtimes' parity on this device")
+def _verify(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument("package")
+    p.add_argument(
+        "--runtime",
+        default="all",
+        choices=["all", "torch", "onnx", "pt2"],
+        help="all (default: every runtime present here) or one",
+    )
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default cpu)")
+    p.add_argument("--tolerance", type=float, default=None, help="fp32 max |diff| (1e-4)")
+    p.add_argument(
+        "--split",
+        choices=["val", "test", "train"],
+        help="verify on a whole split of the package's data (reference computed by PyTorch)",
+    )
+    p.add_argument("--data-dir", help="data root (with --split)")
+    p.add_argument("--json", action="store_true")
+
+    def run(a: argparse.Namespace) -> int:
+        from medfuse.export.verify import TOLERANCE, verify_package
+
+        report = verify_package(
+            a.package,
+            runtimes="all" if a.runtime == "all" else [a.runtime],
+            device=a.device,
+            tolerance=a.tolerance if a.tolerance is not None else TOLERANCE,
+            split=a.split,
+            data_dir=a.data_dir,
+        )
+        return _print_report(report, a.json)
+
+    return run

@@ -1,0 +1,467 @@
+"""Parity verification: a package's runtimes against the PyTorch reference, on stored real inputs.
+
+``verification.npz`` (written by ``medfuse export``) holds a few samples from the validation split,
+some with a modality masked out, as the exported graphs see them (normalised, ``<m>`` and
+``mask_<m>``, the ONNX input names), as raw values (``raw.<m>``, before preprocessing), and the
+reference logits of the PyTorch model on CPU (``logits``). ``verify_package`` checks the checksums
+and runs those inputs through every runtime available here:
+
+- ``torch``: the package's weights (``model.safetensors``) rebuilt from the spec;
+- ``onnx``: ``model.onnx`` with ONNX Runtime, both on the stored normalised inputs and through the
+  torch-free runtime from the raw inputs (so the stored preprocessing statistics are checked too);
+- ``pt2``: the ``torch.export`` program ``model.pt2``.
+
+An fp32 runtime passes when its largest absolute logit difference is at most ``TOLERANCE``; an
+INT8 ONNX model (``"precision": "int8"`` in ``medfuse.json``'s ``runtime``) passes when its labels
+agree with the reference on at least ``MIN_AGREEMENT`` of the samples. With ``split`` a whole
+split of the package's data is used instead, the reference computed on the fly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medfuse.errors import DataError, MedfuseError, PackageError
+from medfuse.package import read_meta, sha256_file
+from medfuse.preprocess import normalize
+from medfuse.runtime import decide, modalities_from_meta, probabilities
+
+log = logging.getLogger("medfuse.export")
+
+VERIFICATION = "verification.npz"
+TOLERANCE = 1e-4
+MIN_AGREEMENT = 0.99
+RUNTIMES = ("torch", "onnx", "pt2")
+DEFAULT_SAMPLES = 16
+#: |P - threshold| at or below this is a tie (label decided by rounding), left out of agreement
+TIE = 1e-6
+
+
+class ParityError(MedfuseError):
+    """An export does not reproduce the PyTorch model within tolerance (exit status 1)."""
+
+    exit_code = 1
+
+
+# ---- building the verification inputs ------------------------------------------------------
+
+
+def select_samples(
+    arrays: dict[str, np.ndarray],
+    masks: dict[str, np.ndarray],
+    modalities: dict[str, Any],
+    *,
+    n: int = DEFAULT_SAMPLES,
+    seed: int = 0,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+    """``n`` samples (raw arrays, masks, source indices); the last quarter (at least one) have one
+    modality masked out, cycling over the modalities, as the data pipeline represents an absent
+    modality (zeros, NaN for tabular, mask 0)."""
+    total = len(next(iter(masks.values())))
+    if total == 0:
+        raise DataError("no samples to build verification inputs from")
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(total, size=min(n, total), replace=False))
+    raw = {m: np.array(a[idx], dtype=np.float32) for m, a in arrays.items()}
+    mk = {m: np.array(k[idx], dtype=np.float32) for m, k in masks.items()}
+    names = list(modalities)
+    # one modality: one all-missing sample suffices; several: a quarter, each modality in turn
+    k = (max(1, len(idx) // 4) if len(names) > 1 else 1) if len(idx) > 1 else 0
+    for j, i in enumerate(range(len(idx) - k, len(idx))):
+        m = names[j % len(names)]
+        mk[m][i] = 0.0
+        raw[m][i] = np.nan if modalities[m].kind == "tabular" else 0.0
+    return raw, mk, idx
+
+
+def random_samples(
+    modalities: dict[str, Any], stats: dict[str, Any], *, n: int = DEFAULT_SAMPLES, seed: int = 0
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Inputs drawn from the stored statistics (mean + std * N(0, 1)) when the data is not here."""
+    rng = np.random.default_rng(seed)
+    arrays, masks = {}, {}
+    for m, info in modalities.items():
+        st = stats[m]
+        c = int(st["channel_axis"]) + 1
+        shape = [1] * (len(info.shape) + 1)
+        shape[c] = -1
+        mean = np.asarray(st["mean"], np.float32).reshape(shape)
+        std = np.asarray(st["std"], np.float32).reshape(shape)
+        arrays[m] = (mean + std * rng.standard_normal((n, *info.shape))).astype(np.float32)
+        masks[m] = np.ones(n, np.float32)
+    return arrays, masks
+
+
+def feeds_from_raw(
+    meta: dict[str, Any], arrays: dict[str, np.ndarray], masks: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Normalised inputs and masks, keyed as the ONNX graph's inputs."""
+    stats = meta["preprocessing"]
+    feeds = {m: normalize(arrays[m], masks[m], stats[m]) for m in meta["spec"]["modalities"]}
+    feeds.update(
+        {f"mask_{m}": np.asarray(masks[m], np.float32) for m in meta["spec"]["modalities"]}
+    )
+    return feeds
+
+
+def verification_bytes(
+    raw: dict[str, np.ndarray],
+    masks: dict[str, np.ndarray],
+    feeds: dict[str, np.ndarray],
+    logits: np.ndarray,
+    index: np.ndarray,
+) -> bytes:
+    """The ``verification.npz`` payload."""
+    out = dict(feeds)
+    out.update({f"raw.{m}": a for m, a in raw.items()})
+    out["logits"] = np.asarray(logits, np.float32)
+    out["index"] = np.asarray(index, np.int64)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **out)
+    return buf.getvalue()
+
+
+# ---- running each runtime ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def exact_fp32() -> Iterator[None]:
+    """No TF32 on CUDA while checking parity (it alone can exceed 1e-4)."""
+    import torch
+
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def torch_logits(
+    model: Any,
+    modalities: Sequence[str],
+    feeds: dict[str, np.ndarray],
+    device: Any,
+    batch: int = 256,
+) -> np.ndarray:
+    """Logits of a callable ``(inputs, masks) -> logits`` (a CompositeModel or a pt2 module)."""
+    import torch
+
+    n = len(feeds[f"mask_{modalities[0]}"])
+    out = []
+    with torch.no_grad(), exact_fp32():
+        for s in range(0, n, batch):
+            inputs = {m: torch.from_numpy(feeds[m][s : s + batch]).to(device) for m in modalities}
+            masks = {
+                m: torch.from_numpy(feeds[f"mask_{m}"][s : s + batch]).to(device)
+                for m in modalities
+            }
+            out.append(model(inputs, masks).float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def _torch_device(device: str) -> Any:
+    from medfuse.train.trainer import resolve_device
+
+    return resolve_device(device)
+
+
+def _available(name: str) -> str | None:
+    """None when the runtime's library imports here, else why not."""
+    import importlib.util
+
+    lib = {"torch": "torch", "pt2": "torch", "onnx": "onnxruntime"}[name]
+    return None if importlib.util.find_spec(lib) else f"{lib} is not installed here"
+
+
+# ---- the report ----------------------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    """One runtime's result against the reference."""
+
+    runtime: str
+    status: str  # ok | fail | skipped
+    device: str = ""
+    precision: str = "fp32"
+    n: int = 0
+    max_abs_diff: float | None = None
+    label_agreement: float | None = None
+    criterion: str = ""
+    note: str = ""
+
+
+@dataclass
+class VerifyReport:
+    package: Path
+    inputs: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Checksums passed (else read_meta raised), no runtime failed and at least one ran."""
+        return any(c.status == "ok" for c in self.checks) and not any(
+            c.status == "fail" for c in self.checks
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "package": str(self.package),
+            "checksums": "ok",
+            "inputs": self.inputs,
+            "ok": self.ok,
+            "checks": [asdict(c) for c in self.checks],
+        }
+
+
+def _note(check: Check, text: str) -> None:
+    check.note = f"{check.note}; {text}" if check.note else text
+
+
+def _judge(
+    check: Check,
+    logits: np.ndarray,
+    ref: np.ndarray,
+    meta: dict[str, Any],
+    tolerance: float,
+    min_agreement: float,
+) -> Check:
+    if logits.shape != ref.shape:
+        check.status, check.note = "fail", f"output shape {logits.shape} != reference {ref.shape}"
+        return check
+    finite = np.isfinite(logits).all()
+    check.n = int(len(ref))
+    check.max_abs_diff = float(np.abs(logits - ref).max()) if finite and len(ref) else float("inf")
+    task, labels = meta["task"], list(meta["labels"])
+    temp = float(meta.get("calibration", {}).get("temperature", 1.0))
+    thr = float(meta.get("threshold", {}).get("value", 0.5))
+    p_ref = probabilities(task, ref, temp)
+    a = decide(task, probabilities(task, logits, temp), labels, thr)
+    b = decide(task, p_ref, labels, thr)
+    # a reference probability ON the threshold (the validation sample that defined a Youden
+    # threshold) is decided by rounding, not by the model: such ties are not counted
+    tie = np.zeros(len(b), bool)
+    if task != "multiclass" and len(b):
+        near = np.abs(p_ref - thr) <= TIE
+        tie = near if near.ndim == 1 else near.any(axis=1)
+    same = [x == y for x, y, t in zip(a, b, tie) if not t]
+    check.label_agreement = float(np.mean(same)) if same else 1.0
+    if tie.any():
+        _note(check, f"{int(tie.sum())} sample(s) exactly at the threshold not counted")
+    if check.precision == "int8":
+        check.criterion = f"label agreement >= {min_agreement:.0%}"
+        good = finite and check.label_agreement >= min_agreement
+    else:
+        check.criterion = f"max |diff| <= {tolerance:g}"
+        good = finite and check.max_abs_diff <= tolerance
+    check.status = "ok" if good else "fail"
+    if not finite:
+        _note(check, "non-finite outputs")
+    return check
+
+
+def verify_package(
+    path: str | Path,
+    *,
+    runtimes: Sequence[str] | str = "all",
+    device: str = "cpu",
+    tolerance: float = TOLERANCE,
+    min_agreement: float = MIN_AGREEMENT,
+    split: str | None = None,
+    data_dir: str | Path | None = None,
+) -> VerifyReport:
+    """Checksums, then each runtime on the verification inputs (or a whole ``split``).
+
+    ``runtimes``: "all" (every runtime whose file and library are here; others are skipped) or
+    names from ``RUNTIMES`` (a named runtime that cannot run is a failure, not a skip).
+    """
+    root = Path(path)
+    meta = read_meta(root)  # raises PackageError on a missing or altered file
+    files = meta.get("files", {})
+    explicit = runtimes != "all"
+    names = list(RUNTIMES) if runtimes == "all" else list(runtimes)
+    for name in names:
+        if name not in RUNTIMES:
+            raise MedfuseError(f"unknown runtime {name!r}; allowed: {', '.join(RUNTIMES)}, all")
+    mods = list(meta["spec"]["modalities"])
+
+    raw: dict[str, np.ndarray] | None = None
+    masks: dict[str, np.ndarray] | None = None
+    if split is None:
+        if VERIFICATION not in files:
+            raise PackageError(
+                f"{root} has no {VERIFICATION}; run `medfuse export {root}` to add one "
+                "(an INT8 package keeps its model.onnx)"
+            )
+        with np.load(root / VERIFICATION, allow_pickle=False) as d:
+            feeds = {k: d[k] for k in (*mods, *(f"mask_{m}" for m in mods))}
+            raw = {m: d[f"raw.{m}"] for m in mods if f"raw.{m}" in d.files}
+            ref = d["logits"]
+        masks = {m: feeds[f"mask_{m}"] for m in mods}
+        ver = meta.get("verification", {})
+        inputs = f"{VERIFICATION}: {len(ref)} samples ({ver.get('source', 'stored')})"
+        stale = ver.get("weights_sha256") not in (None, files.get("model.safetensors"))
+        if stale and "model.safetensors" in files:
+            log.warning(
+                "%s was made for other weights than model.safetensors; run medfuse export again",
+                VERIFICATION,
+            )
+    else:
+        raw, masks, ref, inputs = _split_reference(root, meta, split, data_dir)
+        feeds = feeds_from_raw(meta, raw, masks)
+
+    rt = meta.get("runtime") or {}
+    report = VerifyReport(root, inputs)
+    for name in names:
+        precision = "fp32"
+        if name == "onnx" and rt.get("onnx_file", "model.onnx") == "model.onnx":
+            precision = str(rt.get("precision", "fp32"))
+        check = Check(name, "skipped", device=device, precision=precision)
+        file = {
+            "torch": "model.safetensors",
+            "onnx": rt.get("onnx_file", "model.onnx"),
+            "pt2": "model.pt2",
+        }[name]
+        why = _available(name) or (None if file in files else f"no {file} in the package")
+        if not why and name == "onnx" and str(device).startswith("cuda"):
+            import onnxruntime as ort
+
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                why = "this onnxruntime has no CUDAExecutionProvider (onnxruntime-gpu)"
+        if why:
+            check.note = why
+            check.status = "fail" if explicit else "skipped"
+            report.checks.append(check)
+            continue
+        try:
+            if name == "torch":
+                from medfuse.package import load_package
+
+                dev = _torch_device(device)
+                check.device = str(dev)
+                model = load_package(root, device=dev).model
+                logits = torch_logits(model, mods, feeds, dev)
+            elif name == "pt2":
+                from medfuse.export.pt2 import load_pt2
+
+                dev = _torch_device(device)
+                check.device = str(dev)
+                logits = torch_logits(load_pt2(root / file, dev), mods, feeds, dev)
+            else:
+                from medfuse.runtime import OnnxPredictor
+
+                dev_name = "cuda" if str(device).startswith("cuda") else "cpu"
+                if device == "auto":
+                    import onnxruntime as ort
+
+                    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+                    dev_name = "cuda" if has_cuda else "cpu"
+                pred = OnnxPredictor(root, device=dev_name, onnx_file=file, verify=False)
+                check.device = f"{dev_name} ({pred.session.get_providers()[0]})"
+                logits = pred.run(feeds)
+                if raw is not None and set(raw) == set(mods):  # the torch-free path end to end
+                    full = pred.logits({**raw, "mask": masks})
+                    if full.shape == logits.shape:
+                        gap = float(np.abs(full - logits).max()) if len(full) else 0.0
+                        check.note = f"raw -> preprocess -> ORT: max |diff| {gap:.1e}"
+                        if gap > tolerance:
+                            logits = full  # judge the worse of the two paths
+            _judge(check, logits, ref, meta, tolerance, min_agreement)
+        except MedfuseError as err:
+            check.status, check.note = "fail", str(err)
+        except Exception as err:  # a runtime's own failure is a verification failure, reported
+            check.status, check.note = "fail", f"{type(err).__name__}: {err}"
+        report.checks.append(check)
+    return report
+
+
+def _split_reference(
+    root: Path, meta: dict[str, Any], split: str, data_dir: str | Path | None
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, str]:
+    """Raw inputs of a whole split and the PyTorch (fp32, CPU) reference logits on them."""
+    from medfuse.data import load_data
+    from medfuse.package import load_package
+
+    pkg = load_package(root, device="cpu")
+    spec = pkg.spec
+    bundle = load_data(
+        spec.data.source,
+        spec.data.options,
+        data_root=data_dir,
+        modalities=spec.modalities,
+        task=spec.task.type,
+        on_bad_row=spec.data.on_bad_row,
+        seed=spec.train.seed,
+    )
+    data = bundle.split(split)
+    raw = {m: np.asarray(a, np.float32) for m, a in data.arrays.items()}
+    masks = {m: np.asarray(k, np.float32) for m, k in data.masks.items()}
+    feeds = feeds_from_raw(meta, raw, masks)
+    ref = torch_logits(pkg.model, list(spec.modalities), feeds, "cpu")
+    return (
+        raw,
+        masks,
+        ref,
+        f"{split} split of {spec.data.source}: {len(ref)} samples (reference: torch fp32 cpu)",
+    )
+
+
+def build_verification(
+    package: Any,
+    *,
+    data_dir: str | Path | None = None,
+    n: int = DEFAULT_SAMPLES,
+    seed: int = 0,
+) -> tuple[bytes, dict[str, Any], dict[str, np.ndarray]]:
+    """``verification.npz`` bytes, its ``medfuse.json`` record, and the feeds (for export checks).
+
+    Inputs come from the package's validation split; when its data cannot be loaded here they are
+    drawn from the stored statistics instead, and the record says so.
+    """
+    meta, spec = package.meta, package.spec
+    modalities = modalities_from_meta(meta)
+    try:
+        from medfuse.data import load_data
+
+        bundle = load_data(
+            spec.data.source,
+            spec.data.options,
+            data_root=data_dir,
+            modalities=spec.modalities,
+            task=spec.task.type,
+            on_bad_row=spec.data.on_bad_row,
+            seed=spec.train.seed,
+        )
+        raw, masks, idx = select_samples(
+            bundle.val.arrays, bundle.val.masks, modalities, n=n, seed=seed
+        )
+        source = f"val split of {spec.data.source}"
+    except (MedfuseError, OSError) as err:
+        log.warning("verification inputs drawn from the stored statistics: %s", err)
+        raw_all, masks_all = random_samples(modalities, meta["preprocessing"], n=n, seed=seed)
+        raw, masks, idx = select_samples(raw_all, masks_all, modalities, n=n, seed=seed)
+        idx = np.full(len(idx), -1)
+        source = f"random from the stored statistics (data unavailable: {err})"
+    feeds = feeds_from_raw(meta, raw, masks)
+    logits = torch_logits(package.model.cpu().eval(), list(modalities), feeds, "cpu")
+    record = {
+        "file": VERIFICATION,
+        "samples": int(len(logits)),
+        "masked": {m: int((masks[m] == 0).sum()) for m in modalities},
+        "source": source,
+        "reference": "torch fp32 cpu",
+        "tolerance": TOLERANCE,
+        "min_label_agreement_int8": MIN_AGREEMENT,
+        "weights_sha256": sha256_file(package.path / "model.safetensors"),
+    }
+    return verification_bytes(raw, masks, feeds, logits, idx), record, {**feeds, "logits": logits}

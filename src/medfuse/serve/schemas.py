@@ -1,0 +1,169 @@
+"""Request and response models of the HTTP service (they make the OpenAPI schema meaningful).
+
+The request models are built per package: one optional field per modality (named as in the
+spec), an image or signal modality takes ``{"array": ...}`` (raw values of the modality's exact
+shape) or a base64 file (``png``, ``dicom``, ``npy``), a tabular modality an object with one field
+per column. Unknown fields are schema errors (422) that name the field.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+from medfuse.runtime import Modality
+
+#: payload kinds per modality kind, besides "array"
+FILE_FIELDS = {"image": ("png", "dicom", "npy"), "signal": ("npy",)}
+FILE_DOCS = {
+    "png": "base64 of an image file Pillow reads (PNG, JPEG, BMP, TIFF)",
+    "dicom": "base64 of a DICOM file",
+    "npy": "base64 of a NumPy .npy file (numeric)",
+}
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Prediction(_Closed):
+    """One instance's result."""
+
+    probabilities: dict[str, float] = Field(
+        description="per label: binary and multiclass sum to 1; multilabel are independent"
+    )
+    label: str | list[str] = Field(description="the decision (a list of labels for multilabel)")
+    threshold: float | None = Field(
+        description="decision threshold on P(positive) (binary) or on each label (multilabel); "
+        "null for multiclass (argmax)"
+    )
+    missing: list[str] = Field(description="modalities absent from this instance")
+
+
+class PredictResponse(_Closed):
+    model: str
+    runtime: str = Field(description="onnx or torch")
+    predictions: list[Prediction]
+
+
+class Health(_Closed):
+    status: str = Field(description="'ok' when the model is loaded and answering")
+    model: str
+    runtime: str
+
+
+class ModalityDescription(_Closed):
+    kind: str
+    shape: list[int] = Field(description="shape of one sample (no batch axis)")
+    accepts: list[str] = Field(description="payload fields accepted for this modality")
+    columns: list[str] | None = None
+    categories: dict[str, list[str]] | None = Field(
+        default=None, description="tabular text columns and their allowed values"
+    )
+
+
+class ModelInfo(_Closed):
+    name: str
+    task: str
+    labels: list[str]
+    modalities: dict[str, ModalityDescription]
+    threshold: dict[str, Any]
+    temperature: float
+    runtime: dict[str, Any]
+    versions: dict[str, Any] = Field(description="'package': training stack; 'serving': this one")
+    max_batch: int
+    input_schema: dict[str, Any] = Field(description="JSON schema of one instance")
+
+
+class ErrorDetail(_Closed):
+    detail: Any
+
+
+def _pascal(name: str) -> str:
+    parts = re.split(r"[^0-9A-Za-z]+", name)
+    out = "".join(p[:1].upper() + p[1:] for p in parts if p)
+    return out if out and not out[0].isdigit() else f"M{out}"
+
+
+def _nested(depth: int) -> Any:
+    t: Any = float
+    for _ in range(depth):
+        t = list[t]
+    return t
+
+
+def modality_model(m: Modality) -> type[BaseModel]:
+    """The payload model of one modality."""
+    if m.kind == "tabular":
+        fields: dict[str, Any] = {}
+        for i, col in enumerate(m.columns):
+            cats = m.categories.get(col)
+            desc = f"one of {cats}" if cats else "a number"
+            fields[f"c{i}"] = (
+                float | str | None,
+                Field(default=None, alias=col, description=f"{desc}; null or absent = missing"),
+            )
+        return create_model(
+            f"{_pascal(m.name)}Columns",
+            __config__=ConfigDict(extra="forbid", populate_by_name=False),
+            __doc__=f"Tabular modality {m.name!r}: one field per column.",
+            **fields,
+        )
+    shape = ", ".join(map(str, m.shape))
+    fields = {
+        "array": (
+            _nested(len(m.shape)) | None,
+            Field(default=None, description=f"raw values (finite), shape ({shape})"),
+        )
+    }
+    for f in FILE_FIELDS.get(m.kind, ()):
+        fields[f] = (
+            str | None,
+            Field(
+                default=None,
+                description=FILE_DOCS[f] + "; resized/fitted to the modality",
+                json_schema_extra={"contentEncoding": "base64"},
+            ),
+        )
+
+    def _one(self: Any) -> Any:
+        given = [k for k in type(self).model_fields if getattr(self, k) is not None]
+        if len(given) != 1:
+            allowed = ", ".join(type(self).model_fields)
+            raise ValueError(f"give exactly one of {allowed}; got {given or 'none'}")
+        return self
+
+    return create_model(
+        f"{_pascal(m.name)}Input",
+        __config__=ConfigDict(extra="forbid"),
+        __doc__=f"{m.kind.capitalize()} modality {m.name!r}: exactly one payload field.",
+        __validators__={"exactly_one": model_validator(mode="after")(_one)},
+        **fields,
+    )
+
+
+def request_models(
+    modalities: dict[str, Modality], max_batch: int
+) -> tuple[type[BaseModel], type[BaseModel]]:
+    """``(Instance, PredictRequest)`` for a package's modalities."""
+    fields: dict[str, Any] = {}
+    for i, (name, m) in enumerate(modalities.items()):
+        fields[f"m{i}"] = (
+            modality_model(m) | None,
+            Field(default=None, alias=name, description=f"{m.kind}; null or absent = missing"),
+        )
+    instance = create_model(
+        "Instance",
+        __config__=ConfigDict(extra="forbid", populate_by_name=False),
+        __doc__="One case: any subset of the modalities (missing ones are allowed).",
+        **fields,
+    )
+    request = create_model(
+        "PredictRequest",
+        __config__=ConfigDict(extra="forbid"),
+        __doc__="A batch of instances, predicted together.",
+        instances=(list[instance], Field(min_length=1, max_length=max_batch)),  # type: ignore[valid-type]
+    )
+    return instance, request

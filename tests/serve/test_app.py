@@ -1,0 +1,285 @@
+"""The HTTP app in process (FastAPI TestClient): routes, payload kinds, errors, extension point.
+
+(No ``from __future__ import annotations``: FastAPI reads the test route's annotations.)
+"""
+
+import base64
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from medfuse.serve.app import _EXTENSIONS, EXTENSION_MODULES, create_app, extension
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def client(exported_package: Path) -> TestClient:
+    return TestClient(create_app(exported_package, token=TOKEN, max_body_bytes=300_000))
+
+
+@pytest.fixture(scope="module")
+def cases(exported_package: Path) -> dict[str, np.ndarray]:
+    """A few real test-split cases of the package's own (synthetic) data."""
+    from medfuse.api import prepare_data
+    from medfuse.config import parse_spec
+    from medfuse.package import read_meta
+
+    _, bundle = prepare_data(parse_spec(read_meta(exported_package)["spec"]))
+    return {m: a[:4] for m, a in bundle.test.arrays.items()}
+
+
+def _instance(cases: dict[str, np.ndarray], i: int) -> dict[str, Any]:
+    age, bmi, marker = (float(v) for v in cases["tabular"][i])
+    return {
+        "image": {"array": cases["image"][i].tolist()},
+        "signal": {"array": cases["signal"][i].tolist()},
+        "tabular": {"age": age, "bmi": bmi, "marker": marker},
+    }
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_health_and_model_info(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ok", "model": "tiny", "runtime": "onnx"}
+    info = client.get("/v1/model", headers=AUTH).json()
+    assert info["labels"] == ["negative", "positive"]
+    assert info["modalities"]["image"]["shape"] == [1, 16, 16]
+    assert info["modalities"]["tabular"]["columns"] == ["age", "bmi", "marker"]
+    assert info["runtime"]["precision"] == "fp32" and info["runtime"]["name"] == "onnx"
+    assert 0 <= info["threshold"]["value"] <= 1
+    assert "torch" in info["versions"]["package"] and "onnxruntime" in info["versions"]["serving"]
+    assert set(info["input_schema"]["properties"]) == {"image", "signal", "tabular"}
+
+
+def test_predict_matches_the_torch_predictor(
+    client: TestClient, cases: dict[str, np.ndarray], exported_package: Path
+) -> None:
+    from medfuse.predict import load
+
+    body = {"instances": [_instance(cases, i) for i in range(4)] + [{"tabular": {"age": 50}}, {}]}
+    r = client.post("/v1/predict", json=body, headers=AUTH)
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    assert len(preds) == 6
+    ref = load(exported_package)
+    p = ref.predict_proba(
+        [{m: cases[m][i] for m in cases} for i in range(4)]
+    )  # list of per-sample dicts
+    got = np.array([x["probabilities"]["positive"] for x in preds[:4]])
+    assert np.abs(got - p).max() < 1e-5
+    assert [x["label"] for x in preds[:4]] == ref.predict(
+        [{m: cases[m][i] for m in cases} for i in range(4)]
+    )
+    assert preds[4]["missing"] == ["image", "signal"] and preds[5]["missing"] == [
+        "image",
+        "signal",
+        "tabular",
+    ]
+    assert all(abs(sum(x["probabilities"].values()) - 1) < 1e-9 for x in preds)
+
+
+def test_file_payloads_png_dicom_npy(client: TestClient, cases: dict[str, np.ndarray]) -> None:
+    from PIL import Image
+
+    img = cases["image"][0, 0]
+    # PNG at another size: resized like the data readers do
+    u8 = np.clip((img - img.min()) / (np.ptp(img) + 1e-6) * 255, 0, 255).astype(np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(u8).resize((40, 40)).save(png, "PNG")
+    npy = io.BytesIO()
+    np.save(npy, cases["signal"][0])
+    body = {
+        "instances": [
+            {"image": {"png": _b64(png.getvalue())}},
+            {"image": {"dicom": _b64(_dicom_bytes(u8.astype(np.uint16) * 4))}},
+            {"signal": {"npy": _b64(npy.getvalue())}},
+        ]
+    }
+    r = client.post("/v1/predict", json=body, headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert [p["missing"] for p in r.json()["predictions"]] == [
+        ["signal", "tabular"],
+        ["signal", "tabular"],
+        ["image", "tabular"],
+    ]
+
+
+def _dicom_bytes(pixels: np.ndarray) -> bytes:
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "OT"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _detail(r: Any) -> list[dict[str, Any]]:
+    d = r.json()["detail"]
+    return d if isinstance(d, list) else [{"msg": d, "loc": []}]
+
+
+@pytest.mark.parametrize(
+    ("instance", "loc", "text"),
+    [
+        ({"imaging": {}}, ["body", "instances", 0, "imaging"], "Extra inputs"),
+        ({"tabular": {"weight": 3}}, ["body", "instances", 0, "tabular", "weight"], "Extra"),
+        ({"tabular": {"age": "old"}}, ["body", "instances", 0, "tabular", "age"], "not a number"),
+        ({"image": {"png": "%%%"}}, ["body", "instances", 0, "image", "png"], "base64"),
+        (
+            {"image": {"png": base64.b64encode(b"GIF89a-not-really").decode()}},
+            ["body", "instances", 0, "image", "png"],
+            "image",
+        ),
+        (
+            {"image": {"dicom": base64.b64encode(b"\0" * 300).decode()}},
+            ["body", "instances", 0, "image", "dicom"],
+            "DICOM",
+        ),
+        (
+            {"image": {"array": [[[1.0, 2.0], [3.0]]]}},
+            ["body", "instances", 0, "image", "array"],
+            "ragged",
+        ),
+        (
+            {"image": {"array": [[[1.0, 2.0], [3.0, 4.0]]]}},
+            ["body", "instances", 0, "image", "array"],
+            "expected (1, 16, 16)",
+        ),
+        ({"image": {"array": None, "png": None}}, ["body", "instances", 0, "image"], "exactly one"),
+    ],
+)
+def test_bad_content_is_a_422_naming_the_field(
+    client: TestClient, instance: dict[str, Any], loc: list[Any], text: str
+) -> None:
+    r = client.post("/v1/predict", json={"instances": [instance]}, headers=AUTH)
+    assert r.status_code == 422, r.text
+    d = _detail(r)[0]
+    assert d["loc"] == loc and text in d["msg"], d
+
+
+def test_nan_signal_and_errors_leave_the_service_healthy(client: TestClient) -> None:
+    nan_signal = json.dumps(
+        {"instances": [{"signal": {"array": [[float("nan")] * 32, [0.0] * 32]}}]}
+    )  # Python's json writes NaN, as many clients do
+    r = client.post(
+        "/v1/predict", content=nan_signal, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert r.status_code == 422 and "NaN" in _detail(r)[0]["msg"]
+    r = client.post("/v1/predict", json={"instances": [{"tabular": {"age": 1e40}}]}, headers=AUTH)
+    assert r.status_code == 422
+    r = client.post(
+        "/v1/predict", content=b"{not json", headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert r.status_code == 422
+    r = client.post("/v1/predict", json={"instances": []}, headers=AUTH)
+    assert r.status_code == 422 and _detail(r)[0]["loc"] == ["body", "instances"]
+    r = client.post("/v1/predict", json={"instances": [{}] * 65}, headers=AUTH)
+    assert r.status_code == 422  # over max_batch
+    assert client.get("/health").json()["status"] == "ok"
+    assert client.post("/v1/predict", json={"instances": [{}]}, headers=AUTH).status_code == 200
+
+
+def test_auth_and_size_limit(client: TestClient, cases: dict[str, np.ndarray]) -> None:
+    body = {"instances": [{}]}
+    r = client.post("/v1/predict", json=body)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert (
+        client.post("/v1/predict", json=body, headers={"Authorization": "Bearer x"}).status_code
+        == 401
+    )
+    assert client.get("/v1/model").status_code == 401
+    big = {"instances": [_instance(cases, 0)] * 60}  # ~ 0.5 MB of JSON
+    r = client.post("/v1/predict", json=big, headers=AUTH)
+    assert r.status_code == 413 and "limit of 300000 bytes" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: counted as it arrives
+        for _ in range(40):
+            yield b" " * 10_000
+
+    r = client.post(
+        "/v1/predict", content=chunks(), headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert r.status_code == 413
+
+
+def test_openapi_schema_describes_the_inputs(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    comps = schema["components"]["schemas"]
+    assert {"Instance", "PredictRequest", "PredictResponse", "ImageInput", "TabularColumns"} <= set(
+        comps
+    )
+    assert set(comps["TabularColumns"]["properties"]) == {"age", "bmi", "marker"}
+    assert set(comps["ImageInput"]["properties"]) == {"array", "png", "dicom", "npy"}
+    post = schema["paths"]["/v1/predict"]["post"]
+    assert {"401", "413", "422"} <= set(post["responses"])
+    assert "securitySchemes" in schema["components"]
+
+
+def test_torch_runtime_gives_the_same_answers(
+    exported_package: Path, client: TestClient, cases: dict[str, np.ndarray]
+) -> None:
+    torch_client = TestClient(create_app(exported_package, runtime="torch"))
+    body = {"instances": [_instance(cases, i) for i in range(3)]}
+    a = client.post("/v1/predict", json=body, headers=AUTH).json()
+    b = torch_client.post("/v1/predict", json=body).json()
+    assert b["runtime"] == "torch"
+    for x, y in zip(a["predictions"], b["predictions"]):
+        assert x["label"] == y["label"]
+        assert abs(x["probabilities"]["positive"] - y["probabilities"]["positive"]) < 1e-5
+
+
+def test_onnx_runtime_without_export_fails_clearly(tiny_package: Path) -> None:
+    from medfuse.errors import PackageError
+
+    with pytest.raises(PackageError, match="medfuse export"):
+        create_app(tiny_package)
+
+
+def test_extension_point_adds_routes(exported_package: Path) -> None:
+    from fastapi import APIRouter, Request
+
+    from medfuse.serve.app import add_routes
+
+    @extension("test-echo")
+    def install(app: Any) -> None:
+        router = APIRouter()
+
+        @router.post("/v1/echo-missing")
+        async def echo(request: Request) -> dict[str, Any]:
+            body = app.state.service.request_model.model_validate(await request.json())
+            _, masks = app.state.service.decode(body.instances)
+            return {"missing": [m for m, k in masks.items() if k[0] == 0]}
+
+        add_routes(app, router)
+
+    try:
+        c = TestClient(create_app(exported_package, token=TOKEN))
+        assert c.post("/v1/echo-missing", json={"instances": [{}]}).status_code == 401
+        r = c.post("/v1/echo-missing", json={"instances": [{"tabular": {"age": 3}}]}, headers=AUTH)
+        assert r.json() == {"missing": ["image", "signal"]}
+    finally:
+        _EXTENSIONS.pop("test-echo")
+    assert EXTENSION_MODULES == EXTENSION_MODULES  # the list other areas append to exists
