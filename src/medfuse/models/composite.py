@@ -25,7 +25,15 @@ class CompositeModel(nn.Module):
         for name in self.modalities:
             b = spec.branches[name]
             builder = BRANCHES.get(b.type, path=f"branches.{name}.type")
-            self.branches[name] = builder(input_shape=spec.modalities[name].shape, **b.params)
+            params = b.params
+            shapes = params.pop("layer_shapes", None)  # pruned layer sizes (medfuse prune)
+            self.branches[name] = builder(input_shape=spec.modalities[name].shape, **params)
+            if shapes:
+                from medfuse.compress.shapes import apply_layer_shapes
+
+                apply_layer_shapes(
+                    self.branches[name], shapes, path=f"branches.{name}.layer_shapes"
+                )
         dims = {n: int(self.branches[n].out_features) for n in self.modalities}
         self.aux_heads = nn.ModuleDict({n: nn.Linear(d, self.num_outputs) for n, d in dims.items()})
         fbuild = FUSIONS.get(spec.fusion.type, path="fusion.type")

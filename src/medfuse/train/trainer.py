@@ -190,15 +190,18 @@ class Trainer:
         return perm
 
     def _score(self, stage: str, metrics: dict[str, Any]) -> float:
+        """The early-stopping metric on validation (for `branches`, the mean over branches)."""
         es = self.spec.train.early_stopping
         key = es.metric if es else "auroc"
+        if key == "loss":
+            return float(metrics["val_loss"])
         if stage == "branches":
             vals = [metrics["branches"][m].get(key, float("nan")) for m in metrics["branches"]]
             v = float(np.nanmean(vals)) if vals else float("nan")
         else:
             v = float(metrics["fused"].get(key, float("nan")))
-        if math.isnan(v):
-            v = -metrics["val_loss"] if (es is None or es.mode == "max") else metrics["val_loss"]
+        if math.isnan(v):  # e.g. AUROC with one class present: fall back to the loss
+            v = -metrics["val_loss"] if (es is None or es.maximize) else metrics["val_loss"]
         return v
 
     def evaluate_val(self, stage: str) -> dict[str, Any]:
@@ -299,11 +302,13 @@ class Trainer:
         start_epoch, start_step = 0, 0
         best_score, best_state, best_epoch, bad = -math.inf, None, -1, 0
         es = t.early_stopping
-        sign = 1.0 if (es is None or es.mode == "max") else -1.0
+        sign = 1.0 if (es is None or es.maximize) else -1.0
         if ckpt is not None:
             opt.load_state_dict(ckpt["optimizer"])
             sched.load_state_dict(ckpt["scheduler"])
             g_aug.set_state(ckpt["g_aug"])
+            if "torch_rng" in ckpt:  # dropout draws continue exactly where they stopped
+                torch.set_rng_state(ckpt["torch_rng"])
             start_epoch, start_step = int(ckpt["epoch"]), int(ckpt.get("step", 0))
             best_score, best_epoch, bad = (
                 float(ckpt["best_score"]),
@@ -316,6 +321,13 @@ class Trainer:
             best_score = self._score(name, self.evaluate_val(name))
             best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
             best_epoch = -1
+        self._ema = None
+        if t.ema:  # exponential moving average of the weights; validated, kept and saved
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self._ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True)
+            if ckpt is not None and ckpt.get("ema"):
+                self._ema.load_state_dict(ckpt["ema"])
         bar = self._progress(name, epochs, start_epoch)
         drop = {m: r for m, r in t.modality_dropout.items() if r > 0}
         stop = False
@@ -326,6 +338,8 @@ class Trainer:
             t0, loss_sum, count = time.perf_counter(), 0.0, 0
             for step in range(start_step if epoch == start_epoch else 0, n_steps):
                 idx = order[step * t.batch_size : (step + 1) * t.batch_size]
+                if len(idx) == 1 and len(order) > 1:
+                    continue  # a trailing batch of one: BatchNorm cannot train on it
                 inputs, masks, y = self.train_data.batch(idx, self.device)
                 inputs = augment_batch(inputs, self.spec.modalities, self.spec.data.augment, g_aug)
                 for m, rate in drop.items():
@@ -340,6 +354,8 @@ class Trainer:
                 if t.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
                 opt.step()
+                if self._ema is not None:
+                    self._ema.update_parameters(self.model)
                 sched.step()
                 loss_sum += float(loss.detach()) * len(idx)
                 count += len(idx)
@@ -367,6 +383,10 @@ class Trainer:
                             best_state,
                         )
                     )
+            raw = None
+            if self._ema is not None:  # validate (and keep as best) the averaged weights
+                raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                self.model.load_state_dict(self._ema.module.state_dict())
             metrics = self.evaluate_val(name)
             score = self._score(name, metrics)
             improved = (
@@ -381,6 +401,8 @@ class Trainer:
                 }
             else:
                 bad += 1
+            if raw is not None:
+                self.model.load_state_dict(raw)
             record = {
                 "stage": name,
                 "epoch": epoch + 1,
@@ -470,6 +492,8 @@ class Trainer:
             "optimizer": opt.state_dict() if opt is not None else {},
             "scheduler": sched.state_dict() if sched is not None else {},
             "g_aug": g_aug.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "ema": self._ema.state_dict() if getattr(self, "_ema", None) is not None else {},
             "best_score": best_score,
             "best_epoch": best_epoch,
             "bad": bad,

@@ -1,0 +1,528 @@
+"""Training strategies by name (``train.strategy`` or ``--strategy``) and the per-process session.
+
+=========  ==================================================================================
+single     one process, one device (the default)
+ddp        DistributedDataParallel: one model replica per process, gradients averaged
+fsdp       FSDP2 ``fully_shard``: parameters, gradients and optimizer state sharded over processes
+branch     one process, each branch on its own device (``train.placement``), run concurrently
+hybrid     ``ddp`` across processes and nodes, ``branch`` placement inside each process
+=========  ==================================================================================
+
+``train.batch_size`` is the GLOBAL batch: with ``world`` processes each takes
+``batch_size / world`` samples per step, so gradient averaging makes a step equal to one process
+stepping on the whole batch. The trainer (``medfuse.train.trainer.Trainer``) does the rest: it
+shards each epoch like ``DistributedSampler``, calls :meth:`Strategy.wrap` once per stage, and
+lets only rank 0 write checkpoints, ``metrics.jsonl`` and progress bars.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from medfuse.config import Spec, parse_spec
+from medfuse.distributed.placement import (
+    BranchParallel,
+    Placement,
+    devices_per_process,
+    resolve_placement,
+)
+from medfuse.errors import MedfuseError, SpecError
+from medfuse.registry import Registry
+from medfuse.train.trainer import CHECKPOINT, Tensors, Trainer, resolve_device
+
+log = logging.getLogger("medfuse.distributed")
+
+STRATEGIES: Registry[Any] = Registry("strategy")
+
+#: strategies that need several processes to mean anything (one process falls back as noted)
+_ONE_PROCESS_FALLBACK = {"ddp": "single", "fsdp": "single", "hybrid": "branch"}
+
+
+@dataclasses.dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in a ``torchrun`` job (read from its environment)."""
+
+    rank: int
+    world: int
+    local_rank: int
+    local_world: int
+    restart: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_env() -> DistEnv | None:
+    """The job this process belongs to: a torchrun worker, or a process group already set up by
+    the caller; ``None`` for a plain single process."""
+    if dist.is_available() and dist.is_initialized():
+        world = dist.get_world_size()
+        return DistEnv(
+            dist.get_rank(),
+            world,
+            int(os.environ.get("LOCAL_RANK", 0)),
+            int(os.environ.get("LOCAL_WORLD_SIZE", world)),
+            int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)),
+        )
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:
+        world = int(os.environ["WORLD_SIZE"])
+        return DistEnv(
+            int(os.environ["RANK"]),
+            world,
+            int(os.environ.get("LOCAL_RANK", 0)),
+            int(os.environ.get("LOCAL_WORLD_SIZE", world)),
+            int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)),
+        )
+    return None
+
+
+def is_main_process() -> bool:
+    """True outside distributed runs and on rank 0 (the process that writes files and prints)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+class Strategy:
+    """One process, one device: the model goes through the trainer unwrapped."""
+
+    name = "single"
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def prepare(self, model: nn.Module) -> None:
+        """Called once, before the Trainer sees the model (place, shard): a model too big for one
+        device is never gathered on one."""
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """Called at the start of each stage, after its parameters are (un)frozen."""
+        return model
+
+    def full_model(self, trainer: Trainer) -> nn.Module:
+        """The trained plain CompositeModel on one device (collective: every rank calls it)."""
+        return trainer.model
+
+    def close(self) -> None:
+        """Release hooks and handles."""
+
+
+STRATEGIES.register("single", doc="one process, one device (the default)")(Strategy)
+
+
+def _ddp(model: nn.Module, device: torch.device | None) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not any(p.requires_grad for p in model.parameters()):
+        return model  # a stage with nothing to train: DDP refuses such a module
+    gc.collect()  # the previous stage's DDP (and its gradient hooks) must be gone first
+    ids = [device] if device is not None and device.type == "cuda" else None
+    # static_graph: each stage uses the same parameters every step, and some stay unused
+    # (frozen fusion while branches train, aux heads only in some stages)
+    return DistributedDataParallel(model, device_ids=ids, static_graph=True)
+
+
+@STRATEGIES.register(
+    "ddp", doc="DistributedDataParallel: a replica per process, averaged gradients"
+)
+class DDPStrategy(Strategy):
+    """DistributedDataParallel over all processes; rebuilt per stage (frozen parameters change)."""
+
+    name = "ddp"
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        if self.session.world == 1 and not dist.is_initialized():
+            return model
+        return _ddp(model, self.session.device)
+
+
+@STRATEGIES.register("branch", doc="one process, each branch on its own device, run concurrently")
+class BranchStrategy(Strategy):
+    """Model parallel: ``train.placement`` puts each branch (and the fusion) on a device."""
+
+    name = "branch"
+
+    def __init__(self, session: Session) -> None:
+        super().__init__(session)
+        self.placement = Placement(session.devices)
+
+    def prepare(self, model: nn.Module) -> None:
+        self.placement.apply(model)
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        return BranchParallel(model, self.placement)
+
+    def full_model(self, trainer: Trainer) -> nn.Module:
+        self.placement.remove(device=self.placement.fusion_device)
+        return trainer.model
+
+    def close(self) -> None:
+        self.placement.remove()
+
+
+@STRATEGIES.register("hybrid", doc="ddp across processes, branch placement inside each process")
+class HybridStrategy(BranchStrategy):
+    """DDP over a multi-device module: each process holds a placed composite (its own GPUs)."""
+
+    name = "hybrid"
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        inner = BranchParallel(model, self.placement)
+        if self.session.world == 1 and not dist.is_initialized():
+            return inner
+        return _ddp(inner, None)  # multi-device module: DDP takes device_ids=None
+
+
+# -- fsdp -------------------------------------------------------------------------------------
+
+
+def _fsdp_units(model: nn.Module) -> list[nn.Module]:
+    """Sharding units, innermost first: each block of a branch's ``features``, each branch."""
+    units: list[nn.Module] = []
+    for branch in model.branches.values():
+        feats = getattr(branch, "features", None)
+        if isinstance(feats, nn.Sequential) and len(feats) > 1:
+            units.extend(feats)
+        units.append(branch)
+    return units
+
+
+def _full(v: Any) -> Any:
+    from torch.distributed.tensor import DTensor
+
+    return v.full_tensor() if isinstance(v, DTensor) else v
+
+
+def _install_full_state_dict(model: nn.Module) -> None:
+    """Make a ``fully_shard``-ed model's ``state_dict`` hold full tensors and its
+    ``load_state_dict`` accept them, so checkpoints, best-epoch restore and packages look exactly
+    as in one process. Both are collective: every rank calls them (the trainer does)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    cls = type(model)
+
+    def state_dict(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        sd = cls.state_dict(model, *args, **kwargs)
+        return OrderedDict((k, _full(v)) for k, v in sd.items())
+
+    def load_state_dict(state: dict[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        current = cls.state_dict(model)
+        conv: dict[str, Any] = {}
+        for k, v in state.items():
+            cur = current.get(k)
+            if isinstance(cur, DTensor) and not isinstance(v, DTensor):
+                v = distribute_tensor(
+                    v.to(cur.device), cur.device_mesh, cur.placements, src_data_rank=None
+                )
+            conv[k] = v
+        return cls.load_state_dict(model, conv, strict=strict, assign=assign)
+
+    object.__setattr__(model, "state_dict", state_dict)
+    object.__setattr__(model, "load_state_dict", load_state_dict)
+
+
+def _shard_optimizer_state(opt: torch.optim.Optimizer, *_: Any) -> None:
+    """Before a step: optimizer state restored from a full checkpoint becomes sharded again."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    for group in opt.param_groups:
+        for p in group["params"]:
+            st = opt.state.get(p)
+            if not st or not isinstance(p, DTensor):
+                continue
+            for k, v in list(st.items()):
+                if isinstance(v, torch.Tensor) and not isinstance(v, DTensor) and v.dim() > 0:
+                    st[k] = distribute_tensor(
+                        v.to(p.device), p.device_mesh, p.placements, src_data_rank=None
+                    )
+
+
+@STRATEGIES.register("fsdp", doc="FSDP2 fully_shard: parameters, grads and optimizer state sharded")
+class FSDPStrategy(Strategy):
+    """Fully sharded data parallel (FSDP2 ``fully_shard``), for composites too big for one device.
+
+    Each block of a branch's ``features``, each branch and the root are sharding units: a branch
+    is gathered only while it runs. Checkpoints and the package hold full (unsharded) tensors.
+    """
+
+    name = "fsdp"
+
+    def __init__(self, session: Session) -> None:
+        super().__init__(session)
+        self._hook: Any = None
+
+    def prepare(self, model: nn.Module) -> None:
+        if not dist.is_initialized():
+            return
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        # the model is still on the host: fully_shard moves only this rank's shards to the device
+        mesh = init_device_mesh(self.session.device.type, (self.session.world,))
+        for unit in _fsdp_units(model):
+            fully_shard(unit, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        _install_full_state_dict(model)
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+        self._hook = register_optimizer_step_pre_hook(_shard_optimizer_state)
+
+    def full_model(self, trainer: Trainer) -> nn.Module:
+        if not dist.is_initialized():
+            return trainer.model
+        state = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
+        if not self.session.is_main:
+            return trainer.model
+        from medfuse.models import build_model
+
+        plain = build_model(trainer.spec)
+        plain.load_state_dict(state)
+        return plain.to(self.session.device)
+
+    def close(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+
+# -- the trainer in a process group -----------------------------------------------------------
+
+
+class DistributedTrainer(Trainer):
+    """The Trainer as one rank of a job: the checkpoint is read by rank 0 and broadcast (nodes
+    need no shared disk), a torchrun restart resumes from it, the logged train loss is the mean
+    over ranks, and FSDP optimizer state is checkpointed unsharded."""
+
+    restarted: bool = False
+
+    def fit(self, *, resume: bool = False) -> list[dict[str, Any]]:
+        resume = resume or self.restarted
+        if not resume and self.is_main and self.workdir is not None:
+            # a fresh run: a stale checkpoint must not be picked up by a later elastic restart
+            (self.workdir / CHECKPOINT).unlink(missing_ok=True)
+        return super().fit(resume=resume)
+
+    def _load_checkpoint(self) -> dict[str, Any] | None:
+        ckpt = super()._load_checkpoint() if self.is_main else None
+        if self.world > 1 and dist.is_initialized():
+            box = [ckpt]
+            dist.broadcast_object_list(box, src=0)
+            ckpt = box[0]
+        return ckpt
+
+    def _log_epoch(self, record: dict[str, Any]) -> None:
+        if self.world > 1 and dist.is_initialized():  # every rank saw a shard: report the mean
+            t = torch.tensor([float(record["train_loss"])], device=self._comm_device())
+            dist.all_reduce(t)
+            record = {**record, "train_loss": float(t.item()) / self.world}
+        super()._log_epoch(record)
+
+    def _state(self, *args: Any) -> dict[str, Any]:
+        state = super()._state(*args)
+        opt = state.get("optimizer") or {}
+        if opt.get("state") and dist.is_initialized():  # fsdp: DTensor moments -> full tensors
+            opt = {
+                **opt,
+                "state": {i: {k: _full(v) for k, v in s.items()} for i, s in opt["state"].items()},
+            }
+            state["optimizer"] = opt
+        return state
+
+    def _comm_device(self) -> torch.device:
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
+
+
+# -- the session ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Session:
+    """This process's part in a (possibly distributed) training run."""
+
+    spec: Spec
+    strategy_name: str
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    restart: int = 0
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    devices: dict[str, torch.device] = dataclasses.field(default_factory=dict)
+    owns_group: bool = False
+    launched: bool = False
+    strategy: Strategy | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def rank_spec(self, spec: Spec) -> Spec:
+        """The spec one rank trains with: ``train.batch_size`` is the global batch, split evenly."""
+        bs = spec.train.batch_size
+        if self.world == 1:
+            return spec
+        if bs % self.world:
+            raise SpecError(
+                "train.batch_size",
+                f"is the global batch, split evenly over {self.world} processes; {bs} is not "
+                f"divisible by {self.world}. Use a multiple of {self.world}, e.g. "
+                f"{max(1, round(bs / self.world)) * self.world}",
+            )
+        d = spec.to_dict()
+        d["train"]["batch_size"] = bs // self.world
+        return parse_spec(d)
+
+    def trainer(
+        self,
+        model: nn.Module,
+        spec: Spec,
+        train: Tensors,
+        val: Tensors,
+        *,
+        workdir: Path | None = None,
+        progress: bool | None = None,
+        **kwargs: Any,
+    ) -> Trainer:
+        """A Trainer for this rank, with the strategy's wrapping, placement or sharding applied."""
+        assert self.strategy is not None
+        cls = DistributedTrainer if self.launched else Trainer
+        rank_spec = self.rank_spec(spec)
+        self.strategy.prepare(model)
+        with _kept_in_place(model, isinstance(self.strategy, BranchStrategy)):
+            trainer = cls(
+                model,
+                rank_spec,
+                train,
+                val,
+                device=self.device,
+                workdir=workdir,
+                progress=progress,
+                rank=self.rank,
+                world=self.world,
+                wrap=self.strategy.wrap,
+                **kwargs,
+            )
+        if isinstance(trainer, DistributedTrainer):
+            trainer.restarted = self.restart > 0
+        return trainer
+
+    def finish(self, trainer: Trainer) -> nn.Module | None:
+        """The trained plain model on rank 0 (``None`` on the other ranks); ends the group."""
+        assert self.strategy is not None
+        model = self.strategy.full_model(trainer)
+        self.strategy.close()
+        if self.owns_group and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+        return model if self.is_main else None
+
+    def record(self) -> dict[str, Any]:
+        """What the package's training record says about how it was trained."""
+        out: dict[str, Any] = {"strategy": self.strategy_name, "world_size": self.world}
+        if self.devices and self.strategy_name in ("branch", "hybrid"):
+            out["placement"] = {k: str(v) for k, v in self.devices.items()}
+        return out
+
+
+@contextlib.contextmanager
+def _kept_in_place(model: nn.Module, active: bool) -> Iterator[None]:
+    """While the Trainer is built, its ``model.to(device)`` leaves a placed model where it is."""
+    if not active:
+        yield
+        return
+    object.__setattr__(model, "to", lambda *_a, **_k: model)
+    try:
+        yield
+    finally:
+        object.__delattr__(model, "to")
+
+
+def _process_device(device: str | None, env: DistEnv | None, per_process: int) -> torch.device:
+    dev = resolve_device(device)
+    if env is None or dev.type != "cuda":
+        return dev
+    if dev.index is not None and env.local_world > 1:
+        raise MedfuseError(
+            f"--device {device}: with {env.local_world} processes per node each process takes "
+            "its own GPU (cuda:LOCAL_RANK); pass --device cuda or auto"
+        )
+    index = dev.index if dev.index is not None else env.local_rank * per_process
+    return torch.device("cuda", index)
+
+
+def start_session(spec: Spec, device: str | None = "auto") -> Session:
+    """Set up this process for ``spec.train.strategy``: pick its device (``cuda:LOCAL_RANK``
+    under torchrun), join the process group (NCCL on CUDA, gloo on CPU), check the strategy and
+    placement. Plain single-process runs get a session that changes nothing."""
+    name = spec.train.strategy
+    STRATEGIES.get(name, path="train.strategy")
+    env = launched_env()
+    if env is not None and env.world > 1 and name == "single":
+        name = "ddp"  # launched with several processes: data parallel is what was meant
+    if env is None and name in _ONE_PROCESS_FALLBACK:
+        fallback = _ONE_PROCESS_FALLBACK[name]
+        log.info(
+            "strategy %r in one process trains as %r; start several with --nproc N or torchrun",
+            name,
+            fallback,
+        )
+        name = fallback
+    if name == "branch" and env is not None and env.world > 1:
+        raise SpecError(
+            "train.strategy",
+            f"'branch' is model parallel inside one process, but {env.world} processes were "
+            "started; use 'hybrid' (ddp across processes + branch placement inside each)",
+        )
+    if name == "fsdp" and env is not None and getattr(spec.train, "ema", None):
+        raise SpecError(
+            "train.ema",
+            "weight EMA is not supported with 'fsdp' (the averaged copy would be sharded too); "
+            "use 'ddp' or drop train.ema",
+        )
+    if spec.train.placement and name not in ("branch", "hybrid"):
+        raise SpecError(
+            "train.placement",
+            f"is used by the 'branch' and 'hybrid' strategies only; the strategy is {name!r}",
+        )
+    per_process = devices_per_process(spec.train.placement) if name == "hybrid" else 1
+    dev = _process_device(device, env, per_process)
+    devices: dict[str, torch.device] = {}
+    if name in ("branch", "hybrid"):
+        offset = env.local_rank * per_process if (env is not None and dev.type == "cuda") else 0
+        devices = resolve_placement(spec.train.placement, list(spec.modalities), dev, offset=offset)
+        dev = devices["fusion"]
+    session = Session(spec, name, device=dev, devices=devices)
+    if env is not None:
+        session.rank, session.world = env.rank, env.world
+        session.local_rank, session.restart = env.local_rank, env.restart
+        session.launched = True
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        if not dist.is_initialized():
+            backend = "nccl" if dev.type == "cuda" else "gloo"
+            dist.init_process_group(backend, device_id=dev if dev.type == "cuda" else None)
+            session.owns_group = True
+        if not session.is_main:  # only rank 0 logs
+            logging.getLogger("medfuse").setLevel(logging.WARNING)
+        log.info(
+            "rank %d/%d on %s, strategy %s%s",
+            env.rank,
+            env.world,
+            dev,
+            name,
+            f" (restart {env.restart})" if env.restart else "",
+        )
+    session.strategy = STRATEGIES.get(name)(session)
+    return session

@@ -1,0 +1,558 @@
+"""Distributed training with real torch.distributed processes on CPU (gloo): ddp equals one
+process, two "nodes" meet through c10d rendezvous, fsdp shards, branch/hybrid placement gives the
+single-device loss, and a worker killed with SIGKILL is restarted and resumes from its checkpoint.
+
+Equality with one process needs the same arithmetic: dropout 0, no augmentation, and no batch
+statistics that depend on how the global batch is split (the image modality is absent in every
+sample, so its BatchNorm sees identical samples; the tabular MLP has no hidden layer)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from medfuse.errors import SpecError
+
+pytestmark = pytest.mark.distributed
+
+#: final weights of 2 processes vs 1 (float32 sums in another order); measured ~3e-8
+TOL = 1e-5
+
+SPEC: dict[str, Any] = {
+    "name": "tiny-dist",
+    "task": {"type": "binary"},
+    "data": {
+        "source": "synthetic",
+        "options": {
+            "n_train": 192,
+            "n_val": 48,
+            "n_test": 48,
+            "image_size": 16,
+            "signal_length": 32,
+            "signal_channels": 2,
+            "missing": {"image": 1.0},
+        },
+    },
+    "branches": {
+        "image": {"type": "cnn", "width": 4, "depth": 2, "out_features": 8, "dropout": 0.0},
+        "signal": {"type": "lstm", "hidden": 8, "out_features": 8},
+        "tabular": {"type": "mlp", "hidden": 8, "layers": 0, "out_features": 4, "dropout": 0.0},
+    },
+    "fusion": {"type": "concat"},
+    "head": {"hidden": 8, "dropout": 0.0},
+    "train": {
+        "batch_size": 16,
+        "lr": 0.01,
+        "early_stopping": None,
+        "stages": [
+            {"name": "branches", "epochs": 2},
+            {"name": "fusion", "epochs": 1},
+            {"name": "finetune", "epochs": 1},
+        ],
+    },
+}
+PLACEMENT = ["--set", "train.placement.signal=cpu", "--set", "train.placement.fusion=cpu"]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write(spec: dict[str, Any], path: Path) -> Path:
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _weights(pkg: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(pkg / "model.safetensors"))
+
+
+def _maxdiff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+def _medfuse(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "medfuse", *args],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 240) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The worker processes each use one thread; so does this one while it trains (two
+    threads per process on a shared 2-core machine mostly wait on each other)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One process, global batch 16: the weights every strategy must reproduce."""
+    from medfuse.api import prepare_data, seed_everything, train
+    from medfuse.config import parse_spec
+    from medfuse.models import build_model
+
+    res = train(
+        copy.deepcopy(SPEC),
+        out=tmp_path_factory.mktemp("ref") / "single",
+        device="cpu",
+        progress=False,
+    )
+    spec, _ = prepare_data(parse_spec(copy.deepcopy(SPEC)))
+    seed_everything(spec.train.seed)
+    init = {k: v.detach().clone() for k, v in build_model(spec).state_dict().items()}
+    return {"package": res.package, "weights": _weights(res.package), "init": init, "res": res}
+
+
+# -- several processes ------------------------------------------------------------------------
+
+
+def test_ddp_two_processes_match_one_process(reference, tmp_path) -> None:
+    cfg = _write(SPEC, tmp_path / "spec.yaml")
+    out = tmp_path / "ddp"
+    log = _finish(_medfuse("train", str(cfg), "--out", str(out), "--device", "cpu", "--nproc", "2"))
+    assert "rank 0/2 on cpu, strategy ddp" in log
+    assert "rank 1/2" not in log  # only rank 0 logs
+    trained = _weights(out)
+    moved = _maxdiff(trained, reference["init"])
+    assert moved > 1e-3  # training changed the weights, so equality below means something
+    assert _maxdiff(trained, reference["weights"]) < TOL
+    meta = json.loads((out / "medfuse.json").read_text())
+    assert meta["training"]["strategy"] == "ddp" and meta["training"]["world_size"] == 2
+    assert meta["spec"]["train"]["batch_size"] == 16  # the global batch is what is recorded
+    # validation metrics are those one process computes on the same data
+    ref = reference["res"].metrics["val"]
+    assert meta["threshold"]["value"] == pytest.approx(
+        json.loads((reference["package"] / "medfuse.json").read_text())["threshold"]["value"],
+        abs=1e-6,
+    )
+    got = json.loads((out / "metrics.json").read_text())["val"]
+    assert got["auroc"] == pytest.approx(ref["auroc"], abs=1e-6)
+
+
+def test_two_nodes_rendezvous_hybrid(reference, tmp_path, capfd, monkeypatch) -> None:
+    """Two agents ("nodes") on localhost meet at a c10d endpoint: one is ``torchrun -m medfuse
+    train`` by hand, the other ``medfuse train --nnodes 2`` (this process is its agent).
+    ``hybrid`` = ddp across the nodes + branch placement inside each process."""
+    from medfuse.cli import main
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    cfg = _write(SPEC, tmp_path / "spec.yaml")
+    out = tmp_path / "nodes"
+    endpoint = f"127.0.0.1:{_free_port()}"
+    common = ["--out", str(out), "--device", "cpu", "--strategy", "hybrid", *PLACEMENT]
+    other = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            "--nproc-per-node=1",
+            "--node-rank=1",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={endpoint}",
+            "-m",
+            "medfuse",
+            "train",
+            str(cfg),
+            *common,
+        ],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        code = main(
+            [
+                "train",
+                str(cfg),
+                "--nproc",
+                "1",
+                "--nnodes",
+                "2",
+                "--node-rank",
+                "0",
+                "--rdzv-endpoint",
+                endpoint,
+                *common,
+            ]
+        )
+    except BaseException:
+        other.kill()  # do not wait for its rendezvous to time out
+        raise
+    other_log = _finish(other)
+    assert code == 0
+    text = other_log + "".join(capfd.readouterr())
+    assert "rank 0/2 on cpu, strategy hybrid" in text
+    meta = json.loads((out / "medfuse.json").read_text())
+    assert meta["training"]["world_size"] == 2
+    assert meta["training"]["placement"] == {
+        "image": "cpu",
+        "signal": "cpu",
+        "tabular": "cpu",
+        "fusion": "cpu",
+    }
+    import medfuse
+
+    medfuse.load(out, device="cpu")  # a valid package
+    assert _maxdiff(_weights(out), reference["weights"]) < TOL
+
+
+def test_fsdp_two_processes(reference, tmp_path, monkeypatch) -> None:
+    """FSDP2 fully_shard over 2 processes; checkpoints and package hold full tensors."""
+    from medfuse.cli import main
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    cfg = _write(SPEC, tmp_path / "spec.yaml")
+    out = tmp_path / "fsdp"
+    # this process is torchrun's agent (saves one interpreter start)
+    code = main(
+        [
+            "train",
+            str(cfg),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--nproc",
+            "2",
+            "--strategy",
+            "fsdp",
+        ]
+    )
+    assert code == 0
+    assert _maxdiff(_weights(out), reference["weights"]) < TOL
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(kv.split("=", 1) for kv in raw.decode(errors="replace").split("\0") if "=" in kv)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
+def test_sigkilled_worker_is_restarted_and_resumes(
+    strategy, reference, tmp_path, capfd, monkeypatch
+) -> None:
+    """SIGKILL rank 1 right after the first mid-epoch checkpoint: torchrun restarts the workers,
+    they resume from rank 0's checkpoint, and the run ends with a package that loads and holds
+    the weights of an uninterrupted run (resume is exact)."""
+    from medfuse.cli import main
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    spec = copy.deepcopy(SPEC)
+    spec["train"]["checkpoint_every"] = 2  # 12 steps per epoch and rank
+    cfg = _write(spec, tmp_path / "spec.yaml")
+    out = tmp_path / "killed"
+    ckpt = tmp_path / "killed.train" / "checkpoint.pt"
+    killed: list[int] = []
+    done = threading.Event()
+
+    def killer() -> None:
+        while not done.is_set() and not killed:
+            if ckpt.exists():
+                for pid in _children(os.getpid()):
+                    env = _environ(pid)
+                    if (
+                        env.get("LOCAL_RANK") == "1"
+                        and env.get("TORCHELASTIC_RESTART_COUNT") == "0"
+                    ):
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
+            time.sleep(0.01)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    try:
+        code = main(
+            [
+                "train",
+                str(cfg),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--nproc",
+                "2",
+                "--max-restarts",
+                "1",
+                "--strategy",
+                strategy,
+            ]
+        )
+    finally:
+        done.set()
+        t.join()
+    log = capfd.readouterr()
+    text = log.out + log.err
+    assert killed, "the run ended before the killer saw a checkpoint"
+    assert code == 0, text[-4000:]
+    assert "(restart 1)" in text  # torchrun started the workers again
+    resumed = [ln for ln in text.splitlines() if "resuming from" in ln]
+    assert resumed, text[-4000:]
+    # it resumed where the last checkpoint was, not from scratch: "stage 0, epoch E, step S"
+    words = resumed[0].replace(",", "").split()
+    where = [int(words[words.index(k) + 1]) for k in ("stage", "epoch", "step")]
+    assert where != [0, 0, 0]
+    import medfuse
+
+    pred = medfuse.load(out, device="cpu")
+    assert pred.meta["training"]["world_size"] == 2
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = {(r["stage"], r["epoch"]) for r in records}
+    assert epochs == {("branches", 1), ("branches", 2), ("fusion", 1), ("finetune", 1)}
+    assert not (tmp_path / "killed.train").exists()  # the workdir is removed once packaged
+    # resume is exact: the weights of an uninterrupted run
+    assert _maxdiff(_weights(out), reference["weights"]) < TOL
+
+
+# -- one process ------------------------------------------------------------------------------
+
+
+def _batch(spec, n: int = 12, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    inputs = {m: torch.randn(n, *spec.modalities[m].shape, generator=g) for m in spec.modalities}
+    masks = {m: torch.ones(n) for m in spec.modalities}
+    y = (torch.rand(n, generator=g) > 0.5).float()
+    return inputs, masks, y
+
+
+def _loss_and_grads(module, model, inputs, masks, y):
+    from torch.nn.functional import binary_cross_entropy_with_logits
+
+    model.zero_grad(set_to_none=True)
+    logits, aux = module(inputs, masks, aux="detached")
+    loss = binary_cross_entropy_with_logits(logits.squeeze(1), y)
+    loss = loss + sum(binary_cross_entropy_with_logits(a.squeeze(1), y) for a in aux.values())
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return float(loss.detach()), grads
+
+
+@pytest.fixture
+def tiny_model():
+    from medfuse.api import prepare_data
+    from medfuse.config import parse_spec
+    from medfuse.models import build_model
+
+    d = copy.deepcopy(SPEC)
+    d["data"]["options"].pop("missing")
+    spec, _ = prepare_data(parse_spec(d))
+    torch.manual_seed(0)
+    return spec, build_model(spec)
+
+
+def test_branch_placement_gives_the_single_device_loss(tiny_model) -> None:
+    from medfuse.distributed import BranchParallel, Placement, resolve_placement
+
+    spec, model = tiny_model
+    placed = copy.deepcopy(model)
+    devices = resolve_placement(
+        {"image": "cuda:0", "signal": "cuda:1", "fusion": "cuda:0"},  # on CPU: all map to cpu
+        list(spec.modalities),
+        torch.device("cpu"),
+    )
+    assert set(devices) == {"image", "signal", "tabular", "fusion"}
+    wrapped = BranchParallel(placed, Placement(devices))
+    batch = _batch(spec)
+    loss0, g0 = _loss_and_grads(model, model, *batch)
+    loss1, g1 = _loss_and_grads(wrapped, placed, *batch)
+    assert loss1 == pytest.approx(loss0, abs=1e-6)
+    assert g0.keys() == g1.keys() and all(torch.allclose(g0[k], g1[k], atol=1e-6) for k in g0)
+    # the plain forward of the placed model (validation, prediction) gives the same logits
+    with torch.no_grad():
+        assert torch.allclose(placed.eval()(batch[0], batch[1]), model.eval()(batch[0], batch[1]))
+
+
+def test_hybrid_wrap_gives_the_single_device_loss(tiny_model) -> None:
+    """DDP over a placed composite in a real (one-process) gloo group."""
+    import torch.distributed as dist
+
+    from medfuse.distributed.strategies import start_session
+
+    spec, model = tiny_model
+    d = spec.to_dict()
+    d["train"].update(strategy="hybrid", placement={"signal": "cpu", "fusion": "cpu"})
+    from medfuse.config import parse_spec
+
+    hspec = parse_spec(d)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        session = start_session(hspec, "cpu")
+        assert session.strategy_name == "hybrid" and session.launched
+        placed = copy.deepcopy(model)
+        session.strategy.placement.apply(placed)
+        wrapped = session.strategy.wrap(placed)
+        assert type(wrapped).__name__ == "DistributedDataParallel"
+        batch = _batch(spec, seed=1)
+        loss0, g0 = _loss_and_grads(model, model, *batch)
+        loss1, g1 = _loss_and_grads(wrapped, placed, *batch)
+        assert loss1 == pytest.approx(loss0, abs=1e-6)
+        assert all(torch.allclose(g0[k], g1[k], atol=1e-6) for k in g0)
+        del wrapped
+    finally:
+        dist.destroy_process_group()
+
+
+def test_branch_strategy_trains_in_one_process(reference, tmp_path) -> None:
+    from medfuse.api import train
+
+    d = copy.deepcopy(SPEC)
+    d["train"]["placement"] = {"image": "cuda:1", "fusion": "cuda:0"}  # maps to cpu here
+    res = train(d, out=tmp_path / "branch", device="cpu", progress=False, strategy="branch")
+    meta = json.loads((res.package / "medfuse.json").read_text())
+    assert meta["training"]["strategy"] == "branch"
+    assert _maxdiff(_weights(res.package), reference["weights"]) < TOL
+
+
+# -- errors and command lines -----------------------------------------------------------------
+
+
+def test_bad_strategy_and_placement_are_spec_errors(tiny_model) -> None:
+    from medfuse.config import parse_spec
+    from medfuse.distributed import resolve_placement
+    from medfuse.distributed.strategies import Session, start_session
+
+    spec, _ = tiny_model
+    with pytest.raises(SpecError, match="did you mean 'image'"):
+        resolve_placement({"imgae": "cpu"}, list(spec.modalities), torch.device("cpu"))
+    with pytest.raises(SpecError, match=r"train\.placement\.signal.*not a device"):
+        resolve_placement({"signal": "gpu:0"}, list(spec.modalities), torch.device("cpu"))
+    d = spec.to_dict()
+    d["train"].update(strategy="dpp")
+    with pytest.raises(SpecError, match=r"train\.strategy.*did you mean 'ddp'"):
+        start_session(parse_spec(d), "cpu")
+    d["train"].update(strategy="ddp", placement={"image": "cpu"})
+    with pytest.raises(SpecError, match=r"train\.placement.*'branch' and 'hybrid'"):
+        start_session(parse_spec(d), "cpu")
+    with pytest.raises(SpecError, match=r"train\.batch_size.*global batch.*divisible by 3"):
+        Session(spec, "ddp", world=3).rank_spec(spec)
+
+
+def test_hybrid_placement_indices_are_per_process() -> None:
+    """Process LOCAL_RANK 2 of a placement using 2 GPUs owns cuda:4 and cuda:5 (index math only:
+    ``default`` says the process device is CUDA, ``device_count`` what a node would have)."""
+    from medfuse.distributed import resolve_placement
+
+    mods = ["image", "ecg", "clinical"]
+    got = resolve_placement(
+        {"image": "cuda:0", "ecg": "cuda:1"},
+        mods,
+        torch.device("cuda", 4),
+        offset=4,
+        device_count=8,
+    )
+    assert {k: str(v) for k, v in got.items()} == {
+        "image": "cuda:4",
+        "ecg": "cuda:5",
+        "clinical": "cuda:4",
+        "fusion": "cuda:4",
+    }
+    got = resolve_placement(
+        {"fusion": "cuda:1"}, mods, torch.device("cuda", 2), offset=2, device_count=4
+    )
+    assert {str(v) for v in got.values()} == {"cuda:3"}
+    with pytest.raises(SpecError, match=r"train\.placement\.ecg.*cuda:8.*only 8"):
+        resolve_placement(
+            {"ecg": "cuda:2"}, mods, torch.device("cuda", 6), offset=6, device_count=8
+        )
+
+
+def test_worker_command_line_drops_launch_flags_only() -> None:
+    from medfuse.cli import build_parser
+    from medfuse.distributed.launch import torchrun_argv, worker_argv
+
+    parser = build_parser()
+    argv = [
+        "train",
+        "synthetic",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.lr=0.1",
+        "--nproc",
+        "2",
+        "--max-restarts=3",
+        "--strategy",
+        "fsdp",
+        "--resume",
+        "--device",
+        "cpu",
+    ]
+    args = parser.parse_args(argv)
+    train_parser = next(
+        a for a in parser._subparsers._group_actions if hasattr(a, "choices")
+    ).choices["train"]
+    got = worker_argv(train_parser, args, "train")
+    assert got[:2] == ["train", "synthetic"]
+    assert "--set=train.epochs=1" in got and "--set=train.lr=0.1" in got
+    assert "--strategy=fsdp" in got and "--resume" in got and "--device=cpu" in got
+    assert not any(x.startswith(("--nproc", "--max-restarts", "--nnodes")) for x in got)
+    assert parser.parse_args(got).overrides == ["train.epochs=1", "train.lr=0.1"]
+    t = torchrun_argv(got, nproc=2, max_restarts=3)
+    assert "--standalone" in t and t[t.index("-m") + 1] == "medfuse"
+    t = torchrun_argv(got, nproc=1, nnodes=2, node_rank=1, rdzv_endpoint="10.0.0.1:29400")
+    assert "--rdzv-backend=c10d" in t and "--rdzv-endpoint=10.0.0.1:29400" in t
+    from medfuse.errors import MedfuseError
+
+    with pytest.raises(MedfuseError, match="--rdzv-endpoint"):
+        torchrun_argv(got, nproc=1, nnodes=2)
+
+
+def test_cli_rejects_a_bad_strategy_before_starting_workers(tmp_path, capsys) -> None:
+    from medfuse.cli import main
+
+    cfg = _write(SPEC, tmp_path / "spec.yaml")
+    t0 = time.perf_counter()
+    code = main(["train", str(cfg), "--nproc", "2", "--strategy", "dpp", "--device", "cpu"])
+    assert code == 2
+    assert "did you mean 'ddp'" in capsys.readouterr().err
+    assert time.perf_counter() - t0 < 10  # no worker was started
