@@ -100,8 +100,8 @@ def _run(cfg, out, *extra):
 
 def test_resume_after_kill_9_matches_uninterrupted_run(tiny_spec, tmp_path) -> None:
     """kill -9 mid-run, then --resume: the final weights equal those of a run never interrupted."""
-    tiny_spec["train"].update(epochs=12, early_stopping=None)
-    tiny_spec["data"]["options"].update(n_train=256)
+    tiny_spec["train"].update(epochs=6, early_stopping=None)
+    tiny_spec["data"]["options"].update(n_train=192)
     cfg = tmp_path / "spec.yaml"
     cfg.write_text(yaml.safe_dump(tiny_spec))
     ref = _run(cfg, tmp_path / "ref")
@@ -113,7 +113,7 @@ def test_resume_after_kill_9_matches_uninterrupted_run(tiny_spec, tmp_path) -> N
     deadline = time.time() + 120
     while time.time() < deadline:
         hist = tmp_path / "run.train" / "metrics.jsonl"
-        if ckpt.exists() and hist.exists() and len(hist.read_text().splitlines()) >= 3:
+        if ckpt.exists() and hist.exists() and len(hist.read_text().splitlines()) >= 2:
             break
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
@@ -121,7 +121,7 @@ def test_resume_after_kill_9_matches_uninterrupted_run(tiny_spec, tmp_path) -> N
     assert not (out / "medfuse.json").exists(), "killed run must not leave a complete package"
     assert ckpt.exists()
     done_before = len((tmp_path / "run.train" / "metrics.jsonl").read_text().splitlines())
-    assert done_before < 12
+    assert done_before < 6
 
     resumed = _run(cfg, out, "--resume")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
@@ -131,7 +131,7 @@ def test_resume_after_kill_9_matches_uninterrupted_run(tiny_spec, tmp_path) -> N
     for k in a:
         assert (a[k].float() - b[k].float()).abs().max() <= 1e-6, k
     hist = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in hist] == list(range(1, 13))
+    assert [h["epoch"] for h in hist] == list(range(1, 7))
 
 
 @pytest.mark.slow

@@ -1,0 +1,348 @@
+"""Knowledge distillation: a smaller student learns from a composite (or an ensemble of packages).
+
+The student may see fewer modalities than its teachers: a model for sites that lack a modality,
+taught by one that had it. The teachers' soft targets are computed once, on the same training
+samples the student trains on, each teacher with all of its own modalities (normalised with its
+own package's statistics, un-augmented); the student sees only its modalities. An ensemble
+averages its members' temperature-softened probabilities.
+
+The loss is ``alpha * T^2 * KD(student / T, teacher / T) + (1 - alpha) * task_loss`` (plus the
+branches' auxiliary losses, as in training), where KD is the binary cross-entropy to the soft
+probabilities (binary, multilabel) or the KL divergence (multiclass). Training reuses the
+``Trainer`` (schedule, early stopping on validation, staged training) of the student spec.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from medfuse.compress._common import check_fraction, check_out, delta, now, source_info, summary
+from medfuse.config import Spec, apply_overrides, complete_spec, load_spec_dict, parse_spec
+from medfuse.data import Split, load_data
+from medfuse.errors import SpecError
+from medfuse.package import Package, load_package
+from medfuse.train.trainer import Tensors, Trainer
+
+
+@dataclass
+class DistillResult:
+    package: Path
+    record: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+def soft_targets(task: str, logits: list[np.ndarray], temperature: float) -> np.ndarray:
+    """The ensemble's temperature-softened probabilities ``(N, K)`` (mean over teachers)."""
+    z = [np.asarray(lg, np.float64) / temperature for lg in logits]
+    if task == "multiclass":
+        probs = []
+        for v in z:
+            e = np.exp(v - v.max(axis=1, keepdims=True))
+            probs.append(e / e.sum(axis=1, keepdims=True))
+    else:
+        probs = [1.0 / (1.0 + np.exp(-v)) for v in z]
+    return np.mean(probs, axis=0).astype(np.float32)
+
+
+def kd_loss(
+    task: str, logits: torch.Tensor, soft: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Per-sample distillation loss, scaled by T^2 so its gradients match the task loss's."""
+    z = logits.float() / temperature
+    if task == "multiclass":
+        loss = F.kl_div(F.log_softmax(z, dim=1), soft, reduction="none").sum(dim=1)
+    else:
+        loss = F.binary_cross_entropy_with_logits(z, soft, reduction="none").mean(dim=1)
+    return loss * temperature**2
+
+
+class DistillTrainer(Trainer):
+    """The Trainer with a distillation term. Each sample's soft targets travel as extra columns
+    of its label tensor, so every (shuffled, sharded, resumed) batch carries its own targets."""
+
+    def __init__(
+        self,
+        *args: Any,
+        soft: torch.Tensor,
+        temperature: float,
+        alpha: float,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        y = self.train_data.y
+        self._y_dim, self._y_dtype = y.dim(), y.dtype
+        self._y_cols = 1 if y.dim() == 1 else int(y.shape[1])
+        packed = torch.cat([y.float().reshape(len(y), -1), soft.float()], dim=1)
+        self.train_data = Tensors(self.train_data.inputs, self.train_data.masks, packed)
+        self.temperature, self.alpha = float(temperature), float(alpha)
+
+    def _loss(
+        self,
+        stage: str,
+        logits: torch.Tensor,
+        aux: dict[str, torch.Tensor],
+        masks: dict[str, torch.Tensor],
+        y: torch.Tensor,
+    ) -> torch.Tensor:
+        hard, soft = y[:, : self._y_cols], y[:, self._y_cols :]
+        hard = (hard[:, 0] if self._y_dim == 1 else hard).to(self._y_dtype)
+        base = super()._loss(stage, logits, aux, masks, hard)
+        if stage == "branches":  # only the auxiliary heads train here; no fused logits to teach
+            return base
+        task_loss = self.loss_fn(logits, hard).mean()
+        kd = kd_loss(self.spec.task.type, logits, soft, self.temperature).mean()
+        return base - self.alpha * task_loss + self.alpha * kd
+
+
+def student_spec(
+    student: Spec | dict[str, Any] | str | Path,
+    teacher: Spec,
+    overrides: list[str] | None = None,
+) -> Spec:
+    """The student's spec; what it leaves out comes from the (first) teacher's spec.
+
+    ``data`` and ``task`` default to the teacher's; when ``modalities`` is omitted the student
+    sees exactly the modalities its ``branches`` name (their shapes come from the teacher), so
+    ``branches: {signal: {type: cnn1d, width: 8}}`` is a signal-only student.
+    """
+    if isinstance(student, Spec):
+        d = student.to_dict()
+    elif isinstance(student, dict):
+        d = copy.deepcopy(student)
+    else:
+        d = load_spec_dict(student)
+    d = apply_overrides(d, overrides)
+    t = teacher.to_dict()
+    d.setdefault("data", t["data"])
+    d.setdefault("task", t["task"])
+    if not d.get("modalities"):
+        names = list(d.get("branches") or {}) or list(t["modalities"])
+        unknown = [n for n in names if n not in t["modalities"]]
+        if unknown:
+            raise SpecError(
+                f"branches.{unknown[0]}",
+                f"the teacher has no modality {unknown[0]!r}; give the student's 'modalities' "
+                f"explicitly or use the teacher's: {', '.join(t['modalities'])}",
+            )
+        d["modalities"] = {n: t["modalities"][n] for n in names}
+    return parse_spec(d)
+
+
+def _subset(split: Split, mods: list[str]) -> Split:
+    return Split(
+        {m: split.arrays[m] for m in mods}, {m: split.masks[m] for m in mods}, split.y, split.meta
+    )
+
+
+def distill(
+    teachers: list[str | Path] | str | Path,
+    *,
+    student: Spec | dict[str, Any] | str | Path,
+    out: str | Path,
+    temperature: float = 4.0,
+    alpha: float = 0.7,
+    data_dir: str | Path | None = None,
+    device: str = "auto",
+    seed: int | None = None,
+    overrides: list[str] | None = None,
+    progress: bool | None = None,
+    command: str | None = None,
+) -> DistillResult:
+    """Distill ``teachers`` (one package or several: an ensemble) into a new ``student`` package."""
+    from medfuse.api import fit_preprocessing, seed_everything, split_metrics, threshold_for
+    from medfuse.models import build_model
+    from medfuse.models.composite import count_parameters
+    from medfuse.package import save_package
+    from medfuse.train.metrics import compute_metrics, probabilities
+    from medfuse.train.trainer import predict_logits, resolve_device, to_tensors
+
+    t0 = time.perf_counter()
+    if not temperature > 0:
+        raise SpecError("temperature", f"must be > 0; got {temperature}")
+    alpha = check_fraction(alpha, "alpha", low_open=False)
+    paths = [teachers] if isinstance(teachers, str | Path) else list(teachers)
+    if not paths:
+        raise SpecError("teachers", "give at least one teacher package")
+    check_out(out, *paths)
+    pkgs: list[Package] = [load_package(p, device="cpu") for p in paths]
+    first = pkgs[0].spec
+    for p in pkgs[1:]:
+        s = p.spec
+        if (s.task.type, s.task.labels) != (first.task.type, first.task.labels):
+            raise SpecError(
+                "teachers",
+                f"{p.path} predicts {s.task.type} {s.task.labels}, but {pkgs[0].path} predicts "
+                f"{first.task.type} {first.task.labels}; an ensemble must share its task",
+            )
+        if (s.data.source, s.data.options) != (first.data.source, first.data.options):
+            raise SpecError(
+                "teachers",
+                f"{p.path} was trained on {s.data.source!r}, {pkgs[0].path} on "
+                f"{first.data.source!r}: teachers must share the data the student learns from",
+            )
+    spec = student_spec(student, first, overrides)
+    if seed is not None:
+        d = spec.to_dict()
+        d["train"]["seed"] = int(seed)
+        spec = parse_spec(d)
+    if (spec.data.source, spec.data.options) != (first.data.source, first.data.options):
+        raise SpecError(
+            "data",
+            f"the student's data ({spec.data.source!r}) must be the teachers' "
+            f"({first.data.source!r}): soft targets exist only for the teachers' samples",
+        )
+    dev = resolve_device(device)
+    seed_everything(spec.train.seed)
+
+    # one load of the data with every modality anyone needs, so all see the same samples
+    wanted: dict[str, Any] = {}
+    for p in pkgs:
+        wanted.update(p.spec.modalities)
+    wanted.update(spec.modalities)
+    bundle = load_data(
+        spec.data.source,
+        spec.data.options,
+        data_root=data_dir,
+        modalities=wanted,
+        task=spec.task.type,
+        on_bad_row=spec.data.on_bad_row,
+        seed=first.train.seed,
+    )
+    s_mods = list(spec.modalities)
+    spec = complete_spec(spec, {m: bundle.modalities[m] for m in s_mods}, bundle.labels)
+    task, labels = spec.task.type, spec.task.labels
+
+    # teacher logits on each split (each teacher with all its modalities and its own statistics)
+    teacher_logits: dict[str, list[np.ndarray]] = {}
+    for name in ("train", "val", "test"):
+        split = getattr(bundle, name, None)
+        if split is None:
+            continue
+        teacher_logits[name] = [
+            predict_logits(
+                p.model,
+                to_tensors(_subset(split, list(p.spec.modalities)), p.meta["preprocessing"]),
+                torch.device("cpu"),
+            )[0]
+            for p in pkgs
+        ]
+    soft = torch.from_numpy(soft_targets(task, teacher_logits["train"], temperature))
+
+    s_train = _subset(bundle.train, s_mods)
+    stats = fit_preprocessing(spec, s_train, bundle.info)
+    train_t = to_tensors(s_train, stats)
+    val_t = to_tensors(_subset(bundle.val, s_mods), stats)
+    seed_everything(spec.train.seed)
+    model = build_model(spec)
+    trainer = DistillTrainer(
+        model,
+        spec,
+        train_t,
+        val_t,
+        device=dev,
+        progress=progress,
+        soft=soft,
+        temperature=temperature,
+        alpha=alpha,
+    )
+    trainer.fit()
+    model = trainer.model.eval()
+    val_logits, _ = predict_logits(model, val_t, dev, bf16=spec.train.bf16)
+    thr = threshold_for(spec, bundle.val.y, probabilities(task, val_logits))
+    metrics: dict[str, Any] = {"val": split_metrics(model, spec, val_t, thr["value"], dev)}
+    if bundle.test is not None:
+        metrics["test"] = split_metrics(
+            model, spec, to_tensors(_subset(bundle.test, s_mods), stats), thr["value"], dev
+        )
+    split_name = "test" if bundle.test is not None else "val"
+    ev_split = getattr(bundle, split_name)
+
+    # the teacher (ensemble) scored the same way: mean probability, its own threshold(s)
+    def ensemble_metrics(split: str) -> dict[str, Any]:
+        probs = np.mean([probabilities(task, lg, 1.0) for lg in teacher_logits[split]], axis=0)
+        thr_t = float(np.mean([p.meta.get("threshold", {}).get("value", 0.5) for p in pkgs]))
+        return compute_metrics(task, getattr(bundle, split).y, probs, thr_t, labels)
+
+    teacher_eval = summary(ensemble_metrics(split_name))
+    student_eval = summary(metrics[split_name])
+    t_params = sum(count_parameters(p.model) for p in pkgs)
+    s_params = count_parameters(model)
+    retained = (
+        student_eval["auroc"] / teacher_eval["auroc"]
+        if isinstance(teacher_eval.get("auroc"), float) and teacher_eval["auroc"] > 0
+        else None
+    )
+    record: dict[str, Any] = {
+        "method": "distill",
+        "created": now(),
+        "summary": (
+            f"student ({', '.join(s_mods)}; {s_params:,} parameters) distilled from "
+            f"{len(pkgs)} teacher(s) ({t_params:,} parameters), T={temperature:g}, alpha={alpha:g}"
+        ),
+        "teachers": [
+            {
+                **source_info(p),
+                "modalities": list(p.spec.modalities),
+                "parameters": count_parameters(p.model),
+            }
+            for p in pkgs
+        ],
+        "settings": {
+            "temperature": float(temperature),
+            "alpha": float(alpha),
+            "loss": "alpha*T^2*KD(student/T, teacher/T) + (1-alpha)*task loss (+ auxiliary heads)",
+            "ensemble": "mean of the teachers' temperature-softened probabilities",
+            "soft_targets": "computed once on the student's training samples; each teacher sees "
+            "all its modalities, normalised with its own statistics, without augmentation",
+            "seed": spec.train.seed,
+        },
+        "student": {"modalities": s_mods, "parameters": s_params},
+        "parameter_ratio": s_params / max(t_params, 1),
+        "metrics": {
+            "split": split_name,
+            "n": len(ev_split),
+            "before": teacher_eval,
+            "after": student_eval,
+            "delta": delta(teacher_eval, student_eval),
+            "auroc_retained": retained,
+            "note": "before = the teacher (ensemble), after = the student",
+        },
+        "command": command,
+    }
+    seconds = time.perf_counter() - t0
+    training = {
+        "stages": trainer.stage_results,
+        "seconds": round(seconds, 2),
+        "device": str(dev),
+        "seed": spec.train.seed,
+        "distilled": True,
+        "samples": {
+            "train": len(bundle.train),
+            "val": len(bundle.val),
+            "test": len(bundle.test) if bundle.test is not None else 0,
+        },
+        "command": command,
+    }
+    data_info = {
+        k: v for k, v in bundle.info.items() if k in ("name", "synthetic", "file", "options")
+    }
+    path = save_package(
+        out,
+        model=model,
+        spec=spec,
+        preprocessing=stats,
+        threshold=thr,
+        metrics=metrics,
+        training=training,
+        data_info=data_info,
+        extra_meta={"compression": [record]},
+    )
+    return DistillResult(path, record, metrics)

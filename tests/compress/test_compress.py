@@ -1,0 +1,317 @@
+"""quantize, prune, distill and benchmark on the tiny three-modality package (LSTM signal branch):
+each verb's package round-trips through save/load and records what was done in medfuse.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import medfuse
+from medfuse.cli import main
+from medfuse.compress.measure import benchmark, count_macs
+from medfuse.compress.prune import prune, prune_recurrent_hidden
+from medfuse.compress.quantize import quantize
+from medfuse.config import parse_spec
+from medfuse.errors import SpecError
+from medfuse.export.onnx import export_onnx_bytes, input_names
+from medfuse.models import build_model
+from medfuse.package import read_meta
+
+
+def _ops(path: Path) -> set[str]:
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def _batch(spec, n: int = 6, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    inputs = {m: torch.randn(n, *s.shape, generator=g) for m, s in spec.modalities.items()}
+    masks = {m: torch.ones(n) for m in spec.modalities}
+    return inputs, masks
+
+
+@pytest.fixture(scope="module")
+def quantized(tiny_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("q") / "tiny-int8"
+    return quantize(tiny_package, out=out, calibration=32).package
+
+
+@pytest.fixture(scope="module")
+def pruned(tiny_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("p") / "tiny-pruned"
+    return prune(tiny_package, out=out, amount=0.5, finetune_epochs=1).package
+
+
+# ---- quantize ----------------------------------------------------------------------------------
+
+
+def test_quantize_auto_writes_an_int8_package_that_still_loads(tiny_package, quantized):
+    meta = read_meta(quantized)  # checksums verified
+    assert meta["runtime"] == {
+        "default": "onnx",
+        "onnx_file": "model.onnx",
+        "precision": "int8",
+        "opset": 17,
+    }
+    rec = meta["compression"][-1]
+    assert rec["method"] == "quantize"
+    # per branch: the CNN statically (QDQ), the LSTM and the MLP dynamically
+    assert rec["settings"]["parts"] == {
+        "image": "static",
+        "signal": "dynamic",
+        "tabular": "dynamic",
+        "fusion+head": "dynamic",
+    }
+    assert rec["calibration"]["samples"] == 32 and rec["calibration"]["split"] == "train"
+    m = rec["metrics"]
+    assert m["split"] == "test" and set(m["before"]) >= {"auroc", "auprc", "ece"}
+    assert abs(m["after"]["auroc"] - m["before"]["auroc"]) < 0.1
+    assert m["label_agreement"] >= 0.9
+    ops = _ops(quantized / "model.onnx")
+    assert {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLSTM"} <= ops
+    assert "LSTM" not in ops
+    # the quantized model runs in ONNX Runtime on real inputs, close to the fp32 model
+    import onnxruntime as ort
+
+    pred = medfuse.load(quantized)
+    src = medfuse.load(tiny_package)
+    inputs, masks = _batch(pred.spec)
+    feed = {m: inputs[m].numpy() for m in inputs} | {f"mask_{m}": masks[m].numpy() for m in masks}
+    sess = ort.InferenceSession(str(quantized / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(["logits"], feed)[0]
+    with torch.no_grad():
+        ref = src.model(inputs, masks).numpy()
+        torch_q = pred.model(inputs, masks).numpy()
+    assert np.abs(got - ref).max() < 0.1
+    # torch inference of a quantized package is the fp32 source model (weights kept)
+    np.testing.assert_allclose(torch_q, ref, atol=1e-6)
+    assert (quantized / "model.safetensors").read_bytes() == (
+        tiny_package / "model.safetensors"
+    ).read_bytes()
+    # metrics.json holds the INT8 model's metrics; the source package is untouched
+    metrics = json.loads((quantized / "metrics.json").read_text())
+    assert metrics["runtime"]["precision"] == "int8" and "fp32" in metrics
+    assert "runtime" not in read_meta(tiny_package)
+
+
+def test_quantize_forced_methods(tiny_package, tmp_path):
+    static = quantize(tiny_package, out=tmp_path / "s", method="static", calibration=16)
+    ops = _ops(static.package / "model.onnx")
+    assert "LSTM" in ops and "DequantizeLinear" in ops  # no static INT8 LSTM kernel: stays fp32
+    assert "/model/signal/rnn/LSTM" in static.record["settings"]["fp32_layers"]
+    dynamic = quantize(tiny_package, out=tmp_path / "d", method="dynamic")
+    ops = _ops(dynamic.package / "model.onnx")
+    assert "ConvInteger" in ops and "DynamicQuantizeLSTM" in ops
+    assert dynamic.record["settings"]["parts"]["image"] == "dynamic"
+
+
+def test_quantize_rejects_bad_settings(tiny_package, tmp_path):
+    with pytest.raises(SpecError, match="quantization method"):
+        quantize(tiny_package, out=tmp_path / "x", method="int4")
+    with pytest.raises(SpecError, match="calibration"):
+        quantize(tiny_package, out=tmp_path / "x", calibration=0)
+    with pytest.raises(SpecError, match="is an input package"):
+        quantize(tiny_package, out=tiny_package, calibration=8)
+
+
+# ---- prune -------------------------------------------------------------------------------------
+
+
+def test_structured_prune_round_trip_and_onnx(tiny_package, pruned):
+    src, pkg = medfuse.load(tiny_package), medfuse.load(pruned)
+    meta = read_meta(pruned)
+    rec = meta["compression"][-1]
+    assert rec["method"] == "prune" and rec["settings"]["kind"] == "structured"
+    assert rec["parameters"]["after"] < rec["parameters"]["before"]
+    assert rec["macs"]["after"] < rec["macs"]["before"] / 1.8
+    assert rec["finetune"]["epochs"] == 1
+    assert set(rec["metrics"]["before"]) >= {"auroc", "auprc", "ece"}
+    branches = meta["spec"]["branches"]
+    assert branches["signal"]["hidden"] == 4  # the LSTM lost half its hidden units
+    assert "layer_shapes" in branches["image"] and "layer_shapes" in branches["tabular"]
+    assert "runtime" not in meta and meta["threshold"]["chosen_on"] == "val"
+    # each branch keeps its output width, so the fusion and head are untouched
+    for m in src.spec.modalities:
+        assert pkg.model.branches[m].out_features == src.model.branches[m].out_features
+    assert pkg.model.head[0].weight.shape == src.model.head[0].weight.shape
+    # the spec alone rebuilds the pruned model (no pickle) and it exports to ONNX
+    import onnxruntime as ort
+
+    inputs, masks = _batch(pkg.spec)
+    with torch.no_grad():
+        ref = pkg.model(inputs, masks).numpy()
+    sess = ort.InferenceSession(
+        export_onnx_bytes(pkg.model, pkg.spec), providers=["CPUExecutionProvider"]
+    )
+    feed = dict(zip(input_names(list(inputs)), [*inputs.values(), *masks.values()]))
+    got = sess.run(["logits"], {k: v.numpy() for k, v in feed.items()})[0]
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    rebuilt = build_model(parse_spec(meta["spec"]))
+    rebuilt.load_state_dict(pkg.model.state_dict(), strict=True)
+
+
+def test_unstructured_prune_reports_sparsity(tiny_package, tmp_path):
+    res = prune(tiny_package, out=tmp_path / "u", amount=0.6, structured=False, finetune_epochs=1)
+    rec = res.record
+    assert rec["settings"]["kind"] == "unstructured"
+    assert rec["sparsity"]["weights"] == pytest.approx(0.6, abs=0.01)  # zeros survive fine-tuning
+    assert rec["macs"]["after"] == rec["macs"]["before"]  # dense kernels: no saving, said so
+    assert "saves no time" in rec["note"]
+    pkg = medfuse.load(res.package)
+    assert "layer_shapes" not in json.dumps(pkg.meta["spec"])
+    w = pkg.model.branches["image"].stem[0].weight
+    assert not any(n.endswith("_orig") for n, _ in pkg.model.named_parameters())
+    assert float((w == 0).float().mean()) > 0.0
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_recurrent_hidden_pruning_is_exact_for_dead_units(cell):
+    """Units with no weights always output 0; removing them must not change the branch output."""
+    from medfuse.models import BRANCHES
+
+    enc = BRANCHES.get(cell)(
+        input_shape=(3, 12), hidden=8, layers=2, bidirectional=True, out_features=5
+    ).eval()
+    dead, h = [1, 4, 6, 7], 8
+    cols = torch.tensor(dead + [u + h for u in dead])  # both directions' outputs
+    with torch.no_grad():
+        for name, p in enc.rnn.named_parameters():
+            rows = torch.tensor([g * h + u for g in range(p.shape[0] // h) for u in dead])
+            p[rows] = 0.0  # no input reaches the dead units: their output is always 0
+            if name.startswith("weight_hh"):
+                p[:, dead] = 0.0  # and nothing reads them (so they are the least important)
+            elif name.startswith("weight_ih_l1"):
+                p[:, cols] = 0.0
+        enc.proj[1].weight[:, cols] = 0.0
+        x = torch.randn(4, 3, 12)
+        before = enc(x)
+        assert prune_recurrent_hidden(enc, 0.5) == 4
+        after = enc(x)
+    assert enc.rnn.hidden_size == 4 and enc.proj[1].in_features == 8
+    torch.testing.assert_close(after, before, atol=1e-6, rtol=1e-5)
+
+
+def test_layer_shapes_errors_name_the_field(tiny_spec):
+    tiny_spec["modalities"] = {"image": {"kind": "image", "channels": 1, "size": [16, 16]}}
+    tiny_spec["task"]["labels"] = ["n", "p"]
+    tiny_spec["branches"] = {"image": {**tiny_spec["branches"]["image"]}}
+    tiny_spec["branches"]["image"]["layer_shapes"] = {"stem.O": [1, 2]}
+    with pytest.raises(
+        SpecError, match=r"layer_shapes.stem.O.*did you mean 'stem.1'.*Layers: stem.0, stem.1"
+    ):
+        build_model(parse_spec(tiny_spec))
+    tiny_spec["branches"]["image"]["layer_shapes"] = {"stem.1": [2, 3]}
+    with pytest.raises(SpecError, match="list of 1 positive integers"):
+        build_model(parse_spec(tiny_spec))
+    tiny_spec["branches"]["image"]["layer_shapes"] = {"stem.0": [1, 2], "stem.1": [2]}
+    model = build_model(parse_spec(tiny_spec))
+    assert model.branches["image"].stem[0].out_channels == 2
+
+
+def test_prune_rejects_bad_amount(tiny_package, tmp_path):
+    with pytest.raises(SpecError, match="amount"):
+        prune(tiny_package, out=tmp_path / "x", amount=1.5)
+    with pytest.raises(SystemExit) as exc:  # the CLI refuses it before loading anything
+        main(["prune", str(tiny_package), "--amount", "0", "-o", str(tmp_path / "x")])
+    assert exc.value.code == 2
+
+
+def test_count_macs_includes_lstm():
+    spec = parse_spec(
+        {
+            "data": {"source": "synthetic"},
+            "task": {"labels": ["n", "p"]},
+            "modalities": {"s": {"kind": "signal", "channels": 2, "length": 32}},
+            "branches": {"s": {"type": "lstm", "hidden": 8, "out_features": 4}},
+            "head": {"hidden": 0},
+        }
+    )
+    lstm = 32 * 4 * 8 * (2 + 8)
+    linear = 8 * 4 + 5 * 1  # projection, then the head on 4 features + 1 mask
+    assert count_macs(build_model(spec), spec) == lstm + linear
+
+
+# ---- distill -----------------------------------------------------------------------------------
+
+
+def test_distill_into_a_single_modality_student(tiny_package, tmp_path):
+    student = {
+        "branches": {"signal": {"type": "cnn1d", "width": 4, "depth": 2, "out_features": 8}},
+        "train": {"epochs": 2, "batch_size": 32, "early_stopping": None},
+    }
+    res = medfuse.compress.distill(
+        tiny_package, student=student, out=tmp_path / "kd", device="cpu", progress=False
+    )
+    meta = read_meta(res.package)
+    rec = meta["compression"][0]
+    assert rec["method"] == "distill" and rec["student"]["modalities"] == ["signal"]
+    assert rec["teachers"][0]["modalities"] == ["image", "signal", "tabular"]
+    assert rec["settings"]["temperature"] == 4.0 and rec["settings"]["alpha"] == 0.7
+    assert 0 < rec["parameter_ratio"] < 1
+    assert set(rec["metrics"]["after"]) >= {"auroc", "auprc", "ece"}
+    pred = medfuse.load(res.package)
+    assert list(pred.spec.modalities) == ["signal"]
+    p = pred.predict_proba([{"signal": np.zeros((2, 32), np.float32)}])
+    assert p.shape == (1,) and 0 <= p[0] <= 1
+
+
+def test_distill_rejects_a_modality_the_teacher_lacks(tiny_package, tmp_path):
+    with pytest.raises(SpecError, match="teacher has no modality 'ecg'"):
+        medfuse.compress.distill(
+            tiny_package,
+            student={"branches": {"ecg": {"type": "cnn1d"}}},
+            out=tmp_path / "x",
+            device="cpu",
+        )
+
+
+def test_kd_loss_is_minimal_at_the_teacher():
+    from medfuse.compress.distill import kd_loss, soft_targets
+
+    t = np.array([[2.0], [-1.0]])
+    soft = torch.from_numpy(soft_targets("binary", [t, t], 2.0))
+    z = torch.tensor(t, dtype=torch.float32, requires_grad=True)
+    kd_loss("binary", z, soft, 2.0).sum().backward()
+    assert z.grad.abs().max() < 1e-6
+    mc = soft_targets("multiclass", [np.array([[1.0, 0.0, -1.0]])], 1.0)
+    assert mc.shape == (1, 3) and mc.sum() == pytest.approx(1.0)
+
+
+# ---- benchmark and the CLI ---------------------------------------------------------------------
+
+
+def test_benchmark_table_and_pareto_plot(tiny_package, quantized, pruned, tmp_path):
+    res = benchmark([tiny_package, quantized, pruned], out_dir=tmp_path / "b", repeats=2)
+    rows = {r["name"]: r for r in res["rows"]}
+    base, q, p = rows["tiny"], rows["tiny-int8"], rows["tiny-pruned"]
+    assert base["delta"] == {"auroc": 0.0, "auprc": 0.0, "ece": 0.0}
+    assert (
+        q["precision"] == "int8" and q["engine"] == "onnxruntime" and q["artifact"] == "model.onnx"
+    )
+    assert "torch_b64" not in q["latency"] and "onnxruntime_b64" in q["latency"]
+    assert set(base["latency"]) == {"torch_b1", "torch_b64", "onnxruntime_b1", "onnxruntime_b64"}
+    assert p["macs"] < base["macs"] and p["parameters"] < base["parameters"]
+    for r in res["rows"]:
+        s = r["latency"]["onnxruntime_b64"]
+        assert 0 < s["p50_ms"] <= s["p95_ms"] and s["throughput"] > 0
+    files = {k: Path(v) for k, v in res["files"].items()}
+    assert files["plot"].read_bytes()[:4] == b"\x89PNG"
+    assert "tiny-int8" in files["markdown"].read_text()
+    assert json.loads(files["json"].read_text())["rows"][0]["name"] == "tiny"
+
+
+def test_cli_quantize_and_benchmark(tiny_package, tmp_path, capsys):
+    out = tmp_path / "cli-int8"
+    code = main(["quantize", str(tiny_package), "--calibration", "16", "-o", str(out), "--json"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["record"]["calibration"]["samples"] == 16
+    assert read_meta(out)["compression"][-1]["command"].startswith("medfuse")
+    code = main(["benchmark", str(tiny_package), str(out), "--repeats", "2", "-o", str(tmp_path)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "cli-int8" in text and (tmp_path / "pareto.png").exists()
