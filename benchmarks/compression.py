@@ -320,7 +320,7 @@ def signal_use(package: Path) -> float:
     (``contrib_signal``): near 0 means the model ignores the signal."""
     import medfuse
     from medfuse.compress._common import package_data
-    from medfuse.train.trainer import predict_logits, to_tensors
+    from medfuse.training.trainer import predict_logits, to_tensors
 
     pkg = medfuse.load(package).package
     bundle = package_data(pkg)

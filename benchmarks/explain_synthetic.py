@@ -54,7 +54,7 @@ def main() -> None:
     from medfuse.explain.explainer import Explainer
     from medfuse.explain.sanity import randomization_check
     from medfuse.predict import load
-    from medfuse.train.metrics import compute_metrics
+    from medfuse.training.metrics import compute_metrics
 
     w = dict(zip(MODALITIES, (float(v) for v in args.weights.split(","))))
     overrides = [f"data.options.weights={json.dumps(w)}", *args.overrides]

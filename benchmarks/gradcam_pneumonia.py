@@ -60,7 +60,7 @@ def main() -> None:
     from medfuse.explain.plots import gradcam_overlay
     from medfuse.explain.sanity import randomized_copy, spearman
     from medfuse.predict import load
-    from medfuse.train.metrics import compute_metrics
+    from medfuse.training.metrics import compute_metrics
 
     cfg = ROOT / "configs" / "pneumoniamnist.yaml"
     overrides = [f"train.epochs={args.epochs}"]

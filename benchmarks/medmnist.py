@@ -17,7 +17,7 @@ from pathlib import Path
 
 import medfuse
 from medfuse.data import load_data
-from medfuse.train.metrics import binary_metrics
+from medfuse.training.metrics import binary_metrics
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

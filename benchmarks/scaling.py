@@ -83,7 +83,7 @@ def bench_spec(config: str, data_dir: str | None, strategy: str, steps: int, pla
 def random_tensors(spec, n: int, seed: int):
     import torch
 
-    from medfuse.train.trainer import Tensors
+    from medfuse.training.trainer import Tensors
 
     g = torch.Generator().manual_seed(seed)
     inputs = {m: torch.randn(n, *spec.modalities[m].shape, generator=g) for m in spec.modalities}

@@ -24,7 +24,7 @@ from sklearn.metrics import roc_auc_score
 from medfuse.api import fit_preprocessing, prepare_data
 from medfuse.config import load_spec
 from medfuse.models import build_model
-from medfuse.train.trainer import Trainer, to_tensors
+from medfuse.training.trainer import Trainer, to_tensors
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
 

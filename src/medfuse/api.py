@@ -18,8 +18,8 @@ from medfuse.config import Spec, complete_spec, load_spec, parse_spec
 from medfuse.data import DataBundle, Split, load_data
 from medfuse.package import read_meta, save_package
 from medfuse.preprocess import channel_axis, fit_stats
-from medfuse.train.metrics import SUMMARY_KEYS, choose_threshold, compute_metrics, probabilities
-from medfuse.train.trainer import (
+from medfuse.training.metrics import SUMMARY_KEYS, choose_threshold, compute_metrics, probabilities
+from medfuse.training.trainer import (
     HISTORY,
     Tensors,
     predict_logits,

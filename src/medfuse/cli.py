@@ -126,7 +126,7 @@ def _train(p: argparse.ArgumentParser) -> Handler:
     def run(a: argparse.Namespace) -> int:
         from medfuse.api import train
         from medfuse.report.tracking import tracking
-        from medfuse.train.metrics import SUMMARY_KEYS
+        from medfuse.training.metrics import SUMMARY_KEYS
 
         launched = launch_from_cli(p, a)  # --nproc/--nnodes: torchrun starts the workers
         if launched is not None:
@@ -185,7 +185,7 @@ def _evaluate(p: argparse.ArgumentParser) -> Handler:
 
     def run(a: argparse.Namespace) -> int:
         from medfuse.api import evaluate
-        from medfuse.train.metrics import SUMMARY_KEYS
+        from medfuse.training.metrics import SUMMARY_KEYS
 
         m = evaluate(a.package, split=a.split, data_dir=a.data_dir, device=a.device)
         if clinical_requested(a):  # CIs, operating point, subgroups (medfuse.report)

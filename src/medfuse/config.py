@@ -125,11 +125,22 @@ class StageSpec(_Strict):
 
 class EarlyStoppingSpec(_Strict):
     metric: Literal[
-        "auroc", "auprc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1",
-        "kappa", "ece", "brier", "loss",
+        "auroc",
+        "auprc",
+        "accuracy",
+        "balanced_accuracy",
+        "sensitivity",
+        "specificity",
+        "f1",
+        "kappa",
+        "ece",
+        "brier",
+        "loss",
     ] = "auroc"
     patience: int = Field(default=8, ge=1)
-    mode: Literal["max", "min"] | None = Field(default=None, description="default: min for loss/ece/brier, else max")
+    mode: Literal["max", "min"] | None = Field(
+        default=None, description="default: min for loss/ece/brier, else max"
+    )
 
     @property
     def maximize(self) -> bool:

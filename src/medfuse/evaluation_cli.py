@@ -292,7 +292,7 @@ def _calibration_figure(package: str, data_dir: str | None, device: str, out: st
     from medfuse.report import calibration as cal
     from medfuse.report.clinical import load_bundle
     from medfuse.report.plots import reliability_png
-    from medfuse.train.metrics import probabilities
+    from medfuse.training.metrics import probabilities
 
     pred = load(package, device=device)
     bundle = load_bundle(pred, data_dir)

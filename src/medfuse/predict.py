@@ -12,7 +12,7 @@ from medfuse.data import Split
 from medfuse.errors import DataError
 from medfuse.package import Package, load_package
 from medfuse.preprocess import normalize
-from medfuse.train.metrics import probabilities
+from medfuse.training.metrics import probabilities
 
 
 def stack_samples(
@@ -132,7 +132,7 @@ def decide(task: str, p: np.ndarray, labels: list[str], threshold: float) -> lis
 
 def load(path: str | Path, *, device: str = "cpu") -> Predictor:
     """Load a model package (checksums verified, weights loaded strictly) as a Predictor."""
-    from medfuse.train.trainer import resolve_device
+    from medfuse.training.trainer import resolve_device
 
     dev = resolve_device(device)
     return Predictor(load_package(path, device=dev), dev)

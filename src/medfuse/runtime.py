@@ -101,7 +101,7 @@ def modalities_from_meta(meta: dict[str, Any]) -> dict[str, Modality]:
     return out
 
 
-# ---- probabilities and decisions (numpy twins of medfuse.train.metrics / medfuse.predict) ----
+# ---- probabilities and decisions (numpy twins of medfuse.training.metrics / medfuse.predict) ----
 
 
 def probabilities(task: str, logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

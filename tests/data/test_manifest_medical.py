@@ -50,7 +50,9 @@ def test_example_files_are_what_the_manifest_says(example: Path) -> None:
 
 
 def test_on_bad_row_fail_names_the_row(example: Path) -> None:
-    with pytest.raises(DataError, match=r"manifest\.csv row \d+ \((image|ecg)\): .*(corrupt|nodata)"):
+    with pytest.raises(
+        DataError, match=r"manifest\.csv row \d+ \((image|ecg)\): .*(corrupt|nodata)"
+    ):
         load_data(f"manifest:{example}", {}, modalities=_modalities(), on_bad_row="fail")
     with pytest.raises(DataError, match=r"use data\.on_bad_row=missing"):
         load_data(f"manifest:{example}", {}, modalities=_modalities(), on_bad_row="fail")

@@ -164,7 +164,7 @@ def test_fit_image_matches_the_data_readers(shape, channels, size) -> None:
 
 @pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel"])
 def test_probabilities_match_training_metrics(task: str) -> None:
-    from medfuse.train.metrics import probabilities
+    from medfuse.training.metrics import probabilities
 
     z = np.random.default_rng(1).normal(size=(9, 1 if task == "binary" else 4)) * 3
     np.testing.assert_allclose(

@@ -17,7 +17,7 @@ from medfuse.report.calibration import (
     reliability,
 )
 from medfuse.report.clinical import load_bundle
-from medfuse.train.metrics import probabilities
+from medfuse.training.metrics import probabilities
 
 
 def test_fit_temperature_recovers_overconfidence() -> None:

@@ -15,7 +15,7 @@ from medfuse.report.ci import (
     resampling_unit,
 )
 from medfuse.report.compare import delong_interval, delong_test, holm, paired_bootstrap
-from medfuse.train.metrics import compute_metrics
+from medfuse.training.metrics import compute_metrics
 
 
 def _binary(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

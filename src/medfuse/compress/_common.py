@@ -13,7 +13,7 @@ import numpy as np
 from medfuse.data import DataBundle, Split, load_data
 from medfuse.errors import SpecError
 from medfuse.package import META, WEIGHTS, Package, _json_default, package_files, write_package
-from medfuse.train.metrics import SUMMARY_KEYS
+from medfuse.training.metrics import SUMMARY_KEYS
 
 #: files and manifest keys that describe one set of weights/one ONNX model; a package whose
 #: weights change (prune) drops them, since they would no longer match

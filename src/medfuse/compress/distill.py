@@ -29,7 +29,7 @@ from medfuse.config import Spec, apply_overrides, complete_spec, load_spec_dict,
 from medfuse.data import Split, load_data
 from medfuse.errors import SpecError
 from medfuse.package import Package, load_package
-from medfuse.train.trainer import Tensors, Trainer
+from medfuse.training.trainer import Tensors, Trainer
 
 
 @dataclass
@@ -161,8 +161,8 @@ def distill(
     from medfuse.models import build_model
     from medfuse.models.composite import count_parameters
     from medfuse.package import save_package
-    from medfuse.train.metrics import compute_metrics, probabilities
-    from medfuse.train.trainer import predict_logits, resolve_device, to_tensors
+    from medfuse.training.metrics import compute_metrics, probabilities
+    from medfuse.training.trainer import predict_logits, resolve_device, to_tensors
 
     t0 = time.perf_counter()
     if not temperature > 0:

@@ -172,8 +172,8 @@ def benchmark(
     """
     from medfuse.export.onnx import export_onnx_bytes
     from medfuse.models.composite import count_parameters
-    from medfuse.train.metrics import compute_metrics, probabilities
-    from medfuse.train.trainer import to_tensors
+    from medfuse.training.metrics import compute_metrics, probabilities
+    from medfuse.training.trainer import to_tensors
 
     if not packages:
         raise SpecError("packages", "give at least one package to benchmark")
@@ -211,7 +211,7 @@ def benchmark(
             if rt.get("default") == "onnx":
                 logits, engine = ort_logits(session, mods, data), "onnxruntime"
             else:
-                from medfuse.train.trainer import predict_logits
+                from medfuse.training.trainer import predict_logits
 
                 logits, engine = predict_logits(pkg.model, data, torch.device("cpu"))[0], "torch"
             temp = float(meta.get("calibration", {}).get("temperature", 1.0))

@@ -295,8 +295,8 @@ def prune(
     from medfuse.api import seed_everything, split_metrics, threshold_for
     from medfuse.compress.measure import count_macs
     from medfuse.models.composite import count_parameters
-    from medfuse.train.metrics import probabilities
-    from medfuse.train.trainer import Trainer, predict_logits, resolve_device, to_tensors
+    from medfuse.training.metrics import probabilities
+    from medfuse.training.trainer import Trainer, predict_logits, resolve_device, to_tensors
 
     amount = check_fraction(amount, "amount")
     if int(finetune_epochs) < 0:

@@ -47,8 +47,8 @@ from medfuse.compress._common import (
 )
 from medfuse.errors import MedfuseError, SpecError, not_allowed
 from medfuse.package import load_package
-from medfuse.train.metrics import compute_metrics, probabilities
-from medfuse.train.trainer import to_tensors
+from medfuse.training.metrics import compute_metrics, probabilities
+from medfuse.training.trainer import to_tensors
 
 log = logging.getLogger("medfuse.compress")
 

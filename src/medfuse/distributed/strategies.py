@@ -10,7 +10,7 @@ hybrid     ``ddp`` across processes and nodes, ``branch`` placement inside each 
 
 ``train.batch_size`` is the GLOBAL batch: with ``world`` processes each takes
 ``batch_size / world`` samples per step, so gradient averaging makes a step equal to one process
-stepping on the whole batch. The trainer (``medfuse.train.trainer.Trainer``) does the rest: it
+stepping on the whole batch. The trainer (``medfuse.training.trainer.Trainer``) does the rest: it
 shards each epoch like ``DistributedSampler``, calls :meth:`Strategy.wrap` once per stage, and
 lets only rank 0 write checkpoints, ``metrics.jsonl`` and progress bars.
 """
@@ -40,7 +40,7 @@ from medfuse.distributed.placement import (
 )
 from medfuse.errors import MedfuseError, SpecError
 from medfuse.registry import Registry
-from medfuse.train.trainer import CHECKPOINT, Tensors, Trainer, resolve_device
+from medfuse.training.trainer import CHECKPOINT, Tensors, Trainer, resolve_device
 
 log = logging.getLogger("medfuse.distributed")
 

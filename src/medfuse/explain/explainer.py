@@ -23,7 +23,7 @@ import torch
 from medfuse.errors import DataError, SpecError, did_you_mean
 from medfuse.explain.shapley import SCALES, ShapleyResult, modality_shapley
 from medfuse.preprocess import normalize
-from medfuse.train.metrics import probabilities
+from medfuse.training.metrics import probabilities
 
 log = logging.getLogger("medfuse.explain")
 

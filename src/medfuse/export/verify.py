@@ -170,7 +170,7 @@ def torch_logits(
 
 
 def _torch_device(device: str) -> Any:
-    from medfuse.train.trainer import resolve_device
+    from medfuse.training.trainer import resolve_device
 
     return resolve_device(device)
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from medfuse.train.metrics import ECE_BINS, choose_threshold, ece, probabilities, top_label_ece
+from medfuse.training.metrics import ECE_BINS, choose_threshold, ece, probabilities, top_label_ece
 
 #: where T is searched (log-uniform bounds)
 T_BOUNDS = (0.05, 20.0)

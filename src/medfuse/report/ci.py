@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from medfuse.train.metrics import ECE_BINS, compute_metrics
+from medfuse.training.metrics import ECE_BINS, compute_metrics
 
 #: default number of bootstrap resamples and the confidence level
 RESAMPLES = 1000

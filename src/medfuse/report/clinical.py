@@ -32,7 +32,7 @@ from medfuse.report.ci import (
     resampling_unit,
 )
 from medfuse.report.subgroups import auto_column, subgroup_metrics, subgroup_values
-from medfuse.train.metrics import choose_threshold, compute_metrics, probabilities
+from medfuse.training.metrics import choose_threshold, compute_metrics, probabilities
 
 THRESHOLD_METHODS = ("youden", "sensitivity", "specificity", "fixed")
 
@@ -100,7 +100,7 @@ def predict_split(
     if len(mods) > 1:
         for m in mods:
             out.without[m] = probabilities(task, pred.logits(remove_modality(split, m)), temp)
-    from medfuse.train.trainer import predict_logits, to_tensors
+    from medfuse.training.trainer import predict_logits, to_tensors
 
     t = to_tensors(split, pred.meta["preprocessing"])
     _, per = predict_logits(pred.model, t, pred.device, bf16=pred.spec.train.bf16, branches=True)

@@ -529,7 +529,7 @@ def _per_modality(ev: Any, ctx: dict[str, Any]) -> Section | None:
 
 
 def _training(ev: Any, ctx: dict[str, Any]) -> Section:
-    from medfuse.train.trainer import HISTORY
+    from medfuse.training.trainer import HISTORY
 
     path = Path(ev.predictor.package.path) / HISTORY
     meta = ev.predictor.meta

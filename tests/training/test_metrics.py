@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn import metrics as skm
 
-from medfuse.train.metrics import (
+from medfuse.training.metrics import (
     choose_threshold,
     compute_metrics,
     ece,

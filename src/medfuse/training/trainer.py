@@ -22,9 +22,9 @@ from torch import nn
 from medfuse.config import Spec, StageSpec
 from medfuse.data import Split
 from medfuse.preprocess import normalize
-from medfuse.train.augment import augment_batch
-from medfuse.train.losses import TaskLoss
-from medfuse.train.metrics import compute_metrics, probabilities
+from medfuse.training.augment import augment_batch
+from medfuse.training.losses import TaskLoss
+from medfuse.training.metrics import compute_metrics, probabilities
 
 log = logging.getLogger("medfuse.train")
 CHECKPOINT = "checkpoint.pt"
@@ -325,7 +325,9 @@ class Trainer:
         if t.ema:  # exponential moving average of the weights; validated, kept and saved
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-            self._ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True)
+            self._ema = AveragedModel(
+                self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True
+            )
             if ckpt is not None and ckpt.get("ema"):
                 self._ema.load_state_dict(ckpt["ema"])
         bar = self._progress(name, epochs, start_epoch)
