@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from medfuse.config import Spec, complete_spec, load_spec, parse_spec
-from medfuse.data import DataBundle, Split, load_data
+from medfuse.data import DataBundle, Split, load_data, load_spec_data
 from medfuse.package import read_meta, save_package
 from medfuse.preprocess import channel_axis, fit_stats
 from medfuse.training.metrics import SUMMARY_KEYS, choose_threshold, compute_metrics, probabilities
@@ -236,15 +236,7 @@ def evaluate(
 
     pred = load(package, device=device)
     spec = pred.spec
-    bundle = load_data(
-        spec.data.source,
-        spec.data.options,
-        data_root=data_dir,
-        modalities=spec.modalities,
-        task=spec.task.type,
-        on_bad_row=spec.data.on_bad_row,
-        seed=spec.train.seed,
-    )
+    bundle = load_spec_data(spec, data_dir)
     data = bundle.split(split)
     stats = pred.meta["preprocessing"]
     t = to_tensors(data, stats)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from medfuse.data import DataBundle, Split, load_data
+from medfuse.data import DataBundle, Split, load_spec_data
 from medfuse.errors import SpecError
 from medfuse.package import META, WEIGHTS, Package, _json_default, package_files, write_package
 from medfuse.training.metrics import SUMMARY_KEYS
@@ -24,15 +24,7 @@ WEIGHT_BOUND_KEYS = ("runtime", "exports", "verification")
 def package_data(pkg: Package, data_dir: str | Path | None = None) -> DataBundle:
     """The package's own data source, loaded exactly as ``medfuse evaluate`` loads it."""
     spec = pkg.spec
-    return load_data(
-        spec.data.source,
-        spec.data.options,
-        data_root=data_dir,
-        modalities=spec.modalities,
-        task=spec.task.type,
-        on_bad_row=spec.data.on_bad_row,
-        seed=spec.train.seed,
-    )
+    return load_spec_data(spec, data_dir)
 
 
 def eval_split(bundle: DataBundle) -> tuple[str, Split]:

@@ -126,4 +126,17 @@ def keep_modalities(bundle: DataBundle, names: list[str]) -> DataBundle:
     return bundle
 
 
+def load_spec_data(spec: Any, data_dir: str | Path | None = None) -> DataBundle:
+    """A (package's) spec's own data source, loaded as training loaded it."""
+    return load_data(
+        spec.data.source,
+        spec.data.options,
+        data_root=data_dir,
+        modalities=spec.modalities,
+        task=spec.task.type,
+        on_bad_row=spec.data.on_bad_row,
+        seed=spec.train.seed,
+    )
+
+
 from medfuse.data import manifest, medmnist, mitbih, ptbxl, synthetic  # noqa: E402,F401

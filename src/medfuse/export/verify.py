@@ -389,20 +389,12 @@ def _split_reference(
     root: Path, meta: dict[str, Any], split: str, data_dir: str | Path | None
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, str]:
     """Raw inputs of a whole split and the PyTorch (fp32, CPU) reference logits on them."""
-    from medfuse.data import load_data
+    from medfuse.data import load_spec_data
     from medfuse.package import load_package
 
     pkg = load_package(root, device="cpu")
     spec = pkg.spec
-    bundle = load_data(
-        spec.data.source,
-        spec.data.options,
-        data_root=data_dir,
-        modalities=spec.modalities,
-        task=spec.task.type,
-        on_bad_row=spec.data.on_bad_row,
-        seed=spec.train.seed,
-    )
+    bundle = load_spec_data(spec, data_dir)
     data = bundle.split(split)
     raw = {m: np.asarray(a, np.float32) for m, a in data.arrays.items()}
     masks = {m: np.asarray(k, np.float32) for m, k in data.masks.items()}
@@ -431,17 +423,9 @@ def build_verification(
     meta, spec = package.meta, package.spec
     modalities = modalities_from_meta(meta)
     try:
-        from medfuse.data import load_data
+        from medfuse.data import load_spec_data
 
-        bundle = load_data(
-            spec.data.source,
-            spec.data.options,
-            data_root=data_dir,
-            modalities=spec.modalities,
-            task=spec.task.type,
-            on_bad_row=spec.data.on_bad_row,
-            seed=spec.train.seed,
-        )
+        bundle = load_spec_data(spec, data_dir)
         raw, masks, idx = select_samples(
             bundle.val.arrays, bundle.val.masks, modalities, n=n, seed=seed
         )

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medfuse.data import DataBundle, Split, load_data
+from medfuse.data import DataBundle, Split, load_spec_data
 from medfuse.errors import SpecError
 from medfuse.predict import Predictor, load
 from medfuse.report import calibration as cal
@@ -40,15 +40,7 @@ THRESHOLD_METHODS = ("youden", "sensitivity", "specificity", "fixed")
 def load_bundle(pred: Predictor, data_dir: str | Path | None = None) -> DataBundle:
     """The package's own data source, restricted to the modalities it uses."""
     spec = pred.spec
-    return load_data(
-        spec.data.source,
-        spec.data.options,
-        data_root=data_dir,
-        modalities=spec.modalities,
-        task=spec.task.type,
-        on_bad_row=spec.data.on_bad_row,
-        seed=spec.train.seed,
-    )
+    return load_spec_data(spec, data_dir)
 
 
 @dataclass

@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 from medfuse.errors import DataError
-from medfuse.runtime import decide
 
 Chunk = tuple[dict[str, np.ndarray], dict[str, np.ndarray], pd.DataFrame]
 
@@ -84,17 +83,9 @@ def table(
     ids: pd.DataFrame, p: np.ndarray, labels: list[str], task: str, threshold: float
 ) -> pd.DataFrame:
     """``id, prob_<label>..., label[, threshold]`` (the ``medfuse predict`` layout)."""
-    df = ids.copy()
-    if task == "binary":
-        df[f"prob_{labels[1]}"] = p
-    else:
-        for j, lab in enumerate(labels):
-            df[f"prob_{lab}"] = p[:, j]
-    pred = decide(task, p, labels, threshold)
-    df["label"] = [";".join(v) if isinstance(v, list) else v for v in pred]
-    if task == "binary":
-        df["threshold"] = threshold
-    return df
+    from medfuse.io import prediction_table
+
+    return prediction_table(ids, p, labels, task, threshold)
 
 
 class TableWriter:
