@@ -95,6 +95,12 @@ def test_extract_record_cuts_beats_around_r_peaks(tmp_path: Path) -> None:
     assert e["rhythm"][3, 1, -1] == pytest.approx((550 / 360) / rr_mean, rel=1e-3)
     # the sequence ends at the current beat: its previous step is the beat before
     assert e["rhythm"][3, 2, -2] == pytest.approx(360 / 360, abs=1e-4)
+    # with beats after the current one: the step after the V is the (paced) beat 550 samples later
+    e2 = extract_record(tmp_path / "r1", fs=360, band=None, context=2, context_after=2)
+    assert e2["rhythm"].shape == (9, 4, 4)
+    assert e2["rhythm"][3, 2, 1] == pytest.approx(220 / 360, abs=1e-4)  # the V itself
+    assert e2["rhythm"][3, 2, 2] == pytest.approx(550 / 360, abs=1e-4)
+    assert e2["rhythm"][-1, 2, 3] == e2["rhythm"][-1, 2, 2]  # padded past the record's end
     # template: a normal beat (peak 1 mV at the centre), not the 2 mV premature V
     assert e["template"][before] == pytest.approx(1.0, abs=0.02)
     assert e["age"] == 61 and e["sex"] == 1.0

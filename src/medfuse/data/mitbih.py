@@ -68,7 +68,8 @@ EXTRACT_DEFAULTS: dict[str, Any] = {
     "fs": 180,  # Hz after resampling (the records are 360 Hz)
     "window": [0.25, 0.45],  # seconds before and after the R peak
     "band": [0.5, 40.0],  # band-pass in Hz; null = raw signal
-    "context": 16,  # beats in the rhythm sequence (ending at the current beat)
+    "context": 16,  # beats in the rhythm sequence up to and including the current beat
+    "context_after": 0,  # beats after the current one also in the sequence
     "rr_norm": "mean",  # RR intervals are divided by the record's mean (as de Chazal) or median
 }
 DEFAULTS: dict[str, Any] = {
@@ -131,6 +132,9 @@ def cached_arrays(
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz")
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a cache file need not be
         os.replace(tmp, path)
     except OSError:  # a read-only cache is not an error: the arrays are still returned
         pass
@@ -182,6 +186,7 @@ def extract_record(
     window: list[float] | tuple[float, float] = (0.25, 0.45),
     band: list[float] | None = (0.5, 40.0),  # type: ignore[assignment]
     context: int = 16,
+    context_after: int = 0,
     rr_norm: str = "mean",
 ) -> dict[str, Any]:
     """Every AAMI-labelled beat of one WFDB record (``path`` without extension, ``.atr`` beside).
@@ -250,9 +255,11 @@ def extract_record(
         if len(pool)
         else np.zeros(length)
     )
-    # rhythm context: the `context` beats ending at each kept beat (edge-padded at the start)
-    ctx = np.clip(idx[:, None] + np.arange(-context + 1, 1)[None, :], 0, max(n_all - 1, 0))
-    rhythm = per_beat[:, ctx].transpose(1, 0, 2) if len(idx) else np.zeros((0, 4, context))
+    # rhythm context: the `context` beats ending at each kept beat, then `context_after` beats
+    # (edge-padded at the record's start and end)
+    steps = np.arange(-context + 1, context_after + 1)
+    ctx = np.clip(idx[:, None] + steps[None, :], 0, max(n_all - 1, 0))
+    rhythm = per_beat[:, ctx].transpose(1, 0, 2) if len(idx) else np.zeros((0, 4, len(steps)))
     age, sex = parse_age_sex(list(rec.comments or []))
     return {
         "beat": beats.astype(np.float32),
@@ -378,6 +385,7 @@ def _extract_all(folder: Path, records: list[str], opts: dict[str, Any]) -> dict
             window=list(opts["window"]),
             band=opts["band"],
             context=int(opts["context"]),
+            context_after=int(opts["context_after"]),
             rr_norm=str(opts["rr_norm"]),
         )
         for k in parts:
@@ -420,6 +428,10 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
     if o["band"] is not None and not (isinstance(o["band"], list | tuple) and len(o["band"]) == 2):
         raise SpecError(
             "data.options.band", f"must be [low_hz, high_hz] or null; got {o['band']!r}"
+        )
+    if not (isinstance(o["context_after"], int) and o["context_after"] >= 0):
+        raise SpecError(
+            "data.options.context_after", f"must be an integer >= 0; got {o['context_after']!r}"
         )
     if o["rr_norm"] not in ("mean", "median"):
         raise SpecError("data.options.rr_norm", f"must be 'mean' or 'median'; got {o['rr_norm']!r}")
@@ -469,13 +481,16 @@ def load_mitbih(
     all_names = {"beat", "rhythm", "clinical"}
     wanted = set(modalities) & all_names if modalities else all_names
     parts = {s: _split_from(data, recs, o, wanted) for s, recs in splits.items()}
+    counts_all = {
+        s: {lab: int((p.y == i).sum()) for i, lab in enumerate(LABELS)} for s, p in parts.items()
+    }
     if o["train_fraction"]:
         parts["train"] = _subsample(parts["train"], o["train_fraction"], seed)
     beat_len = int(data["beat"].shape[1])
     mods = {
         "beat": ModalitySpec(kind="signal", channels=2 if o["template"] else 1, length=beat_len),
         "rhythm": ModalitySpec(
-            kind="signal", channels=len(RHYTHM_FEATURES), length=int(o["context"])
+            kind="signal", channels=len(RHYTHM_FEATURES), length=int(data["rhythm"].shape[2])
         ),
         "clinical": ModalitySpec(kind="tabular", columns=list(CLINICAL_COLUMNS)),
     }
@@ -497,7 +512,8 @@ def load_mitbih(
             "file": str(folder),
             "options": {k: o[k] for k in DEFAULTS if k != "cache"},
             "records": splits,
-            "counts": counts,
+            "counts": counts,  # beats per class and split, after training undersampling
+            "counts_all": counts_all,  # before it
             "rhythm_features": list(RHYTHM_FEATURES),
         },
     )
