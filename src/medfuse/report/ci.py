@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from medfuse.training.metrics import ECE_BINS, compute_metrics
+from medfuse.training.metrics import ECE_BINS, SUMMARY_KEYS, compute_metrics
 
 #: default number of bootstrap resamples and the confidence level
 RESAMPLES = 1000
@@ -225,19 +225,6 @@ class _quiet:
         self._w.__exit__(*exc)
 
 
-MULTILABEL_KEYS = (
-    "auroc",
-    "auprc",
-    "accuracy",
-    "balanced_accuracy",
-    "sensitivity",
-    "specificity",
-    "f1",
-    "ece",
-    "brier",
-)
-
-
 def multilabel_rows(
     y: np.ndarray, p: np.ndarray, w: np.ndarray, threshold: float = 0.5, bins: int = ECE_BINS
 ) -> Metrics:
@@ -246,8 +233,7 @@ def multilabel_rows(
     per = [binary_rows(y[:, j], p[:, j], w, threshold, bins) for j in range(y.shape[1])]
     with _quiet():
         return {
-            key: np.nanmean(np.stack([m[key] for m in per], axis=1), axis=1)
-            for key in MULTILABEL_KEYS
+            key: np.nanmean(np.stack([m[key] for m in per], axis=1), axis=1) for key in SUMMARY_KEYS
         }
 
 

@@ -178,18 +178,7 @@ def multilabel_metrics(
     thr = np.broadcast_to(np.asarray(thresholds, float), (k,))
     per = [binary_metrics(y[:, i], p[:, i], float(thr[i])) for i in range(k)]
     names = labels or [str(i) for i in range(k)]
-    keys = (
-        "auroc",
-        "auprc",
-        "accuracy",
-        "balanced_accuracy",
-        "sensitivity",
-        "specificity",
-        "f1",
-        "ece",
-        "brier",
-    )
-    out: dict[str, Any] = {key: float(np.nanmean([m[key] for m in per])) for key in keys}
+    out: dict[str, Any] = {key: float(np.nanmean([m[key] for m in per])) for key in SUMMARY_KEYS}
     out["per_label"] = {
         names[i]: {key: per[i][key] for key in ("auroc", "auprc", "sensitivity", "specificity")}
         for i in range(k)
