@@ -159,6 +159,11 @@ class TrainSpec(_Strict):
     early_stopping: EarlyStoppingSpec | None = Field(default_factory=EarlyStoppingSpec)
     class_weights: Literal["none", "balanced"] = "none"
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    mixup: float = Field(
+        default=0.0,
+        ge=0,
+        description="mixup Beta(a, a) concentration a; 0 = off (mixes every modality together)",
+    )
     grad_clip: float | None = Field(default=None, gt=0)
     ema: float | None = Field(default=None, gt=0, lt=1, description="weight EMA decay, e.g. 0.99")
     bf16: bool = False

@@ -141,3 +141,28 @@ def test_synthetic_fusion_beats_every_single_branch(tmp_path) -> None:
     test = res.metrics["test"]
     best = max(v["auroc"] for v in test["branches"].values())
     assert test["auroc"] - best >= 0.05
+
+
+def test_mixup_mixes_every_modality_with_one_weight_and_trains(tiny_spec, tmp_path) -> None:
+    import torch
+
+    from medfuse.training.augment import mixup_batch
+
+    g = torch.Generator().manual_seed(0)
+    inputs = {"a": torch.arange(4.0).view(4, 1), "b": torch.arange(4.0).view(4, 1) * 10}
+    masks = {"a": torch.ones(4), "b": torch.tensor([1.0, 0.0, 1.0, 1.0])}
+    mixed, present, (lam, perm) = mixup_batch(inputs, masks, 0.4, g)
+    assert 0.0 <= lam <= 1.0 and sorted(perm.tolist()) == [0, 1, 2, 3]
+    for m in inputs:  # one weight and one partner for every modality
+        want = lam * inputs[m] + (1 - lam) * inputs[m][perm]
+        assert torch.allclose(mixed[m], want)
+    assert torch.equal(present["b"], torch.maximum(masks["b"], masks["b"][perm]))
+    # same generator state, same mix (resume reproduces it)
+    again = mixup_batch(inputs, masks, 0.4, torch.Generator().manual_seed(0))
+    assert again[2][0] == lam and torch.equal(again[2][1], perm)
+
+    tiny_spec["train"].update(epochs=2, mixup=0.2)
+    res = train(tiny_spec, out=tmp_path / "p", device="cpu", progress=False)
+    meta = json.loads((res.package / "medfuse.json").read_text())
+    assert meta["spec"]["train"]["mixup"] == 0.2
+    assert 0.0 <= res.metrics["test"]["auroc"] <= 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -49,3 +50,22 @@ def augment_batch(
             noise = torch.randn(x.shape, generator=g).to(x.device)
             out[name] = x + aug.noise * noise
     return out
+
+
+def mixup_batch(
+    inputs: dict[str, torch.Tensor],
+    masks: dict[str, torch.Tensor],
+    alpha: float,
+    g: torch.Generator,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], tuple[float, torch.Tensor]]:
+    """Mixup (Zhang et al. 2018) across the whole sample: every modality of sample i is mixed
+    with the same modality of sample ``perm[i]`` with one weight ``lam ~ Beta(alpha, alpha)``;
+    a modality counts as present when either sample has it. Returns the mixed batch and
+    ``(lam, perm)`` for the loss ``lam * L(y) + (1 - lam) * L(y[perm])``. Deterministic in ``g``."""
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    n = len(next(iter(masks.values())))
+    perm = torch.randperm(n, generator=g).to(next(iter(masks.values())).device)
+    mixed = {m: lam * x + (1 - lam) * x[perm] for m, x in inputs.items()}
+    present = {m: torch.maximum(k, k[perm]) for m, k in masks.items()}
+    return mixed, present, (lam, perm)

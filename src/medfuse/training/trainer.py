@@ -22,7 +22,7 @@ from torch import nn
 from medfuse.config import Spec, StageSpec
 from medfuse.data import Split
 from medfuse.preprocess import normalize
-from medfuse.training.augment import augment_batch
+from medfuse.training.augment import augment_batch, mixup_batch
 from medfuse.training.losses import TaskLoss
 from medfuse.training.metrics import compute_metrics, probabilities
 
@@ -348,9 +348,18 @@ class Trainer:
                     keep = (torch.rand(len(idx), generator=g_aug) >= rate).float().to(self.device)
                     masks[m] = masks[m] * keep
                     inputs[m] = inputs[m] * keep.view(-1, *([1] * (inputs[m].dim() - 1)))
+                mix = None
+                if t.mixup > 0:
+                    inputs, masks, mix = mixup_batch(inputs, masks, t.mixup, g_aug)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.bf16):
                     logits, aux = model(inputs, masks, aux=aux_mode)
-                loss = self._loss(name, logits, aux, masks, y)
+                if mix is None:
+                    loss = self._loss(name, logits, aux, masks, y)
+                else:
+                    lam, perm = mix
+                    loss = lam * self._loss(name, logits, aux, masks, y) + (1 - lam) * self._loss(
+                        name, logits, aux, masks, y[perm]
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if t.grad_clip:
