@@ -157,7 +157,10 @@ class TrainSpec(_Strict):
     stages: list[StageSpec] = Field(default_factory=lambda: [StageSpec(name="end_to_end")])
     finetune_lr_scale: float = Field(default=0.1, gt=0)
     early_stopping: EarlyStoppingSpec | None = Field(default_factory=EarlyStoppingSpec)
-    class_weights: Literal["none", "balanced"] = "none"
+    class_weights: Literal["none", "balanced", "sqrt"] = Field(
+        default="none",
+        description="balanced: inverse class frequency; sqrt: its square root; none",
+    )
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     mixup: float = Field(
         default=0.0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from sklearn import metrics as skm
 
 from medfuse.training.metrics import (
@@ -80,3 +81,19 @@ def test_target_sensitivity_and_specificity() -> None:
     t = choose_threshold(y, p, "specificity", 0.9)
     assert ((p < t) & (y == 0)).sum() / (y == 0).sum() >= 0.9
     assert choose_threshold(y, p, "fixed", value=0.3) == 0.3
+
+
+def test_class_weights_balanced_and_sqrt() -> None:
+    import numpy as np
+    import torch
+
+    from medfuse.training.losses import TaskLoss
+
+    y = np.array([0] * 90 + [1] * 9 + [2] * 1)
+    bal = TaskLoss("multiclass", y, class_weights="balanced", num_outputs=3).weight
+    sq = TaskLoss("multiclass", y, class_weights="sqrt", num_outputs=3).weight
+    assert torch.allclose(bal, torch.tensor([100 / 270, 100 / 27, 100 / 3]))
+    assert torch.allclose(sq, bal.sqrt())
+    yb = np.array([0] * 80 + [1] * 20)
+    assert float(TaskLoss("binary", yb, class_weights="sqrt").weight) == pytest.approx(2.0)
+    assert TaskLoss("binary", yb).weight.numel() == 0  # none

@@ -24,7 +24,7 @@ class TaskLoss(nn.Module):
         self.task = task
         self.smoothing = float(label_smoothing)
         weight = None
-        if class_weights == "balanced":
+        if class_weights in ("balanced", "sqrt"):
             if task == "multiclass":
                 counts = np.bincount(y_train.astype(int), minlength=num_outputs).astype(np.float64)
                 weight = len(y_train) / (num_outputs * np.maximum(counts, 1))
@@ -32,6 +32,8 @@ class TaskLoss(nn.Module):
                 y2 = y_train.reshape(len(y_train), -1)
                 pos = y2.sum(0)
                 weight = (len(y2) - pos) / np.maximum(pos, 1)
+            if class_weights == "sqrt":  # the square root: half-way (in log) to no weighting
+                weight = np.sqrt(weight)
         self.register_buffer(
             "weight",
             torch.tensor(weight, dtype=torch.float32) if weight is not None else torch.ones(0),
