@@ -101,6 +101,12 @@ def test_extract_record_cuts_beats_around_r_peaks(tmp_path: Path) -> None:
     assert e2["rhythm"][3, 2, 1] == pytest.approx(220 / 360, abs=1e-4)  # the V itself
     assert e2["rhythm"][3, 2, 2] == pytest.approx(550 / 360, abs=1e-4)
     assert e2["rhythm"][-1, 2, 3] == e2["rhythm"][-1, 2, 2]  # padded past the record's end
+    # rr_local: RR before/after over the mean of the 2 RR intervals before the V (1 s each)
+    e3 = extract_record(tmp_path / "r1", fs=360, band=None, context=4, rr_local=2)
+    assert e3["rhythm"].shape == (9, 6, 4)
+    assert np.array_equal(e3["rhythm"][:, :4], e["rhythm"])
+    assert e3["rhythm"][3, 4, -1] == pytest.approx(220 / 360, rel=1e-4)
+    assert e3["rhythm"][3, 5, -1] == pytest.approx(550 / 360, rel=1e-4)
     # template: a normal beat (peak 1 mV at the centre), not the 2 mV premature V
     assert e["template"][before] == pytest.approx(1.0, abs=0.02)
     assert e["age"] == 61 and e["sex"] == 1.0

@@ -60,6 +60,8 @@ DS2 = (100, 103, 105, 111, 113, 117, 121, 123, 200, 202, 210, 212, 213, 214, 219
 #: the records that carry most of DS1's S (209) and F (208) beats stay in training.
 VAL_RECORDS = (118, 124, 205, 223)
 RHYTHM_FEATURES = ["rr_pre", "rr_post", "rr_pre_seconds", "amplitude"]
+#: with ``rr_local``: RR before and after, each divided by the mean RR of the preceding beats
+LOCAL_RR_FEATURES = ["rr_pre_local", "rr_post_local"]
 CLINICAL_COLUMNS = ["age", "sex"]
 
 #: Options that change what is extracted (and so the cache key), with their defaults.
@@ -71,6 +73,7 @@ EXTRACT_DEFAULTS: dict[str, Any] = {
     "context": 16,  # beats in the rhythm sequence up to and including the current beat
     "context_after": 0,  # beats after the current one also in the sequence
     "rr_norm": "mean",  # RR intervals are divided by the record's mean (as de Chazal) or median
+    "rr_local": 0,  # > 0: also RR / the mean RR of that many preceding beats (local rhythm)
 }
 DEFAULTS: dict[str, Any] = {
     **EXTRACT_DEFAULTS,
@@ -188,10 +191,13 @@ def extract_record(
     context: int = 16,
     context_after: int = 0,
     rr_norm: str = "mean",
+    rr_local: int = 0,
 ) -> dict[str, Any]:
     """Every AAMI-labelled beat of one WFDB record (``path`` without extension, ``.atr`` beside).
 
-    Returns ``beat`` ``(N, L)`` (mV), ``template`` ``(L,)``, ``rhythm`` ``(N, 4, context)``,
+    Returns ``beat`` ``(N, L)`` (mV), ``template`` ``(L,)``, ``rhythm`` ``(N, F, context)``
+    (F = 4, or 6 with ``rr_local``: RR before/after over the mean RR of the ``rr_local`` beats
+    before this one, the local rhythm, so a premature beat stands out even when the rate drifts),
     ``label`` ``(N,)`` (index into N/S/V/F), ``sample`` ``(N,)`` (R peak, in samples of the
     original rate), ``symbol`` ``(N,)``, ``age``, ``sex``. Beats whose window would leave the
     record are skipped.
@@ -238,7 +244,16 @@ def extract_record(
     amp = x[np.clip(peaks, 0, len(x) - 1)] if n_all else np.zeros(0)
     amp_med = float(np.median(np.abs(amp))) if n_all else 1.0
     amp_med = amp_med if amp_med > 1e-6 else 1.0
-    per_beat = np.stack([rr_pre / rr_ref, rr_post / rr_ref, rr_pre, amp / amp_med], axis=0)
+    feats = [rr_pre / rr_ref, rr_post / rr_ref, rr_pre, amp / amp_med]
+    if rr_local > 0 and n_all:
+        # trailing mean of the rr_local RR intervals before beat i (the record mean at the start)
+        c = np.concatenate([[0.0], np.cumsum(rr_pre)])
+        i = np.arange(n_all)
+        lo = np.maximum(i - rr_local, 0)
+        local = np.where(i > 0, (c[i] - c[lo]) / np.maximum(i - lo, 1), rr_ref)
+        local = np.where(local > 1e-6, local, rr_ref)
+        feats += [rr_pre / local, rr_post / local]
+    per_beat = np.stack(feats, axis=0)
 
     ok = (peaks - before >= 0) & (peaks + after <= len(x))
     labels = np.array([AAMI[s] for s in symbols], dtype=object)
@@ -259,7 +274,11 @@ def extract_record(
     # (edge-padded at the record's start and end)
     steps = np.arange(-context + 1, context_after + 1)
     ctx = np.clip(idx[:, None] + steps[None, :], 0, max(n_all - 1, 0))
-    rhythm = per_beat[:, ctx].transpose(1, 0, 2) if len(idx) else np.zeros((0, 4, len(steps)))
+    rhythm = (
+        per_beat[:, ctx].transpose(1, 0, 2)
+        if len(idx)
+        else np.zeros((0, len(per_beat), len(steps)))
+    )
     age, sex = parse_age_sex(list(rec.comments or []))
     return {
         "beat": beats.astype(np.float32),
@@ -387,6 +406,7 @@ def _extract_all(folder: Path, records: list[str], opts: dict[str, Any]) -> dict
             context=int(opts["context"]),
             context_after=int(opts["context_after"]),
             rr_norm=str(opts["rr_norm"]),
+            rr_local=int(opts["rr_local"]),
         )
         for k in parts:
             parts[k].append(e[k])
@@ -432,6 +452,10 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
     if not (isinstance(o["context_after"], int) and o["context_after"] >= 0):
         raise SpecError(
             "data.options.context_after", f"must be an integer >= 0; got {o['context_after']!r}"
+        )
+    if not (isinstance(o["rr_local"], int) and o["rr_local"] >= 0):
+        raise SpecError(
+            "data.options.rr_local", f"must be an integer >= 0 (beats); got {o['rr_local']!r}"
         )
     if o["rr_norm"] not in ("mean", "median"):
         raise SpecError("data.options.rr_norm", f"must be 'mean' or 'median'; got {o['rr_norm']!r}")
@@ -490,7 +514,9 @@ def load_mitbih(
     mods = {
         "beat": ModalitySpec(kind="signal", channels=2 if o["template"] else 1, length=beat_len),
         "rhythm": ModalitySpec(
-            kind="signal", channels=len(RHYTHM_FEATURES), length=int(data["rhythm"].shape[2])
+            kind="signal",
+            channels=int(data["rhythm"].shape[1]),
+            length=int(data["rhythm"].shape[2]),
         ),
         "clinical": ModalitySpec(kind="tabular", columns=list(CLINICAL_COLUMNS)),
     }
@@ -514,6 +540,6 @@ def load_mitbih(
             "records": splits,
             "counts": counts,  # beats per class and split, after training undersampling
             "counts_all": counts_all,  # before it
-            "rhythm_features": list(RHYTHM_FEATURES),
+            "rhythm_features": RHYTHM_FEATURES + (LOCAL_RR_FEATURES if o["rr_local"] else []),
         },
     )
