@@ -315,3 +315,48 @@ def test_cli_quantize_and_benchmark(tiny_package, tmp_path, capsys):
     assert code == 0
     text = capsys.readouterr().out
     assert "cli-int8" in text and (tmp_path / "pareto.png").exists()
+
+
+def test_teacher_views_full_masked_probe(tiny_package, tmp_path):
+    import torch
+
+    from medfuse.compress._common import package_data
+    from medfuse.compress.distill import view_logits
+    from medfuse.training.trainer import predict_logits, to_tensors
+
+    pred = medfuse.load(tiny_package)
+    split = package_data(pred.package).val
+    full = view_logits(pred.package, split, "full", ["signal"])
+    masked = view_logits(pred.package, split, "masked", ["signal"])
+    probe = view_logits(pred.package, split, "probe", ["signal"])
+    # full: what the package predicts; masked: the same patient with only the signal present
+    assert np.allclose(full, pred.logits(split), atol=1e-5)
+    assert np.allclose(masked, pred.logits({"signal": split.arrays["signal"]}), atol=1e-5)
+    assert not np.allclose(full, masked, atol=1e-3)
+    # probe: the teacher's auxiliary head of the signal branch
+    t = to_tensors(split, pred.meta["preprocessing"])
+    want = predict_logits(pred.model, t, torch.device("cpu"), branches=True)[1]["signal"]
+    assert np.allclose(probe, want) and not np.allclose(probe, masked, atol=1e-3)
+
+    student = {
+        "branches": {"signal": {"type": "cnn1d", "width": 4, "depth": 2, "out_features": 8}},
+        "train": {"epochs": 1, "batch_size": 32, "early_stopping": None},
+    }
+    res = medfuse.compress.distill(
+        tiny_package,
+        student=student,
+        out=tmp_path / "kd",
+        device="cpu",
+        progress=False,
+        teacher_view="probe",
+    )
+    assert read_meta(res.package)["compression"][0]["settings"]["teacher_view"] == "probe"
+    two = {"branches": {"signal": {"type": "cnn1d"}, "tabular": {"type": "mlp"}}}
+    with pytest.raises(SpecError, match="ONE modality"):
+        medfuse.compress.distill(
+            tiny_package, student=two, out=tmp_path / "y", device="cpu", teacher_view="probe"
+        )
+    with pytest.raises(SpecError, match="teacher view"):
+        medfuse.compress.distill(
+            tiny_package, student=student, out=tmp_path / "z", device="cpu", teacher_view="half"
+        )

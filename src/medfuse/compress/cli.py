@@ -181,6 +181,13 @@ def _distill(p: argparse.ArgumentParser) -> Handler:
     p.add_argument(
         "--alpha", type=float, default=0.7, help="weight of the distillation loss (default 0.7)"
     )
+    p.add_argument(
+        "--teacher-view",
+        choices=["full", "masked", "probe"],
+        default="full",
+        help="what the teacher sees: all its modalities (full), only the student's (masked), "
+        "or its auxiliary head of the student's one modality (probe)",
+    )
     p.add_argument("-o", "--out", required=True, help="output package directory")
     p.add_argument("--data-dir", help="data root (default: $MEDFUSE_DATA_DIR or ~/.cache/medfuse)")
     p.add_argument("--device", default="auto")
@@ -196,6 +203,7 @@ def _distill(p: argparse.ArgumentParser) -> Handler:
             out=a.out,
             temperature=a.temperature,
             alpha=a.alpha,
+            teacher_view=a.teacher_view,
             data_dir=a.data_dir,
             device=a.device,
             seed=a.seed,

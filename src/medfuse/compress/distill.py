@@ -2,9 +2,16 @@
 
 The student may see fewer modalities than its teachers: a model for sites that lack a modality,
 taught by one that had it. The teachers' soft targets are computed once, on the same training
-samples the student trains on, each teacher with all of its own modalities (normalised with its
-own package's statistics, un-augmented); the student sees only its modalities. An ensemble
-averages its members' temperature-softened probabilities.
+samples the student trains on (normalised with each teacher's own statistics, un-augmented); the
+student sees only its modalities. What a teacher sees is ``teacher_view``:
+
+- ``full`` (default): all of the teacher's modalities;
+- ``masked``: only the student's modalities, the others marked absent (presence mask 0), so the
+  target is the teacher's own answer for a patient who has what the student has;
+- ``probe``: the teacher's auxiliary head of the student's one modality (every composite has a
+  per-branch head, trained as a probe on that branch's features), its single-modality answer.
+
+An ensemble averages its members' temperature-softened probabilities.
 
 The loss is ``alpha * T^2 * KD(student / T, teacher / T) + (1 - alpha) * task_loss`` (plus the
 branches' auxiliary losses, as in training), where KD is the binary cross-entropy to the soft
@@ -30,6 +37,9 @@ from medfuse.data import Split, load_data
 from medfuse.errors import SpecError
 from medfuse.package import Package, load_package
 from medfuse.training.trainer import Tensors, Trainer
+
+#: what a teacher sees when it makes the soft targets (see the module docstring)
+TEACHER_VIEWS = ("full", "masked", "probe")
 
 
 @dataclass
@@ -142,6 +152,40 @@ def _subset(split: Split, mods: list[str]) -> Split:
     )
 
 
+def _check_view(p: Package, view: str, s_mods: list[str]) -> None:
+    shared = [m for m in s_mods if m in p.spec.modalities]
+    if view != "full" and not shared:
+        raise SpecError(
+            "teacher_view",
+            f"{view!r} needs the student to share a modality with the teacher {p.path}; the "
+            f"student has {', '.join(s_mods)}, the teacher {', '.join(p.spec.modalities)}",
+        )
+    if view == "probe" and len(shared) != 1:
+        raise SpecError(
+            "teacher_view",
+            f"'probe' uses the teacher's head of ONE modality; the student shares "
+            f"{', '.join(shared)} with {p.path} (use 'masked' for several)",
+        )
+
+
+def view_logits(p: Package, split: Split, view: str, s_mods: list[str]) -> np.ndarray:
+    """Teacher ``p``'s logits on ``split`` as ``view`` says (``full``, ``masked``, ``probe``)."""
+    from medfuse.training.trainer import predict_logits, to_tensors
+
+    t = to_tensors(_subset(split, list(p.spec.modalities)), p.meta["preprocessing"])
+    cpu = torch.device("cpu")
+    if view == "full":
+        return predict_logits(p.model, t, cpu)[0]
+    shared = [m for m in s_mods if m in p.spec.modalities]
+    if view == "probe":
+        return predict_logits(p.model, t, cpu, branches=True)[1][shared[0]]
+    for m in t.masks:  # masked: the student's modalities only, the rest absent
+        if m not in shared:
+            t.masks[m] = torch.zeros_like(t.masks[m])
+            t.inputs[m] = torch.zeros_like(t.inputs[m])
+    return predict_logits(p.model, t, cpu)[0]
+
+
 def distill(
     teachers: list[str | Path] | str | Path,
     *,
@@ -149,6 +193,7 @@ def distill(
     out: str | Path,
     temperature: float = 4.0,
     alpha: float = 0.7,
+    teacher_view: str = "full",
     data_dir: str | Path | None = None,
     device: str = "auto",
     seed: int | None = None,
@@ -168,6 +213,10 @@ def distill(
     if not temperature > 0:
         raise SpecError("temperature", f"must be > 0; got {temperature}")
     alpha = check_fraction(alpha, "alpha", low_open=False)
+    if teacher_view not in TEACHER_VIEWS:
+        from medfuse.errors import not_allowed
+
+        raise SpecError("teacher_view", not_allowed("teacher view", teacher_view, TEACHER_VIEWS))
     paths = [teachers] if isinstance(teachers, str | Path) else list(teachers)
     if not paths:
         raise SpecError("teachers", "give at least one teacher package")
@@ -220,20 +269,15 @@ def distill(
     spec = complete_spec(spec, {m: bundle.modalities[m] for m in s_mods}, bundle.labels)
     task, labels = spec.task.type, spec.task.labels
 
-    # teacher logits on each split (each teacher with all its modalities and its own statistics)
+    # teacher logits on each split (each teacher with its own statistics, as teacher_view says)
+    for p in pkgs:
+        _check_view(p, teacher_view, s_mods)
     teacher_logits: dict[str, list[np.ndarray]] = {}
     for name in ("train", "val", "test"):
         split = getattr(bundle, name, None)
         if split is None:
             continue
-        teacher_logits[name] = [
-            predict_logits(
-                p.model,
-                to_tensors(_subset(split, list(p.spec.modalities)), p.meta["preprocessing"]),
-                torch.device("cpu"),
-            )[0]
-            for p in pkgs
-        ]
+        teacher_logits[name] = [view_logits(p, split, teacher_view, s_mods) for p in pkgs]
     soft = torch.from_numpy(soft_targets(task, teacher_logits["train"], temperature))
 
     s_train = _subset(bundle.train, s_mods)
@@ -298,6 +342,7 @@ def distill(
         "settings": {
             "temperature": float(temperature),
             "alpha": float(alpha),
+            "teacher_view": teacher_view,
             "loss": "alpha*T^2*KD(student/T, teacher/T) + (1-alpha)*task loss (+ auxiliary heads)",
             "ensemble": "mean of the teachers' temperature-softened probabilities",
             "soft_targets": "computed once on the student's training samples; each teacher sees "
