@@ -15,6 +15,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 import medfuse
 from medfuse.data import load_data
 from medfuse.training.metrics import binary_metrics
@@ -31,6 +33,7 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     a = ap.parse_args()
     rows = []
+    probs: dict[str, list] = {"val": [], "test": []}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in a.seeds:
             res = medfuse.train(
@@ -43,8 +46,11 @@ def main() -> None:
                 overrides=a.overrides,
             )
             pred = medfuse.load(res.package)
-            test = load_data(pred.spec.data.source, data_root=a.data_dir).test
-            at_half = binary_metrics(test.y, pred.predict_proba(test), 0.5)["accuracy"]
+            bundle = load_data(pred.spec.data.source, data_root=a.data_dir)
+            test = bundle.test
+            probs["val"].append(pred.predict_proba(bundle.val))
+            probs["test"].append(pred.predict_proba(test))
+            at_half = binary_metrics(test.y, probs["test"][-1], 0.5)["accuracy"]
             m = res.metrics["test"]
             rows.append(
                 {
@@ -70,6 +76,15 @@ def main() -> None:
     print(
         f"  test AUROC {mean['auroc']:.4f}  accuracy {mean['accuracy']:.4f}  accuracy@0.5 {mean['acc@0.5']:.4f}  train time {mean['seconds']:.0f} s per seed"
     )
+    if len(rows) > 1:  # what an ensemble of the seeds would give (probabilities averaged)
+        from sklearn.metrics import roc_auc_score
+
+        y = {"val": bundle.val.y, "test": test.y}
+        ens = {k: roc_auc_score(y[k], np.mean(v, axis=0)) for k, v in probs.items()}
+        print(
+            f"  ensemble of the {len(rows)} seeds (mean probability): validation AUROC "
+            f"{ens['val']:.4f}, test AUROC {ens['test']:.4f}"
+        )
 
 
 if __name__ == "__main__":
