@@ -262,6 +262,12 @@ class Trainer:
             (self.workdir / HISTORY).unlink(missing_ok=True)
         if ckpt is not None:
             self.history = list(ckpt.get("history", []))
+            if self.workdir is not None and self.is_main:
+                # a kill between an epoch's metrics line and its checkpoint leaves a line for an
+                # epoch that will run again: the file restarts from the checkpoint's history
+                tmp = self.workdir / (HISTORY + ".tmp")
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+                os.replace(tmp, self.workdir / HISTORY)
             self.stage_results = list(ckpt.get("stage_results", []))
             self.model.load_state_dict(ckpt["model"])
             log.info(
