@@ -78,8 +78,18 @@ def metrics_table(title: str, rows: dict[str, dict[str, Any]], keys: tuple[str, 
     return t
 
 
-def _common_data(p: argparse.ArgumentParser) -> None:
+def command_line() -> str:
+    """This invocation as a shell-quoted ``medfuse ...`` line (recorded in packages)."""
+    return " ".join(shlex.quote(x) for x in ["medfuse", *sys.argv[1:]])
+
+
+def data_dir_arg(p: argparse.ArgumentParser) -> None:
+    """The ``--data-dir`` option every verb that reads a package's data shares."""
     p.add_argument("--data-dir", help="data root (default: $MEDFUSE_DATA_DIR or ~/.cache/medfuse)")
+
+
+def _common_data(p: argparse.ArgumentParser) -> None:
+    data_dir_arg(p)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
 
 
@@ -146,7 +156,7 @@ def _train(p: argparse.ArgumentParser) -> Handler:
                 seed=a.seed,
                 resume=a.resume,
                 overrides=overrides,
-                command=" ".join(shlex.quote(x) for x in ["medfuse", *sys.argv[1:]]),
+                command=command_line(),
                 strategy=a.strategy,
                 on_epoch=tracker.on_epoch if tracker else None,
             )

@@ -6,18 +6,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
-from medfuse.cli import Handler, command, console
+from medfuse.cli import Handler, command, command_line, console, data_dir_arg
 
 THRESHOLD_CHOICES = ["youden", "sensitivity", "specificity", "fixed"]
-
-
-def _cmdline() -> str:
-    return " ".join(shlex.quote(x) for x in ["medfuse", *sys.argv[1:]])
 
 
 def _bootstrap_args(p: argparse.ArgumentParser) -> None:
@@ -168,7 +162,7 @@ def print_evaluation(ev: Any) -> None:
 def _compare(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("packages", nargs="+", help="two or more packages; the first is the reference")
     p.add_argument("--split", default="test", choices=["test", "val"])
-    p.add_argument("--data-dir", help="data root (default: $MEDFUSE_DATA_DIR or ~/.cache/medfuse)")
+    data_dir_arg(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--metric", default="auroc", help="metric compared (default auroc)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
@@ -235,7 +229,7 @@ def _compare(p: argparse.ArgumentParser) -> Handler:
 def _calibrate(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("package")
     p.add_argument("--out", help="write a calibrated copy here (default: update in place)")
-    p.add_argument("--data-dir", help="data root (default: $MEDFUSE_DATA_DIR or ~/.cache/medfuse)")
+    data_dir_arg(p)
     p.add_argument("--device", default="cpu")
     _threshold_args(p, "stored in the package")
     p.add_argument("--figure", help="also write the before/after reliability diagrams (PNG)")
@@ -253,7 +247,7 @@ def _calibrate(p: argparse.ArgumentParser) -> Handler:
             threshold_method=a.threshold_method,
             target=a.target,
             value=a.value,
-            command=_cmdline(),
+            command=command_line(),
         )
         if a.figure:
             _calibration_figure(res["package"], a.data_dir, a.device, a.figure)
@@ -319,7 +313,7 @@ def _report(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("package")
     p.add_argument("-o", "--output", default="report.html", help="HTML file (default report.html)")
     p.add_argument("--split", default="test", choices=["test", "val"])
-    p.add_argument("--data-dir", help="data root (default: $MEDFUSE_DATA_DIR or ~/.cache/medfuse)")
+    data_dir_arg(p)
     p.add_argument("--device", default="cpu")
     _bootstrap_args(p)
     p.add_argument(
@@ -344,7 +338,7 @@ def _report(p: argparse.ArgumentParser) -> Handler:
             n_boot=a.bootstrap,
             seed=a.seed,
             subgroup=None if a.subgroup == "none" else a.subgroup,
-            command=_cmdline(),
+            command=command_line(),
         )
         if a.json:
             Path(a.json).write_text(json.dumps(jsonable(ev.summary), indent=2))

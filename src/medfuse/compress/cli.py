@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 from typing import Any
 
-from medfuse.cli import Handler, command, console
+from medfuse.cli import Handler, command, command_line, console, data_dir_arg
 
 
 def _fraction(text: str) -> float:
@@ -29,10 +27,6 @@ def _positive_int(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1; got {text}")
     return v
-
-
-def _command_line() -> str:
-    return " ".join(shlex.quote(x) for x in ["medfuse", *sys.argv[1:]])
 
 
 def _record_table(title: str, record: dict[str, Any]) -> Any:
@@ -82,7 +76,7 @@ def _quantize(p: argparse.ArgumentParser) -> Handler:
         "--per-tensor", action="store_true", help="per-tensor weight scales (default per-channel)"
     )
     p.add_argument("-o", "--out", required=True, help="output package directory")
-    p.add_argument("--data-dir", help="data root (default: $MEDFUSE_DATA_DIR or ~/.cache/medfuse)")
+    data_dir_arg(p)
     p.add_argument("--seed", type=int, default=0, help="which calibration samples (default 0)")
     p.add_argument("--json", action="store_true", help="print the compression record as JSON")
 
@@ -97,7 +91,7 @@ def _quantize(p: argparse.ArgumentParser) -> Handler:
             per_channel=not a.per_tensor,
             data_dir=a.data_dir,
             seed=a.seed,
-            command=_command_line(),
+            command=command_line(),
         )
         if not a.json:
             s = res.record["size"]
@@ -135,7 +129,7 @@ def _prune(p: argparse.ArgumentParser) -> Handler:
     )
     p.add_argument("--finetune-lr", type=float, help="default: 0.3 x the spec's train.lr")
     p.add_argument("-o", "--out", required=True, help="output package directory")
-    p.add_argument("--data-dir", help="data root (default: $MEDFUSE_DATA_DIR or ~/.cache/medfuse)")
+    data_dir_arg(p)
     p.add_argument("--device", default="cpu", help="fine-tuning device (default cpu)")
     p.add_argument("--seed", type=int, help="default: the spec's train.seed")
     p.add_argument("--json", action="store_true", help="print the compression record as JSON")
@@ -153,7 +147,7 @@ def _prune(p: argparse.ArgumentParser) -> Handler:
             data_dir=a.data_dir,
             device=a.device,
             seed=a.seed,
-            command=_command_line(),
+            command=command_line(),
         )
         return _done(a, res, "original vs pruned (PyTorch)")
 
@@ -189,7 +183,7 @@ def _distill(p: argparse.ArgumentParser) -> Handler:
         "or its auxiliary head of the student's one modality (probe)",
     )
     p.add_argument("-o", "--out", required=True, help="output package directory")
-    p.add_argument("--data-dir", help="data root (default: $MEDFUSE_DATA_DIR or ~/.cache/medfuse)")
+    data_dir_arg(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, help="overrides the student's train.seed")
     p.add_argument("--json", action="store_true", help="print the compression record as JSON")
@@ -208,7 +202,7 @@ def _distill(p: argparse.ArgumentParser) -> Handler:
             device=a.device,
             seed=a.seed,
             overrides=a.overrides,
-            command=_command_line(),
+            command=command_line(),
         )
         if not a.json:
             r = res.record
@@ -235,7 +229,7 @@ def _benchmark(p: argparse.ArgumentParser) -> Handler:
     p.add_argument(
         "--repeats", type=_positive_int, default=30, help="timed rounds per model (default 30)"
     )
-    p.add_argument("--data-dir", help="data root (default: $MEDFUSE_DATA_DIR or ~/.cache/medfuse)")
+    data_dir_arg(p)
     p.add_argument("--json", action="store_true")
 
     def run(a: argparse.Namespace) -> int:
