@@ -12,7 +12,7 @@ from medfuse.data import Split
 from medfuse.errors import DataError
 from medfuse.package import Package, load_package
 from medfuse.preprocess import normalize
-from medfuse.training.metrics import probabilities
+from medfuse.runtime import decide, probabilities
 
 
 def stack_samples(
@@ -120,14 +120,6 @@ class Predictor:
     def predict(self, samples: Any, *, batch_size: int = 256) -> list[str] | list[list[str]]:
         p = self.predict_proba(samples, batch_size=batch_size)
         return decide(self.task, p, self.labels, self.threshold)
-
-
-def decide(task: str, p: np.ndarray, labels: list[str], threshold: float) -> list[Any]:
-    if task == "binary":
-        return [labels[int(v >= threshold)] for v in p]
-    if task == "multiclass":
-        return [labels[int(i)] for i in p.argmax(axis=1)]
-    return [[labels[j] for j in np.flatnonzero(row >= threshold)] for row in p]
 
 
 def load(path: str | Path, *, device: str = "cpu") -> Predictor:

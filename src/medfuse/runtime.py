@@ -101,7 +101,7 @@ def modalities_from_meta(meta: dict[str, Any]) -> dict[str, Modality]:
     return out
 
 
-# ---- probabilities and decisions (numpy twins of medfuse.training.metrics / medfuse.predict) ----
+# ---- probabilities and decisions (training, evaluation and prediction use these too) ----
 
 
 def probabilities(task: str, logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -165,8 +165,10 @@ def fit_signal(arr: np.ndarray, channels: int, length: int) -> np.ndarray:
     arr = np.asarray(arr, dtype=np.float32)
     if arr.ndim == 1:
         arr = arr[None]
-    if arr.ndim != 2 or arr.shape[0] != channels:
+    if arr.ndim != 2:
         raise DataError(f"signal has shape {arr.shape}; the model expects ({channels}, T)")
+    if arr.shape[0] != channels:
+        raise DataError(f"signal has {arr.shape[0]} channels; the model expects {channels}")
     t = arr.shape[1]
     if t > length:
         start = (t - length) // 2

@@ -163,13 +163,27 @@ def test_fit_image_matches_the_data_readers(shape, channels, size) -> None:
 
 
 @pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel"])
-def test_probabilities_match_training_metrics(task: str) -> None:
-    from medfuse.training.metrics import probabilities
+def test_probabilities_with_temperature(task: str) -> None:
+    """Checked against scipy (training, evaluation and the runtime all use this function)."""
+    from scipy.special import expit, softmax
 
     z = np.random.default_rng(1).normal(size=(9, 1 if task == "binary" else 4)) * 3
-    np.testing.assert_allclose(
-        runtime.probabilities(task, z, 1.7), probabilities(task, z, 1.7), atol=1e-12
-    )
+    want = {
+        "binary": expit(z[:, 0] / 1.7),
+        "multiclass": softmax(z / 1.7, axis=1),
+        "multilabel": expit(z / 1.7),
+    }[task]
+    got = runtime.probabilities(task, z, 1.7)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    labels = ["a", "b", "c", "d"][: 2 if task == "binary" else 4]
+    decided = runtime.decide(task, got, labels, 0.5)
+    if task == "binary":
+        assert decided == [labels[int(v >= 0.5)] for v in got]
+    elif task == "multiclass":
+        assert decided == [labels[i] for i in got.argmax(1)]
+    else:
+        assert decided[0] == [labels[j] for j in range(4) if got[0, j] >= 0.5]
 
 
 def test_npy_header_is_checked_before_allocation() -> None:

@@ -19,6 +19,7 @@ import numpy as np
 
 from medfuse.errors import DataError
 from medfuse.registry import Registry
+from medfuse.runtime import fit_signal
 
 if TYPE_CHECKING:
     from medfuse.config import ModalitySpec
@@ -201,19 +202,6 @@ def fit_image(arr: np.ndarray, channels: int, size: list[int]) -> np.ndarray:
         # pixel-centre aligned, edges repeated; medfuse.runtime.fit_image mirrors this exactly
         arr = zoom(arr, factors, order=1, grid_mode=True, mode="nearest")
         arr = arr[(slice(None), *(slice(0, t) for t in size))]
-    return np.ascontiguousarray(arr, dtype=np.float32)
-
-
-def fit_signal(arr: np.ndarray, channels: int, length: int) -> np.ndarray:
-    """Check channels; centre-crop or zero-pad the time axis to ``length``."""
-    if arr.shape[0] != channels:
-        raise DataError(f"signal has {arr.shape[0]} channels; the model expects {channels}")
-    t = arr.shape[1]
-    if t > length:
-        start = (t - length) // 2
-        arr = arr[:, start : start + length]
-    elif t < length:
-        arr = np.pad(arr, ((0, 0), (0, length - t)))
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 

@@ -8,18 +8,9 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
+from medfuse.runtime import probabilities  # noqa: F401  (one implementation, torch-free)
+
 ECE_BINS = 10
-
-
-def probabilities(task: str, logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Binary: (N,) P(positive); multiclass: (N, K) softmax; multilabel: (N, K) sigmoids."""
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    if task == "multiclass":
-        z = z - z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
-    p = 1.0 / (1.0 + np.exp(-z))
-    return p[:, 0] if task == "binary" and p.ndim == 2 else p
 
 
 def ece(y: np.ndarray, p: np.ndarray, bins: int = ECE_BINS) -> float:
