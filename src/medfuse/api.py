@@ -126,6 +126,11 @@ class TrainResult:
     seconds: float
 
 
+def package_data_info(bundle: DataBundle) -> dict[str, Any]:
+    """What a package records of its data source: name, synthetic or not, file, options."""
+    return {k: v for k, v in bundle.info.items() if k in ("name", "synthetic", "file", "options")}
+
+
 def train(
     spec: Spec | dict[str, Any] | str | Path,
     *,
@@ -205,9 +210,7 @@ def train(
     extra = {}
     if (workdir / HISTORY).exists():
         extra[HISTORY] = (workdir / HISTORY).read_bytes()
-    data_info = {
-        k: v for k, v in bundle.info.items() if k in ("name", "synthetic", "file", "options")
-    }
+    data_info = package_data_info(bundle)
     data_info["bad_rows"] = len(bundle.info.get("bad_rows", []))
     pkg = save_package(
         out,

@@ -15,6 +15,7 @@ from medfuse.data.readers import (
     suffix_of,
 )
 from medfuse.errors import DataError
+from medfuse.runtime import npz_modalities
 
 
 def read_inputs(
@@ -42,16 +43,7 @@ def read_inputs(
     if suf == ".npz":
         with np.load(p, allow_pickle=False) as d:
             keys = set(d.files)
-            unknown = keys - set(modalities) - {f"mask_{m}" for m in modalities} - {"id"}
-            if unknown:
-                raise DataError(
-                    f"{p}: arrays {sorted(unknown)} are not modalities of this model ({', '.join(modalities)})"
-                )
-            present = [m for m in modalities if m in keys]
-            if not present:
-                raise DataError(
-                    f"{p}: holds none of the model's modalities ({', '.join(modalities)})"
-                )
+            present = npz_modalities(p, keys, modalities)
             n = len(d[present[0]])
             arrays, masks = {}, {}
             for m, spec in modalities.items():

@@ -447,18 +447,26 @@ def load(
 # ---- a minimal command line for torch-free machines ----------------------------------------
 
 
+def npz_modalities(path: Path | str, keys: set[str], modalities: Iterable[str]) -> list[str]:
+    """The model's modalities an ``.npz`` input holds (arrays ``<m>``, ``mask_<m>``, ``id``);
+    an array that is none of these, or no modality at all, is an error naming what is allowed."""
+    mods = list(modalities)
+    unknown = keys - set(mods) - {f"mask_{m}" for m in mods} - {"id"}
+    if unknown:
+        raise DataError(
+            f"{path}: arrays {sorted(unknown)} are not modalities of this model ({', '.join(mods)})"
+        )
+    present = [m for m in mods if m in keys]
+    if not present:
+        raise DataError(f"{path}: holds none of the model's modalities ({', '.join(mods)})")
+    return present
+
+
 def _read_npz(path: Path, model: OnnxPredictor) -> tuple[dict[str, Any], list[str]]:
     with np.load(path, allow_pickle=False) as d:
         keys = set(d.files)
         mods = model.modalities
-        unknown = keys - set(mods) - {f"mask_{m}" for m in mods} - {"id"}
-        if unknown:
-            raise DataError(
-                f"{path}: arrays {sorted(unknown)} are not modalities of this model ({', '.join(mods)})"
-            )
-        present = [m for m in mods if m in keys]
-        if not present:
-            raise DataError(f"{path}: holds none of the model's modalities ({', '.join(mods)})")
+        present = npz_modalities(path, keys, mods)
         n = len(d[present[0]])
         batch: dict[str, Any] = {"mask": {}}
         for m in present:

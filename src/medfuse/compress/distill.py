@@ -202,7 +202,13 @@ def distill(
     command: str | None = None,
 ) -> DistillResult:
     """Distill ``teachers`` (one package or several: an ensemble) into a new ``student`` package."""
-    from medfuse.api import fit_preprocessing, seed_everything, split_metrics, threshold_for
+    from medfuse.api import (
+        fit_preprocessing,
+        package_data_info,
+        seed_everything,
+        split_metrics,
+        threshold_for,
+    )
     from medfuse.models import build_model
     from medfuse.models.composite import count_parameters
     from medfuse.package import save_package
@@ -376,9 +382,7 @@ def distill(
         },
         "command": command,
     }
-    data_info = {
-        k: v for k, v in bundle.info.items() if k in ("name", "synthetic", "file", "options")
-    }
+    data_info = package_data_info(bundle)
     path = save_package(
         out,
         model=model,
