@@ -204,3 +204,23 @@ def test_npy_header_is_checked_before_allocation() -> None:
     np.save(text, np.array(["a", "b"]))
     with pytest.raises(DataError, match="numeric"):
         runtime.read_npy_bytes(text.getvalue())
+
+
+def test_npz_inputs_name_unknown_and_missing_modalities(tmp_path) -> None:
+    from medfuse.config import ModalitySpec
+    from medfuse.io import read_inputs
+
+    mods = {"image": ModalitySpec(kind="image", channels=1, size=[4, 4])}
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, image=np.zeros((2, 4, 4), np.float32), ecg=np.zeros((2, 3)))
+    with pytest.raises(DataError, match=r"\['ecg'\] are not modalities of this model \(image\)"):
+        read_inputs(bad, mods, {})
+    empty = tmp_path / "empty.npz"
+    np.savez(empty, id=np.array(["a"]))
+    with pytest.raises(DataError, match=r"holds none of the model's modalities \(image\)"):
+        runtime.npz_modalities(empty, {"id"}, mods)
+    ok = tmp_path / "ok.npz"
+    np.savez(ok, image=np.zeros((2, 4, 4), np.float32), mask_image=np.ones(2))
+    arrays, masks, table = read_inputs(ok, mods, {})
+    assert arrays["image"].shape == (2, 1, 4, 4) and masks["image"].tolist() == [1.0, 1.0]
+    assert len(table) == 2
