@@ -157,6 +157,12 @@ class TrainSpec(_Strict):
     stages: list[StageSpec] = Field(default_factory=lambda: [StageSpec(name="end_to_end")])
     finetune_lr_scale: float = Field(default=0.1, gt=0)
     early_stopping: EarlyStoppingSpec | None = Field(default_factory=EarlyStoppingSpec)
+    keep: Literal["best", "last"] = Field(
+        default="best",
+        description="best: the epoch with the best validation score (early_stopping.metric, "
+        "else auroc); last: the final weights (the EMA with `ema`), no epoch selection and no "
+        "early stopping",
+    )
     class_weights: Literal["none", "balanced", "sqrt"] = Field(
         default="none",
         description="balanced: inverse class frequency; sqrt: its square root; none",

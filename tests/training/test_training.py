@@ -63,6 +63,18 @@ def test_early_stopping_stops_and_restores_best(tiny_spec, tmp_path) -> None:
     assert abs(res.metrics["val"]["auroc"] - best) < 1e-9
 
 
+def test_keep_last_runs_every_epoch_and_keeps_the_final_weights(tiny_spec, tmp_path) -> None:
+    # the setting above stops early under keep: best; keep: last must run on and keep the end
+    tiny_spec["train"].update(
+        epochs=12, early_stopping={"metric": "auroc", "patience": 1}, lr=0.05, keep="last"
+    )
+    res = train(tiny_spec, out=tmp_path / "p", device="cpu", progress=False)
+    st = json.loads((res.package / "medfuse.json").read_text())["training"]["stages"][0]
+    assert not st["early_stopped"] and st["epochs_run"] == 12 and st["best_epoch"] == 12
+    hist = [json.loads(x) for x in (res.package / "metrics.jsonl").read_text().splitlines()]
+    assert abs(res.metrics["val"]["auroc"] - hist[-1]["score"]) < 1e-9
+
+
 def test_bf16_autocast_trains(tiny_spec, tmp_path) -> None:
     tiny_spec["train"]["bf16"] = True
     tiny_spec["train"]["epochs"] = 1

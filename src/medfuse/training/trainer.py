@@ -408,8 +408,8 @@ class Trainer:
             score = self._score(name, metrics)
             improved = (
                 sign * score > sign * best_score
-                if (best_epoch >= 0 or best_state is not None)
-                else True
+                if (best_epoch >= 0 or best_state is not None) and t.keep == "best"
+                else True  # keep: last makes every epoch the one kept (and never stops early)
             )
             if improved:
                 best_score, best_epoch, bad = score, epoch, 0
