@@ -177,6 +177,11 @@ def train(
 
     seed_everything(spec.train.seed)
     model = build_model(spec)
+    init_record = None
+    if spec.train.init is not None:  # before the trainer (and any resume checkpoint) takes over
+        from medfuse.training.init import init_from_package
+
+        init_record = init_from_package(model, spec.train.init)
     trainer = session.trainer(
         model, spec, train_t, val_t, workdir=workdir, progress=progress, on_epoch=on_epoch
     )
@@ -207,6 +212,8 @@ def train(
         },
         "command": command,
     }
+    if init_record is not None:
+        training["init"] = init_record
     extra = {}
     if (workdir / HISTORY).exists():
         extra[HISTORY] = (workdir / HISTORY).read_bytes()

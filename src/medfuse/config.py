@@ -147,6 +147,25 @@ class EarlyStoppingSpec(_Strict):
         return self.mode == "max" if self.mode else self.metric not in ("loss", "ece", "brier")
 
 
+class InitSpec(_Strict):
+    """Start from another package's weights, e.g. ``{package: runs/pneumonia, modules: [branches.image]}``."""
+
+    package: str = Field(description="path of a medfuse package (checksums are verified)")
+    modules: dict[str, str] = Field(
+        default_factory=lambda: {"branches": "branches"},
+        description="weight-name prefixes to copy: a list (same name here) or {source: target}",
+    )
+
+    @field_validator("modules", mode="before")
+    @classmethod
+    def _as_map(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [v]
+        if isinstance(v, list):
+            return {str(p): str(p) for p in v}
+        return v
+
+
 class TrainSpec(_Strict):
     epochs: int = Field(default=20, ge=0)
     batch_size: int = Field(default=64, ge=1)
@@ -157,6 +176,7 @@ class TrainSpec(_Strict):
     stages: list[StageSpec] = Field(default_factory=lambda: [StageSpec(name="end_to_end")])
     finetune_lr_scale: float = Field(default=0.1, gt=0)
     early_stopping: EarlyStoppingSpec | None = Field(default_factory=EarlyStoppingSpec)
+    init: InitSpec | None = Field(default=None, description="start from a package's weights")
     keep: Literal["best", "last"] = Field(
         default="best",
         description="best: the epoch with the best validation score (early_stopping.metric, "

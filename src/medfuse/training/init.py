@@ -1,0 +1,60 @@
+"""Start a model from another package's weights (``train.init``): e.g. an image branch trained on a
+large dataset reused for a small one, or an ECG encoder trained on PTB-XL reused for MIT-BIH."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medfuse.errors import PackageError, SpecError
+
+
+def init_from_package(model: torch.nn.Module, init: Any) -> dict[str, Any]:
+    """Copy the tensors under ``init.modules`` (source prefix -> target prefix) from the package.
+
+    The source package is verified as for prediction (checksums, strict load). Every copied tensor
+    must exist in the target with the same shape; a prefix that matches nothing is an error. The
+    returned record (package, its weights' sha256, prefixes, tensor count) goes into the package.
+    """
+    from medfuse.package import WEIGHTS, load_package
+
+    try:
+        src_pkg = load_package(init.package)
+    except (PackageError, FileNotFoundError, OSError) as err:
+        raise SpecError("train.init.package", f"cannot load {init.package}: {err}") from None
+    src = src_pkg.model.state_dict()
+    dst = model.state_dict()
+    copied = 0
+    for s_prefix, d_prefix in init.modules.items():
+        keys = [k for k in src if k == s_prefix or k.startswith(s_prefix + ".")]
+        if not keys:
+            tops = sorted({".".join(k.split(".")[:2]) for k in src})
+            raise SpecError(
+                f"train.init.modules.{s_prefix}",
+                f"no weights under '{s_prefix}' in {init.package}; it has: {', '.join(tops)}",
+            )
+        for k in keys:
+            t = d_prefix + k[len(s_prefix) :]
+            if t not in dst:
+                raise SpecError(
+                    f"train.init.modules.{s_prefix}",
+                    f"'{k}' from {init.package} has no counterpart '{t}' in this model "
+                    "(the branch types or their settings differ)",
+                )
+            if dst[t].shape != src[k].shape:
+                raise SpecError(
+                    f"train.init.modules.{s_prefix}",
+                    f"'{t}' has shape {tuple(dst[t].shape)} here but {tuple(src[k].shape)} in "
+                    f"{init.package} (the branch settings differ)",
+                )
+            with torch.no_grad():
+                dst[t].copy_(src[k].to(dst[t].device))
+            copied += 1
+    return {
+        "package": str(Path(init.package)),
+        "weights_sha256": src_pkg.meta.get("files", {}).get(WEIGHTS),
+        "modules": dict(init.modules),
+        "tensors": copied,
+    }

@@ -1,0 +1,82 @@
+"""train.init: starting a model from another package's weights."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from medfuse.api import train
+from medfuse.errors import SpecError
+
+
+def test_init_copies_the_named_branch_and_nothing_else(tiny_spec, tiny_package, tmp_path) -> None:
+    spec = copy.deepcopy(tiny_spec)
+    spec["train"].update(
+        epochs=0, init={"package": str(tiny_package), "modules": ["branches.image"]}
+    )
+    res = train(spec, out=tmp_path / "b", device="cpu", progress=False, seed=123)
+    src = load_file(str(tiny_package / "model.safetensors"))
+    dst = load_file(str(res.package / "model.safetensors"))
+    image = [k for k in src if k.startswith("branches.image.")]
+    assert image and all((src[k] == dst[k]).all() for k in image)
+    # the rest was initialised afresh from another seed
+    assert not (src["head.0.weight"] == dst["head.0.weight"]).all()
+    rec = json.loads((res.package / "medfuse.json").read_text())["training"]["init"]
+    assert rec["tensors"] == len(image) and rec["modules"] == {"branches.image": "branches.image"}
+    assert (
+        rec["weights_sha256"]
+        == json.loads((tiny_package / "medfuse.json").read_text())["files"]["model.safetensors"]
+    )
+
+
+def test_init_then_training_moves_the_weights(tiny_spec, tiny_package, tmp_path) -> None:
+    spec = copy.deepcopy(tiny_spec)
+    spec["train"].update(epochs=1, init={"package": str(tiny_package)})  # every branch
+    res = train(spec, out=tmp_path / "b", device="cpu", progress=False)
+    src = load_file(str(tiny_package / "model.safetensors"))
+    dst = load_file(str(res.package / "model.safetensors"))
+    k = "branches.image.stem.0.weight" if "branches.image.stem.0.weight" in src else next(iter(src))
+    assert (src[k] - dst[k]).abs().max() > 0  # fine-tuned from the copy, not frozen
+    meta = json.loads((res.package / "medfuse.json").read_text())
+    assert meta["training"]["init"]["modules"] == {"branches": "branches"}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"modules": ["branches.ecg"]}, "no weights under 'branches.ecg'"),
+        ({"modules": {"branches.image": "branches.nothing"}}, "no counterpart 'branches.nothing"),
+        ({"package": "/nonexistent/pkg"}, "cannot load /nonexistent/pkg"),
+    ],
+)
+def test_init_errors_name_the_field(tiny_spec, tiny_package, tmp_path, change, message) -> None:
+    spec = copy.deepcopy(tiny_spec)
+    spec["train"].update(epochs=0, init={"package": str(tiny_package), **change})
+    with pytest.raises(SpecError, match=r"train\.init") as e:
+        train(spec, out=tmp_path / "b", device="cpu", progress=False)
+    assert message in str(e.value)
+    assert not (tmp_path / "b").exists()  # no package written
+
+
+def test_init_refuses_a_shape_mismatch_and_a_tampered_package(
+    tiny_spec, tiny_package, tmp_path
+) -> None:
+    spec = copy.deepcopy(tiny_spec)
+    spec["branches"]["image"]["width"] = 6
+    spec["train"].update(epochs=0, init={"package": str(tiny_package)})
+    with pytest.raises(SpecError, match="has shape"):
+        train(spec, out=tmp_path / "b", device="cpu", progress=False)
+    bad = tmp_path / "tampered"
+    bad.mkdir()
+    for f in tiny_package.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    w = bytearray((bad / "model.safetensors").read_bytes())
+    w[-1] ^= 0xFF
+    (bad / "model.safetensors").write_bytes(bytes(w))
+    spec = copy.deepcopy(tiny_spec)
+    spec["train"].update(epochs=0, init={"package": str(bad)})
+    with pytest.raises(SpecError, match="cannot load"):
+        train(spec, out=tmp_path / "c", device="cpu", progress=False)
