@@ -228,6 +228,18 @@ class AugmentSpec(_Strict):
     rotate: float = Field(default=0.0, ge=0, description="max rotation in degrees")
     translate: float = Field(default=0.0, ge=0, lt=0.5, description="max shift, fraction of size")
     scale: float = Field(default=0.0, ge=0, lt=0.5, description="max zoom, fraction")
+    brightness: float = Field(
+        default=0.0, ge=0, description="images: add U(-b, b) (in standardised units) per sample"
+    )
+    contrast: float = Field(
+        default=0.0, ge=0, lt=1, description="images: scale about the image mean by 1 + U(-c, c)"
+    )
+    erase: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="images: with probability 0.5 blank a random square of this fraction of the side",
+    )
     noise: float = Field(default=0.0, ge=0, description="Gaussian noise std on signals")
 
 

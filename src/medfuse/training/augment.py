@@ -45,6 +45,33 @@ def augment_batch(
                 x = F.grid_sample(
                     x, grid, mode="bilinear", padding_mode="border", align_corners=False
                 )
+            if aug.contrast:  # about each image's own mean, so brightness stays put
+                c = 1 + (_rand(b, g, x.device) * 2 - 1) * aug.contrast
+                mu = x.mean(dim=(1, 2, 3), keepdim=True)
+                x = (x - mu) * c.to(x.dtype)[:, None, None, None] + mu
+            if aug.brightness:
+                x = (
+                    x
+                    + ((_rand(b, g, x.device) * 2 - 1) * aug.brightness).to(x.dtype)[
+                        :, None, None, None
+                    ]
+                )
+            if aug.erase:  # random erasing (Zhong et al. 2020) with the training mean (0)
+                h, w = x.shape[2], x.shape[3]
+                side_h, side_w = max(1, round(aug.erase * h)), max(1, round(aug.erase * w))
+                on = _rand(b, g, x.device) < 0.5
+                top = (_rand(b, g, x.device) * (h - side_h + 1)).long().clamp(max=h - side_h)
+                left = (_rand(b, g, x.device) * (w - side_w + 1)).long().clamp(max=w - side_w)
+                rows = torch.arange(h, device=x.device)[None, :, None]
+                cols = torch.arange(w, device=x.device)[None, None, :]
+                box = (
+                    (rows >= top[:, None, None])
+                    & (rows < (top + side_h)[:, None, None])
+                    & (cols >= left[:, None, None])
+                    & (cols < (left + side_w)[:, None, None])
+                    & on[:, None, None]
+                )
+                x = x.masked_fill(box[:, None], 0.0)
             out[name] = x
         elif m.kind == "signal" and aug.noise > 0:
             noise = torch.randn(x.shape, generator=g).to(x.device)
