@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import shutil
@@ -179,9 +180,17 @@ def train(
     model = build_model(spec)
     init_record = None
     if spec.train.init is not None:  # before the trainer (and any resume checkpoint) takes over
-        from medfuse.training.init import init_from_package
+        from medfuse.training.init import INIT_RECORD, init_from_package
+        from medfuse.training.trainer import CHECKPOINT
 
-        init_record = init_from_package(model, spec.train.init)
+        saved = workdir / INIT_RECORD
+        if resume and (workdir / CHECKPOINT).exists() and saved.exists():
+            init_record = json.loads(saved.read_text())  # the checkpoint has the weights
+        else:
+            init_record = init_from_package(model, spec.train.init)
+            if session.rank == 0:
+                workdir.mkdir(parents=True, exist_ok=True)
+                saved.write_text(json.dumps(init_record))
     trainer = session.trainer(
         model, spec, train_t, val_t, workdir=workdir, progress=progress, on_epoch=on_epoch
     )

@@ -80,3 +80,31 @@ def test_init_refuses_a_shape_mismatch_and_a_tampered_package(
     spec["train"].update(epochs=0, init={"package": str(bad)})
     with pytest.raises(SpecError, match="cannot load"):
         train(spec, out=tmp_path / "c", device="cpu", progress=False)
+
+
+def test_resume_needs_the_checkpoint_not_the_source_package(
+    tiny_spec, tiny_package, tmp_path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in tiny_package.iterdir():
+        (src / f.name).write_bytes(f.read_bytes())
+    spec = copy.deepcopy(tiny_spec)
+    spec["train"].update(epochs=3, init={"package": str(src), "modules": ["branches.image"]})
+
+    def crash(record: dict) -> None:
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt("simulated crash after epoch 2")
+
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, out=tmp_path / "b", device="cpu", progress=False, on_epoch=crash)
+    for f in src.iterdir():  # the source package is gone; the checkpoint must suffice
+        f.unlink()
+    src.rmdir()
+    res = train(spec, out=tmp_path / "b", device="cpu", progress=False, resume=True)
+    meta = json.loads((res.package / "medfuse.json").read_text())
+    assert meta["training"]["init"]["package"] == str(src)
+    assert meta["training"]["stages"][0]["epochs_run"] == 3
+    # without the checkpoint, the missing source is an error again
+    with pytest.raises(SpecError, match="cannot load"):
+        train(spec, out=tmp_path / "c", device="cpu", progress=False, resume=True)

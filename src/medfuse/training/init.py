@@ -10,6 +10,10 @@ import torch
 
 from medfuse.errors import PackageError, SpecError
 
+#: the init record, kept in the training work directory so that ``--resume`` needs only the
+#: checkpoint, not the source package
+INIT_RECORD = "init.json"
+
 
 def init_from_package(model: torch.nn.Module, init: Any) -> dict[str, Any]:
     """Copy the tensors under ``init.modules`` (source prefix -> target prefix) from the package.
