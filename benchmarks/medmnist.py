@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 import medfuse
+from medfuse.config import load_spec
 from medfuse.data import load_data
 from medfuse.training.metrics import binary_metrics
 
@@ -96,6 +97,9 @@ def main() -> None:
         return cross_validate(a)
     rows = []
     probs: dict[str, list] = {"val": [], "test": []}
+    source = load_spec(CONFIGS / f"{a.config}.yaml", a.overrides).data.source
+    bundle = load_data(source, data_root=a.data_dir)  # the same images for every seed
+    test = bundle.test
     with tempfile.TemporaryDirectory() as tmp:
         for seed in a.seeds:
             res = medfuse.train(
@@ -108,8 +112,6 @@ def main() -> None:
                 overrides=a.overrides,
             )
             pred = medfuse.load(res.package)
-            bundle = load_data(pred.spec.data.source, data_root=a.data_dir)
-            test = bundle.test
             probs["val"].append(pred.predict_proba(bundle.val))
             probs["test"].append(pred.predict_proba(test))
             at_half = binary_metrics(test.y, probs["test"][-1], 0.5)["accuracy"]

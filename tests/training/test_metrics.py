@@ -84,7 +84,6 @@ def test_target_sensitivity_and_specificity() -> None:
 
 
 def test_class_weights_balanced_and_sqrt() -> None:
-    import numpy as np
     import torch
 
     from medfuse.training.losses import TaskLoss

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from medfuse.compress._common import check_fraction, check_out, delta, now, source_info, summary
 from medfuse.config import Spec, apply_overrides, complete_spec, load_spec_dict, parse_spec
 from medfuse.data import Split, load_data
-from medfuse.errors import SpecError
+from medfuse.errors import SpecError, not_allowed
 from medfuse.package import Package, load_package
 from medfuse.training.trainer import Tensors, Trainer
 
@@ -220,8 +220,6 @@ def distill(
         raise SpecError("temperature", f"must be > 0; got {temperature}")
     alpha = check_fraction(alpha, "alpha", low_open=False)
     if teacher_view not in TEACHER_VIEWS:
-        from medfuse.errors import not_allowed
-
         raise SpecError("teacher_view", not_allowed("teacher view", teacher_view, TEACHER_VIEWS))
     paths = [teachers] if isinstance(teachers, str | Path) else list(teachers)
     if not paths:

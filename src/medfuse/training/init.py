@@ -4,18 +4,21 @@ large dataset reused for a small one, or an ECG encoder trained on PTB-XL reused
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from medfuse.errors import PackageError, SpecError
+
+if TYPE_CHECKING:
+    from medfuse.config import InitSpec
 
 #: the init record, kept in the training work directory so that ``--resume`` needs only the
 #: checkpoint, not the source package
 INIT_RECORD = "init.json"
 
 
-def init_from_package(model: torch.nn.Module, init: Any) -> dict[str, Any]:
+def init_from_package(model: torch.nn.Module, init: InitSpec) -> dict[str, Any]:
     """Copy the tensors under ``init.modules`` (source prefix -> target prefix) from the package.
 
     The source package is verified as for prediction (checksums, strict load). Every copied tensor
@@ -58,7 +61,7 @@ def init_from_package(model: torch.nn.Module, init: Any) -> dict[str, Any]:
             copied += 1
     return {
         "package": str(Path(init.package)),
-        "weights_sha256": src_pkg.meta.get("files", {}).get(WEIGHTS),
+        "weights_sha256": src_pkg.meta["files"][WEIGHTS],  # load_package requires it
         "modules": dict(init.modules),
         "tensors": copied,
     }

@@ -322,7 +322,7 @@ class Trainer:
                 int(ckpt["bad"]),
             )
             best_state = ckpt.get("best_state")
-        if ckpt is None and name == "finetune":
+        if ckpt is None and name == "finetune" and t.keep == "best":
             # finetuning must earn its place: the weights it starts from are the bar to beat
             best_score = self._score(name, self.evaluate_val(name))
             best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
