@@ -7,7 +7,10 @@
 (stratified, seeded) over the official train + validation images, each fold trained with
 ``train.keep=last`` (no epoch is picked on the held-out fold), scored by AUROC on the held-out
 fold. It prints each fold's AUROC, their mean and the AUROC of the pooled out-of-fold
-probabilities; the test images are never read into a model.
+probabilities; the test images are never read into a model. With ``--fold-seed N`` every
+training seed uses the same folds, and the AUROC of the seeds' mean out-of-fold probability (what
+an ensemble of the seeds would score) is printed too; ``--save-oof FILE.npz`` keeps the
+out-of-fold probabilities (plain and averaged with the horizontal mirror) for later pooling.
 
     python benchmarks/medmnist.py breastmnist --split cv --folds 5 --seeds 0 --set train.lr=0.001
 
@@ -45,12 +48,14 @@ def cross_validate(a: argparse.Namespace) -> None:
     with np.load(locate(a.config, root)) as d:
         x = np.concatenate([d["train_images"], d["val_images"]])
         y = np.concatenate([d["train_labels"], d["val_labels"]])
-    fold_aurocs, pooled = [], []
+    fold_aurocs, pooled, flip_pooled = [], [], []
+    oofs, oofs_flip = [], []
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "medmnist").mkdir()
         for seed in a.seeds:
-            skf = StratifiedKFold(n_splits=a.folds, shuffle=True, random_state=seed)
-            oof = np.zeros(len(y))
+            fold_seed = seed if a.fold_seed is None else a.fold_seed
+            skf = StratifiedKFold(n_splits=a.folds, shuffle=True, random_state=fold_seed)
+            oof, oof_flip = np.zeros(len(y)), np.zeros(len(y))
             for k, (tr, ho) in enumerate(skf.split(x, y[:, 0])):
                 name = f"{a.config}_cv{seed}_{k}"
                 np.savez(
@@ -68,19 +73,33 @@ def cross_validate(a: argparse.Namespace) -> None:
                     progress=False,
                     overrides=[*a.overrides, f"data.source=medmnist:{name}", "train.keep=last"],
                 )
-                oof[ho] = medfuse.load(res.package).predict_proba(
-                    {"image": x[ho][:, None].astype(np.float32)}
-                )
+                pred = medfuse.load(res.package)
+                img = x[ho][:, None].astype(np.float32)
+                oof[ho] = pred.predict_proba({"image": img})
+                mirrored = pred.predict_proba({"image": np.ascontiguousarray(img[..., ::-1])})
+                oof_flip[ho] = (oof[ho] + mirrored) / 2
                 fold_aurocs.append(roc_auc_score(y[ho, 0], oof[ho]))
                 print(f"seed {seed} fold {k}: held-out AUROC {fold_aurocs[-1]:.4f}  train {res.seconds:.0f} s", flush=True)  # fmt: skip
             pooled.append(roc_auc_score(y[:, 0], oof))
-            print(f"seed {seed}: pooled out-of-fold AUROC {pooled[-1]:.4f}", flush=True)
+            flip_pooled.append(roc_auc_score(y[:, 0], oof_flip))
+            oofs.append(oof)
+            oofs_flip.append(oof_flip)
+            print(f"seed {seed}: pooled out-of-fold AUROC {pooled[-1]:.4f} (with mirror averaging {flip_pooled[-1]:.4f})", flush=True)  # fmt: skip
     print(
         f"{a.config} {a.folds}-fold CV over train+val ({len(y)} images), seeds {a.seeds}, "
         f"overrides {a.overrides or 'none'}:\n  mean fold AUROC {np.mean(fold_aurocs):.4f} "
         f"(sd {np.std(fold_aurocs):.4f} over {len(fold_aurocs)} folds)  pooled out-of-fold AUROC "
-        f"{np.mean(pooled):.4f}"
+        f"{np.mean(pooled):.4f}  with mirror averaging {np.mean(flip_pooled):.4f}"
     )
+    if a.fold_seed is not None and len(a.seeds) > 1:
+        print(
+            f"  ensemble of the {len(a.seeds)} seeds (mean out-of-fold probability): pooled AUROC "
+            f"{roc_auc_score(y[:, 0], np.mean(oofs, axis=0)):.4f}, with mirror averaging "
+            f"{roc_auc_score(y[:, 0], np.mean(oofs_flip, axis=0)):.4f}"
+        )
+    if a.save_oof:
+        np.savez(a.save_oof, y=y[:, 0], seeds=np.array(a.seeds), oof=np.array(oofs),
+                 oof_flip=np.array(oofs_flip), fold_seed=-1 if a.fold_seed is None else a.fold_seed)  # fmt: skip
 
 
 def main() -> None:
@@ -92,6 +111,10 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--split", choices=["test", "cv"], default="test")
     ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--fold-seed", type=int, default=None, help="cv: the same folds for every seed")
+    ap.add_argument(
+        "--save-oof", default=None, help="cv: keep the out-of-fold probabilities (.npz)"
+    )
     a = ap.parse_args()
     if a.split == "cv":
         return cross_validate(a)

@@ -171,6 +171,9 @@ class TrainSpec(_Strict):
     batch_size: int = Field(default=64, ge=1)
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
+    optimizer: Literal["adamw", "sgd"] = Field(
+        default="adamw", description="adamw; sgd: Nesterov momentum 0.9, weight decay as L2"
+    )
     schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
     warmup_epochs: int = Field(default=0, ge=0)
     stages: list[StageSpec] = Field(default_factory=lambda: [StageSpec(name="end_to_end")])

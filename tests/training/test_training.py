@@ -75,6 +75,34 @@ def test_keep_last_runs_every_epoch_and_keeps_the_final_weights(tiny_spec, tmp_p
     assert abs(res.metrics["val"]["auroc"] - hist[-1]["score"]) < 1e-9
 
 
+def test_sgd_optimizer_is_nesterov_momentum_and_recorded(tiny_spec, tmp_path, monkeypatch) -> None:
+    import torch
+
+    made: list[dict] = []
+
+    class SpySGD(torch.optim.SGD):  # the real SGD; records how the trainer built it
+        def __init__(self, params, **kw) -> None:
+            made.append(kw)
+            super().__init__(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "SGD", SpySGD)
+    tiny_spec["train"].update(
+        optimizer="sgd", lr=0.05, weight_decay=5e-4, epochs=4, keep="last", early_stopping=None
+    )
+    res = train(tiny_spec, out=tmp_path / "p", device="cpu", progress=False)
+    assert made == [{"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}]
+    meta = json.loads((res.package / "medfuse.json").read_text())
+    assert meta["spec"]["train"]["optimizer"] == "sgd"
+    hist = [json.loads(x) for x in (res.package / "metrics.jsonl").read_text().splitlines()]
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]  # it learns
+    tiny_spec["train"]["optimizer"] = "adam"
+    from medfuse.config import parse_spec
+    from medfuse.errors import SpecError
+
+    with pytest.raises(SpecError, match=r"train\.optimizer.*adamw.*sgd"):
+        parse_spec(tiny_spec)
+
+
 def test_bf16_autocast_trains(tiny_spec, tmp_path) -> None:
     tiny_spec["train"]["bf16"] = True
     tiny_spec["train"]["epochs"] = 1

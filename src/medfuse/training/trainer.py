@@ -1,5 +1,5 @@
-"""The trainer: staged or end-to-end, AdamW + cosine/one-cycle, early stopping with best restore,
-bf16 autocast, progress bar, ``metrics.jsonl``, and resumable checkpoints (atomic, per epoch or
+"""The trainer: staged or end-to-end, AdamW or Nesterov SGD + cosine/one-cycle, early stopping
+with best restore, bf16 autocast, progress bar, ``metrics.jsonl``, and resumable checkpoints (atomic, per epoch or
 every N steps) that survive a ``kill -9``."""
 
 from __future__ import annotations
@@ -300,7 +300,12 @@ class Trainer:
         if not params or epochs == 0:
             self.stage_results.append({"stage": name, "epochs": 0})
             return
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=t.weight_decay)
+        if t.optimizer == "sgd":  # Nesterov momentum; weight decay as an L2 penalty
+            opt: torch.optim.Optimizer = torch.optim.SGD(
+                params, lr=lr, momentum=0.9, nesterov=True, weight_decay=t.weight_decay
+            )
+        else:
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=t.weight_decay)
         steps_per_epoch = math.ceil(len(self._epoch_order(0)) / t.batch_size)
         total = max(1, epochs * steps_per_epoch)
         sched = self._scheduler(opt, lr, total, steps_per_epoch)
