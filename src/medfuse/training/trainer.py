@@ -1,6 +1,6 @@
 """The trainer: staged or end-to-end, AdamW or Nesterov SGD + cosine/one-cycle, early stopping
-with best restore, bf16 autocast, progress bar, ``metrics.jsonl``, and resumable checkpoints (atomic, per epoch or
-every N steps) that survive a ``kill -9``."""
+with best restore, bf16 autocast, progress bar, ``metrics.jsonl``, and resumable checkpoints
+(atomic, per epoch or every N steps) that survive a ``kill -9``."""
 
 from __future__ import annotations
 
