@@ -66,6 +66,12 @@ def tiny_spec() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
+def tiny_synthetic() -> dict[str, Any]:
+    """The tiny spec for module- and session-scoped fixtures (deep-copy before changing it)."""
+    return copy.deepcopy(TINY_SYNTHETIC)
+
+
+@pytest.fixture(scope="session")
 def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trained three-modality package (synthetic, image+signal+tabular, LSTM signal branch)."""
     from medfuse.api import train

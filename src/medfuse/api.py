@@ -132,6 +132,126 @@ def package_data_info(bundle: DataBundle) -> dict[str, Any]:
     return {k: v for k, v in bundle.info.items() if k in ("name", "synthetic", "file", "options")}
 
 
+def _fit_member(
+    spec: Spec,
+    session: Any,
+    train_t: Tensors,
+    val_t: Tensors,
+    workdir: Path,
+    resume: bool,
+    progress: bool | None,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+) -> tuple[torch.nn.Module | None, list[dict[str, Any]], dict[str, Any] | None]:
+    """Build and fit one composite (``spec.ensemble`` is 1); the trained model on rank 0."""
+    from medfuse.models import build_model
+
+    seed_everything(spec.train.seed)
+    model = build_model(spec)
+    init_record = None
+    if spec.train.init is not None:  # before the trainer (and any resume checkpoint) takes over
+        from medfuse.training.init import INIT_RECORD, init_from_package
+        from medfuse.training.trainer import CHECKPOINT
+
+        saved = workdir / INIT_RECORD
+        if resume and (workdir / CHECKPOINT).exists() and saved.exists():
+            init_record = json.loads(saved.read_text())  # the checkpoint has the weights
+        else:
+            init_record = init_from_package(model, spec.train.init)
+            if session.rank == 0:
+                workdir.mkdir(parents=True, exist_ok=True)
+                saved.write_text(json.dumps(init_record))
+    trainer = session.trainer(
+        model, spec, train_t, val_t, workdir=workdir, progress=progress, on_epoch=on_epoch
+    )
+    trainer.fit(resume=resume)
+    return session.finish(trainer), trainer.stage_results, init_record
+
+
+MEMBER_DONE = "member{k}.safetensors"  # a finished member's weights (workdir), kept for --resume
+
+
+def _fit_ensemble(
+    spec: Spec,
+    session: Any,
+    train_t: Tensors,
+    val_t: Tensors,
+    workdir: Path,
+    resume: bool,
+    progress: bool | None,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+) -> tuple[torch.nn.Module | None, list[dict[str, Any]], dict[str, Any] | None, list[dict]]:
+    """Fit ``spec.ensemble`` members one after another, each as its own run (seed
+    ``train.seed + k``, its own early stopping and checkpoints under ``workdir/member<k>``).
+    A finished member is saved in the workdir, so ``--resume`` retrains only the unfinished
+    ones. Returns the EnsembleModel (rank 0), member 0's stages, its init record, and a record
+    per member."""
+    from safetensors.torch import load_file, save_file
+
+    from medfuse.models import build_model, member_spec
+
+    trained: list[torch.nn.Module | None] = []
+    records: list[dict[str, Any]] = []
+    init_record = None
+    if not resume and session.rank == 0:  # a fresh run: nothing of an earlier one is kept
+        (workdir / HISTORY).unlink(missing_ok=True)
+        for old in workdir.glob("member*.*"):
+            old.unlink()
+    for k in range(spec.ensemble):
+        mspec = member_spec(spec, k)
+        done = workdir / MEMBER_DONE.format(k=k)
+        rec_file = done.with_suffix(".json")
+        if resume and done.exists() and rec_file.exists():
+            rec = json.loads(rec_file.read_text())
+            model = None
+            if session.rank == 0:
+                model = build_model(mspec)
+                model.load_state_dict(load_file(str(done)), strict=True)
+            log.info("ensemble member %d/%d: already trained, kept", k + 1, spec.ensemble)
+        else:
+            log.info("ensemble member %d/%d (seed %d)", k + 1, spec.ensemble, mspec.train.seed)
+            t_k = time.perf_counter()
+            mdir = workdir / f"member{k}"
+            model, stages, init_k = _fit_member(
+                mspec, session, train_t, val_t, mdir, resume, progress, on_epoch
+            )
+            rec = {"seed": mspec.train.seed, "stages": stages, "init": init_k}
+            rec["seconds"] = round(time.perf_counter() - t_k, 2)
+            if model is not None:
+                workdir.mkdir(parents=True, exist_ok=True)
+                state = {n: v.detach().cpu().contiguous() for n, v in model.state_dict().items()}
+                tmp = done.with_name(done.name + ".tmp")
+                save_file(state, str(tmp))
+                tmp.replace(done)  # atomic: a member file is whole or absent
+                _merge_history(workdir / HISTORY, mdir / HISTORY, k)
+                rec_file.write_text(json.dumps(rec))
+                shutil.rmtree(mdir, ignore_errors=True)
+        trained.append(model)
+        records.append({k2: v for k2, v in rec.items() if k2 != "init"})
+        if k == 0:
+            init_record = rec.get("init")
+    if session.rank != 0 or any(m is None for m in trained):
+        return None, [], init_record, records
+    ens = build_model(spec)
+    for k, m in enumerate(trained):
+        ens.members[k].load_state_dict(m.state_dict(), strict=True)  # type: ignore[union-attr]
+    return ens.to(session.device), records[0]["stages"], init_record, records
+
+
+def _merge_history(merged: Path, member_file: Path, k: int) -> None:
+    """Member ``k``'s epochs into the ensemble's ``metrics.jsonl`` (tagged ``member``), replacing
+    any of its lines an interrupted earlier attempt left there."""
+    keep = []
+    if merged.exists():
+        keep = [x for x in merged.read_text().splitlines() if json.loads(x).get("member") != k]
+    if member_file.exists():
+        keep += [
+            json.dumps({"member": k, **json.loads(x)}) for x in member_file.read_text().splitlines()
+        ]
+    tmp = merged.with_name(merged.name + ".tmp")
+    tmp.write_text("".join(x + "\n" for x in keep))
+    tmp.replace(merged)
+
+
 def train(
     spec: Spec | dict[str, Any] | str | Path,
     *,
@@ -174,28 +294,15 @@ def train(
     workdir = out.with_name(out.name + ".train")
     stats = fit_preprocessing(spec, bundle.train, bundle.info)
     train_t, val_t = to_tensors(bundle.train, stats), to_tensors(bundle.val, stats)
-    from medfuse.models import build_model
-
-    seed_everything(spec.train.seed)
-    model = build_model(spec)
-    init_record = None
-    if spec.train.init is not None:  # before the trainer (and any resume checkpoint) takes over
-        from medfuse.training.init import INIT_RECORD, init_from_package
-        from medfuse.training.trainer import CHECKPOINT
-
-        saved = workdir / INIT_RECORD
-        if resume and (workdir / CHECKPOINT).exists() and saved.exists():
-            init_record = json.loads(saved.read_text())  # the checkpoint has the weights
-        else:
-            init_record = init_from_package(model, spec.train.init)
-            if session.rank == 0:
-                workdir.mkdir(parents=True, exist_ok=True)
-                saved.write_text(json.dumps(init_record))
-    trainer = session.trainer(
-        model, spec, train_t, val_t, workdir=workdir, progress=progress, on_epoch=on_epoch
-    )
-    trainer.fit(resume=resume)
-    model = session.finish(trainer)  # the plain trained model, on rank 0 only
+    if spec.ensemble == 1:
+        model, stage_results, init_record = _fit_member(
+            spec, session, train_t, val_t, workdir, resume, progress, on_epoch
+        )
+        member_records = None
+    else:
+        model, stage_results, init_record, member_records = _fit_ensemble(
+            spec, session, train_t, val_t, workdir, resume, progress, on_epoch
+        )
     if model is None:
         return TrainResult(out, {}, time.perf_counter() - t0)
     model = model.eval()
@@ -209,7 +316,7 @@ def train(
         )
     seconds = time.perf_counter() - t0
     training = {
-        "stages": trainer.stage_results,
+        "stages": stage_results,
         "seconds": round(seconds, 2),
         "device": str(dev),
         **session.record(),
@@ -223,6 +330,8 @@ def train(
     }
     if init_record is not None:
         training["init"] = init_record
+    if member_records is not None:
+        training["members"] = member_records
     extra = {}
     if (workdir / HISTORY).exists():
         extra[HISTORY] = (workdir / HISTORY).read_bytes()

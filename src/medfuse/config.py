@@ -271,6 +271,13 @@ class Spec(_Strict):
     head: HeadSpec = Field(default_factory=HeadSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     threshold: ThresholdSpec = Field(default_factory=ThresholdSpec)
+    ensemble: int = Field(
+        default=1,
+        ge=1,
+        le=32,
+        description="members trained independently (seeds train.seed, +1, ...); the package "
+        "averages their probabilities",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

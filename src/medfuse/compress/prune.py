@@ -307,6 +307,13 @@ def prune(
     dev = resolve_device(device)
     pkg = load_package(package, device="cpu")
     spec, meta = pkg.spec, pkg.meta
+    if spec.ensemble > 1:
+        raise SpecError(
+            "package",
+            f"{package} is an ensemble of {spec.ensemble} members; pruning takes one composite. "
+            "Distill the ensemble into one model (medfuse distill, the ensemble as teacher) and "
+            "prune that, or train with ensemble: 1",
+        )
     seed = int(spec.train.seed if seed is None else seed)
     bundle = package_data(pkg, data_dir)
     stats = meta["preprocessing"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -82,7 +83,9 @@ class QuantizeResult:
 
 
 def node_owner(name: str, modalities: list[str]) -> str:
-    """Which part of the composite an exported ONNX node belongs to (by its scope name)."""
+    """Which part of the composite an exported ONNX node belongs to (by its scope name); an
+    ensemble member's node (``/model/members.<k>/...``) belongs to the same part."""
+    name = re.sub(r"^/model/members\.\d+/", "/model/", name)
     for m in modalities:
         if name.startswith((f"/model/{m}/", f"/model/branches.{m}/")):
             return m

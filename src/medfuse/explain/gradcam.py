@@ -43,8 +43,11 @@ def default_layer(branch: nn.Module) -> str:
 
 def resolve_layer(model: nn.Module, modality: str, name: str | None) -> tuple[str, nn.Module]:
     """``(name relative to the branch, module)``. ``name`` may be relative to the branch
-    (``features.2``) or the model (``branches.image.features.2``); ``None`` = the default."""
-    branch = model.branches[modality]
+    (``features.2``) or the model (``branches.image.features.2``); ``None`` = the default.
+    For an ensemble the name is that of every member's layer (they share the architecture)."""
+    from medfuse.models import members
+
+    branch = members(model)[0].branches[modality]
     if name is None:
         name = default_layer(branch)
     prefix = f"branches.{modality}."
@@ -93,21 +96,30 @@ def grad_cam(
 
     Returns ``{"layer": name, "cam": (B, *layer_spatial), "upsampled": (B, *input_spatial)}``
     (ReLU'd, not normalised; numpy float32). Upsampling is bilinear (trilinear for volumes).
+    For an ensemble, the map is the sum over members of each member's map of its own layer,
+    all on the ensemble's output (identical members give the single model's map).
     """
     from captum.attr import LayerGradCam
 
-    rel, module = resolve_layer(model, modality, layer)
+    from medfuse.models import members
+
+    rel, _ = resolve_layer(model, modality, layer)
     names = list(inputs)
     f, others = _forward(model, modality, names)
     x = inputs[modality]
-    with torch.enable_grad():
-        cam = LayerGradCam(f, module).attribute(
-            x,
-            target=target.long().tolist(),
-            additional_forward_args=forward_args(inputs, masks, others),
-            relu_attributions=True,
-        )  # (B, 1, *layer_spatial)
-    cam = cam.detach().float()
+    cams = []
+    for member in members(model):
+        module = dict(member.branches[modality].named_modules())[rel]
+        with torch.enable_grad():
+            cams.append(
+                LayerGradCam(f, module).attribute(
+                    x,
+                    target=target.long().tolist(),
+                    additional_forward_args=forward_args(inputs, masks, others),
+                    relu_attributions=True,
+                )  # (B, 1, *layer_spatial)
+            )
+    cam = torch.stack([c.detach().float() for c in cams]).sum(0)
     spatial = tuple(x.shape[2:])
     if cam.dim() - 2 != len(spatial):
         raise SpecError(

@@ -8,6 +8,20 @@ FUSIONS: Registry = Registry("fusion")
 # Registration happens on import of these modules.
 from medfuse.models import branches as _branches  # noqa: E402,F401
 from medfuse.models import fusion as _fusion  # noqa: E402,F401
-from medfuse.models.composite import CompositeModel, build_model  # noqa: E402
+from medfuse.models.composite import (  # noqa: E402
+    CompositeModel,
+    EnsembleModel,
+    build_model,
+    member_spec,
+    members,
+)
 
-__all__ = ["BRANCHES", "FUSIONS", "CompositeModel", "build_model"]
+__all__ = [
+    "BRANCHES",
+    "FUSIONS",
+    "CompositeModel",
+    "EnsembleModel",
+    "build_model",
+    "member_spec",
+    "members",
+]

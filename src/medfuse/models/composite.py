@@ -77,11 +77,67 @@ class CompositeModel(nn.Module):
         return {n: self.aux_heads[n](features[n]) for n in self.modalities}
 
 
-def build_model(spec: Spec) -> CompositeModel:
-    return CompositeModel(spec)
+def _mean_probability_logits(task: str, logits: list[torch.Tensor]) -> torch.Tensor:
+    """Logits whose probabilities are the mean of the members' probabilities."""
+    if task == "multiclass":
+        p = torch.stack([lg.float().softmax(-1) for lg in logits]).mean(0)
+        return p.clamp_min(1e-12).log()
+    p = torch.stack([lg.float().sigmoid() for lg in logits]).mean(0)
+    p = p.clamp(1e-7, 1 - 1e-7)
+    return torch.log(p) - torch.log1p(-p)
+
+
+class EnsembleModel(nn.Module):
+    """``ensemble: K`` members with the same spec, trained independently (one seed each).
+
+    ``forward`` has CompositeModel's signature; its logits are those of the members' mean
+    probability (softmax for multiclass, sigmoid otherwise), and so are the auxiliary (single
+    branch) logits. The weights are ``members.<k>.<CompositeModel key>``.
+    """
+
+    def __init__(self, spec: Spec) -> None:
+        super().__init__()
+        self.task = spec.task.type
+        self.modalities = list(spec.modalities)
+        self.num_outputs = spec.num_outputs
+        self.members = nn.ModuleList(CompositeModel(spec) for _ in range(spec.ensemble))
+
+    def forward(
+        self, inputs: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], aux: str = "none"
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        outs = [m(inputs, masks, aux=aux) for m in self.members]
+        if aux == "none":
+            return _mean_probability_logits(self.task, outs)
+        logits = _mean_probability_logits(self.task, [o[0] for o in outs])
+        per = {
+            n: _mean_probability_logits(self.task, [o[1][n] for o in outs]) for n in self.modalities
+        }
+        return logits, per
+
+
+def members(model: nn.Module) -> list[CompositeModel]:
+    """The composites a model is made of: an ensemble's members, else the model itself."""
+    return list(model.members) if isinstance(model, EnsembleModel) else [model]  # type: ignore[list-item]
+
+
+def member_spec(spec: Spec, k: int) -> Spec:
+    """The spec one member trains with: no ensemble, seed ``train.seed + k``."""
+    from medfuse.config import parse_spec
+
+    d = spec.to_dict()
+    d["ensemble"] = 1
+    d["train"]["seed"] = int(spec.train.seed) + k
+    return parse_spec(d)
+
+
+def build_model(spec: Spec) -> CompositeModel | EnsembleModel:
+    return EnsembleModel(spec) if spec.ensemble > 1 else CompositeModel(spec)
 
 
 def count_parameters(model: nn.Module, *, inference: bool = True) -> int:
     """Parameters used at inference (auxiliary heads excluded when ``inference``)."""
-    skip = "aux_heads." if inference else "\0"
-    return sum(p.numel() for n, p in model.named_parameters() if not n.startswith(skip))
+
+    def used(name: str) -> bool:
+        return not inference or not (name.startswith("aux_heads.") or ".aux_heads." in name)
+
+    return sum(p.numel() for n, p in model.named_parameters() if used(n))

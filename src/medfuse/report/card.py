@@ -41,7 +41,13 @@ def model_card(meta: dict[str, Any], metrics: dict[str, Any]) -> str:
             f"{n} ({m['kind']}, branch `{spec['branches'][n]['type']}`)"
             for n, m in spec["modalities"].items()
         ),
-        f"- Fusion: `{spec['fusion']['type']}`; parameters: {meta.get('parameters', '?'):,}",
+        f"- Fusion: `{spec['fusion']['type']}`; parameters: {meta.get('parameters', '?'):,}"
+        + (
+            f" (an ensemble of {spec['ensemble']} members, seeds {spec['train']['seed']}.."
+            f"{spec['train']['seed'] + spec['ensemble'] - 1}, their probabilities averaged)"
+            if spec.get("ensemble", 1) > 1
+            else ""
+        ),
         f"- Decision threshold: {meta['threshold'].get('value', 0.5):.4f} ({meta['threshold'].get('method')}, chosen on validation)",
         _calibration_line(meta.get("calibration") or {}),
         "- Versions: "
