@@ -181,7 +181,7 @@ def _fit_ensemble(
     on_epoch: Callable[[dict[str, Any]], None] | None,
 ) -> tuple[torch.nn.Module | None, list[dict[str, Any]], dict[str, Any] | None, list[dict]]:
     """Fit ``spec.ensemble`` members one after another, each as its own run (seed
-    ``train.seed + k``, its own early stopping and checkpoints under ``workdir/member<k>``).
+    ``train.seed + 1000 k``, its own early stopping and checkpoints under ``workdir/member<k>``).
     A finished member is saved in the workdir, so ``--resume`` retrains only the unfinished
     ones. Returns the EnsembleModel (rank 0), member 0's stages, its init record, and a record
     per member."""

@@ -275,8 +275,8 @@ class Spec(_Strict):
         default=1,
         ge=1,
         le=32,
-        description="members trained independently (seeds train.seed, +1, ...); the package "
-        "averages their probabilities",
+        description="members trained independently (seeds train.seed, +1000, +2000, ...); the "
+        "package averages their probabilities",
     )
 
     def to_dict(self) -> dict[str, Any]:

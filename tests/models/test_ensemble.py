@@ -37,8 +37,10 @@ def _split_tensors(pkg):
 
 
 def test_members_have_their_seeds_and_the_package_averages_their_probabilities(
-    ens_package,
+    ens_package, tiny_package
 ) -> None:
+    from safetensors.torch import load_file
+
     from medfuse.models import CompositeModel, EnsembleModel, member_spec
     from medfuse.models.composite import count_parameters
     from medfuse.package import load_package
@@ -47,11 +49,14 @@ def test_members_have_their_seeds_and_the_package_averages_their_probabilities(
     pkg = load_package(ens_package)
     assert isinstance(pkg.model, EnsembleModel) and len(pkg.model.members) == 2
     meta = pkg.meta
-    assert [m["seed"] for m in meta["training"]["members"]] == [0, 1]
+    assert [m["seed"] for m in meta["training"]["members"]] == [0, 1000]
     single = count_parameters(CompositeModel(member_spec(pkg.spec, 0)))
     assert meta["parameters"] == 2 * single
     a, b = (dict(m.named_parameters()) for m in pkg.model.members)
     assert any(not torch.equal(a[k], b[k]) for k in a)  # different seeds, different weights
+    single_w = load_file(str(tiny_package / "model.safetensors"))  # the same spec, seed 0
+    ens_w = load_file(str(ens_package / "model.safetensors"))
+    assert all(torch.equal(v, ens_w[f"members.0.{k}"]) for k, v in single_w.items())
 
     split, t = _split_tensors(pkg)
     with torch.no_grad():
@@ -63,7 +68,7 @@ def test_members_have_their_seeds_and_the_package_averages_their_probabilities(
 
     lines = [json.loads(x) for x in (ens_package / "metrics.jsonl").read_text().splitlines()]
     assert [(r["member"], r["epoch"]) for r in lines] == [(0, 1), (0, 2), (1, 1), (1, 2)]
-    assert "an ensemble of 2 members" in (ens_package / "README.md").read_text()
+    assert "an ensemble of 2 members, seeds 0, 1000" in (ens_package / "README.md").read_text()
 
 
 def test_resume_retrains_only_the_unfinished_member(ens_spec, ens_package, tmp_path) -> None:

@@ -88,7 +88,7 @@ def _mean_probability_logits(task: str, logits: list[torch.Tensor]) -> torch.Ten
 
 
 class EnsembleModel(nn.Module):
-    """``ensemble: K`` members with the same spec, trained independently (one seed each).
+    """``ensemble: K`` members with the same spec, trained independently (seeds: ``member_spec``).
 
     ``forward`` has CompositeModel's signature; its logits are those of the members' mean
     probability (softmax for multiclass, sigmoid otherwise), and so are the auxiliary (single
@@ -120,13 +120,17 @@ def members(model: nn.Module) -> list[CompositeModel]:
     return list(model.members) if isinstance(model, EnsembleModel) else [model]  # type: ignore[list-item]
 
 
+MEMBER_SEED_STRIDE = 1000
+
+
 def member_spec(spec: Spec, k: int) -> Spec:
-    """The spec one member trains with: no ensemble, seed ``train.seed + k``."""
+    """The spec member ``k`` trains with: no ensemble, seed ``train.seed + 1000 k`` (member 0 is the
+    single model of that seed; ensembles of different seeds share no member)."""
     from medfuse.config import parse_spec
 
     d = spec.to_dict()
     d["ensemble"] = 1
-    d["train"]["seed"] = int(spec.train.seed) + k
+    d["train"]["seed"] = int(spec.train.seed) + MEMBER_SEED_STRIDE * k
     return parse_spec(d)
 
 

@@ -43,8 +43,9 @@ def model_card(meta: dict[str, Any], metrics: dict[str, Any]) -> str:
         ),
         f"- Fusion: `{spec['fusion']['type']}`; parameters: {meta.get('parameters', '?'):,}"
         + (
-            f" (an ensemble of {spec['ensemble']} members, seeds {spec['train']['seed']}.."
-            f"{spec['train']['seed'] + spec['ensemble'] - 1}, their probabilities averaged)"
+            f" (an ensemble of {spec['ensemble']} members, seeds "
+            + ", ".join(str(m["seed"]) for m in meta.get("training", {}).get("members", []))
+            + ", their probabilities averaged)"
             if spec.get("ensemble", 1) > 1
             else ""
         ),
