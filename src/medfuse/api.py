@@ -141,8 +141,11 @@ def _fit_member(
     resume: bool,
     progress: bool | None,
     on_epoch: Callable[[dict[str, Any]], None] | None,
+    *,
+    last: bool = True,
 ) -> tuple[torch.nn.Module | None, list[dict[str, Any]], dict[str, Any] | None]:
-    """Build and fit one composite (``spec.ensemble`` is 1); the trained model on rank 0."""
+    """Build and fit one composite (``spec.ensemble`` is 1); the trained model on rank 0.
+    ``last``: no other member follows, so a distributed session may end."""
     from medfuse.models import build_model
 
     seed_everything(spec.train.seed)
@@ -164,7 +167,7 @@ def _fit_member(
         model, spec, train_t, val_t, workdir=workdir, progress=progress, on_epoch=on_epoch
     )
     trainer.fit(resume=resume)
-    return session.finish(trainer), trainer.stage_results, init_record
+    return session.finish(trainer, end=last), trainer.stage_results, init_record
 
 
 MEMBER_DONE = "member{k}.safetensors"  # a finished member's weights (workdir), kept for --resume
@@ -192,6 +195,7 @@ def _fit_ensemble(
     trained: list[torch.nn.Module | None] = []
     records: list[dict[str, Any]] = []
     init_record = None
+    resume = resume or getattr(session, "restart", 0) > 0  # a torchrun restart resumes too
     if not resume and session.rank == 0:  # a fresh run: nothing of an earlier one is kept
         (workdir / HISTORY).unlink(missing_ok=True)
         for old in workdir.glob("member*.*"):
@@ -200,8 +204,12 @@ def _fit_ensemble(
         mspec = member_spec(spec, k)
         done = workdir / MEMBER_DONE.format(k=k)
         rec_file = done.with_suffix(".json")
-        if resume and done.exists() and rec_file.exists():
-            rec = json.loads(rec_file.read_text())
+        kept = None  # rank 0 reads its disk; every rank follows its decision
+        if session.rank == 0 and resume and done.exists() and rec_file.exists():
+            kept = json.loads(rec_file.read_text())
+        kept = session.agree(kept)
+        if kept is not None:
+            rec = kept
             model = None
             if session.rank == 0:
                 model = build_model(mspec)
@@ -212,7 +220,15 @@ def _fit_ensemble(
             t_k = time.perf_counter()
             mdir = workdir / f"member{k}"
             model, stages, init_k = _fit_member(
-                mspec, session, train_t, val_t, mdir, resume, progress, on_epoch
+                mspec,
+                session,
+                train_t,
+                val_t,
+                mdir,
+                resume,
+                progress,
+                on_epoch,
+                last=k == spec.ensemble - 1,
             )
             rec = {"seed": mspec.train.seed, "stages": stages, "init": init_k}
             rec["seconds"] = round(time.perf_counter() - t_k, 2)
@@ -229,6 +245,7 @@ def _fit_ensemble(
         records.append({k2: v for k2, v in rec.items() if k2 != "init"})
         if k == 0:
             init_record = rec.get("init")
+    session.end()  # when the last member was kept, no finish() ended the group
     if session.rank != 0 or any(m is None for m in trained):
         return None, [], init_record, records
     ens = build_model(spec)

@@ -163,6 +163,24 @@ def test_ddp_two_processes_match_one_process(reference, tmp_path) -> None:
     assert got["auroc"] == pytest.approx(ref["auroc"], abs=1e-6)
 
 
+def test_ddp_ensemble_matches_one_process_ensemble(tmp_path) -> None:
+    """Each member of an ensemble is trained by the process group in turn (the group lives on
+    until the last one); the members equal those one process trains."""
+    from medfuse.api import train
+
+    spec = {**copy.deepcopy(SPEC), "ensemble": 2}
+    one = train(copy.deepcopy(spec), out=tmp_path / "one", device="cpu", progress=False)
+    cfg = _write(spec, tmp_path / "spec.yaml")
+    out = tmp_path / "ddp"
+    _finish(_medfuse("train", str(cfg), "--out", str(out), "--device", "cpu", "--nproc", "2"))
+    trained, ref = _weights(out), _weights(one.package)
+    assert {k.split(".")[1] for k in trained} == {"0", "1"}
+    assert _maxdiff(trained, ref) < TOL
+    meta = json.loads((out / "medfuse.json").read_text())
+    assert [m["seed"] for m in meta["training"]["members"]] == [0, 1000]
+    assert meta["training"]["world_size"] == 2
+
+
 def test_two_nodes_rendezvous_hybrid(reference, tmp_path, capfd, monkeypatch) -> None:
     """Two agents ("nodes") on localhost meet at a c10d endpoint: one is ``torchrun -m medfuse
     train`` by hand, the other ``medfuse train --nnodes 2`` (this process is its agent).

@@ -418,15 +418,29 @@ class Session:
             trainer.restarted = self.restart > 0
         return trainer
 
-    def finish(self, trainer: Trainer) -> nn.Module | None:
-        """The trained plain model on rank 0 (``None`` on the other ranks); ends the group."""
+    def finish(self, trainer: Trainer, *, end: bool = True) -> nn.Module | None:
+        """The trained plain model on rank 0 (``None`` on the other ranks); ends the group unless
+        ``end`` is false (an ensemble member with more members to train)."""
         assert self.strategy is not None
         model = self.strategy.full_model(trainer)
         self.strategy.close()
+        if end:
+            self.end()
+        return model if self.is_main else None
+
+    def end(self) -> None:
+        """End the process group this session started (a no-op otherwise, or when ended)."""
         if self.owns_group and dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
-        return model if self.is_main else None
+
+    def agree(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (a decision only rank 0's disk can make)."""
+        if self.world > 1 and dist.is_initialized():
+            box = [obj]
+            dist.broadcast_object_list(box, src=0)
+            return box[0]
+        return obj
 
     def record(self) -> dict[str, Any]:
         """What the package's training record says about how it was trained."""
