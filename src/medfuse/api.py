@@ -8,7 +8,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -132,17 +132,20 @@ def package_data_info(bundle: DataBundle) -> dict[str, Any]:
     return {k: v for k, v in bundle.info.items() if k in ("name", "synthetic", "file", "options")}
 
 
+@dataclass
+class _Fit:
+    """What every model fitted in one ``train`` call shares."""
+
+    session: Any  # medfuse.distributed.strategies.Session
+    train: Tensors
+    val: Tensors
+    resume: bool
+    progress: bool | None
+    on_epoch: Callable[[dict[str, Any]], None] | None
+
+
 def _fit_member(
-    spec: Spec,
-    session: Any,
-    train_t: Tensors,
-    val_t: Tensors,
-    workdir: Path,
-    resume: bool,
-    progress: bool | None,
-    on_epoch: Callable[[dict[str, Any]], None] | None,
-    *,
-    last: bool = True,
+    spec: Spec, fit: _Fit, workdir: Path, *, last: bool = True
 ) -> tuple[torch.nn.Module | None, list[dict[str, Any]], dict[str, Any] | None]:
     """Build and fit one composite (``spec.ensemble`` is 1); the trained model on rank 0.
     ``last``: no other member follows, so a distributed session may end."""
@@ -156,32 +159,31 @@ def _fit_member(
         from medfuse.training.trainer import CHECKPOINT
 
         saved = workdir / INIT_RECORD
-        if resume and (workdir / CHECKPOINT).exists() and saved.exists():
+        if fit.resume and (workdir / CHECKPOINT).exists() and saved.exists():
             init_record = json.loads(saved.read_text())  # the checkpoint has the weights
         else:
             init_record = init_from_package(model, spec.train.init)
-            if session.rank == 0:
+            if fit.session.rank == 0:
                 workdir.mkdir(parents=True, exist_ok=True)
                 saved.write_text(json.dumps(init_record))
-    trainer = session.trainer(
-        model, spec, train_t, val_t, workdir=workdir, progress=progress, on_epoch=on_epoch
+    trainer = fit.session.trainer(
+        model,
+        spec,
+        fit.train,
+        fit.val,
+        workdir=workdir,
+        progress=fit.progress,
+        on_epoch=fit.on_epoch,
     )
-    trainer.fit(resume=resume)
-    return session.finish(trainer, end=last), trainer.stage_results, init_record
+    trainer.fit(resume=fit.resume)
+    return fit.session.finish(trainer, end=last), trainer.stage_results, init_record
 
 
 MEMBER_DONE = "member{k}.safetensors"  # a finished member's weights (workdir), kept for --resume
 
 
 def _fit_ensemble(
-    spec: Spec,
-    session: Any,
-    train_t: Tensors,
-    val_t: Tensors,
-    workdir: Path,
-    resume: bool,
-    progress: bool | None,
-    on_epoch: Callable[[dict[str, Any]], None] | None,
+    spec: Spec, fit: _Fit, workdir: Path
 ) -> tuple[torch.nn.Module | None, list[dict[str, Any]], dict[str, Any] | None, list[dict]]:
     """Fit ``spec.ensemble`` members one after another, each as its own run (seed
     ``train.seed + 1000 k``, its own early stopping and checkpoints under ``workdir/member<k>``).
@@ -195,7 +197,9 @@ def _fit_ensemble(
     trained: list[torch.nn.Module | None] = []
     records: list[dict[str, Any]] = []
     init_record = None
-    resume = resume or getattr(session, "restart", 0) > 0  # a torchrun restart resumes too
+    session = fit.session
+    resume = fit.resume or getattr(session, "restart", 0) > 0  # a torchrun restart resumes too
+    fit = replace(fit, resume=resume)
     if not resume and session.rank == 0:  # a fresh run: nothing of an earlier one is kept
         (workdir / HISTORY).unlink(missing_ok=True)
         for old in workdir.glob("member*.*"):
@@ -219,17 +223,7 @@ def _fit_ensemble(
             log.info("ensemble member %d/%d (seed %d)", k + 1, spec.ensemble, mspec.train.seed)
             t_k = time.perf_counter()
             mdir = workdir / f"member{k}"
-            model, stages, init_k = _fit_member(
-                mspec,
-                session,
-                train_t,
-                val_t,
-                mdir,
-                resume,
-                progress,
-                on_epoch,
-                last=k == spec.ensemble - 1,
-            )
+            model, stages, init_k = _fit_member(mspec, fit, mdir, last=k == spec.ensemble - 1)
             rec = {"seed": mspec.train.seed, "stages": stages, "init": init_k}
             rec["seconds"] = round(time.perf_counter() - t_k, 2)
             if model is not None:
@@ -311,15 +305,12 @@ def train(
     workdir = out.with_name(out.name + ".train")
     stats = fit_preprocessing(spec, bundle.train, bundle.info)
     train_t, val_t = to_tensors(bundle.train, stats), to_tensors(bundle.val, stats)
+    fit = _Fit(session, train_t, val_t, resume, progress, on_epoch)
     if spec.ensemble == 1:
-        model, stage_results, init_record = _fit_member(
-            spec, session, train_t, val_t, workdir, resume, progress, on_epoch
-        )
+        model, stage_results, init_record = _fit_member(spec, fit, workdir)
         member_records = None
     else:
-        model, stage_results, init_record, member_records = _fit_ensemble(
-            spec, session, train_t, val_t, workdir, resume, progress, on_epoch
-        )
+        model, stage_results, init_record, member_records = _fit_ensemble(spec, fit, workdir)
     if model is None:
         return TrainResult(out, {}, time.perf_counter() - t0)
     model = model.eval()
