@@ -10,7 +10,11 @@ fold. It prints each fold's AUROC, their mean and the AUROC of the pooled out-of
 probabilities; the test images are never read into a model. With ``--fold-seed N`` every
 training seed uses the same folds, and the AUROC of the seeds' mean out-of-fold probability (what
 an ensemble of the seeds would score) is printed too; ``--save-oof FILE.npz`` keeps the
-out-of-fold probabilities (plain and averaged with the horizontal mirror) for later pooling.
+out-of-fold probabilities (plain and averaged with the horizontal mirror) for later pooling;
+``--pool FILE ...`` pools saved runs (same folds): the pooled AUROC of ensembles of every size K,
+averaged over all K-subsets of the saved seeds.
+
+    python benchmarks/medmnist.py breastmnist --pool oof_0.npz oof_1.npz oof_2.npz oof_3.npz
 
     python benchmarks/medmnist.py breastmnist --split cv --folds 5 --seeds 0 --set train.lr=0.001
 
@@ -102,6 +106,27 @@ def cross_validate(a: argparse.Namespace) -> None:
                  oof_flip=np.array(oofs_flip), fold_seed=-1 if a.fold_seed is None else a.fold_seed)  # fmt: skip
 
 
+def pool(files: list[str]) -> None:
+    """Ensembles of the saved out-of-fold runs: pooled AUROC by size, over every subset."""
+    import itertools
+
+    from sklearn.metrics import roc_auc_score
+
+    runs = [np.load(f) for f in files]
+    y = runs[0]["y"]
+    if any(
+        int(r["fold_seed"]) < 0 or int(r["fold_seed"]) != int(runs[0]["fold_seed"]) for r in runs
+    ):
+        raise SystemExit("--pool needs runs saved with the same --fold-seed")
+    for key, what in (("oof", "plain"), ("oof_flip", "with mirror averaging")):
+        p = np.concatenate([r[key] for r in runs])
+        for k in range(1, len(p) + 1):
+            subsets = itertools.combinations(range(len(p)), k)
+            auc = [roc_auc_score(y, p[list(c)].mean(0)) for c in subsets]
+            print(f"{what}: ensembles of {k}: pooled out-of-fold AUROC {np.mean(auc):.4f} "
+                  f"(mean over {len(auc)} subsets)")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config", choices=["breastmnist", "pneumoniamnist"])
@@ -115,7 +140,12 @@ def main() -> None:
     ap.add_argument(
         "--save-oof", default=None, help="cv: keep the out-of-fold probabilities (.npz)"
     )
+    ap.add_argument(
+        "--pool", nargs="+", default=None, help="pool saved --save-oof runs (ensembles)"
+    )
     a = ap.parse_args()
+    if a.pool:
+        return pool(a.pool)
     if a.split == "cv":
         return cross_validate(a)
     rows = []

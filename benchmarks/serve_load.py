@@ -1,6 +1,7 @@
 """Load test of ``medfuse serve``: 64 concurrent clients on loopback, ONNX vs torch backends.
 
-For each backend a real server is started (``medfuse serve PACKAGE --runtime R``, uvicorn, same
+Without ``--package`` it trains a single-composite BreastMNIST package (``ensemble=1``,
+3 epochs). For each backend a real server is started (``medfuse serve PACKAGE --runtime R``, uvicorn, same
 workers / threads for both), warmed up, then hammered by ``--clients`` concurrent keep-alive
 connections for ``--seconds`` seconds, each sending one real test instance per request
 (``POST /v1/predict``). Every request is accounted for: ``sent == ok + errors`` is asserted, an
@@ -233,7 +234,8 @@ def main() -> None:
         package = Path(tempfile.mkdtemp(prefix="medfuse-load-")) / "breastmnist"
         base = [sys.executable, "-m", "medfuse"]
         subprocess.run([*base, "train", "breastmnist", "--out", str(package), "--data-dir",
-                        a.data_dir, "--set", "train.epochs=3", "--device", "cpu"], check=True)  # fmt: skip
+                        a.data_dir, "--set", "train.epochs=3", "--set", "ensemble=1", "--device", "cpu"],
+                       check=True)  # fmt: skip
         subprocess.run([*base, "export", str(package), "--data-dir", a.data_dir], check=True)
     bodies = request_bodies(package, a.data_dir)
     body = bodies[0]
