@@ -161,3 +161,22 @@ def test_an_ensemble_teaches_a_single_student(ens_package, tmp_path) -> None:
     pkg = load_package(res.package)
     assert isinstance(pkg.model, CompositeModel) and pkg.spec.ensemble == 1
     assert pkg.meta["compression"][0]["teachers"][0]["modalities"] == ["image", "signal", "tabular"]
+
+
+def test_int8_quantization_of_an_ensemble_quantizes_every_member(ens_package, tmp_path) -> None:
+    import onnx
+
+    from medfuse.compress.quantize import quantize
+
+    res = quantize(ens_package, out=tmp_path / "q", calibration=16)
+    settings = res.record["settings"]
+    assert settings["parts"]["image"] == "static"  # the members' image nodes were found
+    assert sorted(settings["fp32_layers"]) == [  # the thin stem of each member stays fp32
+        "/model/members.0/image/stem/stem.0/Conv",
+        "/model/members.1/image/stem/stem.0/Conv",
+    ]
+    graph = onnx.load(str(res.package / "model.onnx")).graph
+    dq = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv" and n.name not in settings["fp32_layers"]]
+    assert convs and all(n.input[1] in dq for n in convs)  # INT8 weights (QDQ) everywhere else
+    assert {n.name.split("/")[2] for n in convs} == {"members.0", "members.1"}
