@@ -160,6 +160,11 @@ def test_an_ensemble_teaches_a_single_student(ens_package, tmp_path) -> None:
     )
     pkg = load_package(res.package)
     assert isinstance(pkg.model, CompositeModel) and pkg.spec.ensemble == 1
+    with pytest.raises(SpecError, match=r"ensemble.*a student is one composite"):
+        medfuse.compress.distill(
+            ens_package, student={**student, "ensemble": 2}, out=tmp_path / "x", device="cpu"
+        )
+    assert not (tmp_path / "x").exists()
     assert pkg.meta["compression"][0]["teachers"][0]["modalities"] == ["image", "signal", "tabular"]
 
 

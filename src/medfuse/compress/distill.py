@@ -143,7 +143,14 @@ def student_spec(
                 f"explicitly or use the teacher's: {', '.join(t['modalities'])}",
             )
         d["modalities"] = {n: t["modalities"][n] for n in names}
-    return parse_spec(d)
+    out = parse_spec(d)
+    if out.ensemble > 1:
+        raise SpecError(
+            "ensemble",
+            f"a student is one composite; got ensemble: {out.ensemble}. Distill into one model "
+            "(ensemble: 1); an ensemble can be the teacher",
+        )
+    return out
 
 
 def _subset(split: Split, mods: list[str]) -> Split:
