@@ -114,15 +114,16 @@ def test_gradcam_of_an_ensemble_of_identical_members_is_the_members_map(ens_pack
     np.testing.assert_allclose(ens["cam"], one["cam"], rtol=1e-4, atol=1e-6)
 
 
-def test_onnx_export_of_an_ensemble_keeps_parity(ens_package, tmp_path) -> None:
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_export_of_an_ensemble_keeps_parity(ens_package, tmp_path, fmt) -> None:
     from medfuse.export.exporter import export_package
     from medfuse.package import read_meta
 
     dst = tmp_path / "p"
     shutil.copytree(ens_package, dst)
-    res = export_package(dst, format="onnx")
+    res = export_package(dst, format=fmt)
     assert res.report is not None and res.report.ok, res.report
-    assert read_meta(dst)["exports"]["onnx"]["max_abs_diff"] <= 1e-4
+    assert read_meta(dst)["exports"][fmt]["max_abs_diff"] <= 1e-4
 
 
 def test_prune_refuses_an_ensemble_and_quantize_knows_member_nodes(ens_package, tmp_path) -> None:
