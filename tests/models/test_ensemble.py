@@ -115,7 +115,7 @@ def test_gradcam_of_an_ensemble_of_identical_members_is_the_members_map(ens_pack
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "pt2"])
-def test_export_of_an_ensemble_keeps_parity(ens_package, tmp_path, fmt) -> None:
+def test_an_exported_ensemble_keeps_parity_and_serves(ens_package, tmp_path, fmt) -> None:
     from medfuse.export.exporter import export_package
     from medfuse.package import read_meta
 
@@ -124,6 +124,33 @@ def test_export_of_an_ensemble_keeps_parity(ens_package, tmp_path, fmt) -> None:
     res = export_package(dst, format=fmt)
     assert res.report is not None and res.report.ok, res.report
     assert read_meta(dst)["exports"][fmt]["max_abs_diff"] <= 1e-4
+    if fmt != "onnx":
+        return
+    # the exported ensemble served over HTTP (ONNX Runtime and torch backends) = the predictor
+    from fastapi.testclient import TestClient
+
+    from medfuse.predict import load
+    from medfuse.serve.app import create_app
+
+    torch_predictor = load(dst)  # PyTorch, the reference
+    split, _ = _split_tensors(torch_predictor)
+    rows = [{m: split.arrays[m][i] for m in split.arrays} for i in range(3)]
+    ref = torch_predictor.predict_proba(rows)
+    body = {
+        "instances": [
+            {
+                "image": {"array": r["image"].tolist()},
+                "signal": {"array": r["signal"].tolist()},
+                "tabular": dict(zip(["age", "bmi", "marker"], map(float, r["tabular"]))),
+            }
+            for r in rows
+        ]
+    }
+    for runtime in ("onnx", "torch"):
+        r = TestClient(create_app(dst, runtime=runtime)).post("/v1/predict", json=body)
+        assert r.status_code == 200, r.text
+        got = [x["probabilities"]["positive"] for x in r.json()["predictions"]]
+        assert np.abs(np.array(got) - ref).max() < 1e-5, runtime
 
 
 def test_prune_refuses_an_ensemble_and_quantize_knows_member_nodes(ens_package, tmp_path) -> None:
