@@ -145,10 +145,10 @@ class _Fit:
 
 
 def _fit_member(
-    spec: Spec, fit: _Fit, workdir: Path, *, last: bool = True
+    spec: Spec, fit: _Fit, workdir: Path, *, end: bool = True
 ) -> tuple[torch.nn.Module | None, list[dict[str, Any]], dict[str, Any] | None]:
     """Build and fit one composite (``spec.ensemble`` is 1); the trained model on rank 0.
-    ``last``: no other member follows, so a distributed session may end."""
+    ``end``: end a distributed session afterwards (false for an ensemble's members)."""
     from medfuse.models import build_model
 
     seed_everything(spec.train.seed)
@@ -176,10 +176,12 @@ def _fit_member(
         on_epoch=fit.on_epoch,
     )
     trainer.fit(resume=fit.resume)
-    return fit.session.finish(trainer, end=last), trainer.stage_results, init_record
+    return fit.session.finish(trainer, end=end), trainer.stage_results, init_record
 
 
-MEMBER_DONE = "member{k}.safetensors"  # a finished member's weights (workdir), kept for --resume
+MEMBER_DONE = (
+    "member{k}.safetensors"  # a finished member: weights + record (metadata), for --resume
+)
 
 
 def _fit_ensemble(
@@ -187,64 +189,55 @@ def _fit_ensemble(
 ) -> tuple[torch.nn.Module | None, list[dict[str, Any]], dict[str, Any] | None, list[dict]]:
     """Fit ``spec.ensemble`` members one after another, each as its own run (seed
     ``train.seed + 1000 k``, its own early stopping and checkpoints under ``workdir/member<k>``).
-    A finished member is saved in the workdir, so ``--resume`` retrains only the unfinished
-    ones. Returns the EnsembleModel (rank 0), member 0's stages, its init record, and a record
-    per member."""
+    A finished member is saved in the workdir (one file: its weights, its record in the
+    metadata), so ``--resume`` retrains only the unfinished ones. Returns the EnsembleModel
+    (rank 0), member 0's stages, its init record, and a record per member."""
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     from medfuse.models import build_model, member_spec
 
-    trained: list[torch.nn.Module | None] = []
-    records: list[dict[str, Any]] = []
-    init_record = None
     session = fit.session
-    resume = fit.resume or getattr(session, "restart", 0) > 0  # a torchrun restart resumes too
-    fit = replace(fit, resume=resume)
-    if not resume and session.rank == 0:  # a fresh run: nothing of an earlier one is kept
+    fit = replace(fit, resume=fit.resume or session.restart > 0)  # a torchrun restart resumes
+    if not fit.resume and session.rank == 0:  # a fresh run: nothing of an earlier one is kept
         (workdir / HISTORY).unlink(missing_ok=True)
         for old in workdir.glob("member*.*"):
             old.unlink()
+    ens = build_model(spec) if session.rank == 0 else None
+    records: list[dict[str, Any]] = []
     for k in range(spec.ensemble):
         mspec = member_spec(spec, k)
         done = workdir / MEMBER_DONE.format(k=k)
-        rec_file = done.with_suffix(".json")
-        kept = None  # rank 0 reads its disk; every rank follows its decision
-        if session.rank == 0 and resume and done.exists() and rec_file.exists():
-            kept = json.loads(rec_file.read_text())
-        kept = session.agree(kept)
-        if kept is not None:
-            rec = kept
-            model = None
-            if session.rank == 0:
-                model = build_model(mspec)
-                model.load_state_dict(load_file(str(done)), strict=True)
+        rec = None  # rank 0 reads its disk; every rank follows its decision
+        if session.rank == 0 and fit.resume and done.exists():
+            with safe_open(str(done), framework="pt") as f:
+                rec = json.loads(f.metadata()["record"])
+            ens.members[k].load_state_dict(load_file(str(done)), strict=True)  # type: ignore[union-attr]
+        rec = session.agree(rec)
+        if rec is not None:
             log.info("ensemble member %d/%d: already trained, kept", k + 1, spec.ensemble)
         else:
             log.info("ensemble member %d/%d (seed %d)", k + 1, spec.ensemble, mspec.train.seed)
             t_k = time.perf_counter()
             mdir = workdir / f"member{k}"
-            model, stages, init_k = _fit_member(mspec, fit, mdir, last=k == spec.ensemble - 1)
+            model, stages, init_k = _fit_member(mspec, fit, mdir, end=False)
             rec = {"seed": mspec.train.seed, "stages": stages, "init": init_k}
             rec["seconds"] = round(time.perf_counter() - t_k, 2)
-            if model is not None:
-                workdir.mkdir(parents=True, exist_ok=True)
+            if model is not None:  # rank 0
+                ens.members[k].load_state_dict(model.state_dict(), strict=True)  # type: ignore[union-attr]
                 state = {n: v.detach().cpu().contiguous() for n, v in model.state_dict().items()}
+                workdir.mkdir(parents=True, exist_ok=True)
+                _merge_history(workdir / HISTORY, mdir / HISTORY, k)  # before: a retry redoes it
                 tmp = done.with_name(done.name + ".tmp")
-                save_file(state, str(tmp))
+                save_file(state, str(tmp), metadata={"record": json.dumps(rec)})
                 tmp.replace(done)  # atomic: a member file is whole or absent
-                _merge_history(workdir / HISTORY, mdir / HISTORY, k)
-                rec_file.write_text(json.dumps(rec))
                 shutil.rmtree(mdir, ignore_errors=True)
-        trained.append(model)
-        records.append({k2: v for k2, v in rec.items() if k2 != "init"})
-        if k == 0:
-            init_record = rec.get("init")
-    session.end()  # when the last member was kept, no finish() ended the group
-    if session.rank != 0 or any(m is None for m in trained):
+        records.append(rec)
+    session.end()
+    init_record = records[0].get("init")
+    records = [{key: v for key, v in r.items() if key != "init"} for r in records]
+    if ens is None:
         return None, [], init_record, records
-    ens = build_model(spec)
-    for k, m in enumerate(trained):
-        ens.members[k].load_state_dict(m.state_dict(), strict=True)  # type: ignore[union-attr]
     return ens.to(session.device), records[0]["stages"], init_record, records
 
 
