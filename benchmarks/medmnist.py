@@ -8,8 +8,8 @@
 ``train.keep=last`` (no epoch is picked on the held-out fold), scored by AUROC on the held-out
 fold. It prints each fold's AUROC, their mean and the AUROC of the pooled out-of-fold
 probabilities; the test images are never read into a model. With ``--fold-seed N`` every
-training seed uses the same folds, and the AUROC of the seeds' mean out-of-fold probability (what
-an ensemble of the seeds would score) is printed too; ``--save-oof FILE.npz`` keeps the
+training seed uses the same folds, and the pooled AUROC of ensembles of the seeds (their mean
+out-of-fold probability) is printed too; ``--save-oof FILE.npz`` keeps the
 out-of-fold probabilities (plain and averaged with the horizontal mirror) for later pooling;
 ``--pool FILE ...`` pools saved runs (same folds): the pooled AUROC of ensembles of every size K,
 averaged over all K-subsets of the saved seeds.
@@ -96,35 +96,41 @@ def cross_validate(a: argparse.Namespace) -> None:
         f"{np.mean(pooled):.4f}  with mirror averaging {np.mean(flip_pooled):.4f}"
     )
     if a.fold_seed is not None and len(a.seeds) > 1:
-        print(
-            f"  ensemble of the {len(a.seeds)} seeds (mean out-of-fold probability): pooled AUROC "
-            f"{roc_auc_score(y[:, 0], np.mean(oofs, axis=0)):.4f}, with mirror averaging "
-            f"{roc_auc_score(y[:, 0], np.mean(oofs_flip, axis=0)):.4f}"
-        )
+        ensemble_curve(y[:, 0], np.array(oofs), np.array(oofs_flip))
     if a.save_oof:
         np.savez(a.save_oof, y=y[:, 0], seeds=np.array(a.seeds), oof=np.array(oofs),
                  oof_flip=np.array(oofs_flip), fold_seed=-1 if a.fold_seed is None else a.fold_seed)  # fmt: skip
 
 
-def pool(files: list[str]) -> None:
-    """Ensembles of the saved out-of-fold runs: pooled AUROC by size, over every subset."""
+def ensemble_curve(y: np.ndarray, oof: np.ndarray, oof_flip: np.ndarray) -> None:
+    """Pooled out-of-fold AUROC of ensembles of every size K (seeds' probabilities averaged),
+    the mean over all K-subsets of the runs; ``oof``: (runs, N), the same folds for every run."""
     import itertools
 
     from sklearn.metrics import roc_auc_score
 
-    runs = [np.load(f) for f in files]
-    y = runs[0]["y"]
-    if any(
-        int(r["fold_seed"]) < 0 or int(r["fold_seed"]) != int(runs[0]["fold_seed"]) for r in runs
-    ):
-        raise SystemExit("--pool needs runs saved with the same --fold-seed")
-    for key, what in (("oof", "plain"), ("oof_flip", "with mirror averaging")):
-        p = np.concatenate([r[key] for r in runs])
+    for p, what in ((oof, "plain"), (oof_flip, "with mirror averaging")):
         for k in range(1, len(p) + 1):
             subsets = itertools.combinations(range(len(p)), k)
             auc = [roc_auc_score(y, p[list(c)].mean(0)) for c in subsets]
             print(f"{what}: ensembles of {k}: pooled out-of-fold AUROC {np.mean(auc):.4f} "
                   f"(mean over {len(auc)} subsets)")  # fmt: skip
+
+
+def pool(files: list[str]) -> None:
+    """``ensemble_curve`` of runs saved with ``--save-oof`` (same ``--fold-seed``)."""
+    runs = [np.load(f) for f in files]
+    seeds = {int(r["fold_seed"]) for r in runs}
+    if len(seeds) != 1 or -1 in seeds:
+        raise SystemExit(
+            f"--pool needs runs saved with one and the same --fold-seed; got fold seeds "
+            f"{sorted(seeds)} (-1: saved without --fold-seed)"
+        )
+    ensemble_curve(
+        runs[0]["y"],
+        np.concatenate([r["oof"] for r in runs]),
+        np.concatenate([r["oof_flip"] for r in runs]),
+    )
 
 
 def main() -> None:
