@@ -197,6 +197,13 @@ class TrainSpec(_Strict):
         description="mixup Beta(a, a) concentration a; 0 = off (mixes every modality together)",
     )
     grad_clip: float | None = Field(default=None, gt=0)
+    sam: float | None = Field(
+        default=None,
+        gt=0,
+        le=2,
+        description="sharpness-aware minimization radius rho (e.g. 0.05): each step uses the "
+        "gradient at the worst weights within rho of the current ones; twice the compute",
+    )
     ema: float | None = Field(default=None, gt=0, lt=1, description="weight EMA decay, e.g. 0.99")
     bf16: bool = False
     seed: int = 0

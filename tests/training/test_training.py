@@ -103,6 +103,55 @@ def test_sgd_optimizer_is_nesterov_momentum_and_recorded(tiny_spec, tmp_path, mo
         parse_spec(tiny_spec)
 
 
+def test_sam_step_takes_the_gradient_at_the_perturbed_weights_and_moves_back() -> None:
+    import torch
+    from torch import nn
+
+    from medfuse.training.trainer import _sam_second_step
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 1))
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    params = list(model.parameters())
+
+    def loss_at() -> torch.Tensor:
+        return ((model(x) - y) ** 2).mean()
+
+    loss_at().backward()
+    g = [p.grad.clone() for p in params]
+    before = [p.detach().clone() for p in params]
+    stats = model[1].running_mean.clone()
+    _sam_second_step(model, params, 0.1, loss_at)
+    for p, b in zip(params, before, strict=True):  # the weights are back where they were
+        assert torch.allclose(p, b)
+    assert torch.equal(model[1].running_mean, stats)  # the perturbed pass left BN stats alone
+    assert model[1].momentum == 0.1
+    # the gradient now is the one at w + rho * g / |g|, computed independently here
+    norm = torch.sqrt(sum((gi**2).sum() for gi in g))
+    with torch.no_grad():
+        for p, gi in zip(params, g, strict=True):
+            p.add_(gi * 0.1 / norm)
+    ref = torch.autograd.grad(loss_at(), params)
+    for p, r in zip(params, ref, strict=True):
+        assert torch.allclose(p.grad, r, atol=1e-6)
+    assert any(not torch.allclose(r, gi, atol=1e-4) for r, gi in zip(ref, g, strict=True))
+
+
+def test_sam_trains_and_is_recorded(tiny_spec, tmp_path) -> None:
+    tiny_spec["train"].update(sam=0.05, epochs=4, keep="last", early_stopping=None)
+    res = train(tiny_spec, out=tmp_path / "p", device="cpu", progress=False)
+    meta = json.loads((res.package / "medfuse.json").read_text())
+    assert meta["spec"]["train"]["sam"] == 0.05
+    hist = [json.loads(x) for x in (res.package / "metrics.jsonl").read_text().splitlines()]
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]  # it learns
+    from medfuse.config import parse_spec
+    from medfuse.errors import SpecError
+
+    tiny_spec["train"]["sam"] = 0
+    with pytest.raises(SpecError, match=r"train\.sam"):
+        parse_spec(tiny_spec)
+
+
 def test_bf16_autocast_trains(tiny_spec, tmp_path) -> None:
     tiny_spec["train"]["bf16"] = True
     tiny_spec["train"]["epochs"] = 1

@@ -505,6 +505,12 @@ def start_session(spec: Spec, device: str | None = "auto") -> Session:
             "weight EMA is not supported with 'fsdp' (the averaged copy would be sharded too); "
             "use 'ddp' or drop train.ema",
         )
+    if name == "fsdp" and env is not None and getattr(spec.train, "sam", None):
+        raise SpecError(
+            "train.sam",
+            "sharpness-aware minimization is not supported with 'fsdp' (each process holds a "
+            "shard of the gradient, not its norm); use 'ddp' or drop train.sam",
+        )
     if spec.train.placement and name not in ("branch", "hybrid"):
         raise SpecError(
             "train.placement",

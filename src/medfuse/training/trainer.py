@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,45 @@ def predict_logits(
     return torch.cat(fused).numpy(), (
         {m: torch.cat(v).numpy() for m, v in per.items()} if branches else {}
     )
+
+
+def _sam_second_step(
+    model: nn.Module,
+    params: list[nn.Parameter],
+    rho: float,
+    forward_loss: Callable[[], torch.Tensor],
+) -> None:
+    """Sharpness-aware minimization (Foret et al., 2021): move the weights by ``rho`` along
+    their gradient (the worst nearby point, to first order), take the gradient there, and move
+    back; the optimizer then steps from the original weights with that gradient. BatchNorm
+    running statistics are left as the first (unperturbed) pass set them."""
+    with torch.no_grad():
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        scale = rho / (norm + 1e-12)
+        shifts = []
+        for p in params:
+            e = p.grad * scale if p.grad is not None else None
+            if e is not None:
+                p.add_(e)
+            shifts.append(e)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.momentum = 0.0  # running = (1 - 0) * running: unchanged by the perturbed pass
+    try:
+        for p in params:
+            p.grad = None
+        forward_loss().backward()
+    finally:
+        for bn, m in zip(bns, momenta, strict=True):
+            bn.momentum = m
+        with torch.no_grad():
+            for p, e in zip(params, shifts, strict=True):
+                if e is not None:
+                    p.sub_(e)
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
@@ -362,17 +402,14 @@ class Trainer:
                 mix = None
                 if t.mixup > 0:
                     inputs, masks, mix = mixup_batch(inputs, masks, t.mixup, g_aug)
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.bf16):
-                    logits, aux = model(inputs, masks, aux=aux_mode)
-                if mix is None:
-                    loss = self._loss(name, logits, aux, masks, y)
-                else:
-                    lam, perm = mix
-                    loss = lam * self._loss(name, logits, aux, masks, y) + (1 - lam) * self._loss(
-                        name, logits, aux, masks, y[perm]
-                    )
+                forward_loss = partial(
+                    self._batch_loss, model, name, aux_mode, inputs, masks, y, mix
+                )
                 opt.zero_grad(set_to_none=True)
+                loss = forward_loss()
                 loss.backward()
+                if t.sam:
+                    _sam_second_step(self.model, params, t.sam, forward_loss)
                 if t.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
                 opt.step()
@@ -523,6 +560,26 @@ class Trainer:
             "history": self.history,
             "stage_results": self.stage_results,
         }
+
+    def _batch_loss(
+        self,
+        model: nn.Module,
+        stage: str,
+        aux_mode: str,
+        inputs: dict[str, torch.Tensor],
+        masks: dict[str, torch.Tensor],
+        y: torch.Tensor,
+        mix: tuple[float, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """Forward one batch and return its loss (mixup: the two targets' losses, weighted)."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.spec.train.bf16):
+            logits, aux = model(inputs, masks, aux=aux_mode)
+        if mix is None:
+            return self._loss(stage, logits, aux, masks, y)
+        lam, perm = mix
+        return lam * self._loss(stage, logits, aux, masks, y) + (1 - lam) * self._loss(
+            stage, logits, aux, masks, y[perm]
+        )
 
     def _loss(
         self,
