@@ -5,9 +5,25 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medfuse.errors import SpecError
+
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _POOL = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}
+_MAXPOOL = {1: nn.AdaptiveMaxPool1d, 2: nn.AdaptiveMaxPool2d, 3: nn.AdaptiveMaxPool3d}
+POOLS = ("avg", "avgmax")
+
+
+class AvgMaxPool(nn.Module):
+    """Global average and global max pooling, concatenated along channels (2C features)."""
+
+    def __init__(self, spatial_dims: int) -> None:
+        super().__init__()
+        self.avg = _POOL[spatial_dims](1)
+        self.max = _MAXPOOL[spatial_dims](1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.avg(x), self.max(x)], dim=1)
 
 
 def conv(spatial_dims: int, cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Module:
@@ -56,6 +72,7 @@ class ConvEncoder(nn.Module):
         dropout: float,
         stem_kernel: int = 3,
         kernel: int = 3,
+        pool: str = "avg",
     ) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
@@ -72,9 +89,14 @@ class ConvEncoder(nn.Module):
                 layers.append(ResidualBlock(spatial_dims, cin, w, stride, kernel))
                 cin = w
         self.features = nn.Sequential(*layers)
-        self.pool = _POOL[spatial_dims](1)
+        if pool not in POOLS:
+            raise SpecError(
+                "branches", f"pool {pool!r} is not allowed; allowed: {', '.join(POOLS)}"
+            )
+        self.pool = _POOL[spatial_dims](1) if pool == "avg" else AvgMaxPool(spatial_dims)
+        pooled = cin if pool == "avg" else 2 * cin
         self.proj = nn.Sequential(
-            nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, out_features), nn.ReLU()
+            nn.Flatten(), nn.Dropout(dropout), nn.Linear(pooled, out_features), nn.ReLU()
         )
         self.out_features = out_features
 

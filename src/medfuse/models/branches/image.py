@@ -26,18 +26,28 @@ def cnn(
     blocks: int = 1,
     out_features: int = 128,
     dropout: float = 0.1,
+    pool: str = "avg",
 ) -> nn.Module:
-    """Small residual CNN (2D or 3D by input): `depth` stages, width doubling, stride 2 after the first."""
+    """Small residual CNN (2D or 3D by input): `depth` stages, width doubling, stride 2 after the first.
+
+    ``pool``: ``avg`` (global average) or ``avgmax`` (average and max, concatenated)."""
     in_channels, dims = _image_dims(input_shape, "cnn")
     widths = [width * 2**i for i in range(depth)]
-    return ConvEncoder(dims, in_channels, widths, [blocks] * depth, out_features, dropout)
+    return ConvEncoder(
+        dims, in_channels, widths, [blocks] * depth, out_features, dropout, pool=pool
+    )
 
 
 @BRANCHES.register("resnet18")
 def resnet18(
-    *, input_shape: tuple[int, ...], width: int = 64, out_features: int = 512, dropout: float = 0.0
+    *,
+    input_shape: tuple[int, ...],
+    width: int = 64,
+    out_features: int = 512,
+    dropout: float = 0.0,
+    pool: str = "avg",
 ) -> nn.Module:
     """ResNet-18 (2-2-2-2 basic blocks) with a 3x3 stride-1 stem and no max-pool, for 28-px inputs."""
     in_channels, dims = _image_dims(input_shape, "resnet18")
     widths = [width, width * 2, width * 4, width * 8]
-    return ConvEncoder(dims, in_channels, widths, [2, 2, 2, 2], out_features, dropout)
+    return ConvEncoder(dims, in_channels, widths, [2, 2, 2, 2], out_features, dropout, pool=pool)
