@@ -86,8 +86,10 @@ def test_pairs_cover_every_registered_branch_and_fusion() -> None:
     assert {p[1] for p in PAIRS} == set(FUSIONS.names())
 
 
-def make_package(path: Path, branch: str, fusion: str) -> Path:
-    spec = parse_spec(_spec(branch, fusion))
+def make_package(path: Path, branch: str, fusion: str, **branch_params: Any) -> Path:
+    raw = _spec(branch, fusion)
+    raw["branches"]["x"].update(branch_params)
+    spec = parse_spec(raw)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     model = build_model(spec)
@@ -130,6 +132,14 @@ def test_onnx_export_and_verify(branch: str, fusion: str, tmp_path: Path) -> Non
     # masked samples are part of the verification inputs
     with np.load(pkg / "verification.npz") as d:
         assert (d["mask_x"] == 0).any() or (d["mask_t"] == 0).any()
+
+
+def test_onnx_export_of_avgmax_pooling(tmp_path: Path) -> None:
+    pkg = make_package(tmp_path / "p", "resnet18", "concat", pool="avgmax")
+    res = export_package(pkg, format="onnx", samples=8)
+    assert res.report is not None and res.report.ok, res.report.to_dict()
+    onnx_row = next(c for c in res.report.checks if c.runtime == "onnx")
+    assert onnx_row.max_abs_diff is not None and onnx_row.max_abs_diff <= TOLERANCE
 
 
 #: torch.export is much slower to trace: one recurrent branch (the hard case) here;

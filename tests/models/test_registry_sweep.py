@@ -137,6 +137,39 @@ def test_resnet18_is_resnet18_sized() -> None:
     assert feats.shape[-1] == 4
 
 
+@pytest.mark.parametrize("branch", ["cnn", "resnet18"])
+def test_avgmax_pool_sees_the_strongest_response(branch: str, tmp_path) -> None:
+    raw = _spec(branch, "concat")
+    raw["branches"]["x"]["pool"] = "avgmax"
+    spec = parse_spec(raw)
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    enc = model.branches["x"]
+    x = torch.randn(2, *spec.modalities["x"].shape)
+    fmap = enc.features(enc.stem(x))
+    pooled = enc.pool(fmap).flatten(1)
+    c = fmap.shape[1]
+    assert pooled.shape == (2, 2 * c)
+    assert torch.allclose(pooled[:, :c], fmap.mean(dim=(2, 3)), atol=1e-6)
+    assert torch.equal(pooled[:, c:], fmap.amax(dim=(2, 3)))
+    inputs, masks = _batch(spec)
+    pkg = save_package(
+        tmp_path / "p",
+        model=model,
+        spec=spec,
+        preprocessing={},
+        threshold={"value": 0.5},
+        metrics={},
+    )
+    with torch.no_grad():
+        assert torch.equal(model(inputs, masks), load_package(pkg).model(inputs, masks))
+    raw["branches"]["x"]["pool"] = "max"
+    from medfuse.errors import SpecError
+
+    with pytest.raises(SpecError, match="pool 'max' is not allowed; allowed: avg, avgmax"):
+        build_model(parse_spec(raw))
+
+
 def test_gated_weights_renormalise_over_present() -> None:
     spec = parse_spec(_spec("cnn", "gated"))
     model = build_model(spec).eval()
