@@ -12,7 +12,10 @@ training seed uses the same folds, and the pooled AUROC of ensembles of the seed
 out-of-fold probability) is printed too; ``--save-oof FILE.npz`` keeps the
 out-of-fold probabilities (plain and averaged with the horizontal mirror) for later pooling;
 ``--pool FILE ...`` pools saved runs (same folds): the pooled AUROC of ensembles of every size K,
-averaged over all K-subsets of the saved seeds.
+averaged over all K-subsets of the saved seeds. ``--inner-val N`` cuts a validation split of N
+images (stratified) from each fold's training images and lets the config select its epoch on it
+(``train.keep`` as configured, early stopping included), as ``medfuse train`` does with the
+official validation split; the held-out fold still only scores.
 
     python benchmarks/medmnist.py breastmnist --pool oof_0.npz oof_1.npz oof_2.npz oof_3.npz
 
@@ -43,7 +46,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def cross_validate(a: argparse.Namespace) -> None:
     """K-fold CV over train + val (the test split is never used); see the module docstring."""
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedKFold, train_test_split
 
     from medfuse.data import resolve_data_root
     from medfuse.data.medmnist import locate
@@ -62,10 +65,16 @@ def cross_validate(a: argparse.Namespace) -> None:
             oof, oof_flip = np.zeros(len(y)), np.zeros(len(y))
             for k, (tr, ho) in enumerate(skf.split(x, y[:, 0])):
                 name = f"{a.config}_cv{seed}_{k}"
+                va, keep = ho, ["train.keep=last"]  # the held-out fold only scores
+                if a.inner_val:  # a validation split of its own, cut from the training folds
+                    tr, va = train_test_split(
+                        tr, test_size=a.inner_val, stratify=y[tr, 0], random_state=fold_seed + k
+                    )
+                    keep = []  # the config's own epoch selection, on that split
                 np.savez(
                     Path(tmp) / "medmnist" / f"{name}.npz",
                     train_images=x[tr], train_labels=y[tr],
-                    val_images=x[ho], val_labels=y[ho],
+                    val_images=x[va], val_labels=y[va],
                     test_images=x[ho], test_labels=y[ho],
                 )  # fmt: skip
                 res = medfuse.train(
@@ -75,7 +84,7 @@ def cross_validate(a: argparse.Namespace) -> None:
                     device=a.device,
                     seed=seed,
                     progress=False,
-                    overrides=[*a.overrides, f"data.source=medmnist:{name}", "train.keep=last"],
+                    overrides=[*a.overrides, f"data.source=medmnist:{name}", *keep],
                 )
                 pred = medfuse.load(res.package)
                 img = x[ho][:, None].astype(np.float32)
@@ -142,6 +151,13 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--split", choices=["test", "cv"], default="test")
     ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument(
+        "--inner-val",
+        type=int,
+        default=0,
+        help="cv: hold out this many training images per fold as the validation split, and "
+        "select epochs as the config says (default: none, and train.keep=last)",
+    )
     ap.add_argument("--fold-seed", type=int, default=None, help="cv: the same folds for every seed")
     ap.add_argument(
         "--save-oof", default=None, help="cv: keep the out-of-fold probabilities (.npz)"
