@@ -52,7 +52,13 @@ CASES: dict[str, dict[str, Any]] = {
     "breastmnist": {
         "config": "breastmnist",
         # the single-model recipe shipped before the ensemble (pruning takes one composite)
-        "overrides": ["ensemble=1", "train.optimizer=adamw", "train.lr=0.002"],
+        "overrides": [
+            "ensemble=1",
+            "train.optimizer=adamw",
+            "train.lr=0.002",
+            "train.keep=best",
+            "train.early_stopping={metric: auroc, patience: 15}",
+        ],
         "needs_data": True,
         "optional": True,
         # ~7% of the teacher's parameters

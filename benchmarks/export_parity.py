@@ -1,6 +1,6 @@
 """Export parity on real data: ONNX (fp32), torch.export and the INT8 package vs PyTorch.
 
-Trains a single-composite BreastMNIST package (``ensemble=1``; or takes ``--package``), exports it to ONNX and ``model.pt2``,
+Trains a single-composite BreastMNIST package (``ensemble=1``, ``train.keep=best``; or takes ``--package``), exports it to ONNX and ``model.pt2``,
 quantizes it with ``medfuse quantize`` (the compression area's INT8 package), and verifies every
 runtime on the stored verification inputs and on the whole test split. Prints max |logit diff|
 and label agreement per runtime, and whether each met its criterion (fp32: <= 1e-4; INT8: label
@@ -39,7 +39,7 @@ def main() -> None:
         else:
             subprocess.run(
                 [sys.executable, "-m", "medfuse", "train", "breastmnist", "--out", str(pkg),
-                 "--data-dir", a.data_dir, "--set", f"train.epochs={a.epochs}", "--set", "ensemble=1",
+                 "--data-dir", a.data_dir, "--set", f"train.epochs={a.epochs}", "--set", "ensemble=1", "--set", "train.keep=best",
                  "--device", "cpu"],
                 check=True, capture_output=True,
             )  # fmt: skip

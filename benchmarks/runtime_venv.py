@@ -1,6 +1,6 @@
 """Migration to a machine without PyTorch: BreastMNIST test labels, torch vs a FRESH numpy+ORT venv.
 
-1. trains a single-composite BreastMNIST package (``ensemble=1``; or reuses ``--package``) and
+1. trains a single-composite BreastMNIST package (``ensemble=1``, ``train.keep=best``; or reuses ``--package``) and
    exports it (``medfuse export``);
 2. writes the BreastMNIST test split, as the data pipeline reads it, to an ``.npz``;
 3. predicts it with ``medfuse predict --runtime torch`` (this environment);
@@ -56,7 +56,7 @@ def main() -> None:
         pkg = Path(a.package) if a.package else work / "breastmnist"
         if not a.package:
             run([*medfuse, "train", "breastmnist", "--out", pkg, "--data-dir", a.data_dir,
-                 "--set", f"train.epochs={a.epochs}", "--set", "ensemble=1", "--device", "cpu"], env=env)  # fmt: skip
+                 "--set", f"train.epochs={a.epochs}", "--set", "ensemble=1", "--set", "train.keep=best", "--device", "cpu"], env=env)  # fmt: skip
         run([*medfuse, "export", pkg, "--data-dir", a.data_dir], env=env)
 
         # the test split exactly as the data pipeline reads it (raw values, no normalisation)

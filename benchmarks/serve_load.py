@@ -1,6 +1,6 @@
 """Load test of ``medfuse serve``: 64 concurrent clients on loopback, ONNX vs torch backends.
 
-Without ``--package`` it trains a single-composite BreastMNIST package (``ensemble=1``,
+Without ``--package`` it trains a single-composite BreastMNIST package (``ensemble=1``, ``train.keep=best``,
 3 epochs). For each backend a real server is started (``medfuse serve PACKAGE --runtime R``, uvicorn, same
 workers / threads for both), warmed up, then hammered by ``--clients`` concurrent keep-alive
 connections for ``--seconds`` seconds, each sending one real test instance per request
@@ -234,7 +234,7 @@ def main() -> None:
         package = Path(tempfile.mkdtemp(prefix="medfuse-load-")) / "breastmnist"
         base = [sys.executable, "-m", "medfuse"]
         subprocess.run([*base, "train", "breastmnist", "--out", str(package), "--data-dir",
-                        a.data_dir, "--set", "train.epochs=3", "--set", "ensemble=1", "--device", "cpu"],
+                        a.data_dir, "--set", "train.epochs=3", "--set", "ensemble=1", "--set", "train.keep=best", "--device", "cpu"],
                        check=True)  # fmt: skip
         subprocess.run([*base, "export", str(package), "--data-dir", a.data_dir], check=True)
     bodies = request_bodies(package, a.data_dir)
