@@ -152,6 +152,20 @@ def test_sam_trains_and_is_recorded(tiny_spec, tmp_path) -> None:
         parse_spec(tiny_spec)
 
 
+def test_picking_the_epoch_on_a_small_validation_split_warns(tiny_spec, tmp_path, caplog) -> None:
+    # 48 validation samples: one class has fewer than 30, so keep: best warns and keep: last not
+    tiny_spec["train"]["epochs"] = 1
+    with caplog.at_level("WARNING", logger="medfuse.train"):
+        train(tiny_spec, out=tmp_path / "best", device="cpu", progress=False)
+    msgs = [r.getMessage() for r in caplog.records if "rarest class" in r.getMessage()]
+    assert len(msgs) == 1 and "of 48" in msgs[0] and "train.keep: last" in msgs[0]
+    caplog.clear()
+    tiny_spec["train"]["keep"] = "last"
+    with caplog.at_level("WARNING", logger="medfuse.train"):
+        train(tiny_spec, out=tmp_path / "last", device="cpu", progress=False)
+    assert not [r for r in caplog.records if "rarest class" in r.getMessage()]
+
+
 def test_bf16_autocast_trains(tiny_spec, tmp_path) -> None:
     tiny_spec["train"]["bf16"] = True
     tiny_spec["train"]["epochs"] = 1

@@ -30,6 +30,8 @@ from medfuse.training.metrics import compute_metrics, probabilities
 log = logging.getLogger("medfuse.train")
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "metrics.jsonl"
+#: fewer validation samples than this in a class: a warning when the best epoch is picked on it
+SMALL_VALIDATION_CLASS = 30
 
 
 @dataclass
@@ -297,6 +299,8 @@ class Trainer:
     def fit(self, *, resume: bool = False) -> list[dict[str, Any]]:
         t = self.spec.train
         stages: list[StageSpec] = list(t.stages) or [StageSpec(name="end_to_end")]
+        if t.keep == "best" and self.is_main:
+            self._warn_if_validation_is_small()
         ckpt = self._load_checkpoint() if resume else None
         if ckpt is None and self.workdir is not None and self.is_main:
             (self.workdir / HISTORY).unlink(missing_ok=True)
@@ -327,6 +331,26 @@ class Trainer:
         for p in self.model.parameters():
             p.requires_grad_(True)
         return self.history
+
+    def _warn_if_validation_is_small(self, rarest: int = SMALL_VALIDATION_CLASS) -> None:
+        """Choosing the best epoch on a validation split with few cases of a class is noisy."""
+        y = self.val_data.y.numpy()
+        kind = self.spec.task.type
+        if kind == "multiclass":
+            counts = np.bincount(y.astype(int).ravel(), minlength=self.spec.num_outputs)
+        else:  # binary, multilabel: positives and negatives of each output
+            pos = (y.reshape(len(y), -1) > 0.5).sum(axis=0)
+            counts = np.concatenate([pos, len(y) - pos])
+        least = int(counts.min()) if counts.size else 0
+        if least < rarest:
+            log.warning(
+                "the validation split has %d sample(s) of its rarest class (of %d); the epoch "
+                "picked on it (train.keep: best) follows its noise. Consider train.keep: last: on "
+                "BreastMNIST (21 malignant of 78) picking the epoch cost 0.03 AUROC in "
+                "cross-validation (docs/medmnist.md)",
+                least,
+                len(y),
+            )
 
     def _run_stage(
         self, si: int, stage: StageSpec, ckpt: dict[str, Any] | None, g_aug: torch.Generator
