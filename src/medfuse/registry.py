@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from medfuse.errors import SpecError, did_you_mean, not_allowed
 
@@ -53,6 +54,11 @@ class Registry(Generic[T]):
             out[p.name] = None if p.default is inspect.Parameter.empty else p.default
         return out
 
+    def _choices(self, name: str) -> dict[str, tuple[Any, ...]]:
+        """The keyword parameters annotated ``Literal[...]``, with their allowed values."""
+        hints = typing.get_type_hints(self._items[name])
+        return {k: typing.get_args(h) for k, h in hints.items() if typing.get_origin(h) is Literal}
+
     def check_params(
         self, name: str, params: dict[str, Any], *, path: str, skip: tuple[str, ...] = ()
     ) -> None:
@@ -63,6 +69,7 @@ class Registry(Generic[T]):
             for p in sig.parameters.values()
             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in skip
         }
+        choices = self._choices(name)
         for key, value in params.items():
             if key not in allowed:
                 raise SpecError(
@@ -70,6 +77,10 @@ class Registry(Generic[T]):
                     f"{self.family} {name!r} has no parameter {key!r}{did_you_mean(key, allowed)} "
                     f"Allowed: {', '.join(sorted(allowed)) or '(none)'}",
                 )
+            if key in choices:
+                if value not in choices[key]:
+                    raise SpecError(f"{path}.{key}", not_allowed(key, value, choices[key]))
+                continue
             default = allowed[key].default
             if default is inspect.Parameter.empty or default is None or value is None:
                 continue

@@ -56,14 +56,17 @@ def test_crnn_errors_name_what_is_allowed() -> None:
         _crnn((1, 4, 8, 8), cell="lstn")
     with pytest.raises(SpecError, match="unknown crnn layout 'volumes'; did you mean 'volume'"):
         _crnn((1, 4, 8, 8), layout="volumes")
+    spec = {
+        "data": {"source": "synthetic"},
+        "modalities": {"v": {"kind": "image", "channels": 1, "size": [4, 8, 8]}},
+        "branches": {"v": {"type": "crnn", "hiden": 3}},
+    }
     with pytest.raises(SpecError, match=r"branches\.v\.hiden.*did you mean 'hidden'"):
-        parse_spec(
-            {
-                "data": {"source": "synthetic"},
-                "modalities": {"v": {"kind": "image", "channels": 1, "size": [4, 8, 8]}},
-                "branches": {"v": {"type": "crnn", "hiden": 3}},
-            }
-        )
+        parse_spec(spec)
+    # a spec's choice parameters are checked when it is parsed, under their own field path
+    spec["branches"]["v"] = {"type": "crnn", "cell": "lstn"}
+    with pytest.raises(SpecError, match=r"'branches\.v\.cell'.*unknown cell 'lstn'; did you mean"):
+        parse_spec(spec)
 
 
 def _fusion(dims: dict[str, int], **kw) -> torch.nn.Module:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import nn
 
-from medfuse.errors import SpecError
+from medfuse.errors import not_allowed
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _POOL = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}
 _MAXPOOL = {1: nn.AdaptiveMaxPool1d, 2: nn.AdaptiveMaxPool2d, 3: nn.AdaptiveMaxPool3d}
-POOLS = ("avg", "avgmax")
+Pool = Literal["avg", "avgmax"]  # a branch parameter: the registry checks the value
+POOLS: tuple[str, ...] = get_args(Pool)
 
 
 class AvgMaxPool(nn.Module):
@@ -72,7 +75,7 @@ class ConvEncoder(nn.Module):
         dropout: float,
         stem_kernel: int = 3,
         kernel: int = 3,
-        pool: str = "avg",
+        pool: Pool = "avg",
     ) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
@@ -90,9 +93,7 @@ class ConvEncoder(nn.Module):
                 cin = w
         self.features = nn.Sequential(*layers)
         if pool not in POOLS:
-            raise SpecError(
-                "branches", f"pool {pool!r} is not allowed; allowed: {', '.join(POOLS)}"
-            )
+            raise ValueError(not_allowed("pool", pool, POOLS))
         self.pool = _POOL[spatial_dims](1) if pool == "avg" else AvgMaxPool(spatial_dims)
         pooled = cin if pool == "avg" else 2 * cin
         self.proj = nn.Sequential(

@@ -6,7 +6,7 @@ from torch import nn
 
 from medfuse.errors import SpecError
 from medfuse.models import BRANCHES
-from medfuse.models.branches.common import ConvEncoder
+from medfuse.models.branches.common import ConvEncoder, Pool
 
 
 def _image_dims(input_shape: tuple[int, ...], name: str) -> tuple[int, int]:
@@ -26,7 +26,7 @@ def cnn(
     blocks: int = 1,
     out_features: int = 128,
     dropout: float = 0.1,
-    pool: str = "avg",
+    pool: Pool = "avg",
 ) -> nn.Module:
     """Small residual CNN (2D or 3D by input): `depth` stages, width doubling, stride 2 after the first.
 
@@ -45,7 +45,7 @@ def resnet18(
     width: int = 64,
     out_features: int = 512,
     dropout: float = 0.0,
-    pool: str = "avg",
+    pool: Pool = "avg",
 ) -> nn.Module:
     """ResNet-18 (2-2-2-2 basic blocks) with a 3x3 stride-1 stem and no max-pool, for 28-px inputs."""
     in_channels, dims = _image_dims(input_shape, "resnet18")

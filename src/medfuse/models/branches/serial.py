@@ -14,6 +14,8 @@ output. One plain module, so it trains, saves and exports to ONNX like every oth
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import nn
 
@@ -22,8 +24,10 @@ from medfuse.models import BRANCHES
 from medfuse.models.branches.common import ConvEncoder
 from medfuse.models.branches.signal import RecurrentEncoder
 
-LAYOUTS = ("volume", "sequence")
-CELLS = ("lstm", "gru")
+Layout = Literal["volume", "sequence"]  # branch parameters: the registry checks their values
+Cell = Literal["lstm", "gru"]
+LAYOUTS: tuple[str, ...] = get_args(Layout)
+CELLS: tuple[str, ...] = get_args(Cell)
 
 
 class SerialCRNN(nn.Module):
@@ -79,8 +83,8 @@ class SerialCRNN(nn.Module):
 def crnn(
     *,
     input_shape: tuple[int, ...],
-    layout: str = "volume",
-    cell: str = "lstm",
+    layout: Layout = "volume",
+    cell: Cell = "lstm",
     width: int = 16,
     depth: int = 3,
     kernel: int = 7,
