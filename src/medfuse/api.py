@@ -179,9 +179,8 @@ def _fit_member(
     return fit.session.finish(trainer, end=end), trainer.stage_results, init_record
 
 
-MEMBER_DONE = (
-    "member{k}.safetensors"  # a finished member: weights + record (metadata), for --resume
-)
+#: a finished ensemble member in the work directory: its weights, its record in the metadata
+MEMBER_DONE = "member{k}.safetensors"
 
 
 def _fit_ensemble(
@@ -221,8 +220,8 @@ def _fit_ensemble(
             t_k = time.perf_counter()
             mdir = workdir / f"member{k}"
             model, stages, init_k = _fit_member(mspec, fit, mdir, end=False)
-            rec = {"seed": mspec.train.seed, "stages": stages, "init": init_k}
-            rec["seconds"] = round(time.perf_counter() - t_k, 2)
+            seconds = round(time.perf_counter() - t_k, 2)
+            rec = {"seed": mspec.train.seed, "stages": stages, "init": init_k, "seconds": seconds}
             if model is not None:  # rank 0
                 ens.members[k].load_state_dict(model.state_dict(), strict=True)  # type: ignore[union-attr]
                 state = {n: v.detach().cpu().contiguous() for n, v in model.state_dict().items()}

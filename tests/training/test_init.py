@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import pytest
 from safetensors.torch import load_file
@@ -87,10 +88,7 @@ def test_init_refuses_a_shape_mismatch_and_a_tampered_package(
 def test_resume_needs_the_checkpoint_not_the_source_package(
     tiny_spec, tiny_package, tmp_path
 ) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    for f in tiny_package.iterdir():
-        (src / f.name).write_bytes(f.read_bytes())
+    src = shutil.copytree(tiny_package, tmp_path / "src")
     spec = copy.deepcopy(tiny_spec)
     spec["train"].update(epochs=3, init={"package": str(src), "modules": ["branches.image"]})
 
@@ -100,9 +98,7 @@ def test_resume_needs_the_checkpoint_not_the_source_package(
 
     with pytest.raises(KeyboardInterrupt):
         train(spec, out=tmp_path / "b", device="cpu", progress=False, on_epoch=crash)
-    for f in src.iterdir():  # the source package is gone; the checkpoint must suffice
-        f.unlink()
-    src.rmdir()
+    shutil.rmtree(src)  # the source package is gone; the checkpoint must suffice
     res = train(spec, out=tmp_path / "b", device="cpu", progress=False, resume=True)
     meta = json.loads((res.package / "medfuse.json").read_text())
     assert meta["training"]["init"]["package"] == str(src)

@@ -23,6 +23,16 @@ def _calibration_line(c: dict[str, Any]) -> str:
     return line
 
 
+def _ensemble_note(spec: dict[str, Any], meta: dict[str, Any]) -> str:
+    """`` (an ensemble of K members, seeds ...)`` for an ensemble package, else nothing."""
+    if spec.get("ensemble", 1) == 1:
+        return ""
+    seeds = ", ".join(str(m["seed"]) for m in meta.get("training", {}).get("members", []))
+    return (
+        f" (an ensemble of {spec['ensemble']} members, seeds {seeds}, their probabilities averaged)"
+    )
+
+
 def model_card(meta: dict[str, Any], metrics: dict[str, Any]) -> str:
     spec = meta["spec"]
     data = meta.get("data", {})
@@ -42,13 +52,7 @@ def model_card(meta: dict[str, Any], metrics: dict[str, Any]) -> str:
             for n, m in spec["modalities"].items()
         ),
         f"- Fusion: `{spec['fusion']['type']}`; parameters: {meta.get('parameters', '?'):,}"
-        + (
-            f" (an ensemble of {spec['ensemble']} members, seeds "
-            + ", ".join(str(m["seed"]) for m in meta.get("training", {}).get("members", []))
-            + ", their probabilities averaged)"
-            if spec.get("ensemble", 1) > 1
-            else ""
-        ),
+        + _ensemble_note(spec, meta),
         f"- Decision threshold: {meta['threshold'].get('value', 0.5):.4f} ({meta['threshold'].get('method')}, chosen on validation)",
         _calibration_line(meta.get("calibration") or {}),
         "- Versions: "

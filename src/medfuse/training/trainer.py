@@ -121,12 +121,10 @@ def _sam_second_step(
             return
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
         scale = rho / (norm + 1e-12)
-        shifts = []
-        for p in params:
-            e = p.grad * scale if p.grad is not None else None
+        shifts = [None if p.grad is None else p.grad * scale for p in params]
+        for p, e in zip(params, shifts, strict=True):
             if e is not None:
                 p.add_(e)
-            shifts.append(e)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [bn.momentum for bn in bns]
     for bn in bns:
