@@ -44,8 +44,8 @@ from medfuse.compress.distill import distill, student_spec
 from medfuse.compress.measure import benchmark, markdown
 from medfuse.compress.prune import prune
 from medfuse.compress.quantize import quantize
-from medfuse.config import load_spec
-from medfuse.package import read_meta
+from medfuse.core.package import read_meta
+from medfuse.core.spec import load_spec
 
 CASES: dict[str, dict[str, Any]] = {
     # opt-in (--case breastmnist): its test set has 156 cases, so a student's AUROC is noisy there
@@ -360,7 +360,7 @@ def signal_use(package: Path) -> float:
     (``contrib_signal``): near 0 means the model ignores the signal."""
     import medfuse
     from medfuse.compress._common import package_data
-    from medfuse.training.trainer import predict_logits, to_tensors
+    from medfuse.inference.helpers import predict_logits, to_tensors
 
     pkg = medfuse.load(package).package
     bundle = package_data(pkg)
@@ -370,7 +370,7 @@ def signal_use(package: Path) -> float:
 
 
 def load_spec_from(package: Path) -> Any:
-    from medfuse.config import parse_spec
+    from medfuse.core.spec import parse_spec
 
     return parse_spec(read_meta(package)["spec"])
 

@@ -50,10 +50,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from medfuse.api import prepare_data, train
-    from medfuse.config import load_spec
+    from medfuse.core.spec import load_spec
     from medfuse.explain.explainer import Explainer
     from medfuse.explain.sanity import randomization_check
-    from medfuse.predict import load
+    from medfuse.inference.predictor import load
     from medfuse.training.metrics import compute_metrics
 
     w = dict(zip(MODALITIES, (float(v) for v in args.weights.split(","))))

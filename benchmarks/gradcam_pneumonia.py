@@ -55,11 +55,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from medfuse.api import prepare_data, train
-    from medfuse.config import load_spec
+    from medfuse.core.spec import load_spec
     from medfuse.explain.gradcam import central_mass
     from medfuse.explain.plots import gradcam_overlay
     from medfuse.explain.sanity import randomized_copy, spearman
-    from medfuse.predict import load
+    from medfuse.inference.predictor import load
     from medfuse.training.metrics import compute_metrics
 
     cfg = ROOT / "configs" / "pneumoniamnist.yaml"

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 import medfuse
-from medfuse.config import load_spec
+from medfuse.core.spec import load_spec
 from medfuse.data import load_data
 from medfuse.training.metrics import binary_metrics
 

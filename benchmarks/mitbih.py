@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from medfuse.api import prepare_data, train
-from medfuse.config import apply_overrides, load_spec_dict, parse_spec
+from medfuse.core.spec import apply_overrides, load_spec_dict, parse_spec
 
 LABELS = ["N", "S", "V", "F"]
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mitbih-interpatient.yaml"

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from medfuse.api import prepare_data, train
-from medfuse.config import apply_overrides, load_spec_dict, parse_spec
+from medfuse.core.spec import apply_overrides, load_spec_dict, parse_spec
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ptbxl.yaml"
 

@@ -60,9 +60,9 @@ def main() -> None:
         run([*medfuse, "export", pkg, "--data-dir", a.data_dir], env=env)
 
         # the test split exactly as the data pipeline reads it (raw values, no normalisation)
-        from medfuse.config import parse_spec
+        from medfuse.core.package import read_meta
+        from medfuse.core.spec import parse_spec
         from medfuse.data import load_data
-        from medfuse.package import read_meta
 
         spec = parse_spec(read_meta(pkg)["spec"])
         test = load_data(spec.data.source, spec.data.options, data_root=a.data_dir,

@@ -41,7 +41,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "src" / "medfuse" / "configs"
 
 def bench_spec(config: str, data_dir: str | None, strategy: str, steps: int, placement: str):
     """The config, completed with its input shapes, set up for ``steps`` timed steps."""
-    from medfuse.config import ModalitySpec, complete_spec, load_spec
+    from medfuse.core.spec import ModalitySpec, complete_spec, load_spec
 
     spec = load_spec(
         CONFIGS / f"{config}.yaml" if (CONFIGS / f"{config}.yaml").exists() else config
@@ -75,7 +75,7 @@ def bench_spec(config: str, data_dir: str | None, strategy: str, steps: int, pla
     )
     if placement:
         d["train"]["placement"] = {m: placement for m in [*spec.modalities, "fusion"]}
-    from medfuse.config import parse_spec
+    from medfuse.core.spec import parse_spec
 
     return parse_spec(d)
 
@@ -83,7 +83,7 @@ def bench_spec(config: str, data_dir: str | None, strategy: str, steps: int, pla
 def random_tensors(spec, n: int, seed: int):
     import torch
 
-    from medfuse.training.trainer import Tensors
+    from medfuse.inference.helpers import Tensors
 
     g = torch.Generator().manual_seed(seed)
     inputs = {m: torch.randn(n, *spec.modalities[m].shape, generator=g) for m in spec.modalities}
@@ -255,7 +255,7 @@ def configs_main(a: argparse.Namespace) -> None:
     one = "cuda:0" if a.device == "cuda" else "cpu"
     print(f"branch placement, every branch on {one} (CUDA: a stream each) vs no placement:")
     header()
-    from medfuse.config import load_spec
+    from medfuse.core.spec import load_spec
 
     for name, base in results.items():
         spec = load_spec(CONFIGS / f"{name}.yaml")

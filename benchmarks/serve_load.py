@@ -169,9 +169,9 @@ async def load(port: int, body: bytes, clients: int, seconds: float, kind: str) 
 
 def request_bodies(package: Path, data_dir: str | None, n: int = 32) -> list[bytes]:
     """One-instance JSON bodies from the package's own test split (raw values)."""
-    from medfuse.config import parse_spec
+    from medfuse.core.package import read_meta
+    from medfuse.core.spec import parse_spec
     from medfuse.data import load_data
-    from medfuse.package import read_meta
 
     spec = parse_spec(read_meta(package)["spec"])
     bundle = load_data(spec.data.source, spec.data.options, data_root=data_dir,

@@ -22,9 +22,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from medfuse.api import fit_preprocessing, prepare_data
-from medfuse.config import load_spec
+from medfuse.core.spec import load_spec
+from medfuse.inference.helpers import to_tensors
 from medfuse.models import build_model
-from medfuse.training.trainer import Trainer, to_tensors
+from medfuse.training.trainer import Trainer
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
 

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import torch
 
+import medfuse.models  # noqa: F401  (registers the spec check of branch and fusion parameters)
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import sys
 
 def test_top_level_names_are_the_api_functions() -> None:
     code = (
-        "import medfuse, medfuse.training.metrics, medfuse.data, medfuse.predict;"
+        "import medfuse, medfuse.training.metrics, medfuse.data, medfuse.inference.predictor;"
         "import inspect;"
         "assert inspect.isfunction(medfuse.train), medfuse.train;"
         "assert inspect.isfunction(medfuse.evaluate) and inspect.isfunction(medfuse.load)"

@@ -9,8 +9,8 @@ import sys
 import pytest
 import yaml
 
-from medfuse.config import apply_overrides, load_spec, parse_spec
-from medfuse.errors import SpecError
+from medfuse.core.errors import SpecError
+from medfuse.core.spec import apply_overrides, load_spec, parse_spec
 
 
 def test_unknown_branch_suggests_the_close_name(tiny_spec) -> None:

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import medfuse
+from medfuse.core.errors import PackageError
+from medfuse.core.package import META, WEIGHTS, read_meta, update_package, write_package
 from medfuse.data import load_data
-from medfuse.errors import PackageError
-from medfuse.package import META, WEIGHTS, load_package, read_meta, update_package, write_package
+from medfuse.inference.package import load_package
 
 
 def test_package_contents(tiny_package) -> None:
@@ -47,7 +48,7 @@ def test_reload_predicts_identically_to_in_memory(tiny_package) -> None:
     p1 = pred.predict_proba(test)
     # the in-memory model is the same weights: rebuild by hand and compare
     pkg = load_package(tiny_package)
-    from medfuse.preprocess import normalize
+    from medfuse.core.preprocess import normalize
 
     stats = pkg.meta["preprocessing"]
     inputs = {
@@ -100,7 +101,7 @@ def test_truncated_and_missing_files_are_refused(tiny_package, tmp_path) -> None
 
 def test_interrupted_save_leaves_no_package(tmp_path, monkeypatch) -> None:
     target = tmp_path / "pkg"
-    import medfuse.package as P
+    import medfuse.core.package as P
 
     real = P.sha256_file
     calls = {"n": 0}

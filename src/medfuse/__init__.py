@@ -20,11 +20,11 @@ def __getattr__(name: str) -> Any:  # lazy: `import medfuse` stays quick
 
         return getattr(api, name)
     if name == "load":
-        from medfuse.predict import load
+        from medfuse.inference.predictor import load
 
         return load
     if name == "load_spec":
-        from medfuse.config import load_spec
+        from medfuse.core.spec import load_spec
 
         return load_spec
     raise AttributeError(f"module 'medfuse' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The Python API: ``train``, ``evaluate``, ``load`` (see ``medfuse.predict``)."""
+"""The Python API: ``train``, ``evaluate``, ``load`` (see ``medfuse.inference.predictor``)."""
 
 from __future__ import annotations
 
@@ -15,17 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from medfuse.config import Spec, complete_spec, load_spec, parse_spec
+from medfuse.core.package import read_meta
+from medfuse.core.preprocess import channel_axis, fit_stats
+from medfuse.core.spec import Spec, complete_spec, load_spec, parse_spec
 from medfuse.data import DataBundle, Split, load_data, load_spec_data
-from medfuse.package import read_meta, save_package
-from medfuse.preprocess import channel_axis, fit_stats
+from medfuse.inference.helpers import Tensors, predict_logits, to_tensors
+from medfuse.inference.package import save_package
 from medfuse.training.metrics import SUMMARY_KEYS, choose_threshold, compute_metrics, probabilities
-from medfuse.training.trainer import (
-    HISTORY,
-    Tensors,
-    predict_logits,
-    to_tensors,
-)
+from medfuse.training.trainer import HISTORY
 
 log = logging.getLogger("medfuse")
 
@@ -48,7 +45,7 @@ def prepare_data(spec: Spec, data_dir: str | Path | None = None) -> tuple[Spec, 
         seed=spec.train.seed,
     )
     if bundle.task != spec.task.type:
-        from medfuse.errors import SpecError
+        from medfuse.core.errors import SpecError
 
         raise SpecError(
             "task.type", f"the data is {bundle.task!r} but the spec says {spec.task.type!r}"
@@ -360,7 +357,7 @@ def evaluate(
     device: str = "auto",
 ) -> dict[str, Any]:
     """Metrics of a package on a split of its own data source (threshold and calibration applied)."""
-    from medfuse.predict import load
+    from medfuse.inference.predictor import load
 
     pred = load(package, device=device)
     spec = pred.spec

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from medfuse.errors import MedfuseError
+from medfuse.core.errors import MedfuseError
 
 Handler = Callable[[argparse.Namespace], int | None]
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
@@ -27,7 +27,7 @@ COMMAND_MODULES: list[str] = [
     "medfuse.export.cli",
     "medfuse.serve.cli",
     "medfuse.compress.cli",
-    "medfuse.evaluation_cli",
+    "medfuse.report.cli",
 ]
 
 
@@ -144,7 +144,7 @@ def _train(p: argparse.ArgumentParser) -> Handler:
         overrides = a.overrides + ([f"data.on_bad_row={a.on_bad_row}"] if a.on_bad_row else [])
         params = None
         if a.track:
-            from medfuse.config import load_spec
+            from medfuse.core.spec import load_spec
 
             params = {**load_spec(a.config, overrides).to_dict(), "cli": {"seed": a.seed}}
         with tracking(a.track, a.track_uri, params=params) as tracker:
@@ -189,7 +189,7 @@ def _evaluate(p: argparse.ArgumentParser) -> Handler:
     _common_data(p)
     p.add_argument("--json", action="store_true", help="print JSON only")
     p.add_argument("-o", "--output", help="also write the metrics JSON to this file")
-    from medfuse.evaluation_cli import add_evaluate_options, clinical_requested
+    from medfuse.report.cli import add_evaluate_options, clinical_requested
 
     add_evaluate_options(p)  # --ci/--no-ci, --bootstrap, --subgroup, --threshold-method, --target
 
@@ -199,7 +199,7 @@ def _evaluate(p: argparse.ArgumentParser) -> Handler:
 
         m = evaluate(a.package, split=a.split, data_dir=a.data_dir, device=a.device)
         if clinical_requested(a):  # CIs, operating point, subgroups (medfuse.report)
-            from medfuse.evaluation_cli import run_clinical_evaluate
+            from medfuse.report.cli import run_clinical_evaluate
 
             rc = run_clinical_evaluate(a, m)
             if not a.json and "paired" in m:  # some samples miss a modality

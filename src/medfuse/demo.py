@@ -17,9 +17,9 @@ def run_demo(
     *, out: str | Path = "runs/demo", device: str = "auto", console: Any = None
 ) -> dict[str, Any]:
     from medfuse.api import train
-    from medfuse.config import load_spec
+    from medfuse.core.spec import load_spec
     from medfuse.data import load_data
-    from medfuse.predict import load
+    from medfuse.inference.predictor import load
 
     t0 = time.perf_counter()
     spec = load_spec(Path(__file__).parent / "configs" / "synthetic.yaml")

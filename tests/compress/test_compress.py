@@ -16,11 +16,11 @@ from medfuse.cli import main
 from medfuse.compress.measure import benchmark, count_macs
 from medfuse.compress.prune import prune, prune_recurrent_hidden
 from medfuse.compress.quantize import quantize
-from medfuse.config import parse_spec
-from medfuse.errors import SpecError
+from medfuse.core.errors import SpecError
+from medfuse.core.package import read_meta
+from medfuse.core.spec import parse_spec
 from medfuse.export.onnx import export_onnx_bytes, input_names
 from medfuse.models import build_model
-from medfuse.package import read_meta
 
 
 def _ops(path: Path) -> set[str]:
@@ -322,7 +322,7 @@ def test_teacher_views_full_masked_probe(tiny_package, tmp_path):
 
     from medfuse.compress._common import package_data
     from medfuse.compress.distill import view_logits
-    from medfuse.training.trainer import predict_logits, to_tensors
+    from medfuse.inference.helpers import predict_logits, to_tensors
 
     pred = medfuse.load(tiny_package)
     split = package_data(pred.package).val

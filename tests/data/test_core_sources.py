@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from medfuse.config import ModalitySpec
+from medfuse.core.errors import DataError
+from medfuse.core.spec import ModalitySpec
 from medfuse.data import load_data, resolve_data_root
-from medfuse.errors import DataError
 
 
 def test_data_root_order(monkeypatch, tmp_path) -> None:

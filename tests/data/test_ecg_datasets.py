@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from medfuse.core.errors import DataError, SpecError
 from medfuse.data import load_data
 from medfuse.data.mitbih import (
     AAMI,
@@ -25,7 +26,6 @@ from medfuse.data.mitbih import (
     parse_age_sex,
     resolve_splits,
 )
-from medfuse.errors import DataError, SpecError
 
 FS = 360
 # wfdb itself uses a pandas keyword that pandas deprecates; not ours to fix

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medfuse.config import ModalitySpec, load_spec
+from medfuse.core.errors import DataError
+from medfuse.core.spec import ModalitySpec, load_spec
 from medfuse.data import load_data
 from medfuse.data.examples import make_dicom_example, make_volume_example
-from medfuse.errors import DataError
 
 REPO = Path(__file__).resolve().parents[2]
 N = 60

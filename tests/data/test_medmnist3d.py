@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medfuse.core.errors import DataError
 from medfuse.data import load_data
 from medfuse.data.medmnist import KNOWN, is_volume_set
-from medfuse.errors import DataError
 
 
 def _write_npz(path: Path, n: int = 12, side: int = 8, classes: int = 2) -> None:

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medfuse.config import ModalitySpec
+from medfuse.core.errors import DataError, SpecError
+from medfuse.core.readers import read_image, read_modality, read_signal
+from medfuse.core.spec import ModalitySpec
 from medfuse.data.examples import (
     write_csv_signal,
     write_dicom,
@@ -18,8 +20,6 @@ from medfuse.data.examples import (
     write_png,
     write_wfdb,
 )
-from medfuse.data.readers import read_image, read_modality, read_signal
-from medfuse.errors import DataError, SpecError
 
 STORED = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 100).astype(np.uint16)
 
@@ -341,7 +341,7 @@ def test_fit_errors_name_the_file(tmp_path: Path) -> None:
     ],
 )
 def test_modality_options_are_validated(bad: dict) -> None:
-    from medfuse.config import parse_spec
+    from medfuse.core.spec import parse_spec
 
     with pytest.raises(SpecError, match=r"modalities\.x"):
         parse_spec({"data": {"source": "synthetic"}, "modalities": {"x": bad}})

@@ -25,7 +25,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from medfuse.errors import SpecError
+from medfuse.core.errors import SpecError
 
 pytestmark = pytest.mark.distributed
 
@@ -122,7 +122,7 @@ def _one_thread():
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One process, global batch 16: the weights every strategy must reproduce."""
     from medfuse.api import prepare_data, seed_everything, train
-    from medfuse.config import parse_spec
+    from medfuse.core.spec import parse_spec
     from medfuse.models import build_model
 
     res = train(
@@ -398,7 +398,7 @@ def _loss_and_grads(module, model, inputs, masks, y):
 @pytest.fixture
 def tiny_model():
     from medfuse.api import prepare_data
-    from medfuse.config import parse_spec
+    from medfuse.core.spec import parse_spec
     from medfuse.models import build_model
 
     d = copy.deepcopy(SPEC)
@@ -439,7 +439,7 @@ def test_hybrid_wrap_gives_the_single_device_loss(tiny_model) -> None:
     spec, model = tiny_model
     d = spec.to_dict()
     d["train"].update(strategy="hybrid", placement={"signal": "cpu", "fusion": "cpu"})
-    from medfuse.config import parse_spec
+    from medfuse.core.spec import parse_spec
 
     hspec = parse_spec(d)
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
@@ -475,7 +475,7 @@ def test_branch_strategy_trains_in_one_process(reference, tmp_path) -> None:
 
 
 def test_bad_strategy_and_placement_are_spec_errors(tiny_model) -> None:
-    from medfuse.config import parse_spec
+    from medfuse.core.spec import parse_spec
     from medfuse.distributed import resolve_placement
     from medfuse.distributed.strategies import Session, start_session
 
@@ -559,7 +559,7 @@ def test_worker_command_line_drops_launch_flags_only() -> None:
     assert "--standalone" in t and t[t.index("-m") + 1] == "medfuse"
     t = torchrun_argv(got, nproc=1, nnodes=2, node_rank=1, rdzv_endpoint="10.0.0.1:29400")
     assert "--rdzv-backend=c10d" in t and "--rdzv-endpoint=10.0.0.1:29400" in t
-    from medfuse.errors import MedfuseError
+    from medfuse.core.errors import MedfuseError
 
     with pytest.raises(MedfuseError, match="--rdzv-endpoint"):
         torchrun_argv(got, nproc=1, nnodes=2)

@@ -52,7 +52,7 @@ def small_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def small_test() -> Any:
     """The small package's test split (raw arrays, masks, labels, meta with contrib_<m>)."""
     from medfuse.api import prepare_data
-    from medfuse.config import parse_spec
+    from medfuse.core.spec import parse_spec
 
     return prepare_data(parse_spec(copy.deepcopy(SMALL)))[1].test
 
@@ -63,9 +63,9 @@ def _untrained_package(
     """A package with random weights (no training): for shape/plumbing tests of other tasks."""
     import torch
 
-    from medfuse.config import parse_spec
+    from medfuse.core.spec import parse_spec
+    from medfuse.inference.package import save_package
     from medfuse.models import build_model
-    from medfuse.package import save_package
 
     labels = labels or (["a", "b", "c"] if task != "binary" else ["neg", "pos"])
     spec = parse_spec(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from medfuse.errors import SpecError
+from medfuse.core.errors import SpecError
 
 
 @pytest.fixture(scope="module")

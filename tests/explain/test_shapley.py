@@ -40,7 +40,7 @@ def test_known_games() -> None:
 
 def test_efficiency_and_presence_on_trained_model(small_package, small_test) -> None:
     from medfuse.explain.explainer import Explainer
-    from medfuse.predict import load
+    from medfuse.inference.predictor import load
 
     pred = load(small_package)
     ex = Explainer(pred)
@@ -84,7 +84,7 @@ def test_dataset_ranking_matches_generator_truth(small_package, small_test, true
 def test_multiclass_target_and_efficiency(tmp_path, untrained) -> None:
     from medfuse.explain.explainer import Explainer
     from medfuse.explain.shapley import modality_shapley
-    from medfuse.predict import load
+    from medfuse.inference.predictor import load
 
     make_package, make_inputs = untrained
     pred = load(make_package(tmp_path / "mc"))

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from medfuse.config import parse_spec
+from medfuse.core.preprocess import channel_axis, fit_stats
+from medfuse.core.spec import parse_spec
 from medfuse.export.exporter import export_package
 from medfuse.export.verify import TOLERANCE
+from medfuse.inference.package import save_package
 from medfuse.models import BRANCHES, FUSIONS, build_model
-from medfuse.package import save_package
-from medfuse.preprocess import channel_axis, fit_stats
 
 #: modality shapes tried in order until the branch builds; (name, modality, extra branch params)
 CANDIDATES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from medfuse import runtime
-from medfuse.errors import DataError, PackageError
+from medfuse.core import decision, inputs
+from medfuse.core.errors import DataError, PackageError
+from medfuse.core.readers import image_math
 
 #: what a numpy + onnxruntime (+ pillow) machine lacks; importing any of them must fail there
 FORBIDDEN = ("torch", "pandas", "scipy", "sklearn", "pydantic", "yaml", "fastapi", "safetensors")
@@ -26,10 +28,10 @@ def _test_arrays(package: Path) -> dict[str, np.ndarray]:
     (Not validation: a Youden threshold is exactly one validation sample's probability, whose
     label is then decided by float rounding.)"""
     from medfuse.api import prepare_data
-    from medfuse.package import read_meta
+    from medfuse.core.package import read_meta
 
     meta = read_meta(package)
-    from medfuse.config import parse_spec
+    from medfuse.core.spec import parse_spec
 
     _, bundle = prepare_data(parse_spec(meta["spec"]))
     val = bundle.test
@@ -44,7 +46,7 @@ def _test_arrays(package: Path) -> dict[str, np.ndarray]:
 
 
 def test_runtime_predicts_like_torch_without_torch(exported_package: Path, tmp_path: Path) -> None:
-    from medfuse.predict import load
+    from medfuse.inference.predictor import load
 
     arrays = _test_arrays(exported_package)
     np.savez(tmp_path / "x.npz", **arrays)
@@ -66,7 +68,7 @@ def test_runtime_predicts_like_torch_without_torch(exported_package: Path, tmp_p
         for name in FORBIDDEN:
             sys.modules.pop(name, None)
         import numpy as np
-        from medfuse.runtime import load
+        from medfuse.core.onnx import load
         model = load(sys.argv[1])
         with np.load(sys.argv[2]) as d:
             mods = list(model.modalities)
@@ -153,13 +155,18 @@ def test_runtime_checks_checksums(exported_package: Path, tmp_path: Path) -> Non
     ("shape", "channels", "size"),
     [((1, 40, 30), 1, [16, 16]), ((3, 20, 20), 1, [28, 28]), ((1, 9, 13), 3, [16, 8])],
 )
-def test_fit_image_matches_the_data_readers(shape, channels, size) -> None:
-    from medfuse.data.readers import fit_image
+def test_fit_image_matches_scipy_zoom(shape, channels, size) -> None:
+    """The one resize (numpy, used by every reader and entry point) is scipy's pixel-centre
+    aligned linear zoom with edges repeated."""
+    from scipy.ndimage import zoom
 
     x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
-    np.testing.assert_allclose(
-        runtime.fit_image(x, channels, size), fit_image(x, channels, size), atol=1e-5
-    )
+    ref = x.mean(axis=0, keepdims=True) if channels == 1 and shape[0] != 1 else x
+    ref = np.repeat(ref, channels, axis=0) if ref.shape[0] == 1 and channels > 1 else ref
+    factors = [1.0] + [t / s for t, s in zip(size, ref.shape[1:])]
+    ref = zoom(ref, factors, order=1, grid_mode=True, mode="nearest")
+    ref = ref[(slice(None), *(slice(0, t) for t in size))]
+    np.testing.assert_allclose(image_math.fit_image(x, channels, size), ref, atol=1e-5)
 
 
 @pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel"])
@@ -173,11 +180,11 @@ def test_probabilities_with_temperature(task: str) -> None:
         "multiclass": softmax(z / 1.7, axis=1),
         "multilabel": expit(z / 1.7),
     }[task]
-    got = runtime.probabilities(task, z, 1.7)
+    got = decision.probabilities(task, z, 1.7)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, atol=1e-12)
     labels = ["a", "b", "c", "d"][: 2 if task == "binary" else 4]
-    decided = runtime.decide(task, got, labels, 0.5)
+    decided = decision.decide(task, got, labels, 0.5)
     if task == "binary":
         assert decided == [labels[int(v >= 0.5)] for v in got]
     elif task == "multiclass":
@@ -194,21 +201,21 @@ def test_npy_header_is_checked_before_allocation() -> None:
     npformat.write_array_header_1_0(buf, header)
     buf.write(b"\0" * 64)  # 160 GB promised, 64 bytes sent
     with pytest.raises(DataError, match="too large"):
-        runtime.read_npy_bytes(buf.getvalue())
+        image_math.read_npy_bytes(buf.getvalue())
     ok = io.BytesIO()
     np.save(ok, np.arange(6, dtype=np.float32).reshape(2, 3))
     with pytest.raises(DataError, match="truncated"):
-        runtime.read_npy_bytes(ok.getvalue()[:-4])
-    assert runtime.read_npy_bytes(ok.getvalue()).shape == (2, 3)
+        image_math.read_npy_bytes(ok.getvalue()[:-4])
+    assert image_math.read_npy_bytes(ok.getvalue()).shape == (2, 3)
     text = io.BytesIO()
     np.save(text, np.array(["a", "b"]))
     with pytest.raises(DataError, match="numeric"):
-        runtime.read_npy_bytes(text.getvalue())
+        image_math.read_npy_bytes(text.getvalue())
 
 
 def test_npz_inputs_name_unknown_and_missing_modalities(tmp_path) -> None:
-    from medfuse.config import ModalitySpec
-    from medfuse.io import read_inputs
+    from medfuse.core.spec import ModalitySpec
+    from medfuse.inference.inputs import read_inputs
 
     mods = {"image": ModalitySpec(kind="image", channels=1, size=[4, 4])}
     bad = tmp_path / "bad.npz"
@@ -218,7 +225,7 @@ def test_npz_inputs_name_unknown_and_missing_modalities(tmp_path) -> None:
     empty = tmp_path / "empty.npz"
     np.savez(empty, id=np.array(["a"]))
     with pytest.raises(DataError, match=r"holds none of the model's modalities \(image\)"):
-        runtime.npz_modalities(empty, {"id"}, mods)
+        inputs.npz_modalities(empty, {"id"}, mods)
     ok = tmp_path / "ok.npz"
     np.savez(ok, image=np.zeros((2, 4, 4), np.float32), mask_image=np.ones(2))
     arrays, masks, table = read_inputs(ok, mods, {})

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from medfuse.cli import main
-from medfuse.errors import MedfuseError
+from medfuse.core.errors import MedfuseError
+from medfuse.core.package import read_meta, update_package
 from medfuse.export.verify import VERIFICATION, verify_package
-from medfuse.package import read_meta, update_package
 
 
 def _copy(src: Path, dst: Path) -> Path:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from medfuse.api import train
-from medfuse.errors import SpecError
+from medfuse.core.errors import SpecError
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def ens_package(ens_spec, tmp_path_factory) -> Path:
 
 def _split_tensors(pkg):
     from medfuse.api import load_spec_data
-    from medfuse.training.trainer import to_tensors
+    from medfuse.inference.helpers import to_tensors
 
     bundle = load_spec_data(pkg.spec, None)
     return bundle.test, to_tensors(bundle.test, pkg.meta["preprocessing"])
@@ -41,10 +41,10 @@ def test_members_have_their_seeds_and_the_package_averages_their_probabilities(
 ) -> None:
     from safetensors.torch import load_file
 
+    from medfuse.inference.package import load_package
+    from medfuse.inference.predictor import load
     from medfuse.models import CompositeModel, EnsembleModel, member_spec
     from medfuse.models.composite import count_parameters
-    from medfuse.package import load_package
-    from medfuse.predict import load
 
     pkg = load_package(ens_package)
     assert isinstance(pkg.model, EnsembleModel) and len(pkg.model.members) == 2
@@ -98,7 +98,7 @@ def test_resume_retrains_only_the_unfinished_member(ens_spec, ens_package, tmp_p
 
 def test_gradcam_of_an_ensemble_of_identical_members_is_the_members_map(ens_package) -> None:
     from medfuse.explain.gradcam import grad_cam
-    from medfuse.package import load_package
+    from medfuse.inference.package import load_package
 
     pkg = load_package(ens_package)
     model = pkg.model
@@ -116,8 +116,8 @@ def test_gradcam_of_an_ensemble_of_identical_members_is_the_members_map(ens_pack
 
 @pytest.mark.parametrize("fmt", ["onnx", "pt2"])
 def test_an_exported_ensemble_keeps_parity_and_serves(ens_package, tmp_path, fmt) -> None:
+    from medfuse.core.package import read_meta
     from medfuse.export.exporter import export_package
-    from medfuse.package import read_meta
 
     dst = tmp_path / "p"
     shutil.copytree(ens_package, dst)
@@ -129,7 +129,7 @@ def test_an_exported_ensemble_keeps_parity_and_serves(ens_package, tmp_path, fmt
     # the exported ensemble served over HTTP (ONNX Runtime and torch backends) = the predictor
     from fastapi.testclient import TestClient
 
-    from medfuse.predict import load
+    from medfuse.inference.predictor import load
     from medfuse.serve.app import create_app
 
     torch_predictor = load(dst)  # PyTorch, the reference
@@ -167,7 +167,7 @@ def test_prune_refuses_an_ensemble_and_quantize_knows_member_nodes(ens_package, 
 
 
 def test_ensemble_size_is_validated(ens_spec) -> None:
-    from medfuse.config import parse_spec
+    from medfuse.core.spec import parse_spec
 
     for bad in (0, 33, "two"):
         with pytest.raises(SpecError, match=r"ensemble"):
@@ -176,8 +176,8 @@ def test_ensemble_size_is_validated(ens_spec) -> None:
 
 def test_an_ensemble_teaches_a_single_student(ens_package, tmp_path) -> None:
     import medfuse.compress
+    from medfuse.inference.package import load_package
     from medfuse.models import CompositeModel
-    from medfuse.package import load_package
 
     student = {
         "branches": {"image": {"type": "cnn", "width": 4, "depth": 2, "out_features": 8}},

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from medfuse.config import parse_spec
+from medfuse.core.spec import parse_spec
+from medfuse.inference.package import load_package, save_package
 from medfuse.models import BRANCHES, FUSIONS, build_model
-from medfuse.package import load_package, save_package
 
 SHAPES = {
     "image": {"kind": "image", "channels": 1, "size": [16, 16]},
@@ -153,7 +153,7 @@ def test_avgmax_pool_sees_the_strongest_response(branch: str, tmp_path) -> None:
     assert torch.equal(pooled[:, c:], fmap.amax(dim=(2, 3)))
     _assert_roundtrip_identical(model, spec, *_batch(spec), tmp_path / "p")
     raw["branches"]["x"]["pool"] = "max"
-    from medfuse.errors import SpecError
+    from medfuse.core.errors import SpecError
 
     with pytest.raises(SpecError, match=r"'branches\.x\.pool'.*unknown pool 'max'.*avg, avgmax"):
         parse_spec(raw)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from medfuse.config import parse_spec
-from medfuse.errors import SpecError
+from medfuse.core.errors import SpecError
+from medfuse.core.spec import parse_spec
 from medfuse.models import BRANCHES, FUSIONS, build_model
 
 SMALL = {"width": 4, "depth": 2, "element_features": 8, "hidden": 8, "out_features": 6}

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from medfuse.cli import main
-from medfuse.package import read_meta
-from medfuse.predict import load
+from medfuse.core.package import read_meta
+from medfuse.inference.predictor import load
 from medfuse.report.calibration import (
     calibrate_package,
     calibration_error,

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medfuse.errors import DataError
+from medfuse.core.errors import DataError
 from medfuse.report.subgroups import auto_column, band, subgroup_metrics, subgroup_values
 
 

@@ -28,8 +28,8 @@ def client(exported_package: Path) -> TestClient:
 def cases(exported_package: Path) -> dict[str, np.ndarray]:
     """A few real test-split cases of the package's own (synthetic) data."""
     from medfuse.api import prepare_data
-    from medfuse.config import parse_spec
-    from medfuse.package import read_meta
+    from medfuse.core.package import read_meta
+    from medfuse.core.spec import parse_spec
 
     _, bundle = prepare_data(parse_spec(read_meta(exported_package)["spec"]))
     return {m: a[:4] for m, a in bundle.test.arrays.items()}
@@ -63,7 +63,7 @@ def test_health_and_model_info(client: TestClient) -> None:
 def test_predict_matches_the_torch_predictor(
     client: TestClient, cases: dict[str, np.ndarray], exported_package: Path
 ) -> None:
-    from medfuse.predict import load
+    from medfuse.inference.predictor import load
 
     body = {"instances": [_instance(cases, i) for i in range(4)] + [{"tabular": {"age": 50}}, {}]}
     r = client.post("/v1/predict", json=body, headers=AUTH)
@@ -252,7 +252,7 @@ def test_torch_runtime_gives_the_same_answers(
 
 
 def test_onnx_runtime_without_export_fails_clearly(tiny_package: Path) -> None:
-    from medfuse.errors import PackageError
+    from medfuse.core.errors import PackageError
 
     with pytest.raises(PackageError, match="medfuse export"):
         create_app(tiny_package)

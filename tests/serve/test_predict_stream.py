@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from medfuse.cli import main
-from medfuse.package import read_meta
+from medfuse.core.package import read_meta
 from medfuse.serve.batch import count_rows, iter_chunks, predict_stream
 
 N = 37
@@ -50,7 +50,7 @@ def test_count_rows(manifest: Path) -> None:
 def test_stream_equals_one_shot_and_runtimes_agree(
     exported_package: Path, manifest: Path, tmp_path: Path
 ) -> None:
-    from medfuse.io import predict_file
+    from medfuse.inference.inputs import predict_file
 
     chunks = list(iter_chunks(manifest, read_meta(exported_package), 8))
     assert [len(c[2]) for c in chunks] == [8, 8, 8, 8, 5]  # read 8 rows at a time

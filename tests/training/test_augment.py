@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from medfuse.config import AugmentSpec, ModalitySpec
+from medfuse.core.spec import AugmentSpec, ModalitySpec
 from medfuse.training.augment import augment_batch
 
 MODS = {"image": ModalitySpec(kind="image", channels=1, size=[12, 12])}

@@ -10,7 +10,7 @@ import pytest
 from safetensors.torch import load_file
 
 from medfuse.api import train
-from medfuse.errors import SpecError
+from medfuse.core.errors import SpecError
 
 
 def test_init_copies_the_named_branch_and_nothing_else(tiny_spec, tiny_package, tmp_path) -> None:

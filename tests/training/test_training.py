@@ -38,7 +38,7 @@ def test_fusion_stage_freezes_branches(tiny_spec, tmp_path) -> None:
     import torch
 
     from medfuse.api import prepare_data
-    from medfuse.config import parse_spec
+    from medfuse.core.spec import parse_spec
     from medfuse.models import build_model
 
     tiny_spec["train"]["stages"] = [{"name": "fusion", "epochs": 2}]
@@ -96,8 +96,8 @@ def test_sgd_optimizer_is_nesterov_momentum_and_recorded(tiny_spec, tmp_path, mo
     hist = [json.loads(x) for x in (res.package / "metrics.jsonl").read_text().splitlines()]
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]  # it learns
     tiny_spec["train"]["optimizer"] = "adam"
-    from medfuse.config import parse_spec
-    from medfuse.errors import SpecError
+    from medfuse.core.errors import SpecError
+    from medfuse.core.spec import parse_spec
 
     with pytest.raises(SpecError, match=r"train\.optimizer.*adamw.*sgd"):
         parse_spec(tiny_spec)
@@ -144,8 +144,8 @@ def test_sam_trains_and_is_recorded(tiny_spec, tmp_path) -> None:
     assert meta["spec"]["train"]["sam"] == 0.05
     hist = [json.loads(x) for x in (res.package / "metrics.jsonl").read_text().splitlines()]
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]  # it learns
-    from medfuse.config import parse_spec
-    from medfuse.errors import SpecError
+    from medfuse.core.errors import SpecError
+    from medfuse.core.spec import parse_spec
 
     tiny_spec["train"]["sam"] = 0
     with pytest.raises(SpecError, match=r"train\.sam"):

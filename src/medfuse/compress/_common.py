@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from medfuse.core.errors import SpecError
+from medfuse.core.package import META, WEIGHTS, _json_default, package_files, write_package
 from medfuse.data import DataBundle, Split, load_spec_data
-from medfuse.errors import SpecError
-from medfuse.package import META, WEIGHTS, Package, _json_default, package_files, write_package
+from medfuse.inference.package import Package
 from medfuse.training.metrics import SUMMARY_KEYS
 
 #: files and manifest keys that describe one set of weights/one ONNX model; a package whose
@@ -146,7 +147,7 @@ def write_derived(
 ) -> Path:
     """Write ``out`` from ``src``: its files (minus ``drop``, plus ``files``), a new manifest, a
     regenerated model card and ``metrics.json``. Refuses to overwrite the source package."""
-    from medfuse.report.card import model_card
+    from medfuse.core.card import model_card
 
     out = check_out(out, src.path)
     carried: dict[str, bytes | str | Path] = {

@@ -32,11 +32,12 @@ import torch
 from torch.nn import functional as F
 
 from medfuse.compress._common import check_fraction, check_out, delta, now, source_info, summary
-from medfuse.config import Spec, apply_overrides, complete_spec, load_spec_dict, parse_spec
+from medfuse.core.errors import SpecError, not_allowed
+from medfuse.core.spec import Spec, apply_overrides, complete_spec, load_spec_dict, parse_spec
 from medfuse.data import Split, load_data
-from medfuse.errors import SpecError, not_allowed
-from medfuse.package import Package, load_package
-from medfuse.training.trainer import Tensors, Trainer
+from medfuse.inference.helpers import Tensors
+from medfuse.inference.package import Package, load_package
+from medfuse.training.trainer import Trainer
 
 #: what a teacher sees when it makes the soft targets (see the module docstring)
 TEACHER_VIEWS = ("full", "masked", "probe")
@@ -177,7 +178,7 @@ def _check_view(p: Package, view: str, s_mods: list[str]) -> None:
 
 def view_logits(p: Package, split: Split, view: str, s_mods: list[str]) -> np.ndarray:
     """Teacher ``p``'s logits on ``split`` as ``view`` says (``full``, ``masked``, ``probe``)."""
-    from medfuse.training.trainer import predict_logits, to_tensors
+    from medfuse.inference.helpers import predict_logits, to_tensors
 
     t = to_tensors(_subset(split, list(p.spec.modalities)), p.meta["preprocessing"])
     cpu = torch.device("cpu")
@@ -216,11 +217,11 @@ def distill(
         split_metrics,
         threshold_for,
     )
+    from medfuse.inference.helpers import predict_logits, resolve_device, to_tensors
+    from medfuse.inference.package import save_package
     from medfuse.models import build_model
     from medfuse.models.composite import count_parameters
-    from medfuse.package import save_package
     from medfuse.training.metrics import compute_metrics, probabilities
-    from medfuse.training.trainer import predict_logits, resolve_device, to_tensors
 
     t0 = time.perf_counter()
     if not temperature > 0:

@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from medfuse.compress._common import eval_split, ort_feeds, ort_logits, ort_session, package_data
-from medfuse.errors import SpecError
-from medfuse.package import WEIGHTS, Package, load_package
+from medfuse.core.errors import SpecError
+from medfuse.core.package import WEIGHTS
+from medfuse.inference.package import Package, load_package
 
 BATCH_SIZES = (1, 64)
 METRIC_KEYS = ("auroc", "auprc", "ece")
@@ -171,9 +172,9 @@ def benchmark(
     ``benchmark.json``, ``benchmark.csv``, ``benchmark.md`` and ``pareto.png`` there.
     """
     from medfuse.export.onnx import export_onnx_bytes
+    from medfuse.inference.helpers import to_tensors
     from medfuse.models.composite import count_parameters
     from medfuse.training.metrics import compute_metrics, probabilities
-    from medfuse.training.trainer import to_tensors
 
     if not packages:
         raise SpecError("packages", "give at least one package to benchmark")
@@ -211,7 +212,7 @@ def benchmark(
             if rt.get("default") == "onnx":
                 logits, engine = ort_logits(session, mods, data), "onnxruntime"
             else:
-                from medfuse.training.trainer import predict_logits
+                from medfuse.inference.helpers import predict_logits
 
                 logits, engine = predict_logits(pkg.model, data, torch.device("cpu"))[0], "torch"
             temp = float(meta.get("calibration", {}).get("temperature", 1.0))

@@ -9,7 +9,7 @@ torch-pruning (its LSTM pruner supports neither GRU nor stacked layers); for the
 branches medfuse prunes their hidden units itself (L2 importance of each unit's weights, for
 every layer and direction) and writes the smaller ``hidden`` into the spec. The irregular channel
 counts left in the other layers are written to the spec as the branch's ``layer_shapes``
-(``medfuse.compress.shapes``), so the package reloads with ``medfuse.load`` (no pickle) and
+(``medfuse.models.shapes``), so the package reloads with ``medfuse.load`` (no pickle) and
 exports to ONNX like any other.
 
 Unstructured: the ``amount`` fraction of conv/linear weights with the smallest magnitude
@@ -42,10 +42,11 @@ from medfuse.compress._common import (
     summary,
     write_derived,
 )
-from medfuse.compress.shapes import LAYER_SHAPES, shape_overrides
-from medfuse.config import Spec, parse_spec
-from medfuse.errors import PackageError, SpecError
-from medfuse.package import WEIGHTS, load_package
+from medfuse.core.errors import PackageError, SpecError
+from medfuse.core.package import WEIGHTS
+from medfuse.core.spec import Spec, parse_spec
+from medfuse.inference.package import load_package
+from medfuse.models.shapes import LAYER_SHAPES, shape_overrides
 
 log = logging.getLogger("medfuse.compress")
 
@@ -294,9 +295,10 @@ def prune(
     """
     from medfuse.api import seed_everything, split_metrics, threshold_for
     from medfuse.compress.measure import count_macs
+    from medfuse.inference.helpers import predict_logits, resolve_device, to_tensors
     from medfuse.models.composite import count_parameters
     from medfuse.training.metrics import probabilities
-    from medfuse.training.trainer import Trainer, predict_logits, resolve_device, to_tensors
+    from medfuse.training.trainer import Trainer
 
     amount = check_fraction(amount, "amount")
     if int(finetune_epochs) < 0:

@@ -46,10 +46,10 @@ from medfuse.compress._common import (
     source_info,
     summary,
 )
-from medfuse.errors import MedfuseError, SpecError, not_allowed
-from medfuse.package import load_package
+from medfuse.core.errors import MedfuseError, SpecError, not_allowed
+from medfuse.inference.helpers import to_tensors
+from medfuse.inference.package import load_package
 from medfuse.training.metrics import compute_metrics, probabilities
-from medfuse.training.trainer import to_tensors
 
 log = logging.getLogger("medfuse.compress")
 

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medfuse.config import ModalitySpec
-from medfuse.errors import SpecError
-from medfuse.registry import Registry
+from medfuse.core.errors import SpecError
+from medfuse.core.registry import Registry
+from medfuse.core.spec import ModalitySpec
 
 DATASETS: Registry = Registry("data source")
 

@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from medfuse.errors import DataError
+from medfuse.core.errors import DataError
 
 
 def md5sum(path: Path) -> str:

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medfuse.config import ModalitySpec
+from medfuse.core.errors import DataError, SpecError, did_you_mean
+from medfuse.core.readers import read_modality
+from medfuse.core.spec import ModalitySpec
 from medfuse.data import DATASETS, DataBundle, Split
-from medfuse.data.readers import read_modality
 from medfuse.data.splits import group_stratified_split
-from medfuse.errors import DataError, SpecError, did_you_mean
 
 log = logging.getLogger("medfuse.data")
 

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medfuse.config import ModalitySpec
+from medfuse.core.errors import DataError, SpecError
+from medfuse.core.spec import ModalitySpec
 from medfuse.data import DATASETS, DataBundle, Split, find_in_root
 from medfuse.data.download import fetch, md5sum
-from medfuse.errors import DataError, SpecError
 
 ZENODO = "https://zenodo.org/records/10519652/files/{name}.npz?download=1"
 

@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medfuse.config import ModalitySpec
+from medfuse.core.errors import DataError, SpecError
+from medfuse.core.spec import ModalitySpec
 from medfuse.data import DATASETS, DataBundle, Split, default_data_root
-from medfuse.errors import DataError, SpecError
 
 FOLDER = "mit-bih-arrhythmia"
 LABELS = ["N", "S", "V", "F"]
@@ -427,7 +427,7 @@ def _extract_all(folder: Path, records: list[str], opts: dict[str, Any]) -> dict
 def _check_options(options: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
-        from medfuse.errors import did_you_mean
+        from medfuse.core.errors import did_you_mean
 
         raise SpecError(
             f"data.options.{unknown[0]}",

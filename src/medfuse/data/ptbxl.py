@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medfuse.config import ModalitySpec
+from medfuse.core.errors import DataError, SpecError, did_you_mean
+from medfuse.core.spec import ModalitySpec
 from medfuse.data import DATASETS, DataBundle, Split
 from medfuse.data.mitbih import cached_arrays
-from medfuse.errors import DataError, SpecError, did_you_mean
 
 FOLDER = "ptb-xl-subset"
 DATABASE = "ptbxl_database.csv"

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medfuse.config import ModalitySpec
+from medfuse.core.errors import SpecError
+from medfuse.core.spec import ModalitySpec
 from medfuse.data import DATASETS, DataBundle, Split
-from medfuse.errors import SpecError
 
 DEFAULTS: dict[str, Any] = {
     "n_train": 1500,

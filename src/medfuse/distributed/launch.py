@@ -113,7 +113,7 @@ def torchrun_argv(
     module: str = "medfuse",
 ) -> list[str]:
     """The ``torchrun`` arguments that start ``python -m <module> <worker...>`` on this node."""
-    from medfuse.errors import MedfuseError
+    from medfuse.core.errors import MedfuseError
 
     if nproc < 1:
         raise MedfuseError(f"--nproc must be at least 1; got {nproc}")
@@ -198,7 +198,7 @@ def launch_from_cli(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     (this process trains, alone or as a worker torchrun already started)."""
     if not launch_requested(args):
         return None
-    from medfuse.errors import MedfuseError
+    from medfuse.core.errors import MedfuseError
 
     if "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ:
         raise MedfuseError(
@@ -218,14 +218,14 @@ def launch_from_cli(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
 
 def _check_spec(args: argparse.Namespace) -> None:
-    from medfuse.config import load_spec
+    from medfuse.core.spec import load_spec
     from medfuse.distributed.strategies import STRATEGIES
 
     spec = load_spec(args.config, list(getattr(args, "overrides", None) or []))
     name = getattr(args, "strategy", None) or spec.train.strategy
     STRATEGIES.get(name, path="train.strategy" if not args.strategy else "--strategy")
     if name == "branch" and ((args.nproc or 1) > 1 or args.nnodes > 1):
-        from medfuse.errors import SpecError
+        from medfuse.core.errors import SpecError
 
         raise SpecError(
             "train.strategy",

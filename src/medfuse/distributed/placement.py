@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medfuse.errors import SpecError, did_you_mean
+from medfuse.core.errors import SpecError, did_you_mean
 
 log = logging.getLogger("medfuse.distributed")
 

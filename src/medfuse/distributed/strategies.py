@@ -31,16 +31,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from medfuse.config import Spec, parse_spec
+from medfuse.core.errors import MedfuseError, SpecError
+from medfuse.core.registry import Registry
+from medfuse.core.spec import Spec, parse_spec
 from medfuse.distributed.placement import (
     BranchParallel,
     Placement,
     devices_per_process,
     resolve_placement,
 )
-from medfuse.errors import MedfuseError, SpecError
-from medfuse.registry import Registry
-from medfuse.training.trainer import CHECKPOINT, Tensors, Trainer, resolve_device
+from medfuse.inference.helpers import Tensors, resolve_device
+from medfuse.training.trainer import CHECKPOINT, Trainer
 
 log = logging.getLogger("medfuse.distributed")
 

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from medfuse.errors import DataError, SpecError, did_you_mean
+from medfuse.core.errors import DataError, SpecError, did_you_mean
+from medfuse.core.preprocess import normalize
 from medfuse.explain.shapley import SCALES, ShapleyResult, modality_shapley
-from medfuse.preprocess import normalize
 from medfuse.training.metrics import probabilities
 
 log = logging.getLogger("medfuse.explain")
@@ -57,7 +57,7 @@ class Explained:
 
 
 class Explainer:
-    """Explanations for one model package (a loaded ``medfuse.predict.Predictor``)."""
+    """Explanations for one model package (a loaded ``medfuse.inference.predictor.Predictor``)."""
 
     def __init__(
         self,
@@ -109,7 +109,7 @@ class Explainer:
 
     @classmethod
     def from_package(cls, path: str | Path, *, device: str = "cpu", **kw: Any) -> Explainer:
-        from medfuse.predict import load
+        from medfuse.inference.predictor import load
 
         return cls(load(path, device=device), **kw)
 
@@ -211,7 +211,7 @@ class Explainer:
     ) -> Explained:
         """Every explanation of every sample in a (small) batch of raw inputs."""
         from medfuse.explain import gradcam, integrated
-        from medfuse.predict import decide
+        from medfuse.inference.predictor import decide
 
         inputs, mk = self.tensors(arrays, masks)
         n = len(mk[self.names[0]])
@@ -416,8 +416,8 @@ def explain_file(
     are computed for every row and averaged over the whole input (dataset level).
     """
     from medfuse.explain.plots import dataset_contributions
-    from medfuse.io import read_inputs
-    from medfuse.predict import load
+    from medfuse.inference.inputs import read_inputs
+    from medfuse.inference.predictor import load
 
     t0 = time.perf_counter()
     pred = load(package, device=device)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medfuse.errors import SpecError, did_you_mean
+from medfuse.core.errors import SpecError, did_you_mean
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 

@@ -106,7 +106,7 @@ def _says(decision: Any, label: str) -> bool:
 
 def _pick(ev: Any, y: np.ndarray, p: np.ndarray, labels: list[str], task: str) -> list[int]:
     """Per class: the most confident correct case and the most confident error (if any)."""
-    from medfuse.predict import decide
+    from medfuse.inference.predictor import decide
 
     pred = ev.predictor
     decided = decide(task, p, labels, pred.threshold)

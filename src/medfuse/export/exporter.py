@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from medfuse.errors import MedfuseError, not_allowed
+from medfuse.core.errors import MedfuseError, not_allowed
+from medfuse.core.package import WEIGHTS, update_package
 from medfuse.export.onnx import DEFAULT_OPSET, export_onnx_bytes, input_names
 from medfuse.export.verify import (
     DEFAULT_SAMPLES,
@@ -29,7 +30,7 @@ from medfuse.export.verify import (
     torch_logits,
     verify_package,
 )
-from medfuse.package import WEIGHTS, load_package, update_package
+from medfuse.inference.package import load_package
 
 log = logging.getLogger("medfuse.export")
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medfuse.errors import MedfuseError
+from medfuse.core.errors import MedfuseError
 
 
 def export_pt2_bytes(

@@ -29,10 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from medfuse.errors import DataError, MedfuseError, PackageError
-from medfuse.package import read_meta, sha256_file
-from medfuse.preprocess import normalize
-from medfuse.runtime import decide, modalities_from_meta, probabilities
+from medfuse.core.decision import decide, probabilities
+from medfuse.core.errors import DataError, MedfuseError, PackageError
+from medfuse.core.inputs import modalities_from_meta
+from medfuse.core.package import read_meta, sha256_file
+from medfuse.core.preprocess import normalize
 
 log = logging.getLogger("medfuse.export")
 
@@ -170,7 +171,7 @@ def torch_logits(
 
 
 def _torch_device(device: str) -> Any:
-    from medfuse.training.trainer import resolve_device
+    from medfuse.inference.helpers import resolve_device
 
     return resolve_device(device)
 
@@ -345,7 +346,7 @@ def verify_package(
             continue
         try:
             if name == "torch":
-                from medfuse.package import load_package
+                from medfuse.inference.package import load_package
 
                 dev = _torch_device(device)
                 check.device = str(dev)
@@ -358,7 +359,7 @@ def verify_package(
                 check.device = str(dev)
                 logits = torch_logits(load_pt2(root / file, dev), mods, feeds, dev)
             else:
-                from medfuse.runtime import OnnxPredictor
+                from medfuse.core.onnx import OnnxPredictor
 
                 dev_name = "cuda" if str(device).startswith("cuda") else "cpu"
                 if device == "auto":
@@ -390,7 +391,7 @@ def _split_reference(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, str]:
     """Raw inputs of a whole split and the PyTorch (fp32, CPU) reference logits on them."""
     from medfuse.data import load_spec_data
-    from medfuse.package import load_package
+    from medfuse.inference.package import load_package
 
     pkg = load_package(root, device="cpu")
     spec = pkg.spec

@@ -132,10 +132,10 @@ def calibrate_package(
     """Fit a temperature on the validation split and store it (and the operating point) in the
     package (atomically; ``out`` writes a calibrated copy instead). Returns the record stored in
     ``meta['calibration']`` plus the threshold and the package path."""
-    from medfuse.errors import SpecError
-    from medfuse.package import read_meta, update_package
-    from medfuse.predict import load
-    from medfuse.report.card import model_card
+    from medfuse.core.card import model_card
+    from medfuse.core.errors import SpecError
+    from medfuse.core.package import read_meta, update_package
+    from medfuse.inference.predictor import load
     from medfuse.report.clinical import load_bundle
 
     pred = load(package, device=device)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from medfuse.errors import DataError, PackageError
+from medfuse.core.errors import DataError, PackageError
 from medfuse.report.ci import (
     LEVEL,
     RESAMPLES,
@@ -155,13 +155,13 @@ def compare_packages(
     alpha: float = ALPHA,
 ) -> dict[str, Any]:
     """Each package's metrics with CIs on the same split, and each package vs the first."""
-    from medfuse.predict import load
+    from medfuse.inference.predictor import load
     from medfuse.report.clinical import SUMMARY, load_bundle
 
     if len(packages) < 2:
         raise PackageError("compare needs at least two packages")
     if metric not in SUMMARY:
-        from medfuse.errors import SpecError, not_allowed
+        from medfuse.core.errors import SpecError, not_allowed
 
         raise SpecError("metric", not_allowed("metric", metric, SUMMARY))
     scored = []

@@ -568,7 +568,7 @@ def _training(ev: Any, ctx: dict[str, Any]) -> Section:
 
 
 def _reproducibility(ev: Any, ctx: dict[str, Any]) -> Section:
-    from medfuse.package import versions
+    from medfuse.core.package import versions
 
     meta = ev.predictor.meta
     tr = meta.get("training", {})

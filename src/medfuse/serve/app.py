@@ -35,7 +35,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from medfuse import __version__
-from medfuse.errors import DataError, MedfuseError
+from medfuse.core.errors import DataError, MedfuseError
 from medfuse.serve.schemas import ErrorDetail, Health, ModelInfo, PredictResponse
 from medfuse.serve.service import InputError, Service
 

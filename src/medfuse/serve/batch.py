@@ -17,13 +17,13 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
-from medfuse.errors import DataError
+from medfuse.core.errors import DataError
 
 Chunk = tuple[dict[str, np.ndarray], dict[str, np.ndarray], pd.DataFrame]
 
 
 def spec_modalities(meta: dict[str, Any]) -> dict[str, Any]:
-    from medfuse.config import ModalitySpec
+    from medfuse.core.spec import ModalitySpec
 
     return {n: ModalitySpec.model_validate(m) for n, m in meta["spec"]["modalities"].items()}
 
@@ -42,8 +42,8 @@ def count_rows(path: Path) -> int | None:
 
 def iter_chunks(path: str | Path, meta: dict[str, Any], chunk: int) -> Iterator[Chunk]:
     """Raw arrays, masks and ids, ``chunk`` rows at a time."""
-    from medfuse.data.readers import suffix_of
-    from medfuse.io import read_inputs
+    from medfuse.core.readers import suffix_of
+    from medfuse.inference.inputs import read_inputs
 
     p = Path(path)
     mods = spec_modalities(meta)
@@ -83,7 +83,7 @@ def table(
     ids: pd.DataFrame, p: np.ndarray, labels: list[str], task: str, threshold: float
 ) -> pd.DataFrame:
     """``id, prob_<label>..., label[, threshold]`` (the ``medfuse predict`` layout)."""
-    from medfuse.io import prediction_table
+    from medfuse.inference.inputs import prediction_table
 
     return prediction_table(ids, p, labels, task, threshold)
 

@@ -30,7 +30,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from medfuse.errors import SpecError
+from medfuse.core.errors import SpecError
 from medfuse.serve.app import add_routes, extension
 from medfuse.serve.schemas import ErrorDetail, Prediction
 from medfuse.serve.service import InputError
@@ -115,7 +115,7 @@ class _ExplainState:
     def get(self) -> Any:
         if self.predictor is None:
             try:
-                from medfuse.predict import load
+                from medfuse.inference.predictor import load
             except ImportError as err:  # a torch-free (runtime-only) installation
                 raise HTTPException(
                     status_code=501,

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from medfuse.runtime import Modality
+from medfuse.core.inputs import Modality
 
 #: payload kinds per modality kind, besides "array"
 FILE_FIELDS = {"image": ("png", "dicom", "npy"), "signal": ("npy",)}

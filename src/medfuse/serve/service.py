@@ -21,15 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from medfuse.errors import DataError, MedfuseError, PackageError
-from medfuse.package import read_meta, versions
-from medfuse.runtime import (
+from medfuse.core.decision import decide
+from medfuse.core.errors import DataError, MedfuseError, PackageError
+from medfuse.core.inputs import Modality, modalities_from_meta
+from medfuse.core.package import read_meta, versions
+from medfuse.core.readers.image_math import (
     MAX_PIXELS,
-    Modality,
-    decide,
     fit_image,
     fit_signal,
-    modalities_from_meta,
     read_image_bytes,
     read_npy_bytes,
 )
@@ -56,7 +55,7 @@ def load_predictor(
     """The package's predictor for ``runtime`` ("onnx": ``model.onnx`` with ONNX Runtime, no
     PyTorch needed; "torch": the weights rebuilt with PyTorch)."""
     if runtime == "onnx":
-        from medfuse.runtime import OnnxPredictor
+        from medfuse.core.onnx import OnnxPredictor
 
         return OnnxPredictor(path, device=device, threads=threads)
     if runtime == "torch":
@@ -64,7 +63,7 @@ def load_predictor(
             import torch
         except ImportError:
             raise PackageError("the torch runtime needs PyTorch; use the onnx runtime") from None
-        from medfuse.predict import load
+        from medfuse.inference.predictor import load
 
         if threads:
             torch.set_num_threads(int(threads))
@@ -77,7 +76,7 @@ def load_predictor(
 def _spec_modalities(meta: dict[str, Any]) -> dict[str, Any] | None:
     """Full ModalitySpec objects for the data readers, or None without the data stack."""
     try:
-        from medfuse.config import ModalitySpec
+        from medfuse.core.spec import ModalitySpec
 
         return {n: ModalitySpec.model_validate(m) for n, m in meta["spec"]["modalities"].items()}
     except Exception:  # pragma: no cover - only without pydantic / the data stack
@@ -226,7 +225,7 @@ class Service:
 
     @staticmethod
     def _read_with_data_stack(raw: bytes, field: str, spec: Any) -> np.ndarray:
-        from medfuse.data.readers import read_modality
+        from medfuse.core.readers import read_modality
 
         fd, name = tempfile.mkstemp(suffix=SUFFIX[field], prefix="medfuse-upload-")
         try:

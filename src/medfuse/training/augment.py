@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from medfuse.config import AugmentSpec, ModalitySpec
+from medfuse.core.spec import AugmentSpec, ModalitySpec
 
 
 def _rand(n: int, g: torch.Generator, device: torch.device) -> torch.Tensor:

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from medfuse.errors import PackageError, SpecError
+from medfuse.core.errors import PackageError, SpecError
 
 if TYPE_CHECKING:
-    from medfuse.config import InitSpec
+    from medfuse.core.spec import InitSpec
 
 #: the init record, kept in the training work directory so that ``--resume`` needs only the
 #: checkpoint, not the source package
@@ -25,7 +25,8 @@ def init_from_package(model: torch.nn.Module, init: InitSpec) -> dict[str, Any]:
     must exist in the target with the same shape; a prefix that matches nothing is an error. The
     returned record (package, its weights' sha256, prefixes, tensor count) goes into the package.
     """
-    from medfuse.package import WEIGHTS, load_package
+    from medfuse.core.package import WEIGHTS
+    from medfuse.inference.package import load_package
 
     try:
         src_pkg = load_package(init.package)

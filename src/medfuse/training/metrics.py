@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
-from medfuse.runtime import probabilities  # noqa: F401  (one implementation, torch-free)
+from medfuse.core.decision import SUMMARY_KEYS, probabilities  # noqa: F401  (one implementation, torch-free)
 
 ECE_BINS = 10
 
@@ -191,16 +191,3 @@ def compute_metrics(
     if task == "multiclass":
         return multiclass_metrics(y, p, labels)
     return multilabel_metrics(y, p, threshold, labels)
-
-
-SUMMARY_KEYS = (
-    "auroc",
-    "auprc",
-    "accuracy",
-    "balanced_accuracy",
-    "sensitivity",
-    "specificity",
-    "f1",
-    "ece",
-    "brier",
-)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from medfuse.errors import SpecError
+from medfuse.core.errors import SpecError
 from medfuse.models import BRANCHES
 from medfuse.models.branches.common import ConvEncoder, Pool
 

@@ -19,7 +19,7 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
-from medfuse.errors import SpecError, not_allowed
+from medfuse.core.errors import SpecError, not_allowed
 from medfuse.models import BRANCHES
 from medfuse.models.branches.common import ConvEncoder
 from medfuse.models.branches.signal import RecurrentEncoder

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medfuse.errors import SpecError
+from medfuse.core.errors import SpecError
 from medfuse.models import BRANCHES
 from medfuse.models.branches.common import ConvEncoder
 

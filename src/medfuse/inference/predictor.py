@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from medfuse.core.decision import decide, probabilities
+from medfuse.core.errors import DataError
+from medfuse.core.preprocess import normalize
 from medfuse.data import Split
-from medfuse.errors import DataError
-from medfuse.package import Package, load_package
-from medfuse.preprocess import normalize
-from medfuse.runtime import decide, probabilities
+from medfuse.inference.package import Package, load_package
 
 
 def stack_samples(
@@ -124,7 +124,7 @@ class Predictor:
 
 def load(path: str | Path, *, device: str = "cpu") -> Predictor:
     """Load a model package (checksums verified, weights loaded strictly) as a Predictor."""
-    from medfuse.training.trainer import resolve_device
+    from medfuse.inference.helpers import resolve_device
 
     dev = resolve_device(device)
     return Predictor(load_package(path, device=dev), dev)

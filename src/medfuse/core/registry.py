@@ -7,7 +7,7 @@ import typing
 from collections.abc import Callable
 from typing import Any, Generic, Literal, TypeVar
 
-from medfuse.errors import SpecError, did_you_mean, not_allowed
+from medfuse.core.errors import SpecError, did_you_mean, not_allowed
 
 T = TypeVar("T", bound=Callable[..., Any])
 

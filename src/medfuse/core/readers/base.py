@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medfuse.errors import DataError
-from medfuse.registry import Registry
-from medfuse.runtime import fit_signal
+from medfuse.core.errors import DataError
+from medfuse.core.readers.image_math import fit_image, fit_signal
+from medfuse.core.registry import Registry
 
 if TYPE_CHECKING:
-    from medfuse.config import ModalitySpec
+    from medfuse.core.spec import ModalitySpec
 
 IMAGE_READERS: Registry = Registry("image file type")
 SIGNAL_READERS: Registry = Registry("signal file type")
@@ -182,27 +182,3 @@ def _npy_signal(path: Path, *, leads: list[str] | None = None, rate: float | Non
         )
     arr = arr.astype(np.float32)
     return arr[None] if arr.ndim == 1 else arr
-
-
-def fit_image(arr: np.ndarray, channels: int, size: list[int]) -> np.ndarray:
-    """Match channels (grey <-> RGB) and resize to ``size`` (linear interpolation, scipy zoom)."""
-    if arr.shape[0] != channels:
-        if channels == 1:
-            arr = arr.mean(axis=0, keepdims=True)
-        elif arr.shape[0] == 1:
-            arr = np.repeat(arr, channels, axis=0)
-        else:
-            raise DataError(f"image has {arr.shape[0]} channels; the model expects {channels}")
-    if list(arr.shape[1:]) != list(size):
-        if len(size) != arr.ndim - 1:
-            raise DataError(f"image of shape {arr.shape[1:]} cannot be fitted to size {size}")
-        from scipy.ndimage import zoom
-
-        factors = [1.0] + [t / s for t, s in zip(size, arr.shape[1:])]
-        # pixel-centre aligned, edges repeated; medfuse.runtime.fit_image mirrors this exactly
-        arr = zoom(arr, factors, order=1, grid_mode=True, mode="nearest")
-        arr = arr[(slice(None), *(slice(0, t) for t in size))]
-    return np.ascontiguousarray(arr, dtype=np.float32)
-
-
-from medfuse.data import readers_medical as _medical  # noqa: E402,F401

@@ -8,14 +8,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medfuse.data.readers import (
+from medfuse.core.errors import DataError
+from medfuse.core.inputs import npz_modalities
+from medfuse.core.readers import (
     IMAGE_READERS,
     SIGNAL_READERS,
     read_modality,
     suffix_of,
 )
-from medfuse.errors import DataError
-from medfuse.runtime import npz_modalities
 
 
 def read_inputs(
@@ -94,7 +94,7 @@ def read_inputs(
 def prediction_table(
     ids: pd.DataFrame, p: np.ndarray, labels: list[str], task: str, threshold: float
 ) -> pd.DataFrame:
-    from medfuse.predict import decide
+    from medfuse.inference.predictor import decide
 
     df = ids.copy()
     if task == "binary":
@@ -112,7 +112,7 @@ def prediction_table(
 def predict_file(
     package: str | Path, input_path: str | Path, *, device: str = "cpu", batch_size: int = 256
 ) -> pd.DataFrame:
-    from medfuse.predict import load
+    from medfuse.inference.predictor import load
 
     pred = load(package, device=device)
     arrays, masks, ids = read_inputs(input_path, pred.spec.modalities, pred.meta["preprocessing"])

@@ -21,9 +21,9 @@ from typing import Any
 
 from torch import nn
 
-from medfuse.errors import SpecError, did_you_mean
+from medfuse.core.errors import SpecError, did_you_mean
 
-#: the reserved branch key (see ``medfuse.config.BRANCH_RESERVED``)
+#: the reserved branch key (see ``medfuse.core.spec.BRANCH_RESERVED``)
 LAYER_SHAPES = "layer_shapes"
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)

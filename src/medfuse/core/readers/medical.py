@@ -21,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from medfuse.data.readers import (
+from medfuse.core.errors import DataError
+from medfuse.core.readers.base import (
     IMAGE_READERS,
     SIGNAL_READERS,
     Window,
     apply_window,
     numeric_window,
 )
-from medfuse.errors import DataError
 
 #: voltage units converted to millivolts, so records written in uV and mV agree
 _TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3, "nv": 1e-6}

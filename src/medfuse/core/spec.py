@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from medfuse.errors import SpecError, did_you_mean
+from medfuse.core.errors import SpecError, did_you_mean
 
 MODALITY_KINDS = ("image", "signal", "tabular")
 STAGES = ("end_to_end", "branches", "fusion", "finetune")
 DEFAULT_BRANCH = {"image": "cnn", "signal": "cnn1d", "tabular": "mlp"}
 #: branch keys handled by the composite, not the builder (``layer_shapes``: pruned layer sizes,
-#: see ``medfuse.compress.shapes``)
+#: see ``medfuse.models.shapes``)
 BRANCH_RESERVED = ("layer_shapes",)
 
 
@@ -337,6 +338,18 @@ def _format_validation_error(err: ValidationError, model: type[BaseModel]) -> Sp
     )
 
 
+#: checks that layers above the core add (``medfuse.models`` checks branch and fusion parameters
+#: against their registered builders); each raises SpecError naming the field path
+_SPEC_CHECKS: list[Callable[[Spec], None]] = []
+
+
+def register_spec_check(check: Callable[[Spec], None]) -> Callable[[Spec], None]:
+    """Add a check that every ``parse_spec`` runs once the layer defining it is imported."""
+    if check not in _SPEC_CHECKS:
+        _SPEC_CHECKS.append(check)
+    return check
+
+
 def parse_spec(data: dict[str, Any] | Spec) -> Spec:
     """Validate a dict into a Spec; raises SpecError naming the field path."""
     if isinstance(data, Spec):
@@ -369,15 +382,8 @@ def _check_cross_fields(spec: Spec) -> None:
             raise SpecError(f"train.modality_dropout.{name}", f"no modality named {name!r}")
     if len(spec.train.stages) > 1 and any(s.name == "end_to_end" for s in spec.train.stages):
         raise SpecError("train.stages", "'end_to_end' cannot be combined with other stages")
-    # branch and fusion parameters are checked against their registered builders
-    from medfuse.models import BRANCHES, FUSIONS
-
-    for name, b in spec.branches.items():
-        params = {k: v for k, v in b.params.items() if k not in BRANCH_RESERVED}
-        BRANCHES.check_params(b.type, params, path=f"branches.{name}", skip=("input_shape",))
-    FUSIONS.check_params(
-        spec.fusion.type, spec.fusion.params, path="fusion", skip=("feature_dims", "num_outputs")
-    )
+    for check in _SPEC_CHECKS:  # the model layer's: branch and fusion parameters
+        check(spec)
     if spec.threshold.method in ("sensitivity", "specificity") and spec.threshold.target is None:
         raise SpecError(
             "threshold.target", f"method {spec.threshold.method!r} needs a target in (0, 1]"
@@ -442,7 +448,7 @@ def load_spec_dict(path: str | Path) -> dict[str, Any]:
     """Read YAML or JSON; a name without a path may be a shipped config (e.g. 'breastmnist')."""
     p = Path(path)
     if not p.exists():
-        shipped = Path(__file__).parent / "configs" / f"{p.stem}.yaml"
+        shipped = Path(__file__).parent.parent / "configs" / f"{p.stem}.yaml"
         if p.parent == Path(".") and shipped.exists():
             p = shipped
         else:

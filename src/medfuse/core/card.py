@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from medfuse.training.metrics import SUMMARY_KEYS
+from medfuse.core.decision import SUMMARY_KEYS
 
 
 def _fmt(v: Any) -> str:

@@ -282,7 +282,7 @@ def _calibrate(p: argparse.ArgumentParser) -> Handler:
 
 
 def _calibration_figure(package: str, data_dir: str | None, device: str, out: str) -> None:
-    from medfuse.predict import load
+    from medfuse.inference.predictor import load
     from medfuse.report import calibration as cal
     from medfuse.report.clinical import load_bundle
     from medfuse.report.plots import reliability_png

@@ -1,0 +1,28 @@
+"""File readers, chosen by file type (numpy; Pillow, pydicom, nibabel and wfdb imported when a
+file of theirs is read). ``base`` has the registries, Pillow images and ``.npy``; ``medical``
+registers DICOM, NIfTI, WFDB and CSV signals."""
+
+from medfuse.core.readers import medical as _medical  # noqa: F401  (registers its readers)
+from medfuse.core.readers.base import (
+    IMAGE_READERS,
+    SIGNAL_READERS,
+    apply_window,
+    fit_image,
+    numeric_window,
+    read_image,
+    read_modality,
+    read_signal,
+    suffix_of,
+)
+
+__all__ = [
+    "IMAGE_READERS",
+    "SIGNAL_READERS",
+    "apply_window",
+    "fit_image",
+    "numeric_window",
+    "read_image",
+    "read_modality",
+    "read_signal",
+    "suffix_of",
+]

@@ -1,0 +1,120 @@
+"""Fitting raw arrays to a modality's shape (numpy only) and decoding in-memory payloads
+(``.npy``, Pillow images) with their sizes checked before any allocation."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+
+from medfuse.core.errors import DataError
+
+#: images larger than this many pixels per channel are refused before decoding (no memory bombs)
+MAX_PIXELS = 4096 * 4096
+
+
+def _resize_axis(x: np.ndarray, axis: int, out: int) -> np.ndarray:
+    """Linear interpolation on pixel centres, edges repeated (scipy zoom, grid_mode, 'nearest')."""
+    n = x.shape[axis]
+    if n == out:
+        return x
+    pos = np.clip((np.arange(out, dtype=np.float64) + 0.5) * (n / out) - 0.5, 0, n - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, n - 1)
+    w = (pos - lo).reshape([-1 if i == axis else 1 for i in range(x.ndim)])
+    return np.take(x, lo, axis=axis) * (1 - w) + np.take(x, hi, axis=axis) * w
+
+
+def fit_image(arr: np.ndarray, channels: int, size: Sequence[int]) -> np.ndarray:
+    """Match channels (grey <-> RGB) and resize to ``size``, as ``medfuse.data.readers`` does."""
+    arr = np.asarray(arr, dtype=np.float64)
+    if arr.ndim == len(size):
+        arr = arr[None]
+    if arr.ndim != len(size) + 1:
+        raise DataError(f"an image of shape {arr.shape} cannot be fitted to size {list(size)}")
+    if arr.shape[0] != channels:
+        if channels == 1:
+            arr = arr.mean(axis=0, keepdims=True)
+        elif arr.shape[0] == 1:
+            arr = np.repeat(arr, channels, axis=0)
+        else:
+            raise DataError(f"image has {arr.shape[0]} channels; the model expects {channels}")
+    if min(arr.shape[1:]) < 1:
+        raise DataError(f"an empty image (shape {arr.shape}) cannot be resized")
+    for axis, target in enumerate(size, start=1):
+        arr = _resize_axis(arr, axis, int(target))
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def fit_signal(arr: np.ndarray, channels: int, length: int) -> np.ndarray:
+    """Check channels; centre-crop or zero-pad the time axis to ``length``."""
+    arr = np.asarray(arr, dtype=np.float32)
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2:
+        raise DataError(f"signal has shape {arr.shape}; the model expects ({channels}, T)")
+    if arr.shape[0] != channels:
+        raise DataError(f"signal has {arr.shape[0]} channels; the model expects {channels}")
+    t = arr.shape[1]
+    if t > length:
+        start = (t - length) // 2
+        arr = arr[:, start : start + length]
+    elif t < length:
+        arr = np.pad(arr, ((0, 0), (0, length - t)))
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def read_npy_bytes(data: bytes, *, max_elements: int = MAX_PIXELS * 4) -> np.ndarray:
+    """An ``.npy`` payload as a float32 array; the header is checked before any allocation."""
+    from numpy.lib import format as npformat
+
+    buf = io.BytesIO(data)
+    try:
+        version = npformat.read_magic(buf)
+        if version == (1, 0):
+            shape, _fortran, dtype = npformat.read_array_header_1_0(buf)
+        else:
+            shape, _fortran, dtype = npformat.read_array_header_2_0(buf)
+    except Exception as err:
+        raise DataError(f"not an .npy array ({err})") from None
+    if dtype.hasobject or not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+        raise DataError(f"an .npy input must be numeric; got dtype {dtype}")
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if count > max_elements:
+        raise DataError(
+            f"an .npy input of shape {shape} is too large (limit {max_elements} values)"
+        )
+    if len(data) - buf.tell() < count * dtype.itemsize:
+        raise DataError(f".npy data is truncated: the header says {shape} {dtype}")
+    buf.seek(0)
+    try:
+        arr = np.load(buf, allow_pickle=False)
+    except Exception as err:
+        raise DataError(f"not a readable .npy array ({err})") from None
+    return np.asarray(arr, dtype=np.float32)
+
+
+def read_image_bytes(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A PNG/JPEG/BMP/TIFF payload as ``(C, H, W)`` float32 (Pillow: grey -> 1, colour -> RGB)."""
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - only without Pillow
+        raise DataError("reading images needs Pillow: pip install pillow") from None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise DataError(f"image of {w}x{h} pixels exceeds the limit of {max_pixels} pixels")
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                arr = np.asarray(im, dtype=np.float32)[None]
+            elif im.mode in ("L", "1", "LA"):
+                arr = np.asarray(im.convert("L"), dtype=np.float32)[None]
+            else:
+                arr = np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(f"not a readable image ({type(err).__name__}: {err})") from None
+    return np.ascontiguousarray(arr)

@@ -1,0 +1,106 @@
+"""Packages with their model: save an in-memory model, load one back rebuilt from its spec.
+
+The file format itself (``medfuse.json``, checksums, atomic writes) is ``medfuse.core.package``,
+which needs no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medfuse.core.errors import PackageError
+from medfuse.core.package import META, WEIGHTS, _json_default, read_meta, versions, write_package
+
+
+@dataclass
+class Package:
+    """A loaded package: its directory, manifest, validated spec and the rebuilt model."""
+
+    path: Path
+    meta: dict[str, Any]
+    spec: Any
+    model: Any
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.meta["labels"])
+
+    @property
+    def task(self) -> str:
+        return str(self.meta["task"])
+
+
+def save_package(
+    path: str | Path,
+    *,
+    model: Any,
+    spec: Any,
+    preprocessing: dict[str, Any],
+    threshold: dict[str, Any],
+    metrics: dict[str, Any],
+    training: dict[str, Any] | None = None,
+    data_info: dict[str, Any] | None = None,
+    extra_meta: dict[str, Any] | None = None,
+    extra_files: dict[str, bytes | str | Path] | None = None,
+) -> Path:
+    """Write a new package for an in-memory model."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    from medfuse.models.composite import count_parameters
+
+    meta: dict[str, Any] = {
+        "name": spec.name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "task": spec.task.type,
+        "labels": list(spec.task.labels or []),
+        "spec": spec.to_dict(),
+        "preprocessing": preprocessing,
+        "threshold": threshold,
+        "calibration": {"method": "none", "temperature": 1.0},
+        "parameters": count_parameters(model),
+        "versions": versions(),
+        "training": training or {},
+        "data": data_info or {},
+        "compression": [],
+    }
+    meta.update(extra_meta or {})
+    from medfuse.core.card import model_card
+
+    files: dict[str, bytes | str | Path] = {
+        WEIGHTS: save(state),
+        "metrics.json": json.dumps(metrics, indent=2, default=_json_default),
+    }
+    files["README.md"] = model_card(meta, metrics)
+    files.update(extra_files or {})
+    return write_package(path, meta, files)
+
+
+def load_package(path: str | Path, *, device: str | Any = "cpu") -> Package:
+    """Verify checksums, rebuild the model from the spec and load the weights strictly."""
+    import torch
+    from safetensors.torch import load_file
+
+    from medfuse.core.spec import parse_spec
+    from medfuse.models import build_model
+
+    root = Path(path)
+    meta = read_meta(root)
+    if WEIGHTS not in meta.get("files", {}):
+        raise PackageError(f"{root}: no {WEIGHTS} listed in {META}")
+    spec = parse_spec(meta["spec"])
+    model = build_model(spec)
+    try:
+        state = load_file(str(root / WEIGHTS), device="cpu")
+    except Exception as err:
+        raise PackageError(f"{root / WEIGHTS}: cannot read weights ({err})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise PackageError(f"{root}: weights do not fit the spec's model: {err}") from None
+    model.to(torch.device(device) if isinstance(device, str) else device).eval()
+    return Package(root, meta, spec, model)
