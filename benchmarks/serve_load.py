@@ -16,6 +16,13 @@ generator, which shares the CPU with the server, spends as little of it as possi
 
     python benchmarks/serve_load.py --package runs/breastmnist        # an exported package
     python benchmarks/serve_load.py --data-dir /work/shared/data      # trains a small one first
+    python benchmarks/serve_load.py --mixed --clients 32 --seconds 20 # good and bad payloads
+
+``--mixed`` sends, from every client in turn, real instances and malformed ones (broken JSON,
+NaN and huge values, wrong shapes, unknown or misspelt modalities, no modality at all, booleans
+for numbers, wrong content types) to the ONNX backend while another client polls ``/health``
+throughout. It asserts: no 5xx at all, every bad request answered 4xx, every good one 200 with
+one prediction, and ``/health`` answering 200 on every poll.
 """
 
 from __future__ import annotations
@@ -192,6 +199,147 @@ def request_bodies(package: Path, data_dir: str | None, n: int = 32) -> list[byt
     return bodies
 
 
+def bad_bodies(good: bytes) -> list[tuple[str, bytes, str]]:
+    """Malformed requests derived from a good one: (name, body, content type)."""
+    inst = json.loads(good)["instances"][0]
+    name, value = next(iter(inst.items()))
+    out: list[tuple[str, bytes, str]] = [
+        ("broken json", good[: len(good) // 2], "application/json"),
+        ("not json", b"\x00\xff garbage", "application/json"),
+        ("text body", b"hello", "text/plain"),
+        ("no instances", b"{}", "application/json"),
+        ("empty instance", b'{"instances": [{}]}', "application/json"),
+        ("instances not a list", b'{"instances": 3}', "application/json"),
+        ("unknown modality", json.dumps({"instances": [{name + "x": value}]}).encode(),
+         "application/json"),
+        ("boolean for a number", json.dumps({"instances": [{name: True}]}).encode(),
+         "application/json"),
+    ]  # fmt: skip
+    if isinstance(value, dict) and "array" in value:
+        arr = np.asarray(value["array"], dtype=np.float64)
+        huge = np.full_like(arr, 3e37).tolist()
+        out += [
+            ("huge values", json.dumps({"instances": [{name: {"array": huge}}]}).encode(),
+             "application/json"),
+            ("NaN values", json.dumps({"instances": [{name: {"array": np.full_like(arr, np.nan)
+             .tolist()}}]}).encode(), "application/json"),
+            ("wrong shape", json.dumps({"instances": [{name: {"array": [[1.0, 2.0]]}}]}).encode(),
+             "application/json"),
+        ]  # fmt: skip
+    elif isinstance(value, dict):
+        col = next(iter(value))
+        out += [
+            ("string for a number", json.dumps({"instances": [{name: {col: "abc"}}]}).encode(),
+             "application/json"),
+            ("unknown column", json.dumps({"instances": [{name: {col + "zz": 1.0}}]}).encode(),
+             "application/json"),
+        ]  # fmt: skip
+    return out
+
+
+def _request(body: bytes, ctype: str, path: str = "/v1/predict") -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n".encode()
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
+async def _send(conn: Any, request: bytes) -> tuple[int, bytes]:
+    reader, writer = conn
+    writer.write(request)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    return int(head[9:12]), await reader.readexactly(length)
+
+
+async def mixed_load(
+    port: int, goods: list[bytes], bads: list[tuple[str, bytes, str]], clients: int, seconds: float
+) -> dict[str, Any]:
+    """Every client alternates good and bad requests; one more client polls /health."""
+    out: dict[str, Any] = {"good_sent": 0, "good_ok": 0, "bad_sent": 0, "bad_4xx": 0,
+                           "5xx": 0, "wrong": {}, "health_polls": 0, "health_ok": 0}  # fmt: skip
+    until = time.perf_counter() + seconds
+
+    def wrong(kind: str) -> None:
+        out["wrong"][kind] = out["wrong"].get(kind, 0) + 1
+
+    async def client(k: int) -> None:
+        conn = None
+        i = k
+        while time.perf_counter() < until:
+            i += 1
+            good = i % 2 == 0
+            if good:
+                body, ctype, name = goods[i % len(goods)], "application/json", "good"
+            else:
+                name, body, ctype = bads[(i // 2) % len(bads)]
+            out["good_sent" if good else "bad_sent"] += 1
+            try:
+                if conn is None:
+                    conn = await asyncio.open_connection("127.0.0.1", port)
+                status, resp = await _send(conn, _request(body, ctype))
+            except (OSError, asyncio.IncompleteReadError, ValueError) as err:
+                wrong(f"{name}: {type(err).__name__}")
+                if conn is not None:
+                    conn[1].close()
+                conn = None
+                continue
+            if status >= 500:
+                out["5xx"] += 1
+                wrong(f"{name}: HTTP {status}")
+            elif good and status == 200 and check_body(resp):
+                out["good_ok"] += 1
+            elif not good and 400 <= status < 500:
+                out["bad_4xx"] += 1
+            else:
+                wrong(f"{name}: HTTP {status}")
+        if conn is not None:
+            conn[1].close()
+
+    async def health() -> None:
+        while time.perf_counter() < until:
+            out["health_polls"] += 1
+            try:
+                conn = await asyncio.open_connection("127.0.0.1", port)
+                conn[1].write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                await conn[1].drain()
+                head = await asyncio.wait_for(conn[0].readuntil(b"\r\n\r\n"), 10)
+                conn[1].close()
+                out["health_ok"] += int(head[9:12]) == 200
+            except (TimeoutError, OSError, asyncio.IncompleteReadError):
+                pass
+            await asyncio.sleep(0.2)
+
+    await asyncio.gather(health(), *(client(k) for k in range(clients)))
+    return out
+
+
+def run_mixed(package: Path, bodies: list[bytes], a: argparse.Namespace) -> int:
+    bads = bad_bodies(bodies[0])
+    proc, port = start(package, "onnx", a.workers, a.threads)
+    try:
+        r = asyncio.run(mixed_load(port, bodies, bads, a.clients, a.seconds))
+    finally:
+        stop(proc)
+    print(f"mixed good/bad payloads, {a.clients} clients x {a.seconds:.0f} s, onnx backend; "
+          f"{len(bads)} kinds of bad request: {', '.join(n for n, _, _ in bads)}")  # fmt: skip
+    print(f"good: {r['good_ok']}/{r['good_sent']} answered 200; bad: {r['bad_4xx']}/"
+          f"{r['bad_sent']} answered 4xx; 5xx: {r['5xx']}; /health: {r['health_ok']}/"
+          f"{r['health_polls']} polls 200")  # fmt: skip
+    if r["wrong"]:
+        print(f"unexpected answers: {r['wrong']}")
+    print(json.dumps(r))
+    ok = (r["5xx"] == 0 and not r["wrong"] and r["good_ok"] == r["good_sent"]
+          and r["bad_4xx"] == r["bad_sent"] and r["health_ok"] == r["health_polls"] > 0)  # fmt: skip
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
 def model_latency(
     package: Path, runtimes: list[str], body: bytes, n: int = 200
 ) -> dict[str, float]:
@@ -225,6 +373,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per worker (both)")
     ap.add_argument("--client", choices=["raw", "httpx"], default="raw")
     ap.add_argument("--runtimes", default="onnx,torch")
+    ap.add_argument("--mixed", action="store_true", help="good and bad payloads, onnx backend")
     a = ap.parse_args()
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -238,6 +387,8 @@ def main() -> None:
                        check=True)  # fmt: skip
         subprocess.run([*base, "export", str(package), "--data-dir", a.data_dir], check=True)
     bodies = request_bodies(package, a.data_dir)
+    if a.mixed:
+        raise SystemExit(run_mixed(package, bodies, a))
     body = bodies[0]
     print(f"package {package}; {a.clients} clients x {a.seconds:.0f} s per backend "
           f"({a.rounds} interleaved rounds); {a.workers} workers x {a.threads} thread(s); "
