@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from medfuse.cli import Handler, command, command_line, console, data_dir_arg
+from medfuse.core.console import Handler, command_line, console, data_dir_arg
 
 
 def _fraction(text: str) -> float:
@@ -56,8 +56,7 @@ def _done(a: argparse.Namespace, res: Any, title: str) -> int:
     return 0
 
 
-@command("quantize", "INT8 ONNX model of a package (static QDQ for CNNs, dynamic for RNN/linear)")
-def _quantize(p: argparse.ArgumentParser) -> Handler:
+def setup_quantize(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("package")
     p.add_argument(
         "--method",
@@ -104,8 +103,7 @@ def _quantize(p: argparse.ArgumentParser) -> Handler:
     return run
 
 
-@command("prune", "structured (per-branch channels) or unstructured pruning, then fine-tuning")
-def _prune(p: argparse.ArgumentParser) -> Handler:
+def setup_prune(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("package")
     p.add_argument(
         "--amount", type=_fraction, default=0.5, help="fraction to remove, in (0, 1) (default 0.5)"
@@ -154,8 +152,7 @@ def _prune(p: argparse.ArgumentParser) -> Handler:
     return run
 
 
-@command("distill", "knowledge distillation from a package (or an ensemble) into a student spec")
-def _distill(p: argparse.ArgumentParser) -> Handler:
+def setup_distill(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("teachers", nargs="+", metavar="TEACHER", help="teacher package(s)")
     p.add_argument(
         "--student",
@@ -216,8 +213,7 @@ def _distill(p: argparse.ArgumentParser) -> Handler:
     return run
 
 
-@command("benchmark", "one table of size, MACs, latency and metrics for packages; Pareto plot")
-def _benchmark(p: argparse.ArgumentParser) -> Handler:
+def setup_benchmark(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("packages", nargs="+", metavar="PKG", help="the first is the reference")
     p.add_argument("-o", "--out", help="directory for benchmark.{json,csv,md} and pareto.png")
     p.add_argument(

@@ -6,7 +6,8 @@ import argparse
 import json
 from typing import Any
 
-from medfuse.cli import Handler, command, console
+from medfuse.core.console import Handler, console
+from medfuse.export import DEFAULT_OPSET
 
 
 def report_table(report: Any) -> Any:
@@ -43,13 +44,12 @@ def _print_report(report: Any, as_json: bool) -> int:
     return 0 if report.ok else 1
 
 
-@command("export", "write an ONNX or torch.export program into a package, then verify it")
-def _export(p: argparse.ArgumentParser) -> Handler:
-    from medfuse.export.onnx import DEFAULT_OPSET
-
+def setup_export(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("package")
     p.add_argument("--format", default="onnx", choices=["onnx", "pt2"])
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default 17)")
+    p.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})"
+    )
     p.add_argument("--samples", type=int, default=16, help="verification samples (default 16)")
     p.add_argument("--refresh", action="store_true", help="rebuild verification.npz")
     p.add_argument("--data-dir", help="data root for the verification inputs (validation split)")
@@ -79,8 +79,7 @@ def _export(p: argparse.ArgumentParser) -> Handler:
     return run
 
 
-@command("verify", "check a package's checksums and its runtimes' parity on this device")
-def _verify(p: argparse.ArgumentParser) -> Handler:
+def setup_verify(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("package")
     p.add_argument(
         "--runtime",

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from medfuse.cli import Handler, command, command_line, console, data_dir_arg
+from medfuse.core.console import Handler, command_line, console, data_dir_arg
 
 THRESHOLD_CHOICES = ["youden", "sensitivity", "specificity", "fixed"]
 
@@ -158,8 +158,7 @@ def print_evaluation(ev: Any) -> None:
 # ---- compare -----------------------------------------------------------------------------------
 
 
-@command("compare", "packages on the same test set: metrics with CIs and a paired AUROC test")
-def _compare(p: argparse.ArgumentParser) -> Handler:
+def setup_compare(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("packages", nargs="+", help="two or more packages; the first is the reference")
     p.add_argument("--split", default="test", choices=["test", "val"])
     data_dir_arg(p)
@@ -225,8 +224,7 @@ def _compare(p: argparse.ArgumentParser) -> Handler:
 # ---- calibrate ---------------------------------------------------------------------------------
 
 
-@command("calibrate", "fit temperature scaling on validation and store it (and the threshold)")
-def _calibrate(p: argparse.ArgumentParser) -> Handler:
+def setup_calibrate(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("package")
     p.add_argument("--out", help="write a calibrated copy here (default: update in place)")
     data_dir_arg(p)
@@ -308,8 +306,7 @@ def _calibration_figure(package: str, data_dir: str | None, device: str, out: st
 # ---- report ------------------------------------------------------------------------------------
 
 
-@command("report", "a self-contained HTML evaluation report (plots embedded) for a package")
-def _report(p: argparse.ArgumentParser) -> Handler:
+def setup_report(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("package")
     p.add_argument("-o", "--output", default="report.html", help="HTML file (default report.html)")
     p.add_argument("--split", default="test", choices=["test", "val"])

@@ -12,6 +12,7 @@ Formats: Pillow images and ``.npy`` here; DICOM, NIfTI, WFDB and CSV signals in
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -182,3 +183,29 @@ def _npy_signal(path: Path, *, leads: list[str] | None = None, rate: float | Non
         )
     arr = arr.astype(np.float32)
     return arr[None] if arr.ndim == 1 else arr
+
+
+def read_one_file(
+    path: str | Path, modalities: Mapping[str, ModalitySpec]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
+    """One image or signal file as a batch of one, for a model with exactly one modality of the
+    file's kind (the others absent: mask 0); None when the file fits no modality that way."""
+    p = Path(path)
+    suf = suffix_of(p)
+    for kind, reg in (("image", IMAGE_READERS), ("signal", SIGNAL_READERS)):
+        if suf in reg:
+            names = [m for m, s in modalities.items() if s.kind == kind]
+            if len(names) != 1:
+                continue
+            x = read_modality(p, modalities[names[0]])  # honours window / leads / rate
+            arrays = {
+                m: (
+                    x[None]
+                    if m == names[0]
+                    else np.full((1, *s.shape), np.nan if s.kind == "tabular" else 0.0, np.float32)
+                )
+                for m, s in modalities.items()
+            }
+            masks = {m: np.array([1.0 if m == names[0] else 0.0], np.float32) for m in modalities}
+            return arrays, masks
+    return None
