@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import os
 import sys
 from collections.abc import Iterable
@@ -27,6 +26,7 @@ from medfuse.core.decision import decide
 from medfuse.core.errors import DataError, MedfuseError, PackageError
 from medfuse.core.inputs import npz_modalities
 from medfuse.core.onnx import OnnxPredictor, load
+from medfuse.core.optional import installed
 from medfuse.core.package import WEIGHTS, read_meta
 from medfuse.core.readers import suffix_of
 from medfuse.core.readers.base import read_one_file
@@ -34,14 +34,6 @@ from medfuse.core.spec import ModalitySpec
 
 __all__ = ["OnnxPredictor", "choose_runtime", "load", "main", "predict_file"]
 RUNTIMES = ("auto", "torch", "onnx")
-
-
-def installed(module: str) -> bool:
-    """Whether ``module`` can be imported here (without importing it)."""
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a finder that refuses it, or a half-removed package
-        return False
 
 
 def choose_runtime(package: str | Path, runtime: str = "auto") -> str:

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 from medfuse.core.console import Handler, Setup
 from medfuse.core.errors import MedfuseError
+from medfuse.core.optional import extra_for
 
 
 class Verb(NamedTuple):
@@ -133,41 +134,12 @@ VERBS: dict[str, Verb] = {
     ),
 }
 
-#: the extra that provides each optional top-level module (pyproject's optional-dependencies)
-EXTRA_OF_MODULE: dict[str, str] = {
-    **dict.fromkeys(
-        ("torch", "safetensors", "pandas", "scipy", "sklearn", "pyarrow", "matplotlib"), "train"
-    ),
-    **dict.fromkeys(("onnx", "onnxscript"), "export"),
-    "torch_pruning": "compress",
-    "captum": "explain",
-    **dict.fromkeys(
-        ("fastapi", "starlette", "uvicorn", "httptools", "uvloop", "multipart"), "serve"
-    ),
-    **dict.fromkeys(("pydicom", "nibabel", "wfdb"), "medical"),
-    "mlflow": "tracking",
-}
-#: the extras each extra includes (pyproject: ``export = ["medfuse[train]", ...]``)
-EXTRA_INCLUDES: dict[str, tuple[str, ...]] = {
-    "train": ("train",),
-    "export": ("export", "train"),
-    "compress": ("compress", "export", "train"),
-    "explain": ("explain", "train"),
-    "serve": ("serve",),
-    "medical": ("medical",),
-    "tracking": ("tracking",),
-}
-
 
 def missing_extra(verb: str, err: ModuleNotFoundError) -> str | None:
-    """The extra that provides the module ``err`` says is missing, or None when that module is
-    not an optional dependency of medfuse (then the error is a real defect, not an install)."""
-    top = (err.name or "").split(".")[0]
-    extra = EXTRA_OF_MODULE.get(top)
-    if extra is None:
-        return None
-    own = VERBS[verb].extra if verb in VERBS else None
-    return own if own and extra in EXTRA_INCLUDES.get(own, ()) else extra
+    """The extra that provides the module ``err`` says is missing (the verb's own extra when it
+    includes it), or None when that module is not an optional dependency of medfuse (then the
+    error is a defect, not an install)."""
+    return extra_for(err.name or "", VERBS[verb].extra if verb in VERBS else None)
 
 
 def _build(only: Iterable[str] | None) -> tuple[argparse.ArgumentParser, dict[str, Handler]]:

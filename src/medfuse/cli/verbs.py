@@ -18,6 +18,7 @@ from medfuse.core.console import (
     metrics_table,
 )
 from medfuse.core.decision import SUMMARY_KEYS
+from medfuse.core.readers import suffix_of
 from medfuse.core.spec import load_spec
 from medfuse.distributed.launch import add_launch_arguments, launch_from_cli
 from medfuse.report.cli import add_evaluate_options, clinical_requested, run_clinical_evaluate
@@ -177,8 +178,10 @@ def setup_predict(p: argparse.ArgumentParser) -> Handler:
             # lazy: pandas; streams a manifest in chunks (constant memory), progress bar
             from medfuse.serve.batch import predict_stream
         except ModuleNotFoundError as err:
-            if err.name != "pandas" or runtime != "onnx":
-                raise
+            manifest = suffix_of(a.input) == ".csv"
+            parquet = a.out is not None and Path(a.out).suffix.lower() != ".csv"
+            if err.name != "pandas" or runtime != "onnx" or manifest or parquet:
+                raise  # exit 2, naming the extra with pandas
             # the base install (no pandas, no torch): ONNX Runtime on an .npz or one file
             n = predict_file(a.package, a.input, a.out, device=a.device, batch_size=a.batch_size)
         else:

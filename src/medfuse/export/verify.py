@@ -32,6 +32,7 @@ import numpy as np
 from medfuse.core.decision import decide, probabilities
 from medfuse.core.errors import DataError, MedfuseError, PackageError
 from medfuse.core.inputs import modalities_from_meta
+from medfuse.core.optional import installed
 from medfuse.core.package import read_meta, sha256_file
 from medfuse.core.preprocess import normalize
 
@@ -178,10 +179,8 @@ def _torch_device(device: str) -> Any:
 
 def _available(name: str) -> str | None:
     """None when the runtime's library imports here, else why not."""
-    import importlib.util
-
     lib = {"torch": "torch", "pt2": "torch", "onnx": "onnxruntime"}[name]
-    return None if importlib.util.find_spec(lib) else f"{lib} is not installed here"
+    return None if installed(lib) else f"{lib} is not installed here"
 
 
 # ---- the report ----------------------------------------------------------------------------
