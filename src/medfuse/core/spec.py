@@ -87,10 +87,10 @@ class ModalitySpec(_Strict):
         """Shape of one sample of this modality (no batch axis)."""
         lead = (self.sequence,) if self.sequence else ()
         if self.kind == "image":
-            return (*lead, self.channels, *self.size)  # type: ignore[misc]
+            return (*lead, int(self.channels or 0), *(self.size or ()))
         if self.kind == "signal":
-            return (*lead, self.channels, self.length)  # type: ignore[return-value]
-        return (*lead, len(self.columns))  # type: ignore[arg-type]
+            return (*lead, int(self.channels or 0), int(self.length or 0))
+        return (*lead, len(self.columns or ()))
 
 
 class BranchSpec(BaseModel):

@@ -12,7 +12,7 @@ Formats: Pillow images and ``.npy`` here; DICOM, NIfTI, WFDB and CSV signals in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +25,10 @@ from medfuse.core.registry import Registry
 if TYPE_CHECKING:
     from medfuse.core.spec import ModalitySpec
 
-IMAGE_READERS: Registry = Registry("image file type")
-SIGNAL_READERS: Registry = Registry("signal file type")
+#: a reader: ``(path, **options) -> array``
+Reader = Callable[..., np.ndarray]
+IMAGE_READERS: Registry[Reader] = Registry("image file type")
+SIGNAL_READERS: Registry[Reader] = Registry("signal file type")
 
 Window = list[float] | str | None
 
@@ -39,7 +41,7 @@ def suffix_of(path: str | Path) -> str:
     return Path(name).suffix
 
 
-def _reader(reg: Registry, path: str | Path, what: str):
+def _reader(reg: Registry[Reader], path: str | Path, what: str) -> Reader:
     suf = suffix_of(path)
     if suf not in reg:
         raise DataError(

@@ -232,7 +232,7 @@ def _csv_signal(
     cols = [i for i in range(len(header)) if i != tcol]
     names = [header[i] for i in cols]
     if not cols:
-        raise DataError(f"{path}: CSV signal has no lead columns besides {header[tcol]!r}")
+        raise DataError(f"{path}: CSV signal has no lead columns besides {header[0]!r}")
     num = np.full((len(body), len(header)), np.nan)
     for r, row in enumerate(body):
         if len(row) > len(header):
