@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from medfuse import __version__
 from medfuse.core.console import Handler, Setup
 from medfuse.core.errors import MedfuseError
 from medfuse.core.optional import extra_for
@@ -143,8 +144,6 @@ def missing_extra(verb: str, err: ModuleNotFoundError) -> str | None:
 
 
 def _build(only: Iterable[str] | None) -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
-    from medfuse import __version__
-
     parser = argparse.ArgumentParser(
         prog="medfuse",
         description="Compose, train, compress and migrate multimodal medical models.",

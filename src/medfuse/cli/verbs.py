@@ -175,7 +175,7 @@ def setup_predict(p: argparse.ArgumentParser) -> Handler:
     def run(a: argparse.Namespace) -> int:
         runtime = choose_runtime(a.package, a.runtime)
         try:
-            # lazy: pandas; streams a manifest in chunks (constant memory), progress bar
+            # lazy: pandas (absent in the base install); streams manifests
             from medfuse.serve.batch import predict_stream
         except ModuleNotFoundError as err:
             manifest = suffix_of(a.input) == ".csv"

@@ -30,7 +30,7 @@ def _positive_int(text: str) -> int:
 
 
 def _record_table(title: str, record: dict[str, Any]) -> Any:
-    from rich.table import Table
+    from rich.table import Table  # lazy: rich, only to print
 
     m = record.get("metrics", {})
     before, after = m.get("before", {}), m.get("after", {})
@@ -80,6 +80,7 @@ def setup_quantize(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--json", action="store_true", help="print the compression record as JSON")
 
     def run(a: argparse.Namespace) -> int:
+        # lazy: torch, onnx, torch-pruning, only when the verb runs
         from medfuse.compress.quantize import quantize
 
         res = quantize(
@@ -133,6 +134,7 @@ def setup_prune(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--json", action="store_true", help="print the compression record as JSON")
 
     def run(a: argparse.Namespace) -> int:
+        # lazy: torch, onnx, torch-pruning, only when the verb runs
         from medfuse.compress.prune import prune
 
         res = prune(
@@ -186,6 +188,7 @@ def setup_distill(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--json", action="store_true", help="print the compression record as JSON")
 
     def run(a: argparse.Namespace) -> int:
+        # lazy: torch, onnx, torch-pruning, only when the verb runs
         from medfuse.compress.distill import distill
 
         res = distill(
@@ -229,7 +232,10 @@ def setup_benchmark(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--json", action="store_true")
 
     def run(a: argparse.Namespace) -> int:
-        from medfuse.compress.measure import benchmark, table_rows
+        from medfuse.compress.measure import (  # lazy: torch, onnx, torch-pruning, only when the verb runs
+            benchmark,
+            table_rows,
+        )
 
         res = benchmark(
             a.packages, out_dir=a.out, data_dir=a.data_dir, threads=a.threads, repeats=a.repeats
@@ -237,7 +243,7 @@ def setup_benchmark(p: argparse.ArgumentParser) -> Handler:
         if a.json:
             print(json.dumps(res, indent=2, default=str))
             return 0
-        from rich.table import Table
+        from rich.table import Table  # lazy: rich, only to print
 
         head, body = table_rows(res)
         t = Table(title=f"benchmark ({a.threads} thread(s); changes vs {res['rows'][0]['name']})")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -329,8 +330,6 @@ def _format_validation_error(err: ValidationError, model: type[BaseModel]) -> Sp
     if e["type"] == "literal_error":
         msg = msg.replace("Input should be", "must be one of")
         if isinstance(bad, str):
-            import re
-
             opts = re.findall(r"'([^']+)'", e["msg"])
             msg += did_you_mean(bad, opts)
     return SpecError(

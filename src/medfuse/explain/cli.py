@@ -35,7 +35,10 @@ def setup_explain(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--device", default="cpu")
 
     def run(a: argparse.Namespace) -> int:
-        from medfuse.explain.explainer import SHAPLEY_SCALE, explain_file
+        from medfuse.explain.explainer import (  # lazy: torch and captum, only when the verb runs
+            SHAPLEY_SCALE,
+            explain_file,
+        )
 
         doc = explain_file(
             a.package,

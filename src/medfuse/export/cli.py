@@ -11,7 +11,7 @@ from medfuse.export import DEFAULT_OPSET
 
 
 def report_table(report: Any) -> Any:
-    from rich.table import Table
+    from rich.table import Table  # lazy: rich, only to print
 
     t = Table(title=f"verify {report.package}  (checksums ok; inputs: {report.inputs})")
     for col in ("runtime", "device", "precision", "n", "max |diff|", "labels agree", "criterion"):
@@ -57,6 +57,7 @@ def setup_export(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--json", action="store_true")
 
     def run(a: argparse.Namespace) -> int:
+        # lazy: torch and onnx, only when the verb runs
         from medfuse.export.exporter import export_package
 
         res = export_package(
@@ -98,7 +99,10 @@ def setup_verify(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--json", action="store_true")
 
     def run(a: argparse.Namespace) -> int:
-        from medfuse.export.verify import TOLERANCE, verify_package
+        from medfuse.export.verify import (  # lazy: ONNX Runtime and the package reader, only to verify
+            TOLERANCE,
+            verify_package,
+        )
 
         report = verify_package(
             a.package,

@@ -24,6 +24,7 @@ def read_inputs(
         raise DataError(f"input {p} not found")
     suf = suffix_of(p)
     if suf == ".csv":
+        # lazy: the dataset registry, only for manifests
         from medfuse.data.manifest import read_rows
 
         df = pd.read_csv(p)
@@ -93,6 +94,7 @@ def prediction_table(
 def predict_file(
     package: str | Path, input_path: str | Path, *, device: str = "cpu", batch_size: int = 256
 ) -> pd.DataFrame:
+    # lazy: torch; serve.batch uses this module without it
     from medfuse.inference.predictor import load
 
     pred = load(package, device=device)

@@ -65,7 +65,10 @@ def clinical_requested(a: argparse.Namespace) -> bool:
 def run_clinical_evaluate(a: argparse.Namespace, core: dict[str, Any]) -> int:
     """``medfuse evaluate`` with CIs: the core metrics dict (same keys as before) plus ``ci``,
     ``bootstrap``, ``threshold``, ``subgroups``, ``per_modality`` and ``calibration``."""
-    from medfuse.report.clinical import clinical_evaluation, jsonable
+    from medfuse.report.clinical import (  # lazy: torch and the data stack, only when the verb runs
+        clinical_evaluation,
+        jsonable,
+    )
 
     ev = clinical_evaluation(
         a.package,
@@ -105,8 +108,9 @@ def run_clinical_evaluate(a: argparse.Namespace, core: dict[str, Any]) -> int:
 
 
 def print_evaluation(ev: Any) -> None:
-    from rich.table import Table
+    from rich.table import Table  # lazy: rich, only to print
 
+    # lazy: torch and the data stack, only when the verb runs
     from medfuse.report.ci import fmt_interval
 
     s = ev.summary
@@ -170,10 +174,15 @@ def setup_compare(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("-o", "--output", help="also write the JSON to this file")
 
     def run(a: argparse.Namespace) -> int:
-        from rich.table import Table
+        from rich.table import Table  # lazy: rich, only to print
 
+        # lazy: torch and the data stack, only when the verb runs
         from medfuse.report.ci import fmt_interval
+
+        # lazy: torch and the data stack, only when the verb runs
         from medfuse.report.clinical import jsonable
+
+        # lazy: torch and the data stack, only when the verb runs
         from medfuse.report.compare import compare_packages
 
         res = compare_packages(
@@ -234,7 +243,10 @@ def setup_calibrate(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--json", action="store_true", help="print JSON only")
 
     def run(a: argparse.Namespace) -> int:
+        # lazy: torch and the data stack, only when the verb runs
         from medfuse.report.calibration import calibrate_package
+
+        # lazy: torch and the data stack, only when the verb runs
         from medfuse.report.clinical import jsonable
 
         res = calibrate_package(
@@ -280,10 +292,19 @@ def setup_calibrate(p: argparse.ArgumentParser) -> Handler:
 
 
 def _calibration_figure(package: str, data_dir: str | None, device: str, out: str) -> None:
+    # lazy: torch and the data stack, only when the verb runs
     from medfuse.inference.predictor import load
+
+    # lazy: torch and the data stack, only when the verb runs
     from medfuse.report import calibration as cal
+
+    # lazy: torch and the data stack, only when the verb runs
     from medfuse.report.clinical import load_bundle
+
+    # lazy: torch and the data stack, only when the verb runs
     from medfuse.report.plots import reliability_png
+
+    # lazy: torch and the data stack, only when the verb runs
     from medfuse.training.metrics import probabilities
 
     pred = load(package, device=device)
@@ -322,8 +343,13 @@ def setup_report(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--json", metavar="FILE", help="also write the evaluation summary as JSON")
 
     def run(a: argparse.Namespace) -> int:
+        # lazy: torch and the data stack, only when the verb runs
         from medfuse.report.ci import fmt_interval
+
+        # lazy: torch and the data stack, only when the verb runs
         from medfuse.report.clinical import jsonable
+
+        # lazy: torch and the data stack, only when the verb runs
         from medfuse.report.html import write_report
 
         path, ev = write_report(

@@ -28,7 +28,7 @@ def setup_serve(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--no-access-log", action="store_true")
 
     def run(a: argparse.Namespace) -> int:
-        from medfuse.serve.app import serve
+        from medfuse.serve.app import serve  # lazy: fastapi and uvicorn, only when the verb runs
 
         serve(
             a.package,

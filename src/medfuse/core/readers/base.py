@@ -135,7 +135,7 @@ def numeric_window(window: Window) -> tuple[float, float] | None:
 def _pil(path: Path, *, window: Window = None) -> np.ndarray:
     """Pillow: grey -> 1 channel, colour -> RGB. These are display images (already windowed):
     a ``window`` only scales them to [0, 1] by their bit depth, to match windowed DICOM/NIfTI."""
-    from PIL import Image
+    from PIL import Image  # lazy: Pillow, only when an image file is read
 
     with Image.open(path) as im:
         im.load()

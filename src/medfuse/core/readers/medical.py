@@ -79,9 +79,12 @@ def _stored_range(ds: object) -> np.ndarray:
 
 
 def _dicom(path: Path, *, window: Window = None) -> np.ndarray:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_color_lut, apply_modality_lut
+    import pydicom  # lazy: [medical] extra, only for DICOM files
+    from pydicom.errors import InvalidDicomError  # lazy: [medical] extra, only for DICOM files
+    from pydicom.pixels import (  # lazy: [medical] extra, only for DICOM files
+        apply_color_lut,
+        apply_modality_lut,
+    )
 
     try:
         ds = pydicom.dcmread(path)
@@ -131,7 +134,7 @@ for _ext in (".dcm", ".dicom"):
 
 
 def _nifti(path: Path, *, window: Window = None) -> np.ndarray:
-    import nibabel as nib
+    import nibabel as nib  # lazy: [medical] extra, only for NIfTI files
 
     img = nib.load(str(path))
     if len(img.shape) >= 3:
@@ -190,7 +193,7 @@ def resample(x: np.ndarray, fs: float, rate: float) -> np.ndarray:
     """Polyphase resampling ``(C, T)`` from ``fs`` to ``rate`` Hz (anti-aliased)."""
     if abs(fs - rate) < 1e-9 * rate:
         return x
-    from scipy.signal import resample_poly
+    from scipy.signal import resample_poly  # lazy: scipy (with wfdb in [medical]), only to resample
 
     frac = Fraction(rate / fs).limit_denominator(1000)
     out = resample_poly(_fill_nan(x.astype(np.float64)), frac.numerator, frac.denominator, axis=1)
@@ -199,7 +202,7 @@ def resample(x: np.ndarray, fs: float, rate: float) -> np.ndarray:
 
 @SIGNAL_READERS.register(".hea", doc="WFDB record: physical units (mV), leads by name, resampled")
 def _wfdb(path: Path, *, leads: list[str] | None = None, rate: float | None = None) -> np.ndarray:
-    import wfdb
+    import wfdb  # lazy: [medical] extra, only for WFDB records
 
     record = str(path)[: -len(".hea")]
     with warnings.catch_warnings():  # wfdb's own pandas deprecation noise, once per file
