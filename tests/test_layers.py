@@ -38,6 +38,16 @@ def test_import_medfuse_is_torch_free_and_lists_its_surface() -> None:
     assert "TYPE_CHECKING" not in names and "importlib" not in names
 
 
+def test_the_onnx_runtime_module_needs_only_numpy_and_onnxruntime() -> None:
+    code = (
+        "import sys, medfuse.runtime\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'pandas', 'scipy', "
+        "'sklearn', 'pydantic', 'yaml', 'rich', 'PIL'}))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
 def test_every_public_name_resolves_to_its_definition() -> None:
     import medfuse
     from medfuse.core.spec import Spec

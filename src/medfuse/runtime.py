@@ -30,7 +30,6 @@ from medfuse.core.optional import installed
 from medfuse.core.package import WEIGHTS, read_meta
 from medfuse.core.readers import suffix_of
 from medfuse.core.readers.base import read_one_file
-from medfuse.core.spec import ModalitySpec
 
 __all__ = ["OnnxPredictor", "choose_runtime", "load", "main", "predict_file"]
 RUNTIMES = ("auto", "torch", "onnx")
@@ -96,6 +95,9 @@ def read_input(path: Path, model: OnnxPredictor) -> tuple[dict[str, Any], list[s
         raise DataError(f"input {path} not found")
     if suffix_of(path) == ".npz":
         return _read_npz(path, model)
+    # lazy: pydantic; a numpy + onnxruntime machine (no pydantic) predicts .npz inputs
+    from medfuse.core.spec import ModalitySpec
+
     specs = {n: ModalitySpec.model_validate(m) for n, m in model.meta["spec"]["modalities"].items()}
     one = read_one_file(path, specs)
     if one is None:

@@ -110,3 +110,23 @@ def test_verify_without_the_training_stack_still_checks_checksums(
 def test_predict_without_torch_on_a_package_never_exported(tiny_package: Path, tmp_path) -> None:
     r = without("torch", "predict", str(tiny_package), "--input", str(inputs(tmp_path)))
     assert r.returncode != 0 and "medfuse export" in r.stderr and "medfuse[train]" in r.stderr
+
+
+def test_predict_one_image_file_without_the_training_stack(
+    exported_package: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    png = tmp_path / "case.png"
+    pixels = np.random.default_rng(1).integers(0, 256, (20, 24), dtype=np.uint8)
+    Image.fromarray(pixels).save(png)  # resized to the package's 16x16 by the one resize
+    full, bare = tmp_path / "full.csv", tmp_path / "bare.csv"
+    assert main(["predict", str(exported_package), "--input", str(png), "--out", str(full)]) == 0
+    r = without(
+        TRAINING_STACK, "predict", str(exported_package), "--input", str(png), "--out", str(bare)
+    )
+    assert r.returncode == 0, r.stderr
+    ids_full, p_full, _ = read_probs(full)
+    ids_bare, p_bare, _ = read_probs(bare)
+    assert ids_bare == ids_full == ["case.png"]
+    assert np.abs(p_bare - p_full).max() <= 1e-5
