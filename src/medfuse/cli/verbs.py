@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from medfuse.core.console import (
     Handler,
@@ -102,7 +103,7 @@ def setup_train(p: argparse.ArgumentParser) -> Handler:
             )
             return 0
         c = console()
-        rows = {s: res.metrics[s] for s in ("val", "test") if s in res.metrics}
+        rows: dict[str, Any] = {s: res.metrics[s] for s in ("val", "test") if s in res.metrics}
         c.print(metrics_table("metrics", rows, SUMMARY_KEYS))
         c.print(f"package: {res.package}  ({res.seconds:.1f} s)")
         return 0
@@ -206,7 +207,7 @@ def setup_models(p: argparse.ArgumentParser) -> Handler:
     def run(a: argparse.Namespace) -> int:
         from medfuse.models import BRANCHES, FUSIONS  # lazy: torch, only for this verb
 
-        out = {
+        out: dict[str, dict[str, dict[str, Any]]] = {
             "branches": {
                 n: {"doc": BRANCHES.doc(n), "params": BRANCHES.params(n, skip=("input_shape",))}
                 for n in BRANCHES.names()
