@@ -110,7 +110,7 @@ def test_verb_table_and_verb_modules_agree() -> None:
     assert helps == {n: v.help for n, v in VERBS.items()}
 
 
-def test_help_imports_no_torch() -> None:
+def test_help_imports_nothing_heavy() -> None:
     code = (
         "import sys, contextlib, io\n"
         "from medfuse.cli import build_parser, main\n"
@@ -120,8 +120,6 @@ def test_help_imports_no_torch() -> None:
         "    except SystemExit:\n"
         "        pass\n"
         "assert 'predict' in out.getvalue()\n"
-        "top = sorted({m.split('.')[0] for m in sys.modules})\n"
-        "print(','.join(top))\n"
         "for n in ('train', 'evaluate', 'predict', 'export'):\n"
         "    build_parser([n])\n"
         "build_parser()  # every verb's arguments\n"
@@ -129,9 +127,9 @@ def test_help_imports_no_torch() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    after_help, after_all = (set(line.split(",")) for line in r.stdout.split())
-    assert not after_help & {*HEAVY, "rich", "pydantic", "numpy"}, after_help
-    assert not after_all & set(HEAVY), after_all
+    after_all = set(r.stdout.strip().split(","))
+    # building every verb's arguments needs the standard library only
+    assert not after_all & {*HEAVY, "rich", "pydantic", "numpy", "onnxruntime"}, after_all
 
 
 def blocked(modules: str, *args: str) -> subprocess.CompletedProcess:

@@ -26,13 +26,12 @@ from medfuse.core.decision import decide
 from medfuse.core.errors import DataError, MedfuseError, PackageError
 from medfuse.core.inputs import npz_modalities
 from medfuse.core.onnx import OnnxPredictor, load
-from medfuse.core.optional import installed
+from medfuse.core.optional import RUNTIMES, installed
 from medfuse.core.package import WEIGHTS, read_meta
 from medfuse.core.readers import suffix_of
 from medfuse.core.readers.base import read_one_file
 
 __all__ = ["OnnxPredictor", "choose_runtime", "load", "main", "predict_file"]
-RUNTIMES = ("auto", "torch", "onnx")
 
 
 def choose_runtime(package: str | Path, runtime: str = "auto") -> str:

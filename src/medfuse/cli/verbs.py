@@ -1,6 +1,7 @@
 """The verbs that span applications: ``train``, ``evaluate``, ``predict``, ``models``, ``demo``.
 
-Setting up a verb's arguments imports nothing heavy; each handler imports what it runs.
+Setting up a verb's arguments imports the standard library only (``medfuse <verb> --help`` stays
+well under a second); each handler imports what it runs.
 """
 
 from __future__ import annotations
@@ -18,13 +19,10 @@ from medfuse.core.console import (
     device_arg,
     metrics_table,
 )
-from medfuse.core.decision import SUMMARY_KEYS
-from medfuse.core.readers import suffix_of
-from medfuse.core.spec import load_spec
+from medfuse.core.optional import RUNTIMES
 from medfuse.distributed.launch import add_launch_arguments, launch_from_cli
 from medfuse.report.cli import add_evaluate_options, clinical_requested, run_clinical_evaluate
 from medfuse.report.tracking import tracking
-from medfuse.runtime import RUNTIMES, choose_runtime, predict_file
 
 
 def _data_and_device(p: argparse.ArgumentParser) -> None:
@@ -68,6 +66,8 @@ def setup_train(p: argparse.ArgumentParser) -> Handler:
 
     def run(a: argparse.Namespace) -> int:
         from medfuse.api import train  # lazy: the training stack (torch) loads only to train
+        from medfuse.core.decision import SUMMARY_KEYS  # lazy: numpy, not for --help
+        from medfuse.core.spec import load_spec  # lazy: pydantic, not for --help
 
         launched = launch_from_cli(p, a)  # --nproc/--nnodes: torchrun starts the workers
         if launched is not None:
@@ -121,6 +121,7 @@ def setup_evaluate(p: argparse.ArgumentParser) -> Handler:
 
     def run(a: argparse.Namespace) -> int:
         from medfuse.api import evaluate  # lazy: torch and the data stack, only to evaluate
+        from medfuse.core.decision import SUMMARY_KEYS  # lazy: numpy, not for --help
 
         m = evaluate(a.package, split=a.split, data_dir=a.data_dir, device=a.device)
         if clinical_requested(a):  # CIs, operating point, subgroups (medfuse.report)
@@ -174,6 +175,9 @@ def setup_predict(p: argparse.ArgumentParser) -> Handler:
     )
 
     def run(a: argparse.Namespace) -> int:
+        from medfuse.core.readers import suffix_of  # lazy: numpy, not for --help
+        from medfuse.runtime import choose_runtime, predict_file  # lazy: numpy, not for --help
+
         runtime = choose_runtime(a.package, a.runtime)
         try:
             # lazy: pandas (absent in the base install); streams manifests

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 
+#: prediction runtimes; ``auto`` picks torch where PyTorch is installed, else onnx
+RUNTIMES = ("auto", "torch", "onnx")
 #: the extra that provides each optional top-level module
 EXTRA_OF_MODULE: dict[str, str] = {
     **dict.fromkeys(
