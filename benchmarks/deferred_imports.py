@@ -4,7 +4,8 @@
 
 Prints ``total`` (every import statement inside a function) and ``medfuse`` (those of medfuse's
 own modules); ``--list`` prints each as ``file:line: statement  # comment``, and ``--unexplained``
-only those without a ``# lazy: reason`` comment (on their line or the line above). Deferred imports are kept only
+only those without a ``# lazy: reason`` comment (on their line, or a line above their
+block of imports). Deferred imports are kept only
 where they buy start-up time or an optional extra, each with its reason.
 """
 
@@ -35,6 +36,15 @@ def deferred(path: Path) -> list[tuple[int, str, bool]]:
     return out
 
 
+def _block_comment(lines: list[str], i: int) -> bool:
+    """Whether the import on line index ``i`` opens or continues a block of imports under a
+    ``# lazy:`` comment line."""
+    j = i - 1
+    while j >= 0 and lines[j].strip().startswith(("from ", "import ")):
+        j -= 1
+    return j >= 0 and lines[j].strip().startswith("# lazy:")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("src", nargs="?", default=str(Path(__file__).parents[1] / "src" / "medfuse"))
@@ -50,7 +60,7 @@ def main() -> int:
             total += 1
             own += is_own
             text = lines[line - 1].strip()
-            explained = "# lazy:" in text or lines[line - 2].strip().startswith("# lazy:")
+            explained = "# lazy:" in text or _block_comment(lines, line - 1)
             if a.list or (a.unexplained and not explained):
                 print(f"{f}:{line}: {text}")
     print(f"deferred imports: total {total}, of medfuse modules {own}")

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING
 
 from medfuse.core.console import Handler, console
 from medfuse.export import DEFAULT_OPSET
 
+if TYPE_CHECKING:
+    from rich.table import Table
 
-def report_table(report: Any) -> Any:
+    from medfuse.export.verify import VerifyReport
+
+
+def report_table(report: VerifyReport) -> Table:
     from rich.table import Table  # lazy: rich, only to print
 
     t = Table(title=f"verify {report.package}  (checksums ok; inputs: {report.inputs})")
@@ -34,7 +39,7 @@ def report_table(report: Any) -> Any:
     return t
 
 
-def _print_report(report: Any, as_json: bool) -> int:
+def _print_report(report: VerifyReport, as_json: bool) -> int:
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -75,6 +80,7 @@ def setup_export(p: argparse.ArgumentParser) -> Handler:
                 c.print(note)
             if res.written:
                 c.print(f"wrote {', '.join(res.written)} into {res.package}")
+        assert res.report is not None  # export_package verifies unless told not to
         return _print_report(res.report, a.json)
 
     return run

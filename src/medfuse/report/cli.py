@@ -7,9 +7,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medfuse.core.console import Handler, command_line, console, data_dir_arg
+
+if TYPE_CHECKING:
+    from medfuse.report.clinical import Evaluation
 
 THRESHOLD_CHOICES = ["youden", "sensitivity", "specificity", "fixed"]
 
@@ -107,7 +110,7 @@ def run_clinical_evaluate(a: argparse.Namespace, core: dict[str, Any]) -> int:
     return 0
 
 
-def print_evaluation(ev: Any) -> None:
+def print_evaluation(ev: Evaluation) -> None:
     from rich.table import Table  # lazy: rich, only to print
 
     # lazy: torch and the data stack, only when the verb runs
@@ -178,11 +181,7 @@ def setup_compare(p: argparse.ArgumentParser) -> Handler:
 
         # lazy: torch and the data stack, only when the verb runs
         from medfuse.report.ci import fmt_interval
-
-        # lazy: torch and the data stack, only when the verb runs
         from medfuse.report.clinical import jsonable
-
-        # lazy: torch and the data stack, only when the verb runs
         from medfuse.report.compare import compare_packages
 
         res = compare_packages(
@@ -245,8 +244,6 @@ def setup_calibrate(p: argparse.ArgumentParser) -> Handler:
     def run(a: argparse.Namespace) -> int:
         # lazy: torch and the data stack, only when the verb runs
         from medfuse.report.calibration import calibrate_package
-
-        # lazy: torch and the data stack, only when the verb runs
         from medfuse.report.clinical import jsonable
 
         res = calibrate_package(
@@ -293,19 +290,11 @@ def setup_calibrate(p: argparse.ArgumentParser) -> Handler:
 
 def _calibration_figure(package: str, data_dir: str | None, device: str, out: str) -> None:
     # lazy: torch and the data stack, only when the verb runs
+    from medfuse.core.decision import probabilities
     from medfuse.inference.predictor import load
-
-    # lazy: torch and the data stack, only when the verb runs
     from medfuse.report import calibration as cal
-
-    # lazy: torch and the data stack, only when the verb runs
     from medfuse.report.clinical import load_bundle
-
-    # lazy: torch and the data stack, only when the verb runs
     from medfuse.report.plots import reliability_png
-
-    # lazy: torch and the data stack, only when the verb runs
-    from medfuse.training.metrics import probabilities
 
     pred = load(package, device=device)
     bundle = load_bundle(pred, data_dir)
@@ -345,11 +334,7 @@ def setup_report(p: argparse.ArgumentParser) -> Handler:
     def run(a: argparse.Namespace) -> int:
         # lazy: torch and the data stack, only when the verb runs
         from medfuse.report.ci import fmt_interval
-
-        # lazy: torch and the data stack, only when the verb runs
         from medfuse.report.clinical import jsonable
-
-        # lazy: torch and the data stack, only when the verb runs
         from medfuse.report.html import write_report
 
         path, ev = write_report(
