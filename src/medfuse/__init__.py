@@ -4,27 +4,70 @@
 >>> result = medfuse.train("configs/synthetic.yaml")        # -> TrainResult(package, metrics, seconds)
 >>> predictor = medfuse.load(result.package, device="cpu")
 >>> predictor.predict_proba(samples)
+
+The names below are imported on first use, so ``import medfuse`` stays quick and needs no torch
+(``pip install medfuse`` predicts with ONNX Runtime: ``medfuse.runtime.load``); ``dir(medfuse)``,
+IDEs and type checkers see them all.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from medfuse.core.errors import DataError, MedfuseError, PackageError, SpecError
+
+if TYPE_CHECKING:
+    from medfuse.api import TrainResult, evaluate, train
+    from medfuse.core.onnx import OnnxPredictor
+    from medfuse.core.spec import Spec, load_spec
+    from medfuse.inference.package import Package, load_package
+    from medfuse.inference.predictor import Predictor, load
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "evaluate", "load", "load_spec", "train"]
+
+#: public name -> the module that defines it (imported on first use)
+_LAZY: dict[str, str] = {
+    "train": "medfuse.api",
+    "evaluate": "medfuse.api",
+    "TrainResult": "medfuse.api",
+    "load": "medfuse.inference.predictor",
+    "Predictor": "medfuse.inference.predictor",
+    "Package": "medfuse.inference.package",
+    "load_package": "medfuse.inference.package",
+    "OnnxPredictor": "medfuse.core.onnx",
+    "Spec": "medfuse.core.spec",
+    "load_spec": "medfuse.core.spec",
+}
+
+__all__ = [
+    "DataError",
+    "MedfuseError",
+    "OnnxPredictor",
+    "Package",
+    "PackageError",
+    "Predictor",
+    "Spec",
+    "SpecError",
+    "TrainResult",
+    "__version__",
+    "evaluate",
+    "load",
+    "load_package",
+    "load_spec",
+    "train",
+]
 
 
-def __getattr__(name: str) -> Any:  # lazy: `import medfuse` stays quick
-    if name in ("train", "evaluate"):
-        from medfuse import api
+def __getattr__(name: str) -> Any:  # lazy: torch and pydantic load only when a name is used
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'medfuse' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-        return getattr(api, name)
-    if name == "load":
-        from medfuse.inference.predictor import load
 
-        return load
-    if name == "load_spec":
-        from medfuse.core.spec import load_spec
-
-        return load_spec
-    raise AttributeError(f"module 'medfuse' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    """The public surface (what IDEs complete), not the module's own helpers."""
+    return sorted(__all__)

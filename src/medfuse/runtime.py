@@ -23,11 +23,34 @@ from typing import Any
 import numpy as np
 
 from medfuse.core.decision import decide
-from medfuse.core.errors import DataError, PackageError
+from medfuse.core.errors import DataError, MedfuseError, PackageError
 from medfuse.core.inputs import npz_modalities
 from medfuse.core.onnx import OnnxPredictor, load
+from medfuse.core.optional import RUNTIMES, installed
+from medfuse.core.package import WEIGHTS, read_meta
+from medfuse.core.readers import suffix_of
+from medfuse.core.readers.base import read_one_file
 
-__all__ = ["OnnxPredictor", "load", "main"]
+__all__ = ["OnnxPredictor", "choose_runtime", "load", "main", "predict_file"]
+
+
+def choose_runtime(package: str | Path, runtime: str = "auto") -> str:
+    """The runtime ``auto`` means for ``package`` here: ``torch`` when PyTorch is installed and
+    the package has its weights (the full install's behaviour), else ``onnx`` (``model.onnx``
+    through ONNX Runtime, what the base install runs). Other names are returned as given."""
+    if runtime not in RUNTIMES:
+        raise MedfuseError(f"unknown runtime {runtime!r}; allowed: {', '.join(RUNTIMES)}")
+    if runtime != "auto":
+        return runtime
+    files = read_meta(package, verify=False).get("files", {})
+    if installed("torch") and WEIGHTS in files:
+        return "torch"
+    if "model.onnx" not in files and WEIGHTS in files:
+        raise PackageError(
+            f"{package} has no model.onnx and PyTorch is not installed here: export it where "
+            "PyTorch is (`medfuse export`), or install it: pip install 'medfuse[train]'"
+        )
+    return "onnx"
 
 
 def _read_npz(path: Path, model: OnnxPredictor) -> tuple[dict[str, Any], list[str]]:
@@ -65,6 +88,52 @@ def write_predictions(
     return n
 
 
+def read_input(path: Path, model: OnnxPredictor) -> tuple[dict[str, Any], list[str]]:
+    """A batch and its ids from an ``.npz`` (one array per modality) or one image/signal file."""
+    if not path.exists():
+        raise DataError(f"input {path} not found")
+    if suffix_of(path) == ".npz":
+        return _read_npz(path, model)
+    # lazy: pydantic; a numpy + onnxruntime machine (no pydantic) predicts .npz inputs
+    from medfuse.core.spec import ModalitySpec
+
+    specs = {n: ModalitySpec.model_validate(m) for n, m in model.meta["spec"]["modalities"].items()}
+    one = read_one_file(path, specs)
+    if one is None:
+        raise DataError(
+            f"{path}: without pandas (the base install) the input is an .npz with one array per "
+            "modality or one image/signal file; a manifest .csv needs pip install 'medfuse[train]'"
+        )
+    arrays, masks = one
+    return {**arrays, "mask": masks}, [path.name]
+
+
+def predict_file(
+    package: str | Path,
+    input_path: str | Path,
+    out: str | Path | None = None,
+    *,
+    device: str = "cpu",
+    batch_size: int = 256,
+    threads: int | None = None,
+) -> int:
+    """Predict ``input_path`` with ONNX Runtime and write the ``medfuse predict`` CSV layout to
+    ``out`` (stdout when None); the number of rows written."""
+    if out is not None and Path(out).suffix.lower() != ".csv":
+        raise DataError(
+            f"--out {out}: without pandas and pyarrow (the base install) the output is a .csv; "
+            "Parquet needs pip install 'medfuse[train]'"
+        )
+    model = load(package, device=device, threads=threads)
+    batch, ids = read_input(Path(input_path), model)
+    p = model.predict_proba(batch, batch_size=batch_size)
+    rows = zip(ids, p, decide(model.task, p, model.labels, model.threshold))
+    if out is None:
+        return write_predictions(rows, model, sys.stdout)
+    with open(out, "w", newline="") as f:
+        return write_predictions(rows, model, f)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m medfuse.runtime PACKAGE --input batch.npz [--out preds.csv]``."""
     ap = argparse.ArgumentParser(
@@ -72,26 +141,19 @@ def main(argv: list[str] | None = None) -> int:
         description="Predict with an exported medfuse package using onnxruntime (no PyTorch).",
     )
     ap.add_argument("package")
-    ap.add_argument("--input", required=True, help=".npz with one array per modality (+ mask_<m>)")
+    ap.add_argument(
+        "--input",
+        required=True,
+        help=".npz with one array per modality (+ mask_<m>), or one image/signal file",
+    )
     ap.add_argument("--out", help="output .csv (default: stdout)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=None)
     a = ap.parse_args(argv)
     try:
-        model = load(a.package, threads=a.threads)
-        inp = Path(a.input)
-        if not inp.exists():
-            raise DataError(f"input {inp} not found")
-        batch, ids = _read_npz(inp, model)
-        p = model.predict_proba(batch, batch_size=a.batch_size)
-        labels = decide(model.task, p, model.labels, model.threshold)
-        rows = zip(ids, p, labels)
+        n = predict_file(a.package, a.input, a.out, batch_size=a.batch_size, threads=a.threads)
         if a.out:
-            with open(a.out, "w", newline="") as f:
-                n = write_predictions(rows, model, f)
             print(f"{n} predictions -> {a.out}", file=sys.stderr)
-        else:
-            write_predictions(rows, model, sys.stdout)
     except (DataError, PackageError) as err:
         print(f"medfuse.runtime: error: {err}", file=sys.stderr)
         return err.exit_code

@@ -5,16 +5,46 @@ done (``compression``: method, settings, calibration data, metrics before/after)
 
 >>> from medfuse.compress import quantize, prune, distill, benchmark
 
-(onnxruntime and torch-pruning are imported when a verb runs, not here.)
+(each function's module, with torch, onnxruntime and torch-pruning, is imported on first use,
+so ``medfuse.compress.cli`` builds its parsers quickly.)
 """
 
 from __future__ import annotations
 
-# the functions are bound over the same-named submodules on purpose: medfuse.compress.quantize
-# is the verb; its module stays importable as ``medfuse.compress.quantize`` via sys.modules
-from medfuse.compress.distill import distill
-from medfuse.compress.measure import benchmark, count_macs
-from medfuse.compress.prune import prune
-from medfuse.compress.quantize import quantize
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from medfuse.compress.distill import distill
+    from medfuse.compress.measure import benchmark, count_macs
+    from medfuse.compress.prune import prune
+    from medfuse.compress.quantize import quantize
 
 __all__ = ["benchmark", "count_macs", "distill", "prune", "quantize"]
+#: public function -> its submodule (imported on first use: torch, torch-pruning, onnx)
+_HOME = {
+    "benchmark": "measure",
+    "count_macs": "measure",
+    "distill": "distill",
+    "prune": "prune",
+    "quantize": "quantize",
+}
+
+
+class _Compress(types.ModuleType):
+    """``medfuse.compress.quantize`` (and prune, distill) is the function, as it always was,
+    even after the same-named submodule is imported (which binds the module over the name)."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in _HOME:
+            mod = importlib.import_module(f"medfuse.compress.{_HOME[name]}")
+            return mod.__dict__[name]
+        return super().__getattribute__(name)
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *__all__})
+
+
+sys.modules[__name__].__class__ = _Compress

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from medfuse.cli import Handler, command, command_line, console, data_dir_arg
+from medfuse.core.console import Handler, command_line, console, data_dir_arg
 
 
 def _fraction(text: str) -> float:
@@ -30,7 +30,7 @@ def _positive_int(text: str) -> int:
 
 
 def _record_table(title: str, record: dict[str, Any]) -> Any:
-    from rich.table import Table
+    from rich.table import Table  # lazy: rich, only to print
 
     m = record.get("metrics", {})
     before, after = m.get("before", {}), m.get("after", {})
@@ -56,8 +56,7 @@ def _done(a: argparse.Namespace, res: Any, title: str) -> int:
     return 0
 
 
-@command("quantize", "INT8 ONNX model of a package (static QDQ for CNNs, dynamic for RNN/linear)")
-def _quantize(p: argparse.ArgumentParser) -> Handler:
+def setup_quantize(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("package")
     p.add_argument(
         "--method",
@@ -81,6 +80,7 @@ def _quantize(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--json", action="store_true", help="print the compression record as JSON")
 
     def run(a: argparse.Namespace) -> int:
+        # lazy: torch, onnx, torch-pruning, only when the verb runs
         from medfuse.compress.quantize import quantize
 
         res = quantize(
@@ -104,8 +104,7 @@ def _quantize(p: argparse.ArgumentParser) -> Handler:
     return run
 
 
-@command("prune", "structured (per-branch channels) or unstructured pruning, then fine-tuning")
-def _prune(p: argparse.ArgumentParser) -> Handler:
+def setup_prune(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("package")
     p.add_argument(
         "--amount", type=_fraction, default=0.5, help="fraction to remove, in (0, 1) (default 0.5)"
@@ -135,6 +134,7 @@ def _prune(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--json", action="store_true", help="print the compression record as JSON")
 
     def run(a: argparse.Namespace) -> int:
+        # lazy: torch, onnx, torch-pruning, only when the verb runs
         from medfuse.compress.prune import prune
 
         res = prune(
@@ -154,8 +154,7 @@ def _prune(p: argparse.ArgumentParser) -> Handler:
     return run
 
 
-@command("distill", "knowledge distillation from a package (or an ensemble) into a student spec")
-def _distill(p: argparse.ArgumentParser) -> Handler:
+def setup_distill(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("teachers", nargs="+", metavar="TEACHER", help="teacher package(s)")
     p.add_argument(
         "--student",
@@ -189,6 +188,7 @@ def _distill(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--json", action="store_true", help="print the compression record as JSON")
 
     def run(a: argparse.Namespace) -> int:
+        # lazy: torch, onnx, torch-pruning, only when the verb runs
         from medfuse.compress.distill import distill
 
         res = distill(
@@ -216,8 +216,7 @@ def _distill(p: argparse.ArgumentParser) -> Handler:
     return run
 
 
-@command("benchmark", "one table of size, MACs, latency and metrics for packages; Pareto plot")
-def _benchmark(p: argparse.ArgumentParser) -> Handler:
+def setup_benchmark(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("packages", nargs="+", metavar="PKG", help="the first is the reference")
     p.add_argument("-o", "--out", help="directory for benchmark.{json,csv,md} and pareto.png")
     p.add_argument(
@@ -233,7 +232,10 @@ def _benchmark(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--json", action="store_true")
 
     def run(a: argparse.Namespace) -> int:
-        from medfuse.compress.measure import benchmark, table_rows
+        from medfuse.compress.measure import (  # lazy: torch, onnx, torch-pruning, only when the verb runs
+            benchmark,
+            table_rows,
+        )
 
         res = benchmark(
             a.packages, out_dir=a.out, data_dir=a.data_dir, threads=a.threads, repeats=a.repeats
@@ -241,7 +243,7 @@ def _benchmark(p: argparse.ArgumentParser) -> Handler:
         if a.json:
             print(json.dumps(res, indent=2, default=str))
             return 0
-        from rich.table import Table
+        from rich.table import Table  # lazy: rich, only to print
 
         head, body = table_rows(res)
         t = Table(title=f"benchmark ({a.threads} thread(s); changes vs {res['rows'][0]['name']})")

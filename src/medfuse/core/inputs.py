@@ -72,7 +72,9 @@ def read_file(path: str | Path, modality: Modality) -> np.ndarray:
         raw = read_npy_bytes(data) if p.suffix.lower() == ".npy" else read_image_bytes(data)
         return fit_image(raw, int(modality.channels or 1), modality.size or ())
     if modality.kind == "signal" and not modality.sequence and p.suffix.lower() == ".npy":
-        return fit_signal(read_npy_bytes(data), int(modality.channels or 1), int(modality.length))
+        return fit_signal(
+            read_npy_bytes(data), int(modality.channels or 1), int(modality.length or 0)
+        )
     raise DataError(f"{p}: the torch-free runtime reads images and .npy signals only")
 
 

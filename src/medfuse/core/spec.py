@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -87,10 +88,10 @@ class ModalitySpec(_Strict):
         """Shape of one sample of this modality (no batch axis)."""
         lead = (self.sequence,) if self.sequence else ()
         if self.kind == "image":
-            return (*lead, self.channels, *self.size)  # type: ignore[misc]
+            return (*lead, int(self.channels or 0), *(self.size or ()))
         if self.kind == "signal":
-            return (*lead, self.channels, self.length)  # type: ignore[return-value]
-        return (*lead, len(self.columns))  # type: ignore[arg-type]
+            return (*lead, int(self.channels or 0), int(self.length or 0))
+        return (*lead, len(self.columns or ()))
 
 
 class BranchSpec(BaseModel):
@@ -329,8 +330,6 @@ def _format_validation_error(err: ValidationError, model: type[BaseModel]) -> Sp
     if e["type"] == "literal_error":
         msg = msg.replace("Input should be", "must be one of")
         if isinstance(bad, str):
-            import re
-
             opts = re.findall(r"'([^']+)'", e["msg"])
             msg += did_you_mean(bad, opts)
     return SpecError(

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from medfuse.cli import Handler, command, console
+from medfuse.core.console import Handler, console
 
 
-@command("explain", "explain predictions: Grad-CAM, integrated gradients, modality Shapley values")
-def _explain(p: argparse.ArgumentParser) -> Handler:
+def setup_explain(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("package", help="model package directory")
     p.add_argument(
         "--input",
@@ -36,7 +35,10 @@ def _explain(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--device", default="cpu")
 
     def run(a: argparse.Namespace) -> int:
-        from medfuse.explain.explainer import SHAPLEY_SCALE, explain_file
+        from medfuse.explain.explainer import (  # lazy: torch and captum, only when the verb runs
+            SHAPLEY_SCALE,
+            explain_file,
+        )
 
         doc = explain_file(
             a.package,

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING
 
-from medfuse.cli import Handler, command, console
+from medfuse.core.console import Handler, console
+from medfuse.export import DEFAULT_OPSET
 
-
-def report_table(report: Any) -> Any:
+if TYPE_CHECKING:
     from rich.table import Table
+
+    from medfuse.export.verify import VerifyReport
+
+
+def report_table(report: VerifyReport) -> Table:
+    from rich.table import Table  # lazy: rich, only to print
 
     t = Table(title=f"verify {report.package}  (checksums ok; inputs: {report.inputs})")
     for col in ("runtime", "device", "precision", "n", "max |diff|", "labels agree", "criterion"):
@@ -33,7 +39,7 @@ def report_table(report: Any) -> Any:
     return t
 
 
-def _print_report(report: Any, as_json: bool) -> int:
+def _print_report(report: VerifyReport, as_json: bool) -> int:
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -43,13 +49,12 @@ def _print_report(report: Any, as_json: bool) -> int:
     return 0 if report.ok else 1
 
 
-@command("export", "write an ONNX or torch.export program into a package, then verify it")
-def _export(p: argparse.ArgumentParser) -> Handler:
-    from medfuse.export.onnx import DEFAULT_OPSET
-
+def setup_export(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("package")
     p.add_argument("--format", default="onnx", choices=["onnx", "pt2"])
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default 17)")
+    p.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})"
+    )
     p.add_argument("--samples", type=int, default=16, help="verification samples (default 16)")
     p.add_argument("--refresh", action="store_true", help="rebuild verification.npz")
     p.add_argument("--data-dir", help="data root for the verification inputs (validation split)")
@@ -57,6 +62,7 @@ def _export(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--json", action="store_true")
 
     def run(a: argparse.Namespace) -> int:
+        # lazy: torch and onnx, only when the verb runs
         from medfuse.export.exporter import export_package
 
         res = export_package(
@@ -74,13 +80,13 @@ def _export(p: argparse.ArgumentParser) -> Handler:
                 c.print(note)
             if res.written:
                 c.print(f"wrote {', '.join(res.written)} into {res.package}")
+        assert res.report is not None  # export_package verifies unless told not to
         return _print_report(res.report, a.json)
 
     return run
 
 
-@command("verify", "check a package's checksums and its runtimes' parity on this device")
-def _verify(p: argparse.ArgumentParser) -> Handler:
+def setup_verify(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("package")
     p.add_argument(
         "--runtime",
@@ -99,7 +105,10 @@ def _verify(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--json", action="store_true")
 
     def run(a: argparse.Namespace) -> int:
-        from medfuse.export.verify import TOLERANCE, verify_package
+        from medfuse.export.verify import (  # lazy: ONNX Runtime and the package reader, only to verify
+            TOLERANCE,
+            verify_package,
+        )
 
         report = verify_package(
             a.package,

@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from medfuse.export import DEFAULT_OPSET  # (re-exported: compress imports it from here)
+
 log = logging.getLogger("medfuse.export")
-DEFAULT_OPSET = 17
 
 
 class FlatInputs(nn.Module):

@@ -32,6 +32,8 @@ import numpy as np
 from medfuse.core.decision import decide, probabilities
 from medfuse.core.errors import DataError, MedfuseError, PackageError
 from medfuse.core.inputs import modalities_from_meta
+from medfuse.core.onnx import OnnxPredictor
+from medfuse.core.optional import installed
 from medfuse.core.package import read_meta, sha256_file
 from medfuse.core.preprocess import normalize
 
@@ -136,7 +138,7 @@ def verification_bytes(
 @contextlib.contextmanager
 def exact_fp32() -> Iterator[None]:
     """No TF32 on CUDA while checking parity (it alone can exceed 1e-4)."""
-    import torch
+    import torch  # lazy: verify runs without torch (base install)
 
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -155,7 +157,7 @@ def torch_logits(
     batch: int = 256,
 ) -> np.ndarray:
     """Logits of a callable ``(inputs, masks) -> logits`` (a CompositeModel or a pt2 module)."""
-    import torch
+    import torch  # lazy: verify runs without torch (base install)
 
     n = len(feeds[f"mask_{modalities[0]}"])
     out = []
@@ -171,17 +173,15 @@ def torch_logits(
 
 
 def _torch_device(device: str) -> Any:
-    from medfuse.inference.helpers import resolve_device
+    from medfuse.inference.helpers import resolve_device  # lazy: torch, optional for verify
 
     return resolve_device(device)
 
 
 def _available(name: str) -> str | None:
     """None when the runtime's library imports here, else why not."""
-    import importlib.util
-
     lib = {"torch": "torch", "pt2": "torch", "onnx": "onnxruntime"}[name]
-    return None if importlib.util.find_spec(lib) else f"{lib} is not installed here"
+    return None if installed(lib) else f"{lib} is not installed here"
 
 
 # ---- the report ----------------------------------------------------------------------------
@@ -335,7 +335,7 @@ def verify_package(
         }[name]
         why = _available(name) or (None if file in files else f"no {file} in the package")
         if not why and name == "onnx" and str(device).startswith("cuda"):
-            import onnxruntime as ort
+            import onnxruntime as ort  # lazy: ONNX Runtime, only for the onnx check
 
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 why = "this onnxruntime has no CUDAExecutionProvider (onnxruntime-gpu)"
@@ -346,6 +346,7 @@ def verify_package(
             continue
         try:
             if name == "torch":
+                # lazy: torch, optional for verify
                 from medfuse.inference.package import load_package
 
                 dev = _torch_device(device)
@@ -353,17 +354,15 @@ def verify_package(
                 model = load_package(root, device=dev).model
                 logits = torch_logits(model, mods, feeds, dev)
             elif name == "pt2":
-                from medfuse.export.pt2 import load_pt2
+                from medfuse.export.pt2 import load_pt2  # lazy: torch, optional for verify
 
                 dev = _torch_device(device)
                 check.device = str(dev)
                 logits = torch_logits(load_pt2(root / file, dev), mods, feeds, dev)
             else:
-                from medfuse.core.onnx import OnnxPredictor
-
                 dev_name = "cuda" if str(device).startswith("cuda") else "cpu"
                 if device == "auto":
-                    import onnxruntime as ort
+                    import onnxruntime as ort  # lazy: ONNX Runtime, only for the onnx check
 
                     has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
                     dev_name = "cuda" if has_cuda else "cpu"
@@ -390,8 +389,8 @@ def _split_reference(
     root: Path, meta: dict[str, Any], split: str, data_dir: str | Path | None
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, str]:
     """Raw inputs of a whole split and the PyTorch (fp32, CPU) reference logits on them."""
-    from medfuse.data import load_spec_data
-    from medfuse.inference.package import load_package
+    from medfuse.data import load_spec_data  # lazy: [train] (pandas), only for data-derived inputs
+    from medfuse.inference.package import load_package  # lazy: torch, optional for verify
 
     pkg = load_package(root, device="cpu")
     spec = pkg.spec
@@ -424,6 +423,7 @@ def build_verification(
     meta, spec = package.meta, package.spec
     modalities = modalities_from_meta(meta)
     try:
+        # lazy: [train] (pandas), only for data-derived inputs
         from medfuse.data import load_spec_data
 
         bundle = load_spec_data(spec, data_dir)

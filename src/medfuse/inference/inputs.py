@@ -8,14 +8,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medfuse.core.decision import decide
 from medfuse.core.errors import DataError
 from medfuse.core.inputs import npz_modalities
-from medfuse.core.readers import (
-    IMAGE_READERS,
-    SIGNAL_READERS,
-    read_modality,
-    suffix_of,
-)
+from medfuse.core.readers import suffix_of
+from medfuse.core.readers.base import read_one_file
 
 
 def read_inputs(
@@ -27,6 +24,7 @@ def read_inputs(
         raise DataError(f"input {p} not found")
     suf = suffix_of(p)
     if suf == ".csv":
+        # lazy: the dataset registry, only for manifests
         from medfuse.data.manifest import read_rows
 
         df = pd.read_csv(p)
@@ -69,23 +67,9 @@ def read_inputs(
                     masks[m] = np.zeros(n, np.float32)
             ids = [str(v) for v in d["id"]] if "id" in keys else [f"{p.stem}-{i}" for i in range(n)]
         return arrays, masks, pd.DataFrame({"id": ids})
-    # one file: an image or a signal for a model with one such modality
-    for kind, reg in (("image", IMAGE_READERS), ("signal", SIGNAL_READERS)):
-        if suf in reg:
-            names = [m for m, s in modalities.items() if s.kind == kind]
-            if len(names) != 1:
-                continue
-            x = read_modality(p, modalities[names[0]])  # honours window / leads / rate
-            arrays = {
-                m: (
-                    x[None]
-                    if m == names[0]
-                    else np.full((1, *s.shape), np.nan if s.kind == "tabular" else 0.0, np.float32)
-                )
-                for m, s in modalities.items()
-            }
-            masks = {m: np.array([1.0 if m == names[0] else 0.0], np.float32) for m in modalities}
-            return arrays, masks, pd.DataFrame({"id": [p.name]})
+    one = read_one_file(p, modalities)  # an image or a signal for a model with one such modality
+    if one is not None:
+        return one[0], one[1], pd.DataFrame({"id": [p.name]})
     raise DataError(
         f"{p}: use a manifest .csv, an .npz with one array per modality, or one image/signal file"
     )
@@ -94,8 +78,6 @@ def read_inputs(
 def prediction_table(
     ids: pd.DataFrame, p: np.ndarray, labels: list[str], task: str, threshold: float
 ) -> pd.DataFrame:
-    from medfuse.inference.predictor import decide
-
     df = ids.copy()
     if task == "binary":
         df[f"prob_{labels[1]}"] = p
@@ -112,6 +94,7 @@ def prediction_table(
 def predict_file(
     package: str | Path, input_path: str | Path, *, device: str = "cpu", batch_size: int = 256
 ) -> pd.DataFrame:
+    # lazy: torch; serve.batch uses this module without it
     from medfuse.inference.predictor import load
 
     pred = load(package, device=device)

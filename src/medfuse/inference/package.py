@@ -12,8 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors.torch import load_file, save
+from torch import nn
+
+from medfuse.core.card import model_card
 from medfuse.core.errors import PackageError
 from medfuse.core.package import META, WEIGHTS, _json_default, read_meta, versions, write_package
+from medfuse.core.spec import Spec, parse_spec
+from medfuse.models import build_model
+from medfuse.models.composite import CompositeModel, EnsembleModel, count_parameters
 
 
 @dataclass
@@ -22,8 +30,8 @@ class Package:
 
     path: Path
     meta: dict[str, Any]
-    spec: Any
-    model: Any
+    spec: Spec
+    model: CompositeModel | EnsembleModel
 
     @property
     def labels(self) -> list[str]:
@@ -37,8 +45,8 @@ class Package:
 def save_package(
     path: str | Path,
     *,
-    model: Any,
-    spec: Any,
+    model: nn.Module,
+    spec: Spec,
     preprocessing: dict[str, Any],
     threshold: dict[str, Any],
     metrics: dict[str, Any],
@@ -48,11 +56,7 @@ def save_package(
     extra_files: dict[str, bytes | str | Path] | None = None,
 ) -> Path:
     """Write a new package for an in-memory model."""
-    from safetensors.torch import save
-
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    from medfuse.models.composite import count_parameters
-
     meta: dict[str, Any] = {
         "name": spec.name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -69,8 +73,6 @@ def save_package(
         "compression": [],
     }
     meta.update(extra_meta or {})
-    from medfuse.core.card import model_card
-
     files: dict[str, bytes | str | Path] = {
         WEIGHTS: save(state),
         "metrics.json": json.dumps(metrics, indent=2, default=_json_default),
@@ -80,14 +82,8 @@ def save_package(
     return write_package(path, meta, files)
 
 
-def load_package(path: str | Path, *, device: str | Any = "cpu") -> Package:
+def load_package(path: str | Path, *, device: str | torch.device = "cpu") -> Package:
     """Verify checksums, rebuild the model from the spec and load the weights strictly."""
-    import torch
-    from safetensors.torch import load_file
-
-    from medfuse.core.spec import parse_spec
-    from medfuse.models import build_model
-
     root = Path(path)
     meta = read_meta(root)
     if WEIGHTS not in meta.get("files", {}):

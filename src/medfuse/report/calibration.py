@@ -19,6 +19,11 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from medfuse.core.card import model_card
+from medfuse.core.errors import SpecError
+from medfuse.core.package import read_meta, update_package
+from medfuse.data import load_spec_data
+from medfuse.inference.predictor import load
 from medfuse.training.metrics import ECE_BINS, choose_threshold, ece, probabilities, top_label_ece
 
 #: where T is searched (log-uniform bounds)
@@ -132,12 +137,6 @@ def calibrate_package(
     """Fit a temperature on the validation split and store it (and the operating point) in the
     package (atomically; ``out`` writes a calibrated copy instead). Returns the record stored in
     ``meta['calibration']`` plus the threshold and the package path."""
-    from medfuse.core.card import model_card
-    from medfuse.core.errors import SpecError
-    from medfuse.core.package import read_meta, update_package
-    from medfuse.inference.predictor import load
-    from medfuse.report.clinical import load_bundle
-
     pred = load(package, device=device)
     task = pred.task
     if threshold_method is not None and task != "binary":
@@ -149,7 +148,7 @@ def calibrate_package(
         raise SpecError("threshold.target", f"--threshold-method {threshold_method} needs --target")
     if target is not None and not 0 < target <= 1:
         raise SpecError("threshold.target", f"must be in (0, 1]; got {target}")
-    bundle = load_bundle(pred, data_dir)
+    bundle = load_spec_data(pred.spec, data_dir)
     val_logits = pred.logits(bundle.val)
     t_old = pred.temperature
     t_new = fit_temperature(task, val_logits, bundle.val.y)

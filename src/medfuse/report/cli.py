@@ -7,9 +7,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from medfuse.cli import Handler, command, command_line, console, data_dir_arg
+from medfuse.core.console import Handler, command_line, console, data_dir_arg
+
+if TYPE_CHECKING:
+    from medfuse.report.clinical import Evaluation
 
 THRESHOLD_CHOICES = ["youden", "sensitivity", "specificity", "fixed"]
 
@@ -65,7 +68,10 @@ def clinical_requested(a: argparse.Namespace) -> bool:
 def run_clinical_evaluate(a: argparse.Namespace, core: dict[str, Any]) -> int:
     """``medfuse evaluate`` with CIs: the core metrics dict (same keys as before) plus ``ci``,
     ``bootstrap``, ``threshold``, ``subgroups``, ``per_modality`` and ``calibration``."""
-    from medfuse.report.clinical import clinical_evaluation, jsonable
+    from medfuse.report.clinical import (  # lazy: torch and the data stack, only when the verb runs
+        clinical_evaluation,
+        jsonable,
+    )
 
     ev = clinical_evaluation(
         a.package,
@@ -104,9 +110,10 @@ def run_clinical_evaluate(a: argparse.Namespace, core: dict[str, Any]) -> int:
     return 0
 
 
-def print_evaluation(ev: Any) -> None:
-    from rich.table import Table
+def print_evaluation(ev: Evaluation) -> None:
+    from rich.table import Table  # lazy: rich, only to print
 
+    # lazy: torch and the data stack, only when the verb runs
     from medfuse.report.ci import fmt_interval
 
     s = ev.summary
@@ -158,8 +165,7 @@ def print_evaluation(ev: Any) -> None:
 # ---- compare -----------------------------------------------------------------------------------
 
 
-@command("compare", "packages on the same test set: metrics with CIs and a paired AUROC test")
-def _compare(p: argparse.ArgumentParser) -> Handler:
+def setup_compare(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("packages", nargs="+", help="two or more packages; the first is the reference")
     p.add_argument("--split", default="test", choices=["test", "val"])
     data_dir_arg(p)
@@ -171,8 +177,9 @@ def _compare(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("-o", "--output", help="also write the JSON to this file")
 
     def run(a: argparse.Namespace) -> int:
-        from rich.table import Table
+        from rich.table import Table  # lazy: rich, only to print
 
+        # lazy: torch and the data stack, only when the verb runs
         from medfuse.report.ci import fmt_interval
         from medfuse.report.clinical import jsonable
         from medfuse.report.compare import compare_packages
@@ -225,8 +232,7 @@ def _compare(p: argparse.ArgumentParser) -> Handler:
 # ---- calibrate ---------------------------------------------------------------------------------
 
 
-@command("calibrate", "fit temperature scaling on validation and store it (and the threshold)")
-def _calibrate(p: argparse.ArgumentParser) -> Handler:
+def setup_calibrate(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("package")
     p.add_argument("--out", help="write a calibrated copy here (default: update in place)")
     data_dir_arg(p)
@@ -236,6 +242,7 @@ def _calibrate(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--json", action="store_true", help="print JSON only")
 
     def run(a: argparse.Namespace) -> int:
+        # lazy: torch and the data stack, only when the verb runs
         from medfuse.report.calibration import calibrate_package
         from medfuse.report.clinical import jsonable
 
@@ -282,11 +289,12 @@ def _calibrate(p: argparse.ArgumentParser) -> Handler:
 
 
 def _calibration_figure(package: str, data_dir: str | None, device: str, out: str) -> None:
+    # lazy: torch and the data stack, only when the verb runs
+    from medfuse.core.decision import probabilities
     from medfuse.inference.predictor import load
     from medfuse.report import calibration as cal
     from medfuse.report.clinical import load_bundle
     from medfuse.report.plots import reliability_png
-    from medfuse.training.metrics import probabilities
 
     pred = load(package, device=device)
     bundle = load_bundle(pred, data_dir)
@@ -308,8 +316,7 @@ def _calibration_figure(package: str, data_dir: str | None, device: str, out: st
 # ---- report ------------------------------------------------------------------------------------
 
 
-@command("report", "a self-contained HTML evaluation report (plots embedded) for a package")
-def _report(p: argparse.ArgumentParser) -> Handler:
+def setup_report(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("package")
     p.add_argument("-o", "--output", default="report.html", help="HTML file (default report.html)")
     p.add_argument("--split", default="test", choices=["test", "val"])
@@ -325,6 +332,7 @@ def _report(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--json", metavar="FILE", help="also write the evaluation summary as JSON")
 
     def run(a: argparse.Namespace) -> int:
+        # lazy: torch and the data stack, only when the verb runs
         from medfuse.report.ci import fmt_interval
         from medfuse.report.clinical import jsonable
         from medfuse.report.html import write_report

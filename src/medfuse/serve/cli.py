@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from medfuse.cli import Handler, command
+from medfuse.core.console import Handler
 
 
-@command("serve", "serve a package over HTTP (FastAPI on uvicorn; ONNX Runtime by default)")
-def _serve(p: argparse.ArgumentParser) -> Handler:
+def setup_serve(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("package")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
@@ -29,7 +28,7 @@ def _serve(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--no-access-log", action="store_true")
 
     def run(a: argparse.Namespace) -> int:
-        from medfuse.serve.app import serve
+        from medfuse.serve.app import serve  # lazy: fastapi and uvicorn, only when the verb runs
 
         serve(
             a.package,

@@ -7,13 +7,13 @@ from medfuse.core.readers.base import (
     IMAGE_READERS,
     SIGNAL_READERS,
     apply_window,
-    fit_image,
     numeric_window,
     read_image,
     read_modality,
     read_signal,
     suffix_of,
 )
+from medfuse.core.readers.image_math import fit_image
 
 __all__ = [
     "IMAGE_READERS",

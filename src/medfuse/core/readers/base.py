@@ -12,6 +12,7 @@ Formats: Pillow images and ``.npy`` here; DICOM, NIfTI, WFDB and CSV signals in
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +25,10 @@ from medfuse.core.registry import Registry
 if TYPE_CHECKING:
     from medfuse.core.spec import ModalitySpec
 
-IMAGE_READERS: Registry = Registry("image file type")
-SIGNAL_READERS: Registry = Registry("signal file type")
+#: a reader: ``(path, **options) -> array``
+Reader = Callable[..., np.ndarray]
+IMAGE_READERS: Registry[Reader] = Registry("image file type")
+SIGNAL_READERS: Registry[Reader] = Registry("signal file type")
 
 Window = list[float] | str | None
 
@@ -38,7 +41,7 @@ def suffix_of(path: str | Path) -> str:
     return Path(name).suffix
 
 
-def _reader(reg: Registry, path: str | Path, what: str):
+def _reader(reg: Registry[Reader], path: str | Path, what: str) -> Reader:
     suf = suffix_of(path)
     if suf not in reg:
         raise DataError(
@@ -132,7 +135,7 @@ def numeric_window(window: Window) -> tuple[float, float] | None:
 def _pil(path: Path, *, window: Window = None) -> np.ndarray:
     """Pillow: grey -> 1 channel, colour -> RGB. These are display images (already windowed):
     a ``window`` only scales them to [0, 1] by their bit depth, to match windowed DICOM/NIfTI."""
-    from PIL import Image
+    from PIL import Image  # lazy: Pillow, only when an image file is read
 
     with Image.open(path) as im:
         im.load()
@@ -182,3 +185,29 @@ def _npy_signal(path: Path, *, leads: list[str] | None = None, rate: float | Non
         )
     arr = arr.astype(np.float32)
     return arr[None] if arr.ndim == 1 else arr
+
+
+def read_one_file(
+    path: str | Path, modalities: Mapping[str, ModalitySpec]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
+    """One image or signal file as a batch of one, for a model with exactly one modality of the
+    file's kind (the others absent: mask 0); None when the file fits no modality that way."""
+    p = Path(path)
+    suf = suffix_of(p)
+    for kind, reg in (("image", IMAGE_READERS), ("signal", SIGNAL_READERS)):
+        if suf in reg:
+            names = [m for m, s in modalities.items() if s.kind == kind]
+            if len(names) != 1:
+                continue
+            x = read_modality(p, modalities[names[0]])  # honours window / leads / rate
+            arrays = {
+                m: (
+                    x[None]
+                    if m == names[0]
+                    else np.full((1, *s.shape), np.nan if s.kind == "tabular" else 0.0, np.float32)
+                )
+                for m, s in modalities.items()
+            }
+            masks = {m: np.array([1.0 if m == names[0] else 0.0], np.float32) for m in modalities}
+            return arrays, masks
+    return None

@@ -15,6 +15,7 @@ Registered on import (``medfuse.data.readers`` imports this module):
 
 from __future__ import annotations
 
+import csv
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -33,6 +34,30 @@ from medfuse.core.readers.base import (
 #: voltage units converted to millivolts, so records written in uV and mV agree
 _TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3, "nv": 1e-6}
 TIME_COLUMNS = ("time", "t")
+#: cells of a CSV signal read as a missing sample (pandas' default NA strings)
+CSV_MISSING = frozenset(
+    [
+        "",
+        "#N/A",
+        "#N/A N/A",
+        "#NA",
+        "-1.#IND",
+        "-1.#QNAN",
+        "-NaN",
+        "-nan",
+        "1.#IND",
+        "1.#QNAN",
+        "<NA>",
+        "N/A",
+        "NA",
+        "NULL",
+        "NaN",
+        "None",
+        "n/a",
+        "nan",
+        "null",
+    ]
+)
 
 
 # ---- DICOM ---------------------------------------------------------------------------------
@@ -54,9 +79,12 @@ def _stored_range(ds: object) -> np.ndarray:
 
 
 def _dicom(path: Path, *, window: Window = None) -> np.ndarray:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_color_lut, apply_modality_lut
+    import pydicom  # lazy: [medical] extra, only for DICOM files
+    from pydicom.errors import InvalidDicomError  # lazy: [medical] extra, only for DICOM files
+    from pydicom.pixels import (  # lazy: [medical] extra, only for DICOM files
+        apply_color_lut,
+        apply_modality_lut,
+    )
 
     try:
         ds = pydicom.dcmread(path)
@@ -106,7 +134,7 @@ for _ext in (".dcm", ".dicom"):
 
 
 def _nifti(path: Path, *, window: Window = None) -> np.ndarray:
-    import nibabel as nib
+    import nibabel as nib  # lazy: [medical] extra, only for NIfTI files
 
     img = nib.load(str(path))
     if len(img.shape) >= 3:
@@ -165,7 +193,7 @@ def resample(x: np.ndarray, fs: float, rate: float) -> np.ndarray:
     """Polyphase resampling ``(C, T)`` from ``fs`` to ``rate`` Hz (anti-aliased)."""
     if abs(fs - rate) < 1e-9 * rate:
         return x
-    from scipy.signal import resample_poly
+    from scipy.signal import resample_poly  # lazy: scipy (with wfdb in [medical]), only to resample
 
     frac = Fraction(rate / fs).limit_denominator(1000)
     out = resample_poly(_fill_nan(x.astype(np.float64)), frac.numerator, frac.denominator, axis=1)
@@ -174,7 +202,7 @@ def resample(x: np.ndarray, fs: float, rate: float) -> np.ndarray:
 
 @SIGNAL_READERS.register(".hea", doc="WFDB record: physical units (mV), leads by name, resampled")
 def _wfdb(path: Path, *, leads: list[str] | None = None, rate: float | None = None) -> np.ndarray:
-    import wfdb
+    import wfdb  # lazy: [medical] extra, only for WFDB records
 
     record = str(path)[: -len(".hea")]
     with warnings.catch_warnings():  # wfdb's own pandas deprecation noise, once per file
@@ -198,25 +226,33 @@ def _wfdb(path: Path, *, leads: list[str] | None = None, rate: float | None = No
 def _csv_signal(
     path: Path, *, leads: list[str] | None = None, rate: float | None = None
 ) -> np.ndarray:
-    import pandas as pd
-
-    df = pd.read_csv(path)
-    if df.empty:
+    with open(path, newline="") as f:
+        rows = [r for r in csv.reader(f) if r]  # blank lines skipped
+    if len(rows) < 2:
         raise DataError(f"{path}: CSV signal has no rows")
-    tcol = next((c for c in df.columns if str(c).strip().lower() in TIME_COLUMNS), None)
-    names = [str(c) for c in df.columns if c != tcol]
-    cols = [c for c in df.columns if c != tcol]
+    header, body = rows[0], rows[1:]
+    tcol = next((i for i, c in enumerate(header) if c.strip().lower() in TIME_COLUMNS), None)
+    cols = [i for i in range(len(header)) if i != tcol]
+    names = [header[i] for i in cols]
     if not cols:
-        raise DataError(f"{path}: CSV signal has no lead columns besides {tcol!r}")
-    num = df.apply(pd.to_numeric, errors="coerce")
-    bad = num.isna() & df.notna()
-    if bad.to_numpy().any():
-        r, c = np.argwhere(bad.to_numpy())[0]
-        raise DataError(
-            f"{path} row {r + 2}, column {df.columns[c]!r}: {df.iat[r, c]!r} is not a number"
-        )
+        raise DataError(f"{path}: CSV signal has no lead columns besides {header[0]!r}")
+    num = np.full((len(body), len(header)), np.nan)
+    for r, row in enumerate(body):
+        if len(row) > len(header):
+            raise DataError(
+                f"{path} row {r + 2}: {len(row)} fields, but the header has {len(header)}"
+            )
+        for c, v in enumerate(row):
+            if v.strip() in CSV_MISSING:
+                continue
+            try:
+                num[r, c] = float(v)
+            except ValueError:
+                raise DataError(
+                    f"{path} row {r + 2}, column {header[c]!r}: {v!r} is not a number"
+                ) from None
     idx = _pick(path, names, leads)
-    x = num[[cols[i] for i in idx]].to_numpy(np.float32).T  # (C, T)
+    x = num[:, [cols[i] for i in idx]].astype(np.float32).T  # (C, T)
     if not rate:
         return np.ascontiguousarray(x)
     if tcol is None:
@@ -224,7 +260,7 @@ def _csv_signal(
             f"{path}: resampling to {rate} Hz needs a time column named "
             f"{' or '.join(TIME_COLUMNS)} (seconds)"
         )
-    t = num[tcol].to_numpy(np.float64)
+    t = num[:, tcol]
     dt = np.diff(t)
     if len(t) < 2 or not (dt > 0).all():
         raise DataError(f"{path}: the time column must increase strictly")

@@ -1,103 +1,36 @@
-"""``medfuse <verb>``: each verb is a thin call into one API function.
+"""The verbs that span applications: ``train``, ``evaluate``, ``predict``, ``models``, ``demo``.
 
-Verbs live in small modules that register themselves with ``@command``; ``COMMAND_MODULES`` lists
-the modules to import (one line per area, so areas do not collide).
+Setting up a verb's arguments imports the standard library only (``medfuse <verb> --help`` stays
+well under a second); each handler imports what it runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import logging
-import shlex
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from medfuse.core.errors import MedfuseError
-
-Handler = Callable[[argparse.Namespace], int | None]
-_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
-
-#: modules whose import registers more verbs (each area adds its own line)
-COMMAND_MODULES: list[str] = [
-    "medfuse.explain.cli",
-    "medfuse.export.cli",
-    "medfuse.serve.cli",
-    "medfuse.compress.cli",
-    "medfuse.report.cli",
-]
-
-
-def command(
-    name: str, help: str
-) -> Callable[
-    [Callable[[argparse.ArgumentParser], Handler]], Callable[[argparse.ArgumentParser], Handler]
-]:
-    """Register a verb: the decorated function adds its arguments and returns the handler."""
-
-    def deco(
-        setup: Callable[[argparse.ArgumentParser], Handler],
-    ) -> Callable[[argparse.ArgumentParser], Handler]:
-        if name in _COMMANDS:
-            raise ValueError(f"command {name!r} is already registered")
-        holder: dict[str, Handler] = {}
-
-        def add(p: argparse.ArgumentParser) -> None:
-            holder["h"] = setup(p)
-
-        _COMMANDS[name] = (help, add, lambda a: holder["h"](a))
-        return setup
-
-    return deco
+from medfuse.core.console import (
+    Handler,
+    command_line,
+    console,
+    data_dir_arg,
+    device_arg,
+    metrics_table,
+)
+from medfuse.core.optional import RUNTIMES
+from medfuse.distributed.launch import add_launch_arguments, launch_from_cli
+from medfuse.report.cli import add_evaluate_options, clinical_requested, run_clinical_evaluate
+from medfuse.report.tracking import tracking
 
 
-def console():
-    from rich.console import Console
-
-    c = Console(soft_wrap=True)
-    if not c.is_terminal:  # pipes and CI logs: wide enough that metric tables are not truncated
-        c = Console(soft_wrap=True, width=160)
-    return c
-
-
-def metrics_table(title: str, rows: dict[str, dict[str, Any]], keys: tuple[str, ...]) -> Any:
-    from rich.table import Table
-
-    t = Table(title=title)
-    t.add_column("")
-    for k in keys:
-        t.add_column(k, justify="right")
-    for name, m in rows.items():
-        t.add_row(
-            name,
-            *[f"{m[k]:.4f}" if isinstance(m.get(k), float) else str(m.get(k, "")) for k in keys],
-        )
-    return t
-
-
-def command_line() -> str:
-    """This invocation as a shell-quoted ``medfuse ...`` line (recorded in packages)."""
-    return " ".join(shlex.quote(x) for x in ["medfuse", *sys.argv[1:]])
-
-
-def data_dir_arg(p: argparse.ArgumentParser) -> None:
-    """The ``--data-dir`` option every verb that reads a package's data shares."""
-    p.add_argument("--data-dir", help="data root (default: $MEDFUSE_DATA_DIR or ~/.cache/medfuse)")
-
-
-def _common_data(p: argparse.ArgumentParser) -> None:
+def _data_and_device(p: argparse.ArgumentParser) -> None:
     data_dir_arg(p)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    device_arg(p)
 
 
-# ---- core verbs ---------------------------------------------------------------------------
-
-
-@command("train", "train a composite model from a spec and save a package")
-def _train(p: argparse.ArgumentParser) -> Handler:
+def setup_train(p: argparse.ArgumentParser) -> Handler:
     p.add_argument(
         "config", help="spec YAML/JSON (or a shipped config name: synthetic, breastmnist, ...)"
     )
@@ -110,7 +43,7 @@ def _train(p: argparse.ArgumentParser) -> Handler:
         help="override a spec field (repeatable)",
     )
     p.add_argument("--out", help="package directory (default runs/<name>)")
-    _common_data(p)
+    _data_and_device(p)
     p.add_argument("--seed", type=int, help="overrides train.seed")
     p.add_argument(
         "--on-bad-row",
@@ -122,8 +55,6 @@ def _train(p: argparse.ArgumentParser) -> Handler:
         "--resume", action="store_true", help="continue an interrupted run from its last checkpoint"
     )
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    from medfuse.distributed.launch import add_launch_arguments, launch_from_cli
-
     add_launch_arguments(p)  # --strategy, --nproc, --nnodes, --node-rank, --rdzv-endpoint, ...
     p.add_argument(
         "--track",
@@ -134,9 +65,9 @@ def _train(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--track-uri", help="MLflow tracking URI (default: local file store ./mlruns)")
 
     def run(a: argparse.Namespace) -> int:
-        from medfuse.api import train
-        from medfuse.report.tracking import tracking
-        from medfuse.training.metrics import SUMMARY_KEYS
+        from medfuse.api import train  # lazy: the training stack (torch) loads only to train
+        from medfuse.core.decision import SUMMARY_KEYS  # lazy: numpy, not for --help
+        from medfuse.core.spec import load_spec  # lazy: pydantic, not for --help
 
         launched = launch_from_cli(p, a)  # --nproc/--nnodes: torchrun starts the workers
         if launched is not None:
@@ -144,8 +75,6 @@ def _train(p: argparse.ArgumentParser) -> Handler:
         overrides = a.overrides + ([f"data.on_bad_row={a.on_bad_row}"] if a.on_bad_row else [])
         params = None
         if a.track:
-            from medfuse.core.spec import load_spec
-
             params = {**load_spec(a.config, overrides).to_dict(), "cli": {"seed": a.seed}}
         with tracking(a.track, a.track_uri, params=params) as tracker:
             res = train(
@@ -162,7 +91,7 @@ def _train(p: argparse.ArgumentParser) -> Handler:
             )
             if tracker:
                 tracker.finish(res)
-        from medfuse.distributed.strategies import is_main_process
+        from medfuse.distributed.strategies import is_main_process  # lazy: torch (as train)
 
         if not is_main_process():  # other ranks: rank 0 prints and writes the package
             return 0
@@ -174,7 +103,7 @@ def _train(p: argparse.ArgumentParser) -> Handler:
             )
             return 0
         c = console()
-        rows = {s: res.metrics[s] for s in ("val", "test") if s in res.metrics}
+        rows: dict[str, Any] = {s: res.metrics[s] for s in ("val", "test") if s in res.metrics}
         c.print(metrics_table("metrics", rows, SUMMARY_KEYS))
         c.print(f"package: {res.package}  ({res.seconds:.1f} s)")
         return 0
@@ -182,25 +111,20 @@ def _train(p: argparse.ArgumentParser) -> Handler:
     return run
 
 
-@command("evaluate", "metrics of a package on its data's test or val split")
-def _evaluate(p: argparse.ArgumentParser) -> Handler:
+def setup_evaluate(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("package")
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
-    _common_data(p)
+    _data_and_device(p)
     p.add_argument("--json", action="store_true", help="print JSON only")
     p.add_argument("-o", "--output", help="also write the metrics JSON to this file")
-    from medfuse.report.cli import add_evaluate_options, clinical_requested
-
     add_evaluate_options(p)  # --ci/--no-ci, --bootstrap, --subgroup, --threshold-method, --target
 
     def run(a: argparse.Namespace) -> int:
-        from medfuse.api import evaluate
-        from medfuse.training.metrics import SUMMARY_KEYS
+        from medfuse.api import evaluate  # lazy: torch and the data stack, only to evaluate
+        from medfuse.core.decision import SUMMARY_KEYS  # lazy: numpy, not for --help
 
         m = evaluate(a.package, split=a.split, data_dir=a.data_dir, device=a.device)
         if clinical_requested(a):  # CIs, operating point, subgroups (medfuse.report)
-            from medfuse.report.cli import run_clinical_evaluate
-
             rc = run_clinical_evaluate(a, m)
             if not a.json and "paired" in m:  # some samples miss a modality
                 rows = {"all": m, **{f"{k} (n={m[k]['n']})": m[k] for k in ("paired", "partial")}}
@@ -232,8 +156,7 @@ def _evaluate(p: argparse.ArgumentParser) -> Handler:
     return run
 
 
-@command("predict", "probabilities and labels for new samples")
-def _predict(p: argparse.ArgumentParser) -> Handler:
+def setup_predict(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("package")
     p.add_argument(
         "--input",
@@ -245,23 +168,36 @@ def _predict(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument(
         "--runtime",
-        default="torch",
-        choices=["torch", "onnx"],
-        help="torch (the weights) or onnx (model.onnx via ONNX Runtime; run medfuse export first)",
+        default="auto",
+        choices=list(RUNTIMES),
+        help="torch (the weights), onnx (model.onnx via ONNX Runtime; run medfuse export first) "
+        "or auto (default): torch when PyTorch is installed and the package has weights, else onnx",
     )
 
     def run(a: argparse.Namespace) -> int:
-        # streams a manifest in chunks (constant memory), progress bar on a terminal
-        from medfuse.serve.batch import predict_stream
+        from medfuse.core.readers import suffix_of  # lazy: numpy, not for --help
+        from medfuse.runtime import choose_runtime, predict_file  # lazy: numpy, not for --help
 
-        n = predict_stream(
-            a.package,
-            a.input,
-            a.out,
-            runtime=a.runtime,
-            device=a.device,
-            batch_size=a.batch_size,
-        )
+        runtime = choose_runtime(a.package, a.runtime)
+        try:
+            # lazy: pandas (absent in the base install); streams manifests
+            from medfuse.serve.batch import predict_stream
+        except ModuleNotFoundError as err:
+            manifest = suffix_of(a.input) == ".csv"
+            parquet = a.out is not None and Path(a.out).suffix.lower() != ".csv"
+            if err.name != "pandas" or runtime != "onnx" or manifest or parquet:
+                raise  # exit 2, naming the extra with pandas
+            # the base install (no pandas, no torch): ONNX Runtime on an .npz or one file
+            n = predict_file(a.package, a.input, a.out, device=a.device, batch_size=a.batch_size)
+        else:
+            n = predict_stream(
+                a.package,
+                a.input,
+                a.out,
+                runtime=runtime,
+                device=a.device,
+                batch_size=a.batch_size,
+            )
         if a.out:
             console().print(f"{n} predictions -> {Path(a.out)}")
         return 0
@@ -269,14 +205,13 @@ def _predict(p: argparse.ArgumentParser) -> Handler:
     return run
 
 
-@command("models", "the registered branches and fusions, with their parameters")
-def _models(p: argparse.ArgumentParser) -> Handler:
+def setup_models(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--json", action="store_true")
 
     def run(a: argparse.Namespace) -> int:
-        from medfuse.models import BRANCHES, FUSIONS
+        from medfuse.models import BRANCHES, FUSIONS  # lazy: torch, only for this verb
 
-        out = {
+        out: dict[str, dict[str, dict[str, Any]]] = {
             "branches": {
                 n: {"doc": BRANCHES.doc(n), "params": BRANCHES.params(n, skip=("input_shape",))}
                 for n in BRANCHES.names()
@@ -292,7 +227,7 @@ def _models(p: argparse.ArgumentParser) -> Handler:
         if a.json:
             print(json.dumps(out, indent=2, default=str))
             return 0
-        from rich.table import Table
+        from rich.table import Table  # lazy: rich, only for the table
 
         for family, items in out.items():
             t = Table(title=family)
@@ -306,62 +241,14 @@ def _models(p: argparse.ArgumentParser) -> Handler:
     return run
 
 
-@command(
-    "demo", "the main job on built-in defaults: a synthetic three-modality composite, end to end"
-)
-def _demo(p: argparse.ArgumentParser) -> Handler:
+def setup_demo(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--out", default="runs/demo", help="package directory (default runs/demo)")
     p.add_argument("--device", default="auto")
 
     def run(a: argparse.Namespace) -> int:
-        from medfuse.demo import run_demo
+        from medfuse.demo import run_demo  # lazy: the training stack, only for the demo
 
         run_demo(out=a.out, device=a.device, console=console())
         return 0
 
     return run
-
-
-# ---- entry point --------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    for mod in COMMAND_MODULES:
-        importlib.import_module(mod)
-    parser = argparse.ArgumentParser(
-        prog="medfuse",
-        description="Compose, train, compress and migrate multimodal medical models.",
-    )
-    from medfuse import __version__
-
-    parser.add_argument("--version", action="version", version=f"medfuse {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for name, (help_, add, _) in _COMMANDS.items():
-        add(sub.add_parser(name, help=help_, description=help_))
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s" if args.verbose else "%(message)s",
-        stream=sys.stderr,
-    )
-    if not args.verb:
-        parser.print_help()
-        return 2
-    try:
-        return int(_COMMANDS[args.verb][2](args) or 0)
-    except MedfuseError as err:
-        print(f"medfuse {args.verb}: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

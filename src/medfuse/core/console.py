@@ -1,0 +1,69 @@
+"""What every verb's command line shares: the handler type, the rich console and metric table,
+the recorded command line and the ``--data-dir`` option.
+
+It lives in the core so that each application's verb module (``medfuse/<area>/cli.py``) can use
+it without importing ``medfuse.cli``, which sits above every application. rich is imported when a
+console or table is made, so building a parser stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+#: what a verb's setup function returns: runs the parsed arguments, returns the exit status
+Handler = Callable[[argparse.Namespace], int | None]
+#: a verb's setup function: adds the verb's arguments to its parser, returns its handler
+Setup = Callable[[argparse.ArgumentParser], Handler]
+
+
+def console() -> Console:
+    """A rich console; pipes and CI logs get a wide one so metric tables are not truncated."""
+    from rich.console import Console  # lazy: rich costs ~0.1 s, only verbs that print need it
+
+    c = Console(soft_wrap=True)
+    if not c.is_terminal:
+        c = Console(soft_wrap=True, width=160)
+    return c
+
+
+def metrics_table(
+    title: str, rows: Mapping[str, Mapping[str, Any]], keys: tuple[str, ...]
+) -> Table:
+    """One row per named metrics dict, one column per key (floats to 4 decimals)."""
+    from rich.table import Table  # lazy: as in console()
+
+    t = Table(title=title)
+    t.add_column("")
+    for k in keys:
+        t.add_column(k, justify="right")
+    for name, m in rows.items():
+        t.add_row(
+            name,
+            *[f"{m[k]:.4f}" if isinstance(m.get(k), float) else str(m.get(k, "")) for k in keys],
+        )
+    return t
+
+
+def command_line() -> str:
+    """This invocation as a shell-quoted ``medfuse ...`` line (recorded in packages)."""
+    return " ".join(shlex.quote(x) for x in ["medfuse", *sys.argv[1:]])
+
+
+def data_dir_arg(p: argparse.ArgumentParser) -> None:
+    """The ``--data-dir`` option every verb that reads a package's data shares."""
+    p.add_argument("--data-dir", help="data root (default: $MEDFUSE_DATA_DIR or ~/.cache/medfuse)")
+
+
+def device_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
+    """The ``--device`` option of the verbs that run a torch model."""
+    p.add_argument(
+        "--device", default=default, help=f"auto | cpu | cuda | cuda:N (default {default})"
+    )
