@@ -129,9 +129,7 @@ def _train(p: argparse.ArgumentParser) -> Handler:
         help="with --resume: a train.*/threshold.* field allowed to differ from the checkpoint's "
         "spec (repeatable; recorded in the package)",
     )
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace the package already in --out"
-    )
+    p.add_argument("--overwrite", action="store_true", help="replace the package already in --out")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     from medfuse.distributed.launch import add_launch_arguments, launch_from_cli
 

@@ -21,57 +21,6 @@ private methods.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from medfuse.training.trainer import Callback, EpochFunction, StageRun, Trainer
 
-if TYPE_CHECKING:  # the trainer imports this module
-    import torch
-
-    from medfuse.training.trainer import StageRun, Trainer
-
-
-class Callback:
-    """Hooks into the training loop; every hook does nothing unless overridden."""
-
-    def on_fit_start(self, trainer: Trainer) -> None:
-        """Before the first stage (and before a checkpoint is loaded)."""
-
-    def on_checkpoint_load(self, trainer: Trainer, ckpt: dict[str, Any] | None) -> Any:
-        """The checkpoint to resume from (rank 0 read it; other ranks get ``None``)."""
-        return ckpt
-
-    def on_stage_start(self, trainer: Trainer, run: StageRun) -> None:
-        """A stage with something to train begins."""
-
-    def loss(
-        self,
-        trainer: Trainer,
-        stage: str,
-        logits: torch.Tensor,
-        aux: dict[str, torch.Tensor],
-        masks: dict[str, torch.Tensor],
-        y: torch.Tensor,
-    ) -> torch.Tensor | None:
-        """The loss of one forward pass, or ``None`` for the trainer's own."""
-        return None
-
-    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        """An epoch's record (``metrics.jsonl`` line), before it is logged and printed."""
-
-    def on_checkpoint_save(self, trainer: Trainer, state: dict[str, Any]) -> None:
-        """The checkpoint state, before rank 0 writes it (collective: every rank calls it)."""
-
-    def on_stage_end(self, trainer: Trainer, result: dict[str, Any]) -> None:
-        """A stage ended (``result``: its entry in ``trainer.stage_results``)."""
-
-    def on_fit_end(self, trainer: Trainer) -> None:
-        """Training is over; the kept weights are loaded."""
-
-
-class EpochFunction(Callback):
-    """A plain function called with each epoch's record after it is final (e.g. MLflow)."""
-
-    def __init__(self, fn: Any) -> None:
-        self.fn = fn
-
-    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        self.fn(record)
+__all__ = ["Callback", "EpochFunction", "StageRun", "Trainer"]

@@ -24,7 +24,6 @@ from medfuse.core.errors import SpecError
 from medfuse.core.spec import Spec, StageSpec
 from medfuse.inference.helpers import Tensors, predict_logits
 from medfuse.training.augment import augment_batch, mixup_batch
-from medfuse.training.callbacks import Callback, EpochFunction
 from medfuse.training.losses import TaskLoss
 from medfuse.training.metrics import compute_metrics, probabilities
 
@@ -103,6 +102,54 @@ class StageRun:
     partial: tuple[float, int] = (0.0, 0)
     stopped: bool = False
     ema: Any = None
+
+
+class Callback:
+    """Hooks into the training loop; every hook does nothing unless overridden."""
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Before the first stage (and before a checkpoint is loaded)."""
+
+    def on_checkpoint_load(self, trainer: Trainer, ckpt: dict[str, Any] | None) -> Any:
+        """The checkpoint to resume from (rank 0 read it; other ranks get ``None``)."""
+        return ckpt
+
+    def on_stage_start(self, trainer: Trainer, run: StageRun) -> None:
+        """A stage with something to train begins."""
+
+    def loss(
+        self,
+        trainer: Trainer,
+        stage: str,
+        logits: torch.Tensor,
+        aux: dict[str, torch.Tensor],
+        masks: dict[str, torch.Tensor],
+        y: torch.Tensor,
+    ) -> torch.Tensor | None:
+        """The loss of one forward pass, or ``None`` for the trainer's own."""
+        return None
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        """An epoch's record (``metrics.jsonl`` line), before it is logged and printed."""
+
+    def on_checkpoint_save(self, trainer: Trainer, state: dict[str, Any]) -> None:
+        """The checkpoint state, before rank 0 writes it (collective: every rank calls it)."""
+
+    def on_stage_end(self, trainer: Trainer, result: dict[str, Any]) -> None:
+        """A stage ended (``result``: its entry in ``trainer.stage_results``)."""
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """Training is over; the kept weights are loaded."""
+
+
+class EpochFunction(Callback):
+    """A plain function called with each epoch's record after it is final (e.g. MLflow)."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        self.fn(record)
 
 
 class Trainer:
