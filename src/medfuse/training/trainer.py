@@ -89,7 +89,7 @@ class StageRun:
     epochs: int
     params: list[nn.Parameter]
     model: nn.Module  # the model as the strategy wraps it for this stage
-    opt: torch.optim.Optimizer
+    opt: torch.optim.Optimizer | None  # None: the state after a stage ended
     sched: Any
     aux_mode: str
     best_score: float = -math.inf
@@ -445,7 +445,7 @@ class Trainer:
             aux_mode,
         )
         if ckpt is not None:
-            run.opt.load_state_dict(ckpt["optimizer"])
+            opt.load_state_dict(ckpt["optimizer"])
             run.sched.load_state_dict(ckpt["scheduler"])
             g_aug.set_state(ckpt["g_aug"])
             if "torch_rng" in ckpt:  # dropout draws continue exactly where they stopped
@@ -527,14 +527,16 @@ class Trainer:
         forward_loss = partial(
             self._batch_loss, run.model, run.name, run.aux_mode, inputs, masks, y, mix
         )
-        run.opt.zero_grad(set_to_none=True)
+        opt = run.opt
+        assert opt is not None
+        opt.zero_grad(set_to_none=True)
         loss = forward_loss()
         loss.backward()
         if t.sam:
             _sam_second_step(self.model, run.params, t.sam, forward_loss)
         if t.grad_clip:
             torch.nn.utils.clip_grad_norm_(run.params, t.grad_clip)
-        run.opt.step()
+        opt.step()
         if run.ema is not None:
             run.ema.update_parameters(self.model)
         run.sched.step()
@@ -570,7 +572,7 @@ class Trainer:
         record = {
             "stage": run.name,
             "epoch": epoch + 1,
-            "lr": run.opt.param_groups[0]["lr"],
+            "lr": run.opt.param_groups[0]["lr"] if run.opt is not None else 0.0,
             "train_loss": train_loss,
             "val_loss": metrics["val_loss"],
             "val": {k: v for k, v in metrics["fused"].items() if isinstance(v, float)},
@@ -615,8 +617,8 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_stage_end(self, result)
         if self.workdir is not None:  # the stage is done: the next one starts from its best weights
-            nxt = StageRun(run.index + 1, run.name, 0, [], run.model, None, None, run.aux_mode)  # type: ignore[arg-type]
-            self.save_checkpoint(self._state(nxt, 0, 0, g_aug))
+            done = StageRun(run.index + 1, run.name, 0, [], run.model, None, None, run.aux_mode)
+            self.save_checkpoint(self._state(done, 0, 0, g_aug))
 
     def _agree(self, stop: bool) -> bool:
         """All ranks stop together (rank 0's validation decides; every rank computes the same)."""
