@@ -154,7 +154,7 @@ def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
     else:
         log(f"{name}: training the original ({case['config']})")
         spec = load_spec(case["config"], case["overrides"])
-        train(spec, out=base, data_dir=args.data_dir, device="cpu", progress=False)
+        train(spec, out=base, data_dir=args.data_dir, device="cpu", progress=False, overwrite=True)
     paths = {"original": base}
     steps = case.get("steps", STEPS)
     if "quantize" in steps:
@@ -190,6 +190,7 @@ def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
             out=wd / "student-alone",
             data_dir=args.data_dir,
             device="cpu",
+            overwrite=True,
             progress=False,
         ).package
     log(f"{name}: benchmark (one interleaved run, {args.threads} thread(s))")
@@ -276,7 +277,7 @@ def cross_modal(args: argparse.Namespace) -> dict[str, Any]:
         log(f"cross-modal: reusing {teacher}")
     else:
         log("cross-modal: training the teacher (configs/synthetic.yaml)")
-        train(load_spec("synthetic"), out=teacher, device="cpu", progress=False)
+        train(load_spec("synthetic"), out=teacher, device="cpu", progress=False, overwrite=True)
     spec = student_spec(SIGNAL_STUDENT, load_spec_from(teacher))
     kd, alone, kd_full = [], [], []
     val: dict[str, list[float]] = {"alone": [], "distilled": [], "distilled_full_view": []}
@@ -286,6 +287,7 @@ def cross_modal(args: argparse.Namespace) -> dict[str, Any]:
             spec,
             out=Path(args.workdir) / "cross-modal" / f"alone-{seed}",
             device="cpu",
+            overwrite=True,
             seed=seed,
             progress=False,
         )

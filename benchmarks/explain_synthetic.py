@@ -61,7 +61,13 @@ def main() -> None:
     out = Path(args.out)
     if args.retrain or not (out / "medfuse.json").exists():
         t0 = time.perf_counter()
-        train(ROOT / "configs" / "synthetic.yaml", out=out, overrides=overrides, device="cpu")
+        train(
+            ROOT / "configs" / "synthetic.yaml",
+            out=out,
+            overrides=overrides,
+            device="cpu",
+            overwrite=True,
+        )
         print(f"trained {out} in {time.perf_counter() - t0:.0f} s")
     pred = load(out)
     spec, bundle = prepare_data(load_spec(ROOT / "configs" / "synthetic.yaml", overrides))

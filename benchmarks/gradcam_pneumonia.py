@@ -67,7 +67,9 @@ def main() -> None:
     out = Path(args.out)
     if args.retrain or not (out / "medfuse.json").exists():
         t0 = time.perf_counter()
-        train(cfg, out=out, data_dir=args.data_dir, overrides=overrides, device="cpu")
+        train(
+            cfg, out=out, data_dir=args.data_dir, overrides=overrides, device="cpu", overwrite=True
+        )
         print(f"trained {out} ({args.epochs} epochs) in {time.perf_counter() - t0:.0f} s")
     pred = load(out)
     _, bundle = prepare_data(load_spec(cfg, overrides), args.data_dir)

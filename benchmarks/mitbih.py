@@ -83,7 +83,7 @@ def fit_and_score(
     spec: dict[str, Any], split: str, seed: int, out: Path, data_dir: str | None
 ) -> tuple[dict[str, Any], float]:
     """Train once (or once per DS1 fold for ``cv``); the split's metrics and training seconds."""
-    kw = {"data_dir": data_dir, "device": "cpu", "seed": seed, "progress": False}
+    kw = {"data_dir": data_dir, "device": "cpu", "seed": seed, "progress": False, "overwrite": True}
     if split != "cv":
         r = train(spec, out=out, **kw)
         return r.metrics[split], r.seconds

@@ -82,6 +82,7 @@ def main() -> None:
                 out=out_root / f"{name.replace(' ', '-')}-s{seed}",
                 data_dir=args.data_dir,
                 device="cpu",
+                overwrite=True,
                 seed=seed,
                 progress=False,
             )
@@ -135,6 +136,7 @@ def cross_validate(args: argparse.Namespace, base: dict[str, Any]) -> None:
                     out=out_root / f"{name}-s{seed}-f{k}",
                     data_dir=args.data_dir,
                     device="cpu",
+                    overwrite=True,
                     seed=seed,
                     progress=False,
                 )

@@ -23,7 +23,10 @@ def run_demo(
 
     t0 = time.perf_counter()
     spec = load_spec(Path(__file__).parent / "configs" / "synthetic.yaml")
-    res = train(spec, out=out, device=device, progress=False, command="medfuse demo")
+    # the demo's own output: a package from an earlier demo is replaced (anything else is refused)
+    res = train(
+        spec, out=out, device=device, progress=False, overwrite=True, command="medfuse demo"
+    )
     test = res.metrics["test"]
     pred = load(res.package, device="cpu")
     bundle = load_data(spec.data.source, spec.data.options)

@@ -54,6 +54,15 @@ def setup_train(p: argparse.ArgumentParser) -> Handler:
     p.add_argument(
         "--resume", action="store_true", help="continue an interrupted run from its last checkpoint"
     )
+    p.add_argument(
+        "--resume-override",
+        action="append",
+        default=[],
+        metavar="KEY.PATH",
+        help="with --resume: a train.*/threshold.* field allowed to differ from the checkpoint's "
+        "spec (repeatable; recorded in the package)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace the package already in --out")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     add_launch_arguments(p)  # --strategy, --nproc, --nnodes, --node-rank, --rdzv-endpoint, ...
     p.add_argument(
@@ -84,6 +93,8 @@ def setup_train(p: argparse.ArgumentParser) -> Handler:
                 device=a.device,
                 seed=a.seed,
                 resume=a.resume,
+                resume_overrides=a.resume_override,
+                overwrite=a.overwrite,
                 overrides=overrides,
                 command=command_line(),
                 strategy=a.strategy,

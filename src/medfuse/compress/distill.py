@@ -34,9 +34,10 @@ from torch.nn import functional as F
 from medfuse.compress._common import check_fraction, check_out, delta, now, source_info, summary
 from medfuse.core.errors import SpecError, not_allowed
 from medfuse.core.spec import Spec, apply_overrides, complete_spec, load_spec_dict, parse_spec
-from medfuse.data import Split, load_data
+from medfuse.data import DataBundle, Split, load_data
 from medfuse.inference.helpers import Tensors
 from medfuse.inference.package import Package, load_package
+from medfuse.training.callbacks import Callback
 from medfuse.training.trainer import Trainer
 
 #: what a teacher sees when it makes the soft targets (see the module docstring)
@@ -75,28 +76,26 @@ def kd_loss(
     return loss * temperature**2
 
 
-class DistillTrainer(Trainer):
-    """The Trainer with a distillation term. Each sample's soft targets travel as extra columns
-    of its label tensor, so every (shuffled, sharded, resumed) batch carries its own targets."""
+class DistillLoss(Callback):
+    """The trainer's loss plus a distillation term (a trainer callback). Each sample's soft
+    targets travel as extra columns of its label tensor, so every (shuffled, sharded, resumed,
+    mixed-up) batch carries its own targets."""
 
-    def __init__(
-        self,
-        *args: Any,
-        soft: torch.Tensor,
-        temperature: float,
-        alpha: float,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        y = self.train_data.y
+    def __init__(self, soft: torch.Tensor, temperature: float, alpha: float) -> None:
+        self.soft = soft
+        self.temperature, self.alpha = float(temperature), float(alpha)
+        self._y_dim, self._y_dtype, self._y_cols = 1, torch.float32, 1
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        y = trainer.train_data.y
         self._y_dim, self._y_dtype = y.dim(), y.dtype
         self._y_cols = 1 if y.dim() == 1 else int(y.shape[1])
-        packed = torch.cat([y.float().reshape(len(y), -1), soft.float()], dim=1)
-        self.train_data = Tensors(self.train_data.inputs, self.train_data.masks, packed)
-        self.temperature, self.alpha = float(temperature), float(alpha)
+        packed = torch.cat([y.float().reshape(len(y), -1), self.soft.float()], dim=1)
+        trainer.train_data = Tensors(trainer.train_data.inputs, trainer.train_data.masks, packed)
 
-    def _loss(
+    def loss(
         self,
+        trainer: Trainer,
         stage: str,
         logits: torch.Tensor,
         aux: dict[str, torch.Tensor],
@@ -105,11 +104,11 @@ class DistillTrainer(Trainer):
     ) -> torch.Tensor:
         hard, soft = y[:, : self._y_cols], y[:, self._y_cols :]
         hard = (hard[:, 0] if self._y_dim == 1 else hard).to(self._y_dtype)
-        base = super()._loss(stage, logits, aux, masks, hard)
+        base = trainer.stage_loss(stage, logits, aux, masks, hard)
         if stage == "branches":  # only the auxiliary heads train here; no fused logits to teach
             return base
-        task_loss = self.loss_fn(logits, hard).mean()
-        kd = kd_loss(self.spec.task.type, logits, soft, self.temperature).mean()
+        task_loss = trainer.loss_fn(logits, hard).mean()
+        kd = kd_loss(trainer.spec.task.type, logits, soft, self.temperature).mean()
         return base - self.alpha * task_loss + self.alpha * kd
 
 
@@ -210,18 +209,11 @@ def distill(
     command: str | None = None,
 ) -> DistillResult:
     """Distill ``teachers`` (one package or several: an ensemble) into a new ``student`` package."""
-    from medfuse.api import (
-        fit_preprocessing,
-        package_data_info,
-        seed_everything,
-        split_metrics,
-        threshold_for,
-    )
-    from medfuse.inference.helpers import predict_logits, resolve_device, to_tensors
+    from medfuse.distributed.strategies import start_session
     from medfuse.inference.package import save_package
-    from medfuse.models import build_model
     from medfuse.models.composite import count_parameters
     from medfuse.training.metrics import compute_metrics, probabilities
+    from medfuse.training.pipeline import package_data_info, run_fit, seed_everything
 
     t0 = time.perf_counter()
     if not temperature > 0:
@@ -260,7 +252,6 @@ def distill(
             f"the student's data ({spec.data.source!r}) must be the teachers' "
             f"({first.data.source!r}): soft targets exist only for the teachers' samples",
         )
-    dev = resolve_device(device)
     seed_everything(spec.train.seed)
 
     # one load of the data with every modality anyone needs, so all see the same samples
@@ -292,32 +283,27 @@ def distill(
         teacher_logits[name] = [view_logits(p, split, teacher_view, s_mods) for p in pkgs]
     soft = torch.from_numpy(soft_targets(task, teacher_logits["train"], temperature))
 
-    s_train = _subset(bundle.train, s_mods)
-    stats = fit_preprocessing(spec, s_train, bundle.info)
-    train_t = to_tensors(s_train, stats)
-    val_t = to_tensors(_subset(bundle.val, s_mods), stats)
-    seed_everything(spec.train.seed)
-    model = build_model(spec)
-    trainer = DistillTrainer(
-        model,
-        spec,
-        train_t,
-        val_t,
-        device=dev,
-        progress=progress,
-        soft=soft,
-        temperature=temperature,
-        alpha=alpha,
+    student_data = DataBundle(
+        _subset(bundle.train, s_mods),
+        _subset(bundle.val, s_mods),
+        _subset(bundle.test, s_mods) if bundle.test is not None else None,
+        {m: bundle.modalities[m] for m in s_mods},
+        bundle.labels,
+        bundle.task,
+        bundle.info,
     )
-    trainer.fit()
-    model = trainer.model.eval()
-    val_logits, _ = predict_logits(model, val_t, dev, bf16=spec.train.bf16)
-    thr = threshold_for(spec, bundle.val.y, probabilities(task, val_logits))
-    metrics: dict[str, Any] = {"val": split_metrics(model, spec, val_t, thr["value"], dev)}
-    if bundle.test is not None:
-        metrics["test"] = split_metrics(
-            model, spec, to_tensors(_subset(bundle.test, s_mods), stats), thr["value"], dev
-        )
+    session = start_session(spec, device)
+    fitted = run_fit(
+        spec,
+        student_data,
+        session,
+        progress=progress,
+        callbacks=[DistillLoss(soft, temperature, alpha)],
+    )
+    model = fitted.model
+    if model is None:  # a rank other than 0 of a distributed run: rank 0 writes the package
+        return DistillResult(Path(out), {}, {})
+    metrics, stats, thr = fitted.metrics, fitted.stats, fitted.threshold
     split_name = "test" if bundle.test is not None else "val"
     ev_split = getattr(bundle, split_name)
 
@@ -375,19 +361,7 @@ def distill(
         "command": command,
     }
     seconds = time.perf_counter() - t0
-    training = {
-        "stages": trainer.stage_results,
-        "seconds": round(seconds, 2),
-        "device": str(dev),
-        "seed": spec.train.seed,
-        "distilled": True,
-        "samples": {
-            "train": len(bundle.train),
-            "val": len(bundle.val),
-            "test": len(bundle.test) if bundle.test is not None else 0,
-        },
-        "command": command,
-    }
+    training = {**fitted.training_record(bundle, session, seconds, command), "distilled": True}
     data_info = package_data_info(bundle)
     path = save_package(
         out,

@@ -293,12 +293,16 @@ def prune(
     parameters and MACs before/after, the sparsity (unstructured), the fine-tuning and the test
     metrics before/after, all computed by the same code on the same split.
     """
-    from medfuse.api import seed_everything, split_metrics, threshold_for
     from medfuse.compress.measure import count_macs
-    from medfuse.inference.helpers import predict_logits, resolve_device, to_tensors
+    from medfuse.distributed.strategies import start_session
+    from medfuse.inference.helpers import resolve_device, to_tensors
     from medfuse.models.composite import count_parameters
-    from medfuse.training.metrics import probabilities
-    from medfuse.training.trainer import Trainer
+    from medfuse.training.pipeline import (
+        run_fit,
+        seed_everything,
+        split_metrics,
+        threshold_and_metrics,
+    )
 
     amount = check_fraction(amount, "amount")
     if int(finetune_epochs) < 0:
@@ -337,35 +341,32 @@ def prune(
 
     lr = float(finetune_lr or spec.train.lr * FINETUNE_LR_SCALE)
     ft: dict[str, Any] = {"epochs": int(finetune_epochs), "lr": lr, "stage": "end_to_end"}
-    if finetune_epochs > 0:
+    if finetune_epochs > 0:  # the fit pipeline, from the pruned weights and the source's stats
         d = new_spec.to_dict()
         d["train"]["stages"] = [{"name": "end_to_end", "epochs": int(finetune_epochs), "lr": lr}]
+        d["train"]["seed"] = seed
         ft_spec = parse_spec(d)
-        seed_everything(seed)
-        trainer = Trainer(
-            model,
+        fitted = run_fit(
             ft_spec,
-            to_tensors(bundle.train, stats),
-            to_tensors(bundle.val, stats),
-            device=dev,
+            bundle,
+            start_session(ft_spec, device),
+            stats=stats,
+            model=model,
             progress=False,
         )
-        trainer.fit()
-        model = trainer.model
-        ft["result"] = trainer.stage_results[-1] if trainer.stage_results else {}
-    model = model.cpu().eval()
-    if masks is not None:
+        if fitted.model is None:  # a rank other than 0 of a distributed run
+            return PruneResult(Path(out), {})
+        model, thr, metrics = fitted.model, fitted.threshold, fitted.metrics
+        ft["result"] = fitted.stages[-1] if fitted.stages else {}
+    else:
+        model = model.to(dev).eval()
+        test_t = to_tensors(bundle.test, stats) if bundle.test is not None else None
+        thr, metrics = threshold_and_metrics(
+            model, new_spec, to_tensors(bundle.val, stats), test_t, dev, bundle.val.y
+        )
+    if masks is not None:  # the zeros become plain weights (the same values)
         finalize_unstructured(masks)
     sp = sparsity(model)
-
-    val_t = to_tensors(bundle.val, stats)
-    val_logits, _ = predict_logits(model, val_t, torch.device("cpu"))
-    thr = threshold_for(new_spec, bundle.val.y, probabilities(new_spec.task.type, val_logits))
-    metrics: dict[str, Any] = {"val": split_metrics(model, new_spec, val_t, thr["value"], dev)}
-    if bundle.test is not None:
-        metrics["test"] = split_metrics(
-            model, new_spec, to_tensors(bundle.test, stats), thr["value"], dev
-        )
     model = model.cpu()
     after = summary(metrics[split_name])
     params_after = count_parameters(model)

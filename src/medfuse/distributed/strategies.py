@@ -41,7 +41,8 @@ from medfuse.distributed.placement import (
     resolve_placement,
 )
 from medfuse.inference.helpers import Tensors, resolve_device
-from medfuse.training.trainer import CHECKPOINT, Trainer
+from medfuse.training.callbacks import Callback
+from medfuse.training.trainer import Trainer
 
 log = logging.getLogger("medfuse.distributed")
 
@@ -105,6 +106,16 @@ class Strategy:
     def __init__(self, session: Session) -> None:
         self.session = session
 
+    @classmethod
+    def validate(cls, spec: Spec, world: int) -> None:
+        """Refuse a spec this strategy cannot train with ``world`` processes (SpecError)."""
+        if spec.train.placement:
+            raise SpecError(
+                "train.placement",
+                f"is used by the 'branch' and 'hybrid' strategies only; the strategy is "
+                f"{cls.name!r}",
+            )
+
     def prepare(self, model: nn.Module) -> None:
         """Called once, before the Trainer sees the model (place, shard): a model too big for one
         device is never gathered on one."""
@@ -160,6 +171,15 @@ class BranchStrategy(Strategy):
         super().__init__(session)
         self.placement = Placement(session.devices)
 
+    @classmethod
+    def validate(cls, spec: Spec, world: int) -> None:
+        if world > 1:
+            raise SpecError(
+                "train.strategy",
+                f"'branch' is model parallel inside one process, but {world} processes were "
+                "started; use 'hybrid' (ddp across processes + branch placement inside each)",
+            )
+
     def prepare(self, model: nn.Module) -> None:
         self.placement.apply(model)
 
@@ -179,6 +199,10 @@ class HybridStrategy(BranchStrategy):
     """DDP over a multi-device module: each process holds a placed composite (its own GPUs)."""
 
     name = "hybrid"
+
+    @classmethod
+    def validate(cls, spec: Spec, world: int) -> None:
+        """Any number of processes; ``train.placement`` places the branches inside each."""
 
     def wrap(self, model: nn.Module) -> nn.Module:
         inner = BranchParallel(model, self.placement)
@@ -261,6 +285,22 @@ class FSDPStrategy(Strategy):
 
     name = "fsdp"
 
+    @classmethod
+    def validate(cls, spec: Spec, world: int) -> None:
+        if spec.train.ema:
+            raise SpecError(
+                "train.ema",
+                "weight EMA is not supported with 'fsdp' (the averaged copy would be sharded "
+                "too); use 'ddp' or drop train.ema",
+            )
+        if spec.train.sam:
+            raise SpecError(
+                "train.sam",
+                "sharpness-aware minimization is not supported with 'fsdp' (each process holds "
+                "a shard of the gradient, not its norm); use 'ddp' or drop train.sam",
+            )
+        super().validate(spec, world)
+
     def __init__(self, session: Session) -> None:
         super().__init__(session)
         self._hook: Any = None
@@ -302,48 +342,32 @@ class FSDPStrategy(Strategy):
 # -- the trainer in a process group -----------------------------------------------------------
 
 
-class DistributedTrainer(Trainer):
+class DistributedCallback(Callback):
     """The Trainer as one rank of a job: the checkpoint is read by rank 0 and broadcast (nodes
-    need no shared disk), a torchrun restart resumes from it, the logged train loss is the mean
-    over ranks, and FSDP optimizer state is checkpointed unsharded."""
+    need no shared disk), the logged train loss is the mean over ranks, and FSDP optimizer state
+    is checkpointed unsharded. (A torchrun restart resumes: see ``Session.resume``.)"""
 
-    restarted: bool = False
-
-    def fit(self, *, resume: bool = False) -> list[dict[str, Any]]:
-        resume = resume or self.restarted
-        if not resume and self.is_main and self.workdir is not None:
-            # a fresh run: a stale checkpoint must not be picked up by a later elastic restart
-            (self.workdir / CHECKPOINT).unlink(missing_ok=True)
-        return super().fit(resume=resume)
-
-    def _load_checkpoint(self) -> dict[str, Any] | None:
-        ckpt = super()._load_checkpoint() if self.is_main else None
-        if self.world > 1 and dist.is_initialized():
+    def on_checkpoint_load(self, trainer: Trainer, ckpt: dict[str, Any] | None) -> Any:
+        if trainer.world > 1 and dist.is_initialized():
             box = [ckpt]
             dist.broadcast_object_list(box, src=0)
             ckpt = box[0]
         return ckpt
 
-    def _log_epoch(self, record: dict[str, Any]) -> None:
-        if self.world > 1 and dist.is_initialized():  # every rank saw a shard: report the mean
-            t = torch.tensor([float(record["train_loss"])], device=self._comm_device())
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        if trainer.world > 1 and dist.is_initialized():  # every rank saw a shard: the mean
+            dev = trainer.device if trainer.device.type == "cuda" else torch.device("cpu")
+            t = torch.tensor([float(record["train_loss"])], device=dev)
             dist.all_reduce(t)
-            record = {**record, "train_loss": float(t.item()) / self.world}
-        super()._log_epoch(record)
+            record["train_loss"] = float(t.item()) / trainer.world
 
-    def _state(self, *args: Any) -> dict[str, Any]:
-        state = super()._state(*args)
+    def on_checkpoint_save(self, trainer: Trainer, state: dict[str, Any]) -> None:
         opt = state.get("optimizer") or {}
         if opt.get("state") and dist.is_initialized():  # fsdp: DTensor moments -> full tensors
-            opt = {
+            state["optimizer"] = {
                 **opt,
                 "state": {i: {k: _full(v) for k, v in s.items()} for i, s in opt["state"].items()},
             }
-            state["optimizer"] = opt
-        return state
-
-    def _comm_device(self) -> torch.device:
-        return self.device if self.device.type == "cuda" else torch.device("cpu")
 
 
 # -- the session ------------------------------------------------------------------------------
@@ -398,11 +422,13 @@ class Session:
     ) -> Trainer:
         """A Trainer for this rank, with the strategy's wrapping, placement or sharding applied."""
         assert self.strategy is not None
-        cls = DistributedTrainer if self.launched else Trainer
         rank_spec = self.rank_spec(spec)
         self.strategy.prepare(model)
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        if self.launched:
+            callbacks.insert(0, DistributedCallback())
         with _kept_in_place(model, isinstance(self.strategy, BranchStrategy)):
-            trainer = cls(
+            trainer = Trainer(
                 model,
                 rank_spec,
                 train,
@@ -413,11 +439,14 @@ class Session:
                 rank=self.rank,
                 world=self.world,
                 wrap=self.strategy.wrap,
+                callbacks=callbacks,
                 **kwargs,
             )
-        if isinstance(trainer, DistributedTrainer):
-            trainer.restarted = self.restart > 0
         return trainer
+
+    def resume(self, asked: bool) -> bool:
+        """Whether to resume: when asked, and always after a torchrun restart of this job."""
+        return asked or self.restart > 0
 
     def finish(self, trainer: Trainer, *, end: bool = True) -> nn.Module | None:
         """The trained plain model on rank 0 (``None`` on the other ranks); ends the group unless
@@ -494,29 +523,7 @@ def start_session(spec: Spec, device: str | None = "auto") -> Session:
             fallback,
         )
         name = fallback
-    if name == "branch" and env is not None and env.world > 1:
-        raise SpecError(
-            "train.strategy",
-            f"'branch' is model parallel inside one process, but {env.world} processes were "
-            "started; use 'hybrid' (ddp across processes + branch placement inside each)",
-        )
-    if name == "fsdp" and env is not None and getattr(spec.train, "ema", None):
-        raise SpecError(
-            "train.ema",
-            "weight EMA is not supported with 'fsdp' (the averaged copy would be sharded too); "
-            "use 'ddp' or drop train.ema",
-        )
-    if name == "fsdp" and env is not None and getattr(spec.train, "sam", None):
-        raise SpecError(
-            "train.sam",
-            "sharpness-aware minimization is not supported with 'fsdp' (each process holds a "
-            "shard of the gradient, not its norm); use 'ddp' or drop train.sam",
-        )
-    if spec.train.placement and name not in ("branch", "hybrid"):
-        raise SpecError(
-            "train.placement",
-            f"is used by the 'branch' and 'hybrid' strategies only; the strategy is {name!r}",
-        )
+    STRATEGIES.get(name).validate(spec, env.world if env is not None else 1)
     per_process = devices_per_process(spec.train.placement) if name == "hybrid" else 1
     dev = _process_device(device, env, per_process)
     devices: dict[str, torch.device] = {}

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medfuse.core.errors import SpecError
 from medfuse.core.spec import Spec, StageSpec
 from medfuse.inference.helpers import Tensors, predict_logits
 from medfuse.training.augment import augment_batch, mixup_batch
@@ -78,11 +80,85 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+@dataclass
+class StageRun:
+    """One stage while it trains: its optimizer and schedule, and what early stopping tracks."""
+
+    index: int
+    name: str
+    epochs: int
+    params: list[nn.Parameter]
+    model: nn.Module  # the model as the strategy wraps it for this stage
+    opt: torch.optim.Optimizer | None  # None: the state after a stage ended
+    sched: Any
+    aux_mode: str
+    best_score: float = -math.inf
+    best_state: dict[str, torch.Tensor] | None = None
+    best_epoch: int = -1
+    bad: int = 0
+    start_epoch: int = 0
+    start_step: int = 0
+    #: a step-level checkpoint's partial epoch: the train-loss sum and sample count so far
+    partial: tuple[float, int] = (0.0, 0)
+    stopped: bool = False
+    ema: Any = None
+
+
+class Callback:
+    """Hooks into the training loop; every hook does nothing unless overridden."""
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Before the first stage (and before a checkpoint is loaded)."""
+
+    def on_checkpoint_load(self, trainer: Trainer, ckpt: dict[str, Any] | None) -> Any:
+        """The checkpoint to resume from (rank 0 read it; other ranks get ``None``)."""
+        return ckpt
+
+    def on_stage_start(self, trainer: Trainer, run: StageRun) -> None:
+        """A stage with something to train begins."""
+
+    def loss(
+        self,
+        trainer: Trainer,
+        stage: str,
+        logits: torch.Tensor,
+        aux: dict[str, torch.Tensor],
+        masks: dict[str, torch.Tensor],
+        y: torch.Tensor,
+    ) -> torch.Tensor | None:
+        """The loss of one forward pass, or ``None`` for the trainer's own."""
+        return None
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        """An epoch's record (``metrics.jsonl`` line), before it is logged and printed."""
+
+    def on_checkpoint_save(self, trainer: Trainer, state: dict[str, Any]) -> None:
+        """The checkpoint state, before rank 0 writes it (collective: every rank calls it)."""
+
+    def on_stage_end(self, trainer: Trainer, result: dict[str, Any]) -> None:
+        """A stage ended (``result``: its entry in ``trainer.stage_results``)."""
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """Training is over; the kept weights are loaded."""
+
+
+class EpochFunction(Callback):
+    """A plain function called with each epoch's record after it is final (e.g. MLflow)."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        self.fn(record)
+
+
 class Trainer:
     """Fits a CompositeModel with the stages of ``spec.train``.
 
-    Distributed training (``medfuse.distributed``) reuses this class: the model passed in may be
-    wrapped (DDP/FSDP) and ``rank``/``world`` shard each epoch's batches.
+    Extensions hook in through ``callbacks`` (``medfuse.training.callbacks.Callback``):
+    distillation adds a loss term, the distributed strategies broadcast the checkpoint and
+    average the logged loss. The model passed in may be wrapped (DDP/FSDP) and ``rank``/``world``
+    shard each epoch's batches.
     """
 
     def __init__(
@@ -99,6 +175,7 @@ class Trainer:
         world: int = 1,
         wrap: Callable[[nn.Module], nn.Module] | None = None,
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        callbacks: list[Callback] | None = None,
     ) -> None:
         self.model = model.to(device)
         self.spec = spec
@@ -107,7 +184,9 @@ class Trainer:
         self.workdir = workdir
         self.rank, self.world = rank, world
         self.wrap = wrap or (lambda m: m)
-        self.on_epoch = on_epoch
+        self.callbacks: list[Callback] = list(callbacks or [])
+        if on_epoch is not None:  # last: it sees each record as it is logged
+            self.callbacks.append(EpochFunction(on_epoch))
         self.progress = (sys.stderr.isatty() if progress is None else progress) and rank == 0
         t = spec.train
         self.loss_fn = TaskLoss(
@@ -119,17 +198,14 @@ class Trainer:
         ).to(device)
         self.history: list[dict[str, Any]] = []
         self.stage_results: list[dict[str, Any]] = []
-        self.step_in_epoch = 0
 
     # -- helpers --------------------------------------------------------------------------
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def _stage_params(self, stage: str) -> tuple[list[nn.Parameter], set[str]]:
-        m = self.model
-        trainable: set[str] = set()
-        for name, p in m.named_parameters():
+    def _stage_params(self, stage: str) -> list[nn.Parameter]:
+        for name, p in self.model.named_parameters():
             top = name.split(".")[0]
             if stage == "branches":
                 on = top in ("branches", "aux_heads")
@@ -138,9 +214,7 @@ class Trainer:
             else:  # end_to_end, finetune: everything; aux heads probe detached features
                 on = True
             p.requires_grad_(on)
-            if on:
-                trainable.add(name)
-        return [p for p in m.parameters() if p.requires_grad], trainable
+        return [p for p in self.model.parameters() if p.requires_grad]
 
     def _set_modes(self, stage: str) -> None:
         self.model.train()
@@ -156,20 +230,33 @@ class Trainer:
             perm = torch.cat([perm, perm[: total - n]])[self.rank :: self.world]
         return perm
 
-    def _score(self, stage: str, metrics: dict[str, Any]) -> float:
-        """The early-stopping metric on validation (for `branches`, the mean over branches)."""
+    def selection_metric(self, stage: str) -> str:
+        """The name of the validation metric that ranks epochs (as printed and logged)."""
         es = self.spec.train.early_stopping
         key = es.metric if es else "auroc"
         if key == "loss":
-            return float(metrics["val_loss"])
+            return "val_loss"
+        return f"val_{key} (mean over branches)" if stage == "branches" else f"val_{key}"
+
+    def score(self, stage: str, metrics: dict[str, Any]) -> tuple[float, str]:
+        """The early-stopping metric on validation (for `branches`, the mean over branches), and
+        its name (``val_loss`` where the metric is undefined, e.g. AUROC with one class)."""
+        es = self.spec.train.early_stopping
+        key = es.metric if es else "auroc"
+        name = self.selection_metric(stage)
+        if key == "loss":
+            return float(metrics["val_loss"]), name
         if stage == "branches":
             vals = [metrics["branches"][m].get(key, float("nan")) for m in metrics["branches"]]
             v = float(np.nanmean(vals)) if vals else float("nan")
         else:
             v = float(metrics["fused"].get(key, float("nan")))
         if math.isnan(v):  # e.g. AUROC with one class present: fall back to the loss
-            v = -metrics["val_loss"] if (es is None or es.maximize) else metrics["val_loss"]
-        return v
+            maximize = es is None or es.maximize
+            return (-metrics["val_loss"] if maximize else metrics["val_loss"]), (
+                "-val_loss" if maximize else "val_loss"
+            )
+        return v, name
 
     def evaluate_val(self, stage: str) -> dict[str, Any]:
         task = self.spec.task.type
@@ -198,21 +285,29 @@ class Trainer:
         return out
 
     # -- checkpointing --------------------------------------------------------------------
-    def _save_checkpoint(self, state: dict[str, Any]) -> None:
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Let the callbacks amend ``state`` (every rank), then write it atomically (rank 0)."""
+        for cb in self.callbacks:
+            cb.on_checkpoint_save(self, state)
         if self.workdir is None or not self.is_main:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
         _atomic_torch_save(state, self.workdir / CHECKPOINT)
 
-    def _load_checkpoint(self) -> dict[str, Any] | None:
-        if self.workdir is None or not (self.workdir / CHECKPOINT).exists():
-            return None
-        return torch.load(self.workdir / CHECKPOINT, map_location="cpu", weights_only=True)
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The checkpoint to resume from: rank 0 reads it, the callbacks may share it."""
+        ckpt = None
+        if self.is_main and self.workdir is not None and (self.workdir / CHECKPOINT).exists():
+            ckpt = torch.load(self.workdir / CHECKPOINT, map_location="cpu", weights_only=True)
+        for cb in self.callbacks:
+            ckpt = cb.on_checkpoint_load(self, ckpt)
+        return ckpt
 
-    def _log_epoch(self, record: dict[str, Any]) -> None:
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        """Callbacks amend the record; it joins the history and ``metrics.jsonl`` (rank 0)."""
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, record)
         self.history.append(record)
-        if self.on_epoch:
-            self.on_epoch(record)
         if self.workdir is not None and self.is_main:
             self.workdir.mkdir(parents=True, exist_ok=True)
             with open(self.workdir / HISTORY, "a") as f:
@@ -220,32 +315,46 @@ class Trainer:
                 f.flush()
                 os.fsync(f.fileno())
 
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        self.history = list(ckpt.get("history", []))
+        if self.workdir is not None and self.is_main:
+            # a kill between an epoch's metrics line and its checkpoint leaves a line for an
+            # epoch that will run again: the file restarts from the checkpoint's history
+            tmp = self.workdir / (HISTORY + ".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+            os.replace(tmp, self.workdir / HISTORY)
+        self.stage_results = list(ckpt.get("stage_results", []))
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError as err:  # the spec check runs first; this is the last line of defence
+            raise SpecError(
+                "--resume",
+                f"the checkpoint in {self.workdir} holds weights of another architecture; start "
+                f"without --resume (or delete {self.workdir}). {str(err).splitlines()[0]}",
+            ) from None
+        log.info(
+            "resuming from %s: stage %d, epoch %d, step %d",
+            self.workdir,
+            ckpt["stage"],
+            ckpt["epoch"],
+            ckpt.get("step", 0),
+        )
+
     # -- the loop -------------------------------------------------------------------------
     def fit(self, *, resume: bool = False) -> list[dict[str, Any]]:
         t = self.spec.train
         stages: list[StageSpec] = list(t.stages) or [StageSpec(name="end_to_end")]
         if t.keep == "best" and self.is_main:
             self._warn_if_validation_is_small()
-        ckpt = self._load_checkpoint() if resume else None
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        ckpt = self.load_checkpoint() if resume else None
         if ckpt is None and self.workdir is not None and self.is_main:
+            # a fresh run: a stale checkpoint must not be picked up by a later resume or restart
             (self.workdir / HISTORY).unlink(missing_ok=True)
+            (self.workdir / CHECKPOINT).unlink(missing_ok=True)
         if ckpt is not None:
-            self.history = list(ckpt.get("history", []))
-            if self.workdir is not None and self.is_main:
-                # a kill between an epoch's metrics line and its checkpoint leaves a line for an
-                # epoch that will run again: the file restarts from the checkpoint's history
-                tmp = self.workdir / (HISTORY + ".tmp")
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
-                os.replace(tmp, self.workdir / HISTORY)
-            self.stage_results = list(ckpt.get("stage_results", []))
-            self.model.load_state_dict(ckpt["model"])
-            log.info(
-                "resuming from %s: stage %d, epoch %d, step %d",
-                self.workdir,
-                ckpt["stage"],
-                ckpt["epoch"],
-                ckpt.get("step", 0),
-            )
+            self._restore(ckpt)
         g_aug = torch.Generator().manual_seed(t.seed + 7919)
         for si, stage in enumerate(stages):
             if ckpt is not None and si < ckpt["stage"]:
@@ -255,6 +364,8 @@ class Trainer:
             )
         for p in self.model.parameters():
             p.requires_grad_(True)
+        for cb in self.callbacks:
+            cb.on_fit_end(self)
         return self.history
 
     def _warn_if_validation_is_small(self, rarest: int = SMALL_VALIDATION_CLASS) -> None:
@@ -280,204 +391,234 @@ class Trainer:
     def _run_stage(
         self, si: int, stage: StageSpec, ckpt: dict[str, Any] | None, g_aug: torch.Generator
     ) -> None:
+        run = self._begin_stage(si, stage, ckpt, g_aug)
+        if run is None:
+            return
+        bar = self._progress(run.name, run.epochs, run.start_epoch)
+        for epoch in range(run.start_epoch, run.epochs):
+            t0 = time.perf_counter()
+            loss_sum, count = self._train_epoch(run, epoch, g_aug, bar)
+            self._end_epoch(run, epoch, loss_sum / max(count, 1), time.perf_counter() - t0, bar)
+            self.save_checkpoint(
+                self._state(run, epoch + 1 if not run.stopped else run.epochs, 0, g_aug)
+            )
+            if run.stopped:
+                break
+        if bar is not None:
+            bar.stop()
+        self._end_stage(run, g_aug)
+
+    def _optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        t = self.spec.train
+        if t.optimizer == "sgd":  # Nesterov momentum; weight decay as an L2 penalty
+            return torch.optim.SGD(
+                params, lr=lr, momentum=0.9, nesterov=True, weight_decay=t.weight_decay
+            )
+        return torch.optim.AdamW(params, lr=lr, weight_decay=t.weight_decay)
+
+    def _begin_stage(
+        self, si: int, stage: StageSpec, ckpt: dict[str, Any] | None, g_aug: torch.Generator
+    ) -> StageRun | None:
+        """The stage's trainable parameters, optimizer, schedule and early-stopping state (from
+        the checkpoint when resuming); ``None`` for a stage with nothing to train."""
         t = self.spec.train
         name = stage.name
         epochs = t.epochs if stage.epochs is None else stage.epochs
         lr = stage.lr or (t.lr * t.finetune_lr_scale if name == "finetune" else t.lr)
-        params, _ = self._stage_params(name)
+        params = self._stage_params(name)
         model = self.wrap(self.model)
         if not params or epochs == 0:
             self.stage_results.append({"stage": name, "epochs": 0})
-            return
-        if t.optimizer == "sgd":  # Nesterov momentum; weight decay as an L2 penalty
-            opt: torch.optim.Optimizer = torch.optim.SGD(
-                params, lr=lr, momentum=0.9, nesterov=True, weight_decay=t.weight_decay
-            )
-        else:
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=t.weight_decay)
+            return None
+        opt = self._optimizer(params, lr)
         steps_per_epoch = math.ceil(len(self._epoch_order(0)) / t.batch_size)
         total = max(1, epochs * steps_per_epoch)
-        sched = self._scheduler(opt, lr, total, steps_per_epoch)
         aux_mode = "attached" if name == "branches" else "detached"
-        start_epoch, start_step = 0, 0
-        best_score, best_state, best_epoch, bad = -math.inf, None, -1, 0
-        es = t.early_stopping
-        sign = 1.0 if (es is None or es.maximize) else -1.0
+        run = StageRun(
+            si,
+            name,
+            epochs,
+            params,
+            model,
+            opt,
+            self._scheduler(opt, lr, total, steps_per_epoch),
+            aux_mode,
+        )
         if ckpt is not None:
             opt.load_state_dict(ckpt["optimizer"])
-            sched.load_state_dict(ckpt["scheduler"])
+            run.sched.load_state_dict(ckpt["scheduler"])
             g_aug.set_state(ckpt["g_aug"])
             if "torch_rng" in ckpt:  # dropout draws continue exactly where they stopped
                 torch.set_rng_state(ckpt["torch_rng"])
-            start_epoch, start_step = int(ckpt["epoch"]), int(ckpt.get("step", 0))
-            best_score, best_epoch, bad = (
+            run.start_epoch, run.start_step = int(ckpt["epoch"]), int(ckpt.get("step", 0))
+            run.best_score, run.best_epoch, run.bad = (
                 float(ckpt["best_score"]),
                 int(ckpt["best_epoch"]),
                 int(ckpt["bad"]),
             )
-            best_state = ckpt.get("best_state")
+            run.best_state = ckpt.get("best_state")
+            if run.start_step and "partial_loss" in ckpt:
+                loss_sum, count = ckpt["partial_loss"]
+                run.partial = (float(loss_sum), int(count))
         if ckpt is None and name == "finetune" and t.keep == "best":
             # finetuning must earn its place: the weights it starts from are the bar to beat
-            best_score = self._score(name, self.evaluate_val(name))
-            best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-            best_epoch = -1
-        self._ema = None
+            run.best_score = self.score(name, self.evaluate_val(name))[0]
+            run.best_state = self._weights()
+            run.best_epoch = -1
         if t.ema:  # exponential moving average of the weights; validated, kept and saved
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-            self._ema = AveragedModel(
+            run.ema = AveragedModel(
                 self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True
             )
             if ckpt is not None and ckpt.get("ema"):
-                self._ema.load_state_dict(ckpt["ema"])
-        bar = self._progress(name, epochs, start_epoch)
-        drop = {m: r for m, r in t.modality_dropout.items() if r > 0}
-        stop = False
-        for epoch in range(start_epoch, epochs):
-            self._set_modes(name)
-            order = self._epoch_order(t.seed * 1_000_003 + si * 10_007 + epoch)
-            n_steps = math.ceil(len(order) / t.batch_size)
-            t0, loss_sum, count = time.perf_counter(), 0.0, 0
-            for step in range(start_step if epoch == start_epoch else 0, n_steps):
-                idx = order[step * t.batch_size : (step + 1) * t.batch_size]
-                if len(idx) == 1 and len(order) > 1:
-                    continue  # a trailing batch of one: BatchNorm cannot train on it
-                inputs, masks, y = self.train_data.batch(idx, self.device)
-                inputs = augment_batch(inputs, self.spec.modalities, self.spec.data.augment, g_aug)
-                for m, rate in drop.items():
-                    keep = (torch.rand(len(idx), generator=g_aug) >= rate).float().to(self.device)
-                    masks[m] = masks[m] * keep
-                    inputs[m] = inputs[m] * keep.view(-1, *([1] * (inputs[m].dim() - 1)))
-                mix = None
-                if t.mixup > 0:
-                    inputs, masks, mix = mixup_batch(inputs, masks, t.mixup, g_aug)
-                forward_loss = partial(
-                    self._batch_loss, model, name, aux_mode, inputs, masks, y, mix
-                )
-                opt.zero_grad(set_to_none=True)
-                loss = forward_loss()
-                loss.backward()
-                if t.sam:
-                    _sam_second_step(self.model, params, t.sam, forward_loss)
-                if t.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-                opt.step()
-                if self._ema is not None:
-                    self._ema.update_parameters(self.model)
-                sched.step()
-                loss_sum += float(loss.detach()) * len(idx)
-                count += len(idx)
-                if bar is not None:
-                    bar.update(
-                        bar.task_ids[0],
-                        description=f"{name} epoch {epoch + 1}/{epochs} loss {loss_sum / max(count, 1):.4f}",
-                    )
-                if (
-                    t.checkpoint_every
-                    and (step + 1) % t.checkpoint_every == 0
-                    and step + 1 < n_steps
-                ):
-                    self._save_checkpoint(
-                        self._state(
-                            si,
-                            epoch,
-                            step + 1,
-                            opt,
-                            sched,
-                            g_aug,
-                            best_score,
-                            best_epoch,
-                            bad,
-                            best_state,
-                        )
-                    )
-            raw = None
-            if self._ema is not None:  # validate (and keep as best) the averaged weights
-                raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-                self.model.load_state_dict(self._ema.module.state_dict())
-            metrics = self.evaluate_val(name)
-            score = self._score(name, metrics)
-            improved = (
-                sign * score > sign * best_score
-                if (best_epoch >= 0 or best_state is not None) and t.keep == "best"
-                else True  # keep: last makes every epoch the one kept (and never stops early)
-            )
-            if improved:
-                best_score, best_epoch, bad = score, epoch, 0
-                best_state = {
-                    k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()
-                }
-            else:
-                bad += 1
-            if raw is not None:
-                self.model.load_state_dict(raw)
-            record = {
-                "stage": name,
-                "epoch": epoch + 1,
-                "lr": opt.param_groups[0]["lr"],
-                "train_loss": loss_sum / max(count, 1),
-                "val_loss": metrics["val_loss"],
-                "val": {k: v for k, v in metrics["fused"].items() if isinstance(v, float)},
-                "val_branches": {
-                    m: {k: v for k, v in mm.items() if k in ("auroc", "accuracy")}
-                    for m, mm in metrics["branches"].items()
-                },
-                "score": score,
-                "best": improved,
-                "seconds": time.perf_counter() - t0,
-            }
-            self._log_epoch(record)
+                run.ema.load_state_dict(ckpt["ema"])
+        for cb in self.callbacks:
+            cb.on_stage_start(self, run)
+        return run
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+    def _train_epoch(
+        self, run: StageRun, epoch: int, g_aug: torch.Generator, bar: Any
+    ) -> tuple[float, int]:
+        """One pass over this rank's shard of the training set; the loss sum and sample count
+        (a resumed epoch continues from the checkpoint's partial sum)."""
+        t = self.spec.train
+        self._set_modes(run.name)
+        order = self._epoch_order(t.seed * 1_000_003 + run.index * 10_007 + epoch)
+        n_steps = math.ceil(len(order) / t.batch_size)
+        resumed = epoch == run.start_epoch
+        loss_sum, count = run.partial if resumed and run.start_step else (0.0, 0)
+        for step in range(run.start_step if resumed else 0, n_steps):
+            idx = order[step * t.batch_size : (step + 1) * t.batch_size]
+            if len(idx) == 1 and len(order) > 1:
+                continue  # a trailing batch of one: BatchNorm cannot train on it
+            loss = self._train_step(run, idx, g_aug)
+            loss_sum += float(loss.detach()) * len(idx)
+            count += len(idx)
             if bar is not None:
                 bar.update(
                     bar.task_ids[0],
-                    advance=1,
-                    description=f"{name} epoch {epoch + 1}/{epochs} loss {record['train_loss']:.4f} val {score:.4f}",
+                    description=f"{run.name} epoch {epoch + 1}/{run.epochs} "
+                    f"loss {loss_sum / max(count, 1):.4f}",
                 )
-            elif self.is_main:
-                log.info(
-                    "%s epoch %d/%d train_loss %.4f val_score %.4f%s",
-                    name,
-                    epoch + 1,
-                    epochs,
-                    record["train_loss"],
-                    score,
-                    " *" if improved else "",
-                )
-            stop = es is not None and bad >= es.patience
-            stop = self._agree(stop)
-            self._save_checkpoint(
-                self._state(
-                    si,
-                    epoch + 1 if not stop else epochs,
-                    0,
-                    opt,
-                    sched,
-                    g_aug,
-                    best_score,
-                    best_epoch,
-                    bad,
-                    best_state,
-                )
-            )
-            if stop:
-                break
-        if bar is not None:
-            bar.stop()
-        if best_state is not None:
-            self.model.load_state_dict(best_state)
-        self.stage_results.append(
-            {
-                "stage": name,
-                "epochs_run": len([h for h in self.history if h["stage"] == name]),
-                "best_epoch": best_epoch + 1,
-                "best_score": best_score,
-                "early_stopped": stop,
-            }
+            if t.checkpoint_every and (step + 1) % t.checkpoint_every == 0 and step + 1 < n_steps:
+                state = self._state(run, epoch, step + 1, g_aug)
+                state["partial_loss"] = (loss_sum, count)
+                self.save_checkpoint(state)
+        return loss_sum, count
+
+    def _train_step(self, run: StageRun, idx: torch.Tensor, g_aug: torch.Generator) -> torch.Tensor:
+        """Augment one batch, forward, backward (twice with SAM), step; returns its loss."""
+        t = self.spec.train
+        inputs, masks, y = self.train_data.batch(idx, self.device)
+        inputs = augment_batch(inputs, self.spec.modalities, self.spec.data.augment, g_aug)
+        for m, rate in t.modality_dropout.items():
+            if rate <= 0:
+                continue
+            keep = (torch.rand(len(idx), generator=g_aug) >= rate).float().to(self.device)
+            masks[m] = masks[m] * keep
+            inputs[m] = inputs[m] * keep.view(-1, *([1] * (inputs[m].dim() - 1)))
+        mix = None
+        if t.mixup > 0:
+            inputs, masks, mix = mixup_batch(inputs, masks, t.mixup, g_aug)
+        forward_loss = partial(
+            self._batch_loss, run.model, run.name, run.aux_mode, inputs, masks, y, mix
         )
+        opt = run.opt
+        assert opt is not None
+        opt.zero_grad(set_to_none=True)
+        loss = forward_loss()
+        loss.backward()
+        if t.sam:
+            _sam_second_step(self.model, run.params, t.sam, forward_loss)
+        if t.grad_clip:
+            torch.nn.utils.clip_grad_norm_(run.params, t.grad_clip)
+        opt.step()
+        if run.ema is not None:
+            run.ema.update_parameters(self.model)
+        run.sched.step()
+        return loss
+
+    def _end_epoch(
+        self, run: StageRun, epoch: int, train_loss: float, seconds: float, bar: Any
+    ) -> None:
+        """Validate (the EMA weights when there are), keep the epoch if it is the best (or with
+        ``keep: last``, always), log it and decide whether to stop early."""
+        t = self.spec.train
+        es = t.early_stopping
+        sign = 1.0 if (es is None or es.maximize) else -1.0
+        raw = None
+        if run.ema is not None:  # validate (and keep as best) the averaged weights
+            raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.model.load_state_dict(run.ema.module.state_dict())
+        metrics = self.evaluate_val(run.name)
+        score, metric = self.score(run.name, metrics)
+        if t.keep == "best" and (run.best_epoch >= 0 or run.best_state is not None):
+            improved = sign * score > sign * run.best_score
+        else:
+            improved = True  # keep: last makes every epoch the one kept (and never stops early)
+        if improved:
+            run.best_score, run.best_epoch, run.bad = score, epoch, 0
+            run.best_state = {
+                k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()
+            }
+        else:
+            run.bad += 1
+        if raw is not None:
+            self.model.load_state_dict(raw)
+        record = {
+            "stage": run.name,
+            "epoch": epoch + 1,
+            "lr": run.opt.param_groups[0]["lr"] if run.opt is not None else 0.0,
+            "train_loss": train_loss,
+            "val_loss": metrics["val_loss"],
+            "val": {k: v for k, v in metrics["fused"].items() if isinstance(v, float)},
+            "val_branches": {
+                m: {k: v for k, v in mm.items() if k in ("auroc", "accuracy")}
+                for m, mm in metrics["branches"].items()
+            },
+            "score": score,
+            "metric": metric,
+            "best": improved,
+            "seconds": seconds,
+        }
+        self.log_epoch(record)
+        self._print_epoch(run, record, bar)
+        run.stopped = self._agree(es is not None and run.bad >= es.patience)
+
+    def _print_epoch(self, run: StageRun, record: dict[str, Any], bar: Any) -> None:
+        """``end_to_end epoch 3/10 2.1 s train_loss 0.4123 val_auroc 0.8712 *``: the star only
+        for an epoch kept for being the best so far (never with ``keep: last``)."""
+        star = " *" if record["best"] and self.spec.train.keep == "best" else ""
+        text = (
+            f"{run.name} epoch {record['epoch']}/{run.epochs} {record['seconds']:.1f} s "
+            f"train_loss {record['train_loss']:.4f} {record['metric']} {record['score']:.4f}{star}"
+        )
+        if bar is not None:
+            bar.update(bar.task_ids[0], advance=1, description=text)
+        elif self.is_main:
+            log.info("%s", text)
+
+    def _end_stage(self, run: StageRun, g_aug: torch.Generator) -> None:
+        """Load the kept weights, record the stage and checkpoint its end."""
+        if run.best_state is not None:
+            self.model.load_state_dict(run.best_state)
+        result = {
+            "stage": run.name,
+            "epochs_run": len([h for h in self.history if h["stage"] == run.name]),
+            "best_epoch": run.best_epoch + 1,
+            "best_score": run.best_score,
+            "early_stopped": run.stopped,
+        }
+        self.stage_results.append(result)
+        for cb in self.callbacks:
+            cb.on_stage_end(self, result)
         if self.workdir is not None:  # the stage is done: the next one starts from its best weights
-            self._save_checkpoint(
-                {**self._state(si + 1, 0, 0, None, None, g_aug, -math.inf, -1, 0, None)}
-            )
+            done = StageRun(run.index + 1, run.name, 0, [], run.model, None, None, run.aux_mode)
+            self.save_checkpoint(self._state(done, 0, 0, g_aug))
 
     def _agree(self, stop: bool) -> bool:
         """All ranks stop together (rank 0's validation decides; every rank computes the same)."""
@@ -490,22 +631,22 @@ class Trainer:
         return stop
 
     def _state(
-        self, si, epoch, step, opt, sched, g_aug, best_score, best_epoch, bad, best_state
+        self, run: StageRun, epoch: int, step: int, g_aug: torch.Generator
     ) -> dict[str, Any]:
         return {
-            "stage": si,
+            "stage": run.index,
             "epoch": epoch,
             "step": step,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": opt.state_dict() if opt is not None else {},
-            "scheduler": sched.state_dict() if sched is not None else {},
+            "optimizer": run.opt.state_dict() if run.opt is not None else {},
+            "scheduler": run.sched.state_dict() if run.sched is not None else {},
             "g_aug": g_aug.get_state(),
             "torch_rng": torch.get_rng_state(),
-            "ema": self._ema.state_dict() if getattr(self, "_ema", None) is not None else {},
-            "best_score": best_score,
-            "best_epoch": best_epoch,
-            "bad": bad,
-            "best_state": best_state,
+            "ema": run.ema.state_dict() if run.ema is not None else {},
+            "best_score": run.best_score,
+            "best_epoch": run.best_epoch,
+            "bad": run.bad,
+            "best_state": run.best_state,
             "history": self.history,
             "stage_results": self.stage_results,
         }
@@ -538,6 +679,22 @@ class Trainer:
         masks: dict[str, torch.Tensor],
         y: torch.Tensor,
     ) -> torch.Tensor:
+        for cb in self.callbacks:
+            out = cb.loss(self, stage, logits, aux, masks, y)
+            if out is not None:
+                return out
+        return self.stage_loss(stage, logits, aux, masks, y)
+
+    def stage_loss(
+        self,
+        stage: str,
+        logits: torch.Tensor,
+        aux: dict[str, torch.Tensor],
+        masks: dict[str, torch.Tensor],
+        y: torch.Tensor,
+    ) -> torch.Tensor:
+        """The task loss of a stage: the auxiliary heads' (``branches``), the fused head's
+        (``fusion``), or both (``end_to_end``, ``finetune``)."""
         aux_loss = logits.new_zeros(())
         for m, lg in aux.items():
             w = masks[m]
@@ -567,10 +724,21 @@ class Trainer:
     def _progress(self, name: str, epochs: int, start: int):
         if not self.progress:
             return None
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=False
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            transient=False,
         )
         bar.add_task(f"{name}", total=epochs, completed=start)
         bar.start()

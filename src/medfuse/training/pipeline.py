@@ -1,0 +1,565 @@
+"""The one fit pipeline: data -> spec completion -> preprocessing statistics -> fit (one composite
+or an ensemble's members) -> threshold -> metrics. ``medfuse.train``, ensembles, ``distill`` and
+``prune`` all run it (:func:`run_fit`); each then writes its package its own way.
+
+The pipeline runs inside a session (``medfuse.distributed.strategies.Session``, a
+:class:`FitSession` here): one plain process, or one rank of a distributed job. Extensions of the
+training loop are trainer callbacks (``medfuse.training.callbacks``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from medfuse.core.errors import SpecError
+from medfuse.core.package import META
+from medfuse.core.preprocess import channel_axis, fit_stats
+from medfuse.core.spec import Spec, complete_spec, parse_spec
+from medfuse.data import DataBundle, Split, load_data
+from medfuse.inference.helpers import Tensors, predict_logits, to_tensors
+from medfuse.training.callbacks import Callback
+from medfuse.training.metrics import SUMMARY_KEYS, choose_threshold, compute_metrics, probabilities
+from medfuse.training.trainer import CHECKPOINT, HISTORY, Trainer
+
+log = logging.getLogger("medfuse")
+
+#: the spec a run started with, kept in its work directory so ``--resume`` can compare
+RUN_SPEC = "spec.json"
+#: a finished ensemble member in the work directory: its weights, its record in the metadata
+MEMBER_DONE = "member{k}.safetensors"
+
+
+class FitSession(Protocol):
+    """This process's part in a run (``medfuse.distributed.strategies.Session``)."""
+
+    rank: int
+    restart: int
+    device: torch.device
+
+    def trainer(
+        self, model: nn.Module, spec: Spec, train: Tensors, val: Tensors, **kwargs: Any
+    ) -> Trainer: ...
+
+    def finish(self, trainer: Trainer, *, end: bool = True) -> nn.Module | None: ...
+
+    def end(self) -> None: ...
+
+    def agree(self, obj: Any) -> Any: ...
+
+    def resume(self, asked: bool) -> bool: ...
+
+    def record(self) -> dict[str, Any]: ...
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+
+def prepare_data(spec: Spec, data_dir: str | Path | None = None) -> tuple[Spec, DataBundle]:
+    """Load the spec's data source and complete the spec (modalities, labels, default branches)."""
+    bundle = load_data(
+        spec.data.source,
+        spec.data.options,
+        data_root=data_dir,
+        modalities=spec.modalities or None,
+        task=spec.task.type,
+        on_bad_row=spec.data.on_bad_row,
+        seed=spec.train.seed,
+    )
+    if bundle.task != spec.task.type:
+        raise SpecError(
+            "task.type", f"the data is {bundle.task!r} but the spec says {spec.task.type!r}"
+        )
+    return complete_spec(spec, bundle.modalities, bundle.labels), bundle
+
+
+def fit_preprocessing(spec: Spec, train: Split, info: dict[str, Any]) -> dict[str, Any]:
+    axes = {
+        m: channel_axis(spec.modalities[m].kind, bool(spec.modalities[m].sequence))
+        for m in spec.modalities
+    }
+    stats = fit_stats(train.arrays, train.masks, axes)
+    for m, cats in (info.get("categories") or {}).items():
+        if cats:
+            stats[m]["categories"] = cats
+    return stats
+
+
+def package_data_info(bundle: DataBundle) -> dict[str, Any]:
+    """What a package records of its data source: name, synthetic or not, file, options."""
+    return {k: v for k, v in bundle.info.items() if k in ("name", "synthetic", "file", "options")}
+
+
+def selection_text(spec: Spec) -> str:
+    """How the kept epoch is chosen, in words."""
+    t = spec.train
+    if t.keep == "last":
+        return "the last epoch is kept (train.keep: last; no epoch selection, no early stopping)"
+    es = t.early_stopping
+    key = es.metric if es is not None else "auroc"
+    metric = "val_loss" if key == "loss" else f"val_{key}"
+    stop = f", early stopping after {es.patience} epochs without gain" if es else ""
+    return f"the epoch with the best {metric} is kept (train.keep: best{stop})"
+
+
+def data_summary(spec: Spec, bundle: DataBundle) -> str:
+    """What training is about to see: rows, patients and class counts per split, the label order
+    (and positive class), each modality's presence rate, and how the kept epoch is chosen."""
+    labels = list(spec.task.labels or bundle.labels)
+    kind = spec.task.type
+    lines = [f"data: {bundle.info.get('name', spec.data.source)}, {kind} task"]
+    if kind == "binary" and len(labels) == 2:
+        positive = getattr(spec.task, "positive", None) or labels[1]
+        lines.append(f"  labels (in order): {labels}; positive class: {positive!r}")
+    else:
+        lines.append(f"  labels (in order): {labels}")
+    splits = [(n, getattr(bundle, n)) for n in ("train", "val", "test")]
+    for name, split in splits:
+        if split is None:
+            continue
+        parts = [f"{len(split)} rows"]
+        if "patient_id" in split.meta:
+            parts.append(f"{split.meta['patient_id'].nunique()} patients")
+        y = np.asarray(split.y)
+        if kind == "multilabel":
+            counts = (y.reshape(len(y), -1) > 0.5).sum(axis=0)
+            pos = ", ".join(f"{lab}: {int(c)}" for lab, c in zip(labels, counts, strict=False))
+            parts.append(f"positives {pos}")
+        else:
+            counts = np.bincount(y.astype(int).ravel(), minlength=len(labels))
+            parts.append(
+                ", ".join(f"{lab}: {int(c)}" for lab, c in zip(labels, counts, strict=False))
+            )
+        lines.append(f"  {name:5s}: " + "; ".join(parts))
+    rates = []
+    for m in spec.modalities:
+        present = [np.asarray(s.masks[m]) for _, s in splits if s is not None and m in s.masks]
+        if present:
+            rate = float(np.concatenate(present).astype(float).mean())
+            rates.append(f"{m} {rate:.0%}")
+    lines.append("  modalities present: " + ", ".join(rates))
+    lines.append(f"  selection: {selection_text(spec)}")
+    return "\n".join(lines)
+
+
+# ---- output and resume checks ------------------------------------------------------------------
+
+
+def check_out(out: Path, *, overwrite: bool) -> None:
+    """Before any training: ``out`` must be absent, empty, or (with ``overwrite``) a package."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise SpecError("--out", f"{out} exists and is a file, not a package directory")
+    if not any(out.iterdir()):
+        return
+    if not (out / META).exists():
+        raise SpecError(
+            "--out",
+            f"{out} exists and is not a medfuse package (no {META}); refusing to replace it. "
+            "Choose another directory",
+        )
+    if not overwrite:
+        raise SpecError(
+            "--out",
+            f"{out} holds a package already; pass --overwrite (overwrite=True) to replace it, or "
+            "choose another directory",
+        )
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict) and d:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: d}
+
+
+#: spec fields a resume may change when named in the override list: training settings only (a
+#: model's shape, data and task are what the checkpoint's weights are)
+RESUMABLE = ("train.", "threshold.", "name")
+
+
+def check_resume(
+    spec: Spec, workdir: Path, allowed: list[str] | None, session: FitSession
+) -> list[str]:
+    """On ``--resume``: the spec must be the one the checkpoint was trained with, except the
+    fields in ``allowed`` (``train.*`` and ``threshold.*`` only). Returns the fields that
+    differ and were allowed (recorded in the package); raises SpecError naming the others."""
+    allowed = list(allowed or [])
+    for a in allowed:
+        if not a.startswith(RESUMABLE):
+            raise SpecError(
+                "--resume-override",
+                f"{a!r} cannot change on resume: only training settings (train.*, threshold.*) "
+                "may; a change of the model, data or task needs a new run",
+            )
+    saved = workdir / RUN_SPEC
+    problem: Any = None
+    changed: list[str] = []
+    if session.rank == 0:
+        if not saved.exists():
+            if (workdir / CHECKPOINT).exists() or list(workdir.glob("member*")):
+                problem = (
+                    f"the checkpoint in {workdir} records no spec (an older medfuse wrote it), so "
+                    "it cannot be checked against this one; start without --resume"
+                )
+        else:
+            old, new = _flat(json.loads(saved.read_text())), _flat(spec.to_dict())
+            diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+            ok = {k for k in diff if any(k == a or k.startswith(a + ".") for a in allowed)}
+            refused = [k for k in diff if k not in ok]
+            if refused:
+                shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in refused[:8])
+                more = f" (and {len(refused) - 8} more)" if len(refused) > 8 else ""
+                arch = [k for k in refused if not k.startswith(RESUMABLE)]
+                hint = (
+                    "; the model, data or task changed, which a checkpoint cannot follow: start "
+                    "without --resume"
+                    if arch
+                    else "; to resume with them anyway name them: --resume-override "
+                    + " --resume-override ".join(refused[:3])
+                )
+                problem = (
+                    f"the spec differs from the checkpoint's in {workdir}: {shown}{more}{hint}"
+                )
+            changed = sorted(ok)
+    problem, changed = session.agree((problem, changed))
+    if problem:
+        raise SpecError("--resume", problem)
+    return changed
+
+
+# ---- fit --------------------------------------------------------------------------------------
+
+
+@dataclass
+class FitContext:
+    """What every model fitted in one run shares."""
+
+    session: FitSession
+    train: Tensors
+    val: Tensors
+    resume: bool = False
+    progress: bool | None = None
+    on_epoch: Callable[[dict[str, Any]], None] | None = None
+    callbacks: list[Callback] = field(default_factory=list)
+
+
+def fit_member(
+    spec: Spec,
+    fit: FitContext,
+    workdir: Path | None,
+    *,
+    model: nn.Module | None = None,
+    end: bool = True,
+) -> tuple[nn.Module | None, list[dict[str, Any]], dict[str, Any] | None]:
+    """Build (unless ``model`` is given) and fit one composite; the trained model on rank 0.
+    ``end``: end a distributed session afterwards (false for an ensemble's members)."""
+    from medfuse.models import build_model
+
+    seed_everything(spec.train.seed)
+    resume = fit.session.resume(fit.resume)
+    init_record = None
+    if model is None:
+        model = build_model(spec)
+        if spec.train.init is not None:  # before the trainer (and any checkpoint) takes over
+            init_record = _init_weights(model, spec, workdir, resume, fit.session.rank == 0)
+    trainer = fit.session.trainer(
+        model,
+        spec,
+        fit.train,
+        fit.val,
+        workdir=workdir,
+        progress=fit.progress,
+        on_epoch=fit.on_epoch,
+        callbacks=list(fit.callbacks),
+    )
+    trainer.fit(resume=resume)
+    return fit.session.finish(trainer, end=end), trainer.stage_results, init_record
+
+
+def _init_weights(
+    model: nn.Module, spec: Spec, workdir: Path | None, resume: bool, main: bool
+) -> dict[str, Any]:
+    from medfuse.training.init import INIT_RECORD, init_from_package
+
+    assert spec.train.init is not None
+    saved = workdir / INIT_RECORD if workdir is not None else None
+    if resume and saved is not None and (saved.parent / CHECKPOINT).exists() and saved.exists():
+        return json.loads(saved.read_text())  # the checkpoint has the weights
+    record = init_from_package(model, spec.train.init)
+    if main and saved is not None:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(record))
+    return record
+
+
+def fit_ensemble(
+    spec: Spec, fit: FitContext, workdir: Path
+) -> tuple[nn.Module | None, list[dict[str, Any]], dict[str, Any] | None, list[dict]]:
+    """Fit ``spec.ensemble`` members one after another, each as its own run (seed
+    ``train.seed + 1000 k``, its own early stopping and checkpoints under ``workdir/member<k>``).
+    A finished member is saved in the workdir (one file: its weights, its record in the
+    metadata), so ``--resume`` retrains only the unfinished ones. Returns the EnsembleModel
+    (rank 0), member 0's stages, its init record, and a record per member."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from medfuse.models import build_model, member_spec
+
+    session = fit.session
+    fit = replace(fit, resume=session.resume(fit.resume))  # a torchrun restart resumes
+    if not fit.resume and session.rank == 0:  # a fresh run: nothing of an earlier one is kept
+        (workdir / HISTORY).unlink(missing_ok=True)
+        for old in workdir.glob("member*.*"):
+            old.unlink()
+    ens = build_model(spec) if session.rank == 0 else None
+    records: list[dict[str, Any]] = []
+    for k in range(spec.ensemble):
+        mspec = member_spec(spec, k)
+        done = workdir / MEMBER_DONE.format(k=k)
+        rec = None  # rank 0 reads its disk; every rank follows its decision
+        if session.rank == 0 and fit.resume and done.exists():
+            with safe_open(str(done), framework="pt") as f:
+                rec = json.loads(f.metadata()["record"])
+            ens.members[k].load_state_dict(load_file(str(done)), strict=True)  # type: ignore[union-attr]
+        rec = session.agree(rec)
+        if rec is not None:
+            log.info("ensemble member %d/%d: already trained, kept", k + 1, spec.ensemble)
+        else:
+            log.info("ensemble member %d/%d (seed %d)", k + 1, spec.ensemble, mspec.train.seed)
+            t_k = time.perf_counter()
+            mdir = workdir / f"member{k}"
+            model, stages, init_k = fit_member(mspec, fit, mdir, end=False)
+            seconds = round(time.perf_counter() - t_k, 2)
+            rec = {"seed": mspec.train.seed, "stages": stages, "init": init_k, "seconds": seconds}
+            if model is not None:  # rank 0
+                ens.members[k].load_state_dict(model.state_dict(), strict=True)  # type: ignore[union-attr]
+                state = {n: v.detach().cpu().contiguous() for n, v in model.state_dict().items()}
+                workdir.mkdir(parents=True, exist_ok=True)
+                merge_history(workdir / HISTORY, mdir / HISTORY, k)  # before: a retry redoes it
+                tmp = done.with_name(done.name + ".tmp")
+                save_file(state, str(tmp), metadata={"record": json.dumps(rec)})
+                tmp.replace(done)  # atomic: a member file is whole or absent
+                shutil.rmtree(mdir, ignore_errors=True)
+        records.append(rec)
+    session.end()
+    init_record = records[0].get("init")
+    records = [{key: v for key, v in r.items() if key != "init"} for r in records]
+    if ens is None:
+        return None, [], init_record, records
+    return ens.to(session.device), records[0]["stages"], init_record, records
+
+
+def merge_history(merged: Path, member_file: Path, k: int) -> None:
+    """Member ``k``'s epochs into the ensemble's ``metrics.jsonl`` (tagged ``member``), replacing
+    any of its lines an interrupted earlier attempt left there."""
+    keep = []
+    if merged.exists():
+        keep = [x for x in merged.read_text().splitlines() if json.loads(x).get("member") != k]
+    if member_file.exists():
+        keep += [
+            json.dumps({"member": k, **json.loads(x)}) for x in member_file.read_text().splitlines()
+        ]
+    tmp = merged.with_name(merged.name + ".tmp")
+    tmp.write_text("".join(x + "\n" for x in keep))
+    tmp.replace(merged)
+
+
+# ---- threshold and metrics ---------------------------------------------------------------------
+
+
+def threshold_for(spec: Spec, y_val: np.ndarray, p_val: np.ndarray) -> dict[str, Any]:
+    t = spec.threshold
+    if spec.task.type != "binary":
+        return {"method": "argmax" if spec.task.type == "multiclass" else "fixed", "value": 0.5}
+    value = choose_threshold(y_val, p_val, t.method, t.target, t.value)
+    return {"method": t.method, "target": t.target, "value": value, "chosen_on": "val"}
+
+
+def split_metrics(
+    model: nn.Module,
+    spec: Spec,
+    data: Tensors,
+    threshold: float,
+    device: torch.device,
+    *,
+    branches: bool = True,
+) -> dict[str, Any]:
+    """Fused metrics, plus each branch alone (its auxiliary head) and each modality removed."""
+    task, labels = spec.task.type, spec.task.labels
+    y = data.y.numpy()
+    logits, per = predict_logits(model, data, device, bf16=spec.train.bf16, branches=branches)
+    out = compute_metrics(task, y, probabilities(task, logits), threshold, labels)
+    paired = np.all([data.masks[m].numpy() > 0 for m in spec.modalities], axis=0)
+    if not paired.all():  # some samples miss a modality: fully paired subset vs the others
+        for key, sel in (("paired", paired), ("partial", ~paired)):
+            out[key] = {"n": int(sel.sum())}
+            if sel.any():
+                p_sel = probabilities(task, logits[sel])
+                mm = compute_metrics(task, y[sel], p_sel, threshold, labels)
+                out[key].update({k: mm[k] for k in SUMMARY_KEYS if k in mm})
+    if branches:
+        out["branches"] = {}
+        for m, lg in per.items():
+            present = data.masks[m].numpy() > 0
+            if present.sum() >= 2:
+                mm = compute_metrics(
+                    task, y[present], probabilities(task, lg[present]), threshold, labels
+                )
+                out["branches"][m] = {k: mm[k] for k in SUMMARY_KEYS if k in mm}
+        if len(spec.modalities) > 1:
+            out["without"] = {}
+            for m in spec.modalities:
+                masks = {k: (torch.zeros_like(v) if k == m else v) for k, v in data.masks.items()}
+                inputs = {k: (torch.zeros_like(v) if k == m else v) for k, v in data.inputs.items()}
+                lg, _ = predict_logits(
+                    model, Tensors(inputs, masks, data.y), device, bf16=spec.train.bf16
+                )
+                mm = compute_metrics(task, y, probabilities(task, lg), threshold, labels)
+                out["without"][m] = {k: mm[k] for k in SUMMARY_KEYS if k in mm}
+    return out
+
+
+def threshold_and_metrics(
+    model: nn.Module,
+    spec: Spec,
+    val: Tensors,
+    test: Tensors | None,
+    device: torch.device,
+    y_val: np.ndarray,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The decision threshold chosen on validation, and the val (and test) metrics at it."""
+    val_logits, _ = predict_logits(model, val, device, bf16=spec.train.bf16)
+    thr = threshold_for(spec, y_val, probabilities(spec.task.type, val_logits))
+    metrics = {"val": split_metrics(model, spec, val, thr["value"], device)}
+    if test is not None:
+        metrics["test"] = split_metrics(model, spec, test, thr["value"], device)
+    return thr, metrics
+
+
+# ---- the pipeline ------------------------------------------------------------------------------
+
+
+@dataclass
+class FitOutcome:
+    """A fitted model (``None`` on ranks other than 0) and what its package records."""
+
+    spec: Spec
+    model: nn.Module | None
+    stats: dict[str, Any]
+    threshold: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    init_record: dict[str, Any] | None = None
+    members: list[dict[str, Any]] | None = None
+    resume_overrides: list[str] = field(default_factory=list)
+
+    def training_record(
+        self, bundle: DataBundle, session: FitSession, seconds: float, command: str | None
+    ) -> dict[str, Any]:
+        """The package's ``training`` section."""
+        out: dict[str, Any] = {
+            "stages": self.stages,
+            "seconds": round(seconds, 2),
+            "device": str(session.device),
+            **session.record(),
+            "seed": self.spec.train.seed,
+            "samples": {
+                "train": len(bundle.train),
+                "val": len(bundle.val),
+                "test": len(bundle.test) if bundle.test is not None else 0,
+            },
+            "command": command,
+        }
+        if self.init_record is not None:
+            out["init"] = self.init_record
+        if self.members is not None:
+            out["members"] = self.members
+        if self.resume_overrides:
+            out["resume_overrides"] = self.resume_overrides
+        return out
+
+
+def run_fit(
+    spec: Spec,
+    bundle: DataBundle,
+    session: FitSession,
+    *,
+    workdir: Path | None = None,
+    stats: dict[str, Any] | None = None,
+    model: nn.Module | None = None,
+    resume: bool = False,
+    resume_overrides: list[str] | None = None,
+    progress: bool | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    callbacks: list[Callback] | None = None,
+    summary: bool = True,
+) -> FitOutcome:
+    """Preprocessing statistics (fitted on train unless given) -> fit (one composite, ``model``
+    when given, or ``spec.ensemble`` members) -> threshold -> metrics, for a completed ``spec``
+    and its loaded ``bundle``."""
+    if summary and session.rank == 0:
+        log.info("%s", data_summary(spec, bundle))
+    changed: list[str] = []
+    if workdir is not None:
+        if resume:
+            changed = check_resume(spec, workdir, resume_overrides, session)
+        elif resume_overrides:
+            raise SpecError("--resume-override", "is for --resume only")
+        if session.rank == 0:
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / RUN_SPEC).write_text(json.dumps(spec.to_dict()))
+    if stats is None:
+        stats = fit_preprocessing(spec, bundle.train, bundle.info)
+    train_t, val_t = to_tensors(bundle.train, stats), to_tensors(bundle.val, stats)
+    fit = FitContext(session, train_t, val_t, resume, progress, on_epoch, list(callbacks or []))
+    members = None
+    if spec.ensemble == 1:
+        fitted, stages, init_record = fit_member(spec, fit, workdir, model=model)
+    else:
+        if model is not None or workdir is None:
+            raise SpecError("ensemble", "an ensemble is fitted from its spec, in a work directory")
+        fitted, stages, init_record, members = fit_ensemble(spec, fit, workdir)
+    out = FitOutcome(spec, fitted, stats, stages=stages, init_record=init_record, members=members)
+    out.resume_overrides = changed
+    if fitted is None:
+        return out
+    fitted = fitted.eval()
+    out.model = fitted
+    test_t = to_tensors(bundle.test, stats) if bundle.test is not None else None
+    out.threshold, out.metrics = threshold_and_metrics(
+        fitted, spec, val_t, test_t, session.device, bundle.val.y
+    )
+    return out
+
+
+def with_seed(spec: Spec, seed: int | None = None, strategy: str | None = None) -> Spec:
+    """``spec`` with ``train.seed`` and ``train.strategy`` replaced where given."""
+    if seed is None and strategy is None:
+        return spec
+    d = spec.to_dict()
+    if seed is not None:
+        d["train"]["seed"] = int(seed)
+    if strategy is not None:
+        d["train"]["strategy"] = strategy
+    return parse_spec(d)

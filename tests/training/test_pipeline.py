@@ -1,0 +1,292 @@
+"""The fit pipeline around the trainer: what training prints (data summary, epoch lines with the
+metric's name and seconds, the best-epoch star), ``--out`` checked before training, ``--resume``
+checked against the checkpoint's spec, a step-level resume's whole-epoch train loss, and the
+trainer's callbacks."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from medfuse.api import prepare_data, train
+from medfuse.core.errors import SpecError
+from medfuse.core.spec import parse_spec
+from medfuse.inference.helpers import to_tensors
+from medfuse.models import build_model
+from medfuse.training.callbacks import Callback
+from medfuse.training.pipeline import fit_preprocessing, seed_everything
+from medfuse.training.trainer import Trainer
+
+
+def _one_epoch(spec: dict, **train_fields) -> dict:
+    d = copy.deepcopy(spec)
+    d["train"].update(epochs=1, **train_fields)
+    return d
+
+
+# ---- training that talks ---------------------------------------------------------------------
+
+
+def test_training_prints_a_data_summary_and_named_metrics(tiny_spec, tmp_path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="medfuse")
+    spec = copy.deepcopy(tiny_spec)
+    spec["train"]["early_stopping"] = {"metric": "auprc", "patience": 5}
+    res = train(spec, out=tmp_path / "p", device="cpu", progress=False)
+    text = caplog.text
+    # rows, patients and class counts per split; labels in order with the positive class
+    assert re.search(r"train: 96 rows; 96 patients; negative: \d+, positive: \d+", text), text
+    assert re.search(r"val  : 48 rows; 48 patients", text)
+    assert re.search(r"test : 48 rows; 48 patients", text)
+    assert "labels (in order): ['negative', 'positive']; positive class: 'positive'" in text
+    assert re.search(r"modalities present: image \d+%, signal \d+%, tabular \d+%", text)
+    assert "selection: the epoch with the best val_auprc is kept" in text
+    # each epoch: seconds, the metric by name, a star for the epoch kept as best so far
+    lines = re.findall(r"end_to_end epoch \d/2 .*", text)
+    assert len(lines) == 2, text
+    assert re.fullmatch(r"end_to_end epoch 1/2 \d+\.\d s train_loss \S+ val_auprc \S+ \*", lines[0])
+    assert "val_score" not in text
+    hist = [json.loads(x) for x in (res.package / "metrics.jsonl").read_text().splitlines()]
+    assert all(h["seconds"] > 0 and h["metric"] == "val_auprc" for h in hist)
+
+
+def test_keep_last_marks_no_epoch_as_best(tiny_spec, tmp_path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="medfuse")
+    spec = copy.deepcopy(tiny_spec)
+    spec["train"]["keep"] = "last"
+    train(spec, out=tmp_path / "p", device="cpu", progress=False)
+    lines = re.findall(r"end_to_end epoch \d/2 .*", caplog.text)
+    assert len(lines) == 2 and not any(x.endswith("*") for x in lines), lines
+    assert "selection: the last epoch is kept (train.keep: last" in caplog.text
+
+
+def test_progress_bar_shows_an_eta(tiny_spec, tmp_path, capsys) -> None:
+    train(_one_epoch(tiny_spec), out=tmp_path / "p", device="cpu", progress=True)
+    cap = capsys.readouterr()
+    shown = cap.out + cap.err  # rich writes the final state of the bar on stop
+    assert "eta" in shown and "end_to_end epoch 1/1" in shown and "val_auroc" in shown, shown
+
+
+# ---- --out is checked before training ----------------------------------------------------------
+
+
+def test_out_is_checked_before_training(tiny_spec, tiny_package, tmp_path) -> None:
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("...")
+    t0 = time.perf_counter()
+    with pytest.raises(SpecError, match=r"--out.*not a medfuse package"):
+        train(tiny_spec, out=precious, device="cpu", progress=False)
+    assert time.perf_counter() - t0 < 2.0  # refused up front, not after a training run
+    assert not (tmp_path / "precious.train").exists()
+    assert (precious / "thesis.tex").read_text() == "..."
+    pkg = shutil.copytree(tiny_package, tmp_path / "pkg")
+    before = (pkg / "medfuse.json").read_bytes()
+    with pytest.raises(SpecError, match=r"--out.*holds a package already; pass --overwrite"):
+        train(tiny_spec, out=pkg, device="cpu", progress=False)
+    assert (pkg / "medfuse.json").read_bytes() == before
+    res = train(_one_epoch(tiny_spec), out=pkg, device="cpu", progress=False, overwrite=True)
+    assert (
+        json.loads((res.package / "medfuse.json").read_text())["training"]["stages"][0][
+            "epochs_run"
+        ]
+        == 1
+    )
+    with pytest.raises(SpecError, match="a file, not a package directory"):
+        (tmp_path / "f").write_text("x")
+        train(tiny_spec, out=tmp_path / "f", device="cpu", progress=False)
+
+
+def test_cli_train_refuses_an_existing_package_without_overwrite(tiny_package, tmp_path) -> None:
+    from medfuse.cli import main
+
+    pkg = shutil.copytree(tiny_package, tmp_path / "pkg")
+    assert main(["train", "synthetic", "--out", str(pkg), "--device", "cpu"]) != 0
+    assert (pkg / "medfuse.json").exists()
+
+
+# ---- --resume checks the spec ------------------------------------------------------------------
+
+
+def _crash_after(epoch: int):
+    def crash(record: dict) -> None:
+        if record["epoch"] == epoch:
+            raise KeyboardInterrupt(f"simulated crash after epoch {epoch}")
+
+    return crash
+
+
+def test_resume_refuses_a_changed_spec_and_records_allowed_overrides(tiny_spec, tmp_path) -> None:
+    spec = copy.deepcopy(tiny_spec)
+    spec["train"]["epochs"] = 3
+    out = tmp_path / "p"
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, out=out, device="cpu", progress=False, on_epoch=_crash_after(1))
+    changed = copy.deepcopy(spec)
+    changed["train"].update(lr=0.01, epochs=2)
+    with pytest.raises(SpecError) as err:
+        train(changed, out=out, device="cpu", progress=False, resume=True)
+    msg = str(err.value)
+    assert "train.epochs: 3 -> 2" in msg and "train.lr: 0.001 -> 0.01" in msg
+    assert "--resume-override" in msg
+    # a changed architecture: the same refusal, never a size-mismatch traceback
+    arch = copy.deepcopy(spec)
+    arch["branches"]["image"]["width"] = 6
+    with pytest.raises(SpecError, match=r"branches\.image\.width: 4 -> 6.*start without --resume"):
+        train(arch, out=out, device="cpu", progress=False, resume=True)
+    with pytest.raises(SpecError, match=r"'branches\.image\.width' cannot change on resume"):
+        train(
+            arch,
+            out=out,
+            device="cpu",
+            progress=False,
+            resume=True,
+            resume_overrides=["branches.image.width"],
+        )
+    # an explicit override list lets training settings change; the package records it
+    res = train(
+        changed,
+        out=out,
+        device="cpu",
+        progress=False,
+        resume=True,
+        resume_overrides=["train.epochs", "train.lr"],
+    )
+    meta = json.loads((res.package / "medfuse.json").read_text())
+    assert meta["training"]["resume_overrides"] == ["train.epochs", "train.lr"]
+    assert meta["spec"]["train"]["epochs"] == 2
+
+
+def test_resume_of_an_unchanged_spec_needs_no_override(tiny_spec, tmp_path) -> None:
+    out = tmp_path / "p"
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_spec, out=out, device="cpu", progress=False, on_epoch=_crash_after(1))
+    res = train(tiny_spec, out=out, device="cpu", progress=False, resume=True)
+    meta = json.loads((res.package / "medfuse.json").read_text())
+    assert "resume_overrides" not in meta["training"]
+    assert [h["epoch"] for h in map(json.loads, (res.package / "metrics.jsonl").open())] == [1, 2]
+
+
+def test_a_checkpoint_of_another_architecture_is_a_spec_error(tiny_spec, tmp_path) -> None:
+    """The last line of defence (a checkpoint whose spec record was lost): no raw traceback."""
+    spec, bundle = prepare_data(parse_spec(tiny_spec))
+    stats = fit_preprocessing(spec, bundle.train, bundle.info)
+    tr, va = to_tensors(bundle.train, stats), to_tensors(bundle.val, stats)
+    work = tmp_path / "w"
+    Trainer(build_model(spec), spec, tr, va, device=torch.device("cpu"), workdir=work).fit()
+    d = spec.to_dict()
+    d["branches"]["image"]["width"] = 6
+    other = parse_spec(d)
+    trainer = Trainer(build_model(other), other, tr, va, device=torch.device("cpu"), workdir=work)
+    with pytest.raises(SpecError, match="another architecture"):
+        trainer.fit(resume=True)
+
+
+# ---- a step-level resume keeps the whole epoch's train loss ----------------------------------
+
+
+class _CrashAtStep(Callback):
+    """Raises in the loss hook on its ``n``-th forward pass (a crash in the middle of an epoch)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.calls = n, 0
+
+    def loss(self, trainer, stage, logits, aux, masks, y):
+        self.calls += 1
+        if self.calls == self.n:
+            raise KeyboardInterrupt("simulated crash mid-epoch")
+        return None
+
+
+def test_step_level_resume_logs_the_whole_epochs_train_loss(tiny_spec, tmp_path) -> None:
+    d = copy.deepcopy(tiny_spec)
+    d["train"].update(checkpoint_every=1, epochs=1)
+    spec, bundle = prepare_data(parse_spec(d))
+    stats = fit_preprocessing(spec, bundle.train, bundle.info)
+    tr, va = to_tensors(bundle.train, stats), to_tensors(bundle.val, stats)
+    cpu = torch.device("cpu")
+
+    def trainer(work: Path, callbacks=()) -> Trainer:
+        seed_everything(spec.train.seed)
+        model = build_model(spec)
+        return Trainer(model, spec, tr, va, device=cpu, workdir=work, callbacks=list(callbacks))
+
+    whole = trainer(tmp_path / "a").fit()
+    with pytest.raises(KeyboardInterrupt):  # 3 steps of 32: crash in step 3, checkpoint at 2
+        trainer(tmp_path / "b", [_CrashAtStep(3)]).fit()
+    ckpt = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 2 and ckpt["partial_loss"][1] == 64
+    resumed = trainer(tmp_path / "b").fit(resume=True)
+    assert len(resumed) == 1
+    assert resumed[0]["train_loss"] == whole[0]["train_loss"]  # bit-exact, over all 96 samples
+
+
+# ---- callbacks -----------------------------------------------------------------------------------
+
+
+def test_callbacks_see_every_hook_in_order(tiny_spec, tmp_path) -> None:
+    calls: list[str] = []
+
+    class Recorder(Callback):
+        def on_fit_start(self, trainer):
+            calls.append("fit_start")
+
+        def on_stage_start(self, trainer, run):
+            calls.append(f"stage_start:{run.name}")
+
+        def on_epoch_end(self, trainer, record):
+            record["extra"] = 1  # amend the record before it is logged
+            calls.append(f"epoch:{record['epoch']}")
+
+        def on_checkpoint_save(self, trainer, state):
+            calls.append("save")
+
+        def on_stage_end(self, trainer, result):
+            calls.append(f"stage_end:{result['epochs_run']}")
+
+        def on_fit_end(self, trainer):
+            calls.append("fit_end")
+
+    spec, bundle = prepare_data(parse_spec(tiny_spec))
+    stats = fit_preprocessing(spec, bundle.train, bundle.info)
+    tr, va = to_tensors(bundle.train, stats), to_tensors(bundle.val, stats)
+    t = Trainer(
+        build_model(spec),
+        spec,
+        tr,
+        va,
+        device=torch.device("cpu"),
+        workdir=tmp_path,
+        callbacks=[Recorder()],
+    )
+    hist = t.fit()
+    assert calls == [
+        "fit_start",
+        "stage_start:end_to_end",
+        "epoch:1",
+        "save",
+        "epoch:2",
+        "save",
+        "stage_end:2",
+        "save",
+        "fit_end",
+    ]
+    assert all(h["extra"] == 1 for h in hist)
+    assert all(json.loads(x)["extra"] == 1 for x in (tmp_path / "metrics.jsonl").open())
+
+
+def test_no_extension_overrides_a_private_trainer_method() -> None:
+    """Distillation and the distributed trainer are callbacks, not Trainer subclasses."""
+    import medfuse.compress.distill as distill
+    import medfuse.distributed.strategies as strategies
+
+    for mod in (distill, strategies):
+        for obj in vars(mod).values():
+            assert not (isinstance(obj, type) and obj is not Trainer and issubclass(obj, Trainer))
