@@ -305,6 +305,41 @@ def package_files(root: Path, meta: dict[str, Any]) -> dict[str, Path]:
     return {name: root / name for name in meta.get("files", {})}
 
 
+VERIFICATION = "verification.npz"
+#: the fields whose change changes the package's decisions on its verification inputs
+DECISION_FIELDS = frozenset({"task", "labels", "threshold", "calibration"})
+
+
+def _refresh_decisions(meta: dict[str, Any], content: bytes | str | Path) -> bytes | str | Path:
+    """A legitimate writer (calibrate, ...) that changes a decision field re-derives the stored
+    reference decisions of ``verification.npz`` (an edit by hand does not, and verify fails)."""
+    import io
+
+    import numpy as np
+
+    from medfuse.core.decision import reference_decisions
+
+    raw = content.read_bytes() if isinstance(content, Path) else content
+    raw = raw.encode() if isinstance(raw, str) else raw
+    with np.load(io.BytesIO(raw), allow_pickle=False) as d:
+        arrays = {k: d[k] for k in d.files}
+    if "decisions" not in arrays:
+        return content
+    typed = validate_meta(meta)
+    arrays.update(
+        reference_decisions(
+            typed.task,
+            arrays["logits"],
+            typed.labels,
+            typed.threshold.value,
+            typed.calibration.temperature,
+        )
+    )
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
 def update_package(
     src: str | Path,
     dst: str | Path | None = None,
@@ -323,6 +358,8 @@ def update_package(
     }
     files.update(add or {})
     meta.update(meta_updates or {})
+    if set(meta_updates or {}) & DECISION_FIELDS and VERIFICATION in files:
+        files[VERIFICATION] = _refresh_decisions(meta, files[VERIFICATION])
     meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     target = Path(dst) if dst is not None else src
     if target.resolve() == src.resolve():

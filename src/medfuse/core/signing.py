@@ -15,6 +15,7 @@ every file (shown by ``medfuse verify``; compare it with a digest published else
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import re
@@ -105,7 +106,9 @@ def sign_package(
         try:
             config.use_elliptic_key_signer(private_key=Path(key), password=password)
         except (ValueError, TypeError) as err:
-            raise PackageError(f"cannot use {key} as an elliptic-curve private key: {err}") from None
+            raise PackageError(
+                f"cannot use {key} as an elliptic-curve private key: {err}"
+            ) from None
     else:
         config.use_sigstore_signer()  # interactive OIDC login; needs the network
     tmp = root / f".{SIGNATURE}.tmp"
@@ -154,3 +157,19 @@ def verify_signature(path: str | Path, trust: Trust) -> str:
             "package was changed after signing or signed by someone else: refusing it"
         ) from None
     return f"signature ok ({trust.describe()}), digest {package_digest(root)[:16]}..."
+
+
+def add_trust_arguments(p: argparse.ArgumentParser) -> None:
+    """``--key`` / ``--identity`` / ``--issuer``: what a verb checks ``model.sig`` against."""
+    p.add_argument("--key", help="public key (PEM): the package's model.sig must verify with it")
+    p.add_argument("--identity", help="Sigstore signer identity (e-mail or URI) to require")
+    p.add_argument("--issuer", help=f"OIDC issuer of --identity (default {DEFAULT_ISSUER})")
+
+
+def trust_from_args(a: argparse.Namespace) -> Trust | None:
+    """The ``Trust`` named by ``--key`` / ``--identity`` / ``--issuer`` (None when none given)."""
+    if a.key and a.identity:
+        raise PackageError("give --key or --identity, not both")
+    if not (a.key or a.identity):
+        return None
+    return Trust(key=a.key, identity=a.identity, issuer=a.issuer or DEFAULT_ISSUER)
