@@ -69,3 +69,12 @@ def test_the_service_refuses_a_damaged_package_before_starting(pkg, edit) -> Non
     edit(pkg, lambda m: m["calibration"].update(temperature=0.0))
     with pytest.raises(PackageError, match="temperature"):
         Service(pkg)
+
+
+def test_serve_refuses_a_package_without_labels_before_binding(pkg, edit, capsys) -> None:
+    from medfuse.cli import main
+
+    edit(pkg, lambda m: m.pop("labels"))
+    assert main(["serve", str(pkg), "--port", "8765"]) == PackageError.exit_code
+    err = capsys.readouterr().err
+    assert "labels" in err and "KeyError" not in err

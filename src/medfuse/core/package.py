@@ -277,7 +277,7 @@ def read_meta(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
             f"<= {FORMAT_VERSION}"
         )
     typed = validate_meta(meta, mfile)
-    meta.setdefault("calibration", typed.calibration.model_dump())
+    meta["calibration"] = typed.calibration.model_dump()  # defaults of old packages filled
     if verify:
         verify_files(root, meta)
     return meta
