@@ -58,3 +58,21 @@ def test_predict_refuses_a_manifest_path_outside(adv_exported: Path, tmp_path: P
         read_inputs(here / "m.csv", mods, meta["preprocessing"])
     (here / "m.csv").write_text(head + f"1,,ok.npy,{blanks}\n")  # inside: not refused
     read_inputs(here / "m.csv", mods, meta["preprocessing"])
+
+
+def test_the_predict_verb_refuses_a_manifest_path_outside(adv_exported, tmp_path, cli) -> None:
+    from medfuse.core.package import read_meta
+
+    meta = read_meta(adv_exported)
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    np.save(secret / "x.npy", np.zeros((2, 32), np.float32))
+    here = tmp_path / "cases"
+    here.mkdir()
+    cols = meta["spec"]["modalities"]["tabular"]["columns"]
+    blanks = "," * (len(cols) - 1)
+    (here / "m.csv").write_text(
+        f"id,image,signal,{','.join(cols)}\n1,,{secret / 'x.npy'},{blanks}\n"
+    )
+    code, out = cli("predict", str(adv_exported), "--input", str(here / "m.csv"))
+    assert code != 0 and "outside the allowed folders" in out, out
