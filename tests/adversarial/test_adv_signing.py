@@ -85,3 +85,23 @@ def test_require_signature_needs_a_key(pkg) -> None:
     with pytest.raises(SystemExit) as e:
         main(["serve", str(pkg), "--require-signature"])
     assert e.value.code == 2
+
+
+def test_any_byte_of_medfuse_json_breaks_the_signature(pkg, keys) -> None:
+    import random
+
+    from medfuse.core.signing import Trust, sign_package, verify_signature
+
+    private, public = keys
+    sign_package(pkg, key=private)
+    f = pkg / "medfuse.json"
+    original = f.read_bytes()
+    rng = random.Random(0)
+    for i in [0, len(original) - 1, *rng.sample(range(len(original)), 6)]:
+        data = bytearray(original)
+        data[i] ^= 0x20
+        f.write_bytes(bytes(data))
+        with pytest.raises(PackageError, match="signature check FAILED"):
+            verify_signature(pkg, Trust(key=public))
+    f.write_bytes(original)
+    assert verify_signature(pkg, Trust(key=public)).startswith("signature ok")

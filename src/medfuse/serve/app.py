@@ -1,7 +1,9 @@
 """The HTTP service: a FastAPI app over one package, ONNX Runtime by default.
 
 Routes: ``GET /health`` (no token needed), ``GET /v1/model``, ``POST /v1/predict``; the OpenAPI
-schema is at ``/openapi.json`` (docs at ``/docs``). Errors: 401 (bearer token missing or wrong,
+schema is at ``/openapi.json`` (docs at ``/docs``, off when a token is set: the Swagger page loads
+its script from a CDN). Every answer carries CSP, X-Frame-Options and nosniff headers
+(``SecurityHeaders``). Errors: 401 (bearer token missing or wrong,
 when a token is set), 413 (body over ``max_body_bytes``), 422 (schema or content error; ``detail``
 lists ``{"loc", "msg", "type"}`` naming the field, as FastAPI does). A bad image or a NaN signal is
 a 422 with the reason, never a 500.
