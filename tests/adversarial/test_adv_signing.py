@@ -105,3 +105,12 @@ def test_any_byte_of_medfuse_json_breaks_the_signature(pkg, keys) -> None:
             verify_signature(pkg, Trust(key=public))
     f.write_bytes(original)
     assert verify_signature(pkg, Trust(key=public)).startswith("signature ok")
+
+
+def test_an_identity_that_cannot_be_checked_is_a_refusal(pkg, keys) -> None:
+    """``--identity`` (Sigstore) on a key-signed package, offline or not: refused, no traceback."""
+    from medfuse.core.signing import Trust, sign_package, verify_signature
+
+    sign_package(pkg, key=keys[0])
+    with pytest.raises(PackageError, match="signature check FAILED"):
+        verify_signature(pkg, Trust(identity="someone@example.org"))

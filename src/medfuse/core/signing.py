@@ -153,8 +153,9 @@ def verify_signature(path: str | Path, trust: Trust) -> str:
         names = sorted(set(re.findall(r"for '([^']+)'", text)))
         why = f"changed: {', '.join(names)}" if names else (text.splitlines() or [""])[0][:300]
         raise PackageError(
-            f"{root}: signature check FAILED against {trust.describe()} ({why}); the "
-            "package was changed after signing or signed by someone else: refusing it"
+            f"{root}: signature check FAILED against {trust.describe()} ({why}): the "
+            "package was changed after signing, signed by someone else, or its signature could "
+            "not be checked; refusing it"
         ) from None
     return f"signature ok ({trust.describe()}), digest {package_digest(root)[:16]}..."
 

@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from medfuse.core.errors import PackageError
-from medfuse.core.package import META, WEIGHTS, _json_default, read_meta, versions, write_package
+from medfuse.core.package import (
+    META,
+    WEIGHTS,
+    PackageMeta,
+    _json_default,
+    read_meta,
+    typed_meta,
+    versions,
+    write_package,
+)
 
 
 @dataclass
@@ -32,6 +41,11 @@ class Package:
     @property
     def task(self) -> str:
         return str(self.meta["task"])
+
+    @property
+    def info(self) -> PackageMeta:
+        """The typed, validated view of ``medfuse.json`` (``info.threshold.value``, ...)."""
+        return typed_meta(self.meta)
 
 
 def save_package(
