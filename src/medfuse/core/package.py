@@ -10,6 +10,7 @@ leaves a directory that looks like a complete package.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -22,7 +23,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from medfuse.core.decision import reference_decisions
 from medfuse.core.errors import MedfuseError, PackageError
+from medfuse.core.spec import parse_spec
 
 META = "medfuse.json"
 WEIGHTS = "model.safetensors"
@@ -30,7 +33,6 @@ FORMAT = "medfuse-package"
 FORMAT_VERSION = 1
 #: the package's signature (written by ``medfuse sign``): never part of the digest it signs
 SIGNATURE = "model.sig"
-TASKS = ("binary", "multiclass", "multilabel")
 #: the fields every decision depends on: a package without one of them is refused by name
 REQUIRED = ("task", "labels", "spec", "preprocessing", "threshold")
 
@@ -150,8 +152,6 @@ def validate_meta(meta: dict[str, Any], where: str | Path = META) -> PackageMeta
         raise PackageError(
             f"{where}: invalid {META}: " + "; ".join(lines) + " (refusing to load it)"
         ) from None
-    from medfuse.core.spec import parse_spec
-
     try:
         parse_spec(meta["spec"])
     except MedfuseError as err:
@@ -313,11 +313,7 @@ DECISION_FIELDS = frozenset({"task", "labels", "threshold", "calibration"})
 def _refresh_decisions(meta: dict[str, Any], content: bytes | str | Path) -> bytes | str | Path:
     """A legitimate writer (calibrate, ...) that changes a decision field re-derives the stored
     reference decisions of ``verification.npz`` (an edit by hand does not, and verify fails)."""
-    import io
-
     import numpy as np
-
-    from medfuse.core.decision import reference_decisions
 
     raw = content.read_bytes() if isinstance(content, Path) else content
     raw = raw.encode() if isinstance(raw, str) else raw

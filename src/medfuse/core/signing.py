@@ -71,7 +71,7 @@ def package_digest(path: str | Path) -> str:
 
 
 def _model_signing():  # type: ignore[no-untyped-def]
-    try:
+    try:  # deferred: an optional dependency (medfuse[signing]), needed only to sign or check
         import model_signing
     except ImportError:
         raise PackageError(

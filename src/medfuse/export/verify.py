@@ -278,8 +278,8 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        """Checksums passed (else read_meta raised), no runtime failed and at least one ran."""
-        return any(c.status == "ok" for c in self.checks) and not any(
+        """Checksums passed (else read_meta raised), no check failed and a runtime ran."""
+        return any(c.status == "ok" and c.runtime in RUNTIMES for c in self.checks) and not any(
             c.status == "fail" for c in self.checks
         )
 
