@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from medfuse.cli import Handler, command, console
-from medfuse.core.signing import add_trust_arguments, trust_from_args
+from medfuse.core.trust import add_trust_arguments, trust_from_args
 
 
 def report_table(report: Any) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from medfuse.cli import Handler, command
-from medfuse.core.signing import add_trust_arguments, trust_from_args
+from medfuse.core.trust import add_trust_arguments, trust_from_args
 
 
 def _port(text: str) -> int:
