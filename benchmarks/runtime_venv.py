@@ -5,7 +5,7 @@
 2. writes the BreastMNIST test split, as the data pipeline reads it, to an ``.npz``;
 3. predicts it with ``medfuse predict --runtime torch`` (this environment);
 4. creates a new virtual environment with ``python -m venv`` and ``pip install numpy onnxruntime
-   pillow`` only, copies ``src/medfuse`` (no install, no dependencies) into a folder on its
+   pillow pydantic pyyaml`` only (pydantic: medfuse.json's schema, checked on every load), copies ``src/medfuse`` (no install, no dependencies) into a folder on its
    ``PYTHONPATH``, checks that ``import torch`` FAILS there, and predicts with
    ``python -m medfuse.runtime``;
 5. prints the label agreement and the largest probability difference.
@@ -78,7 +78,7 @@ def main() -> None:
         run([sys.executable, "-m", "venv", venv])
         py = venv / "bin" / "python"
         run([py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "numpy", "onnxruntime", "pillow"])  # fmt: skip
+             "numpy", "onnxruntime", "pillow", "pydantic", "pyyaml"])  # fmt: skip
         site = work / "medfuse-src"
         shutil.copytree(REPO / "src" / "medfuse", site / "medfuse",
                         ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip

@@ -19,7 +19,9 @@ from medfuse.core.errors import DataError, PackageError
 from medfuse.core.readers import image_math
 
 #: what a numpy + onnxruntime (+ pillow) machine lacks; importing any of them must fail there
-FORBIDDEN = ("torch", "pandas", "scipy", "sklearn", "pydantic", "yaml", "fastapi", "safetensors")
+#: the core needs numpy, pydantic and pyyaml (issue 16): medfuse.json's schema is checked on every
+#: load, the torch-free runtime's included
+FORBIDDEN = ("torch", "pandas", "scipy", "sklearn", "fastapi", "safetensors")
 
 
 def _test_arrays(package: Path) -> dict[str, np.ndarray]:

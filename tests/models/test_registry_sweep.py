@@ -95,8 +95,12 @@ def test_forward_backward_missing_and_roundtrip(branch: str, fusion: str, tmp_pa
 
 def _assert_roundtrip_identical(model, spec, inputs, masks, path) -> None:
     """Saved as a package and loaded back, the model gives identical outputs."""
+    stats = {  # identity statistics: a package always carries one entry per modality
+        m: {"mean": [0.0] * s.shape[0], "std": [1.0] * s.shape[0], "channel_axis": 0}
+        for m, s in spec.modalities.items()
+    }
     pkg = save_package(
-        path, model=model, spec=spec, preprocessing={}, threshold={"value": 0.5}, metrics={}
+        path, model=model, spec=spec, preprocessing=stats, threshold={"value": 0.5}, metrics={}
     )
     loaded = load_package(pkg).model
     with torch.no_grad():

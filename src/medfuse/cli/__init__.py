@@ -85,6 +85,12 @@ VERBS: dict[str, Verb] = {
         "check a package's checksums and its runtimes' parity on this device",
         None,
     ),
+    "sign": Verb(
+        "medfuse.export.cli",
+        "setup_sign",
+        "sign a package (every file, medfuse.json included) into its model.sig",
+        "signing",
+    ),
     "serve": Verb(
         "medfuse.serve.cli",
         "setup_serve",

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import html
+import re
 from typing import Any
 
 from medfuse.core.decision import SUMMARY_KEYS
 
+_MARKDOWN = re.compile(r"([\\`*_\[\]|])")
+
+
+def text(v: Any) -> str:
+    """User text (names, labels, data descriptions) as inert Markdown: HTML escaped (no raw tag
+    reaches a renderer), Markdown punctuation backslash-escaped, newlines folded."""
+    s = html.escape(" ".join(str(v).split()), quote=True)
+    return _MARKDOWN.sub(r"\\\1", s)
+
 
 def _fmt(v: Any) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
+    return f"{v:.4f}" if isinstance(v, float) else text(v)
 
 
 def _calibration_line(c: dict[str, Any]) -> str:
@@ -37,23 +48,24 @@ def model_card(meta: dict[str, Any], metrics: dict[str, Any]) -> str:
     spec = meta["spec"]
     data = meta.get("data", {})
     synthetic = bool(data.get("synthetic"))
-    lines = [f"# Model card: {meta['name']}", ""]
+    lines = [f"# Model card: {text(meta['name'])}", ""]
     if synthetic:
         lines += [
             "> **Trained on SYNTHETIC data (virtual patients).** Not for any clinical use.",
             "",
         ]
     lines += [
-        f"- Task: {meta['task']}; labels: {', '.join(meta['labels'])}",
-        f"- Data: {data.get('name', spec['data']['source'])}",
+        f"- Task: {text(meta['task'])}; labels: {', '.join(text(x) for x in meta['labels'])}",
+        f"- Data: {text(data.get('name', spec['data']['source']))}",
         "- Modalities: "
         + ", ".join(
-            f"{n} ({m['kind']}, branch `{spec['branches'][n]['type']}`)"
+            f"{text(n)} ({text(m['kind'])}, branch {text(spec['branches'][n]['type'])})"
             for n, m in spec["modalities"].items()
         ),
-        f"- Fusion: `{spec['fusion']['type']}`; parameters: {meta.get('parameters', '?'):,}"
+        f"- Fusion: {text(spec['fusion']['type'])}; parameters: {meta.get('parameters', '?'):,}"
         + _ensemble_note(spec, meta),
-        f"- Decision threshold: {meta['threshold'].get('value', 0.5):.4f} ({meta['threshold'].get('method')}, chosen on validation)",
+        f"- Decision threshold: {meta['threshold']['value']:.4f} "
+        f"({text(meta['threshold'].get('method'))}, chosen on validation)",
         _calibration_line(meta.get("calibration") or {}),
         "- Versions: "
         + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items() if k != "platform"),

@@ -39,3 +39,18 @@ def decide(task: str, p: np.ndarray, labels: list[str], threshold: float) -> lis
     if task == "multiclass":
         return [labels[int(i)] for i in p.argmax(axis=1)]
     return [[labels[j] for j in np.flatnonzero(row >= threshold)] for row in p]
+
+
+def reference_decisions(
+    task: str, logits: np.ndarray, labels: list[str], threshold: float, temperature: float = 1.0
+) -> dict[str, np.ndarray]:
+    """The stored outputs of a package's decision path on its verification logits
+    (``verification.npz``: ``probabilities`` and ``decisions``, a multilabel row as JSON), so that
+    ``medfuse verify`` can recompute them from ``medfuse.json`` and refuse any edit of labels,
+    threshold or temperature that changes them."""
+    import json
+
+    p = probabilities(task, np.asarray(logits), temperature)
+    d = decide(task, p, list(labels), threshold)
+    rows = [json.dumps(x) if isinstance(x, list) else str(x) for x in d]
+    return {"probabilities": np.asarray(p, np.float64), "decisions": np.asarray(rows, dtype=str)}

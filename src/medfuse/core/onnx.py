@@ -106,11 +106,11 @@ class OnnxPredictor:
 
     @property
     def threshold(self) -> float:
-        return float(self.meta.get("threshold", {}).get("value", 0.5))
+        return float(self.meta["threshold"]["value"])  # present: read_meta checked it
 
     @property
     def temperature(self) -> float:
-        return float(self.meta.get("calibration", {}).get("temperature", 1.0))
+        return float(self.meta["calibration"]["temperature"])  # read_meta fills it
 
     @property
     def num_outputs(self) -> int:

@@ -23,6 +23,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     ),
     **dict.fromkeys(("pydicom", "nibabel", "wfdb"), "medical"),
     "mlflow": "tracking",
+    **dict.fromkeys(("model_signing", "OpenSSL", "sigstore"), "signing"),
 }
 #: the extras each extra includes (pyproject: ``export = ["medfuse[train]", ...]``)
 EXTRA_INCLUDES: dict[str, tuple[str, ...]] = {
@@ -33,6 +34,7 @@ EXTRA_INCLUDES: dict[str, tuple[str, ...]] = {
     "serve": ("serve",),
     "medical": ("medical",),
     "tracking": ("tracking",),
+    "signing": ("signing",),
 }
 
 

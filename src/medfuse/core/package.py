@@ -10,21 +10,153 @@ leaves a directory that looks like a complete package.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import math
 import os
 import platform
 import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from medfuse.core.errors import PackageError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medfuse.core.decision import reference_decisions
+from medfuse.core.errors import MedfuseError, PackageError
+from medfuse.core.spec import parse_spec
 
 META = "medfuse.json"
 WEIGHTS = "model.safetensors"
 FORMAT = "medfuse-package"
 FORMAT_VERSION = 1
+#: the package's signature (written by ``medfuse sign``): never part of the digest it signs
+SIGNATURE = "model.sig"
+#: the fields every decision depends on: a package without one of them is refused by name
+REQUIRED = ("task", "labels", "spec", "preprocessing", "threshold")
+
+
+# ---- the schema of medfuse.json --------------------------------------------------------------
+
+
+class _Open(BaseModel):
+    """Known fields are typed and checked; other (informational) fields are kept as they are."""
+
+    model_config = ConfigDict(extra="allow", frozen=False)
+
+
+class Threshold(_Open):
+    """The operating point: binary ``P >= value`` is positive; multilabel per label; multiclass
+    decides by argmax (``value`` is stored but unused)."""
+
+    method: str = "fixed"
+    value: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+    target: float | None = None
+
+
+class Calibration(_Open):
+    method: str = "none"
+    temperature: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
+
+
+class Stats(_Open):
+    """Normalisation statistics of one modality (fit on the training split)."""
+
+    mean: list[float] = Field(min_length=1)
+    std: list[float] = Field(min_length=1)
+    channel_axis: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _finite(self) -> Stats:
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values, std {len(self.std)}")
+        if not all(math.isfinite(v) for v in self.mean):
+            raise ValueError("mean must be finite")
+        if not all(math.isfinite(v) and v > 0 for v in self.std):
+            raise ValueError("std must be finite and > 0")
+        return self
+
+
+class PackageMeta(_Open):
+    """``medfuse.json``, validated on every load (``read_meta``): the decision-critical fields are
+    typed with their ranges; informational fields (versions, training, data, ...) pass through."""
+
+    format: Literal["medfuse-package"] = FORMAT
+    format_version: int = Field(default=FORMAT_VERSION, ge=0, le=FORMAT_VERSION)
+    name: str = ""
+    task: Literal["binary", "multiclass", "multilabel"]
+    labels: list[str] = Field(min_length=2)
+    spec: dict[str, Any]
+    preprocessing: dict[str, Stats]
+    threshold: Threshold
+    #: old packages written before calibration existed: identity (temperature 1)
+    calibration: Calibration = Field(default_factory=Calibration)
+    files: dict[str, str] = Field(default_factory=dict)
+    runtime: dict[str, Any] | None = None
+
+    @field_validator("labels")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            dup = sorted({x for x in v if v.count(x) > 1})
+            raise ValueError(f"labels must be unique; repeated: {dup}")
+        if any(not x.strip() for x in v):
+            raise ValueError("labels must be non-empty strings")
+        return v
+
+    @field_validator("files")
+    @classmethod
+    def _names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, digest in v.items():
+            if name in (META, SIGNATURE) or "/" in name or "\\" in name or name.startswith("."):
+                raise ValueError(f"invalid package file name {name!r}")
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ValueError(f"{name}: not a sha256 hex digest")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PackageMeta:
+        if self.task == "binary" and len(self.labels) != 2:
+            raise ValueError(f"labels: a binary task has 2 labels; got {len(self.labels)}")
+        task = self.spec.get("task") or {}
+        if task.get("type", self.task) != self.task:
+            raise ValueError(f"task {self.task!r} differs from the spec's {task.get('type')!r}")
+        if task.get("labels") is not None and list(task["labels"]) != self.labels:
+            raise ValueError(f"labels {self.labels} differ from the spec's {task['labels']}")
+        mods = list((self.spec.get("modalities") or {}).keys())
+        missing = [m for m in mods if m not in self.preprocessing]
+        if missing:
+            raise ValueError(f"preprocessing: no statistics for modality {missing}")
+        return self
+
+
+def validate_meta(meta: dict[str, Any], where: str | Path = META) -> PackageMeta:
+    """``meta`` as a :class:`PackageMeta`; a missing or out-of-range field is a PackageError
+    naming the field (never a KeyError, never a silent default for a decision)."""
+    if not isinstance(meta, dict):
+        raise PackageError(f"{where}: {META} must hold a JSON object; got {type(meta).__name__}")
+    missing = [k for k in REQUIRED if k not in meta]
+    if missing:
+        raise PackageError(
+            f"{where}: required field(s) {', '.join(missing)} missing from {META}; "
+            "the package is damaged or was edited by hand (write it again with medfuse)"
+        )
+    try:
+        typed = PackageMeta.model_validate(meta)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors()[:5]:
+            loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+            lines.append(f"{loc}: {e['msg']}")
+        raise PackageError(
+            f"{where}: invalid {META}: " + "; ".join(lines) + " (refusing to load it)"
+        ) from None
+    try:
+        parse_spec(meta["spec"])
+    except MedfuseError as err:
+        raise PackageError(f"{where}: the stored spec does not parse: {err}") from None
+    return typed
 
 
 def sha256_file(path: Path) -> str:
@@ -137,13 +269,23 @@ def read_meta(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
         raise PackageError(
             f"{mfile} is not a medfuse package manifest (format={meta.get('format')!r})"
         )
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+    if not isinstance(meta.get("format_version", 0), int) or meta.get("format_version", 0) > (
+        FORMAT_VERSION
+    ):
         raise PackageError(
-            f"{root} uses package format {meta['format_version']}; this medfuse reads <= {FORMAT_VERSION}"
+            f"{root} uses package format {meta['format_version']!r}; this medfuse reads "
+            f"<= {FORMAT_VERSION}"
         )
+    typed = validate_meta(meta, mfile)
+    meta["calibration"] = typed.calibration.model_dump()  # defaults of old packages filled
     if verify:
         verify_files(root, meta)
     return meta
+
+
+def typed_meta(meta: dict[str, Any] | PackageMeta) -> PackageMeta:
+    """The typed view of a manifest already read by :func:`read_meta`."""
+    return meta if isinstance(meta, PackageMeta) else validate_meta(meta)
 
 
 def verify_files(root: Path, meta: dict[str, Any]) -> None:
@@ -161,6 +303,37 @@ def verify_files(root: Path, meta: dict[str, Any]) -> None:
 
 def package_files(root: Path, meta: dict[str, Any]) -> dict[str, Path]:
     return {name: root / name for name in meta.get("files", {})}
+
+
+VERIFICATION = "verification.npz"
+#: the fields whose change changes the package's decisions on its verification inputs
+DECISION_FIELDS = frozenset({"task", "labels", "threshold", "calibration"})
+
+
+def _refresh_decisions(meta: dict[str, Any], content: bytes | str | Path) -> bytes | str | Path:
+    """A legitimate writer (calibrate, ...) that changes a decision field re-derives the stored
+    reference decisions of ``verification.npz`` (an edit by hand does not, and verify fails)."""
+    import numpy as np
+
+    raw = content.read_bytes() if isinstance(content, Path) else content
+    raw = raw.encode() if isinstance(raw, str) else raw
+    with np.load(io.BytesIO(raw), allow_pickle=False) as d:
+        arrays = {k: d[k] for k in d.files}
+    if "decisions" not in arrays:
+        return content
+    typed = validate_meta(meta)
+    arrays.update(
+        reference_decisions(
+            typed.task,
+            arrays["logits"],
+            typed.labels,
+            typed.threshold.value,
+            typed.calibration.temperature,
+        )
+    )
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
 
 
 def update_package(
@@ -181,6 +354,8 @@ def update_package(
     }
     files.update(add or {})
     meta.update(meta_updates or {})
+    if set(meta_updates or {}) & DECISION_FIELDS and VERIFICATION in files:
+        files[VERIFICATION] = _refresh_decisions(meta, files[VERIFICATION])
     meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     target = Path(dst) if dst is not None else src
     if target.resolve() == src.resolve():

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from medfuse.core.errors import DataError, SpecError, did_you_mean
+from medfuse.core.paths import require_contained
 from medfuse.core.readers import read_modality
 from medfuse.core.spec import ModalitySpec
 from medfuse.data import DATASETS, DataBundle, Split
@@ -19,6 +20,7 @@ from medfuse.data.splits import group_stratified_split
 log = logging.getLogger("medfuse.data")
 
 OPTIONS = (
+    "contain_paths",
     "label",
     "labels",
     "columns",
@@ -72,8 +74,10 @@ def read_rows(
     on_bad_row: str,
     categories: dict[str, dict[str, list[str]]] | None,
     where: str,
+    contain: list[Path] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
-    """Read every modality of every row. Returns arrays, masks and a report (bad rows, categories)."""
+    """Read every modality of every row. Returns arrays, masks and a report (bad rows, categories).
+    With ``contain``, a file path outside those folders is refused (never read)."""
     n = len(df)
     arrays: dict[str, np.ndarray] = {}
     masks: dict[str, np.ndarray] = {}
@@ -99,6 +103,8 @@ def read_rows(
                 continue
             path = Path(str(cell).strip())
             path = path if path.is_absolute() else base / path
+            if contain is not None:
+                require_contained(path, contain, f"{where} row {i + 2} ({name})")
             try:
                 x[i] = read_modality(path, m)  # reader by file type, fitted to m.shape
                 mask[i] = 1.0
@@ -203,6 +209,7 @@ def load_manifest(
         on_bad_row=on_bad_row,
         categories=None,
         where=where,
+        contain=[path.parent, root] if options.get("contain_paths", False) else None,
     )
     patient_col = options.get("patient_column", "patient_id")
     groups = df[patient_col].astype(str).to_numpy() if patient_col in df.columns else None

@@ -7,6 +7,7 @@ import json
 from typing import TYPE_CHECKING
 
 from medfuse.core.console import Handler, console
+from medfuse.core.trust import add_trust_arguments, trust_from_args
 from medfuse.export import DEFAULT_OPSET
 
 if TYPE_CHECKING:
@@ -18,7 +19,11 @@ if TYPE_CHECKING:
 def report_table(report: VerifyReport) -> Table:
     from rich.table import Table  # lazy: rich, only to print
 
-    t = Table(title=f"verify {report.package}  (checksums ok; inputs: {report.inputs})")
+    sig = report.signature or "signature not checked"
+    t = Table(
+        title=f"verify {report.package}  (checksums ok; {sig}; digest {report.digest[:16]}...; "
+        f"inputs: {report.inputs})"
+    )
     for col in ("runtime", "device", "precision", "n", "max |diff|", "labels agree", "criterion"):
         t.add_column(col, justify="right" if col in ("n", "max |diff|", "labels agree") else "left")
     t.add_column("result")
@@ -102,6 +107,7 @@ def setup_verify(p: argparse.ArgumentParser) -> Handler:
         help="verify on a whole split of the package's data (reference computed by PyTorch)",
     )
     p.add_argument("--data-dir", help="data root (with --split)")
+    add_trust_arguments(p)
     p.add_argument("--json", action="store_true")
 
     def run(a: argparse.Namespace) -> int:
@@ -117,7 +123,34 @@ def setup_verify(p: argparse.ArgumentParser) -> Handler:
             tolerance=a.tolerance if a.tolerance is not None else TOLERANCE,
             split=a.split,
             data_dir=a.data_dir,
+            trust=trust_from_args(a),
         )
         return _print_report(report, a.json)
+
+    return run
+
+
+def setup_sign(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument("package")
+    p.add_argument("--key", help="elliptic-curve private key (PEM; P-256, P-384 or P-521)")
+    p.add_argument("--password-env", help="environment variable holding the key's password")
+    p.add_argument(
+        "--sigstore",
+        action="store_true",
+        help="keyless signing with your Sigstore identity (browser login; needs the network)",
+    )
+
+    def run(a: argparse.Namespace) -> int:
+        import os
+
+        from medfuse.core.signing import (  # lazy: model-signing, only when signing
+            package_digest,
+            sign_package,
+        )
+
+        password = os.environ.get(a.password_env) if a.password_env else None
+        sig = sign_package(a.package, key=a.key, password=password, sigstore=a.sigstore)
+        console().print(f"signed {a.package}: {sig.name} (digest {package_digest(a.package)})")
+        return 0
 
     return run

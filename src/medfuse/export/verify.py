@@ -29,13 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from medfuse.core.decision import decide, probabilities
+from medfuse.core.decision import decide, probabilities, reference_decisions
 from medfuse.core.errors import DataError, MedfuseError, PackageError
 from medfuse.core.inputs import modalities_from_meta
 from medfuse.core.onnx import OnnxPredictor
 from medfuse.core.optional import installed
-from medfuse.core.package import read_meta, sha256_file
+from medfuse.core.package import META, read_meta, sha256_file, typed_meta
 from medfuse.core.preprocess import normalize
+from medfuse.core.signing import Trust, package_digest, verify_signature
 
 log = logging.getLogger("medfuse.export")
 
@@ -121,15 +122,80 @@ def verification_bytes(
     feeds: dict[str, np.ndarray],
     logits: np.ndarray,
     index: np.ndarray,
+    meta: dict[str, Any] | None = None,
 ) -> bytes:
-    """The ``verification.npz`` payload."""
+    """The ``verification.npz`` payload (with ``meta``: the package's reference decisions)."""
     out = dict(feeds)
     out.update({f"raw.{m}": a for m, a in raw.items()})
     out["logits"] = np.asarray(logits, np.float32)
     out["index"] = np.asarray(index, np.int64)
+    if meta is not None:
+        out.update(_decisions(meta, out["logits"]))
     buf = io.BytesIO()
     np.savez_compressed(buf, **out)
     return buf.getvalue()
+
+
+def _decisions(meta: dict[str, Any], logits: np.ndarray) -> dict[str, np.ndarray]:
+    m = typed_meta(meta)
+    return reference_decisions(
+        m.task, logits, m.labels, m.threshold.value, m.calibration.temperature
+    )
+
+
+def check_decisions(
+    meta: dict[str, Any],
+    stored: dict[str, np.ndarray],
+    raw: dict[str, np.ndarray] | None,
+    masks: dict[str, np.ndarray],
+    feeds: dict[str, np.ndarray],
+    tolerance: float = TOLERANCE,
+) -> Check:
+    """The package's own decision path (normalisation statistics, temperature, threshold, labels)
+    recomputed on the stored verification data against the outputs stored at export: an edit of
+    any of those fields in ``medfuse.json`` that changes an output fails here."""
+    check = Check("package", "ok", device="cpu", criterion="stored decisions reproduced")
+    problems = []
+    mods = list(meta["spec"]["modalities"])
+    if raw is not None and set(raw) == set(mods):
+        again = feeds_from_raw(meta, raw, masks)
+        gap = max(float(np.abs(again[m] - feeds[m]).max(initial=0.0)) for m in mods)
+        if not np.isfinite(gap) or gap > tolerance:
+            problems.append(
+                f"preprocessing statistics no longer reproduce the stored inputs (max |diff| "
+                f"{gap:.3g})"
+            )
+    if "decisions" not in stored:
+        check.status = "skipped"
+        check.note = f"{VERIFICATION} predates stored decisions: run `medfuse export PKG --refresh`"
+        if problems:
+            check.status, check.note = "fail", "; ".join(problems)
+        return check
+    now = _decisions(meta, stored["logits"])
+    check.n = int(len(now["decisions"]))
+    p_old, p_new = stored["probabilities"], now["probabilities"]
+    same_shape = p_old.shape == p_new.shape
+    gap = float(np.abs(p_old - p_new).max(initial=0.0)) if same_shape else float("inf")
+    check.max_abs_diff = gap
+    if not gap <= tolerance:
+        problems.append(f"probabilities differ by {gap:.3g} (temperature or task edited)")
+    changed = check.n
+    if same_shape:
+        # a stored probability within the tolerance of the threshold is a tie, not counted
+        thr = typed_meta(meta).threshold.value
+        tie = np.abs(p_old - thr) <= tolerance if meta["task"] != "multiclass" else None
+        if tie is not None and tie.ndim == 2:
+            tie = tie.any(axis=1)
+        differ = stored["decisions"] != now["decisions"]
+        changed = int(np.sum(differ & ~tie)) if tie is not None else int(np.sum(differ))
+    if changed:
+        problems.append(
+            f"{changed} of {check.n} stored decisions change (labels or threshold edited)"
+        )
+    if problems:
+        check.status = "fail"
+        check.note = "; ".join(problems) + f": {META} was edited after export"
+    return check
 
 
 # ---- running each runtime ------------------------------------------------------------------
@@ -207,11 +273,13 @@ class VerifyReport:
     package: Path
     inputs: str
     checks: list[Check] = field(default_factory=list)
+    digest: str = ""
+    signature: str | None = None
 
     @property
     def ok(self) -> bool:
-        """Checksums passed (else read_meta raised), no runtime failed and at least one ran."""
-        return any(c.status == "ok" for c in self.checks) and not any(
+        """Checksums passed (else read_meta raised), no check failed and a runtime ran."""
+        return any(c.status == "ok" and c.runtime in RUNTIMES for c in self.checks) and not any(
             c.status == "fail" for c in self.checks
         )
 
@@ -219,6 +287,8 @@ class VerifyReport:
         return {
             "package": str(self.package),
             "checksums": "ok",
+            "digest": self.digest,
+            "signature": self.signature or "not checked",
             "inputs": self.inputs,
             "ok": self.ok,
             "checks": [asdict(c) for c in self.checks],
@@ -243,9 +313,9 @@ def _judge(
     finite = np.isfinite(logits).all()
     check.n = int(len(ref))
     check.max_abs_diff = float(np.abs(logits - ref).max()) if finite and len(ref) else float("inf")
-    task, labels = meta["task"], list(meta["labels"])
-    temp = float(meta.get("calibration", {}).get("temperature", 1.0))
-    thr = float(meta.get("threshold", {}).get("value", 0.5))
+    typed = typed_meta(meta)
+    task, labels = typed.task, typed.labels
+    temp, thr = typed.calibration.temperature, typed.threshold.value
     p_ref = probabilities(task, ref, temp)
     a = decide(task, probabilities(task, logits, temp), labels, thr)
     b = decide(task, p_ref, labels, thr)
@@ -280,14 +350,20 @@ def verify_package(
     min_agreement: float = MIN_AGREEMENT,
     split: str | None = None,
     data_dir: str | Path | None = None,
+    trust: Trust | None = None,
+    trusted_pt2: str | None = None,
 ) -> VerifyReport:
-    """Checksums, then each runtime on the verification inputs (or a whole ``split``).
+    """Signature (with ``trust``), checksums and schema, the package's decisions, then each
+    runtime on the verification inputs (or a whole ``split``).
 
     ``runtimes``: "all" (every runtime whose file and library are here; others are skipped) or
     names from ``RUNTIMES`` (a named runtime that cannot run is a failure, not a skip).
+    ``model.pt2`` is loaded only when the signature verified or its sha256 is ``trusted_pt2``
+    (a program the caller produced itself): see ``medfuse.export.pt2``.
     """
     root = Path(path)
-    meta = read_meta(root)  # raises PackageError on a missing or altered file
+    signature = verify_signature(root, trust) if trust is not None and trust.given else None
+    meta = read_meta(root)  # raises PackageError on a missing or altered file, or a bad field
     files = meta.get("files", {})
     explicit = runtimes != "all"
     names = list(RUNTIMES) if runtimes == "all" else list(runtimes)
@@ -308,6 +384,7 @@ def verify_package(
             feeds = {k: d[k] for k in (*mods, *(f"mask_{m}" for m in mods))}
             raw = {m: d[f"raw.{m}"] for m in mods if f"raw.{m}" in d.files}
             ref = d["logits"]
+            stored = {k: d[k] for k in ("logits", "probabilities", "decisions") if k in d.files}
         masks = {m: feeds[f"mask_{m}"] for m in mods}
         ver = meta.get("verification", {})
         inputs = f"{VERIFICATION}: {len(ref)} samples ({ver.get('source', 'stored')})"
@@ -322,7 +399,12 @@ def verify_package(
         feeds = feeds_from_raw(meta, raw, masks)
 
     rt = meta.get("runtime") or {}
-    report = VerifyReport(root, inputs)
+    report = VerifyReport(root, inputs, digest=package_digest(root), signature=signature)
+    if split is None:
+        report.checks.append(check_decisions(meta, stored, raw, masks, feeds, tolerance))
+    pt2_ok = signature is not None or (
+        trusted_pt2 is not None and files.get("model.pt2") == trusted_pt2
+    )
     for name in names:
         precision = "fp32"
         if name == "onnx" and rt.get("onnx_file", "model.onnx") == "model.onnx":
@@ -334,6 +416,14 @@ def verify_package(
             "pt2": "model.pt2",
         }[name]
         why = _available(name) or (None if file in files else f"no {file} in the package")
+        if not why and name == "pt2" and not pt2_ok:
+            msg = (
+                "model.pt2 not loaded: a torch.export archive can run code when loaded; "
+                "give --key public.pem (a verified signature) to check it"
+            )
+            if explicit:
+                raise PackageError(f"{root}: {msg}")
+            why = msg
         if not why and name == "onnx" and str(device).startswith("cuda"):
             import onnxruntime as ort  # lazy: ONNX Runtime, only for the onnx check
 
@@ -358,7 +448,8 @@ def verify_package(
 
                 dev = _torch_device(device)
                 check.device = str(dev)
-                logits = torch_logits(load_pt2(root / file, dev), mods, feeds, dev)
+                module = load_pt2(root / file, dev, trusted=True)
+                logits = torch_logits(module, mods, feeds, dev)
             else:
                 dev_name = "cuda" if str(device).startswith("cuda") else "cpu"
                 if device == "auto":
@@ -449,4 +540,5 @@ def build_verification(
         "min_label_agreement_int8": MIN_AGREEMENT,
         "weights_sha256": sha256_file(package.path / "model.safetensors"),
     }
-    return verification_bytes(raw, masks, feeds, logits, idx), record, {**feeds, "logits": logits}
+    payload = verification_bytes(raw, masks, feeds, logits, idx, meta)
+    return payload, record, {**feeds, "logits": logits}

@@ -29,8 +29,19 @@ def read_inputs(
 
         df = pd.read_csv(p)
         cats = {m: s.get("categories", {}) for m, s in stats.items()}
+        from medfuse.data import resolve_data_root
+
+        # a manifest given to predict reads files only under its own folder or the data root
+        roots = [p.parent, resolve_data_root(None)]
         arrays, masks, _ = read_rows(
-            df, p.parent, modalities, {}, on_bad_row="missing", categories=cats, where=str(p)
+            df,
+            p.parent,
+            modalities,
+            {},
+            on_bad_row="missing",
+            categories=cats,
+            where=str(p),
+            contain=roots,
         )
         ids = (
             df["id"].astype(str)

@@ -18,7 +18,16 @@ from torch import nn
 
 from medfuse.core.card import model_card
 from medfuse.core.errors import PackageError
-from medfuse.core.package import META, WEIGHTS, _json_default, read_meta, versions, write_package
+from medfuse.core.package import (
+    META,
+    WEIGHTS,
+    PackageMeta,
+    _json_default,
+    read_meta,
+    typed_meta,
+    versions,
+    write_package,
+)
 from medfuse.core.spec import Spec, parse_spec
 from medfuse.models import build_model
 from medfuse.models.composite import CompositeModel, EnsembleModel, count_parameters
@@ -40,6 +49,11 @@ class Package:
     @property
     def task(self) -> str:
         return str(self.meta["task"])
+
+    @property
+    def info(self) -> PackageMeta:
+        """The typed, validated view of ``medfuse.json`` (``info.threshold.value``, ...)."""
+        return typed_meta(self.meta)
 
 
 def save_package(

@@ -63,11 +63,11 @@ class Predictor:
 
     @property
     def threshold(self) -> float:
-        return float(self.meta.get("threshold", {}).get("value", 0.5))
+        return float(self.meta["threshold"]["value"])  # present: read_meta checked it
 
     @property
     def temperature(self) -> float:
-        return float(self.meta.get("calibration", {}).get("temperature", 1.0))
+        return float(self.meta["calibration"]["temperature"])  # read_meta fills it
 
     def _arrays(self, samples: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         if isinstance(samples, Split):

@@ -1,7 +1,9 @@
 """The HTTP service: a FastAPI app over one package, ONNX Runtime by default.
 
 Routes: ``GET /health`` (no token needed), ``GET /v1/model``, ``POST /v1/predict``; the OpenAPI
-schema is at ``/openapi.json`` (docs at ``/docs``). Errors: 401 (bearer token missing or wrong,
+schema is at ``/openapi.json`` (docs at ``/docs``, off when a token is set: the Swagger page loads
+its script from a CDN). Every answer carries CSP, X-Frame-Options and nosniff headers
+(``SecurityHeaders``). Errors: 401 (bearer token missing or wrong,
 when a token is set), 413 (body over ``max_body_bytes``), 422 (schema or content error; ``detail``
 lists ``{"loc", "msg", "type"}`` naming the field, as FastAPI does). A bad image or a NaN signal is
 a 422 with the reason, never a 500.
@@ -36,6 +38,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from medfuse import __version__
 from medfuse.core.errors import DataError, MedfuseError
+from medfuse.core.signing import Trust, verify_signature
 from medfuse.serve.schemas import ErrorDetail, Health, ModelInfo, PredictResponse
 from medfuse.serve.service import InputError, Service
 
@@ -141,8 +144,69 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+#: every answer's security headers; the page at ``/`` and ``/static`` loads nothing external
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'; form-action 'self'"
+)
+#: ``/docs`` (only when no token is set): FastAPI's Swagger page loads its script from a CDN
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "img-src 'self' data: https://fastapi.tiangolo.com; connect-src 'self'; object-src 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'"
+)
+DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc")
+
+
+class SecurityHeaders:
+    """Content-Security-Policy, X-Frame-Options: DENY, X-Content-Type-Options: nosniff and
+    Referrer-Policy: no-referrer on every HTTP answer (a pure ASGI middleware: no per-request
+    task, so it costs nothing measurable)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        csp = (DOCS_CSP if scope.get("path") in DOCS_PATHS else CSP).encode()
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    (k, v)
+                    for k, v in message.get("headers", [])
+                    if k.lower() not in _SECURITY_HEADER_NAMES
+                ]
+                headers += [
+                    (b"content-security-policy", csp),
+                    (b"x-frame-options", b"DENY"),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer"),
+                ]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+_SECURITY_HEADER_NAMES = {
+    b"content-security-policy",
+    b"x-frame-options",
+    b"x-content-type-options",
+    b"referrer-policy",
+}
+
+
 def _error_responses(token: bool) -> dict[int | str, dict[str, Any]]:
     out: dict[int | str, dict[str, Any]] = {
+        400: {
+            "model": ErrorDetail,
+            "description": "malformed request (a body that cannot be parsed)",
+        },
         413: {"model": ErrorDetail, "description": "request body over the size limit"},
         422: {"model": ErrorDetail, "description": "schema or content error naming the field"},
     }
@@ -161,9 +225,15 @@ def create_app(
     device: str = "cpu",
     threads: int | None = None,
     extensions: bool = True,
+    trust: dict[str, Any] | None = None,
 ) -> FastAPI:
     """A FastAPI app serving ``package_path`` with ``runtime`` ("onnx" needs ``model.onnx``:
-    run ``medfuse export`` first; "torch" needs PyTorch). ``token`` enables bearer auth."""
+    run ``medfuse export`` first; "torch" needs PyTorch). ``token`` enables bearer auth and
+    turns ``/docs`` off (its page loads a CDN script on the origin that holds the token).
+    ``trust`` (``{"key": ...}`` or ``{"identity": ..., "issuer": ...}``): the package's signature
+    must verify before anything of it is loaded."""
+    if trust:
+        verify_signature(package_path, Trust(**trust))
     service = Service(
         package_path, runtime=runtime, device=device, threads=threads, max_batch=max_batch
     )
@@ -175,8 +245,11 @@ def create_app(
             f"(labels: {', '.join(service.labels)}), served with the {runtime} runtime. "
             "POST a batch of instances to /v1/predict; GET /v1/model describes the inputs."
         ),
+        docs_url=None if token is not None else "/docs",
+        redoc_url=None,
     )
     app.add_middleware(BodyLimit, max_bytes=int(max_body_bytes))
+    app.add_middleware(SecurityHeaders)
     auth = _auth_dependency(token)
     app.state.service = service
     app.state.predictor = service.predictor
@@ -286,11 +359,19 @@ def serve(
     max_batch: int = DEFAULT_MAX_BATCH,
     access_log: bool = True,
     log_level: str = "info",
+    trust: dict[str, Any] | None = None,
 ) -> None:
-    """Run the service with uvicorn (blocks). The package is loaded (and checked) first, so a
-    missing ``model.onnx`` or a damaged package fails here with a clear message."""
+    """Run the service with uvicorn (blocks). The package is checked (signature with ``trust``,
+    checksums, schema) and loaded BEFORE the port is bound, so an unsigned, altered or damaged
+    package, or a missing ``model.onnx``, fails here with a clear message."""
     import uvicorn
 
+    if not 0 < int(port) < 65536:
+        raise MedfuseError(f"port {port} is outside 1..65535")
+    if int(max_body_bytes) <= 0:
+        raise MedfuseError(f"the request size limit must be positive; got {max_body_bytes} bytes")
+    if trust:
+        log.info(verify_signature(package_path, Trust(**trust)))
     config = {
         "package_path": str(Path(package_path).resolve()),
         "runtime": runtime,
@@ -299,6 +380,7 @@ def serve(
         "max_batch": int(max_batch),
         "device": device,
         "threads": threads,
+        "trust": trust,
     }
     Service(package_path, runtime=runtime, device=device, threads=threads)  # fail early, clearly
     if host not in LOOPBACK and token is None:

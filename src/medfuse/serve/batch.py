@@ -61,15 +61,24 @@ def iter_chunks(path: str | Path, meta: dict[str, Any], chunk: int) -> Iterator[
                 ids.iloc[sl].reset_index(drop=True),
             )
         return
+    from medfuse.data import resolve_data_root
     from medfuse.data.manifest import read_rows
 
     cats = {m: s.get("categories", {}) for m, s in stats.items()}
+    roots = [p.parent, resolve_data_root(None)]  # files only under the manifest's folder/data root
     start = 0
     for df in pd.read_csv(p, chunksize=chunk):
         df = df.reset_index(drop=True)
         where = f"{p} (rows {start + 2}-{start + len(df) + 1})"
         arrays, masks, _ = read_rows(
-            df, p.parent, mods, {}, on_bad_row="missing", categories=cats, where=where
+            df,
+            p.parent,
+            mods,
+            {},
+            on_bad_row="missing",
+            categories=cats,
+            where=where,
+            contain=roots,
         )
         if "id" in df.columns:
             ids = df["id"].astype(str)

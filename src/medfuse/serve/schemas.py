@@ -9,9 +9,9 @@ per column. Unknown fields are schema errors (422) that name the field.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, create_model, model_validator
 
 from medfuse.core.inputs import Modality
 
@@ -22,6 +22,10 @@ FILE_DOCS = {
     "dicom": "base64 of a DICOM file",
     "npy": "base64 of a NumPy .npy file (numeric)",
 }
+
+
+#: a JSON number: ints and floats, never a boolean (``true`` is not 1.0 in a medical input)
+Number = Annotated[float, Strict()]
 
 
 class _Closed(BaseModel):
@@ -88,7 +92,7 @@ def _pascal(name: str) -> str:
 
 
 def _nested(depth: int) -> Any:
-    t: Any = float
+    t: Any = Number
     for _ in range(depth):
         t = list[t]
     return t
@@ -102,7 +106,7 @@ def modality_model(m: Modality) -> type[BaseModel]:
             cats = m.categories.get(col)
             desc = f"one of {cats}" if cats else "a number"
             fields[f"c{i}"] = (
-                float | str | None,
+                Number | str | None,
                 Field(default=None, alias=col, description=f"{desc}; null or absent = missing"),
             )
         return create_model(

@@ -24,7 +24,7 @@ import numpy as np
 from medfuse.core.decision import decide
 from medfuse.core.errors import DataError, MedfuseError, PackageError
 from medfuse.core.inputs import Modality, modalities_from_meta
-from medfuse.core.package import read_meta, versions
+from medfuse.core.package import read_meta, typed_meta, versions
 from medfuse.core.readers.image_math import (
     MAX_PIXELS,
     fit_image,
@@ -107,8 +107,9 @@ class Service:
         self.instance_model, self.request_model = request_models(self.modalities, self.max_batch)
         self.labels: list[str] = list(self.meta["labels"])
         self.task: str = str(self.meta["task"])
-        self.threshold = float(self.meta.get("threshold", {}).get("value", 0.5))
-        self.temperature = float(self.meta.get("calibration", {}).get("temperature", 1.0))
+        typed = typed_meta(self.meta)  # read_meta checked the ranges: no default decides here
+        self.threshold = typed.threshold.value
+        self.temperature = typed.calibration.temperature
         self.name = str(self.meta.get("name", self.path.name))
         self.versions = {"package": self.meta.get("versions", {}), "serving": versions()}
 
