@@ -18,7 +18,7 @@ import torch
 from medfuse.core.package import read_meta
 from medfuse.core.preprocess import channel_axis, fit_stats
 from medfuse.core.spec import Spec, complete_spec, load_spec, parse_spec
-from medfuse.data import DataBundle, Split, load_data, load_spec_data
+from medfuse.data import DataBundle, Split, load_spec_data
 from medfuse.inference.helpers import Tensors, predict_logits, to_tensors
 from medfuse.inference.package import save_package
 from medfuse.training.metrics import SUMMARY_KEYS, choose_threshold, compute_metrics, probabilities
@@ -35,15 +35,7 @@ def seed_everything(seed: int) -> None:
 
 def prepare_data(spec: Spec, data_dir: str | Path | None = None) -> tuple[Spec, DataBundle]:
     """Load the spec's data source and complete the spec (modalities, labels, default branches)."""
-    bundle = load_data(
-        spec.data.source,
-        spec.data.options,
-        data_root=data_dir,
-        modalities=spec.modalities or None,
-        task=spec.task.type,
-        on_bad_row=spec.data.on_bad_row,
-        seed=spec.train.seed,
-    )
+    bundle = load_spec_data(spec, data_dir)  # label order, validation, fingerprint: medfuse.data
     if bundle.task != spec.task.type:
         from medfuse.core.errors import SpecError
 
@@ -126,7 +118,8 @@ class TrainResult:
 
 def package_data_info(bundle: DataBundle) -> dict[str, Any]:
     """What a package records of its data source: name, synthetic or not, file, options."""
-    return {k: v for k, v in bundle.info.items() if k in ("name", "synthetic", "file", "options")}
+    keep = ("name", "synthetic", "file", "options", "manifest", "fingerprint")
+    return {k: v for k, v in bundle.info.items() if k in keep}
 
 
 @dataclass
@@ -355,25 +348,32 @@ def evaluate(
     split: str = "test",
     data_dir: str | Path | None = None,
     device: str = "auto",
+    data: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Metrics of a package on a split of its own data source (threshold and calibration applied)."""
+    """Metrics of a package on a split of its own data source (threshold and calibration applied).
+    ``data``: a manifest CSV to use instead (the data moved); ``data_check`` in the result says
+    whether the data matches the fingerprint recorded at training."""
     from medfuse.inference.predictor import load
 
     pred = load(package, device=device)
     spec = pred.spec
-    bundle = load_spec_data(spec, data_dir)
-    data = bundle.split(split)
+    bundle = load_spec_data(spec, data_dir, data=data, recorded=pred.meta.get("data"))
+    data_split = bundle.split(split)
     stats = pred.meta["preprocessing"]
-    t = to_tensors(data, stats)
+    t = to_tensors(data_split, stats)
     out = split_metrics(pred.model, spec, t, pred.threshold, pred.device)
     if pred.temperature != 1.0:
         task = spec.task.type
-        p = pred.predict_proba(data)
-        cal = compute_metrics(task, data.y, p, pred.threshold, spec.task.labels)
+        p = pred.predict_proba(data_split)
+        cal = compute_metrics(task, data_split.y, p, pred.threshold, spec.task.labels)
         # the stored threshold lives on the calibrated scale (medfuse calibrate maps it), so
         # every threshold metric, not only ECE/Brier, comes from the calibrated probabilities
         out.update({k: v for k, v in cal.items() if k in out})
     out["split"] = split
+    out["positive"] = spec.task.positive_class
+    out["data_check"] = (bundle.info.get("fingerprint_check") or {}).get(
+        split, {"same": None, "differences": ["no fingerprint recorded in this package"]}
+    )
     return out
 
 

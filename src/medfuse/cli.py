@@ -88,6 +88,16 @@ def data_dir_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data root (default: $MEDFUSE_DATA_DIR or ~/.cache/medfuse)")
 
 
+def data_arg(p: argparse.ArgumentParser) -> None:
+    """``--data FILE``: the verbs that evaluate a package on its data can be pointed at it again."""
+    p.add_argument(
+        "--data",
+        metavar="FILE",
+        help="manifest CSV to use instead of the one the package was trained on (the data moved, "
+        "or new data laid out the same way; relative file paths resolve against its folder)",
+    )
+
+
 def _common_data(p: argparse.ArgumentParser) -> None:
     data_dir_arg(p)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
@@ -187,6 +197,7 @@ def _evaluate(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("package")
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
     _common_data(p)
+    data_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON only")
     p.add_argument("-o", "--output", help="also write the metrics JSON to this file")
     from medfuse.report.cli import add_evaluate_options, clinical_requested
@@ -197,7 +208,8 @@ def _evaluate(p: argparse.ArgumentParser) -> Handler:
         from medfuse.api import evaluate
         from medfuse.training.metrics import SUMMARY_KEYS
 
-        m = evaluate(a.package, split=a.split, data_dir=a.data_dir, device=a.device)
+        m = evaluate(a.package, split=a.split, data_dir=a.data_dir, device=a.device, data=a.data)
+        _data_lines(m)
         if clinical_requested(a):  # CIs, operating point, subgroups (medfuse.report)
             from medfuse.report.cli import run_clinical_evaluate
 
@@ -230,6 +242,22 @@ def _evaluate(p: argparse.ArgumentParser) -> Handler:
         return 0
 
     return run
+
+
+def _data_lines(m: dict[str, Any]) -> None:
+    """The positive class and whether the data is the one the package recorded (stderr)."""
+    c = console()
+    c.stderr = True
+    if m.get("positive"):
+        c.print(f"positive class: {m['positive']!r} (probabilities are P({m['positive']}))")
+    chk = m.get("data_check") or {}
+    if chk.get("same") is True:
+        c.print("data: the same as recorded in the package for this split")
+    elif chk.get("same") is False:
+        c.print(
+            "[bold yellow]data DIFFERS from what the package recorded for this split:[/] "
+            + "; ".join(chk.get("differences", []))
+        )
 
 
 @command("predict", "probabilities and labels for new samples")

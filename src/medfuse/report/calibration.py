@@ -128,6 +128,7 @@ def calibrate_package(
     target: float | None = None,
     value: float | None = None,
     command: str | None = None,
+    data: str | Path | None = None,
 ) -> dict[str, Any]:
     """Fit a temperature on the validation split and store it (and the operating point) in the
     package (atomically; ``out`` writes a calibrated copy instead). Returns the record stored in
@@ -149,7 +150,7 @@ def calibrate_package(
         raise SpecError("threshold.target", f"--threshold-method {threshold_method} needs --target")
     if target is not None and not 0 < target <= 1:
         raise SpecError("threshold.target", f"must be in (0, 1]; got {target}")
-    bundle = load_bundle(pred, data_dir)
+    bundle = load_bundle(pred, data_dir, data)
     val_logits = pred.logits(bundle.val)
     t_old = pred.temperature
     t_new = fit_temperature(task, val_logits, bundle.val.y)

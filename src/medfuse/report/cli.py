@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from medfuse.cli import Handler, command, command_line, console, data_dir_arg
+from medfuse.cli import Handler, command, command_line, console, data_arg, data_dir_arg
 
 THRESHOLD_CHOICES = ["youden", "sensitivity", "specificity", "fixed"]
 
@@ -78,6 +78,7 @@ def run_clinical_evaluate(a: argparse.Namespace, core: dict[str, Any]) -> int:
         threshold_method=a.threshold_method,
         target=a.target,
         threshold_value=a.value,
+        data=a.data,
     )
     s = ev.summary
     out = dict(core)
@@ -163,6 +164,7 @@ def _compare(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("packages", nargs="+", help="two or more packages; the first is the reference")
     p.add_argument("--split", default="test", choices=["test", "val"])
     data_dir_arg(p)
+    data_arg(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--metric", default="auroc", help="metric compared (default auroc)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
@@ -186,6 +188,7 @@ def _compare(p: argparse.ArgumentParser) -> Handler:
             n_boot=a.bootstrap,
             seed=a.seed,
             alpha=a.alpha,
+            data=a.data,
         )
         text = json.dumps(jsonable(res), indent=2)
         if a.output:
@@ -230,6 +233,7 @@ def _calibrate(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("package")
     p.add_argument("--out", help="write a calibrated copy here (default: update in place)")
     data_dir_arg(p)
+    data_arg(p)
     p.add_argument("--device", default="cpu")
     _threshold_args(p, "stored in the package")
     p.add_argument("--figure", help="also write the before/after reliability diagrams (PNG)")
@@ -248,9 +252,10 @@ def _calibrate(p: argparse.ArgumentParser) -> Handler:
             target=a.target,
             value=a.value,
             command=command_line(),
+            data=a.data,
         )
         if a.figure:
-            _calibration_figure(res["package"], a.data_dir, a.device, a.figure)
+            _calibration_figure(res["package"], a.data_dir, a.device, a.figure, a.data)
         if a.json:
             print(json.dumps(jsonable(res), indent=2))
             return 0
@@ -281,7 +286,9 @@ def _calibrate(p: argparse.ArgumentParser) -> Handler:
     return run
 
 
-def _calibration_figure(package: str, data_dir: str | None, device: str, out: str) -> None:
+def _calibration_figure(
+    package: str, data_dir: str | None, device: str, out: str, data: str | None = None
+) -> None:
     from medfuse.inference.predictor import load
     from medfuse.report import calibration as cal
     from medfuse.report.clinical import load_bundle
@@ -289,7 +296,7 @@ def _calibration_figure(package: str, data_dir: str | None, device: str, out: st
     from medfuse.training.metrics import probabilities
 
     pred = load(package, device=device)
-    bundle = load_bundle(pred, data_dir)
+    bundle = load_bundle(pred, data_dir, data)
     lg = pred.logits(bundle.val)
     y = bundle.val.y
     t = pred.temperature
@@ -314,6 +321,7 @@ def _report(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("-o", "--output", default="report.html", help="HTML file (default report.html)")
     p.add_argument("--split", default="test", choices=["test", "val"])
     data_dir_arg(p)
+    data_arg(p)
     p.add_argument("--device", default="cpu")
     _bootstrap_args(p)
     p.add_argument(
@@ -339,6 +347,7 @@ def _report(p: argparse.ArgumentParser) -> Handler:
             seed=a.seed,
             subgroup=None if a.subgroup == "none" else a.subgroup,
             command=command_line(),
+            data=a.data,
         )
         if a.json:
             Path(a.json).write_text(json.dumps(jsonable(ev.summary), indent=2))

@@ -37,10 +37,12 @@ from medfuse.training.metrics import choose_threshold, compute_metrics, probabil
 THRESHOLD_METHODS = ("youden", "sensitivity", "specificity", "fixed")
 
 
-def load_bundle(pred: Predictor, data_dir: str | Path | None = None) -> DataBundle:
-    """The package's own data source, restricted to the modalities it uses."""
-    spec = pred.spec
-    return load_spec_data(spec, data_dir)
+def load_bundle(
+    pred: Predictor, data_dir: str | Path | None = None, data: str | Path | None = None
+) -> DataBundle:
+    """The package's own data source (or ``data``, a manifest CSV laid out like it), restricted
+    to the modalities it uses; compared with the fingerprint the package recorded."""
+    return load_spec_data(pred.spec, data_dir, data=data, recorded=pred.meta.get("data"))
 
 
 @dataclass
@@ -234,6 +236,7 @@ def clinical_evaluation(
     threshold_value: float | None = None,
     per_modality: bool = True,
     curves: bool = False,
+    data: str | Path | None = None,
 ) -> Evaluation:
     """Evaluate a package on ``split`` of its data with percentile bootstrap CIs.
 
@@ -247,7 +250,7 @@ def clinical_evaluation(
     if not 0 < level < 1:
         raise SpecError("", f"the confidence level must be in (0, 1); got {level}")
     task = pred.task
-    bundle = load_bundle(pred, data_dir)
+    bundle = load_bundle(pred, data_dir, data)
     data = bundle.split(split)
     pr = predict_split(pred, data, split, per_modality=per_modality)
     val = pr if split == "val" else predict_split(pred, bundle.val, "val", per_modality=False)
