@@ -188,6 +188,11 @@ def _labels(
         r = int(np.argmax(bad.to_numpy()))
         raise DataError(f"{where} row {r + 2}: label {vals.iloc[r]!r} not in {names}")
     kind = task or ("binary" if len(names) == 2 else "multiclass")
+    if kind == "binary" and len(names) != 2:
+        raise DataError(
+            f"{where}: a binary task needs 2 labels; column {col!r} holds {len(names)}: "
+            f"{', '.join(names)}"
+        )
     y = vals.map(lut).to_numpy()
     return (y.astype(np.float32) if kind == "binary" else y.astype(np.int64)), names, kind
 
