@@ -358,3 +358,35 @@ def test_zero_epochs_is_refused_unless_a_package_is_copied() -> None:
     spec = parse_spec({**base, "train": {"epochs": 0, "init": {"package": "p"}}})
     assert spec.train.epochs == 0
     copy.deepcopy(spec)
+
+
+# ---- one intensity scale ----------------------------------------------------------------------
+
+
+def test_a_manifest_mixing_png_and_dicom_trains_on_one_scale_or_is_refused(tmp_path: Path) -> None:
+    """8-bit PNGs (0-255) and 12-bit DICOMs (0-4095) of the same pictures: refused as they are,
+    read on one [0, 1] scale with window: unit."""
+    from medfuse.data.examples import write_dicom
+
+    csv = _hospital(tmp_path)
+    df = pd.read_csv(csv)
+    rng = np.random.default_rng(1)
+    pictures = rng.uniform(0, 1, (len(df), 8, 8))
+    for i in range(len(df)):
+        if i % 2:
+            write_dicom(
+                tmp_path / f"d{i}.dcm", np.round(pictures[i] * 4095).astype(np.uint16), bits=12
+            )
+            df.loc[i, "image"] = f"d{i}.dcm"
+        else:
+            write_png(tmp_path / df.loc[i, "image"], np.round(pictures[i] * 255).astype(np.uint8))
+    df.to_csv(csv, index=False)
+    with pytest.raises(
+        DataError, match=r"different intensity scales: 8-bit display levels \(0-255\) \(rows 2, 4"
+    ):
+        load_data(f"manifest:{csv}", OPTS, modalities=MODS, positive="abnormal")
+    mods = {**MODS, "image": ModalitySpec(kind="image", channels=1, size=[8, 8], window="unit")}
+    b = load_data(f"manifest:{csv}", OPTS, modalities=mods, positive="abnormal")
+    for s in (b.train, b.val, b.test):
+        rows = s.meta["row"].to_numpy() - 2
+        np.testing.assert_allclose(s.arrays["image"][:, 0], pictures[rows], atol=2.5e-3)

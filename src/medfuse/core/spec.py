@@ -88,10 +88,13 @@ class ModalitySpec(_Strict):
     rate: float | None = Field(
         default=None, gt=0, description="signal: resample to this rate in Hz (WFDB / CSV files)"
     )
-    window: list[float] | Literal["file"] | None = Field(
+    window: list[float] | Literal["file", "unit"] | None = Field(
         default=None,
-        description="image: intensity window [centre, width] mapped to [0, 1], or 'file' "
-        "(the DICOM's own WindowCenter/WindowWidth)",
+        description="image intensity scale (docs/data.md): [centre, width] mapped to [0, 1]; "
+        "'file': the DICOM's own VOI LUT or window (else as 'unit'), display images by bit "
+        "depth; 'unit': every file on [0, 1] as a fraction of its full range (bit depth; DICOM: "
+        "the stored range after rescale); none: each file's own values, and a modality whose "
+        "files come on different scales is refused",
     )
 
     @model_validator(mode="after")
@@ -455,8 +458,16 @@ def complete_spec(spec: Spec, modalities: dict[str, ModalitySpec], labels: list[
         d["modalities"] = {n: m.model_dump(mode="json") for n, m in modalities.items()}
     if spec.task.labels is None:
         d["task"]["labels"] = list(labels)
-    if spec.task.type == "binary" and len(d["task"]["labels"]) == 2:
-        d["task"]["positive"] = d["task"]["labels"][1]  # the data is ordered [negative, positive]
+    labs = d["task"]["labels"]
+    if spec.task.type == "binary" and len(labs) == 2:
+        pos = spec.task.positive
+        if pos is not None and pos not in labs:
+            raise SpecError(
+                "task.positive", f"{pos!r} is not one of the labels {labs}{did_you_mean(pos, labs)}"
+            )
+        if pos is not None and pos == labs[0]:  # medfuse.data orders its bundles; others may not
+            d["task"]["labels"] = labs = [labs[1], labs[0]]
+        d["task"]["positive"] = labs[1]  # labels are [negative, positive]
     for name, m in d["modalities"].items():
         d["branches"].setdefault(name, {"type": DEFAULT_BRANCH[m["kind"]]})
     d["branches"] = {n: b for n, b in d["branches"].items() if n in d["modalities"]}

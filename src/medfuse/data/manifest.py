@@ -12,6 +12,7 @@ import pandas as pd
 
 from medfuse.core.errors import DataError, SpecError, did_you_mean
 from medfuse.core.readers import read_modality
+from medfuse.core.readers.base import native_scale
 from medfuse.core.spec import ModalitySpec
 from medfuse.data import DATASETS, DataBundle, Split, manifest_record
 from medfuse.data.splits import group_stratified_split
@@ -127,6 +128,7 @@ def read_rows(
         x = np.zeros((n, *m.shape), np.float32)
         mask = np.zeros(n, np.float32)
         report["paths"][name] = ["" if _empty(c) else str(c).strip() for c in df[col].tolist()]
+        scales: dict[str, list[int]] = {}  # without a window: each file's own scale, one allowed
         for i, cell in enumerate(df[col].tolist()):
             if _empty(cell):
                 continue
@@ -135,6 +137,8 @@ def read_rows(
             try:
                 x[i] = read_modality(path, m)  # reader by file type, fitted to m.shape
                 mask[i] = 1.0
+                if m.kind == "image" and m.window is None:
+                    scales.setdefault(native_scale(path), []).append(i)
             except DataError as err:
                 msg = f"{where} row {i + 2} ({name}): {err}"
                 if on_bad_row == "fail":
@@ -143,6 +147,15 @@ def read_rows(
                         + " (use data.on_bad_row=missing to treat such rows as a missing modality)"
                     ) from None
                 report["bad_rows"].append(msg)
+        if len(scales) > 1:
+            mixed = "; ".join(f"{k} ({_rows(v)})" for k, v in scales.items())
+            raise DataError(
+                f"{where}: the files of image modality {name!r} come on different intensity "
+                f"scales: {mixed}. They cannot be trained on together as they are: set "
+                f"modalities.{name}.window to 'unit' (every file on [0, 1] by its bit depth or "
+                "stored range), 'file' (DICOM windows) or [centre, width] (docs/data.md)"
+            )
+        report.setdefault("scales", {})[name] = next(iter(scales), None)
         arrays[name], masks[name] = x, mask
     if report["bad_rows"]:
         log.warning(
