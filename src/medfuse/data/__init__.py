@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from medfuse.core.registry import Registry
 from medfuse.core.spec import ModalitySpec
 
 DATASETS: Registry = Registry("data source")
+log = logging.getLogger("medfuse.data")
 
 
 @dataclass
@@ -195,6 +197,7 @@ def order_binary(bundle: DataBundle, positive: str | None) -> None:
                 s.y = (1 - s.y).astype(s.y.dtype)
         bundle.labels = [bundle.labels[1], bundle.labels[0]]
     bundle.positive = want
+    log.info("labels: %s; positive class: %r", bundle.labels, want)
 
 
 def keep_modalities(bundle: DataBundle, names: list[str]) -> DataBundle:
