@@ -210,6 +210,18 @@ def test_moved_data_is_found_again_with_data(trained, tmp_path: Path, capsys) ->
         hidden.rename(data)
 
 
+def test_a_relative_manifest_is_found_beside_the_spec_file(tmp_path: Path, monkeypatch) -> None:
+    import yaml
+
+    csv = _hospital(tmp_path / "study")
+    spec_file = tmp_path / "study" / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(_spec("cases.csv", positive="abnormal")))
+    monkeypatch.chdir(tmp_path)  # cases.csv is not here, but beside the spec
+    assert load_spec(spec_file).data.source == f"manifest:{csv}"
+    (tmp_path / "cases.csv").write_text("id\n")  # one here wins: paths are from the working dir
+    assert load_spec(spec_file).data.source == "manifest:cases.csv"
+
+
 def test_manifest_under_the_data_root_travels_with_data_dir(tmp_path: Path) -> None:
     from medfuse.api import evaluate, train
 
@@ -245,6 +257,10 @@ def test_evaluate_says_when_the_data_differs_and_refuses_unknown_labels(
     assert any("label counts" in d for d in m["data_check"]["differences"])
     rc = main(["evaluate", str(pkg), "--data", str(changed / "cases.csv"), "--no-ci"])
     assert rc == 0 and "data DIFFERS" in capsys.readouterr().err
+    from medfuse.report.html import write_report
+
+    html, _ = write_report(pkg, tmp_path / "r.html", n_boot=20, data=changed / "cases.csv")
+    assert "The data differs from what the package recorded" in html.read_text()
     df3 = df.copy()
     df3.loc[test_rows[0], "diagnosis"] = "borderline"
     df3.to_csv(changed / "cases.csv", index=False)

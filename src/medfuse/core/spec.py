@@ -521,4 +521,13 @@ def load_spec_dict(path: str | Path) -> dict[str, Any]:
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
-    return parse_spec(apply_overrides(load_spec_dict(path), overrides))
+    """Read, override and validate a spec file. A relative ``manifest:`` path that does not
+    exist from the working directory but does beside the spec file is taken from there."""
+    data = apply_overrides(load_spec_dict(path), overrides)
+    source = (data.get("data") or {}).get("source") if isinstance(data.get("data"), dict) else None
+    if isinstance(source, str) and source.startswith("manifest:") and Path(path).exists():
+        rel = Path(source.split(":", 1)[1].strip()).expanduser()
+        beside = Path(path).parent / rel
+        if not rel.is_absolute() and not rel.exists() and beside.is_file():
+            data["data"]["source"] = f"manifest:{beside}"
+    return parse_spec(data)
