@@ -118,7 +118,7 @@ class TrainResult:
 
 def package_data_info(bundle: DataBundle) -> dict[str, Any]:
     """What a package records of its data source: name, synthetic or not, file, options."""
-    keep = ("name", "synthetic", "file", "options", "manifest", "fingerprint")
+    keep = ("name", "synthetic", "file", "options", "manifest", "fingerprint", "scales")
     return {k: v for k, v in bundle.info.items() if k in keep}
 
 

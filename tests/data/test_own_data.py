@@ -167,6 +167,7 @@ def test_the_package_stores_and_shows_the_positive_class(trained, tmp_path: Path
     meta = json.loads((pkg / "medfuse.json").read_text())
     assert meta["labels"] == ["normal", "abnormal"]
     assert meta["spec"]["task"]["positive"] == "abnormal"
+    assert meta["data"]["scales"] == {"image": "8-bit display levels (0-255)"}  # no window
     m = evaluate(pkg, device="cpu")
     assert m["positive"] == "abnormal"
     assert m["auroc"] > 0.8  # P(abnormal) ranks the abnormal cases first

@@ -315,6 +315,8 @@ def load_manifest(
             "bad_rows": report["bad_rows"],
             "categories": report["categories"],
             "paths": report["paths"],
+            # per image modality read without a window: the files' one native scale
+            "scales": {k: v for k, v in report.get("scales", {}).items() if v},
         },
         positive=declared_positive(labels, "labels" in options) if kind == "binary" else None,
     )
