@@ -132,25 +132,32 @@ def evaluate(
     split: str = "test",
     data_dir: str | Path | None = None,
     device: str = "auto",
+    data: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Metrics of a package on a split of its own data source (threshold and calibration applied)."""
+    """Metrics of a package on a split of its own data source (threshold and calibration applied).
+    ``data``: a manifest CSV to use instead (the data moved); ``data_check`` in the result says
+    whether the data matches the fingerprint recorded at training."""
     from medfuse.inference.predictor import load
 
     pred = load(package, device=device)
     spec = pred.spec
-    bundle = load_spec_data(spec, data_dir)
-    data = bundle.split(split)
+    bundle = load_spec_data(spec, data_dir, data=data, recorded=pred.meta.get("data"))
+    data_split = bundle.split(split)
     stats = pred.meta["preprocessing"]
-    t = to_tensors(data, stats)
+    t = to_tensors(data_split, stats)
     out = split_metrics(pred.model, spec, t, pred.threshold, pred.device)
     if pred.temperature != 1.0:
         task = spec.task.type
-        p = pred.predict_proba(data)
-        cal = compute_metrics(task, data.y, p, pred.threshold, spec.task.labels)
+        p = pred.predict_proba(data_split)
+        cal = compute_metrics(task, data_split.y, p, pred.threshold, spec.task.labels)
         # the stored threshold lives on the calibrated scale (medfuse calibrate maps it), so
         # every threshold metric, not only ECE/Brier, comes from the calibrated probabilities
         out.update({k: v for k, v in cal.items() if k in out})
     out["split"] = split
+    out["positive"] = spec.task.positive_class
+    out["data_check"] = (bundle.info.get("fingerprint_check") or {}).get(
+        split, {"same": None, "differences": ["no fingerprint recorded in this package"]}
+    )
     return out
 
 

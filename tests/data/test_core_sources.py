@@ -77,7 +77,7 @@ def _manifest(tmp_path, n: int = 40) -> tuple:
 
 def test_manifest_split_by_patient_with_missing_cells(tmp_path) -> None:
     csv, mods = _manifest(tmp_path)
-    b = load_data(f"manifest:{csv}", data_root=tmp_path, modalities=mods)
+    b = load_data(f"manifest:{csv}", data_root=tmp_path, modalities=mods, positive="malignant")
     assert b.labels == ["benign", "malignant"] and b.task == "binary"
     parts = {s: set(getattr(b, s).meta["patient_id"]) for s in ("train", "val", "test")}
     assert not (parts["train"] & parts["val"]) and not (parts["train"] & parts["test"])
@@ -99,8 +99,14 @@ def test_manifest_bad_row_fails_or_counts(tmp_path) -> None:
     csv, mods = _manifest(tmp_path)
     (tmp_path / "img3.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match=r"m\.csv row 5 \(image\).*img3\.png"):
-        load_data(f"manifest:{csv}", data_root=tmp_path, modalities=mods)
-    b = load_data(f"manifest:{csv}", data_root=tmp_path, modalities=mods, on_bad_row="missing")
+        load_data(f"manifest:{csv}", data_root=tmp_path, modalities=mods, positive="malignant")
+    b = load_data(
+        f"manifest:{csv}",
+        data_root=tmp_path,
+        modalities=mods,
+        on_bad_row="missing",
+        positive="malignant",
+    )
     assert len(b.info["bad_rows"]) == 1 and "row 5" in b.info["bad_rows"][0]
 
 

@@ -53,13 +53,31 @@ def test_on_bad_row_fail_names_the_row(example: Path) -> None:
     with pytest.raises(
         DataError, match=r"manifest\.csv row \d+ \((image|ecg)\): .*(corrupt|nodata)"
     ):
-        load_data(f"manifest:{example}", {}, modalities=_modalities(), on_bad_row="fail")
+        load_data(
+            f"manifest:{example}",
+            {},
+            modalities=_modalities(),
+            on_bad_row="fail",
+            positive="positive",
+        )
     with pytest.raises(DataError, match=r"use data\.on_bad_row=missing"):
-        load_data(f"manifest:{example}", {}, modalities=_modalities(), on_bad_row="fail")
+        load_data(
+            f"manifest:{example}",
+            {},
+            modalities=_modalities(),
+            on_bad_row="fail",
+            positive="positive",
+        )
 
 
 def test_on_bad_row_missing_counts_rows_and_reads_every_format(example: Path) -> None:
-    b = load_data(f"manifest:{example}", {}, modalities=_modalities(), on_bad_row="missing")
+    b = load_data(
+        f"manifest:{example}",
+        {},
+        modalities=_modalities(),
+        on_bad_row="missing",
+        positive="positive",
+    )
     bad = b.info["bad_rows"]
     assert len(bad) == 2
     assert any("(image)" in m and "corrupt.dcm" in m for m in bad)

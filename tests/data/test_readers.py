@@ -76,13 +76,41 @@ def test_dicom_monochrome1_is_inverted(tmp_path: Path) -> None:
 def test_dicom_window_from_options_and_from_file(tmp_path: Path) -> None:
     p = write_dicom(tmp_path / "w.dcm", STORED, slope=2.0, intercept=-1000.0, window=(0.0, 1000.0))
     hu = 2.0 * STORED - 1000.0
-    expect_file = np.clip((hu + 500.0) / 1000.0, 0, 1)
+    # the file's window, as DICOM defines it (PS3.3 C.11.2.1.2.1, LINEAR: centre - 0.5,
+    # width - 1), applied by pydicom and scaled from its output range to [0, 1]
+    expect_file = np.clip((hu - (0.0 - 0.5)) / (1000.0 - 1.0) + 0.5, 0, 1)
     np.testing.assert_allclose(read_image(p, window="file")[0], expect_file, atol=1e-6)
-    expect_opt = np.clip((hu - (200.0 - 50.0)) / 100.0, 0, 1)
+    expect_opt = np.clip((hu - (200.0 - 50.0)) / 100.0, 0, 1)  # [centre, width]: LINEAR_EXACT
     np.testing.assert_allclose(read_image(p, window=[200.0, 100.0])[0], expect_opt, atol=1e-6)
-    # no window in the file: 'file' leaves modality values unchanged
+    # no window in the file: 'file' is 'unit', the fraction of the stored range after rescale
     q = write_dicom(tmp_path / "nw.dcm", STORED, slope=2.0, intercept=-1000.0)
-    np.testing.assert_allclose(read_image(q, window="file")[0], hu)
+    lo, hi = -1000.0, 2.0 * 65535 - 1000.0
+    np.testing.assert_allclose(read_image(q, window="file")[0], (hu - lo) / (hi - lo), atol=1e-6)
+    np.testing.assert_allclose(read_image(q, window="unit"), read_image(q, window="file"))
+
+
+def test_one_intensity_scale_across_formats(tmp_path: Path) -> None:
+    """'unit': 8-bit and 16-bit PNGs and a 12-bit DICOM of the same picture agree on [0, 1]."""
+    frac = np.linspace(0.0, 1.0, 12).reshape(3, 4)
+    png8 = write_png(tmp_path / "a.png", np.round(frac * 255).astype(np.uint8))
+    png16 = write_png(tmp_path / "b.png", np.round(frac * 65535).astype(np.uint16))
+    dcm12 = write_dicom(tmp_path / "c.dcm", np.round(frac * 4095).astype(np.uint16), bits=12)
+    dcm_ct = write_dicom(  # CT: stored 12-bit, rescaled to HU
+        tmp_path / "d.dcm", np.round(frac * 4095).astype(np.uint16), bits=12, intercept=-1024.0
+    )
+    for p in (png8, png16, dcm12, dcm_ct):
+        np.testing.assert_allclose(
+            read_image(p, window="unit")[0], frac, atol=2.5e-3, err_msg=p.name
+        )
+    # without a window each reader keeps its own values: 0-255, 0-65535, 0-4095, HU
+    assert read_image(png8).max() == 255 and read_image(png16).max() == 65535
+    assert read_image(dcm12).max() == 4095 and read_image(dcm_ct).min() == -1024
+    # files with no bit depth or window must already be on [0, 1]
+    np.save(tmp_path / "x.npy", frac * 300)
+    with pytest.raises(DataError, match=r"x\.npy: window 'unit' needs values on \[0, 1\]"):
+        read_image(tmp_path / "x.npy", window="unit")
+    np.save(tmp_path / "y.npy", frac)
+    np.testing.assert_allclose(read_image(tmp_path / "y.npy", window="unit")[0], frac)
 
 
 def test_dicom_multiframe_is_a_volume_and_a_sequence(tmp_path: Path) -> None:

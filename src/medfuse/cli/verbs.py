@@ -15,6 +15,7 @@ from medfuse.core.console import (
     Handler,
     command_line,
     console,
+    data_arg,
     data_dir_arg,
     device_arg,
     metrics_table,
@@ -126,6 +127,7 @@ def setup_evaluate(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("package")
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
     _data_and_device(p)
+    data_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON only")
     p.add_argument("-o", "--output", help="also write the metrics JSON to this file")
     add_evaluate_options(p)  # --ci/--no-ci, --bootstrap, --subgroup, --threshold-method, --target
@@ -134,7 +136,8 @@ def setup_evaluate(p: argparse.ArgumentParser) -> Handler:
         from medfuse.api import evaluate  # lazy: torch and the data stack, only to evaluate
         from medfuse.core.decision import SUMMARY_KEYS  # lazy: numpy, not for --help
 
-        m = evaluate(a.package, split=a.split, data_dir=a.data_dir, device=a.device)
+        m = evaluate(a.package, split=a.split, data_dir=a.data_dir, device=a.device, data=a.data)
+        _data_lines(m)
         if clinical_requested(a):  # CIs, operating point, subgroups (medfuse.report)
             rc = run_clinical_evaluate(a, m)
             if not a.json and "paired" in m:  # some samples miss a modality
@@ -165,6 +168,22 @@ def setup_evaluate(p: argparse.ArgumentParser) -> Handler:
         return 0
 
     return run
+
+
+def _data_lines(m: dict[str, Any]) -> None:
+    """The positive class and whether the data is the one the package recorded (stderr)."""
+    c = console()
+    c.stderr = True
+    if m.get("positive"):
+        c.print(f"positive class: {m['positive']!r} (probabilities are P({m['positive']}))")
+    chk = m.get("data_check") or {}
+    if chk.get("same") is True:
+        c.print("data: the same as recorded in the package for this split")
+    elif chk.get("same") is False:
+        c.print(
+            "[bold yellow]data DIFFERS from what the package recorded for this split:[/] "
+            + "; ".join(chk.get("differences", []))
+        )
 
 
 def setup_predict(p: argparse.ArgumentParser) -> Handler:

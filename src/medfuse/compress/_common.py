@@ -24,8 +24,7 @@ WEIGHT_BOUND_KEYS = ("runtime", "exports", "verification")
 
 def package_data(pkg: Package, data_dir: str | Path | None = None) -> DataBundle:
     """The package's own data source, loaded exactly as ``medfuse evaluate`` loads it."""
-    spec = pkg.spec
-    return load_spec_data(spec, data_dir)
+    return load_spec_data(pkg.spec, data_dir, recorded=pkg.meta.get("data"))
 
 
 def eval_split(bundle: DataBundle) -> tuple[str, Split]:

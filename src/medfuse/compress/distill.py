@@ -267,6 +267,8 @@ def distill(
         task=spec.task.type,
         on_bad_row=spec.data.on_bad_row,
         seed=first.train.seed,
+        labels=spec.task.labels,  # the teachers' classes, [negative, positive] for binary
+        positive=spec.task.positive_class,
     )
     s_mods = list(spec.modalities)
     spec = complete_spec(spec, {m: bundle.modalities[m] for m in s_mods}, bundle.labels)

@@ -62,6 +62,16 @@ def data_dir_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data root (default: $MEDFUSE_DATA_DIR or ~/.cache/medfuse)")
 
 
+def data_arg(p: argparse.ArgumentParser) -> None:
+    """``--data FILE``: the verbs that evaluate a package on its data can be pointed at it again."""
+    p.add_argument(
+        "--data",
+        metavar="FILE",
+        help="manifest CSV to use instead of the one the package was trained on (the data moved, "
+        "or new data laid out the same way; relative file paths resolve against its folder)",
+    )
+
+
 def device_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
     """The ``--device`` option of the verbs that run a torch model."""
     p.add_argument(

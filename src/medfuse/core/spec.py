@@ -37,6 +37,41 @@ class TaskSpec(_Strict):
         default=None,
         description="Class names. Binary: [negative, positive]. Filled from the data when omitted.",
     )
+    positive: str | None = Field(
+        default=None,
+        description="binary: the positive class, the one whose probability the model predicts "
+        "(sensitivity, PPV and the threshold are about it). Needed when the labels are text; "
+        "0/1 labels default to 1; built-in data sources declare theirs",
+    )
+
+    @model_validator(mode="after")
+    def _positive(self) -> TaskSpec:
+        if self.positive is not None:
+            if self.type != "binary":
+                raise ValueError(
+                    f"'positive' applies to binary tasks only; this task is {self.type!r}"
+                )
+            if (
+                self.labels is not None
+                and len(self.labels) == 2
+                and self.positive != self.labels[1]
+            ):
+                if self.positive not in self.labels:
+                    raise ValueError(
+                        f"positive {self.positive!r} is not one of the labels {self.labels}"
+                    )
+                raise ValueError(
+                    f"labels are [negative, positive]: with positive {self.positive!r} write "
+                    f"labels: {[self.labels[1], self.labels[0]]}"
+                )
+        return self
+
+    @property
+    def positive_class(self) -> str | None:
+        """The positive class of a binary task (declared, else the second label); else None."""
+        if self.type != "binary":
+            return None
+        return self.positive or (self.labels[1] if self.labels and len(self.labels) == 2 else None)
 
 
 class ModalitySpec(_Strict):
@@ -54,10 +89,13 @@ class ModalitySpec(_Strict):
     rate: float | None = Field(
         default=None, gt=0, description="signal: resample to this rate in Hz (WFDB / CSV files)"
     )
-    window: list[float] | Literal["file"] | None = Field(
+    window: list[float] | Literal["file", "unit"] | None = Field(
         default=None,
-        description="image: intensity window [centre, width] mapped to [0, 1], or 'file' "
-        "(the DICOM's own WindowCenter/WindowWidth)",
+        description="image intensity scale (docs/data.md): [centre, width] mapped to [0, 1]; "
+        "'file': the DICOM's own VOI LUT or window (else as 'unit'), display images by bit "
+        "depth; 'unit': every file on [0, 1] as a fraction of its full range (bit depth; DICOM: "
+        "the stored range after rescale); none: each file's own values, and a modality whose "
+        "files come on different scales is refused",
     )
 
     @model_validator(mode="after")
@@ -169,7 +207,9 @@ class InitSpec(_Strict):
 
 
 class TrainSpec(_Strict):
-    epochs: int = Field(default=20, ge=0)
+    epochs: int = Field(
+        default=20, ge=0, description="at least 1; 0 only with `init` (a package's weights, as is)"
+    )
     batch_size: int = Field(default=64, ge=1)
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
@@ -379,6 +419,13 @@ def _check_cross_fields(spec: Spec) -> None:
     for name in spec.train.modality_dropout:
         if spec.modalities and name not in spec.modalities:
             raise SpecError(f"train.modality_dropout.{name}", f"no modality named {name!r}")
+    trained = [s.epochs if s.epochs is not None else spec.train.epochs for s in spec.train.stages]
+    if not any(trained) and spec.train.init is None:
+        raise SpecError(
+            "train.epochs",
+            "must be at least 1 (0 trains nothing: the package would hold random weights); "
+            "0 is allowed only with train.init, to package another model's weights as they are",
+        )
     if len(spec.train.stages) > 1 and any(s.name == "end_to_end" for s in spec.train.stages):
         raise SpecError("train.stages", "'end_to_end' cannot be combined with other stages")
     for check in _SPEC_CHECKS:  # the model layer's: branch and fusion parameters
@@ -410,6 +457,16 @@ def complete_spec(spec: Spec, modalities: dict[str, ModalitySpec], labels: list[
         d["modalities"] = {n: m.model_dump(mode="json") for n, m in modalities.items()}
     if spec.task.labels is None:
         d["task"]["labels"] = list(labels)
+    labs = d["task"]["labels"]
+    if spec.task.type == "binary" and len(labs) == 2:
+        pos = spec.task.positive
+        if pos is not None and pos not in labs:
+            raise SpecError(
+                "task.positive", f"{pos!r} is not one of the labels {labs}{did_you_mean(pos, labs)}"
+            )
+        if pos is not None and pos == labs[0]:  # medfuse.data orders its bundles; others may not
+            d["task"]["labels"] = labs = [labs[1], labs[0]]
+        d["task"]["positive"] = labs[1]  # labels are [negative, positive]
     for name, m in d["modalities"].items():
         d["branches"].setdefault(name, {"type": DEFAULT_BRANCH[m["kind"]]})
     d["branches"] = {n: b for n, b in d["branches"].items() if n in d["modalities"]}
@@ -463,4 +520,13 @@ def load_spec_dict(path: str | Path) -> dict[str, Any]:
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
-    return parse_spec(apply_overrides(load_spec_dict(path), overrides))
+    """Read, override and validate a spec file. A relative ``manifest:`` path that does not
+    exist from the working directory but does beside the spec file is taken from there."""
+    data = apply_overrides(load_spec_dict(path), overrides)
+    source = (data.get("data") or {}).get("source") if isinstance(data.get("data"), dict) else None
+    if isinstance(source, str) and source.startswith("manifest:") and Path(path).exists():
+        rel = Path(source.split(":", 1)[1].strip()).expanduser()
+        beside = Path(path).parent / rel
+        if not rel.is_absolute() and not rel.exists() and beside.is_file():
+            data["data"]["source"] = f"manifest:{beside}"
+    return parse_spec(data)

@@ -1,7 +1,15 @@
-"""Datasets (name -> loader) and the in-memory split every loader returns."""
+"""Datasets (name -> loader) and the in-memory split every loader returns.
+
+Every source goes through ``load_data``: the binary label order is made [negative, positive]
+(``task.positive``, or the class a built-in source declares), the bundle is validated
+(``medfuse.data.validate``) and fingerprinted, once, whatever the source.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,11 +18,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medfuse.core.errors import SpecError
+from medfuse.core.errors import DataError, SpecError, did_you_mean
 from medfuse.core.registry import Registry
 from medfuse.core.spec import ModalitySpec
 
 DATASETS: Registry = Registry("data source")
+log = logging.getLogger("medfuse.data")
 
 
 @dataclass
@@ -51,6 +60,9 @@ class DataBundle:
     labels: list[str]
     task: str
     info: dict[str, Any] = field(default_factory=dict)
+    #: binary: the positive class the source declares (built-in sets; a manifest's 0/1 labels:
+    #: "1"); None leaves it to ``task.positive``
+    positive: str | None = None
 
     def split(self, name: str) -> Split:
         s = getattr(self, name, None)
@@ -93,20 +105,99 @@ def load_data(
     task: str | None = None,
     on_bad_row: str = "fail",
     seed: int = 0,
+    labels: list[str] | None = None,
+    positive: str | None = None,
 ) -> DataBundle:
-    """Load a data source by name (``medmnist:breastmnist``, ``manifest:file.csv``, ``synthetic``)."""
+    """Load a data source by name (``medmnist:breastmnist``, ``manifest:file.csv``, ``synthetic``).
+
+    ``labels``: the class names the model knows (a spec's or a package's), in its order: a label
+    outside them is refused. ``positive``: the positive class of a binary task. The returned
+    bundle is validated (``validate_bundle``) and carries its ``info["fingerprint"]``."""
+    from medfuse.data.validate import fingerprint, validate_bundle
+
     kind, arg = parse_source(source)
     loader = DATASETS.get(kind, path="data.source")
+    options = dict(options or {})
+    if labels and kind == "manifest" and "labels" not in options:
+        options["labels"] = list(labels)  # rows are encoded in the model's order
     bundle = loader(
         arg,
-        dict(options or {}),
+        options,
         root=resolve_data_root(data_root),
         modalities=modalities or {},
         task=task,
         on_bad_row=on_bad_row,
         seed=seed,
     )
-    return keep_modalities(bundle, list(modalities or {}))
+    bundle = keep_modalities(bundle, list(modalities or {}))
+    if labels and bundle.task != "multilabel":
+        _known_labels(bundle, list(labels), source)
+    order_binary(bundle, positive)
+    validate_bundle(bundle)
+    bundle.info["fingerprint"] = fingerprint(bundle)
+    return bundle
+
+
+def _known_labels(bundle: DataBundle, labels: list[str], source: str) -> None:
+    """The data's classes must be the model's; the same classes in another order are re-coded."""
+    if bundle.labels == labels:
+        return
+    unseen = [x for x in bundle.labels if x not in labels]
+    if unseen or len(bundle.labels) > len(labels):
+        raise DataError(
+            f"{source}: labels {unseen or bundle.labels} are not among the model's {labels}; "
+            "a model cannot be evaluated on classes it does not know"
+        )
+    code = np.array([labels.index(x) for x in bundle.labels])
+    for s in (bundle.train, bundle.val, bundle.test):
+        if s is not None:
+            s.y = code[s.y.astype(np.int64)].astype(s.y.dtype)
+    bundle.labels = list(labels)
+    if bundle.positive is not None and bundle.task == "binary":
+        bundle.positive = labels[1]
+
+
+def _yaml_word(v: str) -> str:
+    import re
+
+    return v if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_ ./+-]*", v) else json.dumps(v)
+
+
+def order_binary(bundle: DataBundle, positive: str | None) -> None:
+    """Make a binary bundle's labels ``[negative, positive]`` (targets flipped if needed), so
+    that the model predicts P(positive). The positive class is ``positive`` (the spec's
+    ``task.positive``), else what the source declares; text labels with neither are refused."""
+    if bundle.task != "binary":
+        if positive is not None:
+            raise SpecError(
+                "task.positive", f"applies to binary tasks only; the data is {bundle.task!r}"
+            )
+        return
+    want = positive if positive is not None else bundle.positive
+    if want is None:
+        a, b = bundle.labels
+        raise SpecError(
+            "task.positive",
+            f"the binary labels are {a!r} and {b!r}: say which one is positive (the class "
+            "whose probability the model predicts; sensitivity, PPV and the threshold are "
+            "about it). Add to the spec one of:\n"
+            f"  task: {{type: binary, positive: {_yaml_word(b)}}}\n"
+            f"  task: {{type: binary, positive: {_yaml_word(a)}}}\n"
+            f"(or on the command line: --set task.positive={b})",
+        )
+    if want not in bundle.labels:
+        raise SpecError(
+            "task.positive",
+            f"{want!r} is not one of the data's labels {bundle.labels}"
+            f"{did_you_mean(want, bundle.labels)}",
+        )
+    if want == bundle.labels[0]:
+        for s in (bundle.train, bundle.val, bundle.test):
+            if s is not None:
+                s.y = (1 - s.y).astype(s.y.dtype)
+        bundle.labels = [bundle.labels[1], bundle.labels[0]]
+    bundle.positive = want
+    log.info("labels: %s; positive class: %r", bundle.labels, want)
 
 
 def keep_modalities(bundle: DataBundle, names: list[str]) -> DataBundle:
@@ -126,16 +217,75 @@ def keep_modalities(bundle: DataBundle, names: list[str]) -> DataBundle:
     return bundle
 
 
-def load_spec_data(spec: Any, data_dir: str | Path | None = None) -> DataBundle:
-    """A (package's) spec's own data source, loaded as training loaded it."""
-    return load_data(
-        spec.data.source,
-        spec.data.options,
+def load_spec_data(
+    spec: Any,
+    data_dir: str | Path | None = None,
+    *,
+    data: str | Path | None = None,
+    recorded: dict[str, Any] | None = None,
+) -> DataBundle:
+    """A (package's) spec's own data source, loaded as training loaded it.
+
+    ``data``: a manifest CSV to read instead of the spec's source (the data moved, or other data
+    laid out the same way). ``recorded``: the package's ``data`` record; a manifest that is not
+    where the spec says is then looked for where the package recorded it (its absolute path, and
+    its path relative to the data root under ``data_dir``), and the loaded data is compared with
+    the recorded fingerprint (``info["fingerprint_check"]``)."""
+    from medfuse.data.validate import compare_fingerprints
+
+    source = spec.data.source
+    kind, arg = parse_source(source)
+    options = dict(spec.data.options)
+    if data is not None:
+        if kind != "manifest":  # another source's options do not describe a CSV
+            options = {}
+        source = f"manifest:{Path(data).expanduser()}"
+    elif kind == "manifest" and recorded:
+        source = f"manifest:{locate_manifest(arg, recorded.get('manifest') or {}, data_dir)}"
+    bundle = load_data(
+        source,
+        options,
         data_root=data_dir,
         modalities=spec.modalities,
         task=spec.task.type,
         on_bad_row=spec.data.on_bad_row,
         seed=spec.train.seed,
+        labels=spec.task.labels,
+        positive=spec.task.positive_class,
+    )
+    if recorded and recorded.get("fingerprint"):
+        bundle.info["fingerprint_check"] = compare_fingerprints(
+            recorded["fingerprint"], bundle.info["fingerprint"]
+        )
+    return bundle
+
+
+def manifest_record(path: Path, as_written: str, root: Path) -> dict[str, Any]:
+    """Where a manifest was: as written in the spec, absolute, and relative to the data root."""
+    full = path.expanduser().resolve()
+    rec: dict[str, Any] = {"as_written": as_written, "absolute": str(full), "root_relative": None}
+    with contextlib.suppress(ValueError):
+        rec["root_relative"] = full.relative_to(root.expanduser().resolve()).as_posix()
+    return rec
+
+
+def locate_manifest(arg: str, rec: dict[str, Any], data_dir: str | Path | None) -> str:
+    """The manifest of a package: as written (from here, or under the data root), then where it
+    was recorded; the spec's path when none exists (its loader then says it is missing)."""
+    root = resolve_data_root(data_dir)
+    cands = [Path(arg).expanduser(), root / arg]
+    if rec.get("root_relative"):
+        cands.insert(0 if data_dir else 2, root / rec["root_relative"])
+    if rec.get("absolute"):
+        cands.append(Path(rec["absolute"]))
+    for c in cands:
+        if c.is_file():
+            return str(c)
+    raise DataError(
+        f"the manifest this package was trained on is not here: looked for "
+        f"{', '.join(dict.fromkeys(str(c) for c in cands))}. Point at the data with --data FILE "
+        "(a CSV laid out like the training one; relative file paths resolve against its folder) "
+        "or --data-dir DIR (the data root the manifest was under)"
     )
 
 

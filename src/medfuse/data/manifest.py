@@ -13,8 +13,9 @@ import pandas as pd
 from medfuse.core.errors import DataError, SpecError, did_you_mean
 from medfuse.core.paths import require_contained
 from medfuse.core.readers import read_modality
+from medfuse.core.readers.base import native_scale
 from medfuse.core.spec import ModalitySpec
-from medfuse.data import DATASETS, DataBundle, Split
+from medfuse.data import DATASETS, DataBundle, Split, manifest_record
 from medfuse.data.splits import group_stratified_split
 
 log = logging.getLogger("medfuse.data")
@@ -55,6 +56,7 @@ def encode_tabular(
         num = pd.to_numeric(s, errors="coerce")
         text = s[num.isna() & s.notna() & (s.astype(str).str.strip() != "")]
         if len(text) and col not in categories:
+            _refuse_text_in_numeric(s, num, text, col, where)
             categories[col] = sorted(map(str, s.dropna().astype(str).str.strip().unique()))
         if col in categories:
             lut = {v: i for i, v in enumerate(categories[col])}
@@ -63,6 +65,37 @@ def encode_tabular(
             ).astype(float)
         out[:, j] = num.to_numpy(dtype=np.float32)
     return out, categories
+
+
+#: a cell that starts with a number ("12.3 mg/dL", "<5", "7,2"): a measurement written as text
+_NUMBER_LIKE = r"^\s*[<>~≤≥]?\s*[-+]?\d"
+
+
+def _rows(index: Any, limit: int = 5) -> str:
+    rows = [int(i) + 2 for i in list(index)[:limit]]
+    more = f" and {len(index) - limit} more" if len(index) > limit else ""
+    return f"row{'s' if len(index) > 1 else ''} {', '.join(map(str, rows))}{more}"
+
+
+def _refuse_text_in_numeric(
+    s: pd.Series, num: pd.Series, text: pd.Series, col: str, where: str
+) -> None:
+    """A column is numeric (some cells are numbers, or its text starts with numbers) or
+    categorical (text labels); text cells in a numeric column are refused, never turned into
+    categories or missing values."""
+    examples = ", ".join(repr(str(v)) for v in text.astype(str).unique()[:3])
+    if num.notna().any():
+        raise DataError(
+            f"{where}: column {col!r} holds numbers and text ({_rows(text.index)}: {examples}); "
+            "write the numbers alone (units in the column name) and leave a missing value empty"
+        )
+    looks = text.astype(str).str.contains(_NUMBER_LIKE, regex=True)
+    if looks.mean() >= 0.5:
+        raise DataError(
+            f"{where}: column {col!r} holds numbers written as text ({_rows(text.index)}: "
+            f"{examples}); it would be read as {text.nunique()} unrelated categories. Write the "
+            "numbers alone (units in the column name)"
+        )
 
 
 def read_rows(
@@ -81,7 +114,7 @@ def read_rows(
     n = len(df)
     arrays: dict[str, np.ndarray] = {}
     masks: dict[str, np.ndarray] = {}
-    report: dict[str, Any] = {"bad_rows": [], "categories": {}}
+    report: dict[str, Any] = {"bad_rows": [], "categories": {}, "paths": {}}
     for name, m in modalities.items():
         if m.kind == "tabular":
             x, cats = encode_tabular(
@@ -98,6 +131,8 @@ def read_rows(
             )
         x = np.zeros((n, *m.shape), np.float32)
         mask = np.zeros(n, np.float32)
+        report["paths"][name] = ["" if _empty(c) else str(c).strip() for c in df[col].tolist()]
+        scales: dict[str, list[int]] = {}  # without a window: each file's own scale, one allowed
         for i, cell in enumerate(df[col].tolist()):
             if _empty(cell):
                 continue
@@ -108,6 +143,8 @@ def read_rows(
             try:
                 x[i] = read_modality(path, m)  # reader by file type, fitted to m.shape
                 mask[i] = 1.0
+                if m.kind == "image" and m.window is None:
+                    scales.setdefault(native_scale(path), []).append(i)
             except DataError as err:
                 msg = f"{where} row {i + 2} ({name}): {err}"
                 if on_bad_row == "fail":
@@ -116,6 +153,15 @@ def read_rows(
                         + " (use data.on_bad_row=missing to treat such rows as a missing modality)"
                     ) from None
                 report["bad_rows"].append(msg)
+        if len(scales) > 1:
+            mixed = "; ".join(f"{k} ({_rows(v)})" for k, v in scales.items())
+            raise DataError(
+                f"{where}: the files of image modality {name!r} come on different intensity "
+                f"scales: {mixed}. They cannot be trained on together as they are: set "
+                f"modalities.{name}.window to 'unit' (every file on [0, 1] by its bit depth or "
+                "stored range), 'file' (DICOM windows) or [centre, width] (docs/data.md)"
+            )
+        report.setdefault("scales", {})[name] = next(iter(scales), None)
         arrays[name], masks[name] = x, mask
     if report["bad_rows"]:
         log.warning(
@@ -152,14 +198,37 @@ def _labels(
     if names is None:
         uniq = sorted(vals.unique(), key=lambda v: (float(v) if _isnum(v) else np.inf, v))
         names = list(uniq)
+        if all(_isnum(v) for v in names):  # 0/1, 0.0/1.0: one spelling per class
+            vals = vals.map(lambda v: _canonical(v))
+            names = list(dict.fromkeys(_canonical(v) for v in names))
     lut = {v: i for i, v in enumerate(names)}
     bad = ~vals.isin(list(lut))
     if bad.any():
         r = int(np.argmax(bad.to_numpy()))
         raise DataError(f"{where} row {r + 2}: label {vals.iloc[r]!r} not in {names}")
     kind = task or ("binary" if len(names) == 2 else "multiclass")
+    if kind == "binary" and len(names) != 2:
+        raise DataError(
+            f"{where}: a binary task needs 2 labels; column {col!r} holds {len(names)}: "
+            f"{', '.join(names)}"
+        )
     y = vals.map(lut).to_numpy()
     return (y.astype(np.float32) if kind == "binary" else y.astype(np.int64)), names, kind
+
+
+def _canonical(v: str) -> str:
+    f = float(v)
+    return str(int(f)) if f.is_integer() else v
+
+
+def declared_positive(labels: list[str], explicit: bool) -> str | None:
+    """The positive class a manifest's labels declare: the second of an explicit ``labels``
+    option ([negative, positive]), ``1`` of 0/1 labels; else None (``task.positive`` decides)."""
+    if len(labels) != 2:
+        return None
+    if explicit or labels == ["0", "1"]:
+        return labels[1]
+    return None
 
 
 def _isnum(v: str) -> bool:
@@ -191,8 +260,10 @@ def load_manifest(
     if not arg:
         raise SpecError("data.source", "use manifest:<path/to/file.csv>")
     path = Path(arg).expanduser()
+    if not path.exists() and not path.is_absolute() and (root / path).exists():
+        path = root / path  # relative manifests: from here, else under the data root
     if not path.exists():
-        raise DataError(f"manifest {path} not found")
+        raise DataError(f"manifest {path} not found (nor under the data root {root})")
     if not modalities:
         raise SpecError(
             "modalities",
@@ -246,8 +317,13 @@ def load_manifest(
         info={
             "name": f"manifest {path.name}",
             "file": str(path),
+            "manifest": manifest_record(path, arg, root),
             "synthetic": False,
             "bad_rows": report["bad_rows"],
             "categories": report["categories"],
+            "paths": report["paths"],
+            # per image modality read without a window: the files' one native scale
+            "scales": {k: v for k, v in report.get("scales", {}).items() if v},
         },
+        positive=declared_positive(labels, "labels" in options) if kind == "binary" else None,
     )

@@ -162,4 +162,6 @@ def load_medmnist(
         labels,
         kind,
         info={"name": f"MedMNIST {name}", "file": str(path), "synthetic": False},
+        # MedMNIST's label 1, the class its benchmark scores (BreastMNIST: "normal/benign")
+        positive=labels[1] if kind == "binary" else None,
     )

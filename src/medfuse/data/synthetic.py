@@ -143,4 +143,5 @@ def load_synthetic(
             "synthetic": True,
             "options": o,
         },
+        positive="positive",
     )

@@ -22,9 +22,18 @@ from scipy.optimize import minimize_scalar
 from medfuse.core.card import model_card
 from medfuse.core.errors import SpecError
 from medfuse.core.package import read_meta, update_package
-from medfuse.data import load_spec_data
-from medfuse.inference.predictor import load
+from medfuse.data import DataBundle, load_spec_data
+from medfuse.inference.predictor import Predictor, load
 from medfuse.training.metrics import ECE_BINS, choose_threshold, ece, probabilities, top_label_ece
+
+
+def load_bundle(
+    pred: Predictor, data_dir: str | Path | None = None, data: str | Path | None = None
+) -> DataBundle:
+    """The package's own data source (or ``data``, a manifest CSV laid out like it), restricted
+    to the modalities it uses; compared with the fingerprint the package recorded."""
+    return load_spec_data(pred.spec, data_dir, data=data, recorded=pred.meta.get("data"))
+
 
 #: where T is searched (log-uniform bounds)
 T_BOUNDS = (0.05, 20.0)
@@ -133,6 +142,7 @@ def calibrate_package(
     target: float | None = None,
     value: float | None = None,
     command: str | None = None,
+    data: str | Path | None = None,
 ) -> dict[str, Any]:
     """Fit a temperature on the validation split and store it (and the operating point) in the
     package (atomically; ``out`` writes a calibrated copy instead). Returns the record stored in
@@ -148,7 +158,7 @@ def calibrate_package(
         raise SpecError("threshold.target", f"--threshold-method {threshold_method} needs --target")
     if target is not None and not 0 < target <= 1:
         raise SpecError("threshold.target", f"must be in (0, 1]; got {target}")
-    bundle = load_spec_data(pred.spec, data_dir)
+    bundle = load_bundle(pred, data_dir, data)
     val_logits = pred.logits(bundle.val)
     t_old = pred.temperature
     t_new = fit_temperature(task, val_logits, bundle.val.y)

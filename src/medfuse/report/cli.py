@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medfuse.core.console import Handler, command_line, console, data_dir_arg
+from medfuse.core.console import Handler, command_line, console, data_arg, data_dir_arg
 
 if TYPE_CHECKING:
     from medfuse.report.clinical import Evaluation
@@ -84,6 +84,7 @@ def run_clinical_evaluate(a: argparse.Namespace, core: dict[str, Any]) -> int:
         threshold_method=a.threshold_method,
         target=a.target,
         threshold_value=a.value,
+        data=a.data,
     )
     s = ev.summary
     out = dict(core)
@@ -169,6 +170,7 @@ def setup_compare(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("packages", nargs="+", help="two or more packages; the first is the reference")
     p.add_argument("--split", default="test", choices=["test", "val"])
     data_dir_arg(p)
+    data_arg(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--metric", default="auroc", help="metric compared (default auroc)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
@@ -193,6 +195,7 @@ def setup_compare(p: argparse.ArgumentParser) -> Handler:
             n_boot=a.bootstrap,
             seed=a.seed,
             alpha=a.alpha,
+            data=a.data,
         )
         text = json.dumps(jsonable(res), indent=2)
         if a.output:
@@ -236,6 +239,7 @@ def setup_calibrate(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("package")
     p.add_argument("--out", help="write a calibrated copy here (default: update in place)")
     data_dir_arg(p)
+    data_arg(p)
     p.add_argument("--device", default="cpu")
     _threshold_args(p, "stored in the package")
     p.add_argument("--figure", help="also write the before/after reliability diagrams (PNG)")
@@ -255,9 +259,10 @@ def setup_calibrate(p: argparse.ArgumentParser) -> Handler:
             target=a.target,
             value=a.value,
             command=command_line(),
+            data=a.data,
         )
         if a.figure:
-            _calibration_figure(res["package"], a.data_dir, a.device, a.figure)
+            _calibration_figure(res["package"], a.data_dir, a.device, a.figure, a.data)
         if a.json:
             print(json.dumps(jsonable(res), indent=2))
             return 0
@@ -288,16 +293,18 @@ def setup_calibrate(p: argparse.ArgumentParser) -> Handler:
     return run
 
 
-def _calibration_figure(package: str, data_dir: str | None, device: str, out: str) -> None:
+def _calibration_figure(
+    package: str, data_dir: str | None, device: str, out: str, data: str | None = None
+) -> None:
     # lazy: torch and the data stack, only when the verb runs
     from medfuse.core.decision import probabilities
     from medfuse.inference.predictor import load
     from medfuse.report import calibration as cal
-    from medfuse.report.clinical import load_bundle
+    from medfuse.report.calibration import load_bundle
     from medfuse.report.plots import reliability_png
 
     pred = load(package, device=device)
-    bundle = load_bundle(pred, data_dir)
+    bundle = load_bundle(pred, data_dir, data)
     lg = pred.logits(bundle.val)
     y = bundle.val.y
     t = pred.temperature
@@ -321,6 +328,7 @@ def setup_report(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("-o", "--output", default="report.html", help="HTML file (default report.html)")
     p.add_argument("--split", default="test", choices=["test", "val"])
     data_dir_arg(p)
+    data_arg(p)
     p.add_argument("--device", default="cpu")
     _bootstrap_args(p)
     p.add_argument(
@@ -347,6 +355,7 @@ def setup_report(p: argparse.ArgumentParser) -> Handler:
             seed=a.seed,
             subgroup=None if a.subgroup == "none" else a.subgroup,
             command=command_line(),
+            data=a.data,
         )
         if a.json:
             Path(a.json).write_text(json.dumps(jsonable(ev.summary), indent=2))

@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 
 from medfuse.core.errors import SpecError
-from medfuse.data import DataBundle, Split, load_spec_data
+from medfuse.data import DataBundle, Split
 from medfuse.inference.predictor import Predictor, load
 from medfuse.report import calibration as cal
+from medfuse.report.calibration import load_bundle
 from medfuse.report.ci import (
     LEVEL,
     RESAMPLES,
@@ -35,12 +36,6 @@ from medfuse.report.subgroups import auto_column, subgroup_metrics, subgroup_val
 from medfuse.training.metrics import choose_threshold, compute_metrics, probabilities
 
 THRESHOLD_METHODS = ("youden", "sensitivity", "specificity", "fixed")
-
-
-def load_bundle(pred: Predictor, data_dir: str | Path | None = None) -> DataBundle:
-    """The package's own data source, restricted to the modalities it uses."""
-    spec = pred.spec
-    return load_spec_data(spec, data_dir)
 
 
 @dataclass
@@ -234,6 +229,7 @@ def clinical_evaluation(
     threshold_value: float | None = None,
     per_modality: bool = True,
     curves: bool = False,
+    data: str | Path | None = None,
 ) -> Evaluation:
     """Evaluate a package on ``split`` of its data with percentile bootstrap CIs.
 
@@ -247,7 +243,7 @@ def clinical_evaluation(
     if not 0 < level < 1:
         raise SpecError("", f"the confidence level must be in (0, 1); got {level}")
     task = pred.task
-    bundle = load_bundle(pred, data_dir)
+    bundle = load_bundle(pred, data_dir, data)
     data = bundle.split(split)
     pr = predict_split(pred, data, split, per_modality=per_modality)
     val = pr if split == "val" else predict_split(pred, bundle.val, "val", per_modality=False)

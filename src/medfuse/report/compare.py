@@ -153,10 +153,12 @@ def compare_packages(
     seed: int = 0,
     level: float = LEVEL,
     alpha: float = ALPHA,
+    data: str | Path | None = None,
 ) -> dict[str, Any]:
     """Each package's metrics with CIs on the same split, and each package vs the first."""
     from medfuse.inference.predictor import load
-    from medfuse.report.clinical import SUMMARY, load_bundle
+    from medfuse.report.calibration import load_bundle
+    from medfuse.report.clinical import SUMMARY
 
     if len(packages) < 2:
         raise PackageError("compare needs at least two packages")
@@ -167,9 +169,9 @@ def compare_packages(
     scored = []
     for path in packages:
         pred = load(path, device=device)
-        data = load_bundle(pred, data_dir).split(split)
-        p = pred.predict_proba(data)
-        scored.append((Path(path), pred, data, p))
+        split_data = load_bundle(pred, data_dir, data).split(split)
+        p = pred.predict_proba(split_data)
+        scored.append((Path(path), pred, split_data, p))
     ref_path, ref_pred, ref, _ = scored[0]
     for path, pred, data, _ in scored[1:]:
         if pred.task != ref_pred.task:

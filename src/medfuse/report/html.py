@@ -191,6 +191,19 @@ def _summary(ev: Any, ctx: dict[str, Any]) -> Section:
         f"{esc(s['bootstrap']['seed'])}. Operating point: threshold "
         f"{num(s['threshold'].get('value'), 4)} ({esc(s['threshold'].get('method'))}).</p>"
     )
+    if ev.predictor.task == "binary":  # labels are [negative, positive]
+        neg, pos = ev.predictor.labels
+        body += (
+            f"<p>Positive class: <b>{esc(pos)}</b> (probabilities are P({esc(pos)}); "
+            f"sensitivity and PPV are about {esc(pos)}, specificity and NPV about "
+            f"{esc(neg)}).</p>"
+        )
+    check = (ev.bundle.info.get("fingerprint_check") or {}).get(s["split"])
+    if check and not check["same"]:
+        body += (
+            '<p class="warn"><b>The data differs from what the package recorded for this '
+            f"split:</b> {esc('; '.join(check['differences']))}</p>"
+        )
     body += (
         "<nav>"
         + "".join(f'<a href="#{esc(i)}">{esc(t)}</a>' for i, t in ctx["toc"] if i != "summary")
@@ -688,6 +701,7 @@ def write_report(
     subgroup: str | None = "auto",
     command: str | None = None,
     extra_sections: Sequence[Section] = (),
+    data: str | Path | None = None,
 ) -> tuple[Path, Any]:
     """Evaluate ``package`` and write the self-contained report; returns (path, evaluation)."""
     from medfuse.report.clinical import clinical_evaluation
@@ -701,6 +715,7 @@ def write_report(
         seed=seed,
         subgroup=subgroup,
         curves=True,
+        data=data,
     )
     text = build_report(ev, command=command, extra_sections=extra_sections)
     out = Path(output)

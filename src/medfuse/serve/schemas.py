@@ -72,6 +72,9 @@ class ModelInfo(_Closed):
     name: str
     task: str
     labels: list[str]
+    positive: str | None = Field(
+        default=None, description="binary: the class whose probability is predicted (labels[1])"
+    )
     modalities: dict[str, ModalityDescription]
     threshold: dict[str, Any]
     temperature: float

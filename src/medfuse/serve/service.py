@@ -322,6 +322,7 @@ class Service:
             "name": self.name,
             "task": self.task,
             "labels": self.labels,
+            "positive": self.labels[1] if self.task == "binary" else None,  # [negative, positive]
             "modalities": mods,
             "threshold": dict(self.meta.get("threshold") or {"value": self.threshold}),
             "temperature": self.temperature,

@@ -27,7 +27,7 @@ from medfuse.core.errors import SpecError
 from medfuse.core.package import META
 from medfuse.core.preprocess import channel_axis, fit_stats
 from medfuse.core.spec import Spec, complete_spec, parse_spec
-from medfuse.data import DataBundle, Split, load_data
+from medfuse.data import DataBundle, Split, load_spec_data
 from medfuse.inference.helpers import Tensors, predict_logits, to_tensors
 from medfuse.training.callbacks import Callback
 from medfuse.training.metrics import SUMMARY_KEYS, choose_threshold, compute_metrics, probabilities
@@ -74,15 +74,7 @@ def seed_everything(seed: int) -> None:
 
 def prepare_data(spec: Spec, data_dir: str | Path | None = None) -> tuple[Spec, DataBundle]:
     """Load the spec's data source and complete the spec (modalities, labels, default branches)."""
-    bundle = load_data(
-        spec.data.source,
-        spec.data.options,
-        data_root=data_dir,
-        modalities=spec.modalities or None,
-        task=spec.task.type,
-        on_bad_row=spec.data.on_bad_row,
-        seed=spec.train.seed,
-    )
+    bundle = load_spec_data(spec, data_dir)  # label order, validation, fingerprint: medfuse.data
     if bundle.task != spec.task.type:
         raise SpecError(
             "task.type", f"the data is {bundle.task!r} but the spec says {spec.task.type!r}"
@@ -104,7 +96,8 @@ def fit_preprocessing(spec: Spec, train: Split, info: dict[str, Any]) -> dict[st
 
 def package_data_info(bundle: DataBundle) -> dict[str, Any]:
     """What a package records of its data source: name, synthetic or not, file, options."""
-    return {k: v for k, v in bundle.info.items() if k in ("name", "synthetic", "file", "options")}
+    keep = ("name", "synthetic", "file", "options", "manifest", "fingerprint", "scales")
+    return {k: v for k, v in bundle.info.items() if k in keep}
 
 
 def selection_text(spec: Spec) -> str:

@@ -7,7 +7,16 @@
 ``fn(path, *, window=None)``, a signal reader ``fn(path, *, leads=None, rate=None)``.
 
 Formats: Pillow images and ``.npy`` here; DICOM, NIfTI, WFDB and CSV signals in
-``medfuse.data.readers_medical`` (imported at the end of this module).
+``medfuse.core.readers.medical`` (imported with the package).
+
+The intensity scale of an image (docs/data.md, "One intensity scale"): with a ``window`` every
+reader returns [0, 1]: ``[centre, width]`` maps that range linearly; ``'file'`` applies a
+DICOM's own VOI LUT or window (pydicom's ``apply_voi_lut``); ``'unit'`` (and ``'file'`` where a
+file has no window) divides by the file's full range: 255 for 8-bit, 65535 for 16-bit display
+images, the stored bit range after rescale slope/intercept for DICOM; ``.npy`` and NIfTI have
+no declared range and must already lie in [0, 1]. Without a window each reader returns the
+file's own values (display levels, DICOM modality units such as HU, NIfTI/``.npy`` as stored),
+and ``native_scale`` names that scale so that a manifest mixing scales can be refused.
 """
 
 from __future__ import annotations
@@ -119,6 +128,42 @@ def read_modality(path: str | Path, m: ModalitySpec) -> np.ndarray:
     raise DataError(f"{p}: a {m.kind} modality is not read from files (use manifest columns)")
 
 
+def native_scale(path: str | Path) -> str:
+    """What the values an image file gives without a window mean (header only): files of one
+    modality must agree, or be read with a window."""
+    suf = suffix_of(path)
+    if suf in PILLOW_SUFFIXES:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            mode = im.mode
+        if mode in ("L", "1", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr"):
+            return "8-bit display levels (0-255)"
+        if mode.startswith("I;16") or (mode == "I" and suf == ".png"):
+            return "16-bit display levels (0-65535)"
+        return f"{mode} values (no bit depth)"
+    return {
+        ".dcm": "DICOM modality values (e.g. HU)",
+        ".dicom": "DICOM modality values (e.g. HU)",
+        ".npy": "stored array values",
+        ".nii": "NIfTI stored values",
+        ".nii.gz": "NIfTI stored values",
+    }.get(suf, f"{suf} values")
+
+
+def require_unit(x: np.ndarray, path: Path, window: Window) -> np.ndarray:
+    """Files without a declared range (``.npy``, NIfTI) meet ``window: unit``/``file`` only when
+    their values already lie in [0, 1]."""
+    lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
+    if lo < 0.0 or hi > 1.0:
+        raise DataError(
+            f"{path}: window {window!r} needs values on [0, 1], but this file has no bit depth "
+            f"or window and holds {lo:g}..{hi:g}; give the modality a numeric window "
+            "[centre, width]"
+        )
+    return x
+
+
 def apply_window(x: np.ndarray, centre: float, width: float) -> np.ndarray:
     """Map ``[centre - width/2, centre + width/2]`` linearly to ``[0, 1]``, clipping outside."""
     lo = float(centre) - float(width) / 2.0
@@ -134,14 +179,24 @@ def numeric_window(window: Window) -> tuple[float, float] | None:
 
 def _pil(path: Path, *, window: Window = None) -> np.ndarray:
     """Pillow: grey -> 1 channel, colour -> RGB. These are display images (already windowed):
-    a ``window`` only scales them to [0, 1] by their bit depth, to match windowed DICOM/NIfTI."""
+    any ``window`` scales them to [0, 1] by their bit depth (8-bit: /255, 16-bit: /65535), to
+    match windowed DICOM/NIfTI; 32-bit and float images have no bit depth: a numeric window."""
     from PIL import Image  # lazy: Pillow, only when an image file is read
 
     with Image.open(path) as im:
         im.load()
         if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             arr = np.asarray(im, dtype=np.float32)[None]
-            full = 65535.0 if im.mode.startswith("I;16") else None
+            sixteen = im.mode.startswith("I;16") or (im.mode == "I" and path.suffix == ".png")
+            full = 65535.0 if sixteen else None
+            if window is not None and full is None:
+                w = numeric_window(window)
+                if w is None:
+                    raise DataError(
+                        f"{path}: a {im.mode} image has no bit depth to scale by; give the "
+                        "modality a numeric window [centre, width]"
+                    )
+                return apply_window(arr, *w)
         elif im.mode in ("L", "1", "LA"):
             arr = np.asarray(im.convert("L"), dtype=np.float32)[None]
             full = 255.0
@@ -153,7 +208,8 @@ def _pil(path: Path, *, window: Window = None) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-for _ext in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"):
+PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+for _ext in PILLOW_SUFFIXES:
     IMAGE_READERS.register(_ext, doc="Pillow: grey -> 1 channel, colour -> RGB")(_pil)
 
 
@@ -168,7 +224,9 @@ def _npy_image(path: Path, *, window: Window = None) -> np.ndarray:
     arr = arr.astype(np.float32)
     arr = arr[None] if arr.ndim == 2 else arr
     w = numeric_window(window)
-    return apply_window(arr, *w) if w else arr
+    if w is not None:
+        return apply_window(arr, *w)
+    return require_unit(arr, path, window) if window is not None else arr
 
 
 @SIGNAL_READERS.register(".npy", doc="numpy array (C, T) or (T,)")

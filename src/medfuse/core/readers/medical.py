@@ -2,7 +2,10 @@
 
 Registered on import (``medfuse.data.readers`` imports this module):
 
-- ``.dcm`` / ``.dicom`` (pydicom): modality LUT (rescale slope/intercept), optional window,
+- ``.dcm`` / ``.dicom`` (pydicom): modality LUT (rescale slope/intercept, pydicom's
+  ``apply_modality_lut``); with a window, pydicom's ``apply_voi_lut`` (the file's VOI LUT or
+  window, ``'file'``) or ``apply_windowing`` (``[centre, width]``, LINEAR_EXACT), scaled from its
+  output range to [0, 1]; ``'unit'``: the fraction of the stored bit range after rescale.
   MONOCHROME1 inverted so that higher always means brighter; multi-frame grey files become a
   volume ``(1, frames, H, W)`` (frames are the depth axis), colour files ``(3, [frames,] H, W)``.
 - ``.nii`` / ``.nii.gz`` (nibabel): reoriented to the closest canonical (RAS+) orientation and
@@ -29,6 +32,7 @@ from medfuse.core.readers.base import (
     Window,
     apply_window,
     numeric_window,
+    require_unit,
 )
 
 #: voltage units converted to millivolts, so records written in uV and mV agree
@@ -63,19 +67,36 @@ CSV_MISSING = frozenset(
 # ---- DICOM ---------------------------------------------------------------------------------
 
 
-def _first(value: object) -> float:
-    """WindowCenter/WindowWidth may hold several values; the first is the default view."""
-    try:
-        return float(value[0])  # type: ignore[index]
-    except TypeError:
-        return float(value)  # type: ignore[arg-type]
-
-
 def _stored_range(ds: object) -> np.ndarray:
     bits = int(getattr(ds, "BitsStored", 16))
     if int(getattr(ds, "PixelRepresentation", 0)) == 1:
         return np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1], np.int64)
     return np.array([0, 2**bits - 1], np.int64)
+
+
+def _to_unit(x: np.ndarray, ds: object, window: Window) -> np.ndarray:
+    """Modality values -> [0, 1]: pydicom's VOI LUT / windowing, divided by its output range;
+    ``'unit'`` (or ``'file'`` without a VOI LUT or window in the file): the fraction of the
+    stored bit range after rescale."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing
+
+    w = numeric_window(window)
+    has_voi = "VOILUTSequence" in ds or "WindowCenter" in ds  # type: ignore[operator]
+    probe = np.array([-1e300, 1e300])  # below and above any window: its output range
+    if w is not None:
+        ds.WindowCenter, ds.WindowWidth = w  # type: ignore[attr-defined]
+        ds.VOILUTFunction = "LINEAR_EXACT"  # type: ignore[attr-defined]
+        out, ends = apply_windowing(x, ds), apply_windowing(probe.copy(), ds)
+    elif window == "file" and has_voi:
+        if "VOILUTSequence" in ds:  # type: ignore[operator]  # a LUT: its ends over the range
+            probe = apply_modality_lut(_stored_range(ds), ds).astype(np.float64)
+        out, ends = apply_voi_lut(x, ds), apply_voi_lut(probe.copy(), ds)
+    else:
+        out, ends = x, apply_modality_lut(_stored_range(ds), ds)
+    lo, hi = float(np.min(ends)), float(np.max(ends))
+    if not hi > lo:
+        raise DataError(f"the file's value range [{lo:g}, {hi:g}] is empty; cannot scale it")
+    return np.clip((np.asarray(out, np.float64) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
 def _dicom(path: Path, *, window: Window = None) -> np.ndarray:
@@ -102,13 +123,13 @@ def _dicom(path: Path, *, window: Window = None) -> np.ndarray:
         arr, spp = apply_color_lut(arr, ds), 3
     if spp == 1:
         x = apply_modality_lut(arr, ds).astype(np.float32)
-        w = numeric_window(window)
-        if window == "file" and "WindowCenter" in ds and "WindowWidth" in ds:
-            w = (_first(ds.WindowCenter), _first(ds.WindowWidth))
-        if w is not None:
-            x = apply_window(x, *w)  # in modality units (e.g. HU), before any inversion
+        if window is not None:
+            try:  # in modality units (e.g. HU), before any inversion
+                x = _to_unit(x, ds, window)
+            except ValueError as err:  # pydicom: a window or LUT it cannot apply
+                raise DataError(f"{path}: cannot apply window {window!r}: {err}") from None
         if photometric == "MONOCHROME1":  # low values are white: invert over the value range
-            if w is not None:
+            if window is not None:
                 x = 1.0 - x
             else:
                 lo, hi = apply_modality_lut(_stored_range(ds), ds).astype(np.float64)
@@ -152,6 +173,8 @@ def _nifti(path: Path, *, window: Window = None) -> np.ndarray:
     w = numeric_window(window)
     if w is not None:
         x = apply_window(x, *w)
+    elif window is not None:  # 'unit' / 'file': a NIfTI has no bit depth or window
+        x = require_unit(x, path, window)
     return np.ascontiguousarray(x, dtype=np.float32)
 
 

@@ -1,0 +1,244 @@
+"""Every data source checked once, before anything trains on (or is evaluated on) it, and a
+fingerprint of what was loaded.
+
+``validate_bundle`` refuses what would train silently on garbage: arrays and labels of different
+lengths, non-numeric arrays, labels outside the task's classes (a -1 in a binary set), NaN or
+infinite image/signal values, infinite tabular cells (NaN is a missing value there), a modality
+whose training values are all the same. Errors name the split, the array or column and the first
+rows. ``fingerprint`` summarises each split (rows, label counts, a hash of ids, labels, presence
+and file paths, and one of the values read); ``compare_fingerprints`` says what changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+import numpy as np
+
+from medfuse.core.errors import DataError
+
+log = logging.getLogger("medfuse.data")
+
+SPLITS = ("train", "val", "test")
+
+
+def _first(rows: np.ndarray, limit: int = 5) -> str:
+    """``rows 3, 17 (of 4)``: positions within the split (0-based), the first few."""
+    rows = np.asarray(rows).ravel()
+    shown = ", ".join(str(int(r)) for r in rows[:limit])
+    return f"row{'s' if len(rows) > 1 else ''} {shown}" + (
+        f" and {len(rows) - limit} more" if len(rows) > limit else ""
+    )
+
+
+def _where(split: str, meta: Any, rows: np.ndarray) -> str:
+    """Rows of a split, with the manifest's line numbers or ids when the source records them."""
+    text = f"{split} {_first(rows)}"
+    if meta is not None and len(meta):
+        col = "row" if "row" in meta else ("id" if "id" in meta else None)
+        if col is not None:
+            vals = [str(v) for v in meta[col].to_numpy()[np.asarray(rows)[:5]]]
+            text += f" ({'manifest line' if col == 'row' else 'id'} {', '.join(vals)})"
+    return text
+
+
+def validate_bundle(bundle: Any) -> None:
+    """Check every split of a loaded ``DataBundle``; raises DataError naming what and where."""
+    task, k = bundle.task, len(bundle.labels)
+    for name in SPLITS:
+        split = getattr(bundle, name, None)
+        if split is None:
+            continue
+        if name in ("train", "val") and len(split.y) == 0:
+            raise DataError(f"the {name} split is empty")
+        _check_labels(name, split, task, k, bundle.labels)
+        n = len(split.y)
+        for m, spec in bundle.modalities.items():
+            if m not in split.arrays or m not in split.masks:
+                raise DataError(f"{name} split: no array for modality {m!r}")
+            x, mask = np.asarray(split.arrays[m]), np.asarray(split.masks[m])
+            if len(x) != n or len(mask) != n:
+                raise DataError(
+                    f"{name} split: array {m!r} has {len(x)} rows and its mask {len(mask)}, but "
+                    f"there are {n} labels; every array needs one row per label"
+                )
+            if not np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_:
+                raise DataError(f"{name} split: array {m!r} is {x.dtype}, not numbers")
+            if tuple(x.shape[1:]) != tuple(spec.shape):
+                raise DataError(
+                    f"{name} split: array {m!r} has samples of shape {tuple(x.shape[1:])}; the "
+                    f"modality declares {tuple(spec.shape)}"
+                )
+            if not np.isin(mask, (0, 1)).all():
+                raise DataError(f"{name} split: the mask of {m!r} must hold 0/1")
+            _check_values(name, split.meta, m, spec, x, mask)
+    _check_constant(bundle)
+
+
+def _check_labels(name: str, split: Any, task: str, k: int, labels: list[str]) -> None:
+    y = np.asarray(split.y)
+    if not np.issubdtype(y.dtype, np.number):
+        raise DataError(f"{name} split: labels are {y.dtype}, not numbers")
+    bad = ~np.isfinite(y.astype(np.float64))
+    if bad.any():
+        rows = np.flatnonzero(bad.reshape(len(y), -1).any(axis=1))
+        raise DataError(f"labels: NaN or infinite at {_where(name, split.meta, rows)}")
+    if task == "multilabel":
+        if y.ndim != 2 or y.shape[1] != k:
+            raise DataError(f"{name} split: multilabel targets must be (N, {k}); got {y.shape}")
+        bad = ~np.isin(y, (0, 1)).all(axis=1)
+        allowed = "0 or 1 per label"
+    elif task == "binary":
+        bad = ~np.isin(y, (0, 1)) if y.ndim == 1 else np.ones(len(y), bool)
+        allowed = f"0 ({labels[0]}) or 1 ({labels[1]})"
+    else:
+        bad = (y != np.round(y)) | (y < 0) | (y >= k) if y.ndim == 1 else np.ones(len(y), bool)
+        allowed = f"0..{k - 1} ({', '.join(labels)})"
+    if np.any(bad):
+        rows = np.flatnonzero(bad)
+        seen = sorted({str(v) for v in np.asarray(y[rows[:5]]).ravel().tolist()})
+        raise DataError(
+            f"labels: {', '.join(seen)} at {_where(name, split.meta, rows)}; a {task} task with "
+            f"{k} classes allows {allowed}"
+        )
+
+
+def _check_values(name: str, meta: Any, m: str, spec: Any, x: np.ndarray, mask: np.ndarray) -> None:
+    flat = x.reshape(len(x), -1)
+    if spec.kind == "tabular":  # NaN is a missing value; infinity is not a value
+        inf = np.isinf(flat) & (mask[:, None] > 0)
+        if inf.any():
+            for j in np.flatnonzero(inf.any(axis=0)):
+                col = (spec.columns or [])[j % max(len(spec.columns or []), 1)]
+                rows = np.flatnonzero(inf[:, j])
+                raise DataError(
+                    f"{m!r} column {col!r}: infinite values at {_where(name, meta, rows)}; leave "
+                    "a missing value empty (NaN), never infinite"
+                )
+        return
+    bad = (~np.isfinite(flat)).any(axis=1) & (mask > 0)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise DataError(
+            f"array {m!r} ({spec.kind}): NaN or infinite values at {_where(name, meta, rows)}; "
+            "fix or drop those samples (an unreadable file can be marked missing: leave its cell "
+            "empty)"
+        )
+
+
+def _constant(m: str, spec: Any, x: np.ndarray, mask: np.ndarray) -> list[str] | None:
+    """The constant (or empty) parts of a modality in training: ``[m]`` for an image/signal,
+    its columns for a tabular one; None when the modality is never present."""
+    present = x[mask > 0].reshape(int((mask > 0).sum()), -1)
+    if len(present) == 0:
+        return None
+    if spec.kind != "tabular":
+        return [m] if float(np.ptp(present)) == 0.0 else []
+    cols = list(spec.columns or [])
+    width = len(cols) or present.shape[1]
+    per = present.reshape(len(present), -1, width)  # (N, [S,] columns)
+    const = []
+    for j in range(width):
+        v = per[:, :, j].ravel()
+        v = v[~np.isnan(v)]
+        if len(v) == 0 or float(v.max() - v.min()) == 0.0:
+            const.append(cols[j] if cols else str(j))
+    return const
+
+
+def _check_constant(bundle: Any) -> None:
+    """A constant feature carries no information (a warning); when every feature of every
+    modality is constant, nothing can be learnt (an error)."""
+    split, informative = bundle.train, False
+    for m, spec in bundle.modalities.items():
+        const = _constant(m, spec, np.asarray(split.arrays[m]), np.asarray(split.masks[m]))
+        if const is None:
+            log.warning("modality %r is missing in every training sample", m)
+            continue
+        width = 1 if spec.kind != "tabular" else len(spec.columns or []) or 1
+        informative |= len(const) < width
+        if spec.kind != "tabular" and const:
+            log.warning("%r (%s): every training value is the same (no information)", m, spec.kind)
+        elif const:
+            log.warning(
+                "%r: constant or empty in training (no information): %s", m, ", ".join(const)
+            )
+    if bundle.modalities and not informative:
+        raise DataError(
+            "every input is constant (or missing) in the training split: "
+            f"{', '.join(bundle.modalities)} carry no information; nothing can be learnt"
+        )
+
+
+# ---- fingerprint ------------------------------------------------------------------------------
+
+
+def _split_paths(bundle: Any, split: Any) -> list[str]:
+    """The manifest file cells of a split's rows (``info['paths']`` is per manifest row)."""
+    paths = bundle.info.get("paths") or {}
+    if not paths or "row" not in split.meta:
+        return []
+    idx = split.meta["row"].to_numpy().astype(np.int64) - 2
+    return [f"{m}:{cells[i]}" for m, cells in sorted(paths.items()) for i in idx]
+
+
+def _label_counts(y: np.ndarray, task: str, labels: list[str]) -> dict[str, int]:
+    if task == "multilabel":
+        return {lab: int(y[:, j].sum()) for j, lab in enumerate(labels)}
+    codes = y.astype(np.int64)
+    return {lab: int((codes == j).sum()) for j, lab in enumerate(labels)}
+
+
+def fingerprint(bundle: Any) -> dict[str, dict[str, Any]]:
+    """Per split: ``rows``, ``labels`` (count per class), ``sha256`` of the sample ids, labels,
+    presence masks and file paths (which samples, labelled how) and ``values_sha256`` of the
+    arrays as read (their content)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in SPLITS:
+        split = getattr(bundle, name, None)
+        if split is None:
+            continue
+        h = hashlib.sha256()
+        ids = split.meta["id"].astype(str).tolist() if "id" in split.meta else []
+        h.update("\n".join(ids).encode())
+        h.update(np.ascontiguousarray(split.y, np.float64).tobytes())
+        for m in sorted(split.masks):
+            h.update(np.ascontiguousarray(split.masks[m], np.float32).tobytes())
+        h.update("\n".join(_split_paths(bundle, split)).encode())
+        v = hashlib.sha256()
+        for m in sorted(split.arrays):
+            v.update(np.ascontiguousarray(split.arrays[m], np.float32).tobytes())
+        out[name] = {
+            "rows": len(split.y),
+            "labels": _label_counts(np.asarray(split.y), bundle.task, bundle.labels),
+            "sha256": h.hexdigest(),
+            "values_sha256": v.hexdigest(),
+        }
+    return out
+
+
+def compare_fingerprints(
+    recorded: dict[str, dict[str, Any]], now: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Per split of the recorded fingerprint: ``same`` and the ``differences`` in words."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, old in recorded.items():
+        new = now.get(name)
+        diffs: list[str] = []
+        if new is None:
+            diffs.append("the split is absent now")
+        else:
+            if new["rows"] != old["rows"]:
+                diffs.append(f"{new['rows']} rows, {old['rows']} recorded")
+            if new["labels"] != old["labels"]:
+                diffs.append(f"label counts {new['labels']}, {old['labels']} recorded")
+            if new["sha256"] != old.get("sha256") and len(diffs) == 0:
+                diffs.append("other samples, labels or files (same counts)")
+            if not diffs and new.get("values_sha256") != old.get("values_sha256"):
+                diffs.append(
+                    "the same samples, but the values read differ (files or readers changed)"
+                )
+        out[name] = {"same": not diffs, "differences": diffs}
+    return out
