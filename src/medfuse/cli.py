@@ -249,21 +249,41 @@ def _predict(p: argparse.ArgumentParser) -> Handler:
         choices=["torch", "onnx"],
         help="torch (the weights) or onnx (model.onnx via ONNX Runtime; run medfuse export first)",
     )
+    p.add_argument(
+        "--on-bad-row",
+        default="fail",
+        choices=["fail", "missing"],
+        help="an unusable input (unreadable file, NaN values, a non-finite result): fail (the "
+        "default, as in training) or missing (predict without it; the row says why)",
+    )
+    p.add_argument(
+        "--base-dir",
+        help="directory that relative file paths in the input resolve against (default: the "
+        "manifest's own directory)",
+    )
+    p.add_argument(
+        "--issues", help="file listing affected rows when more than 20 (default: OUT.issues.csv)"
+    )
 
     def run(a: argparse.Namespace) -> int:
         # streams a manifest in chunks (constant memory), progress bar on a terminal
         from medfuse.serve.batch import predict_stream
 
-        n = predict_stream(
+        res = predict_stream(
             a.package,
             a.input,
             a.out,
             runtime=a.runtime,
             device=a.device,
             batch_size=a.batch_size,
+            on_bad_row=a.on_bad_row,
+            base_dir=a.base_dir,
+            issues_out=a.issues,
         )
+        for line in res.summary():
+            print(line, file=sys.stderr)
         if a.out:
-            console().print(f"{n} predictions -> {Path(a.out)}")
+            console().print(f"{res.rows} predictions -> {Path(a.out)}")
         return 0
 
     return run

@@ -1,8 +1,9 @@
 """Prediction from an exported package with numpy + onnxruntime only: no PyTorch.
 
 This is the migration target for a machine without the training stack (a hospital server, an
-edge box). ``python -m medfuse.runtime PACKAGE --input batch.npz --out preds.csv`` predicts from a
-shell; in Python:
+edge box). ``python -m medfuse.runtime PACKAGE --input cases.csv --out preds.csv`` predicts from
+a shell (a manifest laid out as in training, an ``.npz``, or one PNG/JPEG/DICOM/.npy file: the
+one input contract, ``medfuse.core.inputs``); in Python:
 
 >>> from medfuse.runtime import load
 >>> model = load("runs/breastmnist")                 # checksums verified, ORT session created
@@ -20,82 +21,97 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from medfuse.core.decision import decide
-from medfuse.core.errors import DataError, PackageError
-from medfuse.core.inputs import npz_modalities
+from medfuse.core.errors import MedfuseError
+from medfuse.core.inputs import iter_batches
 from medfuse.core.onnx import OnnxPredictor, load
+from medfuse.core.predictor import Predictions, table_columns
 
-__all__ = ["OnnxPredictor", "load", "main"]
-
-
-def _read_npz(path: Path, model: OnnxPredictor) -> tuple[dict[str, Any], list[str]]:
-    with np.load(path, allow_pickle=False) as d:
-        keys = set(d.files)
-        mods = model.modalities
-        present = npz_modalities(path, keys, mods)
-        n = len(d[present[0]])
-        batch: dict[str, Any] = {"mask": {}}
-        for m in present:
-            x = d[m].astype(np.float32)
-            if x.shape[1:] != mods[m].shape and x.ndim == len(mods[m].shape):  # (N, H, W) grey
-                x = x[:, None]
-            batch[m] = x
-            batch["mask"][m] = d[f"mask_{m}"] if f"mask_{m}" in keys else np.ones(n, np.float32)
-        ids = [str(v) for v in d["id"]] if "id" in keys else [f"{path.stem}-{i}" for i in range(n)]
-    return batch, ids
+__all__ = ["OnnxPredictor", "load", "main", "write_predictions"]
 
 
-def write_predictions(
-    rows: Iterable[tuple[str, np.ndarray, Any]], model: OnnxPredictor, out: Any
-) -> int:
-    """CSV rows ``id, prob_<label>..., label[, threshold]`` (the ``medfuse predict`` layout)."""
-    labels = model.labels
-    probs = [f"prob_{labels[1]}"] if model.task == "binary" else [f"prob_{x}" for x in labels]
-    header = ["id", *probs, "label", *(["threshold"] if model.task == "binary" else [])]
-    w = csv.writer(out)
-    w.writerow(header)
+def write_predictions(results: Iterable[Predictions], model: OnnxPredictor, out: Any) -> int:
+    """CSV rows in the ``medfuse predict`` layout (``Predictions.columns``)."""
+    w = csv.DictWriter(
+        out, fieldnames=table_columns(model.task, model.labels, list(model.schema.modalities))
+    )
+    w.writeheader()
     n = 0
-    for rid, p, lab in rows:
-        vals = [float(p)] if np.ndim(p) == 0 else [float(v) for v in p]
-        lab = ";".join(lab) if isinstance(lab, list) else lab
-        w.writerow([rid, *vals, lab, *([model.threshold] if model.task == "binary" else [])])
-        n += 1
+    for res in results:
+        for row in res.rows():
+            w.writerow(row)
+            n += 1
     return n
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m medfuse.runtime PACKAGE --input batch.npz [--out preds.csv]``."""
+    """``python -m medfuse.runtime PACKAGE --input cases.csv [--out preds.csv]``."""
     ap = argparse.ArgumentParser(
         prog="python -m medfuse.runtime",
         description="Predict with an exported medfuse package using onnxruntime (no PyTorch).",
     )
     ap.add_argument("package")
-    ap.add_argument("--input", required=True, help=".npz with one array per modality (+ mask_<m>)")
+    ap.add_argument(
+        "--input",
+        required=True,
+        help="manifest .csv/.parquet (the training layout), .npz with one array per modality "
+        "(+ mask_<m>, id), or one image/signal file (PNG, JPEG, DICOM, NIfTI, .npy)",
+    )
     ap.add_argument("--out", help="output .csv (default: stdout)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--on-bad-row", default="fail", choices=["fail", "missing"])
+    ap.add_argument("--base-dir", help="directory relative file paths resolve against")
     a = ap.parse_args(argv)
+    affected: list[dict[str, str]] = []
     try:
         model = load(a.package, threads=a.threads)
-        inp = Path(a.input)
-        if not inp.exists():
-            raise DataError(f"input {inp} not found")
-        batch, ids = _read_npz(inp, model)
-        p = model.predict_proba(batch, batch_size=a.batch_size)
-        labels = decide(model.task, p, model.labels, model.threshold)
-        rows = zip(ids, p, labels)
+        batches = iter_batches(a.input, model.schema, on_bad_row=a.on_bad_row, base_dir=a.base_dir)
+        first = next(batches, None)  # input errors before the output file is created
+
+        def results() -> Iterable[Predictions]:
+            for b in [first] if first is not None else []:
+                yield _predict(model, b, a)
+            for b in batches:
+                yield _predict(model, b, a)
+
+        def _predict(model: OnnxPredictor, b: Any, a: argparse.Namespace) -> Predictions:
+            res = model.predict_batch(b, batch_size=a.batch_size, on_bad_row=a.on_bad_row)
+            affected.extend(res.affected())
+            return res
+
         if a.out:
-            with open(a.out, "w", newline="") as f:
-                n = write_predictions(rows, model, f)
+            tmp = Path(a.out).with_name(f".{Path(a.out).name}.tmp-{os.getpid()}")
+            try:
+                with open(tmp, "w", newline="") as f:
+                    n = write_predictions(results(), model, f)
+                tmp.replace(a.out)  # a failed run leaves no truncated output
+            finally:
+                tmp.unlink(missing_ok=True)
             print(f"{n} predictions -> {a.out}", file=sys.stderr)
         else:
-            write_predictions(rows, model, sys.stdout)
-    except (DataError, PackageError) as err:
-        print(f"medfuse.runtime: error: {err}", file=sys.stderr)
+            write_predictions(results(), model, sys.stdout)
+    except MedfuseError as err:
+        print(f"medfuse.runtime: error: {_one_line(err)}", file=sys.stderr)
         return err.exit_code
+    except (OSError, ValueError, ImportError) as err:
+        print(f"medfuse.runtime: error: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
+        return 1
+    for line in _summary(affected):
+        print(line, file=sys.stderr)
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def _summary(affected: list[dict[str, str]]) -> list[str]:
+    if not affected:
+        return []
+    return [
+        f"{len(affected)} rows need attention:",
+        *(f"  {x['id']}: {x['issue']}" for x in affected),
+    ]
 
 
 if __name__ == "__main__":

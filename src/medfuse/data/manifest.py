@@ -241,6 +241,13 @@ def load_manifest(
             "file": str(path),
             "synthetic": False,
             "bad_rows": report["bad_rows"],
+            # what prediction needs to read the same layout again (medfuse.core.inputs.Layout)
+            "layout": {
+                "columns": dict(options.get("columns", {})),
+                "id_column": "id",
+                "patient_column": patient_col,
+                "base_dir": str(path.parent.resolve()),
+            },
             "categories": report["categories"],
         },
     )
