@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from medfuse import runtime
-from medfuse.core import decision, inputs
+from medfuse.core import decision
 from medfuse.core.errors import DataError, PackageError
 from medfuse.core.readers import image_math
 
@@ -231,5 +231,5 @@ def test_npz_inputs_name_unknown_and_missing_modalities(tmp_path) -> None:
     assert b.arrays["image"].shape == (2, 1, 4, 4) and b.masks["image"].tolist() == [1.0, 1.0]
     assert b.ids == ["ok-0", "ok-1"]
     (tmp_path / "broken.npz").write_bytes(ok.read_bytes()[:40])
-    with pytest.raises(DataError, match="not a readable .npz"):
+    with pytest.raises(DataError, match=r"not a readable \.npz"):
         coerce(tmp_path / "broken.npz", schema)

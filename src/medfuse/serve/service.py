@@ -98,6 +98,7 @@ class Service:
         are read by the same readers as in training, arrays fitted to the modality's shape,
         tabular values by column name; any unusable content is an ``InputError`` (422)."""
         samples = []
+        fields: dict[tuple[int, str], str] = {}  # the payload field of each file/array given
         for i, inst in enumerate(instances):
             data = inst.model_dump(by_alias=True) if hasattr(inst, "model_dump") else dict(inst)
             sample: dict[str, Any] = {}
@@ -107,12 +108,16 @@ class Service:
                     sample[m] = value
                 else:
                     sample[m] = self._payload(value, info, ("body", "instances", i, m))
+                    fields[(i, m)] = next(k for k, v in value.items() if v is not None)
             samples.append(sample)
         try:
             return self.predictor.inputs(samples, on_bad_row="fail")
         except CoreInputError as err:
             loc = [v for v in err.loc if v is not None]
-            raise InputError(("body", "instances", *loc), err.msg) from None
+            if len(loc) == 2 and (loc[0], loc[1]) in fields:
+                loc.append(fields[(loc[0], loc[1])])
+            msg = err.msg.split(" (use on_bad_row=")[0]  # a request has no such option
+            raise InputError(("body", "instances", *loc), msg) from None
 
     def decode(self, instances: list[Any]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Raw arrays ``{m: (N, *shape)}`` and masks ``{m: (N,)}`` (see ``inputs``)."""

@@ -33,6 +33,8 @@ from medfuse.core.readers.base import (
 #: voltage units converted to millivolts, so records written in uV and mV agree
 _TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3, "nv": 1e-6}
 TIME_COLUMNS = ("time", "t")
+#: CSV cells read as a missing value (as pandas does)
+_NA = frozenset({"", "nan", "NaN", "NA", "N/A", "n/a", "null", "NULL"})
 
 
 # ---- DICOM ---------------------------------------------------------------------------------
@@ -198,25 +200,34 @@ def _wfdb(path: Path, *, leads: list[str] | None = None, rate: float | None = No
 def _csv_signal(
     path: Path, *, leads: list[str] | None = None, rate: float | None = None
 ) -> np.ndarray:
-    import pandas as pd
+    import csv
 
-    df = pd.read_csv(path)
-    if df.empty:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        table = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+    if len(table) < 2:
         raise DataError(f"{path}: CSV signal has no rows")
-    tcol = next((c for c in df.columns if str(c).strip().lower() in TIME_COLUMNS), None)
-    names = [str(c) for c in df.columns if c != tcol]
-    cols = [c for c in df.columns if c != tcol]
+    header, body = [c.strip() for c in table[0]], table[1:]
+    tcol = next((i for i, c in enumerate(header) if c.lower() in TIME_COLUMNS), None)
+    cols = [i for i in range(len(header)) if i != tcol]
+    names = [header[i] for i in cols]
     if not cols:
-        raise DataError(f"{path}: CSV signal has no lead columns besides {tcol!r}")
-    num = df.apply(pd.to_numeric, errors="coerce")
-    bad = num.isna() & df.notna()
-    if bad.to_numpy().any():
-        r, c = np.argwhere(bad.to_numpy())[0]
-        raise DataError(
-            f"{path} row {r + 2}, column {df.columns[c]!r}: {df.iat[r, c]!r} is not a number"
-        )
+        raise DataError(f"{path}: CSV signal has no lead columns besides {header[tcol]!r}")
+    values = np.full((len(body), len(header)), np.nan, np.float64)
+    for r, row in enumerate(body):
+        if len(row) > len(header):
+            raise DataError(f"{path} row {r + 2}: more cells than the header's {len(header)}")
+        for c, cell in enumerate(row):
+            cell = cell.strip()
+            if cell in _NA:
+                continue
+            try:
+                values[r, c] = float(cell)
+            except ValueError:
+                raise DataError(
+                    f"{path} row {r + 2}, column {header[c]!r}: {cell!r} is not a number"
+                ) from None
     idx = _pick(path, names, leads)
-    x = num[[cols[i] for i in idx]].to_numpy(np.float32).T  # (C, T)
+    x = np.ascontiguousarray(values[:, [cols[i] for i in idx]].T, np.float32)  # (C, T)
     if not rate:
         return np.ascontiguousarray(x)
     if tcol is None:
@@ -224,7 +235,7 @@ def _csv_signal(
             f"{path}: resampling to {rate} Hz needs a time column named "
             f"{' or '.join(TIME_COLUMNS)} (seconds)"
         )
-    t = num[tcol].to_numpy(np.float64)
+    t = values[:, tcol]
     dt = np.diff(t)
     if len(t) < 2 or not (dt > 0).all():
         raise DataError(f"{path}: the time column must increase strictly")
