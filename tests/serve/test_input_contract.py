@@ -317,3 +317,55 @@ def test_predict_cli_summary_lists_affected_rows(
     assert len(listed) == 25 and listed["issue"].str.contains("outside the training range").all()
     df = pd.read_csv(out, keep_default_na=False)
     assert df["flags"].str.startswith("age=").all() and (df["present_image"] == 0).all()
+
+
+def test_manifest_layout_of_training_is_read_again(tmp_path: Path) -> None:
+    """The spec's column mapping, the patient column as id, paths relative to the manifest."""
+    from PIL import Image
+
+    from medfuse.core.inputs import iter_batches, layout_from_meta
+
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.full((8, 8), 200, np.uint8)).save(tmp_path / "imgs" / "a.png")
+    (tmp_path / "m.csv").write_text(
+        "patient,scan,age,label\nP1,imgs/a.png,50,x\nP2,,61,y\nP3,imgs/missing.png,70,x\n"
+    )
+    meta = {
+        "spec": {
+            "data": {"options": {"columns": {"image": "scan"}, "patient_column": "patient"}},
+            "modalities": {
+                "image": {"kind": "image", "channels": 1, "size": [4, 4]},
+                "clinical": {"kind": "tabular", "columns": ["age"]},
+            },
+        },
+        "preprocessing": {},
+    }
+    assert layout_from_meta(meta).column("image") == "scan"
+    schema = Schema.from_meta(meta)
+    with pytest.raises(InputError, match=r"m.csv row 4 \(image\).*missing.png"):
+        list(iter_batches(tmp_path / "m.csv", schema))
+    (b,) = iter_batches(tmp_path / "m.csv", schema, on_bad_row="missing")
+    assert b.ids == ["P1", "P2", "P3"]  # the patient column names the rows
+    assert b.masks["image"].tolist() == [1.0, 0.0, 0.0]
+    assert b.reasons["image"][1] == "" and "missing.png" in b.reasons["image"][2]
+    assert np.allclose(b.arrays["image"][0], 200.0)
+    assert b.arrays["clinical"][:, 0].tolist() == [50.0, 61.0, 70.0]
+    with pytest.raises(InputError, match=r"no column 'scan' for modality 'image'; did you mean"):
+        coerce(pd.DataFrame({"scna": ["imgs/a.png"], "age": [1]}), schema)
+
+
+def test_all_nan_image_is_not_present() -> None:
+    mod = Modality("image", "image", (1, 4, 4), channels=1, size=(4, 4))
+    tab = Modality("t", "tabular", (1,), columns=("age",))
+    schema = Schema({"image": mod, "t": tab})
+    nan = np.full((1, 4, 4), np.nan, np.float32)
+    b = coerce([{"image": nan, "age": 3}], schema, on_bad_row="missing")
+    assert b.masks["image"].tolist() == [0.0] and "all 16 values" in b.reasons["image"][0]
+    b = coerce([{"image": nan}], schema, on_bad_row="missing")
+    assert b.errors[0].startswith("no usable input")  # nothing left to predict from
+    b = coerce(
+        {"image": nan[None], "mask": {"image": np.array([1.0])}, "t": [[3]]},
+        schema,
+        on_bad_row="missing",
+    )
+    assert b.masks["image"].tolist() == [0.0]
