@@ -369,3 +369,25 @@ def test_all_nan_image_is_not_present() -> None:
         on_bad_row="missing",
     )
     assert b.masks["image"].tolist() == [0.0]
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".jpg"])
+def test_runtime_cli_reads_single_files(
+    exported_package: Path, predictors: dict[str, Any], tmp_path: Path, suffix: str
+) -> None:
+    from PIL import Image
+
+    from medfuse.runtime import main
+
+    img = (np.random.default_rng(5).random((24, 24)) * 2).astype(np.float32)
+    f = tmp_path / f"case{suffix}"
+    if suffix == ".npy":
+        np.save(f, img)
+    else:
+        Image.fromarray((img * 100).astype(np.uint8)).save(f, quality=95)
+    out = tmp_path / "o.csv"
+    assert main([str(exported_package), "--input", str(f), "--out", str(out)]) == 0
+    df = pd.read_csv(out, keep_default_na=False)
+    assert df["id"].tolist() == [f.name] and df["present_image"].tolist() == [1]
+    ref = predictors["torch"].predict_proba(f)  # the same file through the torch API
+    assert abs(df["prob_positive"][0] - ref[0]) < 1e-5

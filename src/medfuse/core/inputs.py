@@ -384,7 +384,7 @@ class _Ctx:
         if self.on_bad_row == "fail":
             raise InputError(
                 f"{self.where}{self.row_label(i)} ({m}): {msg} (use on_bad_row='missing' / "
-                "--on-bad-row missing to predict such rows without this input, flagged)",
+                "--on-bad-row missing to predict such rows without this input, flagged)".strip(),
                 (i, m),
             )
         batch.masks[m][i] = 0.0
@@ -394,7 +394,7 @@ class _Ctx:
         i = loc[0] if loc else None
         at = self.row_label(i) if isinstance(i, int) else ""
         sub = f" ({', '.join(map(str, loc[1:]))})" if len(loc) > 1 else ""
-        return InputError(f"{self.where}{at}{sub}: {msg}", loc)
+        return InputError(f"{self.where}{at}{sub}: {msg}".strip().removeprefix(": "), loc)
 
 
 def _check_policy(on_bad_row: str, unseen: str) -> None:
@@ -488,7 +488,7 @@ def coerce(
                     f"keyed by modality ({', '.join(schema.modalities)})",
                     (i,),
                 )
-        ctx = _Ctx(schema, on_bad_row, base, where or "", unseen, lambda i: f"sample {i}")
+        ctx = _Ctx(schema, on_bad_row, base, where or "", unseen, lambda i: f" sample {i}")
         return _from_rows([dict(r) for r in rows], ctx, table=None, default_id="row-{i}")
     raise InputError(f"a {type(samples).__name__} is not an accepted input; give {ACCEPTED}")
 
@@ -802,6 +802,8 @@ def iter_batches(
             k for k, reg in (("image", IMAGE_READERS), ("signal", SIGNAL_READERS)) if suf in reg
         ]
         names = [m for m, s in schema.modalities.items() if s.kind in kinds]
+        if len(names) > 1 and suf == ".npy":  # an image or a signal: the one it fits
+            names = [m for m in names if _fits(p, schema.modalities[m])]
         if len(names) != 1:
             raise DataError(
                 f"{p}: give a manifest .csv/.parquet, an .npz with one array per modality, or one "
@@ -812,6 +814,14 @@ def iter_batches(
         b = _from_rows([{names[0]: str(p.resolve())}], ctx, table=None, default_id=p.name)
     for s in range(0, len(b), chunk):
         yield b.take(slice(s, s + chunk))
+
+
+def _fits(p: Path, m: Modality) -> bool:
+    try:
+        _fit(_as_array(np.load(p, allow_pickle=False), m.name), m)
+    except (InputError, ValueError, OSError):
+        return False
+    return True
 
 
 def _renumbered(b: Batch, first: int) -> Batch:
