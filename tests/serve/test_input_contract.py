@@ -75,8 +75,11 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Case]:
     ]
     tab_csv = root / "tabular.csv"
     pd.DataFrame([{"image": "", "signal": "", **t} for t in tab]).to_csv(tab_csv, index=False)
+    parquet = root / "cases.parquet"
+    pd.read_csv(csv).to_parquet(parquet)
     return {
         "csv": Case(csv, csv, http_full, "full"),
+        "parquet": Case(parquet, parquet, http_full, "full"),
         "dataframe": Case(pd.read_csv(csv), csv, http_full, "full"),
         "list_of_dicts": Case(listed, csv, http_full, "full"),
         "batched_dict": Case(batched, npz, http_full, "full"),
@@ -139,7 +142,16 @@ ENTRY_POINTS = ["torch", "onnx", "cli-torch", "cli-onnx", "http", "runtime"]
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 @pytest.mark.parametrize(
     "name",
-    ["csv", "dataframe", "list_of_dicts", "batched_dict", "npz", "single_png", "named_tabular"],
+    [
+        "csv",
+        "parquet",
+        "dataframe",
+        "list_of_dicts",
+        "batched_dict",
+        "npz",
+        "single_png",
+        "named_tabular",
+    ],
 )
 def test_same_case_same_probabilities_everywhere(
     entry: str,
