@@ -224,18 +224,19 @@ class PredictorBase:
     def predict_batch(
         self, batch: Batch, *, batch_size: int = 256, on_bad_row: str = "fail"
     ) -> Predictions:
-        """Probabilities and labels for a coerced batch. A non-finite probability is an error
-        (``on_bad_row="fail"``) or a row without a label whose ``error`` says why."""
+        """Probabilities and labels for a coerced batch. A non-finite logit or probability is
+        an error (``on_bad_row="fail"``) or a row without a label whose ``error`` says why."""
         if on_bad_row not in ON_BAD_ROW:
             raise DataError(
                 f"on_bad_row must be one of {', '.join(ON_BAD_ROW)}; got {on_bad_row!r}"
             )
+        logits = self.batch_logits(batch, batch_size=batch_size)
         with np.errstate(all="ignore"):
-            p = probabilities(
-                self.task, self.batch_logits(batch, batch_size=batch_size), self.temperature
-            )
+            p = probabilities(self.task, logits, self.temperature)
         errors = list(batch.errors)
-        bad = [int(i) for i in nonfinite_rows(p) if not errors[int(i)]]
+        # an infinite logit is a "certain" 0 or 1 after the sigmoid: non-finite all the same
+        nonfinite = set(nonfinite_rows(p).tolist()) | set(nonfinite_rows(logits).tolist())
+        bad = [i for i in sorted(nonfinite) if not errors[i]]
         if bad and on_bad_row == "fail":
             ids = ", ".join(batch.ids[i] for i in bad[:10]) + (" ..." if len(bad) > 10 else "")
             raise DataError(f"{ids}: {NONFINITE}")
