@@ -403,3 +403,21 @@ def test_runtime_cli_reads_single_files(
     assert df["id"].tolist() == [f.name] and df["present_image"].tolist() == [1]
     ref = predictors["torch"].predict_proba(f)  # the same file through the torch API
     assert abs(df["prob_positive"][0] - ref[0]) < 1e-5
+
+
+def test_npy_upload_of_a_signal_with_named_leads() -> None:
+    """An .npy upload is an array in a file: for a signal modality with ``leads``/``rate`` it is
+    fitted like an array (the leads in the model's order), not refused for lacking lead names."""
+    import io
+
+    from medfuse.core.inputs import Upload
+
+    mod = Modality("ecg", "signal", (2, 8), channels=2, length=8, leads=["I", "II"], rate=100.0)
+    schema = Schema({"ecg": mod})
+    sig = np.arange(20, dtype=np.float32).reshape(2, 10)
+    buf = io.BytesIO()
+    np.save(buf, sig)
+    b = coerce([{"ecg": Upload(buf.getvalue(), ".npy")}], schema)
+    assert b.masks["ecg"].tolist() == [1.0] and b.arrays["ecg"][0].tolist() == sig[:, 1:9].tolist()
+    with pytest.raises(InputError, match="3 channels"):
+        coerce([{"ecg": np.zeros((3, 8), np.float32)}], schema)

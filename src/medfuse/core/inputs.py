@@ -323,6 +323,16 @@ def _read_path(path: Path, m: Modality) -> np.ndarray:
 
 
 def _read_upload(up: Upload, m: Modality) -> np.ndarray:
+    if up.suffix == ".npy" and m.kind == "signal":
+        # an array in a file: fitted as an array is (no lead names, no rate: the model's leads
+        # in order); images keep the reader (a numeric window applies to .npy images)
+        from medfuse.core.readers.image_math import read_npy_bytes
+
+        try:
+            x = read_npy_bytes(up.data)
+        except DataError as err:
+            raise _Bad(f"the uploaded .npy file: {err}") from None
+        return _fit(x, m)
     fd, name = tempfile.mkstemp(suffix=up.suffix, prefix="medfuse-upload-")
     try:
         with os.fdopen(fd, "wb") as f:
