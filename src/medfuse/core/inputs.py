@@ -432,7 +432,7 @@ def coerce(
         return _concat(
             list(
                 iter_batches(
-                    samples,
+                    Path(samples),
                     schema,
                     on_bad_row=on_bad_row,
                     base_dir=base_dir,
@@ -613,7 +613,7 @@ def _from_batched(d: Mapping[str, Any], ctx: _Ctx, default_id: str) -> Batch:
 
 def _category_flags(row: np.ndarray, mod: Modality, ctx: _Ctx) -> list[str]:
     """Coded categorical values given as numbers must be valid codes."""
-    out = []
+    out: list[str] = []
     for j, col in enumerate(mod.columns):
         cats = mod.categories.get(col)
         v = row[..., j]
@@ -722,13 +722,13 @@ def _tab_row(b: Batch, i: int, r: dict[str, Any], mod: Modality, ctx: _Ctx) -> N
     for j, col in enumerate(mod.columns):
         val = named[col] if col in named else r.get(col)
         try:
-            x, flag = _tab_value(val, col, mod.categories.get(col), ctx.unseen)
+            val_x, flag = _tab_value(val, col, mod.categories.get(col), ctx.unseen)
         except InputError as err:
             raise ctx.error(f"column {col!r}: {err.msg}", (i, m, col)) from None
         except _Bad as err:
             ctx.bad(b, i, m, str(err))
             return
-        row[j] = x
+        row[j] = val_x
         if flag:
             b.flags[i].append(flag)
     b.arrays[m][i] = row
@@ -751,8 +751,8 @@ def _finish(b: Batch, ctx: _Ctx) -> Batch:
         if ctx.on_bad_row == "fail":
             raise ctx.error(msg, (int(i),))
         b.errors[int(i)] = msg
-    for i, flags in enumerate(plausibility(b.arrays, b.masks, ctx.schema)):
-        b.flags[i].extend(flags)
+    for k, flags in enumerate(plausibility(b.arrays, b.masks, ctx.schema)):
+        b.flags[k].extend(flags)
     return b
 
 
@@ -964,10 +964,10 @@ def plausibility(
         lo, hi = float(rng["p0_5"]), float(rng["p99_5"])
         span = max(hi - lo, 1e-6)
         mlo, mhi = float(rng["mean_min"]), float(rng["mean_max"])
-        flat = x.reshape(len(present), -1).astype(np.float64)
+        flat2 = x.reshape(len(present), -1).astype(np.float64)
         with np.errstate(all="ignore"):
-            q = np.percentile(flat, [1, 99], axis=1)
-            means = flat.mean(axis=1)
+            q = np.percentile(flat2, [1, 99], axis=1)
+            means = flat2.mean(axis=1)
         off = (
             (q[1] > hi + span / 2)
             | (q[0] < lo - span / 2)

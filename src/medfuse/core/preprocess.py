@@ -68,7 +68,7 @@ def fit_ranges(x: np.ndarray, mask: np.ndarray, kind: str) -> dict[str, Any] | N
     flat = present.reshape(n, -1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        means = np.nanmean(flat, axis=1, dtype=np.float64)
+        means = np.asarray(np.nanmean(flat, axis=1, dtype=np.float64))
     means = means[np.isfinite(means)]
     pick = np.unique(np.linspace(0, n - 1, min(n, 512)).astype(int))  # deterministic subsample
     sub = flat[pick]
