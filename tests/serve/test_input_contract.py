@@ -421,3 +421,17 @@ def test_npy_upload_of_a_signal_with_named_leads() -> None:
     assert b.masks["ecg"].tolist() == [1.0] and b.arrays["ecg"][0].tolist() == sig[:, 1:9].tolist()
     with pytest.raises(InputError, match="3 channels"):
         coerce([{"ecg": np.zeros((3, 8), np.float32)}], schema)
+
+
+def test_a_0_255_image_for_a_0_1_model_is_flagged() -> None:
+    from medfuse.core.preprocess import fit_stats
+
+    rng = np.random.default_rng(2)
+    train = rng.random((50, 1, 8, 8)).astype(np.float32)  # trained on [0, 1]
+    stats = fit_stats({"image": train}, {"image": np.ones(50)}, {"image": 0}, {"image": "image"})
+    mod = Modality("image", "image", (1, 8, 8), channels=1, size=(8, 8))
+    schema = Schema({"image": mod}, stats=stats)
+    same = coerce([{"image": rng.random((8, 8))}], schema)
+    scaled = coerce([{"image": rng.random((8, 8)) * 255}], schema)
+    assert same.flags == [[]]
+    assert len(scaled.flags[0]) == 1 and "different scale" in scaled.flags[0][0]

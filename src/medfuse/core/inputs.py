@@ -981,15 +981,3 @@ def plausibility(
                 "scale or kind of input?"
             )
     return out
-
-
-# ---- kept for the torch-free runtime's callers ----------------------------------------------
-
-
-def read_file(path: str | Path, modality: Modality) -> np.ndarray:
-    """One image or signal file fitted to ``modality``'s shape (any reader ``medfuse.core
-    .readers`` registers)."""
-    try:
-        return _tensor_value(str(path), modality, Path.cwd())
-    except _Bad as err:
-        raise DataError(str(err)) from None
