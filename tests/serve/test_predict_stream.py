@@ -84,6 +84,12 @@ def test_unreadable_file_fails_by_default(exported_package: Path, manifest: Path
     with pytest.raises(DataError, match=r"row 5 \(image\).*does-not-exist.png.*on-bad-row missing"):
         predict_stream(exported_package, manifest, out, runtime="onnx")
     assert not out.exists()
+    # the bad row in the second chunk, after the first was written: an existing output stays
+    out.write_text("earlier predictions\n")
+    with pytest.raises(DataError, match=r"does-not-exist\.png"):
+        predict_stream(exported_package, manifest, out, runtime="onnx", batch_size=2, chunk=2)
+    assert out.read_text() == "earlier predictions\n"
+    assert [f.name for f in tmp_path.iterdir()] == ["p.csv"]  # no temporary file left
 
 
 def test_cli_parquet_and_stdout(exported_package: Path, manifest: Path, tmp_path: Path, capsys):

@@ -10,6 +10,7 @@ read, predicted in batches and appended to the output (CSV, or Parquet through a
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +37,19 @@ def count_rows(path: Path) -> int | None:
 
 
 class TableWriter:
-    """Append tables to a CSV (file or stream) or a Parquet file, header/schema once."""
+    """Append tables to a CSV (file or stream) or a Parquet file, header/schema once. A file is
+    written beside its destination and renamed into place by ``close()``; ``close(ok=False)``
+    (a failed run) removes it, so an existing output is never replaced by a truncated one."""
 
     def __init__(self, out: str | Path | None, stream: IO[str] | None = None) -> None:
-        self.path = Path(out) if out is not None else None
+        self.final = Path(out) if out is not None else None
+        self.path = (
+            self.final.with_name(f".{self.final.name}.tmp-{os.getpid()}")
+            if self.final is not None
+            else None
+        )
         self.stream = stream if stream is not None else sys.stdout
-        self.parquet = self.path is not None and self.path.suffix.lower() in (".parquet", ".pq")
+        self.parquet = self.final is not None and self.final.suffix.lower() in (".parquet", ".pq")
         self._pq: Any = None
         self._csv: IO[str] | None = None
         self.rows = 0
@@ -67,13 +75,18 @@ class TableWriter:
                 df.to_csv(self._csv, index=False, header=False)
         self.rows += len(df)
 
-    def close(self) -> None:
+    def close(self, ok: bool = True) -> None:
         if self._pq is not None:
             self._pq.close()
         if self._csv is not None and self.path is not None:
             self._csv.close()
         elif self._csv is not None:
             self._csv.flush()
+        if self.path is not None and self.final is not None and self.path.exists():
+            if ok:
+                self.path.replace(self.final)
+            else:
+                self.path.unlink()
 
 
 def load_predictor(package: str | Path, runtime: str, device: str) -> Any:
@@ -168,8 +181,12 @@ def predict_stream(
             affected.extend(res.affected())
             if bar is not None:
                 bar.advance(job, len(batch))
-    finally:
+    except BaseException:
+        writer.close(ok=False)
+        raise
+    else:
         writer.close()
+    finally:
         if bar is not None:
             bar.stop()
     result = StreamResult(writer.rows, affected)
