@@ -340,7 +340,8 @@ def test_manifest_layout_of_training_is_read_again(tmp_path: Path) -> None:
     (tmp_path / "imgs").mkdir()
     Image.fromarray(np.full((8, 8), 200, np.uint8)).save(tmp_path / "imgs" / "a.png")
     (tmp_path / "m.csv").write_text(
-        "patient,scan,age,label\nP1,imgs/a.png,50,x\nP2,,61,y\nP3,imgs/missing.png,70,x\n"
+        "patient,scan,image,age,label\n"  # 'image' is not the image column here: 'scan' is
+        "P1,imgs/a.png,notes,50,x\nP2,,,61,y\nP3,imgs/missing.png,,70,x\n"
     )
     meta = {
         "spec": {

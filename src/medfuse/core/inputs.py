@@ -670,7 +670,11 @@ def _from_rows(
             if mod.kind == "tabular":
                 _tab_row(b, i, r, mod, ctx)
                 continue
-            v = r.get(m) if m in r else r.get(lay.column(m))
+            col = lay.column(m)
+            if table is not None or m not in r:  # a table: the mapped column, as in training
+                v = r.get(col)
+            else:
+                v = r.get(m)
             if _empty(v):
                 continue
             try:
