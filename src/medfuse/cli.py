@@ -262,7 +262,8 @@ def _predict(p: argparse.ArgumentParser) -> Handler:
         "manifest's own directory)",
     )
     p.add_argument(
-        "--issues", help="file listing affected rows when more than 20 (default: OUT.issues.csv)"
+        "--issues",
+        help="file listing affected rows when more than 20 (default: OUT.issues.csv; with no --out the first 20 are printed)",
     )
 
     def run(a: argparse.Namespace) -> int:

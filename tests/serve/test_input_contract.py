@@ -436,3 +436,17 @@ def test_a_0_255_image_for_a_0_1_model_is_flagged() -> None:
     scaled = coerce([{"image": rng.random((8, 8)) * 255}], schema)
     assert same.flags == [[]]
     assert len(scaled.flags[0]) == 1 and "different scale" in scaled.flags[0][0]
+
+
+def test_predict_to_stdout_lists_the_first_affected_rows_and_writes_no_file(
+    exported_package: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    from medfuse.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rows = [{"image": "", "signal": "", "age": 300 + i, "bmi": 25, "marker": 0} for i in range(25)]
+    pd.DataFrame(rows).to_csv(tmp_path / "many.csv", index=False)
+    assert main(["predict", str(exported_package), "--input", "many.csv"]) == 0
+    err = capsys.readouterr().err
+    assert "25 of 25 rows need attention" in err and "... and 5 more (--issues FILE" in err
+    assert [f.name for f in tmp_path.iterdir()] == ["many.csv"]

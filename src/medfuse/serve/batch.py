@@ -114,7 +114,10 @@ class StreamResult:
         head = f"{len(self.affected)} of {self.rows} rows need attention"
         if self.issues_file is not None:
             return [f"{head}: listed in {self.issues_file}"]
-        return [f"{head}:", *(f"  {a['id']}: {a['issue']}" for a in self.affected)]
+        listed = [f"  {a['id']}: {a['issue']}" for a in self.affected[:MAX_LISTED]]
+        more = len(self.affected) - MAX_LISTED
+        tail = [f"  ... and {more} more (--issues FILE lists them all)"] if more > 0 else []
+        return [f"{head}:", *listed, *tail]
 
 
 def predict_stream(
@@ -139,7 +142,8 @@ def predict_stream(
     ``reason_<m>`` per modality, plausibility ``flags`` and an ``error`` (no label) when it
     cannot be predicted; ``on_bad_row`` is "fail" (the default, as in training: an unusable
     input stops the run) or "missing". Affected rows are returned; beyond ``MAX_LISTED`` they
-    are written to ``issues_out`` (default: ``<out>.issues.csv``). ``progress`` (default: when
+    are written to ``issues_out`` (default: ``<out>.issues.csv``; with the table on stdout, the
+    first ones are listed and ``issues_out`` lists them all). ``progress`` (default: when
     stderr is a terminal) shows a rich progress bar.
     """
     from medfuse.core.inputs import iter_batches
@@ -190,15 +194,10 @@ def predict_stream(
         if bar is not None:
             bar.stop()
     result = StreamResult(writer.rows, affected)
-    if len(affected) > MAX_LISTED:
-        target = Path(issues_out) if issues_out else _issues_path(out)
+    target = Path(issues_out) if issues_out else None
+    if target is None and out is not None:
+        target = Path(out).with_name(Path(out).name + ".issues.csv")
+    if len(affected) > MAX_LISTED and target is not None:
         pd.DataFrame(affected, columns=["id", "issue"]).to_csv(target, index=False)
         result.issues_file = target
     return result
-
-
-def _issues_path(out: str | Path | None) -> Path:
-    if out is None:
-        return Path("medfuse-predict-issues.csv")
-    o = Path(out)
-    return o.with_name(o.name + ".issues.csv")
