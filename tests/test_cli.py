@@ -57,7 +57,8 @@ def test_train_evaluate_predict(tmp_path, tiny_spec) -> None:
     preds = tmp_path / "preds.csv"
     medfuse("predict", str(out), "--input", str(npz), "--out", str(preds))
     df = pd.read_csv(preds)
-    assert list(df.columns) == ["id", "prob_positive", "label", "threshold"] and len(df) == 3
+    assert list(df.columns)[:4] == ["id", "prob_positive", "label", "threshold"] and len(df) == 3
+    assert df["present_signal"].eq(0).all() and df["present_image"].eq(1).all()
     assert df["prob_positive"].between(0, 1).all() and set(df["label"]) <= {"negative", "positive"}
 
     bad = tmp_path / "bad.npz"

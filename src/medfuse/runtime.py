@@ -1,8 +1,9 @@
 """Prediction from an exported package with numpy + onnxruntime only: no PyTorch.
 
 This is the migration target for a machine without the training stack (a hospital server, an
-edge box). ``python -m medfuse.runtime PACKAGE --input batch.npz --out preds.csv`` predicts from a
-shell; in Python:
+edge box). ``python -m medfuse.runtime PACKAGE --input cases.csv --out preds.csv`` predicts from
+a shell (a manifest laid out as in training, an ``.npz``, or one PNG/JPEG/DICOM/.npy file: the
+one input contract, ``medfuse.core.inputs``); in Python:
 
 >>> from medfuse.runtime import load
 >>> model = load("runs/breastmnist")                 # checksums verified, ORT session created
@@ -14,24 +15,21 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from medfuse.core.decision import decide
 from medfuse.core.errors import DataError, MedfuseError, PackageError
-from medfuse.core.inputs import npz_modalities
+from medfuse.core.inputs import iter_batches
 from medfuse.core.onnx import OnnxPredictor, load
 from medfuse.core.optional import RUNTIMES, installed
 from medfuse.core.package import WEIGHTS, read_meta
-from medfuse.core.readers import suffix_of
-from medfuse.core.readers.base import read_one_file
+from medfuse.core.predictor import Predictions, attention_summary, table_columns
 
-__all__ = ["OnnxPredictor", "choose_runtime", "load", "main", "predict_file"]
+__all__ = ["OnnxPredictor", "choose_runtime", "load", "main", "predict_file", "write_predictions"]
 
 
 def choose_runtime(package: str | Path, runtime: str = "auto") -> str:
@@ -53,59 +51,18 @@ def choose_runtime(package: str | Path, runtime: str = "auto") -> str:
     return "onnx"
 
 
-def _read_npz(path: Path, model: OnnxPredictor) -> tuple[dict[str, Any], list[str]]:
-    with np.load(path, allow_pickle=False) as d:
-        keys = set(d.files)
-        mods = model.modalities
-        present = npz_modalities(path, keys, mods)
-        n = len(d[present[0]])
-        batch: dict[str, Any] = {"mask": {}}
-        for m in present:
-            x = d[m].astype(np.float32)
-            if x.shape[1:] != mods[m].shape and x.ndim == len(mods[m].shape):  # (N, H, W) grey
-                x = x[:, None]
-            batch[m] = x
-            batch["mask"][m] = d[f"mask_{m}"] if f"mask_{m}" in keys else np.ones(n, np.float32)
-        ids = [str(v) for v in d["id"]] if "id" in keys else [f"{path.stem}-{i}" for i in range(n)]
-    return batch, ids
-
-
-def write_predictions(
-    rows: Iterable[tuple[str, np.ndarray, Any]], model: OnnxPredictor, out: Any
-) -> int:
-    """CSV rows ``id, prob_<label>..., label[, threshold]`` (the ``medfuse predict`` layout)."""
-    labels = model.labels
-    probs = [f"prob_{labels[1]}"] if model.task == "binary" else [f"prob_{x}" for x in labels]
-    header = ["id", *probs, "label", *(["threshold"] if model.task == "binary" else [])]
-    w = csv.writer(out)
-    w.writerow(header)
+def write_predictions(results: Iterable[Predictions], model: OnnxPredictor, out: Any) -> int:
+    """CSV rows in the ``medfuse predict`` layout (``Predictions.columns``)."""
+    w = csv.DictWriter(
+        out, fieldnames=table_columns(model.task, model.labels, list(model.schema.modalities))
+    )
+    w.writeheader()
     n = 0
-    for rid, p, lab in rows:
-        vals = [float(p)] if np.ndim(p) == 0 else [float(v) for v in p]
-        lab = ";".join(lab) if isinstance(lab, list) else lab
-        w.writerow([rid, *vals, lab, *([model.threshold] if model.task == "binary" else [])])
-        n += 1
+    for res in results:
+        for row in res.rows():
+            w.writerow(row)
+            n += 1
     return n
-
-
-def read_input(path: Path, model: OnnxPredictor) -> tuple[dict[str, Any], list[str]]:
-    """A batch and its ids from an ``.npz`` (one array per modality) or one image/signal file."""
-    if not path.exists():
-        raise DataError(f"input {path} not found")
-    if suffix_of(path) == ".npz":
-        return _read_npz(path, model)
-    # lazy: pydantic; a numpy + onnxruntime machine (no pydantic) predicts .npz inputs
-    from medfuse.core.spec import ModalitySpec
-
-    specs = {n: ModalitySpec.model_validate(m) for n, m in model.meta["spec"]["modalities"].items()}
-    one = read_one_file(path, specs)
-    if one is None:
-        raise DataError(
-            f"{path}: without pandas (the base install) the input is an .npz with one array per "
-            "modality or one image/signal file; a manifest .csv needs pip install 'medfuse[train]'"
-        )
-    arrays, masks = one
-    return {**arrays, "mask": masks}, [path.name]
 
 
 def predict_file(
@@ -116,26 +73,43 @@ def predict_file(
     device: str = "cpu",
     batch_size: int = 256,
     threads: int | None = None,
-) -> int:
-    """Predict ``input_path`` with ONNX Runtime and write the ``medfuse predict`` CSV layout to
-    ``out`` (stdout when None); the number of rows written."""
+    on_bad_row: str = "fail",
+    base_dir: str | Path | None = None,
+) -> tuple[int, list[dict[str, str]]]:
+    """Predict ``input_path`` (read by the one input contract: a manifest laid out as in
+    training, an ``.npz`` or one file) with ONNX Runtime; write the ``medfuse predict`` CSV
+    layout to ``out`` (stdout when None; a file appears whole or not at all). Returns the rows
+    written and the affected rows (errors, unusable inputs, plausibility flags)."""
     if out is not None and Path(out).suffix.lower() != ".csv":
         raise DataError(
-            f"--out {out}: without pandas and pyarrow (the base install) the output is a .csv; "
-            "Parquet needs pip install 'medfuse[train]'"
+            f"--out {out}: the torch-free runtime writes .csv; Parquet output needs "
+            "pip install 'medfuse[train]'"
         )
     model = load(package, device=device, threads=threads)
-    batch, ids = read_input(Path(input_path), model)
-    p = model.predict_proba(batch, batch_size=batch_size)
-    rows = zip(ids, p, decide(model.task, p, model.labels, model.threshold))
+    batches = iter_batches(input_path, model.schema, on_bad_row=on_bad_row, base_dir=base_dir)
+    first = next(batches, None)  # input errors before the output file is created
+    affected: list[dict[str, str]] = []
+
+    def results() -> Iterable[Predictions]:
+        for b in itertools.chain([first] if first is not None else [], batches):
+            res = model.predict_batch(b, batch_size=batch_size, on_bad_row=on_bad_row)
+            affected.extend(res.affected())
+            yield res
+
     if out is None:
-        return write_predictions(rows, model, sys.stdout)
-    with open(out, "w", newline="") as f:
-        return write_predictions(rows, model, f)
+        return write_predictions(results(), model, sys.stdout), affected
+    tmp = Path(out).with_name(f".{Path(out).name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", newline="") as f:
+            n = write_predictions(results(), model, f)
+        tmp.replace(out)  # a failed run leaves no truncated output
+    finally:
+        tmp.unlink(missing_ok=True)
+    return n, affected
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m medfuse.runtime PACKAGE --input batch.npz [--out preds.csv]``."""
+    """``python -m medfuse.runtime PACKAGE --input cases.csv [--out preds.csv]``."""
     ap = argparse.ArgumentParser(
         prog="python -m medfuse.runtime",
         description="Predict with an exported medfuse package using onnxruntime (no PyTorch).",
@@ -144,20 +118,41 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--input",
         required=True,
-        help=".npz with one array per modality (+ mask_<m>), or one image/signal file",
+        help="manifest .csv/.parquet (the training layout), .npz with one array per modality "
+        "(+ mask_<m>, id), or one image/signal file (PNG, JPEG, DICOM, NIfTI, .npy)",
     )
     ap.add_argument("--out", help="output .csv (default: stdout)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--on-bad-row", default="fail", choices=["fail", "missing"])
+    ap.add_argument("--base-dir", help="directory relative file paths resolve against")
     a = ap.parse_args(argv)
+    n = 0
     try:
-        n = predict_file(a.package, a.input, a.out, batch_size=a.batch_size, threads=a.threads)
+        n, affected = predict_file(
+            a.package,
+            a.input,
+            a.out,
+            batch_size=a.batch_size,
+            threads=a.threads,
+            on_bad_row=a.on_bad_row,
+            base_dir=a.base_dir,
+        )
         if a.out:
             print(f"{n} predictions -> {a.out}", file=sys.stderr)
-    except (DataError, PackageError) as err:
-        print(f"medfuse.runtime: error: {err}", file=sys.stderr)
+    except MedfuseError as err:
+        print(f"medfuse.runtime: error: {one_line(err)}", file=sys.stderr)
         return err.exit_code
+    except (OSError, ValueError, ImportError) as err:
+        print(f"medfuse.runtime: error: {type(err).__name__}: {one_line(err)}", file=sys.stderr)
+        return 1
+    for line in attention_summary(affected, n):
+        print(line, file=sys.stderr)
     return 0
+
+
+def one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
 
 
 if __name__ == "__main__":

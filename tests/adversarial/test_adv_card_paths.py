@@ -38,9 +38,8 @@ def test_contained(tmp_path: Path) -> None:
 
 
 def test_predict_refuses_a_manifest_path_outside(adv_exported: Path, tmp_path: Path) -> None:
-    from medfuse.core.inputs import modalities_from_meta
+    from medfuse.core.inputs import Schema, iter_batches
     from medfuse.core.package import read_meta
-    from medfuse.inference.inputs import read_inputs
 
     meta = read_meta(adv_exported)
     secret = tmp_path / "secret"
@@ -53,11 +52,12 @@ def test_predict_refuses_a_manifest_path_outside(adv_exported: Path, tmp_path: P
     head = f"id,image,signal,{cols}\n"
     blanks = "," * (len(meta["spec"]["modalities"]["tabular"]["columns"]) - 1)
     (here / "m.csv").write_text(head + f"1,,../secret/x.npy,{blanks}\n")
-    mods = modalities_from_meta(meta)
-    with pytest.raises(DataError, match="outside the allowed folders"):
-        read_inputs(here / "m.csv", mods, meta["preprocessing"])
+    schema = Schema.from_meta(meta)
+    with pytest.raises(DataError, match="outside the allowed folders"):  # even with "missing"
+        list(iter_batches(here / "m.csv", schema, on_bad_row="missing"))
     (here / "m.csv").write_text(head + f"1,,ok.npy,{blanks}\n")  # inside: not refused
-    read_inputs(here / "m.csv", mods, meta["preprocessing"])
+    (b,) = iter_batches(here / "m.csv", schema)
+    assert b.masks["signal"][0] == 1.0
 
 
 def test_the_predict_verb_refuses_a_manifest_path_outside(adv_exported, tmp_path, cli) -> None:

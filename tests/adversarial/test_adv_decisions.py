@@ -11,6 +11,8 @@ from medfuse.export.verify import verify_package
 def _swap_labels(m):
     m["labels"] = m["labels"][::-1]
     m["spec"]["task"]["labels"] = m["labels"]
+    if m["spec"]["task"].get("positive"):  # the careful forger keeps the spec consistent
+        m["spec"]["task"]["positive"] = m["labels"][1]
 
 
 EDITS = {

@@ -138,6 +138,23 @@ def test_cli_train_then_evaluate_reports_paired_metrics(example: Path, tmp_path:
         assert row in ev.stdout
     assert np.isfinite(m["auroc"]) and np.isfinite(m["paired"]["auroc"])
 
+    # the training manifest itself is a valid prediction input (its layout, its categories)
+    run = [sys.executable, "-m", "medfuse", "predict", str(pkg), "--input", str(example)]
+    bad = subprocess.run(run, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert bad.returncode == 3 and "--on-bad-row missing" in bad.stderr, bad.stderr[-2000:]
+    assert "Traceback" not in bad.stderr
+    preds = tmp_path / "preds.csv"
+    ok = subprocess.run(
+        [*run, "--on-bad-row", "missing", "--out", str(preds)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    df = pd.read_csv(preds, keep_default_na=False)
+    assert len(df) == len(pd.read_csv(example))
+    given = df[[c for c in df.columns if c.startswith("reason_")]].ne("").sum().sum()
+    assert given == 2  # the two unreadable cells, each with its reason
+    assert (df["label"] != "").all()
+
 
 def test_volume3d_config_trains_on_generated_nifti(tmp_path: Path) -> None:
     from medfuse.api import train

@@ -157,3 +157,21 @@ def test_page_in_headless_chromium(live_server, small_test, browser, tmp_path) -
     assert shown.get("overlay-image", 0) > 100 and shown.get("attribution-signal", 0) > 100
     assert shown.get("features-tabular", 0) > 100 and shown.get("picture-modalities", 0) > 100
     assert not outside, f"the page fetched from elsewhere: {outside}"
+
+
+def test_page_shows_plausibility_flags(live_server, browser) -> None:
+    """A clinical value outside the training range is shown as a flag next to the prediction."""
+    url, token = live_server
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    try:
+        page.goto(url + "/")
+        page.locator("#token").fill(token)
+        page.locator("#token-save").click()
+        page.locator("[data-testid=field-age]").fill("300")
+        page.locator("#submit").click()
+        flags = page.locator("[data-testid=flags]")
+        flags.wait_for(state="visible", timeout=60_000)
+        text = flags.inner_text()
+    finally:
+        page.close()
+    assert "age=300 outside the training range" in text

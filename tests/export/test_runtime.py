@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from medfuse import runtime
-from medfuse.core import decision, inputs
+from medfuse.core import decision
 from medfuse.core.errors import DataError, PackageError
 from medfuse.core.readers import image_math
 
@@ -216,20 +216,22 @@ def test_npy_header_is_checked_before_allocation() -> None:
 
 
 def test_npz_inputs_name_unknown_and_missing_modalities(tmp_path) -> None:
-    from medfuse.core.spec import ModalitySpec
-    from medfuse.inference.inputs import read_inputs
+    from medfuse.core.inputs import Modality, Schema, coerce
 
-    mods = {"image": ModalitySpec(kind="image", channels=1, size=[4, 4])}
+    schema = Schema({"image": Modality("image", "image", (1, 4, 4), channels=1, size=(4, 4))})
     bad = tmp_path / "bad.npz"
     np.savez(bad, image=np.zeros((2, 4, 4), np.float32), ecg=np.zeros((2, 3)))
     with pytest.raises(DataError, match=r"\['ecg'\] are not modalities of this model \(image\)"):
-        read_inputs(bad, mods, {})
+        coerce(bad, schema)
     empty = tmp_path / "empty.npz"
     np.savez(empty, id=np.array(["a"]))
     with pytest.raises(DataError, match=r"holds none of the model's modalities \(image\)"):
-        inputs.npz_modalities(empty, {"id"}, mods)
+        coerce(empty, schema)
     ok = tmp_path / "ok.npz"
     np.savez(ok, image=np.zeros((2, 4, 4), np.float32), mask_image=np.ones(2))
-    arrays, masks, table = read_inputs(ok, mods, {})
-    assert arrays["image"].shape == (2, 1, 4, 4) and masks["image"].tolist() == [1.0, 1.0]
-    assert len(table) == 2
+    b = coerce(ok, schema)
+    assert b.arrays["image"].shape == (2, 1, 4, 4) and b.masks["image"].tolist() == [1.0, 1.0]
+    assert b.ids == ["ok-0", "ok-1"]
+    (tmp_path / "broken.npz").write_bytes(ok.read_bytes()[:40])
+    with pytest.raises(DataError, match=r"not a readable \.npz"):
+        coerce(tmp_path / "broken.npz", schema)

@@ -75,10 +75,33 @@ def test_predict_without_the_training_stack_matches_the_full_install(
         str(tmp_path / "x.parquet"),
     )
     assert r.returncode == 2 and "pip install 'medfuse[train]'" in r.stderr
+
+    # a manifest laid out as in training predicts there too (stdlib csv, the one input contract)
+    meta = json.loads((exported_package / "medfuse.json").read_text())
+    cols = meta["spec"]["modalities"]["tabular"]["columns"]
+    with np.load(npz) as d:
+        lines = [f"id,image,signal,{','.join(cols)}"]
+        for i in range(5):
+            np.save(tmp_path / f"im{i}.npy", d["image"][i])
+            np.save(tmp_path / f"sig{i}.npy", d["signal"][i])
+            sig = f"sig{i}.npy" if d["mask_signal"][i] else ""
+            vals = ",".join(str(float(v)) for v in d["tabular"][i])
+            lines.append(f"s{i},im{i}.npy,{sig},{vals}")
     manifest = tmp_path / "m.csv"
-    manifest.write_text("id,image\na,x.png\n")
-    r = without(TRAINING_STACK, "predict", str(exported_package), "--input", str(manifest))
-    assert r.returncode == 2 and "needs pandas" in r.stderr and "medfuse[train]" in r.stderr
+    manifest.write_text("\n".join(lines) + "\n")
+    from_manifest = tmp_path / "manifest.csv"
+    r = without(
+        TRAINING_STACK,
+        "predict",
+        str(exported_package),
+        "--input",
+        str(manifest),
+        "--out",
+        str(from_manifest),
+    )
+    assert r.returncode == 0, r.stderr
+    ids_m, p_m, lab_m = read_probs(from_manifest)
+    assert ids_m == ids_full and np.abs(p_m - p_full).max() <= 1e-5 and lab_m == lab_full
 
 
 def test_verify_without_the_training_stack(exported_package: Path) -> None:

@@ -65,11 +65,11 @@ def test_predict_matches_the_torch_predictor(
 ) -> None:
     from medfuse.inference.predictor import load
 
-    body = {"instances": [_instance(cases, i) for i in range(4)] + [{"tabular": {"age": 50}}, {}]}
+    body = {"instances": [_instance(cases, i) for i in range(4)] + [{"tabular": {"age": 50}}]}
     r = client.post("/v1/predict", json=body, headers=AUTH)
     assert r.status_code == 200, r.text
     preds = r.json()["predictions"]
-    assert len(preds) == 6
+    assert len(preds) == 5
     ref = load(exported_package)
     p = ref.predict_proba(
         [{m: cases[m][i] for m in cases} for i in range(4)]
@@ -79,11 +79,11 @@ def test_predict_matches_the_torch_predictor(
     assert [x["label"] for x in preds[:4]] == ref.predict(
         [{m: cases[m][i] for m in cases} for i in range(4)]
     )
-    assert preds[4]["missing"] == ["image", "signal"] and preds[5]["missing"] == [
-        "image",
-        "signal",
-        "tabular",
-    ]
+    assert preds[4]["missing"] == ["image", "signal"]
+    # an instance with no input at all gets no label: a 422 naming the instance
+    r = client.post("/v1/predict", json={"instances": [{}]}, headers=AUTH)
+    assert r.status_code == 422 and _detail(r)[0]["loc"] == ["body", "instances", 0]
+    assert "no usable input" in _detail(r)[0]["msg"]
     assert all(abs(sum(x["probabilities"].values()) - 1) < 1e-9 for x in preds)
 
 
@@ -164,9 +164,9 @@ def _detail(r: Any) -> list[dict[str, Any]]:
             "ragged",
         ),
         (
-            {"image": {"array": [[[1.0, 2.0], [3.0, 4.0]]]}},
+            {"image": {"array": [[[1.0, 2.0], [3.0, 4.0]], [[1.0, 2.0], [3.0, 4.0]]]}},
             ["body", "instances", 0, "image", "array"],
-            "expected (1, 16, 16)",
+            "2 channels cannot be fitted to 1",
         ),
         ({"image": {"array": None, "png": None}}, ["body", "instances", 0, "image"], "exactly one"),
     ],
@@ -199,7 +199,9 @@ def test_nan_signal_and_errors_leave_the_service_healthy(client: TestClient) -> 
     r = client.post("/v1/predict", json={"instances": [{}] * 65}, headers=AUTH)
     assert r.status_code == 422  # over max_batch
     assert client.get("/health").json()["status"] == "ok"
-    assert client.post("/v1/predict", json={"instances": [{}]}, headers=AUTH).status_code == 200
+    assert client.post("/v1/predict", json={"instances": [{}]}, headers=AUTH).status_code == 422
+    ok = {"instances": [{"tabular": {"age": 50}}]}
+    assert client.post("/v1/predict", json=ok, headers=AUTH).status_code == 200
 
 
 def test_auth_and_size_limit(client: TestClient, cases: dict[str, np.ndarray]) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from medfuse.cli import main
 from medfuse.core.package import read_meta
-from medfuse.serve.batch import count_rows, iter_chunks, predict_stream
+from medfuse.serve.batch import count_rows, predict_stream
 
 N = 37
 
@@ -50,27 +50,52 @@ def test_count_rows(manifest: Path) -> None:
 def test_stream_equals_one_shot_and_runtimes_agree(
     exported_package: Path, manifest: Path, tmp_path: Path
 ) -> None:
-    from medfuse.inference.inputs import predict_file
+    from medfuse.core.inputs import Schema, iter_batches
+    from medfuse.inference.predictor import load
 
-    chunks = list(iter_chunks(manifest, read_meta(exported_package), 8))
-    assert [len(c[2]) for c in chunks] == [8, 8, 8, 8, 5]  # read 8 rows at a time
-    one_shot = predict_file(exported_package, manifest)
+    schema = Schema.from_meta(read_meta(exported_package))
+    chunks = list(iter_batches(manifest, schema, chunk=8, on_bad_row="missing"))
+    assert [len(c) for c in chunks] == [8, 8, 8, 8, 5]  # read 8 rows at a time
+    one_shot = pd.DataFrame(load(exported_package).predict_table(manifest, on_bad_row="missing"))
     outs = {}
     for rt in ("torch", "onnx"):
         out = tmp_path / f"{rt}.csv"
-        n = predict_stream(exported_package, manifest, out, runtime=rt, batch_size=3, chunk=8)
-        assert n == N
-        outs[rt] = pd.read_csv(out)
+        res = predict_stream(
+            exported_package, manifest, out, runtime=rt, batch_size=3, chunk=8, on_bad_row="missing"
+        )
+        assert res.rows == N
+        outs[rt] = pd.read_csv(out, keep_default_na=False)
     for df in outs.values():
         assert list(df["id"]) == [f"case-{i}" for i in range(N)]
         assert list(df.columns) == list(one_shot.columns)
         assert (df["label"] == one_shot["label"]).all()
         assert np.abs(df["prob_positive"] - one_shot["prob_positive"]).max() < 1e-5
+        # the unreadable file of row 3 is a missing modality, and the row says why
+        assert df["present_image"].tolist()[3] == 0
+        assert "does-not-exist.png" in df["reason_image"][3]
+        assert df["present_image"].tolist()[1] == 1 and df["reason_image"][1] == ""
+        assert df["present_image"].tolist()[0] == 0 and df["reason_image"][0] == ""  # empty cell
+
+
+def test_unreadable_file_fails_by_default(exported_package: Path, manifest: Path, tmp_path):
+    from medfuse.core.errors import DataError
+
+    out = tmp_path / "p.csv"
+    with pytest.raises(DataError, match=r"row 5 \(image\).*does-not-exist.png.*on-bad-row missing"):
+        predict_stream(exported_package, manifest, out, runtime="onnx")
+    assert not out.exists()
+    # the bad row in the second chunk, after the first was written: an existing output stays
+    out.write_text("earlier predictions\n")
+    with pytest.raises(DataError, match=r"does-not-exist\.png"):
+        predict_stream(exported_package, manifest, out, runtime="onnx", batch_size=2, chunk=2)
+    assert out.read_text() == "earlier predictions\n"
+    assert [f.name for f in tmp_path.iterdir()] == ["p.csv"]  # no temporary file left
 
 
 def test_cli_parquet_and_stdout(exported_package: Path, manifest: Path, tmp_path: Path, capsys):
     out = tmp_path / "preds.parquet"
     args = ["predict", str(exported_package), "--input", str(manifest), "--batch-size", "4"]
+    args += ["--on-bad-row", "missing"]
     assert main([*args, "--runtime", "onnx", "--out", str(out)]) == 0
     df = pd.read_parquet(out)
     assert len(df) == N and {"id", "prob_positive", "label", "threshold"} <= set(df.columns)

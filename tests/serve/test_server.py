@@ -72,14 +72,17 @@ def test_live_server_answers_over_http(server: str) -> None:
         assert c.get("/v1/model").status_code == 401
         r = c.post(
             "/v1/predict",
-            json={"instances": [{"tabular": {"age": 61, "bmi": 24.5, "marker": 1.2}}, {}]},
+            json={"instances": [{"tabular": {"age": 61, "bmi": 24.5, "marker": 1.2}}]},
             headers=AUTH,
         )
         assert r.status_code == 200, r.text
         preds = r.json()["predictions"]
-        assert [p["missing"] for p in preds] == [
-            ["image", "signal"],
-            ["image", "signal", "tabular"],
+        assert [p["missing"] for p in preds] == [["image", "signal"]]
+        empty = c.post("/v1/predict", json={"instances": [{}]}, headers=AUTH)  # no input at all
+        assert empty.status_code == 422 and empty.json()["detail"][0]["loc"] == [
+            "body",
+            "instances",
+            0,
         ]
         bad = c.post(
             "/v1/predict", json={"instances": [{"image": {"png": "aGVsbG8="}}]}, headers=AUTH

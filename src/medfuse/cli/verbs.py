@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -203,31 +204,61 @@ def setup_predict(p: argparse.ArgumentParser) -> Handler:
         help="torch (the weights), onnx (model.onnx via ONNX Runtime; run medfuse export first) "
         "or auto (default): torch when PyTorch is installed and the package has weights, else onnx",
     )
+    p.add_argument(
+        "--on-bad-row",
+        default="fail",
+        choices=["fail", "missing"],
+        help="an unusable input (unreadable file, NaN values, a non-finite result): fail (the "
+        "default, as in training) or missing (predict without it; the row says why)",
+    )
+    p.add_argument(
+        "--base-dir",
+        help="directory that relative file paths in the input resolve against (default: the "
+        "manifest's own directory)",
+    )
+    p.add_argument(
+        "--issues",
+        help="file listing affected rows when more than 20 (default: OUT.issues.csv; with no --out the first 20 are printed)",
+    )
 
     def run(a: argparse.Namespace) -> int:
-        from medfuse.core.readers import suffix_of  # lazy: numpy, not for --help
+        from medfuse.core.predictor import attention_summary  # lazy: numpy, not for --help
         from medfuse.runtime import choose_runtime, predict_file  # lazy: numpy, not for --help
 
         runtime = choose_runtime(a.package, a.runtime)
         try:
-            # lazy: pandas (absent in the base install); streams manifests
+            # lazy: pandas (absent in the base install); streams manifests, Parquet out
             from medfuse.serve.batch import predict_stream
         except ModuleNotFoundError as err:
-            manifest = suffix_of(a.input) == ".csv"
             parquet = a.out is not None and Path(a.out).suffix.lower() != ".csv"
-            if err.name != "pandas" or runtime != "onnx" or manifest or parquet:
+            if err.name != "pandas" or runtime != "onnx" or parquet:
                 raise  # exit 2, naming the extra with pandas
-            # the base install (no pandas, no torch): ONNX Runtime on an .npz or one file
-            n = predict_file(a.package, a.input, a.out, device=a.device, batch_size=a.batch_size)
+            # the base install (no pandas, no torch): the torch-free runtime, CSV out
+            n, affected = predict_file(
+                a.package,
+                a.input,
+                a.out,
+                device=a.device,
+                batch_size=a.batch_size,
+                on_bad_row=a.on_bad_row,
+                base_dir=a.base_dir,
+            )
+            lines = attention_summary(affected, n)
         else:
-            n = predict_stream(
+            res = predict_stream(
                 a.package,
                 a.input,
                 a.out,
                 runtime=runtime,
                 device=a.device,
                 batch_size=a.batch_size,
+                on_bad_row=a.on_bad_row,
+                base_dir=a.base_dir,
+                issues_out=a.issues,
             )
+            n, lines = res.rows, res.summary()
+        for line in lines:
+            print(line, file=sys.stderr)
         if a.out:
             console().print(f"{n} predictions -> {Path(a.out)}")
         return 0

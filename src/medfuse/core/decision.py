@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from medfuse.core.errors import DataError
+
 #: the metrics every summary table shows, in order
 SUMMARY_KEYS = (
     "auroc",
@@ -32,13 +34,40 @@ def probabilities(task: str, logits: np.ndarray, temperature: float = 1.0) -> np
     return p[:, 0] if task == "binary" and p.ndim == 2 else p
 
 
-def decide(task: str, p: np.ndarray, labels: list[str], threshold: float) -> list[Any]:
-    """Labels from probabilities: threshold (binary, multilabel) or argmax (multiclass)."""
+def nonfinite_rows(p: np.ndarray) -> np.ndarray:
+    """Indices of rows whose probability (or any of its K probabilities) is NaN or infinite."""
+    p = np.asarray(p, dtype=np.float64)
+    bad = ~np.isfinite(p)
+    return np.flatnonzero(bad if bad.ndim == 1 else bad.reshape(len(p), -1).any(axis=1))
+
+
+NONFINITE = (
+    "the model produced a non-finite probability (NaN or infinite), so no label is given; the "
+    "input is probably far outside what the model was trained on (values, scale)"
+)
+
+
+def decide(
+    task: str, p: np.ndarray, labels: list[str], threshold: float, *, nonfinite: str = "error"
+) -> list[Any]:
+    """Labels from probabilities: threshold (binary, multilabel) or argmax (multiclass).
+
+    A non-finite probability never becomes a label: it is a ``DataError`` naming the rows, or,
+    with ``nonfinite="none"``, ``None`` for those rows (the caller flags them)."""
+    p = np.asarray(p, dtype=np.float64)
+    bad = nonfinite_rows(p)
+    if len(bad) and nonfinite != "none":
+        rows = ", ".join(map(str, bad[:10].tolist())) + (" ..." if len(bad) > 10 else "")
+        raise DataError(f"rows {rows}: {NONFINITE}")
+    skip = set(bad.tolist())
     if task == "binary":
-        return [labels[int(v >= threshold)] for v in p]
+        return [None if i in skip else labels[int(v >= threshold)] for i, v in enumerate(p)]
     if task == "multiclass":
-        return [labels[int(i)] for i in p.argmax(axis=1)]
-    return [[labels[j] for j in np.flatnonzero(row >= threshold)] for row in p]
+        return [None if i in skip else labels[int(row.argmax())] for i, row in enumerate(p)]
+    return [
+        None if i in skip else [labels[j] for j in np.flatnonzero(row >= threshold)]
+        for i, row in enumerate(p)
+    ]
 
 
 def reference_decisions(

@@ -1,21 +1,66 @@
-"""The package's description of its inputs, and reading prediction inputs without torch."""
+"""The one input contract: every way of giving a package samples, coerced to one ``Batch``.
+
+``coerce(samples, schema)`` is what every prediction entry point calls (the torch and ONNX
+predictors, ``medfuse predict``, ``explain``, the HTTP service and its web page,
+``python -m medfuse.runtime``). It accepts:
+
+- a dict per sample ``{"image": array | path | Upload, "tabular": {"age": 61, "sex": "F"}}``
+  (tabular columns may also be given at the top level: ``{"image": ..., "age": 61}``);
+- a list of such dicts; a pandas DataFrame (duck-typed: one sample per ROW) or Series;
+- a batched dict ``{m: (N, ...), "mask": {m: (N,)}, "id": [...]}`` (a leading batch axis);
+- a path: a CSV (stdlib ``csv``) or Parquet manifest laid out like the training one (the
+  package's column mapping, id and patient columns; relative file paths resolve against the
+  manifest's directory), an ``.npz`` (arrays ``<m>``, ``mask_<m>``, ``id``) or one file (PNG,
+  JPEG, DICOM, NIfTI, ``.npy``, WFDB ``.hea``) for a model with one image or signal modality;
+- a ``Split`` (``.arrays`` / ``.masks``, the data pipeline's own output: passed through).
+
+Images and signals given as arrays are fitted to the modality's shape by the same code as the
+file readers (``fit_image`` / ``fit_signal``: a 56-px image feeds a 28-px model). Structural
+mistakes are ``InputError`` naming the row and field and what is allowed (unknown keys with a
+did-you-mean, wrong types, shapes that cannot be fitted, a list of strings, a row with no
+modality at all). Bad *values* (an unreadable file, NaN or infinite image/signal values, an
+infinite tabular value) are errors by default; with ``on_bad_row="missing"`` the modality is
+predicted as absent and the row says why (``Batch.reasons``). A tabular NaN / None / empty cell
+is a missing value (as in training). Values outside the training ranges stored in the package
+are flagged (``Batch.flags``), never used unflagged.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import csv
+import functools
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from medfuse.core.errors import DataError
-from medfuse.core.readers.image_math import fit_image, fit_signal, read_image_bytes, read_npy_bytes
+from medfuse.core.errors import DataError, did_you_mean
+from medfuse.core.paths import contained, resolve_data_root
+from medfuse.core.readers.image_math import fit_image, fit_signal
+
+OnBadRow = Literal["fail", "missing"]
+ON_BAD_ROW = ("fail", "missing")
+UNSEEN = ("error", "flag")
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+ACCEPTED = (
+    "a dict per sample, a list of dicts, a pandas DataFrame, a batched dict {modality: (N, ...), "
+    "'mask': {...}}, or a path (.csv/.parquet manifest, .npz, one image/signal file)"
+)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+# ---- what the package says about its inputs --------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Modality:
-    """One input of the model as ``medfuse.json`` describes it (no pydantic needed)."""
+    """One input of the model as ``medfuse.json`` describes it (no pydantic needed); it has
+    what ``medfuse.core.readers.read_modality`` needs to read a file for it."""
 
     name: str
     kind: str
@@ -26,6 +71,9 @@ class Modality:
     columns: tuple[str, ...] = ()
     sequence: int | None = None
     categories: dict[str, list[str]] = field(default_factory=dict)
+    window: Any = None
+    leads: list[str] | None = None
+    rate: float | None = None
 
     @property
     def missing_value(self) -> float:
@@ -56,38 +104,909 @@ def modalities_from_meta(meta: dict[str, Any]) -> dict[str, Modality]:
             columns=tuple(m.get("columns") or ()),
             sequence=m.get("sequence"),
             categories=dict(stats.get(name, {}).get("categories", {}) or {}),
+            window=m.get("window"),
+            leads=m.get("leads"),
+            rate=m.get("rate"),
         )
     return out
 
 
-def read_file(path: str | Path, modality: Modality) -> np.ndarray:
-    """One image (PNG/JPEG/... or .npy) or signal (.npy) file fitted to ``modality``'s shape.
+@dataclass(frozen=True)
+class Layout:
+    """How a manifest lays out samples: the column of each file modality (the training spec's
+    ``data.options.columns``), the id and patient columns, the training manifest's directory."""
 
-    The full install reads many more formats (DICOM, NIfTI, WFDB) through ``medfuse.data``;
-    this fallback covers what a torch-free deployment typically receives.
-    """
-    p = Path(path)
-    data = p.read_bytes()
-    if modality.kind == "image" and not modality.sequence:
-        raw = read_npy_bytes(data) if p.suffix.lower() == ".npy" else read_image_bytes(data)
-        return fit_image(raw, int(modality.channels or 1), modality.size or ())
-    if modality.kind == "signal" and not modality.sequence and p.suffix.lower() == ".npy":
-        return fit_signal(
-            read_npy_bytes(data), int(modality.channels or 1), int(modality.length or 0)
+    columns: dict[str, str] = field(default_factory=dict)
+    id_column: str = "id"
+    patient_column: str | None = "patient_id"
+    base_dir: str | None = None
+
+    def column(self, modality: str) -> str:
+        return self.columns.get(modality, modality)
+
+
+def layout_from_meta(meta: dict[str, Any]) -> Layout:
+    """The layout recorded at training (``meta["data"]["layout"]``), else the spec's options."""
+    rec = (meta.get("data") or {}).get("layout") or {}
+    opts = ((meta.get("spec") or {}).get("data") or {}).get("options") or {}
+    return Layout(
+        columns=dict(rec.get("columns", opts.get("columns")) or {}),
+        id_column=str(rec.get("id_column", "id")),
+        patient_column=rec.get("patient_column", opts.get("patient_column", "patient_id")),
+        base_dir=rec.get("base_dir"),
+    )
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Everything coercion needs of a package: modalities, layout, training statistics."""
+
+    modalities: dict[str, Modality]
+    layout: Layout = field(default_factory=Layout)
+    stats: dict[str, Any] = field(default_factory=dict)
+    unseen_category: str = "error"
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> Schema:
+        data = (meta.get("spec") or {}).get("data") or {}
+        return cls(
+            modalities=modalities_from_meta(meta),
+            layout=layout_from_meta(meta),
+            stats=dict(meta.get("preprocessing") or {}),
+            unseen_category=str(data.get("unseen_category", "error")),
         )
-    raise DataError(f"{p}: the torch-free runtime reads images and .npy signals only")
+
+    @property
+    def tabular_columns(self) -> dict[str, str]:
+        """Column name -> its tabular modality."""
+        return {
+            c: m.name for m in self.modalities.values() if m.kind == "tabular" for c in m.columns
+        }
+
+
+# ---- results --------------------------------------------------------------------------------
+
+
+class InputError(DataError):
+    """An input the contract refuses; ``loc`` locates it (row index, modality, column)."""
+
+    def __init__(self, msg: str, loc: tuple[Any, ...] = ()) -> None:
+        self.loc = tuple(loc)
+        self.msg = msg
+        super().__init__(msg)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """The bytes of one file (an HTTP upload), with its type as a suffix (``.png``, ``.dcm``)."""
+
+    data: bytes
+    suffix: str
+
+
+@dataclass
+class Batch:
+    """Raw arrays ``{m: (N, *shape)}`` and presence masks ``{m: (N,)}`` as training saw them,
+    with per row: its id, per modality why it is absent when a given input was unusable
+    (``reasons[m][i]``, "" otherwise), plausibility flags, and an error when the row cannot be
+    predicted at all (``errors[i]``, "" otherwise)."""
+
+    arrays: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]
+    ids: list[str]
+    reasons: dict[str, list[str]]
+    flags: list[list[str]]
+    errors: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, sl: slice) -> Batch:
+        return Batch(
+            {m: a[sl] for m, a in self.arrays.items()},
+            {m: k[sl] for m, k in self.masks.items()},
+            self.ids[sl],
+            {m: r[sl] for m, r in self.reasons.items()},
+            self.flags[sl],
+            self.errors[sl],
+        )
+
+    def present(self, m: str) -> np.ndarray:
+        return np.asarray(self.masks[m]) > 0
+
+
+def _new_batch(schema: Schema, n: int, ids: list[str]) -> Batch:
+    return Batch(
+        {
+            m: np.full((n, *mod.shape), mod.missing_value, np.float32)
+            for m, mod in schema.modalities.items()
+        },
+        {m: np.zeros(n, np.float32) for m in schema.modalities},
+        ids,
+        {m: [""] * n for m in schema.modalities},
+        [[] for _ in range(n)],
+        [""] * n,
+    )
+
+
+# ---- values ---------------------------------------------------------------------------------
+
+
+class _Bad(Exception):
+    """A bad value (unreadable file, non-finite values): fatal or a missing modality."""
+
+
+def _empty(v: Any) -> bool:
+    if v is None:
+        return True
+    if isinstance(v, float | np.floating):
+        return bool(np.isnan(v))
+    if isinstance(v, str):
+        return not v.strip()
+    return type(v).__name__ in ("NAType", "NaTType")
+
+
+def _tab_value(v: Any, col: str, cats: list[str] | None, policy: str) -> tuple[float, str]:
+    """One tabular cell as a float (NaN = missing) and a flag ("" if none)."""
+    if _empty(v):
+        return float("nan"), ""
+    if isinstance(v, bool | np.bool_):
+        raise InputError(
+            f"{v!r} is a boolean; give a number" + (f" or one of {cats}" if cats else "")
+        )
+    if cats:
+        key = str(v).strip()
+        if isinstance(v, float | np.floating) and float(v).is_integer():
+            key = str(int(v))
+        if key in cats:
+            return float(cats.index(key)), ""
+        msg = f"{v!r} was never seen in training{did_you_mean(key, cats)} Allowed: {cats}"
+        if policy == "flag":
+            return float("nan"), f"{col}: {msg} (used as missing)"
+        raise InputError(msg + " (set data.unseen_category: flag to flag such values instead)")
+    if isinstance(v, str):
+        try:
+            x = float(v.strip())
+        except ValueError:
+            raise InputError(f"{v!r} is not a number") from None
+    elif isinstance(v, int | float | np.integer | np.floating):
+        x = float(v)
+    else:
+        raise InputError(f"a {type(v).__name__} is not a number")
+    if math.isnan(x):
+        return x, ""
+    if not math.isfinite(x) or abs(x) > FLOAT32_MAX:
+        raise _Bad(f"{col}: {v!r} is not a finite number (use an empty value for a missing one)")
+    return x, ""
+
+
+def _as_array(v: Any, what: str) -> np.ndarray:
+    try:
+        x = np.asarray(v, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{what}: a {type(v).__name__} is not a numeric array") from None
+    with np.errstate(over="ignore"):
+        return x.astype(np.float32)
+
+
+def _fit(x: np.ndarray, m: Modality) -> np.ndarray:
+    """An array fitted to one sample of ``m`` (resize, channels) or an InputError."""
+    if x.shape == m.shape:
+        return x
+    exp = f"({', '.join(map(str, m.shape))})"
+    if m.kind == "image" and not m.sequence and m.size:
+        c = int(m.channels or 1)
+        if x.ndim == len(m.size) + 1 and x.shape[0] not in (1, 3, c):
+            raise InputError(
+                f"shape {x.shape}: {x.shape[0]} channels cannot be fitted to {c}; expected {exp} "
+                "(one sample; a batch needs a leading batch axis and a 'mask' key or an array per sample)"
+            )
+        try:
+            return fit_image(x, c, m.size)
+        except DataError as err:
+            raise InputError(f"shape {x.shape} cannot be fitted to {exp}: {err}") from None
+    if m.kind == "signal" and not m.sequence and m.length:
+        try:
+            return fit_signal(x, int(m.channels or 1), int(m.length))
+        except DataError as err:
+            raise InputError(f"shape {x.shape} cannot be fitted to {exp}: {err}") from None
+    raise InputError(f"shape {x.shape}; expected {exp}")
+
+
+def _read_path(path: Path, m: Modality) -> np.ndarray:
+    from medfuse.core.readers import read_modality
+
+    try:
+        return np.asarray(read_modality(path, m), np.float32)  # type: ignore[arg-type]
+    except DataError as err:
+        raise _Bad(str(err)) from None
+    except MemoryError:
+        raise _Bad(f"{path}: the file is too large to decode") from None
+
+
+def _read_upload(up: Upload, m: Modality) -> np.ndarray:
+    if up.suffix == ".npy" and m.kind == "signal":
+        # an array in a file: fitted as an array is (no lead names, no rate: the model's leads
+        # in order); images keep the reader (a numeric window applies to .npy images)
+        from medfuse.core.readers.image_math import read_npy_bytes
+
+        try:
+            x = read_npy_bytes(up.data)
+        except DataError as err:
+            raise _Bad(f"the uploaded .npy file: {err}") from None
+        return _fit(x, m)
+    fd, name = tempfile.mkstemp(suffix=up.suffix, prefix="medfuse-upload-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(up.data)
+        try:
+            return _read_path(Path(name), m)
+        except _Bad as err:
+            raise _Bad(str(err).replace(name, f"the uploaded {up.suffix} file")) from None
+        except Exception as err:  # a decoder's own failure on hostile input
+            raise _Bad(
+                f"cannot decode the uploaded {up.suffix} file ({type(err).__name__})"
+            ) from None
+    finally:
+        os.unlink(name)
+
+
+def _sniff(data: bytes) -> str:
+    if data[:6] == b"\x93NUMPY":
+        return ".npy"
+    if data[128:132] == b"DICM":
+        return ".dcm"
+    return ".png"  # Pillow sniffs the image type itself
+
+
+def _tensor_value(
+    v: Any, m: Modality, base: Path, roots: tuple[Path, ...] | None = None
+) -> np.ndarray:
+    """An image/signal value (path, upload, bytes or array) as one fitted, finite sample.
+    ``roots``: the folders a file path must lie in (a manifest's paths), None for no limit."""
+    if isinstance(v, bytes | bytearray):
+        v = Upload(bytes(v), _sniff(bytes(v)))
+    if isinstance(v, Upload):
+        x = _read_upload(v, m)
+    elif isinstance(v, str | os.PathLike):
+        p = Path(str(v).strip()).expanduser()
+        p = p if p.is_absolute() else base / p
+        if roots is not None and not contained(p, roots):
+            raise InputError(
+                f"{v} lies outside the allowed folders ({', '.join(map(str, roots))}); paths in "
+                "a manifest must stay inside its folder (--base-dir) or the data root"
+            )
+        x = _read_path(p, m)
+    elif isinstance(v, Mapping):
+        raise InputError(f"a mapping is not an {m.kind}; give an array, a file path or file bytes")
+    else:
+        x = _fit(_as_array(v, m.kind), m)
+    bad = int(x.size - np.isfinite(x).sum())
+    if bad == x.size:
+        raise _Bad(f"all {x.size} values are NaN or infinite")
+    if bad:
+        raise _Bad(f"{bad} of {x.size} values are NaN or infinite (or beyond float32)")
+    return x
+
+
+# ---- coercion -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Ctx:
+    schema: Schema
+    on_bad_row: str
+    base: Path
+    where: str
+    unseen: str
+    row_label: Any  # i -> "row 12" / "sample 3"
+    #: the folders a file named in the input must lie in (a manifest's); None: no limit
+    roots: tuple[Path, ...] | None = None
+
+    def bad(self, batch: Batch, i: int, m: str, msg: str) -> None:
+        if self.on_bad_row == "fail":
+            raise InputError(
+                f"{self.where}{self.row_label(i)} ({m}): {msg} (use on_bad_row='missing' / "
+                "--on-bad-row missing to predict such rows without this input, flagged)".strip(),
+                (i, m),
+            )
+        batch.masks[m][i] = 0.0
+        batch.reasons[m][i] = msg
+
+    def error(self, msg: str, loc: tuple[Any, ...]) -> InputError:
+        i = loc[0] if loc else None
+        at = self.row_label(i) if isinstance(i, int) else ""
+        sub = f" ({', '.join(map(str, loc[1:]))})" if len(loc) > 1 else ""
+        return InputError(f"{self.where}{at}{sub}: {msg}".strip().removeprefix(": "), loc)
+
+
+def _check_policy(on_bad_row: str, unseen: str) -> None:
+    if on_bad_row not in ON_BAD_ROW:
+        raise DataError(f"on_bad_row must be one of {', '.join(ON_BAD_ROW)}; got {on_bad_row!r}")
+    if unseen not in UNSEEN:
+        raise DataError(f"unseen_category must be one of {', '.join(UNSEEN)}; got {unseen!r}")
+
+
+def coerce(
+    samples: Any,
+    schema: Schema,
+    *,
+    on_bad_row: OnBadRow | str = "fail",
+    base_dir: str | Path | None = None,
+    unseen_category: str | None = None,
+    where: str | None = None,
+) -> Batch:
+    """Any accepted input (see the module's docstring) as one ``Batch``."""
+    unseen = unseen_category or schema.unseen_category
+    _check_policy(on_bad_row, unseen)
+    if isinstance(samples, Batch):
+        return samples
+    if isinstance(samples, str | os.PathLike):
+        return _concat(
+            list(
+                iter_batches(
+                    Path(samples),
+                    schema,
+                    on_bad_row=on_bad_row,
+                    base_dir=base_dir,
+                    unseen_category=unseen,
+                )
+            ),
+            schema,
+        )
+    base = _in_memory_base(schema, base_dir)
+    if hasattr(samples, "arrays") and hasattr(samples, "masks"):  # a Split: the data pipeline's
+        arrays = {m: np.asarray(samples.arrays[m], np.float32) for m in schema.modalities}
+        masks = {m: np.asarray(samples.masks[m], np.float32) for m in schema.modalities}
+        n = len(next(iter(masks.values()))) if masks else 0
+        meta = getattr(samples, "meta", None)
+        ids = (
+            [str(v) for v in meta["id"]]
+            if meta is not None and "id" in getattr(meta, "columns", ())
+            else [f"row-{i}" for i in range(n)]
+        )
+        b = Batch(
+            arrays,
+            masks,
+            ids,
+            {m: [""] * n for m in schema.modalities},
+            [[] for _ in range(n)],
+            [""] * n,
+        )
+        return b
+    if hasattr(samples, "to_dict") and hasattr(samples, "columns") and hasattr(samples, "iloc"):
+        rows = samples.to_dict(orient="records")  # a DataFrame: one sample per row
+        ctx = _Ctx(schema, on_bad_row, base, where or "", unseen, lambda i: f" row {i}")
+        cols = [str(c) for c in samples.columns]
+        return _from_rows(
+            [{str(k): v for k, v in r.items()} for r in rows], ctx, table=cols, default_id="row-{i}"
+        )
+    if (
+        hasattr(samples, "to_dict")
+        and hasattr(samples, "index")
+        and not isinstance(samples, Mapping)
+    ):
+        samples = {str(k): v for k, v in samples.to_dict().items()}  # a Series: one sample
+    if isinstance(samples, Mapping):
+        if _is_batched(samples, schema):
+            ctx = _Ctx(schema, on_bad_row, base, where or "", unseen, lambda i: f" sample {i}")
+            return _from_batched(samples, ctx, default_id="row-{i}")
+        samples = [samples]
+    if isinstance(samples, np.ndarray):
+        raise InputError(
+            f"a bare array is ambiguous; give {ACCEPTED} (keys: {', '.join(schema.modalities)})"
+        )
+    if isinstance(samples, Iterable):
+        rows = list(samples)
+        if not rows:
+            raise InputError("no samples given (an empty list)")
+        if all(isinstance(r, str) for r in rows):
+            raise InputError(
+                f"a list of strings {rows[:5]} (column names?) is not a sample; give {ACCEPTED}"
+            )
+        for i, r in enumerate(rows):
+            if not isinstance(r, Mapping):
+                raise InputError(
+                    f"sample {i}: a {type(r).__name__} is not a sample; each sample is a dict "
+                    f"keyed by modality ({', '.join(schema.modalities)})",
+                    (i,),
+                )
+        ctx = _Ctx(schema, on_bad_row, base, where or "", unseen, lambda i: f" sample {i}")
+        return _from_rows([dict(r) for r in rows], ctx, table=None, default_id="row-{i}")
+    raise InputError(f"a {type(samples).__name__} is not an accepted input; give {ACCEPTED}")
+
+
+def _in_memory_base(schema: Schema, base_dir: str | Path | None) -> Path:
+    """Relative file paths of in-memory samples: ``base_dir``, else the training manifest's
+    directory when it exists here, else the working directory."""
+    if base_dir is not None:
+        return Path(base_dir).expanduser()
+    rec = schema.layout.base_dir
+    if rec and Path(rec).is_dir():
+        return Path(rec)
+    return Path.cwd()
+
+
+def _is_batched(d: Mapping[str, Any], schema: Schema) -> bool:
+    if "mask" in d:
+        return True
+    for k, v in d.items():
+        m = schema.modalities.get(k)
+        if m is None or v is None or isinstance(v, str | bytes | os.PathLike | Upload | Mapping):
+            continue
+        try:
+            nd = np.ndim(v)
+        except ValueError:
+            continue
+        return nd == len(m.shape) + 1
+    return False
+
+
+def _from_batched(d: Mapping[str, Any], ctx: _Ctx, default_id: str) -> Batch:
+    schema = ctx.schema
+    mods = schema.modalities
+    allowed = [*mods, "mask", "id"]
+    for k in d:
+        if k not in allowed:
+            raise ctx.error(
+                f"unknown key {k!r}{did_you_mean(k, allowed)} Allowed: {', '.join(allowed)}", ()
+            )
+    masks_in = d.get("mask") or {}
+    if not isinstance(masks_in, Mapping):
+        raise ctx.error("'mask' must be a dict {modality: (N,) array of 0/1}", ())
+    for k in masks_in:
+        if k not in mods:
+            raise ctx.error(
+                f"mask for unknown modality {k!r}{did_you_mean(k, mods)} Allowed: {', '.join(mods)}",
+                (),
+            )
+    given = {m: _as_array(d[m], m) for m in mods if d.get(m) is not None}
+    if not given:
+        raise ctx.error(f"no input for any modality; expected some of {', '.join(mods)}", ())
+    ns = {m: (len(x) if x.ndim else -1) for m, x in given.items()}
+    n = next(iter(ns.values()))
+    if any(v != n for v in ns.values()) or n < 0:
+        raise ctx.error(f"the arrays disagree on the number of samples: {ns}", ())
+    ids = (
+        [str(v) for v in d["id"]]
+        if d.get("id") is not None
+        else [default_id.format(i=i) for i in range(n)]
+    )
+    if len(ids) != n:
+        raise ctx.error(f"'id' has {len(ids)} values for {n} samples", ())
+    b = _new_batch(schema, n, ids)
+    for m, x in given.items():
+        mod = mods[m]
+        mk = masks_in.get(m)
+        mask = np.ones(n, np.float32) if mk is None else _as_array(mk, f"mask {m}").reshape(-1)
+        if mask.shape != (n,):
+            raise ctx.error(f"mask of {m!r} has {mask.size} values for {n} samples", (None, m))
+        if not np.isin(mask, (0.0, 1.0)).all():
+            bad = mask[~np.isin(mask, (0.0, 1.0))][0]
+            raise ctx.error(f"mask of {m!r} must hold 0 or 1; got {bad}", (None, m))
+        if (
+            mod.kind == "image"
+            and x.ndim == len(mod.shape)
+            and int(mod.channels or 1) == 1
+            and not mod.sequence
+        ):
+            x = x[:, None]  # (N, H, W) grey
+        if x.shape[1:] != mod.shape:
+            if x.ndim != len(mod.shape) + 1:
+                raise ctx.error(
+                    f"arrays of shape {x.shape}; expected (N, {', '.join(map(str, mod.shape))})",
+                    (None, m),
+                )
+            try:
+                x = (
+                    np.stack([_fit(s, mod) for s in x])
+                    if n
+                    else np.zeros((0, *mod.shape), np.float32)
+                )
+            except InputError as err:
+                raise ctx.error(err.msg, (None, m)) from None
+        b.arrays[m] = np.ascontiguousarray(x, np.float32)
+        b.masks[m] = mask
+        flat = x.reshape(n, -1)
+        if mod.kind == "tabular":
+            inf = np.isinf(flat).any(axis=1) & (mask > 0)
+            for i in np.flatnonzero(inf):
+                ctx.bad(b, int(i), m, "infinite values (use NaN for a missing value)")
+                b.arrays[m][i] = np.nan
+            b.masks[m] = b.masks[m] * (~np.isnan(b.arrays[m].reshape(n, -1)).all(axis=1))
+            for i in np.flatnonzero(np.asarray(mask) > 0):
+                b.flags[int(i)].extend(_category_flags(b.arrays[m][i], mod, ctx))
+        else:
+            nonfinite = (~np.isfinite(flat)).sum(axis=1)
+            for i in np.flatnonzero((nonfinite > 0) & (mask > 0)):
+                what = "all" if nonfinite[i] == flat.shape[1] else str(int(nonfinite[i]))
+                ctx.bad(b, int(i), m, f"{what} of {flat.shape[1]} values are NaN or infinite")
+    return _finish(b, ctx)
+
+
+def _category_flags(row: np.ndarray, mod: Modality, ctx: _Ctx) -> list[str]:
+    """Coded categorical values given as numbers must be valid codes."""
+    out: list[str] = []
+    for j, col in enumerate(mod.columns):
+        cats = mod.categories.get(col)
+        v = row[..., j]
+        if not cats:
+            continue
+        ok = np.isnan(v) | ((v >= 0) & (v < len(cats)) & (v == np.round(v)))
+        if not np.all(ok):
+            raise ctx.error(
+                f"column {col!r}: codes must be 0..{len(cats) - 1} ({cats}); got {v[~ok][:3].tolist()}",
+                (None, mod.name, col),
+            )
+    return out
+
+
+def _from_rows(
+    rows: list[dict[str, Any]], ctx: _Ctx, *, table: list[str] | None, default_id: str
+) -> Batch:
+    """Rows keyed by column (a manifest, a DataFrame) or sample dicts keyed by modality."""
+    schema, lay = ctx.schema, ctx.schema.layout
+    mods = schema.modalities
+    tab_cols = schema.tabular_columns
+    if table is not None:  # a table: every modality's columns must be there (as in training)
+        for m, mod in mods.items():
+            need = list(mod.columns) if mod.kind == "tabular" else [lay.column(m)]
+            for col in need:
+                if col not in table and not (mod.kind == "tabular" and m in table):
+                    raise ctx.error(
+                        f"no column {col!r} for modality {m!r}{did_you_mean(col, table)} "
+                        f"Columns: {', '.join(table)}",
+                        (),
+                    )
+    else:  # sample dicts: every key must mean something
+        allowed = [*mods, *(lay.column(m) for m in mods), *tab_cols, lay.id_column]
+        if lay.patient_column:
+            allowed.append(lay.patient_column)
+        for i, r in enumerate(rows):
+            for k in r:
+                if k not in allowed:
+                    raise ctx.error(
+                        f"unknown key {k!r}{did_you_mean(k, allowed)} Allowed: "
+                        f"{', '.join(dict.fromkeys(allowed))}",
+                        (i, k),
+                    )
+    n = len(rows)
+    ids = []
+    for i, r in enumerate(rows):
+        rid = r.get(lay.id_column)
+        if _empty(rid) and lay.patient_column:
+            rid = r.get(lay.patient_column)
+        ids.append(default_id.format(i=i) if _empty(rid) else _id_str(rid))
+    b = _new_batch(schema, n, ids)
+    for i, r in enumerate(rows):
+        for m, mod in mods.items():
+            if mod.kind == "tabular":
+                _tab_row(b, i, r, mod, ctx)
+                continue
+            col = lay.column(m)
+            if table is not None or m not in r:  # a table: the mapped column, as in training
+                v = r.get(col)
+            else:
+                v = r.get(m)
+            if _empty(v):
+                continue
+            try:
+                b.arrays[m][i] = _tensor_value(v, mod, ctx.base, ctx.roots)
+                b.masks[m][i] = 1.0
+            except _Bad as err:
+                ctx.bad(b, i, m, str(err))
+            except InputError as err:
+                raise ctx.error(err.msg, (i, m)) from None
+    return _finish(b, ctx)
+
+
+def _id_str(v: Any) -> str:
+    if isinstance(v, float | np.floating) and float(v).is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def _tab_row(b: Batch, i: int, r: dict[str, Any], mod: Modality, ctx: _Ctx) -> None:
+    m = mod.name
+    v = r.get(m)
+    if v is not None and not isinstance(v, Mapping):  # an array of the columns' values
+        if isinstance(v, str):
+            raise ctx.error(
+                f"a string is not tabular input; give {{column: value}} for {list(mod.columns)}",
+                (i, m),
+            )
+        x = _as_array(v, m)
+        if x.shape != mod.shape:
+            raise ctx.error(
+                f"shape {x.shape}; expected ({len(mod.columns)},) for columns {list(mod.columns)}",
+                (i, m),
+            )
+        if np.isinf(x).any():
+            ctx.bad(b, i, m, "infinite values (use NaN for a missing value)")
+            return
+        b.arrays[m][i] = x
+        b.masks[m][i] = float(not np.isnan(x).all())
+        b.flags[i].extend(_category_flags(x[None], mod, ctx))
+        return
+    named = dict(v) if isinstance(v, Mapping) else {}
+    for k in named:
+        if k not in mod.columns:
+            raise ctx.error(
+                f"unknown column {k!r}{did_you_mean(k, mod.columns)} Allowed: {', '.join(mod.columns)}",
+                (i, m, k),
+            )
+    row = np.full(len(mod.columns), np.nan, np.float32)
+    for j, col in enumerate(mod.columns):
+        val = named[col] if col in named else r.get(col)
+        try:
+            val_x, flag = _tab_value(val, col, mod.categories.get(col), ctx.unseen)
+        except InputError as err:
+            raise ctx.error(f"column {col!r}: {err.msg}", (i, m, col)) from None
+        except _Bad as err:
+            ctx.bad(b, i, m, str(err))
+            return
+        row[j] = val_x
+        if flag:
+            b.flags[i].append(flag)
+    b.arrays[m][i] = row
+    b.masks[m][i] = float(not np.isnan(row).all())
+
+
+def _finish(b: Batch, ctx: _Ctx) -> Batch:
+    """Rows with no modality present cannot be predicted; plausibility flags for the others."""
+    n = len(b)
+    anyp = np.zeros(n, bool)
+    for m in b.masks:
+        anyp |= b.masks[m] > 0
+    for i in np.flatnonzero(~anyp):
+        why = [f"{m}: {r[i]}" for m, r in b.reasons.items() if r[i]]
+        msg = (
+            "no usable input"
+            + (f" ({'; '.join(why)})" if why else "")
+            + (f"; give at least one of {', '.join(ctx.schema.modalities)}")
+        )
+        if ctx.on_bad_row == "fail":
+            raise ctx.error(msg, (int(i),))
+        b.errors[int(i)] = msg
+    for k, flags in enumerate(plausibility(b.arrays, b.masks, ctx.schema)):
+        b.flags[k].extend(flags)
+    return b
+
+
+def _concat(batches: list[Batch], schema: Schema) -> Batch:
+    if len(batches) == 1:
+        return batches[0]
+    if not batches:
+        return _new_batch(schema, 0, [])
+    return Batch(
+        {m: np.concatenate([b.arrays[m] for b in batches]) for m in schema.modalities},
+        {m: np.concatenate([b.masks[m] for b in batches]) for m in schema.modalities},
+        [i for b in batches for i in b.ids],
+        {m: [r for b in batches for r in b.reasons[m]] for m in schema.modalities},
+        [f for b in batches for f in b.flags],
+        [e for b in batches for e in b.errors],
+    )
+
+
+# ---- files ----------------------------------------------------------------------------------
+
+
+def iter_batches(
+    path: str | Path,
+    schema: Schema,
+    *,
+    chunk: int = 1024,
+    on_bad_row: OnBadRow | str = "fail",
+    base_dir: str | Path | None = None,
+    unseen_category: str | None = None,
+) -> Iterator[Batch]:
+    """A prediction input file, ``chunk`` rows at a time for a manifest (constant memory):
+    a ``.csv`` / ``.parquet`` manifest, an ``.npz``, or one image/signal file."""
+    from medfuse.core.readers import IMAGE_READERS, SIGNAL_READERS, suffix_of
+
+    unseen = unseen_category or schema.unseen_category
+    _check_policy(on_bad_row, unseen)
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"input {p} not found")
+    if p.is_dir():
+        raise DataError(f"input {p} is a directory; give a manifest, an .npz or one file")
+    suf = suffix_of(p)
+    base = Path(base_dir).expanduser() if base_dir is not None else p.parent
+    if suf in TABLE_SUFFIXES:
+        start = 0
+        offset = 2 if suf == ".csv" else 1  # a CSV's first data row is line 2
+
+        def label(i: int) -> str:
+            return f" row {i + offset}"
+
+        for cols, rows in _table_chunks(p, chunk):
+            ctx = _Ctx(
+                schema,
+                on_bad_row,
+                base,
+                str(p),
+                unseen,
+                functools.partial(lambda s, i: label(s + i), start),
+                (base, resolve_data_root()),
+            )
+            first = start + (2 if suf == ".csv" else 1)
+            yield _renumbered(_from_rows(rows, ctx, table=cols, default_id="\0{i}"), first)
+            start += len(rows)
+        return
+    if suf == ".npz":
+        b = _read_npz(p, schema, on_bad_row, unseen)
+    else:
+        kinds = [
+            k for k, reg in (("image", IMAGE_READERS), ("signal", SIGNAL_READERS)) if suf in reg
+        ]
+        names = [m for m, s in schema.modalities.items() if s.kind in kinds]
+        if len(names) > 1 and suf == ".npy":  # an image or a signal: the one it fits
+            names = [m for m in names if _fits(p, schema.modalities[m])]
+        if len(names) != 1:
+            raise DataError(
+                f"{p}: give a manifest .csv/.parquet, an .npz with one array per modality, or one "
+                f"image/signal file for a model with one such modality (this model: "
+                f"{', '.join(f'{m} ({s.kind})' for m, s in schema.modalities.items())})"
+            )
+        ctx = _Ctx(schema, on_bad_row, base, str(p), unseen, lambda i: "")
+        b = _from_rows([{names[0]: str(p.resolve())}], ctx, table=None, default_id=p.name)
+    for s in range(0, len(b), chunk):
+        yield b.take(slice(s, s + chunk))
+
+
+def _fits(p: Path, m: Modality) -> bool:
+    try:
+        _fit(_as_array(np.load(p, allow_pickle=False), m.name), m)
+    except (InputError, ValueError, OSError):
+        return False
+    return True
+
+
+def _renumbered(b: Batch, first: int) -> Batch:
+    """Default ids of a manifest are its line numbers (``row-2`` is the first data line)."""
+    b.ids = [f"row-{first + int(x[1:])}" if x.startswith("\0") else x for x in b.ids]
+    return b
+
+
+def _table_chunks(p: Path, chunk: int) -> Iterator[tuple[list[str], list[dict[str, Any]]]]:
+    if p.suffix.lower() == ".csv":
+        try:
+            f = open(p, newline="", encoding="utf-8-sig")  # noqa: SIM115 (closed below)
+        except OSError as err:
+            raise DataError(f"{p}: cannot be read ({err.strerror})") from None
+        with f:
+            reader = csv.DictReader(f)
+            try:
+                cols = list(reader.fieldnames or [])
+            except (csv.Error, UnicodeDecodeError) as err:
+                raise DataError(f"{p}: not a readable CSV ({err})") from None
+            if not cols:
+                raise DataError(f"{p}: an empty manifest (no header line)")
+            rows: list[dict[str, Any]] = []
+            try:
+                for r in reader:
+                    if None in r:
+                        raise DataError(
+                            f"{p} line {reader.line_num}: more cells than the header's {len(cols)} columns"
+                        )
+                    rows.append(r)
+                    if len(rows) >= chunk:
+                        yield cols, rows
+                        rows = []
+            except (csv.Error, UnicodeDecodeError) as err:
+                raise DataError(f"{p} line {reader.line_num}: not a readable CSV ({err})") from None
+            if rows or not cols:
+                yield cols, rows
+        return
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:  # pragma: no cover - without pyarrow
+        raise DataError(f"{p}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+    try:
+        pf = pq.ParquetFile(str(p))
+    except Exception as err:
+        raise DataError(f"{p}: not a readable Parquet file ({type(err).__name__}: {err})") from None
+    cols = list(pf.schema_arrow.names)
+    for rb in pf.iter_batches(batch_size=chunk):
+        yield cols, rb.to_pylist()
+
+
+def _read_npz(p: Path, schema: Schema, on_bad_row: str, unseen: str) -> Batch:
+    mods = schema.modalities
+    try:
+        with np.load(p, allow_pickle=False) as d:
+            keys = set(d.files)
+            npz_modalities(p, keys, mods)
+            batch: dict[str, Any] = {m: d[m] for m in mods if m in keys}
+            masks = {m: d[f"mask_{m}"] for m in mods if f"mask_{m}" in keys}
+            if masks:
+                batch["mask"] = masks
+            if "id" in keys:
+                batch["id"] = [str(v) for v in d["id"]]
+    except DataError:
+        raise
+    except Exception as err:  # a truncated or corrupt archive, an object array
+        raise DataError(f"{p}: not a readable .npz ({type(err).__name__}: {err})") from None
+    batch.setdefault("mask", {})
+    ctx = _Ctx(schema, on_bad_row, p.parent, str(p), unseen, lambda i: f" sample {i}")
+    return _from_batched(batch, ctx, default_id=f"{p.stem}-{{i}}")
 
 
 def npz_modalities(path: Path | str, keys: set[str], modalities: Iterable[str]) -> list[str]:
     """The model's modalities an ``.npz`` input holds (arrays ``<m>``, ``mask_<m>``, ``id``);
     an array that is none of these, or no modality at all, is an error naming what is allowed."""
     mods = list(modalities)
-    unknown = keys - set(mods) - {f"mask_{m}" for m in mods} - {"id"}
+    allowed = [*mods, *(f"mask_{m}" for m in mods), "id"]
+    unknown = keys - set(allowed)
     if unknown:
+        k = sorted(unknown)[0]
         raise DataError(
-            f"{path}: arrays {sorted(unknown)} are not modalities of this model ({', '.join(mods)})"
+            f"{path}: arrays {sorted(unknown)} are not modalities of this model "
+            f"({', '.join(mods)}){did_you_mean(k, allowed)} Allowed: {', '.join(allowed)}"
         )
     present = [m for m in mods if m in keys]
     if not present:
         raise DataError(f"{path}: holds none of the model's modalities ({', '.join(mods)})")
     return present
+
+
+# ---- plausibility ---------------------------------------------------------------------------
+
+
+def plausibility(
+    arrays: dict[str, np.ndarray], masks: dict[str, np.ndarray], schema: Schema
+) -> list[list[str]]:
+    """Per row, what lies outside the training ranges stored in the package (none stored: no
+    flags). Tabular: a value below the training minimum or above its maximum. Images and
+    signals: the sample's 1st/99th percentile beyond the training 0.5/99.5 percentiles by more
+    than half their span, or its mean beyond the training means by as much (a 0-255 image for
+    a model trained on 0-1)."""
+    n = len(next(iter(masks.values()))) if masks else 0
+    out: list[list[str]] = [[] for _ in range(n)]
+    for m, mod in schema.modalities.items():
+        rng = (schema.stats.get(m) or {}).get("range")
+        if not rng or m not in arrays:
+            continue
+        present = np.flatnonzero(np.asarray(masks[m]) > 0)
+        if not len(present):
+            continue
+        x = np.asarray(arrays[m])[present]
+        if mod.kind == "tabular":
+            flat = x.reshape(len(present), -1, len(mod.columns))
+            for j, col in enumerate(mod.columns):
+                if col in mod.categories:
+                    continue
+                lo, hi = rng["min"][j], rng["max"][j]
+                if lo is None or hi is None:
+                    continue
+                v = flat[..., j]
+                with np.errstate(invalid="ignore"):
+                    off = ((v < lo) | (v > hi)).any(axis=1)
+                for k in np.flatnonzero(off):
+                    vals = v[k][np.isfinite(v[k])]
+                    shown = f"{vals[0]:g}" if vals.size == 1 else f"{vals.min():g}..{vals.max():g}"
+                    out[present[k]].append(
+                        f"{col}={shown} outside the training range [{lo:g}, {hi:g}]"
+                    )
+            continue
+        lo, hi = float(rng["p0_5"]), float(rng["p99_5"])
+        span = max(hi - lo, 1e-6)
+        mlo, mhi = float(rng["mean_min"]), float(rng["mean_max"])
+        flat2 = x.reshape(len(present), -1).astype(np.float64)
+        with np.errstate(all="ignore"):
+            q = np.percentile(flat2, [1, 99], axis=1)
+            means = flat2.mean(axis=1)
+        off = (
+            (q[1] > hi + span / 2)
+            | (q[0] < lo - span / 2)
+            | (means > mhi + span / 2)
+            | (means < mlo - span / 2)
+        )
+        for k in np.flatnonzero(off):
+            out[present[k]].append(
+                f"{m}: intensities {q[0][k]:.4g}..{q[1][k]:.4g} (mean {means[k]:.4g}) outside "
+                f"the training range {lo:.4g}..{hi:.4g} (means {mlo:.4g}..{mhi:.4g}); a different "
+                "scale or kind of input?"
+            )
+    return out

@@ -3,6 +3,7 @@
 >>> from medfuse.core.onnx import load
 >>> model = load("runs/breastmnist")                 # checksums verified, ORT session created
 >>> model.predict_proba({"image": x})                # raw (N, 1, 28, 28) arrays, as training saw them
+>>> model.predict_rows("new_cases.csv", on_bad_row="missing").rows()   # a manifest, flagged rows
 
 The package's ``medfuse.json`` gives everything else: the input shapes, the normalisation
 statistics fitted on the training split, the calibration temperature and the decision threshold.
@@ -16,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from medfuse.core.decision import decide, probabilities
-from medfuse.core.errors import DataError, PackageError
+from medfuse.core.errors import PackageError
 from medfuse.core.inputs import modalities_from_meta
 from medfuse.core.package import read_meta
+from medfuse.core.predictor import PredictorBase
 from medfuse.core.preprocess import normalize
 
 
@@ -51,9 +52,10 @@ def session_options(threads: int | None = None) -> Any:
     return so
 
 
-class OnnxPredictor:
-    """``predict_proba`` / ``predict`` on raw inputs with ONNX Runtime (same API as
-    ``medfuse.inference.predictor.Predictor``, which needs PyTorch)."""
+class OnnxPredictor(PredictorBase):
+    """``predict_proba`` / ``predict`` / ``predict_rows`` on any input the one input contract
+    accepts (``medfuse.core.inputs``), with ONNX Runtime; the same ``Predictor`` protocol as
+    ``medfuse.inference.predictor.Predictor``, which needs PyTorch."""
 
     runtime = "onnx"
 
@@ -95,79 +97,6 @@ class OnnxPredictor:
             )
         self.output_name = self.session.get_outputs()[0].name
 
-    # -- package facts --
-    @property
-    def labels(self) -> list[str]:
-        return list(self.meta["labels"])
-
-    @property
-    def task(self) -> str:
-        return str(self.meta["task"])
-
-    @property
-    def threshold(self) -> float:
-        return float(self.meta["threshold"]["value"])  # present: read_meta checked it
-
-    @property
-    def temperature(self) -> float:
-        return float(self.meta["calibration"]["temperature"])  # read_meta fills it
-
-    @property
-    def num_outputs(self) -> int:
-        return 1 if self.task == "binary" else len(self.labels)
-
-    # -- inputs --
-    def arrays(self, samples: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Raw arrays and presence masks from a batched dict (``{m: (N, ...), "mask": {...}}``),
-        an object with ``.arrays`` / ``.masks`` (a ``Split``) or a list of per-sample dicts."""
-        if hasattr(samples, "arrays") and hasattr(samples, "masks"):
-            return dict(samples.arrays), dict(samples.masks)
-        if isinstance(samples, dict):
-            masks_in = samples.get("mask") or {}
-            arrays = {
-                m: np.asarray(samples[m], np.float32) for m in self.modalities if m in samples
-            }
-            if not arrays:
-                raise DataError(
-                    f"no input for any modality; expected some of {', '.join(self.modalities)}"
-                )
-            n = len(next(iter(arrays.values())))
-            masks: dict[str, np.ndarray] = {}
-            for m, info in self.modalities.items():
-                if m not in arrays:
-                    arrays[m] = np.full((n, *info.shape), info.missing_value, np.float32)
-                    masks[m] = np.zeros(n, np.float32)
-                else:
-                    if arrays[m].shape[1:] != info.shape or len(arrays[m]) != n:
-                        raise DataError(
-                            f"modality {m!r}: arrays of shape {arrays[m].shape}; expected "
-                            f"({n}, {', '.join(map(str, info.shape))})"
-                        )
-                    masks[m] = np.asarray(masks_in.get(m, np.ones(n)), np.float32).reshape(n)
-            return arrays, masks
-        return self._stack(list(samples))
-
-    def _stack(
-        self, samples: list[dict[str, Any]]
-    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        n = len(samples)
-        arrays, masks = {}, {}
-        for name, info in self.modalities.items():
-            x = np.full((n, *info.shape), info.missing_value, np.float32)
-            mask = np.zeros(n, np.float32)
-            for i, s in enumerate(samples):
-                v = s.get(name) if isinstance(s, dict) else None
-                if v is None:
-                    continue
-                v = np.asarray(v, dtype=np.float32)
-                if v.shape != info.shape:
-                    raise DataError(
-                        f"sample {i}, modality {name!r}: shape {v.shape}, expected {info.shape}"
-                    )
-                x[i], mask[i] = v, 1.0
-            arrays[name], masks[name] = x, mask
-        return arrays, masks
-
     # -- inference --
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Run the ONNX graph on already preprocessed inputs (names as the graph's inputs)."""
@@ -182,30 +111,10 @@ class OnnxPredictor:
         feeds.update({f"mask_{m}": np.asarray(masks[m], np.float32) for m in self.modalities})
         return feeds
 
-    def logits(self, samples: Any, *, batch_size: int = 256) -> np.ndarray:
-        arrays, masks = self.arrays(samples)
-        n = len(next(iter(masks.values())))
-        out = []
-        for s in range(0, n, batch_size):
-            sl = slice(s, s + batch_size)
-            out.append(
-                self.run(
-                    self.preprocess(
-                        {m: a[sl] for m, a in arrays.items()}, {m: k[sl] for m, k in masks.items()}
-                    )
-                )
-            )
-        return np.concatenate(out) if out else np.zeros((0, self.num_outputs), np.float32)
-
-    def predict_proba(self, samples: Any, *, batch_size: int = 256) -> np.ndarray:
-        """Binary: (N,) P(positive label); multiclass/multilabel: (N, K). Calibration applied."""
-        return probabilities(
-            self.task, self.logits(samples, batch_size=batch_size), self.temperature
-        )
-
-    def predict(self, samples: Any, *, batch_size: int = 256) -> list[Any]:
-        p = self.predict_proba(samples, batch_size=batch_size)
-        return decide(self.task, p, self.labels, self.threshold)
+    def _batch_logits(
+        self, arrays: dict[str, np.ndarray], masks: dict[str, np.ndarray]
+    ) -> np.ndarray:
+        return self.run(self.preprocess(arrays, masks))
 
 
 def load(

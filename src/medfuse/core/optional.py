@@ -23,7 +23,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     ),
     **dict.fromkeys(("pydicom", "nibabel", "wfdb"), "medical"),
     "mlflow": "tracking",
-    **dict.fromkeys(("model_signing", "OpenSSL", "sigstore"), "signing"),
+    **dict.fromkeys(("model_signing", "OpenSSL"), "signing"),
 }
 #: the extras each extra includes (pyproject: ``export = ["medfuse[train]", ...]``)
 EXTRA_INCLUDES: dict[str, tuple[str, ...]] = {

@@ -82,7 +82,7 @@ class PackageMeta(_Open):
     """``medfuse.json``, validated on every load (``read_meta``): the decision-critical fields are
     typed with their ranges; informational fields (versions, training, data, ...) pass through."""
 
-    format: Literal["medfuse-package"] = FORMAT
+    format: Literal["medfuse-package"] = "medfuse-package"
     format_version: int = Field(default=FORMAT_VERSION, ge=0, le=FORMAT_VERSION)
     name: str = ""
     task: Literal["binary", "multiclass", "multilabel"]

@@ -3,6 +3,7 @@ root (``..``, absolute paths and symbolic links resolved first)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -25,3 +26,15 @@ def require_contained(path: str | Path, roots: Iterable[str | Path], where: str)
             "must stay inside its folder or the data root (data.options.contain_paths)"
         )
     return Path(path)
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "medfuse"
+
+
+def resolve_data_root(data_dir: str | Path | None = None) -> Path:
+    """``--data-dir``, else ``MEDFUSE_DATA_DIR``, else ``~/.cache/medfuse``."""
+    if data_dir:
+        return Path(data_dir).expanduser()
+    env = os.environ.get("MEDFUSE_DATA_DIR")
+    return Path(env).expanduser() if env else default_data_root()

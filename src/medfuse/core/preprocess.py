@@ -6,6 +6,7 @@ preprocess inputs exactly as training did.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -21,9 +22,14 @@ def channel_axis(kind: str, has_sequence: bool) -> int:
 
 
 def fit_stats(
-    arrays: dict[str, np.ndarray], masks: dict[str, np.ndarray], axes: dict[str, int]
+    arrays: dict[str, np.ndarray],
+    masks: dict[str, np.ndarray],
+    axes: dict[str, int],
+    kinds: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Per-channel / per-column mean and std over the present training samples (NaN-aware)."""
+    """Per-channel / per-column mean and std over the present training samples (NaN-aware);
+    with ``kinds`` (modality -> image/signal/tabular) also the ``range`` that prediction checks
+    inputs against (``fit_ranges``)."""
     stats: dict[str, Any] = {}
     for name, x in arrays.items():
         present = x[masks[name] > 0]
@@ -39,7 +45,50 @@ def fit_stats(
             mean = np.nan_to_num(mean, nan=0.0)
             std = np.where(np.isfinite(std) & (std > EPS), std, 1.0)
         stats[name] = {"mean": mean.tolist(), "std": std.tolist(), "channel_axis": axes[name]}
+        if kinds and name in kinds:
+            rng = fit_ranges(x, masks[name], kinds[name])
+            if rng is not None:
+                stats[name]["range"] = rng
     return stats
+
+
+def fit_ranges(x: np.ndarray, mask: np.ndarray, kind: str) -> dict[str, Any] | None:
+    """What plausibility checks compare against, from the training split: tabular per-column
+    min/max; images and signals value percentiles (0.5, 99.5) and the range of sample means."""
+    present = np.asarray(x)[np.asarray(mask) > 0]
+    if present.shape[0] == 0:
+        return None
+    if kind == "tabular":
+        flat = present.reshape(-1, present.shape[-1])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lo, hi = np.nanmin(flat, axis=0), np.nanmax(flat, axis=0)
+        return {"min": [_num(v) for v in lo], "max": [_num(v) for v in hi]}
+    n = present.shape[0]
+    flat = present.reshape(n, -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.asarray(np.nanmean(flat, axis=1, dtype=np.float64))
+    means = means[np.isfinite(means)]
+    pick = np.unique(np.linspace(0, n - 1, min(n, 512)).astype(int))  # deterministic subsample
+    sub = flat[pick]
+    step = max(1, sub.size // 2_000_000)
+    vals = sub.reshape(-1)[::step]
+    vals = vals[np.isfinite(vals)]
+    if not vals.size or not means.size:
+        return None
+    lo, hi = np.percentile(vals, [0.5, 99.5])
+    return {
+        "p0_5": float(lo),
+        "p99_5": float(hi),
+        "mean_min": float(means.min()),
+        "mean_max": float(means.max()),
+    }
+
+
+def _num(v: Any) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
 
 
 def normalize(x: np.ndarray, mask: np.ndarray | None, stat: dict[str, Any]) -> np.ndarray:
@@ -50,8 +99,12 @@ def normalize(x: np.ndarray, mask: np.ndarray | None, stat: dict[str, Any]) -> n
     shape[c] = -1
     mean = np.asarray(stat["mean"], dtype=np.float32).reshape(shape)
     std = np.asarray(stat["std"], dtype=np.float32).reshape(shape)
-    out = (x - mean) / std
-    out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = (x - mean) / std
+    # NaN is a missing (tabular) value: the training mean. An infinite result (a huge input) is
+    # kept: the model's output becomes non-finite and the row is refused, never a silent 0.
+    out = np.where(np.isnan(out), np.float32(0.0), out)
     if mask is not None:
-        out = out * (np.asarray(mask, dtype=np.float32).reshape((-1,) + (1,) * (x.ndim - 1)) > 0)
+        keep = np.asarray(mask, dtype=np.float32).reshape((-1,) + (1,) * (x.ndim - 1)) > 0
+        out = np.where(keep, out, np.float32(0.0))
     return out.astype(np.float32, copy=False)

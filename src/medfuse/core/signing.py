@@ -19,6 +19,7 @@ import hashlib
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from medfuse.core.errors import PackageError
 from medfuse.core.package import META, SIGNATURE, read_meta, sha256_file
@@ -60,7 +61,7 @@ def package_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _model_signing():  # type: ignore[no-untyped-def]
+def _model_signing() -> Any:
     try:  # deferred: an optional dependency (medfuse[signing]), needed only to sign or check
         import model_signing
     except ImportError:
@@ -70,7 +71,7 @@ def _model_signing():  # type: ignore[no-untyped-def]
     return model_signing
 
 
-def _hashing(ms):  # type: ignore[no-untyped-def]
+def _hashing(ms: Any) -> Any:
     return ms.hashing.Config().set_ignored_paths(paths=[SIGNATURE], ignore_git_paths=False)
 
 

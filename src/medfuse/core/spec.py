@@ -300,6 +300,11 @@ class DataSpec(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
     on_bad_row: Literal["fail", "missing"] = "fail"
+    unseen_category: Literal["error", "flag"] = Field(
+        default="error",
+        description="at prediction, a categorical value never seen in training: an error, or "
+        "flag: predicted as a missing value and flagged in the output",
+    )
 
 
 class ThresholdSpec(_Strict):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from medfuse.core.errors import DataError, SpecError, did_you_mean
+from medfuse.core.paths import default_data_root as default_data_root
+from medfuse.core.paths import resolve_data_root as resolve_data_root
 from medfuse.core.registry import Registry
 from medfuse.core.spec import ModalitySpec
 
@@ -69,18 +70,6 @@ class DataBundle:
         if s is None:
             raise SpecError("", f"this data source has no {name!r} split")
         return s
-
-
-def default_data_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "medfuse"
-
-
-def resolve_data_root(data_dir: str | Path | None = None) -> Path:
-    """``--data-dir``, else ``MEDFUSE_DATA_DIR``, else ``~/.cache/medfuse``."""
-    if data_dir:
-        return Path(data_dir).expanduser()
-    env = os.environ.get("MEDFUSE_DATA_DIR")
-    return Path(env).expanduser() if env else default_data_root()
 
 
 def find_in_root(root: Path, folder: str, relative: str) -> Path | None:

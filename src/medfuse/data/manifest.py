@@ -320,6 +320,13 @@ def load_manifest(
             "manifest": manifest_record(path, arg, root),
             "synthetic": False,
             "bad_rows": report["bad_rows"],
+            # what prediction needs to read the same layout again (medfuse.core.inputs.Layout)
+            "layout": {
+                "columns": dict(options.get("columns", {})),
+                "id_column": "id",
+                "patient_column": patient_col,
+                "base_dir": str(path.parent.resolve()),
+            },
             "categories": report["categories"],
             "paths": report["paths"],
             # per image modality read without a window: the files' one native scale

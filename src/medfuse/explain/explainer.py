@@ -416,14 +416,13 @@ def explain_file(
     are computed for every row and averaged over the whole input (dataset level).
     """
     from medfuse.explain.plots import dataset_contributions
-    from medfuse.inference.inputs import read_inputs
     from medfuse.inference.predictor import load
 
     t0 = time.perf_counter()
     pred = load(package, device=device)
     ex = Explainer(pred, layer=layer, steps=steps, target=target)
-    arrays, masks, ids_df = read_inputs(input_path, pred.spec.modalities, ex.stats)
-    ids = [str(v) for v in ids_df["id"]]
+    batch = pred.inputs(input_path)  # the one input contract, as `medfuse predict` reads it
+    arrays, masks, ids = batch.arrays, batch.masks, list(batch.ids)
     n = len(ids)
     sel = rows if isinstance(rows, list) else parse_rows(rows, n)
     if sel is None:

@@ -1,6 +1,6 @@
 """Streaming batch prediction for ``medfuse predict``: constant memory over large manifests.
 
-A manifest CSV is read ``chunk`` rows at a time (pandas ``chunksize``); each chunk's files are
+A manifest CSV is read ``chunk`` rows at a time (``medfuse.core.inputs.iter_batches``); each chunk's files are
 read, predicted in batches and appended to the output (CSV, or Parquet through a pyarrow
 ``ParquetWriter``) before the next chunk is read, so memory does not grow with the input. An
 ``.npz`` or a single file is read whole (as before) and written the same way. Runtimes: ``torch``
@@ -9,23 +9,18 @@ read, predicted in batches and appended to the output (CSV, or Parquet through a
 
 from __future__ import annotations
 
+import itertools
+import os
 import sys
-from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import pandas as pd
 
 from medfuse.core.errors import DataError
-
-Chunk = tuple[dict[str, np.ndarray], dict[str, np.ndarray], pd.DataFrame]
-
-
-def spec_modalities(meta: dict[str, Any]) -> dict[str, Any]:
-    from medfuse.core.spec import ModalitySpec
-
-    return {n: ModalitySpec.model_validate(m) for n, m in meta["spec"]["modalities"].items()}
+from medfuse.core.inputs import iter_batches
+from medfuse.core.predictor import MAX_LISTED, attention_summary, table_columns
 
 
 def count_rows(path: Path) -> int | None:
@@ -40,77 +35,27 @@ def count_rows(path: Path) -> int | None:
     return max(0, n - 1 + (0 if last_newline else 1))
 
 
-def iter_chunks(path: str | Path, meta: dict[str, Any], chunk: int) -> Iterator[Chunk]:
-    """Raw arrays, masks and ids, ``chunk`` rows at a time."""
-    from medfuse.core.readers import suffix_of
-    from medfuse.inference.inputs import read_inputs
-
-    p = Path(path)
-    mods = spec_modalities(meta)
-    stats = meta["preprocessing"]
-    if not p.exists():
-        raise DataError(f"input {p} not found")
-    if suffix_of(p) != ".csv":
-        arrays, masks, ids = read_inputs(p, mods, stats)
-        n = len(ids)
-        for s in range(0, n, chunk):
-            sl = slice(s, s + chunk)
-            yield (
-                {m: a[sl] for m, a in arrays.items()},
-                {m: k[sl] for m, k in masks.items()},
-                ids.iloc[sl].reset_index(drop=True),
-            )
-        return
-    from medfuse.data import resolve_data_root
-    from medfuse.data.manifest import read_rows
-
-    cats = {m: s.get("categories", {}) for m, s in stats.items()}
-    roots = [p.parent, resolve_data_root(None)]  # files only under the manifest's folder/data root
-    start = 0
-    for df in pd.read_csv(p, chunksize=chunk):
-        df = df.reset_index(drop=True)
-        where = f"{p} (rows {start + 2}-{start + len(df) + 1})"
-        arrays, masks, _ = read_rows(
-            df,
-            p.parent,
-            mods,
-            {},
-            on_bad_row="missing",
-            categories=cats,
-            where=where,
-            contain=roots,
-        )
-        if "id" in df.columns:
-            ids = df["id"].astype(str)
-        else:
-            ids = pd.Series([f"row-{start + i + 2}" for i in range(len(df))])
-        yield arrays, masks, pd.DataFrame({"id": ids})
-        start += len(df)
-
-
-def table(
-    ids: pd.DataFrame, p: np.ndarray, labels: list[str], task: str, threshold: float
-) -> pd.DataFrame:
-    """``id, prob_<label>..., label[, threshold]`` (the ``medfuse predict`` layout)."""
-    from medfuse.inference.inputs import prediction_table
-
-    return prediction_table(ids, p, labels, task, threshold)
-
-
 class TableWriter:
-    """Append tables to a CSV (file or stream) or a Parquet file, header/schema once."""
+    """Append tables to a CSV (file or stream) or a Parquet file, header/schema once. A file is
+    written beside its destination and renamed into place by ``close()``; ``close(ok=False)``
+    (a failed run) removes it, so an existing output is never replaced by a truncated one."""
 
     def __init__(self, out: str | Path | None, stream: IO[str] | None = None) -> None:
-        self.path = Path(out) if out is not None else None
+        self.final = Path(out) if out is not None else None
+        self.path = (
+            self.final.with_name(f".{self.final.name}.tmp-{os.getpid()}")
+            if self.final is not None
+            else None
+        )
         self.stream = stream if stream is not None else sys.stdout
-        self.parquet = self.path is not None and self.path.suffix.lower() in (".parquet", ".pq")
+        self.parquet = self.final is not None and self.final.suffix.lower() in (".parquet", ".pq")
         self._pq: Any = None
         self._csv: IO[str] | None = None
         self.rows = 0
 
     def write(self, df: pd.DataFrame) -> None:
         if self.parquet:
-            import pyarrow as pa
+            import pyarrow as pa  # lazy: pyarrow, only for Parquet output
             import pyarrow.parquet as pq
 
             t = pa.Table.from_pandas(df, preserve_index=False)
@@ -129,19 +74,41 @@ class TableWriter:
                 df.to_csv(self._csv, index=False, header=False)
         self.rows += len(df)
 
-    def close(self) -> None:
+    def close(self, ok: bool = True) -> None:
         if self._pq is not None:
             self._pq.close()
         if self._csv is not None and self.path is not None:
             self._csv.close()
         elif self._csv is not None:
             self._csv.flush()
+        if self.path is not None and self.final is not None and self.path.exists():
+            if ok:
+                self.path.replace(self.final)
+            else:
+                self.path.unlink()
 
 
 def load_predictor(package: str | Path, runtime: str, device: str) -> Any:
-    from medfuse.serve.service import load_predictor as _load
+    from medfuse.serve.service import load_predictor as _load  # lazy: torch, only to predict
 
     return _load(Path(package), runtime, device=device)
+
+
+@dataclass
+class StreamResult:
+    """What ``predict_stream`` did: rows written, the rows that were not predicted from all they
+    gave (an error, an unusable input, a plausibility flag), and where they were listed."""
+
+    rows: int
+    affected: list[dict[str, str]] = field(default_factory=list)
+    issues_file: Path | None = None
+
+    def __int__(self) -> int:
+        return self.rows
+
+    def summary(self) -> list[str]:
+        """The end-of-run summary: every affected row, or the file that lists them."""
+        return attention_summary(self.affected, self.rows, self.issues_file)
 
 
 def predict_stream(
@@ -155,18 +122,30 @@ def predict_stream(
     chunk: int | None = None,
     progress: bool | None = None,
     stream: IO[str] | None = None,
-) -> int:
+    on_bad_row: str = "fail",
+    base_dir: str | Path | None = None,
+    issues_out: str | Path | None = None,
+) -> StreamResult:
     """Predict ``input_path`` chunk by chunk and append to ``out`` (stdout when None).
 
-    Returns the number of rows written. ``progress`` (default: when stderr is a terminal) shows
-    a rich progress bar.
+    Inputs are read by the one input contract (``medfuse.core.inputs.iter_batches``): the
+    training manifest's layout, an ``.npz`` or one file. Every row carries ``present_<m>`` and
+    ``reason_<m>`` per modality, plausibility ``flags`` and an ``error`` (no label) when it
+    cannot be predicted; ``on_bad_row`` is "fail" (the default, as in training: an unusable
+    input stops the run) or "missing". Affected rows are returned; beyond ``MAX_LISTED`` they
+    are written to ``issues_out`` (default: ``<out>.issues.csv``; with the table on stdout, the
+    first ones are listed and ``issues_out`` lists them all). ``progress`` (default: when
+    stderr is a terminal) shows a rich progress bar.
     """
+
     if batch_size < 1:
         raise DataError(f"--batch-size must be at least 1; got {batch_size}")
     pred = load_predictor(package, runtime, device)
-    meta = pred.meta
-    labels, task = list(meta["labels"]), str(meta["task"])
     chunk = int(chunk or max(batch_size, 1024))
+    batches = iter_batches(
+        input_path, pred.schema, chunk=chunk, on_bad_row=on_bad_row, base_dir=base_dir
+    )
+    first = next(batches, None)  # input errors before any output file is created
     writer = TableWriter(out, stream)
     show = sys.stderr.isatty() if progress is None else progress
     total = count_rows(Path(input_path)) if show and str(input_path).endswith(".csv") else None
@@ -184,14 +163,30 @@ def predict_stream(
         )
         bar.start()
         job = bar.add_task("predict", total=total)
+    columns = table_columns(pred.task, pred.labels, list(pred.schema.modalities))
+    affected: list[dict[str, str]] = []
     try:
-        for arrays, masks, ids in iter_chunks(input_path, meta, chunk):
-            p = pred.predict_proba({**arrays, "mask": masks}, batch_size=batch_size)
-            writer.write(table(ids, p, labels, task, pred.threshold))
+        if first is None:
+            writer.write(pd.DataFrame(columns=columns))
+        for batch in itertools.chain([first] if first is not None else [], batches):
+            res = pred.predict_batch(batch, batch_size=batch_size, on_bad_row=on_bad_row)
+            writer.write(pd.DataFrame(res.rows(), columns=columns))
+            affected.extend(res.affected())
             if bar is not None:
-                bar.advance(job, len(ids))
-    finally:
+                bar.advance(job, len(batch))
+    except BaseException:
+        writer.close(ok=False)
+        raise
+    else:
         writer.close()
+    finally:
         if bar is not None:
             bar.stop()
-    return writer.rows
+    result = StreamResult(writer.rows, affected)
+    target = Path(issues_out) if issues_out else None
+    if target is None and out is not None:
+        target = Path(out).with_name(Path(out).name + ".issues.csv")
+    if len(affected) > MAX_LISTED and target is not None:
+        pd.DataFrame(affected, columns=["id", "issue"]).to_csv(target, index=False)
+        result.issues_file = target
+    return result

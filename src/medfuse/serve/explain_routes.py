@@ -168,7 +168,8 @@ def install(app: FastAPI) -> None:
     def explain(body: ExplainRequest) -> dict[str, Any]:  # type: ignore[valid-type]
         """Prediction, exact modality Shapley values, Grad-CAM / integrated-gradients maps and
         their pictures for each instance (at most 4). Runs on the PyTorch weights."""
-        arrays, masks = service.decode(body.instances)  # type: ignore[attr-defined]
+        batch = service.inputs(body.instances)  # type: ignore[attr-defined]
+        arrays, masks = batch.arrays, batch.masks
         from medfuse.explain.explainer import Explainer
 
         with state.lock:
@@ -197,7 +198,7 @@ def install(app: FastAPI) -> None:
             e = s["explained"]
             out.append(
                 {
-                    "prediction": s["prediction"],
+                    "prediction": {**s["prediction"], "flags": list(batch.flags[i])},
                     "explained": {
                         "label": e["class"],
                         "index": e["index"],

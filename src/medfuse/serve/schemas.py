@@ -44,6 +44,11 @@ class Prediction(_Closed):
         "null for multiclass (argmax)"
     )
     missing: list[str] = Field(description="modalities absent from this instance")
+    flags: list[str] = Field(
+        default_factory=list,
+        description="inputs outside the ranges seen in training (values, intensity scale) or "
+        "categorical values never seen (with data.unseen_category: flag); check before use",
+    )
 
 
 class PredictResponse(_Closed):

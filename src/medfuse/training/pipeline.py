@@ -87,7 +87,8 @@ def fit_preprocessing(spec: Spec, train: Split, info: dict[str, Any]) -> dict[st
         m: channel_axis(spec.modalities[m].kind, bool(spec.modalities[m].sequence))
         for m in spec.modalities
     }
-    stats = fit_stats(train.arrays, train.masks, axes)
+    kinds = {m: spec.modalities[m].kind for m in spec.modalities}
+    stats = fit_stats(train.arrays, train.masks, axes, kinds)
     for m, cats in (info.get("categories") or {}).items():
         if cats:
             stats[m]["categories"] = cats
@@ -96,7 +97,7 @@ def fit_preprocessing(spec: Spec, train: Split, info: dict[str, Any]) -> dict[st
 
 def package_data_info(bundle: DataBundle) -> dict[str, Any]:
     """What a package records of its data source: name, synthetic or not, file, options."""
-    keep = ("name", "synthetic", "file", "options", "manifest", "fingerprint", "scales")
+    keep = ("name", "synthetic", "file", "options", "manifest", "fingerprint", "scales", "layout")
     return {k: v for k, v in bundle.info.items() if k in keep}
 
 

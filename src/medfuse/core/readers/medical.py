@@ -249,33 +249,32 @@ def _wfdb(path: Path, *, leads: list[str] | None = None, rate: float | None = No
 def _csv_signal(
     path: Path, *, leads: list[str] | None = None, rate: float | None = None
 ) -> np.ndarray:
-    with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f) if r]  # blank lines skipped
-    if len(rows) < 2:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        table = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+    if len(table) < 2:
         raise DataError(f"{path}: CSV signal has no rows")
-    header, body = rows[0], rows[1:]
-    tcol = next((i for i, c in enumerate(header) if c.strip().lower() in TIME_COLUMNS), None)
+    header, body = [c.strip() for c in table[0]], table[1:]
+    tcol = next((i for i, c in enumerate(header) if c.lower() in TIME_COLUMNS), None)
     cols = [i for i in range(len(header)) if i != tcol]
     names = [header[i] for i in cols]
     if not cols:
         raise DataError(f"{path}: CSV signal has no lead columns besides {header[0]!r}")
-    num = np.full((len(body), len(header)), np.nan)
+    values = np.full((len(body), len(header)), np.nan, np.float64)
     for r, row in enumerate(body):
         if len(row) > len(header):
-            raise DataError(
-                f"{path} row {r + 2}: {len(row)} fields, but the header has {len(header)}"
-            )
-        for c, v in enumerate(row):
-            if v.strip() in CSV_MISSING:
+            raise DataError(f"{path} row {r + 2}: more cells than the header's {len(header)}")
+        for c, cell in enumerate(row):
+            cell = cell.strip()
+            if cell in CSV_MISSING:
                 continue
             try:
-                num[r, c] = float(v)
+                values[r, c] = float(cell)
             except ValueError:
                 raise DataError(
-                    f"{path} row {r + 2}, column {header[c]!r}: {v!r} is not a number"
+                    f"{path} row {r + 2}, column {header[c]!r}: {cell!r} is not a number"
                 ) from None
     idx = _pick(path, names, leads)
-    x = num[:, [cols[i] for i in idx]].astype(np.float32).T  # (C, T)
+    x = np.ascontiguousarray(values[:, [cols[i] for i in idx]].T, np.float32)  # (C, T)
     if not rate:
         return np.ascontiguousarray(x)
     if tcol is None:
@@ -283,7 +282,7 @@ def _csv_signal(
             f"{path}: resampling to {rate} Hz needs a time column named "
             f"{' or '.join(TIME_COLUMNS)} (seconds)"
         )
-    t = num[:, tcol]
+    t = values[:, tcol]
     dt = np.diff(t)
     if len(t) < 2 or not (dt > 0).all():
         raise DataError(f"{path}: the time column must increase strictly")

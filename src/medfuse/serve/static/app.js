@@ -221,10 +221,14 @@ function render(result) {
     ? "decision: the most probable class"
     : `threshold ${fmt(p.threshold)}`;
   const missing = p.missing.length ? `<div class="hint">absent: ${esc(p.missing.join(", "))}</div>` : "";
+  const flags = (p.flags || []).length
+    ? `<div class="flags" data-testid="flags"><b>check these inputs</b> (outside what the model saw in training):<ul>` +
+      p.flags.map((f) => `<li>${esc(f)}</li>`).join("") + `</ul></div>`
+    : "";
   $("prediction").innerHTML =
     `<div>predicted: <span class="label ${positive ? "positive" : ""}" data-testid="label">${esc(label)}</span></div>
      <div data-testid="probability">${probs}</div>
-     <div data-testid="threshold">${thr}</div>${missing}`;
+     <div data-testid="threshold">${thr}</div>${missing}${flags}`;
   $("explained-class").textContent = e.explained.label;
 
   const c = e.contributions;

@@ -1,0 +1,298 @@
+"""The ``Predictor`` protocol every runtime implements, and the shared implementation.
+
+``PredictorBase`` holds everything that does not depend on the runtime: the package facts
+(labels, task, threshold, temperature, positive class), the one input coercion
+(``medfuse.core.inputs.coerce``), probabilities and decisions (``medfuse.core.decision``), and
+prediction rows with their per-modality presence, reasons and plausibility flags. A runtime
+(ONNX Runtime in ``medfuse.core.onnx``, PyTorch in ``medfuse.inference.predictor``) only adds
+``_batch_logits(arrays, masks)`` on raw arrays of at most ``batch_size`` rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from medfuse.core.decision import NONFINITE, decide, nonfinite_rows, probabilities
+from medfuse.core.errors import DataError
+from medfuse.core.inputs import ON_BAD_ROW, Batch, Schema, coerce
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """What every medfuse predictor offers, whatever runs the model."""
+
+    meta: dict[str, Any]
+    runtime: str
+
+    @property
+    def labels(self) -> list[str]: ...
+    @property
+    def task(self) -> str: ...
+    @property
+    def threshold(self) -> float: ...
+    @property
+    def temperature(self) -> float: ...
+    @property
+    def positive(self) -> str | None: ...
+    @property
+    def schema(self) -> Schema: ...
+
+    def inputs(self, samples: Any, *, on_bad_row: str = "fail") -> Batch: ...
+    def predict_proba(
+        self, samples: Any, *, batch_size: int = 256, on_bad_row: str = "fail"
+    ) -> np.ndarray: ...
+    def predict(
+        self, samples: Any, *, batch_size: int = 256, on_bad_row: str = "fail"
+    ) -> list[Any]: ...
+    def predict_rows(
+        self, samples: Any, *, batch_size: int = 256, on_bad_row: str = "fail"
+    ) -> Predictions: ...
+    def predict_table(
+        self, samples: Any, *, batch_size: int = 256, on_bad_row: str = "fail"
+    ) -> list[dict[str, Any]]: ...
+
+
+@dataclass
+class Predictions:
+    """Probabilities and decisions for a ``Batch``: ``proba`` is NaN and ``labels[i]`` None for
+    a row that cannot be predicted, whose ``errors[i]`` says why."""
+
+    batch: Batch
+    proba: np.ndarray
+    labels: list[Any]
+    errors: list[str]
+    task: str
+    label_names: list[str]
+    threshold: float
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def columns(self) -> list[str]:
+        """``id, prob_<label>..., label[, threshold], present_<m>..., reason_<m>..., flags,
+        error`` (binary tasks report P(positive) only)."""
+        return table_columns(self.task, self.label_names, list(self.batch.masks))
+
+    def rows(self) -> list[dict[str, Any]]:
+        b, out = self.batch, []
+        names = self.label_names
+        for i in range(len(b)):
+            r: dict[str, Any] = {"id": b.ids[i]}
+            p = self.proba[i]
+            if self.task == "binary":
+                r[f"prob_{names[1]}"] = _float(p)
+            else:
+                for j, lab in enumerate(names):
+                    r[f"prob_{lab}"] = _float(p[j])
+            lab = self.labels[i]
+            r["label"] = ";".join(lab) if isinstance(lab, list) else ("" if lab is None else lab)
+            if self.task == "binary":
+                r["threshold"] = self.threshold
+            for m in b.masks:
+                r[f"present_{m}"] = int(b.masks[m][i] > 0)
+            for m in b.masks:
+                r[f"reason_{m}"] = b.reasons[m][i]
+            r["flags"] = "; ".join(b.flags[i])
+            r["error"] = self.errors[i]
+            out.append(r)
+        return out
+
+    def affected(self) -> list[dict[str, str]]:
+        """One entry per row that was not predicted from all it was given, as given: its id and
+        what happened (an error, an unusable input, a plausibility flag)."""
+        b, out = self.batch, []
+        for i in range(len(b)):
+            what = [self.errors[i]] if self.errors[i] else []
+            what += [f"{m} missing: {r[i]}" for m, r in b.reasons.items() if r[i]]
+            what += b.flags[i]
+            if what:
+                out.append({"id": b.ids[i], "issue": " | ".join(what)})
+        return out
+
+
+#: the end-of-run summary lists affected rows up to this many, else names the file listing them
+MAX_LISTED = 20
+
+
+def attention_summary(
+    affected: list[dict[str, str]], rows: int, issues_file: Path | None = None
+) -> list[str]:
+    """The end-of-run lines of a prediction run: every affected row (an error, an unusable input,
+    a plausibility flag) up to ``MAX_LISTED``, or the file that lists them all."""
+    if not affected:
+        return []
+    head = f"{len(affected)} of {rows} rows need attention"
+    if issues_file is not None:
+        return [f"{head}: listed in {issues_file}"]
+    listed = [f"  {a['id']}: {a['issue']}" for a in affected[:MAX_LISTED]]
+    more = len(affected) - MAX_LISTED
+    tail = [f"  ... and {more} more (--issues FILE lists them all)"] if more > 0 else []
+    return [f"{head}:", *listed, *tail]
+
+
+def table_columns(task: str, labels: list[str], modalities: list[str]) -> list[str]:
+    probs = [f"prob_{labels[1]}"] if task == "binary" else [f"prob_{x}" for x in labels]
+    return [
+        "id",
+        *probs,
+        "label",
+        *(["threshold"] if task == "binary" else []),
+        *(f"present_{m}" for m in modalities),
+        *(f"reason_{m}" for m in modalities),
+        "flags",
+        "error",
+    ]
+
+
+def _float(v: Any) -> float:
+    return float(v)
+
+
+class PredictorBase:
+    """The runtime-independent part of a predictor (see the module's docstring)."""
+
+    meta: dict[str, Any]
+    runtime: str = "?"
+    path: Path
+
+    # -- package facts --
+    @property
+    def labels(self) -> list[str]:
+        return list(self.meta["labels"])
+
+    @property
+    def task(self) -> str:
+        return str(self.meta["task"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta["threshold"]["value"])  # present: read_meta's schema checked it
+
+    @property
+    def temperature(self) -> float:
+        return float(self.meta["calibration"]["temperature"])  # read_meta fills it
+
+    @property
+    def positive(self) -> str | None:
+        """The positive class of a binary task (the spec's ``task.positive`` when recorded, else
+        the second label: labels are [negative, positive]); None otherwise."""
+        if self.task != "binary":
+            return None
+        spec_task = (self.meta.get("spec") or {}).get("task") or {}
+        return str(spec_task.get("positive") or self.labels[1])
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.task == "binary" else len(self.labels)
+
+    @property
+    def schema(self) -> Schema:
+        s = getattr(self, "_schema", None)
+        if s is None:
+            s = Schema.from_meta(self.meta)
+            self._schema = s
+        return s
+
+    # -- the runtime's part --
+    def _batch_logits(self, arrays: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> Any:
+        raise NotImplementedError
+
+    # -- shared --
+    def inputs(
+        self,
+        samples: Any,
+        *,
+        on_bad_row: str = "fail",
+        base_dir: str | Path | None = None,
+        unseen_category: str | None = None,
+    ) -> Batch:
+        """``samples`` as a ``Batch`` through the one input contract."""
+        return coerce(
+            samples,
+            self.schema,
+            on_bad_row=on_bad_row,
+            base_dir=base_dir,
+            unseen_category=unseen_category,
+        )
+
+    def batch_logits(self, batch: Batch, *, batch_size: int = 256) -> np.ndarray:
+        """Logits ``(N, K)`` of a coerced batch; NaN for rows that cannot be predicted."""
+        if batch_size < 1:
+            raise DataError(f"batch size must be at least 1; got {batch_size}")
+        n = len(batch)
+        ok = np.array([not e for e in batch.errors], bool)
+        out = np.full((n, self.num_outputs), np.nan, np.float32)
+        idx = np.flatnonzero(ok)
+        for s in range(0, len(idx), batch_size):
+            sel = idx[s : s + batch_size]
+            lg = self._batch_logits(
+                {m: a[sel] for m, a in batch.arrays.items()},
+                {m: k[sel] for m, k in batch.masks.items()},
+            )
+            out[sel] = np.asarray(lg, np.float32).reshape(len(sel), -1)
+        return out
+
+    def logits(
+        self, samples: Any, *, batch_size: int = 256, on_bad_row: str = "fail"
+    ) -> np.ndarray:
+        return self.batch_logits(self.inputs(samples, on_bad_row=on_bad_row), batch_size=batch_size)
+
+    def predict_batch(
+        self, batch: Batch, *, batch_size: int = 256, on_bad_row: str = "fail"
+    ) -> Predictions:
+        """Probabilities and labels for a coerced batch. A non-finite logit or probability is
+        an error (``on_bad_row="fail"``) or a row without a label whose ``error`` says why."""
+        if on_bad_row not in ON_BAD_ROW:
+            raise DataError(
+                f"on_bad_row must be one of {', '.join(ON_BAD_ROW)}; got {on_bad_row!r}"
+            )
+        logits = self.batch_logits(batch, batch_size=batch_size)
+        with np.errstate(all="ignore"):
+            p = probabilities(self.task, logits, self.temperature)
+        errors = list(batch.errors)
+        # an infinite logit is a "certain" 0 or 1 after the sigmoid: non-finite all the same
+        nonfinite = set(nonfinite_rows(p).tolist()) | set(nonfinite_rows(logits).tolist())
+        bad = [i for i in sorted(nonfinite) if not errors[i]]
+        if bad and on_bad_row == "fail":
+            ids = ", ".join(batch.ids[i] for i in bad[:10]) + (" ..." if len(bad) > 10 else "")
+            raise DataError(f"{ids}: {NONFINITE}")
+        for i in bad:
+            errors[i] = NONFINITE
+        p = np.asarray(p, np.float64)
+        if len(bad) or any(errors):
+            p[[i for i, e in enumerate(errors) if e]] = np.nan
+        labels = decide(self.task, p, self.labels, self.threshold, nonfinite="none")
+        return Predictions(batch, p, labels, errors, self.task, self.labels, self.threshold)
+
+    def predict_rows(
+        self, samples: Any, *, batch_size: int = 256, on_bad_row: str = "fail"
+    ) -> Predictions:
+        return self.predict_batch(
+            self.inputs(samples, on_bad_row=on_bad_row),
+            batch_size=batch_size,
+            on_bad_row=on_bad_row,
+        )
+
+    def predict_proba(
+        self, samples: Any, *, batch_size: int = 256, on_bad_row: str = "fail"
+    ) -> np.ndarray:
+        """Binary: (N,) P(positive label); multiclass/multilabel: (N, K). Calibration applied.
+        NaN for a row that cannot be predicted (only with ``on_bad_row="missing"``)."""
+        return self.predict_rows(samples, batch_size=batch_size, on_bad_row=on_bad_row).proba
+
+    def predict(
+        self, samples: Any, *, batch_size: int = 256, on_bad_row: str = "fail"
+    ) -> list[Any]:
+        """Labels (a list of labels per sample for multilabel); None for a row that cannot be
+        predicted (only with ``on_bad_row="missing"``)."""
+        return self.predict_rows(samples, batch_size=batch_size, on_bad_row=on_bad_row).labels
+
+    def predict_table(
+        self, samples: Any, *, batch_size: int = 256, on_bad_row: str = "fail"
+    ) -> list[dict[str, Any]]:
+        """One dict per row: id, probabilities, label, presence and reasons, flags, error."""
+        return self.predict_rows(samples, batch_size=batch_size, on_bad_row=on_bad_row).rows()
