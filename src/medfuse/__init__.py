@@ -4,6 +4,7 @@
 >>> result = medfuse.train("configs/synthetic.yaml")        # -> TrainResult(package, metrics, seconds)
 >>> predictor = medfuse.load(result.package, device="cpu")
 >>> predictor.predict_proba(samples)
+>>> medfuse.fit("cases.csv", label="diagnosis", positive="malignant", out="runs/cases")
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "evaluate", "load", "load_spec", "train"]
+__all__ = ["__version__", "evaluate", "fit", "load", "load_spec", "train"]
 
 
 def __getattr__(name: str) -> Any:  # lazy: `import medfuse` stays quick
-    if name in ("train", "evaluate"):
+    if name in ("train", "evaluate", "fit"):
         from medfuse import api
 
         return getattr(api, name)

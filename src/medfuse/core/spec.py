@@ -411,6 +411,13 @@ def complete_spec(spec: Spec, modalities: dict[str, ModalitySpec], labels: list[
         d["modalities"] = {n: m.model_dump(mode="json") for n, m in modalities.items()}
     if spec.task.labels is None:
         d["task"]["labels"] = list(labels)
+    elif list(spec.task.labels) != list(labels):  # the targets are coded in the data's order
+        raise SpecError(
+            "task.labels",
+            f"{spec.task.labels} differs from the data's label order {list(labels)}; the "
+            "data source codes the targets in its order (for a manifest, set "
+            "data.options.labels to the same list to choose it)",
+        )
     for name, m in d["modalities"].items():
         d["branches"].setdefault(name, {"type": DEFAULT_BRANCH[m["kind"]]})
     d["branches"] = {n: b for n, b in d["branches"].items() if n in d["modalities"]}
