@@ -125,7 +125,7 @@ def test_the_manifest_source_reads_the_inferred_spec(export: Path) -> None:
     assert all(not (a & b) for i, a in enumerate(parts) for b in parts[i + 1 :])
     # DICOM (12 bit, windowed) and PNG end on one scale: [0, 1]
     img = np.concatenate([bundle.train.arrays["image"], bundle.val.arrays["image"]])
-    assert 0.0 <= img.min() and img.max() <= 1.0 and img.max() > 0.9
+    assert img.min() >= 0.0 and img.max() <= 1.0 and img.max() > 0.9
 
 
 def test_binary_text_labels_need_a_positive_class(export: Path) -> None:
@@ -159,7 +159,7 @@ def test_refusals(tmp_path: Path) -> None:
     d = tmp_path / "nowin"
     d.mkdir()
     path = _export(d, dicom_window=False)
-    with pytest.raises(DataError, match="mixes DICOM.*not every DICOM carries a window"):
+    with pytest.raises(DataError, match=r"mixes DICOM.*not every DICOM carries a window"):
         infer_table_spec(path, label="diagnosis", positive="malignant")
     df = pd.DataFrame({"x": [1.0, 2, 3, 4], "y": ["a", "b", "c", "c"]})
     with pytest.raises(DataError, match="'a' of 'y' occurs once"):
@@ -178,10 +178,8 @@ def test_task_labels_in_another_order_than_the_data_are_refused(export: Path) ->
     spec = infer_table_spec(export, label="diagnosis", positive="malignant").spec
     spec["task"]["labels"] = ["malignant", "benign"]
     s = parse_spec(spec)
-    bundle = load_data(
-        s.data.source, s.data.options, modalities=s.modalities, task=s.task.type
-    )
-    with pytest.raises(SpecError, match="task.labels.*data.options.labels"):
+    bundle = load_data(s.data.source, s.data.options, modalities=s.modalities, task=s.task.type)
+    with pytest.raises(SpecError, match=r"task\.labels.*data\.options\.labels"):
         complete_spec(s, bundle.modalities, bundle.labels)
 
 

@@ -149,7 +149,9 @@ def _labels(
         names = names or sorted(set().union(*sets))
         for r, s in enumerate(sets):
             if s - set(names):
-                raise DataError(f"{where} row {r + 2}: labels {sorted(s - set(names))} not in {names}")
+                raise DataError(
+                    f"{where} row {r + 2}: labels {sorted(s - set(names))} not in {names}"
+                )
         y = np.array([[float(n in s) for n in names] for s in sets], np.float32)
         return y, list(names), "multilabel"
     if names is None:

@@ -387,7 +387,9 @@ def infer_table_spec(
     has_split = SPLIT_NAME in df.columns
     if has_split:
         counts = df[SPLIT_NAME].astype(str).str.strip().str.lower().value_counts().to_dict()
-        columns.append(Column(SPLIT_NAME, "split", ", ".join(f"{k}: {v}" for k, v in counts.items())))
+        columns.append(
+            Column(SPLIT_NAME, "split", ", ".join(f"{k}: {v}" for k, v in counts.items()))
+        )
     modalities: dict[str, dict[str, Any]] = {}
     mapping: dict[str, str] = {}
     tabular: list[str] = []
@@ -503,9 +505,6 @@ def infer_table_spec(
             "if a patient has several rows"
         )
     return TableSpec(spec, columns, src.resolve(), notes)
-
-
-
 
 
 def write_table_spec(
