@@ -168,7 +168,8 @@ def _train(p: argparse.ArgumentParser) -> Handler:
                 overrides=overrides,
             )
             a.out, overrides = str(out), []
-            print(f"{ts.describe()}\nspec saved: {a.config}", flush=True)
+            report = sys.stderr if a.json else sys.stdout  # --json: stdout is the JSON only
+            print(f"{ts.describe()}\nspec saved: {a.config}", file=report, flush=True)
         elif a.label or a.positive or a.id_column or a.patient_column:
             p.error("--label, --positive, --id-column and --patient-column go with --table")
         launched = launch_from_cli(p, a)  # --nproc/--nnodes: torchrun starts the workers

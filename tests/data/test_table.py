@@ -4,8 +4,6 @@ source reads the inferred spec as it was meant (label order, ``;`` multilabel, i
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +162,9 @@ def test_refusals(tmp_path: Path) -> None:
     df = pd.DataFrame({"x": [1.0, 2, 3, 4], "y": ["a", "b", "c", "c"]})
     with pytest.raises(DataError, match="'a' of 'y' occurs once"):
         infer_table_spec(df, label="y", csv_path=tmp_path / "e.csv")
+    df = pd.DataFrame({"x": np.arange(30.0), "y": np.linspace(0, 1, 30)})
+    with pytest.raises(DataError, match="looks continuous"):
+        infer_table_spec(df, label="y", csv_path=tmp_path / "h.csv")
     df = pd.DataFrame({"x": [1.0, 2, 3, 4], "y": ["a", None, "b", "b"]})
     with pytest.raises(DataError, match="row 3: empty label"):
         infer_table_spec(df, label="y", csv_path=tmp_path / "f.csv")
@@ -208,13 +209,32 @@ def test_default_epochs_aim_at_a_step_budget() -> None:
     assert default_epochs(10_000) == 19
 
 
-def test_cli_needs_a_spec_or_a_table(export: Path) -> None:
-    run = [sys.executable, "-m", "medfuse", "train"]
-    r = subprocess.run([*run, "synthetic", "--table", str(export)], capture_output=True, text=True)
-    assert r.returncode == 2 and "not both" in r.stderr
-    r = subprocess.run([*run, "--table", str(export)], capture_output=True, text=True)
-    assert r.returncode == 2 and "--table needs --label" in r.stderr
-    r = subprocess.run(
-        [*run, "--table", str(export), "--label", "diagnosis"], capture_output=True, text=True
-    )
-    assert r.returncode == 2 and "--positive malignant" in r.stderr
+def test_cli_needs_a_spec_or_a_table(export: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from medfuse.cli import main
+
+    cases = [
+        (["synthetic", "--table", str(export)], "not both"),
+        (["--table", str(export)], "--table needs --label"),
+        (["synthetic", "--label", "diagnosis"], "go with --table"),
+    ]
+    for args, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            main(["train", *args])
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert main(["train", "--table", str(export), "--label", "diagnosis"]) == 2
+    assert "--positive malignant" in capsys.readouterr().err
+
+
+def test_npy_by_shape_and_large_images_scaled_down(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(8):
+        np.save(tmp_path / f"s{i}.npy", rng.normal(size=(3, 500)).astype(np.float32))
+        np.save(tmp_path / f"v{i}.npy", rng.normal(size=(1, 64, 256, 200)).astype(np.float32))
+        write_png(tmp_path / f"p{i}.png", rng.integers(0, 256, (300, 200), dtype=np.uint8))
+        rows.append({"sig": f"s{i}.npy", "vol": f"v{i}.npy", "photo": f"p{i}.png", "y": i % 2})
+    pd.DataFrame(rows).to_csv(tmp_path / "t.csv", index=False)
+    mods = infer_table_spec(tmp_path / "t.csv", label="y").spec["modalities"]
+    assert mods["signal"] == {"kind": "signal", "channels": 3, "length": 500}
+    assert mods["vol"] == {"kind": "image", "channels": 1, "size": [32, 128, 100]}
+    assert mods["photo"] == {"kind": "image", "channels": 1, "size": [128, 85]}

@@ -72,7 +72,7 @@ SPLIT_NAME = "split"
 MAX_CATEGORIES = 20
 FILE_SHARE = 0.8  # share of non-empty cells with a known extension that makes a file column
 SAMPLE_FILES = 8  # files read per file column to infer its shape
-MAX_IMAGE_SIDE = 128  # larger images are resized to this longest side (aspect kept)
+MAX_IMAGE_SIDE = 128  # larger images (volumes) are resized to this longest side, aspect kept
 TABULAR_NAME = "clinical"
 
 
@@ -200,9 +200,9 @@ def _image_modality(col: str, cells: list[str], base: Path) -> tuple[dict[str, A
     channels = int(_most_common([s[0] for s in shapes]))
     spatial = tuple(int(v) for v in _most_common([s[1:] for s in shapes]))
     size = list(spatial)
-    big = max(size[-2:])
-    if big > MAX_IMAGE_SIDE:  # keep the aspect ratio, longest side MAX_IMAGE_SIDE
-        size[-2:] = [max(1, round(v * MAX_IMAGE_SIDE / big)) for v in size[-2:]]
+    big = max(size)
+    if big > MAX_IMAGE_SIDE:  # keep the aspect ratio, longest side (depth too) MAX_IMAGE_SIDE
+        size = [max(1, round(v * MAX_IMAGE_SIDE / big)) for v in size]
     m: dict[str, Any] = {"kind": "image", "channels": channels, "size": size}
     detail = f"{', '.join(sorted(exts))}; {channels} channel(s), read {list(spatial)} -> {size}"
     if dicom and display:  # display images (0-255) and DICOM (modality units) in one column
@@ -309,6 +309,11 @@ def _task(
         order = [v for v in values if v != positive] + [positive]
         desc = ", ".join(f"{v}: {int(counts[v])}" for v in order)
         return "binary", order, f"binary, positive {positive!r} ({desc})"
+    if all(_isnum(v) for v in values) and len(values) > MAX_CATEGORIES:
+        raise DataError(
+            f"{where}: label {label!r} has {len(values)} distinct numbers; it looks continuous, "
+            "and medfuse predicts classes (binary, multiclass, multilabel): bin it into classes"
+        )
     if positive is not None:
         raise SpecError(
             "positive", f"applies to binary tasks; {label!r} has {len(values)} classes ({values})"
