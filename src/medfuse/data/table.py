@@ -530,8 +530,7 @@ def write_table_spec(
     (``<out>.spec.yaml``). A DataFrame is first written to ``<out>.table.csv``."""
     from medfuse.core.spec import apply_overrides, parse_spec
 
-    _, src = read_table(table) if not isinstance(table, pd.DataFrame) else (None, None)
-    name = _name(src.stem) if src is not None else "table"
+    name = "table" if isinstance(table, pd.DataFrame) else _name(Path(table).stem)
     out = Path(out) if out is not None else Path("runs") / name
     ts = infer_table_spec(
         table,
