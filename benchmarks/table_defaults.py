@@ -204,6 +204,20 @@ def summarize(path: Path) -> None:
             acc = mean("accuracy") if rs[0]["kind"] == "multiclass" else "-"
             bal = mean("balanced_accuracy") if rs[0]["kind"] == "multiclass" else "-"
             print(f"{t:<16}{c:<12}{len(rs):>6}{mean('auroc'):>8}{acc:>8}{bal:>9}")
+    # per candidate: mean over the tasks (each task's mean over the folds every candidate has)
+    per: dict[str, list[float]] = {c: [] for c in cands}
+    for t in tasks:
+        common = set.intersection(*[{r["fold"] for r in by.get((t, c), [])} for c in cands])
+        if common:
+            for c in cands:
+                per[c].append(
+                    float(np.mean([r["auroc"] for r in by[(t, c)] if r["fold"] in common]))
+                )
+    for c in cands:
+        if per[c]:
+            print(
+                f"{'mean of ' + str(len(per[c])) + ' tasks':<16}{c:<12}{'':>6}{np.mean(per[c]):>8.3f}"
+            )
 
 
 def main() -> None:
