@@ -238,3 +238,14 @@ def test_npy_by_shape_and_large_images_scaled_down(tmp_path: Path) -> None:
     assert mods["signal"] == {"kind": "signal", "channels": 3, "length": 500}
     assert mods["vol"] == {"kind": "image", "channels": 1, "size": [32, 128, 100]}
     assert mods["photo"] == {"kind": "image", "channels": 1, "size": [128, 85]}
+
+
+def test_small_text_columns_are_categories_and_id_like_numbers_are_flagged(tmp_path: Path) -> None:
+    df = pd.DataFrame(
+        {"sex": ["F", "M", "F", "M"] * 6, "mrn_no": np.arange(1000, 1024), "y": [0, 1] * 12}
+    )
+    ts = infer_table_spec(df, label="y", csv_path=tmp_path / "a.csv")
+    assert {c.name: c.kind for c in ts.columns}["sex"] == "categorical"
+    assert any("'mrn_no' holds a different whole number in every row" in n for n in ts.notes)
+    small = infer_table_spec(df.iloc[:4], label="y", csv_path=tmp_path / "b.csv")
+    assert {c.name: c.kind for c in small.columns}["sex"] == "categorical"

@@ -413,6 +413,11 @@ def infer_table_spec(
             tabular.append(col)
             detail = f"range {num.min():g} to {num.max():g}" + (f"; {holes} empty" if holes else "")
             columns.append(Column(col, "numeric", detail))
+            if len(cells) > 20 and (num % 1 == 0).all() and num.nunique() == len(cells):
+                notes.append(
+                    f"column {col!r} holds a different whole number in every row: if it is an "
+                    f"identifier, name it with --id-column or drop it (it is used as a feature)"
+                )
             continue
         if _ext_share(cells, (*IMAGE_EXTS, *SIGNAL_EXTS, ".npy")) >= FILE_SHARE:
             if _ext_share(cells, IMAGE_EXTS) >= FILE_SHARE:
@@ -429,7 +434,7 @@ def infer_table_spec(
             file_cols.append((col, kind, cells))
             continue
         uniq = sorted(set(cells))
-        if len(uniq) <= MAX_CATEGORIES and len(uniq) < max(2, 0.5 * len(cells)):
+        if len(uniq) <= MAX_CATEGORIES and (len(uniq) <= 2 or len(uniq) <= 0.5 * len(cells)):
             tabular.append(col)
             columns.append(Column(col, "categorical", ", ".join(uniq)))
         else:
