@@ -343,9 +343,9 @@ def read_table(table: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, Path | N
     path = Path(table).expanduser()
     if not path.exists():
         raise DataError(f"table {path} not found")
-    if suffix_of(path) not in (".csv", ".tsv"):
-        raise DataError(f"{path}: a table must be a .csv (or .tsv) file")
-    return pd.read_csv(path, sep="\t" if suffix_of(path) == ".tsv" else ","), path
+    if suffix_of(path) != ".csv":
+        raise DataError(f"{path}: a table must be a .csv file (or a pandas DataFrame)")
+    return pd.read_csv(path), path
 
 
 def infer_table_spec(
