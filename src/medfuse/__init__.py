@@ -4,6 +4,7 @@
 >>> result = medfuse.train("configs/synthetic.yaml")        # -> TrainResult(package, metrics, seconds)
 >>> predictor = medfuse.load(result.package, device="cpu")
 >>> predictor.predict_proba(samples)
+>>> medfuse.fit("cases.csv", label="diagnosis", positive="malignant", out="runs/cases")
 
 The names below are imported on first use, so ``import medfuse`` stays quick and needs no torch
 (``pip install medfuse`` predicts with ONNX Runtime: ``medfuse.runtime.load``); ``dir(medfuse)``,
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from medfuse.core.errors import DataError, MedfuseError, PackageError, SpecError
 
 if TYPE_CHECKING:
-    from medfuse.api import TrainResult, evaluate, train
+    from medfuse.api import TrainResult, evaluate, fit, train
     from medfuse.core.onnx import OnnxPredictor
     from medfuse.core.spec import Spec, load_spec
     from medfuse.inference.package import Package, load_package
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "train": "medfuse.api",
     "evaluate": "medfuse.api",
+    "fit": "medfuse.api",
     "TrainResult": "medfuse.api",
     "load": "medfuse.inference.predictor",
     "Predictor": "medfuse.inference.predictor",
@@ -52,6 +54,7 @@ __all__ = [
     "TrainResult",
     "__version__",
     "evaluate",
+    "fit",
     "load",
     "load_package",
     "load_spec",

@@ -126,6 +126,46 @@ def train(
     return TrainResult(pkg, fitted.metrics, seconds)
 
 
+def fit(
+    table: Any,
+    label: str,
+    positive: str | None = None,
+    *,
+    out: str | Path | None = None,
+    id_column: str | None = None,
+    patient_column: str | None = None,
+    base_dir: str | Path | None = None,
+    seed: int = 0,
+    overrides: list[str] | None = None,
+    device: str = "auto",
+    progress: bool | None = None,
+    verbose: bool = True,
+    command: str | None = None,
+) -> TrainResult:
+    """A table in, a model out: ``fit("cases.csv", label="diagnosis", positive="malignant")``.
+
+    ``table`` is a CSV path or a pandas DataFrame: one row per sample, file paths for images and
+    signals, clinical values, the label. Columns are typed and the spec inferred by
+    ``medfuse.data.table`` (printed when ``verbose``), saved as ``<out>.spec.yaml`` beside the
+    package, and trained with ``train``: ``medfuse train <out>.spec.yaml`` repeats the run."""
+    from medfuse.data.table import write_table_spec
+
+    ts, out, spec_file = write_table_spec(
+        table,
+        label=label,
+        positive=positive,
+        out=out,
+        id_column=id_column,
+        patient_column=patient_column,
+        base_dir=base_dir,
+        seed=seed,
+        overrides=overrides,
+    )
+    if verbose:
+        print(f"{ts.describe()}\nspec saved: {spec_file}", flush=True)
+    return train(spec_file, out=out, device=device, progress=progress, command=command)
+
+
 def evaluate(
     package: str | Path,
     *,

@@ -34,7 +34,18 @@ def _data_and_device(p: argparse.ArgumentParser) -> None:
 
 def setup_train(p: argparse.ArgumentParser) -> Handler:
     p.add_argument(
-        "config", help="spec YAML/JSON (or a shipped config name: synthetic, breastmnist, ...)"
+        "config",
+        nargs="?",
+        help="spec YAML/JSON (or a shipped config name: synthetic, breastmnist, ...); "
+        "not with --table",
+    )
+    t = p.add_argument_group("a table in (instead of a spec; README: Your own data)")
+    t.add_argument("--table", help="CSV, one row per sample: file paths, clinical values, label")
+    t.add_argument("--label", help="the label column (with --table)")
+    t.add_argument("--positive", help="the positive class of a binary string label")
+    t.add_argument("--id-column", help="the id column (default: by name, e.g. id, case_id)")
+    t.add_argument(
+        "--patient-column", help="the patient column (default: by name, e.g. patient_id)"
     )
     p.add_argument(
         "--set",
@@ -80,10 +91,32 @@ def setup_train(p: argparse.ArgumentParser) -> Handler:
         from medfuse.core.decision import SUMMARY_KEYS  # lazy: numpy, not for --help
         from medfuse.core.spec import load_spec  # lazy: pydantic, not for --help
 
+        overrides = a.overrides + ([f"data.on_bad_row={a.on_bad_row}"] if a.on_bad_row else [])
+        if (a.table is None) == (a.config is None):
+            p.error("give a spec (CONFIG) or --table CSV --label COLUMN, not both")
+        if a.table is not None:  # infer and save <out>.spec.yaml, then train from it
+            from medfuse.data.table import write_table_spec
+
+            if not a.label:
+                p.error("--table needs --label COLUMN")
+            ts, out, a.config = write_table_spec(
+                a.table,
+                label=a.label,
+                positive=a.positive,
+                out=a.out,
+                id_column=a.id_column,
+                patient_column=a.patient_column,
+                seed=0 if a.seed is None else a.seed,
+                overrides=overrides,
+            )
+            a.out, overrides = str(out), []
+            report = sys.stderr if a.json else sys.stdout  # --json: stdout is the JSON only
+            print(f"{ts.describe()}\nspec saved: {a.config}", file=report, flush=True)
+        elif a.label or a.positive or a.id_column or a.patient_column:
+            p.error("--label, --positive, --id-column and --patient-column go with --table")
         launched = launch_from_cli(p, a)  # --nproc/--nnodes: torchrun starts the workers
         if launched is not None:
             return launched
-        overrides = a.overrides + ([f"data.on_bad_row={a.on_bad_row}"] if a.on_bad_row else [])
         params = None
         if a.track:
             params = {**load_spec(a.config, overrides).to_dict(), "cli": {"seed": a.seed}}

@@ -462,6 +462,13 @@ def complete_spec(spec: Spec, modalities: dict[str, ModalitySpec], labels: list[
         d["modalities"] = {n: m.model_dump(mode="json") for n, m in modalities.items()}
     if spec.task.labels is None:
         d["task"]["labels"] = list(labels)
+    elif list(spec.task.labels) != list(labels):  # the targets are coded in the data's order
+        raise SpecError(
+            "task.labels",
+            f"{spec.task.labels} differs from the data's label order {list(labels)}; the "
+            "data source codes the targets in its order (for a manifest, set "
+            "data.options.labels to the same list to choose it)",
+        )
     labs = d["task"]["labels"]
     if spec.task.type == "binary" and len(labs) == 2:
         pos = spec.task.positive
@@ -469,8 +476,13 @@ def complete_spec(spec: Spec, modalities: dict[str, ModalitySpec], labels: list[
             raise SpecError(
                 "task.positive", f"{pos!r} is not one of the labels {labs}{did_you_mean(pos, labs)}"
             )
-        if pos is not None and pos == labs[0]:  # medfuse.data orders its bundles; others may not
-            d["task"]["labels"] = labs = [labs[1], labs[0]]
+        if pos is not None and pos == labs[0]:  # the targets code labs[1] as 1: never rename
+            raise SpecError(
+                "task.positive",
+                f"{pos!r} is the first of the data's labels {labs}, whose targets code "
+                f"{labs[1]!r} as 1; load the data through medfuse.data (it orders a binary task "
+                "[negative, positive] and flips the targets) or code the targets that way",
+            )
         d["task"]["positive"] = labs[1]  # labels are [negative, positive]
     for name, m in d["modalities"].items():
         d["branches"].setdefault(name, {"type": DEFAULT_BRANCH[m["kind"]]})

@@ -27,6 +27,7 @@ OPTIONS = (
     "columns",
     "split_column",
     "patient_column",
+    "id_column",
     "val_fraction",
     "test_fraction",
     "keep_columns",
@@ -195,6 +196,16 @@ def _labels(
             f"{where} row {int(np.argmax(values.isna().to_numpy())) + 2}: empty label in column {col!r}"
         )
     vals = values.astype(str).str.strip()
+    if task == "multilabel":  # one column of ';'-separated labels
+        sets = [{t.strip() for t in v.split(";") if t.strip()} for v in vals]
+        names = names or sorted(set().union(*sets))
+        for r, s in enumerate(sets):
+            if s - set(names):
+                raise DataError(
+                    f"{where} row {r + 2}: labels {sorted(s - set(names))} not in {names}"
+                )
+        y = np.array([[float(n in s) for n in names] for s in sets], np.float32)
+        return y, list(names), "multilabel"
     if names is None:
         uniq = sorted(vals.unique(), key=lambda v: (float(v) if _isnum(v) else np.inf, v))
         names = list(uniq)
@@ -294,9 +305,14 @@ def load_manifest(
     else:
         fr = (float(options.get("val_fraction", 0.15)), float(options.get("test_fraction", 0.15)))
         assign = group_stratified_split(y, groups, fr, seed)
-    keep = ["id", patient_col, *options.get("keep_columns", [])]
+    id_col = options.get("id_column", "id")
+    if id_col not in df.columns and "id_column" in options:
+        raise DataError(f"{where}: no id column {id_col!r}{did_you_mean(id_col, df.columns)}")
+    keep = [id_col, patient_col, *options.get("keep_columns", [])]
     meta = df[[c for c in dict.fromkeys(keep) if c in df.columns]].copy()
     meta["row"] = np.arange(len(df)) + 2
+    if id_col != "id" and id_col in meta:
+        meta["id"] = meta[id_col].astype(str)
     if "id" not in meta:
         meta["id"] = [f"row-{r}" for r in meta["row"]]
     if patient_col in meta and patient_col != "patient_id":
