@@ -38,6 +38,7 @@ class Package:
     """A loaded package: its directory, manifest, validated spec and the rebuilt model."""
 
     path: Path
+    #: ``medfuse.json`` as read (validated by ``read_meta``); ``info`` is its typed view
     meta: dict[str, Any]
     spec: Spec
     model: CompositeModel | EnsembleModel

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from medfuse.training.metrics import ECE_BINS, SUMMARY_KEYS, compute_metrics
 
@@ -300,7 +303,7 @@ def metric_intervals(
     return out
 
 
-def resampling_unit(meta: Any, n: int) -> tuple[Any, str, int]:
+def resampling_unit(meta: pd.DataFrame | None, n: int) -> tuple[np.ndarray | None, str, int]:
     """Patient ids from ``meta['patient_id']`` when present (a cluster bootstrap), else samples.
 
     Returns ``(groups or None, description, number of units)``.

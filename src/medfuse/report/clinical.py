@@ -106,7 +106,8 @@ class Evaluation:
     val: Predictions | None
     predictor: Predictor
     bundle: DataBundle
-    groups: Any = None
+    #: patient ids of the test split when the bootstrap resamples patients, else None
+    groups: np.ndarray | None = None
     bands: dict[str, Any] = field(default_factory=dict)
     subgroup_values: np.ndarray | None = None
 
@@ -175,7 +176,7 @@ def _modality_rows(
     thr: float,
     full: dict[str, Any],
     *,
-    groups: Any,
+    groups: np.ndarray | None,
     n_boot: int,
     seed: int,
     level: float,
@@ -351,7 +352,7 @@ def _subgroups(
 def _bands(
     task: str,
     pr: Predictions,
-    groups: Any,
+    groups: np.ndarray | None,
     n_boot: int,
     seed: int,
     level: float,
