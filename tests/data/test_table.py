@@ -99,7 +99,11 @@ def test_columns_are_typed_and_shapes_read_from_files(export: Path) -> None:
     assert spec["data"]["options"]["columns"] == {"image": "image", "signal": "ecg"}
     assert spec["data"]["options"]["patient_column"] == "patient_id"
     assert spec["data"]["options"]["id_column"] == "case_id"
-    assert spec["task"] == {"type": "binary", "labels": ["benign", "malignant"]}
+    assert spec["task"] == {
+        "type": "binary",
+        "labels": ["benign", "malignant"],
+        "positive": "malignant",
+    }
     assert spec["data"]["options"]["labels"] == ["benign", "malignant"]
     assert spec["data"]["source"] == f"manifest:{export.resolve()}"
     parse_spec(spec)  # valid as it stands
@@ -138,7 +142,7 @@ def test_binary_text_labels_need_a_positive_class(export: Path) -> None:
 def test_numeric_binary_multiclass_and_multilabel_labels(tmp_path: Path) -> None:
     df = pd.DataFrame({"x": np.arange(12.0), "y": [0, 1] * 6})
     ts = infer_table_spec(df, label="y", csv_path=tmp_path / "a.csv")
-    assert ts.spec["task"] == {"type": "binary", "labels": ["0", "1"]}  # 1 is positive
+    assert ts.spec["task"] == {"type": "binary", "labels": ["0", "1"], "positive": "1"}
     df["grade"] = [1, 2, 10] * 4  # ordinal grades: numeric order, not text order
     ts = infer_table_spec(df.drop(columns="y"), label="grade", csv_path=tmp_path / "b.csv")
     assert ts.spec["task"] == {"type": "multiclass", "labels": ["1", "2", "10"]}
@@ -178,6 +182,7 @@ def test_task_labels_in_another_order_than_the_data_are_refused(export: Path) ->
     silently swap the classes; complete_spec refuses it."""
     spec = infer_table_spec(export, label="diagnosis", positive="malignant").spec
     spec["task"]["labels"] = ["malignant", "benign"]
+    spec["task"].pop("positive")  # else the spec itself is refused: positive is labels[1]
     s = parse_spec(spec)
     bundle = load_data(s.data.source, s.data.options, modalities=s.modalities, task=s.task.type)
     with pytest.raises(SpecError, match=r"task\.labels.*data\.options\.labels"):

@@ -131,9 +131,10 @@ def _check_values(name: str, meta: Any, m: str, spec: Any, x: np.ndarray, mask: 
 def _constant(m: str, spec: Any, x: np.ndarray, mask: np.ndarray) -> list[str] | None:
     """The constant (or empty) parts of a modality in training: ``[m]`` for an image/signal,
     its columns for a tabular one; None when the modality is never present."""
-    present = x[mask > 0].reshape(int((mask > 0).sum()), -1)
-    if len(present) == 0:
+    n = int((mask > 0).sum())
+    if n == 0:
         return None
+    present = x[mask > 0].reshape(n, -1)
     if spec.kind != "tabular":
         return [m] if float(np.ptp(present)) == 0.0 else []
     cols = list(spec.columns or [])
