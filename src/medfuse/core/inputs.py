@@ -129,9 +129,10 @@ def layout_from_meta(meta: dict[str, Any]) -> Layout:
     """The layout recorded at training (``meta["data"]["layout"]``), else the spec's options."""
     rec = (meta.get("data") or {}).get("layout") or {}
     opts = ((meta.get("spec") or {}).get("data") or {}).get("options") or {}
+    # the spec's id column first: earlier packages recorded "id" whatever the spec named
     return Layout(
         columns=dict(rec.get("columns", opts.get("columns")) or {}),
-        id_column=str(rec.get("id_column", "id")),
+        id_column=str(opts.get("id_column") or rec.get("id_column") or "id"),
         patient_column=rec.get("patient_column", opts.get("patient_column", "patient_id")),
         base_dir=rec.get("base_dir"),
     )

@@ -339,7 +339,7 @@ def load_manifest(
             # what prediction needs to read the same layout again (medfuse.core.inputs.Layout)
             "layout": {
                 "columns": dict(options.get("columns", {})),
-                "id_column": "id",
+                "id_column": id_col,
                 "patient_column": patient_col,
                 "base_dir": str(path.parent.resolve()),
             },
