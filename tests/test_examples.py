@@ -51,7 +51,14 @@ def readme_commands() -> list[str]:
 
 
 def _env(data_dir: Path) -> dict[str, str]:
-    return {**os.environ, "MEDFUSE_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
+    """The subprocesses' environment: the data, one thread, and the medfuse under test first on
+    the path (a relative PYTHONPATH=src would not hold in their working directories)."""
+    import medfuse
+
+    src = str(Path(medfuse.__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "MEDFUSE_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": path}  # fmt: skip
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
