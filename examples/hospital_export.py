@@ -52,7 +52,8 @@ def _cases(
         if i == 0 or rng.random() > 0.25:
             p += 1
         patient.append(f"{prefix}P{p:04d}")
-    dicom_patients = {q for q in set(patient) if rng.random() < 0.5}
+    # sorted: a set iterates in hash order, which differs between runs (PYTHONHASHSEED)
+    dicom_patients = {q for q in sorted(set(patient)) if rng.random() < 0.5}
     rows = []
     for i in range(n):
         case = f"{prefix}C{i + 1:05d}"

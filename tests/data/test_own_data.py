@@ -121,6 +121,33 @@ def test_positive_class_orders_labels_negative_then_positive(tmp_path: Path) -> 
         load_data(f"manifest:{csv}", OPTS, modalities=MODS, positive="malignant")
 
 
+def test_prediction_ids_come_from_the_spec_id_column(tmp_path: Path) -> None:
+    """Issue 15 item 5: a spec naming ``id_column: case_id`` predicts with case ids, never
+    ``row-N`` nor the patient id (two cases of one patient must not share an id)."""
+    from medfuse.core.inputs import Modality, Schema, coerce, layout_from_meta
+
+    csv = _hospital(tmp_path)
+    df = pd.read_csv(csv).rename(columns={"id": "case_id"})
+    df["patient_id"] = [f"p{i // 2}" for i in range(len(df))]  # two cases per patient
+    df.to_csv(csv, index=False)
+    opts = {**OPTS, "id_column": "case_id"}
+    b = load_data(f"manifest:{csv}", opts, modalities=MODS, positive="abnormal")
+    layout = b.info["layout"]
+    assert layout["id_column"] == "case_id" and layout["patient_column"] == "patient_id"
+    meta = {"spec": {"data": {"options": opts}}, "data": {"layout": layout}}
+    assert layout_from_meta(meta).id_column == "case_id"
+    # packages written before this was recorded say "id": the spec's option decides
+    old = {"spec": {"data": {"options": opts}}, "data": {"layout": {**layout, "id_column": "id"}}}
+    assert layout_from_meta(old).id_column == "case_id"
+    schema = Schema(
+        {"image": Modality("image", "image", (1, 8, 8), channels=1, size=(8, 8))},
+        layout_from_meta(meta),
+    )
+    batch = coerce(csv, schema)
+    assert batch.ids == df["case_id"].tolist()
+    assert set(b.train.meta["id"]) <= set(df["case_id"])
+
+
 def test_numeric_01_labels_default_to_positive_1(tmp_path: Path) -> None:
     csv = _hospital(tmp_path)
     df = pd.read_csv(csv)

@@ -204,6 +204,10 @@ def test_dataframe_paths_resolve_against_base_dir(export: Path, tmp_path: Path) 
     written = pd.read_csv(tmp_path / "runs" / "m.table.csv")
     cells = [c for c in written["image"].tolist() if isinstance(c, str)]
     assert cells and all(Path(c).is_absolute() and Path(c).exists() for c in cells)
+    # where the DataFrame's relative paths resolve is recorded for prediction; the model is
+    # named after the package folder, as for a CSV table
+    assert ts.spec["data"]["options"]["base_dir"] == str(export.parent.resolve())
+    assert ts.spec["name"] == "m"
     assert ts.spec["train"]["epochs"] == 3  # the override is in the saved spec
     assert "epochs: 3" in spec_file.read_text()
 

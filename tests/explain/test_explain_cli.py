@@ -114,6 +114,55 @@ def test_manifest_and_single_file_inputs(small_package, small_test, tmp_path) ->
     assert not (out / "dataset_modalities.png").exists()  # one row: no dataset picture
 
 
+def test_explain_reads_inputs_as_predict_does(small_package, small_test, tmp_path, capsys) -> None:
+    """The one input contract (``--on-bad-row``, ``--base-dir``): an unreadable image stops
+    explain naming the row and file, as in ``medfuse predict``; with ``missing`` the image is
+    explained as absent and the sample says why; a row with no usable input is not explained."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = []
+    for i in range(3):
+        np.save(data / f"img{i}.npy", small_test.arrays["image"][i])
+        age, bmi, marker = small_test.arrays["tabular"][i]
+        rows.append({"id": f"p{i}", "image": f"img{i}.npy", "signal": "", "age": age,
+                     "bmi": "" if i == 0 else bmi, "marker": marker})  # fmt: skip
+    (data / "broken.npy").write_bytes(b"not an array")
+    rows[1]["image"] = "broken.npy"
+    rows.append({"id": "p3", "image": "broken.npy", "signal": "", "age": "", "bmi": "",
+                 "marker": ""})  # fmt: skip
+    csv = tmp_path / "m.csv"  # relative paths resolve against --base-dir, not the CSV's folder
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    base = ["explain", str(small_package), "--input", str(csv), "--steps", "4"]
+    assert main([*base, "-o", str(tmp_path / "f")]) == 3  # not found: data/ is not the base
+    assert "img0.npy" in capsys.readouterr().err
+    assert main([*base, "--base-dir", str(data), "-o", str(tmp_path / "f")]) == 3
+    err = capsys.readouterr().err
+    assert "row 3 (image)" in err and "broken.npy" in err and "--on-bad-row missing" in err
+    assert not (tmp_path / "f" / "explanation.json").exists()
+    out = tmp_path / "o"
+    args = [*base, "--base-dir", str(data), "--on-bad-row", "missing", "-o", str(out)]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "2 of 4 rows need attention" in err and "p1: image missing:" in err
+    doc = json.loads((out / "explanation.json").read_text())
+    assert [s["id"] for s in doc["samples"]] == ["p0", "p1", "p2"]
+    s0, s1, _ = doc["samples"]
+    assert s0["missing_values"] == ["bmi"] and s0["reasons"] == {}
+    assert s1["present"]["image"] is False and "broken.npy" in s1["reasons"]["image"]
+    assert "image" not in s1["maps"] and s1["shapley"]["probability"]["values"]["image"] == 0.0
+    assert [(x["row"], x["id"]) for x in doc["not_explained"]] == [(3, "p3")]
+    assert "no usable input" in doc["not_explained"][0]["error"]
+    assert doc["dataset"]["n"] == 3 and doc["dataset"]["per_sample"]["ids"] == ["p0", "p1", "p2"]
+    # the same probabilities as medfuse predict on the same file and options
+    pred = tmp_path / "p.csv"
+    assert main(["predict", str(small_package), "--input", str(csv), "--base-dir", str(data),
+                 "--on-bad-row", "missing", "--out", str(pred)]) == 0  # fmt: skip
+    got = pd.read_csv(pred, keep_default_na=False)
+    assert got["id"].tolist() == ["p0", "p1", "p2", "p3"] and got["error"][3]
+    explained = [s["prediction"]["probabilities"]["positive"] for s in doc["samples"]]
+    np.testing.assert_allclose(explained, got["prob_positive"][:3].astype(float), atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

@@ -259,6 +259,46 @@ def test_plausibility_flags(predictors: dict[str, Any]) -> None:
     assert rows[2]["flags"] == ""
 
 
+def test_an_empty_tabular_cell_is_a_missing_value_named_per_row(
+    predictors: dict[str, Any], client: Any, exported_package: Path, tmp_path: Path
+) -> None:
+    """A NaN / None / empty cell is a missing value of that column (as in training: the
+    training mean), never a refusal; every output names the column (``missing_values``)."""
+    from medfuse.cli import main
+    from medfuse.runtime import main as runtime_main
+
+    tab = [{"age": 50.0, "bmi": np.nan, "marker": 0.5}, {"age": None, "bmi": 22.0, "marker": None}]
+    tab.append({"age": 61.0, "bmi": 24.0, "marker": 0.1})
+    csv = tmp_path / "holes.csv"
+    pd.DataFrame([{"image": "", "signal": "", **t} for t in tab]).to_csv(csv, index=False)
+    assert ",,0.5" in csv.read_text()  # an empty cell in the file
+    want = [["bmi"], ["age", "marker"], []]
+    for runtime in ("torch", "onnx"):
+        b = predictors[runtime].inputs(csv)
+        assert b.missing_values == want and (b.masks["tabular"] == 1).all()
+        assert predictors[runtime].inputs([{"tabular": t} for t in tab]).missing_values == want
+        rows = predictors[runtime].predict_table(pd.read_csv(csv))
+        assert [r["missing_values"] for r in rows] == ["bmi", "age; marker", ""]
+        assert all(r["label"] in predictors[runtime].labels and not r["flags"] for r in rows)
+    # the imputation is training's: a missing value is the training mean (standardised 0)
+    mean = predictors["torch"].meta["preprocessing"]["tabular"]["mean"]
+    p_nan = predictors["torch"].predict_proba([{"tabular": {"age": 50.0, "marker": 0.5}}])
+    p_mean = predictors["torch"].predict_proba([{"tabular": [50.0, mean[1], 0.5]}])
+    assert abs(p_nan[0] - p_mean[0]) < 1e-6
+    # whole tabular modality absent: present_tabular says so, no column is listed
+    assert predictors["torch"].inputs([{"image": np.zeros((16, 16))}]).missing_values == [[]]
+    null = [{k: (None if v is None or np.isnan(v) else v) for k, v in t.items()} for t in tab]
+    r = client.post("/v1/predict", json={"instances": [{"tabular": t} for t in null]})
+    assert r.status_code == 200, r.text
+    assert [p["missing_values"] for p in r.json()["predictions"]] == want
+    for entry, run in (("cli", main), ("runtime", runtime_main)):
+        out = tmp_path / f"{entry}.csv"
+        args = [str(exported_package), "--input", str(csv), "--out", str(out)]
+        assert run(["predict", *args] if entry == "cli" else args) == 0
+        df = pd.read_csv(out, keep_default_na=False)
+        assert df["missing_values"].tolist() == ["bmi", "age; marker", ""], entry
+
+
 def test_unseen_category_is_an_error_or_a_flag() -> None:
     mod = Modality(
         "clinical", "tabular", (2,), columns=("sex", "age"), categories={"sex": ["F", "M"]}

@@ -21,7 +21,7 @@ did-you-mean, wrong types, shapes that cannot be fitted, a list of strings, a ro
 modality at all). Bad *values* (an unreadable file, NaN or infinite image/signal values, an
 infinite tabular value) are errors by default; with ``on_bad_row="missing"`` the modality is
 predicted as absent and the row says why (``Batch.reasons``). A tabular NaN / None / empty cell
-is a missing value (as in training). Values outside the training ranges stored in the package
+is a missing value of its column (as in training), named per row (``Batch.missing_values``). Values outside the training ranges stored in the package
 are flagged (``Batch.flags``), never used unflagged.
 """
 
@@ -129,9 +129,10 @@ def layout_from_meta(meta: dict[str, Any]) -> Layout:
     """The layout recorded at training (``meta["data"]["layout"]``), else the spec's options."""
     rec = (meta.get("data") or {}).get("layout") or {}
     opts = ((meta.get("spec") or {}).get("data") or {}).get("options") or {}
+    # the spec's id column first: earlier packages recorded "id" whatever the spec named
     return Layout(
         columns=dict(rec.get("columns", opts.get("columns")) or {}),
-        id_column=str(rec.get("id_column", "id")),
+        id_column=str(opts.get("id_column") or rec.get("id_column") or "id"),
         patient_column=rec.get("patient_column", opts.get("patient_column", "patient_id")),
         base_dir=rec.get("base_dir"),
     )
@@ -188,8 +189,10 @@ class Upload:
 class Batch:
     """Raw arrays ``{m: (N, *shape)}`` and presence masks ``{m: (N,)}`` as training saw them,
     with per row: its id, per modality why it is absent when a given input was unusable
-    (``reasons[m][i]``, "" otherwise), plausibility flags, and an error when the row cannot be
-    predicted at all (``errors[i]``, "" otherwise)."""
+    (``reasons[m][i]``, "" otherwise), plausibility flags, an error when the row cannot be
+    predicted at all (``errors[i]``, "" otherwise), and the tabular columns without a value
+    (``missing_values[i]``: NaN / None / empty cells of a present tabular modality, each a
+    missing value as in training; an absent modality is ``masks[m][i] == 0`` instead)."""
 
     arrays: dict[str, np.ndarray]
     masks: dict[str, np.ndarray]
@@ -197,6 +200,11 @@ class Batch:
     reasons: dict[str, list[str]]
     flags: list[list[str]]
     errors: list[str]
+    missing_values: list[list[str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.missing_values:
+            self.missing_values = [[] for _ in self.ids]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -209,6 +217,7 @@ class Batch:
             {m: r[sl] for m, r in self.reasons.items()},
             self.flags[sl],
             self.errors[sl],
+            self.missing_values[sl],
         )
 
     def present(self, m: str) -> np.ndarray:
@@ -472,6 +481,7 @@ def coerce(
             {m: [""] * n for m in schema.modalities},
             [[] for _ in range(n)],
             [""] * n,
+            missing_values(arrays, masks, schema),
         )
         return b
     if hasattr(samples, "to_dict") and hasattr(samples, "columns") and hasattr(samples, "iloc"):
@@ -770,6 +780,7 @@ def _finish(b: Batch, ctx: _Ctx) -> Batch:
         b.errors[int(i)] = msg
     for k, flags in enumerate(plausibility(b.arrays, b.masks, ctx.schema)):
         b.flags[k].extend(flags)
+    b.missing_values = missing_values(b.arrays, b.masks, ctx.schema)
     return b
 
 
@@ -785,6 +796,7 @@ def _concat(batches: list[Batch], schema: Schema) -> Batch:
         {m: [r for b in batches for r in b.reasons[m]] for m in schema.modalities},
         [f for b in batches for f in b.flags],
         [e for b in batches for e in b.errors],
+        [v for b in batches for v in b.missing_values],
     )
 
 
@@ -951,7 +963,29 @@ def npz_modalities(path: Path | str, keys: set[str], modalities: Iterable[str]) 
     return present
 
 
-# ---- plausibility ---------------------------------------------------------------------------
+# ---- missing values and plausibility ------------------------------------------------------
+
+
+def missing_values(
+    arrays: dict[str, np.ndarray], masks: dict[str, np.ndarray], schema: Schema
+) -> list[list[str]]:
+    """Per row, the columns of a present tabular modality that hold no value (NaN: an empty
+    cell, None, NaN), as training treats them: a missing value of that column (standardised to
+    the training mean). A column of a sequence counts when any step lacks it. Rows whose
+    tabular modality is absent altogether list nothing (``masks[m] == 0`` says so)."""
+    n = len(next(iter(masks.values()))) if masks else 0
+    out: list[list[str]] = [[] for _ in range(n)]
+    for m, mod in schema.modalities.items():
+        if mod.kind != "tabular" or m not in arrays or not mod.columns:
+            continue
+        present = np.flatnonzero(np.asarray(masks[m]) > 0)
+        if not len(present):
+            continue
+        flat = np.asarray(arrays[m])[present].reshape(len(present), -1, len(mod.columns))
+        holes = np.isnan(flat).any(axis=1)
+        for k, j in zip(*np.nonzero(holes)):
+            out[present[k]].append(mod.columns[j])
+    return out
 
 
 def plausibility(

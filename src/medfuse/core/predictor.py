@@ -73,8 +73,8 @@ class Predictions:
         return len(self.batch)
 
     def columns(self) -> list[str]:
-        """``id, prob_<label>..., label[, threshold], present_<m>..., reason_<m>..., flags,
-        error`` (binary tasks report P(positive) only)."""
+        """``id, prob_<label>..., label[, threshold], present_<m>..., reason_<m>...,
+        missing_values, flags, error`` (binary tasks report P(positive) only)."""
         return table_columns(self.task, self.label_names, list(self.batch.masks))
 
     def rows(self) -> list[dict[str, Any]]:
@@ -96,6 +96,7 @@ class Predictions:
                 r[f"present_{m}"] = int(b.masks[m][i] > 0)
             for m in b.masks:
                 r[f"reason_{m}"] = b.reasons[m][i]
+            r["missing_values"] = "; ".join(b.missing_values[i])
             r["flags"] = "; ".join(b.flags[i])
             r["error"] = self.errors[i]
             out.append(r)
@@ -104,14 +105,22 @@ class Predictions:
     def affected(self) -> list[dict[str, str]]:
         """One entry per row that was not predicted from all it was given, as given: its id and
         what happened (an error, an unusable input, a plausibility flag)."""
-        b, out = self.batch, []
-        for i in range(len(b)):
-            what = [self.errors[i]] if self.errors[i] else []
-            what += [f"{m} missing: {r[i]}" for m, r in b.reasons.items() if r[i]]
-            what += b.flags[i]
-            if what:
-                out.append({"id": b.ids[i], "issue": " | ".join(what)})
-        return out
+        return affected_rows(self.batch, self.errors)
+
+
+def affected_rows(batch: Batch, errors: list[str] | None = None) -> list[dict[str, str]]:
+    """The rows of ``batch`` not used as given: id and what happened (an error, from
+    ``errors`` else the batch's own; an unusable input; a plausibility flag). A tabular cell
+    without a value is not listed: it is a missing value, as in training."""
+    errs = batch.errors if errors is None else errors
+    out = []
+    for i in range(len(batch)):
+        what = [errs[i]] if errs[i] else []
+        what += [f"{m} missing: {r[i]}" for m, r in batch.reasons.items() if r[i]]
+        what += batch.flags[i]
+        if what:
+            out.append({"id": batch.ids[i], "issue": " | ".join(what)})
+    return out
 
 
 #: the end-of-run summary lists affected rows up to this many, else names the file listing them
@@ -143,6 +152,7 @@ def table_columns(task: str, labels: list[str], modalities: list[str]) -> list[s
         *(["threshold"] if task == "binary" else []),
         *(f"present_{m}" for m in modalities),
         *(f"reason_{m}" for m in modalities),
+        "missing_values",
         "flags",
         "error",
     ]

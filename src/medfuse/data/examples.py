@@ -13,6 +13,7 @@ Run ``python -m medfuse.data.examples dicom examples/dicom`` (or ``volume3d``) t
 from __future__ import annotations
 
 import argparse
+import hashlib
 import warnings
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,8 @@ def write_dicom(
     patient_id: str = "anon",
 ) -> Path:
     """A CT-like DICOM file from stored values ``(H, W)``, ``(F, H, W)`` (multi-frame) or
-    ``(H, W, 3)`` (RGB); modality value = ``slope * stored + intercept``."""
+    ``(H, W, 3)`` (RGB); modality value = ``slope * stored + intercept``. The UIDs derive from
+    the file name, the patient and the values, so the same call writes the same bytes."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import (
         CTImageStorage,
@@ -53,12 +55,18 @@ def write_dicom(
     sop = SecondaryCaptureImageStorage if rgb else CTImageStorage
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop
-    meta.MediaStorageSOPInstanceUID = generate_uid()
+    values = hashlib.sha256(np.ascontiguousarray(stored).tobytes()).hexdigest()
+    seed = [path.name, patient_id, values, str(stored.shape)]
+
+    def uid(kind: str) -> str:
+        return str(generate_uid(entropy_srcs=["|".join([kind, *seed])]))
+
+    meta.MediaStorageSOPInstanceUID = uid("instance")
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = sop, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = uid("study"), uid("series")
     ds.PatientID, ds.Modality = patient_id, "OT" if rgb else "CT"
     h, w = (stored.shape[-3], stored.shape[-2]) if rgb else stored.shape[-2:]
     ds.Rows, ds.Columns = int(h), int(w)

@@ -21,6 +21,7 @@ from medfuse.data.splits import group_stratified_split
 log = logging.getLogger("medfuse.data")
 
 OPTIONS = (
+    "base_dir",
     "contain_paths",
     "label",
     "labels",
@@ -282,16 +283,18 @@ def load_manifest(
         )
     df = pd.read_csv(path)
     where = str(path)
+    # relative file paths: against base_dir (a DataFrame's, medfuse.fit), else the CSV's folder
+    base = Path(options["base_dir"]).expanduser() if options.get("base_dir") else path.parent
     y, labels, kind = _labels(df, options.get("label", "label"), options.get("labels"), task, where)
     arrays, masks, report = read_rows(
         df,
-        path.parent,
+        base,
         modalities,
         dict(options.get("columns", {})),
         on_bad_row=on_bad_row,
         categories=None,
         where=where,
-        contain=[path.parent, root] if options.get("contain_paths", False) else None,
+        contain=[base, root] if options.get("contain_paths", False) else None,
     )
     patient_col = options.get("patient_column", "patient_id")
     groups = df[patient_col].astype(str).to_numpy() if patient_col in df.columns else None
@@ -339,9 +342,9 @@ def load_manifest(
             # what prediction needs to read the same layout again (medfuse.core.inputs.Layout)
             "layout": {
                 "columns": dict(options.get("columns", {})),
-                "id_column": "id",
+                "id_column": id_col,
                 "patient_column": patient_col,
-                "base_dir": str(path.parent.resolve()),
+                "base_dir": str(base.resolve()),
             },
             "categories": report["categories"],
             "paths": report["paths"],

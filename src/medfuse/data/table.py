@@ -365,7 +365,9 @@ def infer_table_spec(
     ``base_dir``: where relative file paths resolve (default: the CSV's folder; for a DataFrame,
     the working directory). A DataFrame must be written to a CSV for the manifest source:
     ``csv_path`` names it (``fit`` writes ``<out>.table.csv``), and its relative file paths are
-    written as absolute paths there.
+    written as absolute paths there; ``base_dir`` is recorded as ``data.options.base_dir``, the
+    folder where prediction resolves relative paths of in-memory inputs (as the CSV's folder is
+    for a CSV table).
     """
     df, src = read_table(table)
     if src is not None:
@@ -496,6 +498,10 @@ def infer_table_spec(
         options["id_column"] = id_col
     if not has_split:
         options["val_fraction"], options["test_fraction"] = VAL_FRACTION, TEST_FRACTION
+    if isinstance(table, pd.DataFrame) and mapping:
+        # where the DataFrame's relative paths resolve: recorded, so that predicting another
+        # DataFrame laid out the same way finds its files as the CSV route's package does
+        options["base_dir"] = str(base.resolve())
     spec: dict[str, Any] = {
         "name": name or _name(src.stem),
         "task": {
@@ -536,10 +542,15 @@ def write_table_spec(
     """Infer the spec of a table, apply ``--set`` overrides and save it beside the package.
 
     Returns the TableSpec, the package directory (default ``runs/<name>``) and the spec file
-    (``<out>.spec.yaml``). A DataFrame is first written to ``<out>.table.csv``."""
+    (``<out>.spec.yaml``). A DataFrame is first written to ``<out>.table.csv``. The model's
+    name is the package folder's (``out="runs/hospital"``: ``hospital``), else the CSV's stem
+    (``table`` for a DataFrame): a CSV and the DataFrame read from it make the same package."""
     from medfuse.core.spec import apply_overrides, parse_spec
 
-    name = "table" if isinstance(table, pd.DataFrame) else _name(Path(table).stem)
+    if out is not None:
+        name = _name(Path(out).name)
+    else:
+        name = "table" if isinstance(table, pd.DataFrame) else _name(Path(table).stem)
     out = Path(out) if out is not None else Path("runs") / name
     ts = infer_table_spec(
         table,

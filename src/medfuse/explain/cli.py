@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from medfuse.core.console import Handler, console
 
@@ -12,7 +14,8 @@ def setup_explain(p: argparse.ArgumentParser) -> Handler:
     p.add_argument(
         "--input",
         required=True,
-        help="manifest .csv, .npz with one array per modality, or one image/signal file",
+        help="manifest .csv/.parquet (the training layout, as medfuse predict reads it), .npz "
+        "with one array per modality, or one image/signal file",
     )
     p.add_argument("-o", "--out", required=True, help="output directory (JSON + PNGs)")
     p.add_argument(
@@ -33,8 +36,21 @@ def setup_explain(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--steps", type=int, default=32, help="integrated-gradients steps (default 32)")
     p.add_argument("--max-samples", type=int, default=20, help="maps for at most this many rows")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--on-bad-row",
+        default="fail",
+        choices=["fail", "missing"],
+        help="an unusable input (unreadable file, NaN values): fail (the default, as in "
+        "training and medfuse predict) or missing (explain without it; the sample says why)",
+    )
+    p.add_argument(
+        "--base-dir",
+        help="directory that relative file paths in the input resolve against (default: the "
+        "manifest's own directory)",
+    )
 
     def run(a: argparse.Namespace) -> int:
+        from medfuse.core.predictor import MAX_LISTED, attention_summary
         from medfuse.explain.explainer import (  # lazy: torch and captum, only when the verb runs
             SHAPLEY_SCALE,
             explain_file,
@@ -50,7 +66,13 @@ def setup_explain(p: argparse.ArgumentParser) -> Handler:
             steps=a.steps,
             device=a.device,
             max_samples=a.max_samples,
+            on_bad_row=a.on_bad_row,
+            base_dir=a.base_dir,
         )
+        rows = doc["dataset"]["n"] + len(doc["not_explained"])
+        listing = Path(a.out) / "explanation.json" if len(doc["affected"]) > MAX_LISTED else None
+        for line in attention_summary(doc["affected"], rows, listing):
+            print(line, file=sys.stderr)
         c = console()
         d = doc["dataset"]["shapley"][SHAPLEY_SCALE]
         shares = ", ".join(f"{m} {d['mean_abs'][m]:.3f}" for m in d["ranking"])

@@ -407,28 +407,52 @@ def explain_file(
     steps: int = 32,
     device: str = "cpu",
     max_samples: int = 20,
+    on_bad_row: str = "fail",
+    base_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Explain the rows of a prediction input (manifest .csv / .npz / one file) and write
     ``explanation.json`` plus PNGs (``<id>_<modality>.png``, ``<id>_modalities.png`` and
     ``dataset_modalities.png`` when there are several rows) into ``out``. Returns the JSON written.
 
+    The input is read by the one input contract (``medfuse.core.inputs``), exactly as
+    ``medfuse predict`` reads it: a manifest in the training layout (ids from the spec's id
+    column, relative paths against the manifest's folder or ``base_dir``), ``on_bad_row``
+    "fail" (an unusable input stops with the row named) or "missing" (the modality is explained
+    as absent and the sample says why; a row with no usable input is not explained and is
+    listed under ``not_explained``). Each sample carries its ``reasons``, ``missing_values``
+    (tabular columns without a value) and plausibility ``flags``.
+
     Maps are drawn for ``rows`` (default: the first ``max_samples``); modality Shapley values
-    are computed for every row and averaged over the whole input (dataset level).
+    are computed for every explainable row and averaged over them (dataset level).
     """
+    from medfuse.core.predictor import affected_rows
     from medfuse.explain.plots import dataset_contributions
     from medfuse.inference.predictor import load
 
     t0 = time.perf_counter()
     pred = load(package, device=device)
     ex = Explainer(pred, layer=layer, steps=steps, target=target)
-    batch = pred.inputs(input_path)  # the one input contract, as `medfuse predict` reads it
-    arrays, masks, ids = batch.arrays, batch.masks, list(batch.ids)
+    # the one input contract, as `medfuse predict` reads it
+    batch = pred.inputs(input_path, on_bad_row=on_bad_row, base_dir=base_dir)
+    ids = list(batch.ids)
     n = len(ids)
+    ok = [i for i in range(n) if not batch.errors[i]]
+    not_explained = [
+        {"row": i, "id": ids[i], "error": batch.errors[i]} for i in range(n) if batch.errors[i]
+    ]
+    if not ok:
+        raise DataError(f"{input_path}: no row has a usable input ({not_explained[0]['error']})")
+    arrays = {m: batch.arrays[m][ok] for m in ex.names}
+    masks = {m: batch.masks[m][ok] for m in ex.names}
     sel = rows if isinstance(rows, list) else parse_rows(rows, n)
     if sel is None:
-        sel = list(range(min(n, max_samples)))
-        if n > max_samples:
-            log.info("maps for the first %d of %d rows (choose others with --rows)", max_samples, n)
+        sel = ok[:max_samples]
+        if len(ok) > max_samples:
+            log.info(
+                "maps for the first %d of %d rows (choose others with --rows)", max_samples, len(ok)
+            )
+    else:
+        sel = [r for r in sel if not batch.errors[r]]
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
     samples: list[dict[str, Any]] = []
@@ -436,12 +460,15 @@ def explain_file(
     for s in range(0, len(sel), 16):
         chunk = sel[s : s + 16]
         res = ex.explain(
-            {m: arrays[m][chunk] for m in ex.names},
-            {m: masks[m][chunk] for m in ex.names},
+            {m: batch.arrays[m][chunk] for m in ex.names},
+            {m: batch.masks[m][chunk] for m in ex.names},
             [ids[r] for r in chunk],
         )
         for r, sample, pics in zip(chunk, res.samples, res.pictures):
             sample["row"] = r
+            sample["reasons"] = {m: why[r] for m, why in batch.reasons.items() if why[r]}
+            sample["missing_values"] = list(batch.missing_values[r])
+            sample["flags"] = list(batch.flags[r])
             stem = _safe(sample["id"])
             if stem in used:
                 stem = f"{stem}_row{r}"
@@ -456,7 +483,7 @@ def explain_file(
     dataset = {sc: shap[sc].summary() for sc in SCALES}
     d = dataset[SHAPLEY_SCALE]
     picture = None
-    if n > 1:
+    if len(ok) > 1:
         picture = "dataset_modalities.png"
         png = dataset_contributions(
             ex.names,
@@ -481,12 +508,15 @@ def explain_file(
             "shapley": f"{SHAPLEY_SCALE} of the explained class (logit values beside)",
         },
         "modalities": {m: s.kind for m, s in ex.modalities.items()},
+        "on_bad_row": on_bad_row,
         "samples": samples,
+        "not_explained": not_explained,
+        "affected": affected_rows(batch),
         "dataset": {
-            "n": n,
+            "n": len(ok),
             "shapley": dataset,
             "per_sample": {
-                "ids": ids,
+                "ids": [ids[i] for i in ok],
                 SHAPLEY_SCALE: _round(shap[SHAPLEY_SCALE].values),
             },
             "picture": picture,

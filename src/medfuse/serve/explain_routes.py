@@ -198,7 +198,11 @@ def install(app: FastAPI) -> None:
             e = s["explained"]
             out.append(
                 {
-                    "prediction": {**s["prediction"], "flags": list(batch.flags[i])},
+                    "prediction": {
+                        **s["prediction"],
+                        "missing_values": list(batch.missing_values[i]),
+                        "flags": list(batch.flags[i]),
+                    },
                     "explained": {
                         "label": e["class"],
                         "index": e["index"],

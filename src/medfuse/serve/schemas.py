@@ -44,6 +44,11 @@ class Prediction(_Closed):
         "null for multiclass (argmax)"
     )
     missing: list[str] = Field(description="modalities absent from this instance")
+    missing_values: list[str] = Field(
+        default_factory=list,
+        description="tabular columns without a value (null or absent): each a missing value, "
+        "as in training",
+    )
     flags: list[str] = Field(
         default_factory=list,
         description="inputs outside the ranges seen in training (values, intensity scale) or "

@@ -199,6 +199,7 @@ class Service:
                     "label": label,
                     "threshold": None if self.task == "multiclass" else self.threshold,
                     "missing": [m for m in self.modalities if batch.masks[m][i] == 0],
+                    "missing_values": list(batch.missing_values[i]),
                     "flags": list(batch.flags[i]),
                 }
             )

@@ -220,7 +220,11 @@ function render(result) {
   const thr = p.threshold === null || p.threshold === undefined
     ? "decision: the most probable class"
     : `threshold ${fmt(p.threshold)}`;
-  const missing = p.missing.length ? `<div class="hint">absent: ${esc(p.missing.join(", "))}</div>` : "";
+  const absentMods = p.missing.length ? `<div class="hint">absent: ${esc(p.missing.join(", "))}</div>` : "";
+  const holes = (p.missing_values || []).length
+    ? `<div class="hint" data-testid="missing-values">no value (missing, as in training): ${esc(p.missing_values.join(", "))}</div>`
+    : "";
+  const missing = absentMods + holes;
   const flags = (p.flags || []).length
     ? `<div class="flags" data-testid="flags"><b>check these inputs</b> (outside what the model saw in training):<ul>` +
       p.flags.map((f) => `<li>${esc(f)}</li>`).join("") + `</ul></div>`
