@@ -1,27 +1,78 @@
 """Request and response models of the HTTP service (they make the OpenAPI schema meaningful).
 
 The request models are built per package: one optional field per modality (named as in the
-spec), an image or signal modality takes ``{"array": ...}`` (raw values of the modality's exact
-shape) or a base64 file (``png``, ``dicom``, ``npy``), a tabular modality an object with one field
-per column. Unknown fields are schema errors (422) that name the field.
+spec), an image or signal modality takes ``{"array": ...}`` (raw values, fitted to the modality's
+shape) or one file: base64 ``png``, ``dicom`` or ``npy`` for an image; base64 ``npy`` or ``csv``,
+or a WFDB record ``{"hea": ..., "dat": ...}`` for a signal. Only the formats this installation
+can read are offered (``file_fields``: DICOM needs pydicom, WFDB needs wfdb, resampling a CSV
+needs scipy); ``GET /v1/model`` lists them per modality with their file suffixes. A tabular
+modality takes an object with one field per column. Unknown fields are schema errors (422) that
+name the field.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, create_model, model_validator
 
 from medfuse.core.inputs import Modality
+from medfuse.core.optional import installed
 
-#: payload kinds per modality kind, besides "array"
-FILE_FIELDS = {"image": ("png", "dicom", "npy"), "signal": ("npy",)}
-FILE_DOCS = {
-    "png": "base64 of an image file Pillow reads (PNG, JPEG, BMP, TIFF)",
-    "dicom": "base64 of a DICOM file",
-    "npy": "base64 of a NumPy .npy file (numeric)",
+
+@dataclass(frozen=True)
+class FileFormat:
+    """A file payload field: the file suffixes it carries, what it is, the modules reading it."""
+
+    suffixes: tuple[str, ...]
+    doc: str
+    needs: tuple[str, ...] = ()
+
+
+#: file payload fields per modality kind, besides "array"
+FILE_FORMATS: dict[str, dict[str, FileFormat]] = {
+    "image": {
+        "png": FileFormat(
+            (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"),
+            "base64 of an image file Pillow reads (PNG, JPEG, BMP, TIFF)",
+        ),
+        "dicom": FileFormat((".dcm", ".dicom"), "base64 of a DICOM file", ("pydicom",)),
+        "npy": FileFormat((".npy",), "base64 of a NumPy .npy file (numeric)"),
+    },
+    "signal": {
+        "npy": FileFormat(
+            (".npy",),
+            "base64 of a NumPy .npy file, (T,) or (C, T): no lead names and no rate, so its rows "
+            "are the model's leads in the model's order, sampled at the model's rate",
+        ),
+        "csv": FileFormat(
+            (".csv",),
+            "base64 of a CSV signal: a header line, a time (or t) column in seconds and one "
+            "column per lead; leads picked by name and resampled to the model's rate as in "
+            "training",
+        ),
+        "wfdb": FileFormat(
+            (".hea", ".dat"),
+            "a WFDB record: the header and the one data file it names; leads picked by name, "
+            "physical units (mV), resampled to the model's rate as in training",
+            ("wfdb",),
+        ),
+    },
 }
+
+
+def file_fields(m: Modality) -> dict[str, tuple[str, ...]]:
+    """The file payload fields this installation can read for ``m``, with their suffixes."""
+    out: dict[str, tuple[str, ...]] = {}
+    for name, f in FILE_FORMATS.get(m.kind, {}).items():
+        needs = list(f.needs)
+        if m.kind == "signal" and m.rate and name in ("csv", "wfdb"):
+            needs.append("scipy")  # resampling to the model's rate
+        if all(installed(n) for n in needs):
+            out[name] = f.suffixes
+    return out
 
 
 #: a JSON number: ints and floats, never a boolean (``true`` is not 1.0 in a medical input)
@@ -72,6 +123,15 @@ class ModalityDescription(_Closed):
     kind: str
     shape: list[int] = Field(description="shape of one sample (no batch axis)")
     accepts: list[str] = Field(description="payload fields accepted for this modality")
+    files: dict[str, list[str]] | None = Field(
+        default=None,
+        description="per file payload field, the file suffixes it carries (wfdb: a .hea and "
+        "the .dat it names)",
+    )
+    leads: list[str] | None = Field(
+        default=None, description="signal: the leads the model reads, in order"
+    )
+    rate: float | None = Field(default=None, description="signal: the model's sampling rate, Hz")
     columns: list[str] | None = None
     categories: dict[str, list[str]] | None = Field(
         default=None, description="tabular text columns and their allowed values"
@@ -96,6 +156,18 @@ class ModelInfo(_Closed):
 
 class ErrorDetail(_Closed):
     detail: Any
+
+
+class WfdbRecord(_Closed):
+    """A WFDB record: its header and the one data file the header names."""
+
+    hea: str = Field(
+        description="base64 of the header (.hea)", json_schema_extra={"contentEncoding": "base64"}
+    )
+    dat: str = Field(
+        description="base64 of the data file the header names (.dat)",
+        json_schema_extra={"contentEncoding": "base64"},
+    )
 
 
 def _pascal(name: str) -> str:
@@ -135,12 +207,16 @@ def modality_model(m: Modality) -> type[BaseModel]:
             Field(default=None, description=f"raw values (finite), shape ({shape})"),
         )
     }
-    for f in FILE_FIELDS.get(m.kind, ()):
+    formats = FILE_FORMATS.get(m.kind, {})
+    for f in file_fields(m):
+        if f == "wfdb":
+            fields[f] = (WfdbRecord | None, Field(default=None, description=formats[f].doc))
+            continue
         fields[f] = (
             str | None,
             Field(
                 default=None,
-                description=FILE_DOCS[f] + "; resized/fitted to the modality",
+                description=formats[f].doc + "; resized/fitted to the modality",
                 json_schema_extra={"contentEncoding": "base64"},
             ),
         )

@@ -24,11 +24,11 @@ from medfuse.core.inputs import Batch, Modality, Upload, modalities_from_meta
 from medfuse.core.inputs import InputError as CoreInputError
 from medfuse.core.package import read_meta, typed_meta, versions
 from medfuse.core.readers.image_math import MAX_PIXELS, read_npy_bytes
-from medfuse.serve.schemas import FILE_FIELDS, request_models
+from medfuse.serve.schemas import file_fields, request_models
 
 log = logging.getLogger("medfuse.serve")
 RUNTIMES = ("onnx", "torch")
-SUFFIX = {"png": ".png", "dicom": ".dcm", "npy": ".npy"}
+SUFFIX = {"png": ".png", "dicom": ".dcm", "npy": ".npy", "csv": ".csv", "wfdb": ".hea"}
 
 
 class InputError(DataError):
@@ -130,7 +130,7 @@ class Service:
         before any decoding) for the contract's readers."""
         given = [k for k, v in value.items() if v is not None]
         if len(given) != 1:
-            allowed = ", ".join(["array", *FILE_FIELDS.get(info.kind, ())])
+            allowed = ", ".join(["array", *file_fields(info)])
             raise InputError(loc, f"give exactly one of {allowed}")
         field = given[0]
         loc = (*loc, field)
@@ -141,17 +141,41 @@ class Service:
                 raise InputError(
                     loc, "a ragged nested list; rows must have equal lengths"
                 ) from None
-        try:
-            raw = base64.b64decode(value[field], validate=True)
-        except (binascii.Error, ValueError):
-            raise InputError(loc, "not valid base64") from None
-        if not raw:
-            raise InputError(loc, "empty file")
+        if field == "wfdb":
+            return self._wfdb(value["wfdb"], loc)
+        raw = self._file(value[field], loc)
         try:
             self._guard(raw, field)
         except DataError as err:
             raise InputError(loc, str(err)) from None
         return Upload(raw, SUFFIX[field])
+
+    @staticmethod
+    def _file(b64: str, loc: tuple[Any, ...]) -> bytes:
+        try:
+            raw = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise InputError(loc, "not valid base64") from None
+        if not raw:
+            raise InputError(loc, "empty file")
+        return raw
+
+    def _wfdb(self, rec: dict[str, str], loc: tuple[Any, ...]) -> Upload:
+        """A WFDB record: the header, and the data file written under the name it gives."""
+        from medfuse.core.readers.medical import wfdb_record_files
+
+        hea, dat = self._file(rec["hea"], (*loc, "hea")), self._file(rec["dat"], (*loc, "dat"))
+        try:
+            record, files = wfdb_record_files(hea)
+        except DataError as err:
+            raise InputError((*loc, "hea"), str(err)) from None
+        if len(files) != 1 or files[0] == f"{record}.hea":
+            raise InputError(
+                (*loc, "hea"),
+                f"the header names {len(files)} data files ({', '.join(files)}); upload a record "
+                "whose signals are in one .dat file",
+            )
+        return Upload(hea, ".hea", name=f"{record}.hea", companions=((files[0], dat),))
 
     def _guard(self, raw: bytes, field: str) -> None:
         """Refuse oversized images before decoding them (decompression bombs)."""
@@ -222,15 +246,14 @@ class Service:
             runtime.update(file="model.safetensors", precision="fp32")
         mods = {}
         for m, info in self.modalities.items():
-            accepts = (
-                ["<column fields>"]
-                if info.kind == "tabular"
-                else ["array", *FILE_FIELDS.get(info.kind, ())]
-            )
+            files = file_fields(info)
             mods[m] = {
                 "kind": info.kind,
                 "shape": list(info.shape),
-                "accepts": accepts,
+                "accepts": ["<column fields>"] if info.kind == "tabular" else ["array", *files],
+                "files": {k: list(v) for k, v in files.items()} or None,
+                "leads": list(info.leads) if info.leads else None,
+                "rate": float(info.rate) if info.rate else None,
                 "columns": list(info.columns) or None,
                 "categories": info.categories or None,
             }
