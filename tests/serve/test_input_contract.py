@@ -318,6 +318,10 @@ def test_http_non_finite_result_is_a_422(client: Any) -> None:
     huge = [[[3e37] * 16] * 16]
     r = client.post("/v1/predict", json={"instances": [{"image": {"array": huge}}]})
     assert r.status_code == 422 and "non-finite" in json.dumps(r.json())
+    assert r.json()["detail"][0]["loc"] == ["body", "instances", 0]
+    ok = {"tabular": {"age": 50}}
+    r = client.post("/v1/predict", json={"instances": [ok, {"image": {"array": huge}}]})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "instances", 1]
     r = client.post("/v1/predict", json={"instances": [{"tabular": {"age": 300}}]})
     assert r.status_code == 200 and "age=300" in r.json()["predictions"][0]["flags"][0]
 

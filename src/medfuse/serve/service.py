@@ -206,10 +206,15 @@ class Service:
     # ---- prediction --------------------------------------------------------------------------
 
     def predict(self, instances: list[Any]) -> list[dict[str, Any]]:
-        """Decode and predict a batch; one result dict per instance. A non-finite result is a
-        ``DataError`` (422), never a label."""
+        """Decode and predict a batch; one result dict per instance. A non-finite result is an
+        ``InputError`` naming the instance (422), never a label."""
         batch = self.inputs(instances)
-        res = self.predictor.predict_batch(batch, batch_size=self.max_batch, on_bad_row="fail")
+        # decoding refused every bad row already: "missing" here only marks a non-finite
+        # output (res.errors) so that the 422 can name its instance
+        res = self.predictor.predict_batch(batch, batch_size=self.max_batch, on_bad_row="missing")
+        bad = [i for i, e in enumerate(res.errors) if e]
+        if bad:
+            raise InputError(("body", "instances", bad[0]), res.errors[bad[0]])
         p = res.proba
         out = []
         for i, label in enumerate(res.labels):
