@@ -302,8 +302,12 @@ def _as_array(v: Any, what: str) -> np.ndarray:
         x = np.asarray(v, dtype=np.float64)
     except (TypeError, ValueError):
         raise InputError(f"{what}: a {type(v).__name__} is not a numeric array") from None
-    with np.errstate(over="ignore"):
-        return x.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = x.astype(np.float32)
+        big = np.abs(x) > FLOAT32_MAX  # beyond float32 is infinite, even if it rounds down
+    if big.any():
+        y[big] = np.inf
+    return y
 
 
 def _fit(x: np.ndarray, m: Modality) -> np.ndarray:

@@ -12,13 +12,24 @@ name the field.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, create_model, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    WithJsonSchema,
+    create_model,
+    model_validator,
+)
 
-from medfuse.core.inputs import Modality
+from medfuse.core.inputs import FLOAT32_MAX, Modality
 from medfuse.core.optional import installed
 
 
@@ -77,6 +88,50 @@ def file_fields(m: Modality) -> dict[str, tuple[str, ...]]:
 
 #: a JSON number: ints and floats, never a boolean (``true`` is not 1.0 in a medical input)
 Number = Annotated[float, Strict()]
+#: JSON Schema of a number the contract uses: within float32 (a larger one is infinite)
+FLOAT32_SCHEMA = {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
+
+
+def _number(v: Any) -> Any:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ValueError(f"{v!r} is not a number")
+    return v
+
+
+def _float32(v: float) -> float:
+    # NaN and infinity (not JSON, but Python's parser reads them) are left to the contract,
+    # which names them; a finite number beyond float32 would become infinite when read
+    if math.isfinite(v) and abs(v) > FLOAT32_MAX:
+        raise ValueError(f"{v:g} is beyond float32 (|x| <= {FLOAT32_MAX:.6g})")
+    return v
+
+
+#: a number (never a boolean or a string) within float32
+Finite = Annotated[
+    float,
+    BeforeValidator(_number),
+    AfterValidator(_float32),
+    WithJsonSchema(FLOAT32_SCHEMA),
+]
+#: canonical base64 (what ``base64.b64decode(..., validate=True)`` decodes), not empty
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{4})$"
+_BASE64 = re.compile(BASE64_PATTERN)
+
+
+def _base64(v: str) -> str:
+    if not v:
+        raise ValueError("empty file")
+    if not _BASE64.fullmatch(v):
+        raise ValueError("not valid base64 (the alphabet A-Z a-z 0-9 + /, padded with =)")
+    return v
+
+
+#: the base64 text of a file (its content is checked when it is read: a 422 naming the field)
+Base64 = Annotated[
+    str,
+    AfterValidator(_base64),
+    Field(json_schema_extra={"contentEncoding": "base64", "pattern": BASE64_PATTERN}),
+]
 
 
 class _Closed(BaseModel):
@@ -161,13 +216,8 @@ class ErrorDetail(_Closed):
 class WfdbRecord(_Closed):
     """A WFDB record: its header and the one data file the header names."""
 
-    hea: str = Field(
-        description="base64 of the header (.hea)", json_schema_extra={"contentEncoding": "base64"}
-    )
-    dat: str = Field(
-        description="base64 of the data file the header names (.dat)",
-        json_schema_extra={"contentEncoding": "base64"},
-    )
+    hea: Base64 = Field(description="base64 of the header (.hea)")
+    dat: Base64 = Field(description="base64 of the data file the header names (.dat)")
 
 
 def _pascal(name: str) -> str:
@@ -177,21 +227,77 @@ def _pascal(name: str) -> str:
 
 
 def _nested(depth: int) -> Any:
-    t: Any = Number
+    t: Any = Finite
     for _ in range(depth):
         t = list[t]
     return t
 
 
-def modality_model(m: Modality) -> type[BaseModel]:
-    """The payload model of one modality."""
+def array_schema(m: Modality) -> dict[str, Any]:
+    """JSON Schema of an ``array`` payload of ``m``, as the contract fits arrays: float32
+    numbers; a sequence modality at its exact shape; a signal with the model's channels and
+    any length >= 1 (centre-cropped / zero-padded); an image with any size >= 1 (resized) and
+    the model's channels, or 1 (repeated), or 3 for a grey model (averaged). What JSON Schema
+    cannot say: the lists of one level have equal lengths (a ragged array is a 422). The
+    request model checks the nesting depth and the numbers; the contract checks the rest and
+    names what is wrong."""
+
+    def arr(items: dict[str, Any], lo: int, hi: int | None = None) -> dict[str, Any]:
+        out = {"type": "array", "items": items, "minItems": lo}
+        return out if hi is None else {**out, "maxItems": hi}
+
+    item: dict[str, Any] = dict(FLOAT32_SCHEMA)
+    if m.sequence:  # no fitting: the exact shape
+        for n in reversed(m.shape):
+            item = arr(item, n, n)
+        return item
+    for _ in range(len(m.shape) - 1):  # time / spatial axes: any length >= 1
+        item = arr(item, 1)
+    c = int(m.channels or 1)
+    allowed = [c] if m.kind == "signal" else sorted({c, 1} | ({3} if c == 1 else set()))
+    alts = [arr(item, n, n) for n in allowed]
+    return alts[0] if len(alts) == 1 else {"anyOf": alts}
+
+
+def _category_values(cats: list[str]) -> tuple[Any, ...]:
+    """A categorical column's accepted values: its categories, and the integer each one that
+    is an integer's text stands for (``1`` for ``"1"``, as a manifest cell is read)."""
+    ints = [int(c) for c in cats if re.fullmatch(r"-?[0-9]+", c) and str(int(c)) == c]
+    return (*cats, *ints)
+
+
+def _present(m: Modality) -> dict[str, Any]:
+    """JSON Schema: modality ``m`` is given with something usable (the contract refuses an
+    instance with none: 422)."""
+    if m.kind != "tabular":
+        return {"required": [m.name], "properties": {m.name: {"type": "object"}}}
+    cols = []
+    for col in m.columns:
+        cats = m.categories.get(col)
+        value = {"enum": list(_category_values(cats))} if cats else {"type": "number"}
+        cols.append({"required": [col], "properties": {col: value}})
+    return {"required": [m.name], "properties": {m.name: {"type": "object", "anyOf": cols}}}
+
+
+def modality_model(m: Modality, unseen_category: str = "error") -> type[BaseModel]:
+    """The payload model of one modality (``unseen_category``: the package's policy for a
+    category never seen in training: "error" refuses it, "flag" predicts it as missing)."""
     if m.kind == "tabular":
         fields: dict[str, Any] = {}
         for i, col in enumerate(m.columns):
             cats = m.categories.get(col)
-            desc = f"one of {cats}" if cats else "a number"
+            typ: Any = Finite
+            desc = "a number"
+            if cats and unseen_category != "flag":  # the contract refuses any other value
+                values = list(_category_values(cats))
+                typ = Annotated[Finite | str, WithJsonSchema({"enum": values})]
+                desc = f"one of {cats}"
+            elif cats:
+                anything = {"anyOf": [FLOAT32_SCHEMA, {"type": "string"}]}
+                typ = Annotated[Finite | str, WithJsonSchema(anything)]
+                desc = f"one of {cats} (another value is flagged and used as missing)"
             fields[f"c{i}"] = (
-                Number | str | None,
+                typ | None,
                 Field(default=None, alias=col, description=f"{desc}; null or absent = missing"),
             )
         return create_model(
@@ -203,8 +309,12 @@ def modality_model(m: Modality) -> type[BaseModel]:
     shape = ", ".join(map(str, m.shape))
     fields = {
         "array": (
-            _nested(len(m.shape)) | None,
-            Field(default=None, description=f"raw values (finite), shape ({shape})"),
+            Annotated[_nested(len(m.shape)), WithJsonSchema(array_schema(m))] | None,
+            Field(
+                default=None,
+                description=f"raw values (finite float32), fitted to shape ({shape}); rows of "
+                "one level must have equal lengths",
+            ),
         )
     }
     formats = FILE_FORMATS.get(m.kind, {})
@@ -213,12 +323,8 @@ def modality_model(m: Modality) -> type[BaseModel]:
             fields[f] = (WfdbRecord | None, Field(default=None, description=formats[f].doc))
             continue
         fields[f] = (
-            str | None,
-            Field(
-                default=None,
-                description=formats[f].doc + "; resized/fitted to the modality",
-                json_schema_extra={"contentEncoding": "base64"},
-            ),
+            Base64 | None,
+            Field(default=None, description=formats[f].doc + "; resized/fitted to the modality"),
         )
 
     def _one(self: Any) -> Any:
@@ -228,9 +334,11 @@ def modality_model(m: Modality) -> type[BaseModel]:
             raise ValueError(f"give exactly one of {allowed}; got {given or 'none'}")
         return self
 
+    # the validator's rule for JSON Schema: exactly one field is given and not null
+    one_of: Any = [{"required": [f], "properties": {f: {"not": {"type": "null"}}}} for f in fields]
     return create_model(
         f"{_pascal(m.name)}Input",
-        __config__=ConfigDict(extra="forbid"),
+        __config__=ConfigDict(extra="forbid", json_schema_extra={"oneOf": one_of}),
         __doc__=f"{m.kind.capitalize()} modality {m.name!r}: exactly one payload field.",
         __validators__={"exactly_one": model_validator(mode="after")(_one)},
         **fields,
@@ -238,18 +346,23 @@ def modality_model(m: Modality) -> type[BaseModel]:
 
 
 def request_models(
-    modalities: dict[str, Modality], max_batch: int
+    modalities: dict[str, Modality], max_batch: int, unseen_category: str = "error"
 ) -> tuple[type[BaseModel], type[BaseModel]]:
-    """``(Instance, PredictRequest)`` for a package's modalities."""
+    """``(Instance, PredictRequest)`` for a package's modalities. The instance's JSON Schema
+    also says that at least one modality must be given (``anyOf``): the contract refuses an
+    instance with none (422)."""
     fields: dict[str, Any] = {}
     for i, (name, m) in enumerate(modalities.items()):
         fields[f"m{i}"] = (
-            modality_model(m) | None,
+            modality_model(m, unseen_category) | None,
             Field(default=None, alias=name, description=f"{m.kind}; null or absent = missing"),
         )
+    present: Any = [_present(m) for m in modalities.values()]
     instance = create_model(
         "Instance",
-        __config__=ConfigDict(extra="forbid", populate_by_name=False),
+        __config__=ConfigDict(
+            extra="forbid", populate_by_name=False, json_schema_extra={"anyOf": present}
+        ),
         __doc__="One case: any subset of the modalities (missing ones are allowed).",
         **fields,
     )

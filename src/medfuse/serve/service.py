@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from medfuse.core.errors import DataError, MedfuseError, PackageError
-from medfuse.core.inputs import Batch, Modality, Upload, modalities_from_meta
+from medfuse.core.inputs import Batch, Modality, Schema, Upload, modalities_from_meta
 from medfuse.core.inputs import InputError as CoreInputError
 from medfuse.core.package import read_meta, typed_meta, versions
 from medfuse.core.readers.image_math import MAX_PIXELS, read_npy_bytes
@@ -82,7 +82,10 @@ class Service:
         self.modalities: dict[str, Modality] = modalities_from_meta(self.meta)
         self.max_batch = int(max_batch)
         self.max_pixels = int(max_pixels)
-        self.instance_model, self.request_model = request_models(self.modalities, self.max_batch)
+        unseen = Schema.from_meta(self.meta).unseen_category
+        self.instance_model, self.request_model = request_models(
+            self.modalities, self.max_batch, unseen
+        )
         self.labels: list[str] = list(self.meta["labels"])
         self.task: str = str(self.meta["task"])
         typed = typed_meta(self.meta)  # read_meta checked the ranges: no default decides here
