@@ -432,7 +432,7 @@ def _tensor_value(
         x = _fit(_as_array(v, m.kind), m)
     bad = int(x.size - np.isfinite(x).sum())
     if bad == x.size:
-        raise _Bad(f"all {x.size} values are NaN or infinite")
+        raise _Bad(f"all {x.size} values are NaN or infinite (or beyond float32)")
     if bad:
         raise _Bad(f"{bad} of {x.size} values are NaN or infinite (or beyond float32)")
     return x

@@ -139,7 +139,8 @@ class Service:
         loc = (*loc, field)
         if field == "array":
             try:
-                return np.asarray(value["array"], dtype=np.float32)
+                # float64 first: a value beyond float32 must not round down to its maximum
+                return np.asarray(value["array"], dtype=np.float64)
             except (ValueError, TypeError):
                 raise InputError(
                     loc, "a ragged nested list; rows must have equal lengths"
