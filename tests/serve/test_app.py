@@ -366,3 +366,21 @@ def test_categorical_columns_in_the_schema() -> None:
             assert {"type": "string"} in sex and {"type": "null"} in sex
         present = schema["anyOf"][0]["properties"]["labs"]["anyOf"]
         assert present[0]["properties"]["sex"] == {"enum": ["F", "M"]}  # a known value is present
+
+
+def test_only_readable_file_formats_are_offered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A payload field whose reader cannot run here is neither advertised nor in the schema:
+    WFDB needs wfdb, DICOM pydicom, resampling a CSV signal to the model's rate scipy."""
+    from medfuse.core.inputs import Modality
+    from medfuse.serve import schemas
+
+    ecg = Modality("ecg", "signal", (2, 64), channels=2, length=64, leads=["I", "II"], rate=100.0)
+    raw = Modality("raw", "signal", (2, 64), channels=2, length=64)
+    img = Modality("img", "image", (1, 8, 8), channels=1, size=(8, 8))
+    assert list(schemas.file_fields(ecg)) == ["npy", "csv", "wfdb"]
+    monkeypatch.setattr(schemas, "installed", lambda mod: mod not in ("scipy", "wfdb", "pydicom"))
+    assert list(schemas.file_fields(ecg)) == ["npy"]
+    assert list(schemas.file_fields(raw)) == ["npy", "csv"]  # no rate: nothing to resample
+    assert list(schemas.file_fields(img)) == ["png", "npy"]
+    props = schemas.modality_model(ecg).model_json_schema()["properties"]
+    assert set(props) == {"array", "npy"}
