@@ -19,10 +19,14 @@ generator, which shares the CPU with the server, spends as little of it as possi
     python benchmarks/serve_load.py --mixed --clients 32 --seconds 20 # good and bad payloads
 
 ``--mixed`` sends, from every client in turn, real instances and malformed ones (broken JSON,
-NaN and huge values, wrong shapes, unknown or misspelt modalities, no modality at all, booleans
-for numbers, wrong content types) to the ONNX backend while another client polls ``/health``
-throughout. It asserts: no 5xx at all, every bad request answered 4xx, every good one 200 with
-one prediction, and ``/health`` answering 200 on every poll.
+NaN values, wrong shapes, unknown or misspelt modalities, no modality at all, booleans for
+numbers, wrong content types) to the ONNX backend while another client polls ``/health``
+throughout; and finite values far outside the training range (``huge values``), which the input
+contract (``medfuse.core.inputs``) predicts and FLAGS: a 200 whose prediction carries a
+plausibility flag, or a 422 when the model's output for them is not finite (a non-finite
+probability is never a label). It asserts: no 5xx at all, every bad request answered 4xx, every
+out-of-range one flagged (or refused for a non-finite output), every good one 200 with one
+prediction, and ``/health`` answering 200 on every poll.
 """
 
 from __future__ import annotations
@@ -199,8 +203,13 @@ def request_bodies(package: Path, data_dir: str | None, n: int = 32) -> list[byt
     return bodies
 
 
+#: what the input contract answers: a refusal (4xx), or a prediction flagged as implausible
+REFUSED, FLAGGED = "4xx", "flagged"
+
+
 def bad_bodies(good: bytes) -> list[tuple[str, bytes, str]]:
-    """Malformed requests derived from a good one: (name, body, content type)."""
+    """Malformed requests derived from a good one: (name, body, content type); see
+    ``EXPECT`` for the ones the contract predicts with a flag rather than refuses."""
     inst = json.loads(good)["instances"][0]
     name, value = next(iter(inst.items()))
     out: list[tuple[str, bytes, str]] = [
@@ -218,8 +227,11 @@ def bad_bodies(good: bytes) -> list[tuple[str, bytes, str]]:
     if isinstance(value, dict) and "array" in value:
         arr = np.asarray(value["array"], dtype=np.float64)
         huge = np.full_like(arr, 3e37).tolist()
+        beyond = np.full_like(arr, 1e39).tolist()  # no float32: infinite once read
         out += [
             ("huge values", json.dumps({"instances": [{name: {"array": huge}}]}).encode(),
+             "application/json"),
+            ("beyond float32", json.dumps({"instances": [{name: {"array": beyond}}]}).encode(),
              "application/json"),
             ("NaN values", json.dumps({"instances": [{name: {"array": np.full_like(arr, np.nan)
              .tolist()}}]}).encode(), "application/json"),
@@ -233,8 +245,29 @@ def bad_bodies(good: bytes) -> list[tuple[str, bytes, str]]:
              "application/json"),
             ("unknown column", json.dumps({"instances": [{name: {col + "zz": 1.0}}]}).encode(),
              "application/json"),
+            ("huge value", json.dumps({"instances": [{name: {col: 1e30}}]}).encode(),
+             "application/json"),
         ]  # fmt: skip
     return out
+
+
+#: bad requests that are not malformed: finite values outside the training range are predicted
+#: and flagged (``Batch.flags``), unless the model's output for them is not finite (422)
+EXPECT = {"huge values": FLAGGED, "huge value": FLAGGED}
+
+
+def check_flagged(status: int, body: bytes) -> bool:
+    """A 200 with one prediction carrying a plausibility flag, or the contract's 422 for a
+    non-finite model output."""
+    try:
+        out = json.loads(body)
+    except ValueError:
+        return False
+    if status == 422:
+        return "non-finite" in json.dumps(out.get("detail"))
+    if status != 200 or not check_body(body):
+        return False
+    return bool(out["predictions"][0].get("flags"))
 
 
 def _request(body: bytes, ctype: str, path: str = "/v1/predict") -> bytes:
@@ -262,6 +295,7 @@ async def mixed_load(
 ) -> dict[str, Any]:
     """Every client alternates good and bad requests; one more client polls /health."""
     out: dict[str, Any] = {"good_sent": 0, "good_ok": 0, "bad_sent": 0, "bad_4xx": 0,
+                           "flag_sent": 0, "flag_ok": 0,
                            "5xx": 0, "wrong": {}, "health_polls": 0, "health_ok": 0}  # fmt: skip
     until = time.perf_counter() + seconds
 
@@ -278,7 +312,8 @@ async def mixed_load(
                 body, ctype, name = goods[i % len(goods)], "application/json", "good"
             else:
                 name, body, ctype = bads[(i // 2) % len(bads)]
-            out["good_sent" if good else "bad_sent"] += 1
+            flagged = not good and EXPECT.get(name, REFUSED) == FLAGGED
+            out["good_sent" if good else "flag_sent" if flagged else "bad_sent"] += 1
             try:
                 if conn is None:
                     conn = await asyncio.open_connection("127.0.0.1", port)
@@ -294,7 +329,9 @@ async def mixed_load(
                 wrong(f"{name}: HTTP {status}")
             elif good and status == 200 and check_body(resp):
                 out["good_ok"] += 1
-            elif not good and 400 <= status < 500:
+            elif flagged and check_flagged(status, resp):
+                out["flag_ok"] += 1
+            elif not good and not flagged and 400 <= status < 500:
                 out["bad_4xx"] += 1
             else:
                 wrong(f"{name}: HTTP {status}")
@@ -326,16 +363,20 @@ def run_mixed(package: Path, bodies: list[bytes], a: argparse.Namespace) -> int:
         r = asyncio.run(mixed_load(port, bodies, bads, a.clients, a.seconds))
     finally:
         stop(proc)
+    refused = [n for n, _, _ in bads if EXPECT.get(n, REFUSED) == REFUSED]
+    flagged = [n for n, _, _ in bads if EXPECT.get(n, REFUSED) == FLAGGED]
     print(f"mixed good/bad payloads, {a.clients} clients x {a.seconds:.0f} s, onnx backend; "
-          f"{len(bads)} kinds of bad request: {', '.join(n for n, _, _ in bads)}")  # fmt: skip
+          f"{len(refused)} kinds of bad request (must be 4xx): {', '.join(refused)}; "
+          f"{len(flagged)} out of range (must be flagged): {', '.join(flagged)}")  # fmt: skip
     print(f"good: {r['good_ok']}/{r['good_sent']} answered 200; bad: {r['bad_4xx']}/"
-          f"{r['bad_sent']} answered 4xx; 5xx: {r['5xx']}; /health: {r['health_ok']}/"
-          f"{r['health_polls']} polls 200")  # fmt: skip
+          f"{r['bad_sent']} answered 4xx; out of range: {r['flag_ok']}/{r['flag_sent']} "
+          f"flagged; 5xx: {r['5xx']}; /health: {r['health_ok']}/{r['health_polls']} polls 200")  # fmt: skip
     if r["wrong"]:
         print(f"unexpected answers: {r['wrong']}")
     print(json.dumps(r))
     ok = (r["5xx"] == 0 and not r["wrong"] and r["good_ok"] == r["good_sent"]
-          and r["bad_4xx"] == r["bad_sent"] and r["health_ok"] == r["health_polls"] > 0)  # fmt: skip
+          and r["bad_4xx"] == r["bad_sent"] and r["flag_ok"] == r["flag_sent"]
+          and r["health_ok"] == r["health_polls"] > 0)  # fmt: skip
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 

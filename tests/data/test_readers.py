@@ -373,3 +373,40 @@ def test_modality_options_are_validated(bad: dict) -> None:
 
     with pytest.raises(SpecError, match=r"modalities\.x"):
         parse_spec({"data": {"source": "synthetic"}, "modalities": {"x": bad}})
+
+
+def test_resampling_an_absurd_rate_is_refused_before_allocating(tmp_path: Path) -> None:
+    """A header or time column declaring a tiny sampling rate must not make resampling build
+    gigabytes: the output size is checked first (a hostile upload costs nothing)."""
+    import pandas as pd
+
+    from medfuse.core.readers.medical import MAX_RESAMPLED_VALUES
+
+    slow = write_wfdb(tmp_path / "slow.hea", _sines(100.0), 0.001, ["I", "II", "V1"])
+    with pytest.raises(DataError, match=rf"slow\.hea: .*over the limit of {MAX_RESAMPLED_VALUES}"):
+        read_signal(slow, rate=500.0)
+    pd.DataFrame({"time": [0.0, 1e9, 2e9], "I": [1.0, 2.0, 3.0]}).to_csv(
+        tmp_path / "far.csv", index=False
+    )
+    with pytest.raises(DataError, match=r"far\.csv: .*over the limit"):
+        read_signal(tmp_path / "far.csv", rate=500.0)
+    pd.DataFrame({"time": [0.0, 1e9, 3e9], "I": [1.0, 2.0, 3.0]}).to_csv(
+        tmp_path / "irregular.csv", index=False
+    )
+    with pytest.raises(DataError, match=r"irregular\.csv: .*over the limit"):
+        read_signal(tmp_path / "irregular.csv", rate=500.0)
+
+
+def test_wfdb_record_files_names_the_data_file() -> None:
+    from medfuse.core.readers.medical import wfdb_record_files
+
+    hea = b"# a comment\nrec 2 250 1000\nrec.dat 16 200/mV 16 0 0 0 0 I\nrec.dat 16 200/mV 16 0 0 0 0 II\n"
+    assert wfdb_record_files(hea) == ("rec", ["rec.dat"])
+    with pytest.raises(DataError, match="not a plain file name"):
+        wfdb_record_files(hea.replace(b"rec.dat", b"../x.dat", 1))
+    with pytest.raises(DataError, match="multi-segment"):
+        wfdb_record_files(b"rec/2 1 250 10\nseg1 10\nseg2 10\n")
+    with pytest.raises(DataError, match="declares 3 signal"):
+        wfdb_record_files(b"rec 3 250 10\nrec.dat 16 200 16 0 0 0 0 I\n")
+    with pytest.raises(DataError, match="not a WFDB header"):
+        wfdb_record_files(b"\xff\xfe binary")

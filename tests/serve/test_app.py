@@ -240,6 +240,59 @@ def test_openapi_schema_describes_the_inputs(client: TestClient) -> None:
     assert "securitySchemes" in schema["components"]
 
 
+def test_openapi_schema_says_what_the_contract_accepts(client: TestClient) -> None:
+    """What JSON Schema can say of the input contract is in the schema: at least one modality
+    given, exactly one payload field, channel counts, float32 bounds, canonical base64, the
+    explain targets; the service refuses what the schema refuses, naming the field."""
+    schema = client.get("/openapi.json").json()
+    comps = schema["components"]["schemas"]
+    present = comps["Instance"]["anyOf"]
+    assert [b["required"] for b in present] == [["image"], ["signal"], ["tabular"]]
+    assert len(comps["ImageInput"]["oneOf"]) == 4  # exactly one of array, png, dicom, npy
+    image = comps["ImageInput"]["properties"]["array"]["anyOf"]
+    assert [(a.get("minItems"), a.get("maxItems")) for a in image[:2]] == [(1, 1), (3, 3)]
+    signal = comps["SignalInput"]["properties"]["array"]["anyOf"][0]
+    assert (signal["minItems"], signal["maxItems"], signal["items"]["minItems"]) == (2, 2, 1)
+    assert signal["items"]["items"]["maximum"] == float(np.finfo(np.float32).max)
+    assert "pattern" in comps["SignalInput"]["properties"]["npy"]["anyOf"][0]
+    explain = schema["paths"]["/v1/explain"]["post"]
+    assert {"400", "401", "413", "422", "501"} <= set(explain["responses"])
+    req = comps["ExplainRequest"]["properties"]
+    assert req["target"]["anyOf"][0]["enum"] == ["positive", "1"]
+
+    def post(path: str, body: dict[str, Any]) -> Any:
+        return client.post(path, json=body, headers=AUTH)
+
+    r = post("/v1/predict", {"instances": [{"tabular": {"age": 1e39}}]})  # beyond float32
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "age"
+    r = post("/v1/predict", {"instances": [{"tabular": {"age": "61"}}]})  # a number, as JSON
+    assert r.status_code == 422 and "not a number" in r.json()["detail"][0]["msg"]
+    r = post("/v1/predict", {"instances": [{"signal": {"array": [[], []]}}]})
+    assert r.status_code == 422 and "empty signal" in r.json()["detail"][0]["msg"]
+    r = post(
+        "/v1/explain", {"instances": [{"tabular": {"age": 50}}], "steps": 8.0, "pictures": False}
+    )
+    assert r.status_code == 200, r.text  # an integer, as JSON Schema has it
+    for bad in ({"steps": True}, {"steps": "8"}, {"pictures": 0}, {"target": "negative"}):
+        r = post("/v1/explain", {"instances": [{"tabular": {"age": 50}}], **bad})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"][:2] == [
+            "body",
+            next(iter(bad)),
+        ]
+
+
+def test_a_validation_error_echoing_nan_is_a_422_not_a_500(exported_package: Path) -> None:
+    """Python's JSON parser reads NaN; FastAPI's error echoes the input, which its encoder
+    refuses: the service answers the 422 with the value as text."""
+    c = TestClient(create_app(exported_package), raise_server_exceptions=False)
+    sig = [[float("nan")] * 32, [0.0] * 32]
+    body = json.dumps({"instances": [{"signal": {"array": sig, "npy": "AAAA"}}]})
+    r = c.post("/v1/predict", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    d = r.json()["detail"][0]
+    assert "exactly one" in d["msg"] and d["input"]["array"][0][0] == "nan"
+
+
 def test_torch_runtime_gives_the_same_answers(
     exported_package: Path, client: TestClient, cases: dict[str, np.ndarray]
 ) -> None:
@@ -285,3 +338,49 @@ def test_extension_point_adds_routes(exported_package: Path) -> None:
     finally:
         _EXTENSIONS.pop("test-echo")
     assert EXTENSION_MODULES == EXTENSION_MODULES  # the list other areas append to exists
+
+
+def test_categorical_columns_in_the_schema() -> None:
+    """A text column's schema lists its categories (and the integer a numeric category stands
+    for) when unseen values are refused; with ``unseen_category: flag`` any string is valid."""
+    from medfuse.core.inputs import Modality
+    from medfuse.serve.schemas import request_models
+
+    mod = Modality(
+        "labs",
+        "tabular",
+        (2,),
+        columns=("sex", "grade"),
+        categories={"sex": ["F", "M"], "grade": ["1", "2"]},
+    )
+    for policy, want in (("error", ["F", "M"]), ("flag", None)):
+        inst, _ = request_models({"labs": mod}, 4, policy)
+        schema = inst.model_json_schema()
+        cols = schema["$defs"]["LabsColumns"]["properties"]
+        sex = cols["sex"]["anyOf"]
+        if want:
+            assert sex[0] == {"enum": want} and cols["grade"]["anyOf"][0] == {
+                "enum": ["1", "2", 1, 2]
+            }
+        else:
+            assert {"type": "string"} in sex and {"type": "null"} in sex
+        present = schema["anyOf"][0]["properties"]["labs"]["anyOf"]
+        assert present[0]["properties"]["sex"] == {"enum": ["F", "M"]}  # a known value is present
+
+
+def test_only_readable_file_formats_are_offered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A payload field whose reader cannot run here is neither advertised nor in the schema:
+    WFDB needs wfdb, DICOM pydicom, resampling a CSV signal to the model's rate scipy."""
+    from medfuse.core.inputs import Modality
+    from medfuse.serve import schemas
+
+    ecg = Modality("ecg", "signal", (2, 64), channels=2, length=64, leads=["I", "II"], rate=100.0)
+    raw = Modality("raw", "signal", (2, 64), channels=2, length=64)
+    img = Modality("img", "image", (1, 8, 8), channels=1, size=(8, 8))
+    assert list(schemas.file_fields(ecg)) == ["npy", "csv", "wfdb"]
+    monkeypatch.setattr(schemas, "installed", lambda mod: mod not in ("scipy", "wfdb", "pydicom"))
+    assert list(schemas.file_fields(ecg)) == ["npy"]
+    assert list(schemas.file_fields(raw)) == ["npy", "csv"]  # no rate: nothing to resample
+    assert list(schemas.file_fields(img)) == ["png", "npy"]
+    props = schemas.modality_model(ecg).model_json_schema()["properties"]
+    assert set(props) == {"array", "npy"}

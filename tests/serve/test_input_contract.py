@@ -318,6 +318,10 @@ def test_http_non_finite_result_is_a_422(client: Any) -> None:
     huge = [[[3e37] * 16] * 16]
     r = client.post("/v1/predict", json={"instances": [{"image": {"array": huge}}]})
     assert r.status_code == 422 and "non-finite" in json.dumps(r.json())
+    assert r.json()["detail"][0]["loc"] == ["body", "instances", 0]
+    ok = {"tabular": {"age": 50}}
+    r = client.post("/v1/predict", json={"instances": [ok, {"image": {"array": huge}}]})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "instances", 1]
     r = client.post("/v1/predict", json={"instances": [{"tabular": {"age": 300}}]})
     assert r.status_code == 200 and "age=300" in r.json()["predictions"][0]["flags"][0]
 
@@ -462,6 +466,51 @@ def test_npy_upload_of_a_signal_with_named_leads() -> None:
     assert b.masks["ecg"].tolist() == [1.0] and b.arrays["ecg"][0].tolist() == sig[:, 1:9].tolist()
     with pytest.raises(InputError, match="3 channels"):
         coerce([{"ecg": np.zeros((3, 8), np.float32)}], schema)
+
+
+def test_npy_and_csv_signal_files_follow_the_upload_rules(tmp_path: Path) -> None:
+    """A path to an .npy signal is the same array-in-a-file as its upload (the model's leads in
+    order at its rate), so ``medfuse predict x.npy`` agrees with the service; a CSV whose header
+    names no manifest column and holds numbers is one signal recording, not a manifest."""
+    import io
+
+    from medfuse.core.inputs import Upload, iter_batches
+    from medfuse.data.examples import write_csv_signal
+
+    mod = Modality("ecg", "signal", (2, 8), channels=2, length=8, leads=["I", "II"], rate=100.0)
+    tab = Modality("labs", "tabular", (1,), columns=("age",))
+    schema = Schema({"ecg": mod, "labs": tab})
+    sig = np.arange(20, dtype=np.float32).reshape(2, 10)
+    np.save(tmp_path / "s.npy", sig)
+    buf = io.BytesIO()
+    np.save(buf, sig)
+    by_path = coerce([{"ecg": str(tmp_path / "s.npy")}], schema)
+    by_upload = coerce([{"ecg": Upload(buf.getvalue(), ".npy")}], schema)
+    (one,) = iter_batches(tmp_path / "s.npy", schema)
+    for b in (by_path, one):
+        assert b.masks["ecg"].tolist() == [1.0]
+        np.testing.assert_array_equal(b.arrays["ecg"], by_upload.arrays["ecg"])
+    np.save(tmp_path / "three.npy", np.zeros((3, 8), np.float32))
+    with pytest.raises(InputError, match=r"three\.npy.*3 channels"):
+        coerce([{"ecg": str(tmp_path / "three.npy")}], schema)
+
+    t = np.arange(20) / 100.0
+    write_csv_signal(
+        tmp_path / "rec.csv", np.stack([np.sin(t), np.cos(t), t]), 100.0, ["I", "II", "V1"]
+    )
+    (rec,) = iter_batches(tmp_path / "rec.csv", schema)
+    assert rec.ids == ["rec.csv"] and rec.masks["ecg"].tolist() == [1.0]
+    want = coerce([{"ecg": str(tmp_path / "rec.csv")}], schema)
+    np.testing.assert_array_equal(rec.arrays["ecg"], want.arrays["ecg"])
+    # a manifest (it names the modality's column) stays a manifest
+    pd.DataFrame({"ecg": ["rec.csv"], "age": [50]}).to_csv(tmp_path / "m.csv", index=False)
+    (man,) = iter_batches(tmp_path / "m.csv", schema)
+    assert man.ids == ["row-2"] and man.masks["labs"].tolist() == [1.0]
+    np.testing.assert_array_equal(man.arrays["ecg"], want.arrays["ecg"])
+    # text under a header of unknown columns: a wrong manifest, said as such
+    pd.DataFrame({"file": ["rec.csv"]}).to_csv(tmp_path / "wrong.csv", index=False)
+    with pytest.raises(DataError, match="no column 'ecg'"):
+        list(iter_batches(tmp_path / "wrong.csv", schema))
 
 
 def test_a_0_255_image_for_a_0_1_model_is_flagged() -> None:

@@ -11,11 +11,15 @@ predictors, ``medfuse predict``, ``explain``, the HTTP service and its web page,
 - a path: a CSV (stdlib ``csv``) or Parquet manifest laid out like the training one (the
   package's column mapping, id and patient columns; relative file paths resolve against the
   manifest's directory), an ``.npz`` (arrays ``<m>``, ``mask_<m>``, ``id``) or one file (PNG,
-  JPEG, DICOM, NIfTI, ``.npy``, WFDB ``.hea``) for a model with one image or signal modality;
+  JPEG, DICOM, NIfTI, ``.npy``, WFDB ``.hea``, a CSV signal: a header naming no manifest column
+  and numbers below it) for a model with one image or signal modality;
 - a ``Split`` (``.arrays`` / ``.masks``, the data pipeline's own output: passed through).
 
 Images and signals given as arrays are fitted to the modality's shape by the same code as the
-file readers (``fit_image`` / ``fit_signal``: a 56-px image feeds a 28-px model). Structural
+file readers (``fit_image`` / ``fit_signal``: a 56-px image feeds a 28-px model). An ``.npy``
+signal (a path or an upload) is an array in a file: no lead names, no rate, so its rows are the
+model's leads in the model's order at the model's rate (training's readers refuse it for a
+modality with ``leads``/``rate``; prediction follows the model card). Structural
 mistakes are ``InputError`` naming the row and field and what is allowed (unknown keys with a
 did-you-mean, wrong types, shapes that cannot be fitted, a list of strings, a row with no
 modality at all). Bad *values* (an unreadable file, NaN or infinite image/signal values, an
@@ -179,10 +183,14 @@ class InputError(DataError):
 
 @dataclass(frozen=True)
 class Upload:
-    """The bytes of one file (an HTTP upload), with its type as a suffix (``.png``, ``.dcm``)."""
+    """The bytes of one file (an HTTP upload), with its type as a suffix (``.png``, ``.dcm``).
+    ``name``: the file name to read it under (default ``upload<suffix>``); ``companions``: other
+    files the reader needs beside it, by plain file name (a WFDB header's ``.dat`` file)."""
 
     data: bytes
     suffix: str
+    name: str = ""
+    companions: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass
@@ -294,8 +302,12 @@ def _as_array(v: Any, what: str) -> np.ndarray:
         x = np.asarray(v, dtype=np.float64)
     except (TypeError, ValueError):
         raise InputError(f"{what}: a {type(v).__name__} is not a numeric array") from None
-    with np.errstate(over="ignore"):
-        return x.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = x.astype(np.float32)
+        big = np.abs(x) > FLOAT32_MAX  # beyond float32 is infinite, even if it rounds down
+    if big.any():
+        y[big] = np.inf
+    return y
 
 
 def _fit(x: np.ndarray, m: Modality) -> np.ndarray:
@@ -333,31 +345,52 @@ def _read_path(path: Path, m: Modality) -> np.ndarray:
         raise _Bad(f"{path}: the file is too large to decode") from None
 
 
+def _npy_signal(data: bytes, what: str, m: Modality) -> np.ndarray:
+    """An ``.npy`` signal is an array in a file, fitted as an array is: it has no lead names and
+    no sampling rate, so its rows are the model's leads in the model's order, sampled at the
+    model's rate (nothing is picked by name or resampled). Images keep their reader (a numeric
+    window applies to ``.npy`` images)."""
+    from medfuse.core.readers.image_math import read_npy_bytes
+
+    try:
+        x = read_npy_bytes(data)
+    except DataError as err:
+        raise _Bad(f"{what}: {err}") from None
+    try:
+        return _fit(x, m)
+    except InputError as err:
+        raise _Bad(f"{what}: {err.msg}") from None
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and Path(name).name == name and "\\" not in name
+
+
 def _read_upload(up: Upload, m: Modality) -> np.ndarray:
     if up.suffix == ".npy" and m.kind == "signal":
-        # an array in a file: fitted as an array is (no lead names, no rate: the model's leads
-        # in order); images keep the reader (a numeric window applies to .npy images)
-        from medfuse.core.readers.image_math import read_npy_bytes
+        return _npy_signal(up.data, "the uploaded .npy file", m)
+    name = up.name or f"upload{up.suffix}"
+    for n in (name, *(c for c, _ in up.companions)):
+        if not _plain_name(n):
+            raise _Bad(f"{n!r} is not a plain file name")
+    with tempfile.TemporaryDirectory(prefix="medfuse-upload-") as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(up.data)
+        for cname, data in up.companions:
+            (Path(tmp) / cname).write_bytes(data)
+
+        def hide(msg: str) -> str:  # no server paths in a message
+            msg = msg.replace(str(path), f"the uploaded {up.suffix} file")
+            return msg.replace(tmp + os.sep, "").replace(tmp, "the upload")
 
         try:
-            x = read_npy_bytes(up.data)
-        except DataError as err:
-            raise _Bad(f"the uploaded .npy file: {err}") from None
-        return _fit(x, m)
-    fd, name = tempfile.mkstemp(suffix=up.suffix, prefix="medfuse-upload-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(up.data)
-        try:
-            return _read_path(Path(name), m)
+            return _read_path(path, m)
         except _Bad as err:
-            raise _Bad(str(err).replace(name, f"the uploaded {up.suffix} file")) from None
+            raise _Bad(hide(str(err))) from None
         except Exception as err:  # a decoder's own failure on hostile input
             raise _Bad(
                 f"cannot decode the uploaded {up.suffix} file ({type(err).__name__})"
             ) from None
-    finally:
-        os.unlink(name)
 
 
 def _sniff(data: bytes) -> str:
@@ -385,14 +418,21 @@ def _tensor_value(
                 f"{v} lies outside the allowed folders ({', '.join(map(str, roots))}); paths in "
                 "a manifest must stay inside its folder (--base-dir) or the data root"
             )
-        x = _read_path(p, m)
+        if m.kind == "signal" and p.suffix.lower() == ".npy":
+            try:
+                data = p.read_bytes()
+            except OSError as err:
+                raise _Bad(f"{p}: cannot be read ({err.strerror})") from None
+            x = _npy_signal(data, str(p), m)
+        else:
+            x = _read_path(p, m)
     elif isinstance(v, Mapping):
         raise InputError(f"a mapping is not an {m.kind}; give an array, a file path or file bytes")
     else:
         x = _fit(_as_array(v, m.kind), m)
     bad = int(x.size - np.isfinite(x).sum())
     if bad == x.size:
-        raise _Bad(f"all {x.size} values are NaN or infinite")
+        raise _Bad(f"all {x.size} values are NaN or infinite (or beyond float32)")
     if bad:
         raise _Bad(f"{bad} of {x.size} values are NaN or infinite (or beyond float32)")
     return x
@@ -825,7 +865,8 @@ def iter_batches(
         raise DataError(f"input {p} is a directory; give a manifest, an .npz or one file")
     suf = suffix_of(p)
     base = Path(base_dir).expanduser() if base_dir is not None else p.parent
-    if suf in TABLE_SUFFIXES:
+    signal_csv = _signal_csv(p, schema) if suf == ".csv" else None
+    if suf in TABLE_SUFFIXES and signal_csv is None:
         start = 0
         offset = 2 if suf == ".csv" else 1  # a CSV's first data row is line 2
 
@@ -848,6 +889,9 @@ def iter_batches(
         return
     if suf == ".npz":
         b = _read_npz(p, schema, on_bad_row, unseen)
+    elif signal_csv is not None:
+        ctx = _Ctx(schema, on_bad_row, base, str(p), unseen, lambda i: "")
+        b = _from_rows([{signal_csv: str(p.resolve())}], ctx, table=None, default_id=p.name)
     else:
         kinds = [
             k for k, reg in (("image", IMAGE_READERS), ("signal", SIGNAL_READERS)) if suf in reg
@@ -865,6 +909,35 @@ def iter_batches(
         b = _from_rows([{names[0]: str(p.resolve())}], ctx, table=None, default_id=p.name)
     for s in range(0, len(b), chunk):
         yield b.take(slice(s, s + chunk))
+
+
+def _signal_csv(p: Path, schema: Schema) -> str | None:
+    """The signal modality a ``.csv`` input is a recording of, or None for a manifest: a model
+    with one signal modality, a header naming none of the manifest's columns (no modality's
+    file column, no tabular column) and a first data line of numbers (a ``time`` column and one
+    column per lead, as ``medfuse.core.readers`` reads CSV signals)."""
+    signals = [m for m, s in schema.modalities.items() if s.kind == "signal"]
+    if len(signals) != 1:
+        return None
+    lay = schema.layout
+    manifest_cols = {lay.column(m) for m in schema.modalities} | set(schema.modalities)
+    manifest_cols |= set(schema.tabular_columns)
+    try:
+        with open(p, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, [])
+            first = next(reader, [])
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return None  # the manifest reader says what is wrong
+    header = [c.strip() for c in header]
+    if not header or manifest_cols & set(header) or not first:
+        return None
+    for cell in first:
+        try:
+            float(cell.strip() or "nan")
+        except ValueError:
+            return None
+    return signals[0]
 
 
 def _fits(p: Path, m: Modality) -> bool:

@@ -17,6 +17,8 @@ calls each ``install`` after the core routes exist. Inside, use:
   ``modalities``, ``path`` (the package directory);
 - ``app.state.predictor``: the loaded predictor (``predict_proba``, ``logits``);
 - ``app.state.auth``: a dependency that enforces the bearer token (``Depends(app.state.auth)``);
+- ``app.state.error_responses``: the OpenAPI ``responses`` of a route with a request body
+  (400, 413, 422, and 401 when a token is set), to document a route's errors as the core's;
 - ``add_routes(app, router)``: include an ``APIRouter`` with the token enforced.
 
 The path ``/`` is left free for a web page.
@@ -26,6 +28,7 @@ import hmac
 import importlib
 import json
 import logging
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +36,8 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -258,6 +263,7 @@ def create_app(
     app.state.auth = auth
     app.state.max_body_bytes = int(max_body_bytes)
     errors = _error_responses(token is not None)
+    app.state.error_responses = errors  # for extension routes taking a request body
     guarded = [Depends(auth)] if token is not None else []
     PredictRequest = service.request_model  # a class, built for this package
 
@@ -298,6 +304,13 @@ def create_app(
         # documents it; re-validating every response would cost a third of a small request)
         return Response(json.dumps(out, allow_nan=False), media_type="application/json")
 
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer, but JSON-safe: a NaN or infinity that Python's parser read
+        # (not JSON, yet many clients send it) is echoed as text, never a 500 while encoding
+        detail = _json_safe(jsonable_encoder(err.errors()))
+        return JSONResponse(status_code=422, content={"detail": detail})
+
     @app.exception_handler(InputError)
     async def _input_error(request: Request, err: InputError) -> JSONResponse:
         return JSONResponse(
@@ -320,6 +333,17 @@ def create_app(
     if extensions:
         install_extensions(app)
     return app
+
+
+def _json_safe(v: Any) -> Any:
+    """``v`` with every non-finite float as its text (``"nan"``, ``"inf"``)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_json_safe(x) for x in v]
+    return v
 
 
 def install_extensions(app: FastAPI) -> None:

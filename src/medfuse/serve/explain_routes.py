@@ -21,16 +21,18 @@ package at route definition time.
 import base64
 import logging
 import math
+import re
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, HTTPException
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, create_model
 
-from medfuse.core.errors import SpecError
+from medfuse.core.decision import NONFINITE
+from medfuse.core.errors import DataError, SpecError
 from medfuse.serve.app import add_routes, extension
 from medfuse.serve.schemas import ErrorDetail, Prediction
 from medfuse.serve.service import InputError
@@ -41,6 +43,21 @@ STATIC = Path(__file__).parent / "static"
 #: explanations are heavy (gradients, 2**M coalitions): at most this many instances a request
 MAX_EXPLAIN_BATCH = 4
 MAX_STEPS = 128
+
+
+def _json_int(v: Any) -> Any:
+    """A JSON integer as JSON Schema has it: ``120`` and ``120.0``, never ``true`` or ``"120"``."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ValueError("Input should be a valid integer")
+    if isinstance(v, float):
+        if not v.is_integer():
+            raise ValueError("Input should be a valid integer, without a fractional part")
+        return int(v)
+    return v
+
+
+#: an integer as JSON Schema's ``"type": "integer"`` accepts it
+JsonInt = Annotated[int, BeforeValidator(_json_int)]
 
 
 class _Closed(BaseModel):
@@ -133,6 +150,15 @@ def install(app: FastAPI) -> None:
     state = _ExplainState(Path(service.path))
     app.state.explain = state
     Instance = service.instance_model
+    labels = list(service.labels)
+    # what Explainer accepts: binary models are explained for their positive class (its name
+    # or "1"); other tasks for any class, by name or index
+    targets = (
+        (labels[1], "1")
+        if service.task == "binary"
+        else (*labels, *(str(i) for i in range(len(labels))))
+    )
+    Target = Literal[targets]  # type: ignore[valid-type]
     ExplainRequest = create_model(
         "ExplainRequest",
         __config__=ConfigDict(extra="forbid"),
@@ -142,7 +168,7 @@ def install(app: FastAPI) -> None:
             Field(min_length=1, max_length=MAX_EXPLAIN_BATCH),
         ),
         target=(
-            str | None,
+            Target | None,
             Field(
                 default=None,
                 description="class to explain (multiclass/multilabel; default: the predicted "
@@ -150,10 +176,10 @@ def install(app: FastAPI) -> None:
             ),
         ),
         steps=(
-            int,
+            JsonInt,
             Field(default=32, ge=1, le=MAX_STEPS, description="integrated-gradients steps"),
         ),
-        pictures=(bool, Field(default=True, description="include the PNGs (base64)")),
+        pictures=(StrictBool, Field(default=True, description="include the PNGs (base64)")),
     )
     router = APIRouter(tags=["explain"])
 
@@ -161,8 +187,8 @@ def install(app: FastAPI) -> None:
         "/v1/explain",
         response_model=ExplainResponse,
         responses={
-            422: {"model": ErrorDetail, "description": "schema or content error naming the field"},
-            413: {"model": ErrorDetail, "description": "request body over the size limit"},
+            **getattr(app.state, "error_responses", {}),
+            501: {"model": ErrorDetail, "description": "PyTorch or captum is not installed"},
         },
     )
     def explain(body: ExplainRequest) -> dict[str, Any]:  # type: ignore[valid-type]
@@ -180,7 +206,14 @@ def install(app: FastAPI) -> None:
                 msg = str(err).split("': ", 1)[-1]  # drop "spec error at '--target'"
                 raise InputError(("body", "target"), msg) from None
             ids = [f"case {i + 1}" for i in range(len(body.instances))]  # type: ignore[attr-defined]
-            res = ex.explain(arrays, masks, ids, pictures=body.pictures)  # type: ignore[attr-defined]
+            try:
+                res = ex.explain(arrays, masks, ids, pictures=body.pictures)  # type: ignore[attr-defined]
+            except DataError as err:  # decide(): "rows 0, 2: the model produced a non-finite..."
+                if NONFINITE not in str(err):
+                    raise
+                row = re.match(r"rows (\d+)", str(err))
+                loc = ("body", "instances", int(row.group(1))) if row else ("body", "instances")
+                raise InputError(loc, NONFINITE) from None
         from medfuse.explain.explainer import finite_or_none
 
         out = []
@@ -190,11 +223,7 @@ def install(app: FastAPI) -> None:
             checked += [c[sc][k] for sc in c for k in ("base", "full")]
             checked += [v for sc in c for v in c[sc]["values"].values()]
             if not all(math.isfinite(v) for v in checked):
-                raise InputError(
-                    ("body", "instances", i),
-                    "the model's output is not finite for this instance (values far outside "
-                    "what it was trained on?)",
-                )
+                raise InputError(("body", "instances", i), NONFINITE)
             e = s["explained"]
             out.append(
                 {

@@ -20,15 +20,15 @@ from typing import Any
 import numpy as np
 
 from medfuse.core.errors import DataError, MedfuseError, PackageError
-from medfuse.core.inputs import Batch, Modality, Upload, modalities_from_meta
+from medfuse.core.inputs import Batch, Modality, Schema, Upload, modalities_from_meta
 from medfuse.core.inputs import InputError as CoreInputError
 from medfuse.core.package import read_meta, typed_meta, versions
 from medfuse.core.readers.image_math import MAX_PIXELS, read_npy_bytes
-from medfuse.serve.schemas import FILE_FIELDS, request_models
+from medfuse.serve.schemas import file_fields, request_models
 
 log = logging.getLogger("medfuse.serve")
 RUNTIMES = ("onnx", "torch")
-SUFFIX = {"png": ".png", "dicom": ".dcm", "npy": ".npy"}
+SUFFIX = {"png": ".png", "dicom": ".dcm", "npy": ".npy", "csv": ".csv", "wfdb": ".hea"}
 
 
 class InputError(DataError):
@@ -82,7 +82,10 @@ class Service:
         self.modalities: dict[str, Modality] = modalities_from_meta(self.meta)
         self.max_batch = int(max_batch)
         self.max_pixels = int(max_pixels)
-        self.instance_model, self.request_model = request_models(self.modalities, self.max_batch)
+        unseen = Schema.from_meta(self.meta).unseen_category
+        self.instance_model, self.request_model = request_models(
+            self.modalities, self.max_batch, unseen
+        )
         self.labels: list[str] = list(self.meta["labels"])
         self.task: str = str(self.meta["task"])
         typed = typed_meta(self.meta)  # read_meta checked the ranges: no default decides here
@@ -130,28 +133,53 @@ class Service:
         before any decoding) for the contract's readers."""
         given = [k for k, v in value.items() if v is not None]
         if len(given) != 1:
-            allowed = ", ".join(["array", *FILE_FIELDS.get(info.kind, ())])
+            allowed = ", ".join(["array", *file_fields(info)])
             raise InputError(loc, f"give exactly one of {allowed}")
         field = given[0]
         loc = (*loc, field)
         if field == "array":
             try:
-                return np.asarray(value["array"], dtype=np.float32)
+                # float64 first: a value beyond float32 must not round down to its maximum
+                return np.asarray(value["array"], dtype=np.float64)
             except (ValueError, TypeError):
                 raise InputError(
                     loc, "a ragged nested list; rows must have equal lengths"
                 ) from None
-        try:
-            raw = base64.b64decode(value[field], validate=True)
-        except (binascii.Error, ValueError):
-            raise InputError(loc, "not valid base64") from None
-        if not raw:
-            raise InputError(loc, "empty file")
+        if field == "wfdb":
+            return self._wfdb(value["wfdb"], loc)
+        raw = self._file(value[field], loc)
         try:
             self._guard(raw, field)
         except DataError as err:
             raise InputError(loc, str(err)) from None
         return Upload(raw, SUFFIX[field])
+
+    @staticmethod
+    def _file(b64: str, loc: tuple[Any, ...]) -> bytes:
+        try:
+            raw = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise InputError(loc, "not valid base64") from None
+        if not raw:
+            raise InputError(loc, "empty file")
+        return raw
+
+    def _wfdb(self, rec: dict[str, str], loc: tuple[Any, ...]) -> Upload:
+        """A WFDB record: the header, and the data file written under the name it gives."""
+        from medfuse.core.readers.medical import wfdb_record_files
+
+        hea, dat = self._file(rec["hea"], (*loc, "hea")), self._file(rec["dat"], (*loc, "dat"))
+        try:
+            record, files = wfdb_record_files(hea)
+        except DataError as err:
+            raise InputError((*loc, "hea"), str(err)) from None
+        if len(files) != 1 or files[0] == f"{record}.hea":
+            raise InputError(
+                (*loc, "hea"),
+                f"the header names {len(files)} data files ({', '.join(files)}); upload a record "
+                "whose signals are in one .dat file",
+            )
+        return Upload(hea, ".hea", name=f"{record}.hea", companions=((files[0], dat),))
 
     def _guard(self, raw: bytes, field: str) -> None:
         """Refuse oversized images before decoding them (decompression bombs)."""
@@ -182,10 +210,15 @@ class Service:
     # ---- prediction --------------------------------------------------------------------------
 
     def predict(self, instances: list[Any]) -> list[dict[str, Any]]:
-        """Decode and predict a batch; one result dict per instance. A non-finite result is a
-        ``DataError`` (422), never a label."""
+        """Decode and predict a batch; one result dict per instance. A non-finite result is an
+        ``InputError`` naming the instance (422), never a label."""
         batch = self.inputs(instances)
-        res = self.predictor.predict_batch(batch, batch_size=self.max_batch, on_bad_row="fail")
+        # decoding refused every bad row already: "missing" here only marks a non-finite
+        # output (res.errors) so that the 422 can name its instance
+        res = self.predictor.predict_batch(batch, batch_size=self.max_batch, on_bad_row="missing")
+        bad = [i for i, e in enumerate(res.errors) if e]
+        if bad:
+            raise InputError(("body", "instances", bad[0]), res.errors[bad[0]])
         p = res.proba
         out = []
         for i, label in enumerate(res.labels):
@@ -222,15 +255,14 @@ class Service:
             runtime.update(file="model.safetensors", precision="fp32")
         mods = {}
         for m, info in self.modalities.items():
-            accepts = (
-                ["<column fields>"]
-                if info.kind == "tabular"
-                else ["array", *FILE_FIELDS.get(info.kind, ())]
-            )
+            files = file_fields(info)
             mods[m] = {
                 "kind": info.kind,
                 "shape": list(info.shape),
-                "accepts": accepts,
+                "accepts": ["<column fields>"] if info.kind == "tabular" else ["array", *files],
+                "files": {k: list(v) for k, v in files.items()} or None,
+                "leads": list(info.leads) if info.leads else None,
+                "rate": float(info.rate) if info.rate else None,
                 "columns": list(info.columns) or None,
                 "categories": info.categories or None,
             }

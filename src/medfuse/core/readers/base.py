@@ -84,8 +84,9 @@ def read_signal(
         raise DataError(f"{p}: file not found")
     try:
         return reader(p, leads=leads, rate=rate)
-    except DataError:
-        raise
+    except DataError as err:
+        msg = str(err)
+        raise DataError(msg if msg.startswith(str(p)) else f"{p}: {msg}") from None
     except Exception as err:
         raise DataError(f"{p}: not a readable signal ({type(err).__name__}: {err})") from None
 

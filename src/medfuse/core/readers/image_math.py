@@ -57,6 +57,8 @@ def fit_signal(arr: np.ndarray, channels: int, length: int) -> np.ndarray:
     if arr.shape[0] != channels:
         raise DataError(f"signal has {arr.shape[0]} channels; the model expects {channels}")
     t = arr.shape[1]
+    if t < 1:
+        raise DataError("an empty signal (no samples)")
     if t > length:
         start = (t - length) // 2
         arr = arr[:, start : start + length]

@@ -19,6 +19,8 @@ Registered on import (``medfuse.data.readers`` imports this module):
 from __future__ import annotations
 
 import csv
+import math
+import re
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -35,6 +37,8 @@ from medfuse.core.readers.base import (
     require_unit,
 )
 
+#: a resampled signal may hold at most this many values (channels x samples)
+MAX_RESAMPLED_VALUES = 2**24
 #: voltage units converted to millivolts, so records written in uV and mV agree
 _TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3, "nv": 1e-6}
 TIME_COLUMNS = ("time", "t")
@@ -212,15 +216,66 @@ def _fill_nan(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _check_resampled_size(channels: int, samples: float, fs: float, rate: float) -> None:
+    """Refuse a resampling whose output would exceed ``MAX_RESAMPLED_VALUES`` (a header or time
+    column declaring an absurd rate must not allocate gigabytes)."""
+    if not (math.isfinite(fs) and fs > 0):
+        raise DataError(f"the sampling rate {fs:g} Hz is not a positive number")
+    out = channels * samples * (rate / fs)
+    if out > MAX_RESAMPLED_VALUES:
+        raise DataError(
+            f"resampling {channels} x {samples:.0f} samples from {fs:g} Hz to {rate:g} Hz would "
+            f"give {out:.3g} values, over the limit of {MAX_RESAMPLED_VALUES}"
+        )
+
+
 def resample(x: np.ndarray, fs: float, rate: float) -> np.ndarray:
     """Polyphase resampling ``(C, T)`` from ``fs`` to ``rate`` Hz (anti-aliased)."""
     if abs(fs - rate) < 1e-9 * rate:
         return x
+    _check_resampled_size(x.shape[0], x.shape[1], fs, rate)
     from scipy.signal import resample_poly  # lazy: scipy (with wfdb in [medical]), only to resample
 
     frac = Fraction(rate / fs).limit_denominator(1000)
     out = resample_poly(_fill_nan(x.astype(np.float64)), frac.numerator, frac.denominator, axis=1)
     return out.astype(np.float32)
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def wfdb_record_files(header: bytes) -> tuple[str, list[str]]:
+    """The record name and the data files a WFDB header names (text only, no wfdb needed), for
+    writing an uploaded record beside its header. Multi-segment records, and names that are not
+    plain file names (a path, ``-`` for standard input), are refused."""
+    try:
+        text = header.decode("ascii")
+    except UnicodeDecodeError:
+        raise DataError("not a WFDB header (not ASCII text)") from None
+    lines = [ln.strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not lines:
+        raise DataError("not a WFDB header (no record line)")
+    head = lines[0].split()
+    if len(head) < 2 or not head[1].isdigit():
+        raise DataError(f"not a WFDB header (record line {lines[0][:60]!r})")
+    record, n_sig = head[0], int(head[1])
+    if "/" in record:
+        raise DataError("a multi-segment WFDB record cannot be uploaded; give a single-segment one")
+    if not _PLAIN_NAME.fullmatch(record):
+        raise DataError(f"the WFDB record name {record[:60]!r} is not a plain file name")
+    if n_sig < 1 or len(lines) < 1 + n_sig:
+        raise DataError(
+            f"the WFDB header declares {n_sig} signal(s) but describes {len(lines) - 1}"
+        )
+    files = []
+    for ln in lines[1 : 1 + n_sig]:
+        name = ln.split()[0]
+        if not _PLAIN_NAME.fullmatch(name):
+            raise DataError(f"the WFDB data file name {name[:60]!r} is not a plain file name")
+        if name not in files:
+            files.append(name)
+    return record, files
 
 
 @SIGNAL_READERS.register(".hea", doc="WFDB record: physical units (mV), leads by name, resampled")
@@ -289,6 +344,7 @@ def _csv_signal(
     step = float(np.median(dt))
     if np.abs(dt - step).max() <= 0.01 * step:  # regular: proper anti-aliased resampling
         return resample(x, 1.0 / step, float(rate))
-    grid = t[0] + np.arange(int(np.floor((t[-1] - t[0]) * rate)) + 1) / rate  # irregular
+    _check_resampled_size(x.shape[0], (t[-1] - t[0]) * rate, rate, rate)  # irregular
+    grid = t[0] + np.arange(int(np.floor((t[-1] - t[0]) * rate)) + 1) / rate
     x = _fill_nan(x)
     return np.stack([np.interp(grid, t, ch) for ch in x]).astype(np.float32)

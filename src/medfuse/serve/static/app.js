@@ -48,13 +48,41 @@ function describeErrors(body, status) {
 
 // ---- the form ---------------------------------------------------------------------------------
 
-const IMAGE_TYPES = {
-  png: "png", jpg: "png", jpeg: "png", bmp: "png", tif: "png", tiff: "png",
-  dcm: "dicom", dicom: "dicom", npy: "npy",
+// Each file is sent as what it is, in the payload field GET /v1/model lists for its suffix
+// (m.files: {field: [".suffix", ...]}); the server reads it with the same readers as training.
+const FORMAT_NAMES = {
+  png: "PNG, JPEG, BMP, TIFF", dicom: "DICOM", npy: ".npy", csv: ".csv (a time column and one column per lead)",
+  wfdb: "WFDB (select the .hea and its .dat together)",
 };
 
 function fieldId(modality, column) {
   return ("f-" + modality + (column === undefined ? "" : "-" + column)).replace(/[^A-Za-z0-9_-]/g, "_");
+}
+
+function suffixOf(name) {
+  const i = name.lastIndexOf(".");
+  return i < 0 ? "" : name.slice(i).toLowerCase();
+}
+
+// the payload field of a single file, from the model's advertised formats (wfdb is a pair)
+function fieldFor(m, file) {
+  const suf = suffixOf(file.name);
+  for (const [field, sufs] of Object.entries(m.files || {})) {
+    if (field !== "wfdb" && sufs.includes(suf)) return field;
+  }
+  return null;
+}
+
+function signalHint(m) {
+  const c = m.shape[m.shape.length - 2];
+  const t = m.shape[m.shape.length - 1];
+  const leads = m.leads ? ` (${m.leads.join(", ")})` : "";
+  const rate = m.rate ? ` at ${m.rate} Hz` : "";
+  let s = `${c} leads${leads}${rate}; longer signals are centre-cropped, shorter ones zero-padded to ${t} samples.`;
+  if (m.files && m.files.npy) {
+    s += ` An .npy has no lead names or rate: its rows are taken as these leads, in this order${rate}.`;
+  }
+  return s;
 }
 
 function buildForm(info) {
@@ -66,16 +94,19 @@ function buildForm(info) {
     fs.dataset.modality = name;
     const shape = m.shape.join(" × ");
     fs.innerHTML = `<legend>${esc(name)} <span class="hint">(${esc(m.kind)}, ${esc(shape)})</span></legend>`;
-    if (m.kind === "image") {
-      fs.innerHTML += `<label>file (PNG, JPEG, DICOM or .npy)
+    if (m.kind === "image" || m.kind === "signal") {
+      const files = m.files || {};
+      const accept = Object.values(files).flat().join(",");
+      const formats = Object.keys(files).map((f) => FORMAT_NAMES[f] || f).join("; ");
+      const multiple = files.wfdb ? " multiple" : "";
+      fs.innerHTML += `<label>file (${esc(formats)})
         <input type="file" id="${fieldId(name)}" data-testid="file-${esc(name)}"
-          accept=".png,.jpg,.jpeg,.bmp,.tif,.tiff,.dcm,.dicom,.npy"></label>
-        <img class="preview" id="${fieldId(name)}-preview" alt="" hidden>`;
-    } else if (m.kind === "signal") {
-      fs.innerHTML += `<label>file (.npy of shape (channels, time), or .csv with one column per lead)
-        <input type="file" id="${fieldId(name)}" data-testid="file-${esc(name)}" accept=".npy,.csv"></label>
-        <div class="hint">${esc(m.shape[m.shape.length - 2])} channels; longer signals are
-        centre-cropped, shorter ones zero-padded to ${esc(m.shape[m.shape.length - 1])} samples.</div>`;
+          accept="${esc(accept)}"${multiple}></label>`;
+      if (m.kind === "image") {
+        fs.innerHTML += `<img class="preview" id="${fieldId(name)}-preview" alt="" hidden>`;
+      } else {
+        fs.innerHTML += `<div class="hint">${esc(signalHint(m))}</div>`;
+      }
     } else {
       const cats = m.categories || {};
       for (const col of m.columns || []) {
@@ -117,47 +148,32 @@ function toBase64(buffer) {
   return btoa(s);
 }
 
-// A .csv signal becomes a float32 .npy of shape (channels, time), fitted by the server.
-function csvToNpy(text, channels) {
-  const rows = [];
-  for (const line of text.split(/\r?\n/)) {
-    if (!line.trim()) continue;
-    const cells = line.trim().split(/[,;\t ]+/);
-    const nums = cells.map(Number);
-    if (nums.some((v) => !Number.isFinite(v))) {
-      if (rows.length === 0) continue; // a header line
-      throw new Error(`the CSV has a non-numeric value on line ${rows.length + 2}`);
-    }
-    rows.push(nums);
+// The data files a WFDB header names (its signal lines' first field).
+function wfdbDataFiles(text) {
+  const lines = text.split(/\r?\n/).map((l) => l.trim()).filter((l) => l && !l.startsWith("#"));
+  if (!lines.length) return [];
+  const n = parseInt(lines[0].split(/\s+/)[1], 10) || 0;
+  return [...new Set(lines.slice(1, 1 + n).map((l) => l.split(/\s+/)[0]))];
+}
+
+async function readWfdb(m, files) {
+  if (!(m.files || {}).wfdb) throw new Error("this service cannot read WFDB records here");
+  const hea = files.filter((f) => suffixOf(f.name) === ".hea");
+  const dat = files.filter((f) => suffixOf(f.name) === ".dat");
+  if (hea.length !== 1 || dat.length !== 1 || files.length !== 2) {
+    throw new Error("a WFDB record is two files: select its .hea and its .dat together");
   }
-  if (!rows.length) throw new Error("the CSV holds no numbers");
-  const r = rows.length;
-  const k = rows[0].length;
-  if (rows.some((row) => row.length !== k)) throw new Error("the CSV rows have different lengths");
-  let mat; // channels x time
-  if (k === channels) {
-    mat = Array.from({ length: k }, (_, c) => rows.map((row) => row[c]));
-  } else if (k === channels + 1) {
-    mat = Array.from({ length: channels }, (_, c) => rows.map((row) => row[c + 1])); // time column
-  } else if (r === channels) {
-    mat = rows;
-  } else {
-    throw new Error(`the CSV has ${r} rows × ${k} columns; the model expects ${channels} leads ` +
-      "(one column per lead, or one row per lead)");
+  const header = await hea[0].text();
+  const named = wfdbDataFiles(header);
+  if (named.length === 1 && named[0] !== dat[0].name) {
+    throw new Error(`${hea[0].name} names the data file ${named[0]}, not ${dat[0].name}`);
   }
-  const t = mat[0].length;
-  let header = `{'descr': '<f4', 'fortran_order': False, 'shape': (${channels}, ${t}), }`;
-  const total = 10 + header.length + 1;
-  header += " ".repeat((64 - (total % 64)) % 64) + "\n";
-  const buf = new ArrayBuffer(10 + header.length + 4 * channels * t);
-  const u8 = new Uint8Array(buf);
-  u8.set([0x93, 78, 85, 77, 80, 89, 1, 0]); // \x93NUMPY v1.0
-  new DataView(buf).setUint16(8, header.length, true);
-  for (let i = 0; i < header.length; i++) u8[10 + i] = header.charCodeAt(i);
-  const data = new DataView(buf, 10 + header.length);
-  let o = 0;
-  for (const row of mat) for (const v of row) { data.setFloat32(o, v, true); o += 4; }
-  return buf;
+  return {
+    wfdb: {
+      hea: toBase64(await hea[0].arrayBuffer()),
+      dat: toBase64(await dat[0].arrayBuffer()),
+    },
+  };
 }
 
 async function readInstance() {
@@ -176,24 +192,22 @@ async function readInstance() {
       if (any) inst[name] = row;
       continue;
     }
-    const file = $(fieldId(name)).files[0];
-    if (!file) continue;
-    const ext = (file.name.split(".").pop() || "").toLowerCase();
-    if (m.kind === "image") {
-      const field = IMAGE_TYPES[ext];
-      if (!field) throw new Error(`${name}: cannot send a .${ext} file; use PNG, JPEG, DICOM or .npy`);
-      inst[name] = { [field]: toBase64(await file.arrayBuffer()) };
-    } else if (ext === "csv") {
-      const channels = m.shape[m.shape.length - 2];
-      try {
-        inst[name] = { npy: toBase64(csvToNpy(await file.text(), channels)) };
-      } catch (e) {
-        throw new Error(`${name}: ${e.message}`);
+    const files = Array.from($(fieldId(name)).files);
+    if (!files.length) continue;
+    try {
+      if (files.some((f) => [".hea", ".dat"].includes(suffixOf(f.name)))) {
+        inst[name] = await readWfdb(m, files);
+        continue;
       }
-    } else if (ext === "npy") {
-      inst[name] = { npy: toBase64(await file.arrayBuffer()) };
-    } else {
-      throw new Error(`${name}: cannot send a .${ext} file; use .npy or .csv`);
+      if (files.length !== 1) throw new Error("select one file");
+      const field = fieldFor(m, files[0]);
+      if (!field) {
+        const sufs = Object.values(m.files || {}).flat().join(", ");
+        throw new Error(`cannot send a ${suffixOf(files[0].name) || "(no extension)"} file; use ${sufs}`);
+      }
+      inst[name] = { [field]: toBase64(await files[0].arrayBuffer()) };
+    } catch (e) {
+      throw new Error(`${name}: ${e.message}`);
     }
   }
   return inst;
