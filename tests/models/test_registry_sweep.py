@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from medfuse.core.optional import unusable
 from medfuse.core.spec import parse_spec
 from medfuse.inference.package import load_package, save_package
 from medfuse.models import BRANCHES, FUSIONS, build_model
@@ -30,7 +31,7 @@ def _kind_for(branch: str) -> str:
                 "data": {"source": "synthetic"},
                 "task": {"labels": ["n", "p"]},
                 "modalities": {"x": m},
-                "branches": {"x": {"type": branch}},
+                "branches": {"x": {"type": branch, **BRANCHES.example(branch)}},
             }
         )
         try:
@@ -50,7 +51,7 @@ def _spec(branch: str, fusion: str, task: str = "binary") -> dict:
         "data": {"source": "synthetic"},
         "task": {"type": task, "labels": labels},
         "modalities": mods,
-        "branches": {"x": {"type": branch}, "t": {"type": other}},
+        "branches": {"x": {"type": branch, **BRANCHES.example(branch)}, "t": {"type": other}},
         "fusion": {"type": fusion},
     }
 
@@ -64,6 +65,8 @@ def _batch(spec, n: int = 4):
 @pytest.mark.parametrize("fusion", FUSIONS.names())
 @pytest.mark.parametrize("branch", BRANCHES.names())
 def test_forward_backward_missing_and_roundtrip(branch: str, fusion: str, tmp_path) -> None:
+    if reason := unusable(BRANCHES.requires(branch)):
+        pytest.skip(f"branch {branch!r}: {reason}")
     spec = parse_spec(_spec(branch, fusion))
     torch.manual_seed(0)
     model = build_model(spec)

@@ -89,6 +89,12 @@ def fit_preprocessing(spec: Spec, train: Split, info: dict[str, Any]) -> dict[st
     }
     kinds = {m: spec.modalities[m].kind for m in spec.modalities}
     stats = fit_stats(train.arrays, train.masks, axes, kinds)
+    from medfuse.models.branches.pretrained import RAW_INPUT
+
+    for m, b in spec.branches.items():
+        if b.type in RAW_INPUT and m in stats:  # the branch applies its pretrained mean/std
+            n = len(stats[m]["mean"])
+            stats[m]["mean"], stats[m]["std"] = [0.0] * n, [1.0] * n
     for m, cats in (info.get("categories") or {}).items():
         if cats:
             stats[m]["categories"] = cats
