@@ -206,6 +206,22 @@ class InitSpec(_Strict):
         return v
 
 
+class PeftSpec(_Strict):
+    """Parameter-efficient fine-tuning with the ``peft`` library; the package stores the merged
+    weights, so export and serving see a plain model."""
+
+    method: Literal["lora"] = "lora"
+    branches: list[str] = Field(min_length=1, description="modalities whose branch gets adapters")
+    r: int = Field(default=8, ge=1, description="LoRA rank")
+    alpha: float = Field(default=16.0, gt=0, description="LoRA scale numerator (alpha / r)")
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] | None = Field(
+        default=None,
+        description="module-name suffixes within the branch to adapt (e.g. [qkv, proj]); "
+        "default: every Linear layer of the branch",
+    )
+
+
 class TrainSpec(_Strict):
     epochs: int = Field(
         default=20, ge=0, description="at least 1; 0 only with `init` (a package's weights, as is)"
@@ -222,6 +238,16 @@ class TrainSpec(_Strict):
     finetune_lr_scale: float = Field(default=0.1, gt=0)
     early_stopping: EarlyStoppingSpec | None = Field(default_factory=EarlyStoppingSpec)
     init: InitSpec | None = Field(default=None, description="start from a package's weights")
+    freeze: list[str] = Field(
+        default_factory=list,
+        description="parameter-name prefixes kept fixed in training, e.g. "
+        "[branches.image.encoder.patch_embed]; each must name at least one parameter",
+    )
+    peft: PeftSpec | None = Field(
+        default=None,
+        description="LoRA adapters on branches; only they (and what the branches "
+        "feed: fusion, head) train",
+    )
     keep: Literal["best", "last"] = Field(
         default="best",
         description="best: the epoch with the best validation score (early_stopping.metric, "
@@ -418,6 +444,13 @@ def _check_cross_fields(spec: Spec) -> None:
         if spec.modalities and name not in spec.modalities:
             raise SpecError(
                 f"branches.{name}",
+                f"no modality named {name!r}{did_you_mean(name, spec.modalities)} "
+                f"Modalities: {', '.join(spec.modalities)}",
+            )
+    for name in spec.train.peft.branches if spec.train.peft else []:
+        if spec.modalities and name not in spec.modalities:
+            raise SpecError(
+                "train.peft.branches",
                 f"no modality named {name!r}{did_you_mean(name, spec.modalities)} "
                 f"Modalities: {', '.join(spec.modalities)}",
             )

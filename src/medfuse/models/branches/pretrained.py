@@ -89,12 +89,38 @@ def _need(module: str, branch: str) -> Any:
 
 
 def _missing(branch: str, what: str, where: str) -> SpecError:
+    other = "'model' to a local model directory" if branch == "hf" else "'weights' to a local file"
     return SpecError(
         "branches",
-        f"{branch}: {what} is not on this machine and medfuse never downloads weights. Put the "
+        f"{branch}: {what}: not on this machine, and medfuse never downloads weights. Put the "
         f"file(s) at {where} (copy them from a machine with network access; docs/pretrained.md), "
-        "or set the branch's 'weights' to a local file or directory",
+        f"or set the branch's {other}",
     )
+
+
+@contextlib.contextmanager
+def _offline() -> Iterator[None]:
+    """The Hugging Face hub in offline mode for the duration: a cache miss fails at once
+    instead of trying the network."""
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants: Any = None
+    with contextlib.suppress(Exception):
+        import huggingface_hub.constants as hub_constants
+
+        constants = hub_constants
+    was = getattr(constants, "HF_HUB_OFFLINE", None)
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = was
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
 
 
 class PretrainedInput(nn.Module):
@@ -126,7 +152,8 @@ class PretrainedInput(nn.Module):
             x = x.repeat(1, 3, 1, 1)  # (B, 1, H, W) -> (B, 3, H, W)
         if self.resize:
             x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
-        return (x - self.mean) / self.std  # (B, 3, h, w)
+        mean, std = self.get_buffer("mean"), self.get_buffer("std")
+        return (x - mean) / std  # (B, 3, h, w)
 
 
 class PretrainedBranch(nn.Module):
@@ -152,9 +179,9 @@ class PretrainedBranch(nn.Module):
             out = self.encoder(pixel_values=x)
             hidden = out.last_hidden_state  # (B, tokens, D) or (B, D, h, w)
             if hidden.dim() == 4:
-                return hidden.mean(dim=(2, 3))
-            return hidden.mean(dim=1)  # mean over tokens
-        return self.encoder(x)
+                return torch.as_tensor(hidden.mean(dim=(2, 3)))
+            return torch.as_tensor(hidden.mean(dim=1))  # mean over tokens
+        return torch.as_tensor(self.encoder(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._encode(self.prep(x))  # (B, C, H, W) -> (B, F)
@@ -202,7 +229,7 @@ def _hub_file(repo: str, branch: str) -> Path:
             return Path(hit)
     cache = os.environ.get("HF_HUB_CACHE") or str(Path(hub.constants.HF_HUB_CACHE))
     return_where = f"{cache}/models--{repo.replace('/', '--')} (huggingface-cli download {repo})"
-    raise _missing(branch, f"the hub weights of {repo!r}", return_where)
+    raise _missing(branch, f"the hub weights {repo!r}", return_where)
 
 
 @BRANCHES.register(
@@ -263,13 +290,14 @@ def timm_branch(
             origin = f"file:{file.name}" + (
                 f" (timm {cfg['hf_hub_id']})" if cfg.get("hf_hub_id") else ""
             )
-        enc = timm.create_model(
-            model,
-            pretrained=True,
-            pretrained_cfg_overlay={"file": str(file)},
-            num_classes=0,
-            **args,
-        )
+        with _offline():  # the file named, never the hub
+            enc = timm.create_model(
+                model,
+                pretrained=True,
+                pretrained_cfg_overlay={"file": str(file), "source": "", "url": ""},
+                num_classes=0,
+                **args,
+            )
         record["weights"] = {
             "sha256": sha256_file(file),
             "origin": origin,
@@ -378,7 +406,8 @@ def _load_state(file: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(file))
-    return torch.load(str(file), map_location="cpu", weights_only=True)  # never a pickle's code
+    state: dict[str, torch.Tensor] = torch.load(str(file), map_location="cpu", weights_only=True)
+    return state  # weights_only: never a pickle's code
 
 
 def _strip_classifier(enc: nn.Module) -> None:
@@ -461,9 +490,10 @@ def hf_branch(
     else:
         local = Path(model).expanduser()
         try:
-            enc = transformers.AutoModel.from_pretrained(
-                str(local) if local.exists() else model, local_files_only=True
-            )
+            with _offline():
+                enc = transformers.AutoModel.from_pretrained(
+                    str(local) if local.exists() else model, local_files_only=True
+                )
         except OSError as err:
             if local.exists():
                 raise SpecError("branches", f"hf: cannot read {local}: {err}") from None
@@ -478,7 +508,8 @@ def hf_branch(
         folder = local if local.exists() else None
         if folder is None:
             hub = _need("huggingface_hub", "hf")
-            folder = Path(hub.snapshot_download(model, local_files_only=True))
+            with _offline():
+                folder = Path(hub.snapshot_download(model, local_files_only=True))
         files = sorted(
             p for p in folder.glob("*") if p.suffix in (".safetensors", ".bin") and p.is_file()
         )
@@ -507,11 +538,11 @@ def _hf_preprocess(folder: Path, config: Any) -> dict[str, Any]:
     d = json.loads(p.read_text()) if p.is_file() else {}
     side = getattr(config, "image_size", 224)
     side = side if isinstance(side, int) else int(side[0])
-    size = d.get("size") or {}
+    size: Any = d.get("size") or {}
     if isinstance(size, dict):
         hw = [
-            int(size.get("height", size.get("shortest_edge", side))),
-            int(size.get("width", size.get("shortest_edge", side))),
+            int(size.get("height") or size.get("shortest_edge") or side),
+            int(size.get("width") or size.get("shortest_edge") or side),
         ]
     else:
         hw = [int(size), int(size)]
