@@ -19,9 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from medfuse.core.errors import SpecError, did_you_mean
 
-MODALITY_KINDS = ("image", "signal", "tabular")
+MODALITY_KINDS = ("image", "signal", "tabular", "text")
 STAGES = ("end_to_end", "branches", "fusion", "finetune")
-DEFAULT_BRANCH = {"image": "cnn", "signal": "cnn1d", "tabular": "mlp"}
+DEFAULT_BRANCH = {"image": "cnn", "signal": "cnn1d", "tabular": "mlp", "text": "gru_text"}
 #: branch keys handled by the composite, not the builder (``layer_shapes``: pruned layer sizes,
 #: see ``medfuse.models.shapes``)
 BRANCH_RESERVED = ("layer_shapes",)
@@ -75,10 +75,17 @@ class TaskSpec(_Strict):
 
 
 class ModalitySpec(_Strict):
-    kind: Literal["image", "signal", "tabular"]
+    kind: Literal["image", "signal", "tabular", "text"]
     channels: int | None = Field(default=None, ge=1, description="image/signal channels")
     size: list[int] | None = Field(default=None, description="image size [H, W] or [D, H, W]")
-    length: int | None = Field(default=None, ge=1, description="signal length in samples")
+    length: int | None = Field(
+        default=None, ge=1, description="signal length in samples; text: tokens kept per text"
+    )
+    vocab: int | None = Field(
+        default=None,
+        ge=8,
+        description="text: the tokenizer's vocabulary size (trained on the training texts)",
+    )
     columns: list[str] | None = Field(default=None, description="tabular column names")
     sequence: int | None = Field(
         default=None, ge=1, description="number of elements when a sample is a sequence"
@@ -104,13 +111,21 @@ class ModalitySpec(_Strict):
             "image": ("channels", "size"),
             "signal": ("channels", "length"),
             "tabular": ("columns",),
+            "text": ("length",),
         }
         for name in need[self.kind]:
             if getattr(self, name) is None:
                 raise ValueError(f"a {self.kind} modality needs '{name}'")
         if self.size is not None and len(self.size) not in (2, 3):
             raise ValueError(f"'size' must be [H, W] or [D, H, W]; got {self.size}")
-        for name, kind in (("leads", "signal"), ("rate", "signal"), ("window", "image")):
+        if self.kind == "text" and self.sequence:
+            raise ValueError("a text modality is one text per sample ('sequence' does not apply)")
+        for name, kind in (
+            ("leads", "signal"),
+            ("rate", "signal"),
+            ("window", "image"),
+            ("vocab", "text"),
+        ):
             if getattr(self, name) is not None and self.kind != kind:
                 raise ValueError(f"'{name}' applies to {kind} modalities only")
         if self.leads is not None and len(self.leads) != self.channels:
@@ -129,6 +144,8 @@ class ModalitySpec(_Strict):
             return (*lead, int(self.channels or 0), *(self.size or ()))
         if self.kind == "signal":
             return (*lead, int(self.channels or 0), int(self.length or 0))
+        if self.kind == "text":
+            return (int(self.length or 0),)  # token ids
         return (*lead, len(self.columns or ()))
 
 
