@@ -157,3 +157,47 @@ def test_text_spec_and_errors(tmp_path: Path) -> None:
 
     with pytest.raises(DataError, match=r"is not text"):
         load_torch(pkg).predict_proba([{"note": 3.5, "hr": 80, "temp": 37}])
+
+
+def test_train_on_synthetic_notes_then_predict_from_raw_text(tmp_path: Path) -> None:
+    """Synthetic notes (data.options.text): the tokenizer is fit on the training split, stored in
+    the package, and the package predicts from raw text."""
+    if reason := unusable(("tokenizers",)):
+        pytest.skip(reason)
+    from medfuse.api import train
+    from medfuse.data.synthetic import generate
+    from medfuse.inference.predictor import load as load_torch
+
+    spec = {
+        "name": "notes",
+        "data": {
+            "source": "synthetic",
+            "options": {"n_train": 96, "n_val": 48, "n_test": 48, "text": True, "text_length": 16},
+        },
+        "modalities": {
+            "text": {"kind": "text", "length": 16, "vocab": 256},
+            "tabular": {"kind": "tabular", "columns": ["age", "bmi", "marker"]},
+        },
+        "branches": {
+            "text": {"type": "gru_text", "vocab_size": 256, "embedding": 8, "hidden": 8},
+            "tabular": {"type": "mlp", "hidden": 4, "out_features": 4},
+        },
+        "head": {"hidden": 4},
+        "train": {"epochs": 2, "batch_size": 32, "early_stopping": None},
+    }
+    pkg = train(spec, out=tmp_path / "pkg", device="cpu", progress=False).package
+    meta = json.loads((pkg / "medfuse.json").read_text())
+    st = meta["preprocessing"]["text"]
+    assert st["mean"] == [0.0] and st["std"] == [1.0] and "range" not in st
+    from medfuse.core.text import vocab_size
+
+    assert 8 < vocab_size(st["tokenizer"]) <= 256
+    s = generate(4, seed=99, text=True)
+    rows = [
+        {"text": s.arrays["text"][i], "age": float(t[0]), "bmi": float(t[1]), "marker": float(t[2])}
+        for i, t in enumerate(s.arrays["tabular"])
+    ]
+    rows[1]["text"] = None  # no note: predicted from the tabular branch alone
+    pred = load_torch(pkg)
+    p = pred.predict_proba(rows)
+    assert np.isfinite(p).all() and pred.inputs(rows).masks["text"].tolist() == [1, 0, 1, 1]
