@@ -201,3 +201,40 @@ def test_train_on_synthetic_notes_then_predict_from_raw_text(tmp_path: Path) -> 
     pred = load_torch(pkg)
     p = pred.predict_proba(rows)
     assert np.isfinite(p).all() and pred.inputs(rows).masks["text"].tolist() == [1, 0, 1, 1]
+
+
+def test_http_service_predicts_raw_text_like_torch(tmp_path: Path) -> None:
+    """POST /v1/predict with the note as a JSON string: the ONNX service tokenizes it through
+    the same contract; a string is never read as a path on the server."""
+    if reason := unusable(("onnx", "onnxscript", "fastapi", "httpx")):
+        pytest.skip(reason)
+    from fastapi.testclient import TestClient
+
+    from medfuse.core.inputs import Upload
+    from medfuse.export.exporter import export_package
+    from medfuse.inference.predictor import load as load_torch
+    from medfuse.serve.app import create_app
+
+    pkg = _package(tmp_path)
+    export_package(pkg, format="onnx", samples=4)
+    client = TestClient(create_app(pkg, token="t"))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("fever fever fever")
+    body = {
+        "instances": [
+            {"note": r["note"], "vitals": {"hr": r["hr"], "temp": r["temp"]}} for r in ROWS
+        ]
+        + [{"note": str(secret), "vitals": {"hr": 80, "temp": 37}}]
+    }
+    r = client.post("/v1/predict", json=body, headers={"Authorization": "Bearer t"})
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    got = np.array([x["probabilities"]["p"] for x in preds])
+    ref = load_torch(pkg).predict_proba(
+        [{"note": r["note"], "hr": r["hr"], "temp": r["temp"]} for r in ROWS]
+        + [{"note": Upload(str(secret).encode(), ".txt"), "hr": 80, "temp": 37}]
+    )
+    assert np.abs(got - ref).max() <= 1e-5  # the path's words, not the file's
+    assert preds[2]["missing"] == ["note"]
+    info = client.get("/v1/model", headers={"Authorization": "Bearer t"}).json()
+    assert info["input_schema"]["properties"]["note"]["anyOf"][0]["type"] == "string"
