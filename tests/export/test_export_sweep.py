@@ -119,7 +119,18 @@ def make_package(path: Path, branch: str, fusion: str, **branch_params: Any) -> 
     )
 
 
-@pytest.mark.parametrize(("branch", "fusion"), PAIRS, ids=[f"{b}-{f}" for b, f in PAIRS])
+#: zoo branches whose export takes 8-20 s on a shared CPU run under ``slow`` (timm stays in
+#: the fast run, and tests/models/test_pretrained.py exports a LoRA-tuned timm ViT)
+SLOW_EXPORT = ("hf", "torchvision")
+
+
+@pytest.mark.parametrize(
+    ("branch", "fusion"),
+    [
+        pytest.param(b, f, id=f"{b}-{f}", marks=[pytest.mark.slow] if b in SLOW_EXPORT else [])
+        for b, f in PAIRS
+    ],
+)
 def test_onnx_export_and_verify(branch: str, fusion: str, tmp_path: Path) -> None:
     if reason := unusable(BRANCHES.requires(branch)):
         pytest.skip(f"branch {branch!r}: {reason}")

@@ -62,8 +62,18 @@ def _batch(spec, n: int = 4):
     return inputs, masks
 
 
-@pytest.mark.parametrize("fusion", FUSIONS.names())
-@pytest.mark.parametrize("branch", BRANCHES.names())
+def _sweep() -> list:
+    """Every branch with every fusion; a zoo branch (timm, torchvision, hf: seconds each) with
+    the first fusion in the fast run and with the others under ``slow``."""
+    out = []
+    for branch in BRANCHES.names():
+        for i, fusion in enumerate(FUSIONS.names()):
+            slow = bool(BRANCHES.requires(branch)) and i > 0
+            out.append(pytest.param(branch, fusion, marks=[pytest.mark.slow] if slow else []))
+    return out
+
+
+@pytest.mark.parametrize(("branch", "fusion"), _sweep())
 def test_forward_backward_missing_and_roundtrip(branch: str, fusion: str, tmp_path) -> None:
     if reason := unusable(BRANCHES.requires(branch)):
         pytest.skip(f"branch {branch!r}: {reason}")

@@ -203,6 +203,7 @@ def test_train_on_synthetic_notes_then_predict_from_raw_text(tmp_path: Path) -> 
     assert np.isfinite(p).all() and pred.inputs(rows).masks["text"].tolist() == [1, 0, 1, 1]
 
 
+@pytest.mark.slow  # about 15 s: an ONNX export and the HTTP app
 def test_http_service_predicts_raw_text_like_torch(tmp_path: Path) -> None:
     """POST /v1/predict with the note as a JSON string: the ONNX service tokenizes it through
     the same contract; a string is never read as a path on the server."""
