@@ -37,6 +37,7 @@ def _package(tmp_path: Path) -> Path:
 
     tok = train_tokenizer(_texts(40), vocab=64)
     assert vocab_size(tok) <= 64
+    assert train_tokenizer(_texts(40), vocab=64) == tok  # the same texts, the same tokenizer
     spec = parse_spec(
         {
             "name": "notes",

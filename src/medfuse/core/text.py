@@ -1,4 +1,4 @@
-"""Text as model input: a tokenizer trained on the training texts (Hugging Face ``tokenizers``,
+"""Text as model input: a word-level tokenizer built from the training texts (Hugging Face ``tokenizers``,
 no torch), stored in the package's preprocessing, and the one encoding every entry point uses.
 
 A text becomes ``length`` token ids (0 pads, 1 is an unknown word), carried as float32 like
@@ -32,15 +32,24 @@ def _tokenizers() -> Any:
 
 
 def train_tokenizer(texts: Iterable[str], vocab: int) -> str:
-    """A word-piece tokenizer (lower-cased, accents stripped) fit on ``texts``; its JSON."""
+    """A word-level tokenizer fit on ``texts``: the ``vocab - 2`` most frequent words (ties by
+    the word itself, so the same texts always give the same tokenizer; the package's ids are
+    reproduced when its data is read again), lower-cased, accents stripped, punctuation split
+    off (the ``tokenizers`` BERT normalizer and pre-tokenizer). Its JSON."""
+    from collections import Counter
+
     tk = _tokenizers()
-    tok = tk.Tokenizer(tk.models.WordPiece(unk_token=UNK))
-    tok.normalizer = tk.normalizers.BertNormalizer(lowercase=True, strip_accents=True)
-    tok.pre_tokenizer = tk.pre_tokenizers.BertPreTokenizer()
-    trainer = tk.trainers.WordPieceTrainer(
-        vocab_size=int(vocab), special_tokens=[PAD, UNK], show_progress=False
-    )
-    tok.train_from_iterator([t for t in texts if t], trainer=trainer)
+    normalizer = tk.normalizers.BertNormalizer(lowercase=True, strip_accents=True)
+    pre = tk.pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for t in texts:
+        if t:
+            counts.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(str(t))))
+    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: max(int(vocab) - 2, 0)]
+    table = {PAD: 0, UNK: 1, **{w: i + 2 for i, (w, _) in enumerate(top)}}
+    tok = tk.Tokenizer(tk.models.WordLevel(vocab=table, unk_token=UNK))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre
     return str(tok.to_str())
 
 
