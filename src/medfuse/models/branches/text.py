@@ -53,7 +53,7 @@ def gru_text(
     out_features: int = 64,
     dropout: float = 0.1,
 ) -> nn.Module:
-    """Word-piece embeddings + GRU over a text modality (``kind: text``), trained from scratch.
+    """Word embeddings + GRU over a text modality (``kind: text``), trained from scratch.
     ``vocab_size`` must be at least the modality's ``vocab`` (ids beyond it share the last row)."""
     if len(input_shape) != 1:
         raise SpecError(
