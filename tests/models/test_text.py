@@ -240,3 +240,46 @@ def test_http_service_predicts_raw_text_like_torch(tmp_path: Path) -> None:
     assert preds[2]["missing"] == ["note"]
     info = client.get("/v1/model", headers={"Authorization": "Bearer t"}).json()
     assert info["input_schema"]["properties"]["note"]["anyOf"][0]["type"] == "string"
+
+
+def test_manifest_text_column_and_text_files(tmp_path: Path) -> None:
+    """A manifest's text column: the text itself or a .txt file per row; empty is missing."""
+    if reason := unusable(("tokenizers",)):
+        pytest.skip(reason)
+    from medfuse.api import prepare_data
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "notes").mkdir()
+    rows = []
+    for i in range(40):
+        y = int(rng.random() < 0.5)
+        note = " ".join(rng.choice(WORDS[:4] if y else WORDS[4:], 4))
+        if i % 5 == 0:
+            (tmp_path / "notes" / f"{i}.txt").write_text(note, encoding="utf-8")
+            note = f"notes/{i}.txt"
+        rows.append({"id": i, "note": "" if i % 7 == 3 else note, "hr": 60 + i, "label": y})
+    with (tmp_path / "m.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["id", "note", "hr", "label"])
+        w.writeheader()
+        w.writerows(rows)
+    spec = parse_spec(
+        {
+            "data": {"source": f"manifest:{tmp_path / 'm.csv'}", "options": {"labels": ["0", "1"]}},
+            "modalities": {
+                "note": {"kind": "text", "length": 6, "vocab": 32},
+                "vitals": {"kind": "tabular", "columns": ["hr"]},
+            },
+        }
+    )
+    spec, bundle = prepare_data(spec)
+    assert spec.branches["note"].type == "gru_text"  # the default branch of a text modality
+    tok = bundle.info["tokenizers"]["note"]
+    from medfuse.core.text import encode
+
+    ids = {str(i): a for s in (bundle.train, bundle.val, bundle.test) if s is not None
+           for i, a in zip(s.meta["id"], s.arrays["note"])}  # fmt: skip
+    masks = {str(i): k for s in (bundle.train, bundle.val, bundle.test) if s is not None
+             for i, k in zip(s.meta["id"], s.masks["note"])}  # fmt: skip
+    assert masks["3"] == 0 and masks["0"] == 1  # empty cell: missing; a .txt file: read
+    txt = (tmp_path / "notes" / "0.txt").read_text()
+    assert np.array_equal(ids["0"], encode([txt], tok, 6)[0])
