@@ -133,6 +133,18 @@ def test_missing_weights_say_where_to_put_them_and_never_download(tmp_path, monk
         SpecError, match=r"'nobody/no-model'.*never downloads.*huggingface-cli download"
     ):
         build_model(_spec({"type": "hf", "model": "nobody/no-model"}))
+    if not unusable(("torchvision",)):  # a weight enum's file, looked for in the torch hub cache
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+        with pytest.raises(
+            SpecError, match=r"mobilenet_v3_small.*never downloads.*torch/hub/checkpoints/"
+        ):
+            build_model(
+                _spec({"type": "torchvision", "model": "mobilenet_v3_small", "weights": "DEFAULT"})
+            )
+        with pytest.raises(SpecError, match=r"has no weights 'NOPE'.*IMAGENET1K_V1"):
+            build_model(
+                _spec({"type": "torchvision", "model": "mobilenet_v3_small", "weights": "NOPE"})
+            )
     with pytest.raises(SpecError, match=r"required parameter of branch 'timm'"):
         parse_spec(
             {
