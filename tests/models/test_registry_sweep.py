@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from medfuse.core.optional import unusable
 from medfuse.core.spec import parse_spec
 from medfuse.inference.package import load_package, save_package
 from medfuse.models import BRANCHES, FUSIONS, build_model
@@ -30,7 +31,7 @@ def _kind_for(branch: str) -> str:
                 "data": {"source": "synthetic"},
                 "task": {"labels": ["n", "p"]},
                 "modalities": {"x": m},
-                "branches": {"x": {"type": branch}},
+                "branches": {"x": {"type": branch, **BRANCHES.example(branch)}},
             }
         )
         try:
@@ -50,7 +51,7 @@ def _spec(branch: str, fusion: str, task: str = "binary") -> dict:
         "data": {"source": "synthetic"},
         "task": {"type": task, "labels": labels},
         "modalities": mods,
-        "branches": {"x": {"type": branch}, "t": {"type": other}},
+        "branches": {"x": {"type": branch, **BRANCHES.example(branch)}, "t": {"type": other}},
         "fusion": {"type": fusion},
     }
 
@@ -61,9 +62,21 @@ def _batch(spec, n: int = 4):
     return inputs, masks
 
 
-@pytest.mark.parametrize("fusion", FUSIONS.names())
-@pytest.mark.parametrize("branch", BRANCHES.names())
+def _sweep() -> list:
+    """Every branch with every fusion; a zoo branch (timm, torchvision, hf: seconds each) with
+    the first fusion in the fast run and with the others under ``slow``."""
+    out = []
+    for branch in BRANCHES.names():
+        for i, fusion in enumerate(FUSIONS.names()):
+            slow = bool(BRANCHES.requires(branch)) and i > 0
+            out.append(pytest.param(branch, fusion, marks=[pytest.mark.slow] if slow else []))
+    return out
+
+
+@pytest.mark.parametrize(("branch", "fusion"), _sweep())
 def test_forward_backward_missing_and_roundtrip(branch: str, fusion: str, tmp_path) -> None:
+    if reason := unusable(BRANCHES.requires(branch)):
+        pytest.skip(f"branch {branch!r}: {reason}")
     spec = parse_spec(_spec(branch, fusion))
     torch.manual_seed(0)
     model = build_model(spec)

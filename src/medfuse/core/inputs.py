@@ -78,6 +78,8 @@ class Modality:
     window: Any = None
     leads: list[str] | None = None
     rate: float | None = None
+    #: text: the tokenizer (JSON) trained on the training texts (the package's preprocessing)
+    tokenizer: str | None = None
 
     @property
     def missing_value(self) -> float:
@@ -96,6 +98,8 @@ def modalities_from_meta(meta: dict[str, Any]) -> dict[str, Modality]:
             shape = (*lead, int(m["channels"]), *(int(v) for v in m["size"]))
         elif kind == "signal":
             shape = (*lead, int(m["channels"]), int(m["length"]))
+        elif kind == "text":
+            shape = (int(m["length"]),)
         else:
             shape = (*lead, len(m["columns"]))
         out[name] = Modality(
@@ -111,6 +115,7 @@ def modalities_from_meta(meta: dict[str, Any]) -> dict[str, Modality]:
             window=m.get("window"),
             leads=m.get("leads"),
             rate=m.get("rate"),
+            tokenizer=stats.get(name, {}).get("tokenizer"),
         )
     return out
 
@@ -438,6 +443,59 @@ def _tensor_value(
     return x
 
 
+def _text_value(
+    v: Any, m: Modality, base: Path, roots: tuple[Path, ...] | None = None
+) -> np.ndarray:
+    """One text (the text itself, or a path to a UTF-8 ``.txt`` file) as ``(1, length)`` ids."""
+    if isinstance(v, bytes | bytearray | Upload):
+        data = v.data if isinstance(v, Upload) else bytes(v)
+        try:
+            v = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Bad("the uploaded text is not UTF-8") from None
+    if isinstance(v, os.PathLike) or (isinstance(v, str) and v.strip().endswith(".txt")):
+        p = Path(str(v).strip()).expanduser()
+        p = p if p.is_absolute() else base / p
+        if roots is not None and not contained(p, roots):
+            raise InputError(
+                f"{v} lies outside the allowed folders ({', '.join(map(str, roots))}); paths in "
+                "a manifest must stay inside its folder (--base-dir) or the data root"
+            )
+        try:
+            v = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise _Bad(f"{p}: cannot read the text file ({type(err).__name__})") from None
+    if not isinstance(v, str):
+        if isinstance(v, list | tuple | np.ndarray) and np.ndim(v) == 1:  # token ids already
+            x = _as_array(v, m.name)
+            if x.shape != m.shape:
+                raise InputError(f"token ids of shape {x.shape}; expected {m.shape}")
+            return x[None]
+        raise InputError(f"a {type(v).__name__} is not text; give a string or a .txt file path")
+    if m.tokenizer is None:
+        raise InputError(f"the package stores no tokenizer for the text modality {m.name!r}")
+    from medfuse.core.text import encode
+
+    return encode([v], m.tokenizer, int(m.length or 0))
+
+
+def _texts(v: Any, m: Modality, ctx: _Ctx) -> np.ndarray:
+    """Texts, one per sample (None or "" for a missing one), as ``(N, length)`` ids."""
+    if isinstance(v, str) or not isinstance(v, list | tuple | np.ndarray):
+        raise ctx.error(f"{m.name!r}: give a list of texts, one per sample", (None, m.name))
+    if np.ndim(v) == 2 and not any(isinstance(e, str) for e in v):  # rows of token ids
+        return _as_array(v, m.name)
+    out = np.zeros((len(v), *m.shape), np.float32)
+    for i, t in enumerate(v):
+        if _empty(t):
+            continue
+        try:
+            out[i] = _text_value(t, m, ctx.base, ctx.roots)[0]
+        except (_Bad, InputError) as err:
+            raise ctx.error(str(err), (i, m.name)) from None
+    return out
+
+
 # ---- coercion -------------------------------------------------------------------------------
 
 
@@ -582,6 +640,10 @@ def _is_batched(d: Mapping[str, Any], schema: Schema) -> bool:
         return True
     for k, v in d.items():
         m = schema.modalities.get(k)
+        if m is not None and m.kind == "text":
+            if isinstance(v, list | tuple | np.ndarray):  # texts (or id rows), one per sample
+                return any(isinstance(e, str) or e is None for e in v) or np.ndim(v) == 2
+            continue
         if m is None or v is None or isinstance(v, str | bytes | os.PathLike | Upload | Mapping):
             continue
         try:
@@ -610,7 +672,11 @@ def _from_batched(d: Mapping[str, Any], ctx: _Ctx, default_id: str) -> Batch:
                 f"mask for unknown modality {k!r}{did_you_mean(k, mods)} Allowed: {', '.join(mods)}",
                 (),
             )
-    given = {m: _as_array(d[m], m) for m in mods if d.get(m) is not None}
+    given = {
+        m: _texts(d[m], mods[m], ctx) if mods[m].kind == "text" else _as_array(d[m], m)
+        for m in mods
+        if d.get(m) is not None
+    }
     if not given:
         raise ctx.error(f"no input for any modality; expected some of {', '.join(mods)}", ())
     ns = {m: (len(x) if x.ndim else -1) for m, x in given.items()}
@@ -658,7 +724,9 @@ def _from_batched(d: Mapping[str, Any], ctx: _Ctx, default_id: str) -> Batch:
         b.arrays[m] = np.ascontiguousarray(x, np.float32)
         b.masks[m] = mask
         flat = x.reshape(n, -1)
-        if mod.kind == "tabular":
+        if mod.kind == "text":  # an empty text (no token) is a missing one
+            b.masks[m] = mask * (flat != 0).any(axis=1)
+        elif mod.kind == "tabular":
             inf = np.isinf(flat).any(axis=1) & (mask > 0)
             for i in np.flatnonzero(inf):
                 ctx.bad(b, int(i), m, "infinite values (use NaN for a missing value)")
@@ -741,6 +809,10 @@ def _from_rows(
             if _empty(v):
                 continue
             try:
+                if mod.kind == "text":
+                    b.arrays[m][i] = _text_value(v, mod, ctx.base, ctx.roots)[0]
+                    b.masks[m][i] = float(b.arrays[m][i].any())  # no word: missing
+                    continue
                 b.arrays[m][i] = _tensor_value(v, mod, ctx.base, ctx.roots)
                 b.masks[m][i] = 1.0
             except _Bad as err:

@@ -23,6 +23,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     ),
     **dict.fromkeys(("pydicom", "nibabel", "wfdb"), "medical"),
     "mlflow": "tracking",
+    **dict.fromkeys(("timm", "torchvision", "transformers", "tokenizers", "peft"), "pretrained"),
     **dict.fromkeys(("model_signing", "OpenSSL"), "signing"),
 }
 #: the extras each extra includes (pyproject: ``export = ["medfuse[train]", ...]``)
@@ -35,6 +36,7 @@ EXTRA_INCLUDES: dict[str, tuple[str, ...]] = {
     "medical": ("medical",),
     "tracking": ("tracking",),
     "signing": ("signing",),
+    "pretrained": ("pretrained", "train"),
 }
 
 
@@ -54,3 +56,18 @@ def extra_for(module: str, wanted: str | None = None) -> str | None:
     if extra is None:
         return None
     return wanted if wanted and extra in EXTRA_INCLUDES.get(wanted, ()) else extra
+
+
+def unusable(modules: tuple[str, ...] | list[str]) -> str | None:
+    """Why ``modules`` cannot be imported here (missing, or installed but failing to import),
+    naming the extra to install; None when all of them import."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # ImportError, or a broken install (an ABI mismatch)
+            extra = extra_for(name)
+            hint = f" (pip install 'medfuse[{extra}]')" if extra else ""
+            return f"{name} cannot be imported{hint}: {type(err).__name__}: {err}"
+    return None

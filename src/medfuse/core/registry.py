@@ -19,16 +19,44 @@ class Registry(Generic[T]):
         self.family = family
         self._items: dict[str, T] = {}
         self._docs: dict[str, str] = {}
+        self._examples: dict[str, dict[str, Any] | Callable[[], dict[str, Any]]] = {}
+        self._requires: dict[str, tuple[str, ...]] = {}
 
-    def register(self, name: str, *, doc: str | None = None) -> Callable[[T], T]:
+    def register(
+        self,
+        name: str,
+        *,
+        doc: str | None = None,
+        example: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
+        requires: tuple[str, ...] = (),
+    ) -> Callable[[T], T]:
+        """``example``: small parameters that build it (what the test sweeps use, for builders
+        whose defaults are large or that need a parameter), or a function making them (e.g. a
+        tiny model directory written on first use); ``requires``: optional top-level
+        modules it imports when built (the sweeps skip it, naming the extra, where one is
+        missing)."""
+
         def deco(fn: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.family} {name!r} is already registered")
             self._items[name] = fn
             self._docs[name] = doc or (inspect.getdoc(fn) or "").split("\n")[0]
+            self._examples[name] = example or {}
+            self._requires[name] = tuple(requires)
             return fn
 
         return deco
+
+    def example(self, name: str) -> dict[str, Any]:
+        """Small parameters that build ``name`` (empty: its defaults do)."""
+        self.get(name)
+        ex = self._examples.get(name) or {}
+        return dict(ex() if callable(ex) else ex)
+
+    def requires(self, name: str) -> tuple[str, ...]:
+        """Optional modules building ``name`` imports."""
+        self.get(name)
+        return self._requires.get(name, ())
 
     def names(self) -> list[str]:
         return sorted(self._items)

@@ -19,9 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from medfuse.core.errors import SpecError, did_you_mean
 
-MODALITY_KINDS = ("image", "signal", "tabular")
+MODALITY_KINDS = ("image", "signal", "tabular", "text")
 STAGES = ("end_to_end", "branches", "fusion", "finetune")
-DEFAULT_BRANCH = {"image": "cnn", "signal": "cnn1d", "tabular": "mlp"}
+DEFAULT_BRANCH = {"image": "cnn", "signal": "cnn1d", "tabular": "mlp", "text": "gru_text"}
 #: branch keys handled by the composite, not the builder (``layer_shapes``: pruned layer sizes,
 #: see ``medfuse.models.shapes``)
 BRANCH_RESERVED = ("layer_shapes",)
@@ -75,10 +75,17 @@ class TaskSpec(_Strict):
 
 
 class ModalitySpec(_Strict):
-    kind: Literal["image", "signal", "tabular"]
+    kind: Literal["image", "signal", "tabular", "text"]
     channels: int | None = Field(default=None, ge=1, description="image/signal channels")
     size: list[int] | None = Field(default=None, description="image size [H, W] or [D, H, W]")
-    length: int | None = Field(default=None, ge=1, description="signal length in samples")
+    length: int | None = Field(
+        default=None, ge=1, description="signal length in samples; text: tokens kept per text"
+    )
+    vocab: int | None = Field(
+        default=None,
+        ge=8,
+        description="text: the tokenizer's vocabulary size (trained on the training texts)",
+    )
     columns: list[str] | None = Field(default=None, description="tabular column names")
     sequence: int | None = Field(
         default=None, ge=1, description="number of elements when a sample is a sequence"
@@ -104,13 +111,21 @@ class ModalitySpec(_Strict):
             "image": ("channels", "size"),
             "signal": ("channels", "length"),
             "tabular": ("columns",),
+            "text": ("length",),
         }
         for name in need[self.kind]:
             if getattr(self, name) is None:
                 raise ValueError(f"a {self.kind} modality needs '{name}'")
         if self.size is not None and len(self.size) not in (2, 3):
             raise ValueError(f"'size' must be [H, W] or [D, H, W]; got {self.size}")
-        for name, kind in (("leads", "signal"), ("rate", "signal"), ("window", "image")):
+        if self.kind == "text" and self.sequence:
+            raise ValueError("a text modality is one text per sample ('sequence' does not apply)")
+        for name, kind in (
+            ("leads", "signal"),
+            ("rate", "signal"),
+            ("window", "image"),
+            ("vocab", "text"),
+        ):
             if getattr(self, name) is not None and self.kind != kind:
                 raise ValueError(f"'{name}' applies to {kind} modalities only")
         if self.leads is not None and len(self.leads) != self.channels:
@@ -129,6 +144,8 @@ class ModalitySpec(_Strict):
             return (*lead, int(self.channels or 0), *(self.size or ()))
         if self.kind == "signal":
             return (*lead, int(self.channels or 0), int(self.length or 0))
+        if self.kind == "text":
+            return (int(self.length or 0),)  # token ids
         return (*lead, len(self.columns or ()))
 
 
@@ -206,6 +223,22 @@ class InitSpec(_Strict):
         return v
 
 
+class PeftSpec(_Strict):
+    """Parameter-efficient fine-tuning with the ``peft`` library; the package stores the merged
+    weights, so export and serving see a plain model."""
+
+    method: Literal["lora"] = "lora"
+    branches: list[str] = Field(min_length=1, description="modalities whose branch gets adapters")
+    r: int = Field(default=8, ge=1, description="LoRA rank")
+    alpha: float = Field(default=16.0, gt=0, description="LoRA scale numerator (alpha / r)")
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] | None = Field(
+        default=None,
+        description="module-name suffixes within the branch to adapt (e.g. [qkv, proj]); "
+        "default: every Linear layer of the branch",
+    )
+
+
 class TrainSpec(_Strict):
     epochs: int = Field(
         default=20, ge=0, description="at least 1; 0 only with `init` (a package's weights, as is)"
@@ -222,6 +255,16 @@ class TrainSpec(_Strict):
     finetune_lr_scale: float = Field(default=0.1, gt=0)
     early_stopping: EarlyStoppingSpec | None = Field(default_factory=EarlyStoppingSpec)
     init: InitSpec | None = Field(default=None, description="start from a package's weights")
+    freeze: list[str] = Field(
+        default_factory=list,
+        description="parameter-name prefixes kept fixed in training, e.g. "
+        "[branches.image.encoder.patch_embed]; each must name at least one parameter",
+    )
+    peft: PeftSpec | None = Field(
+        default=None,
+        description="LoRA adapters on branches; only they (and what the branches "
+        "feed: fusion, head) train",
+    )
     keep: Literal["best", "last"] = Field(
         default="best",
         description="best: the epoch with the best validation score (early_stopping.metric, "
@@ -418,6 +461,13 @@ def _check_cross_fields(spec: Spec) -> None:
         if spec.modalities and name not in spec.modalities:
             raise SpecError(
                 f"branches.{name}",
+                f"no modality named {name!r}{did_you_mean(name, spec.modalities)} "
+                f"Modalities: {', '.join(spec.modalities)}",
+            )
+    for name in spec.train.peft.branches if spec.train.peft else []:
+        if spec.modalities and name not in spec.modalities:
+            raise SpecError(
+                "train.peft.branches",
                 f"no modality named {name!r}{did_you_mean(name, spec.modalities)} "
                 f"Modalities: {', '.join(spec.modalities)}",
             )

@@ -119,11 +119,40 @@ def load_data(
         seed=seed,
     )
     bundle = keep_modalities(bundle, list(modalities or {}))
+    tokenize_text(bundle)
     if labels and bundle.task != "multilabel":
         _known_labels(bundle, list(labels), source)
     order_binary(bundle, positive)
     validate_bundle(bundle)
     bundle.info["fingerprint"] = fingerprint(bundle)
+    return bundle
+
+
+def tokenize_text(bundle: DataBundle) -> DataBundle:
+    """Text modalities (texts as read, "" when absent) -> token ids with a tokenizer trained on
+    the training split's texts only; the tokenizer goes to ``info["tokenizers"]`` (the package
+    stores it with the preprocessing). A text without any token is a missing modality."""
+    from medfuse.core.text import encode, train_tokenizer
+
+    for m, ms in bundle.modalities.items():
+        if ms.kind != "text" or bundle.train.arrays[m].dtype != object:
+            continue
+        train = bundle.train
+        texts = [str(t) for t, k in zip(train.arrays[m], train.masks[m]) if k > 0 and t]
+        tok = train_tokenizer(texts, int(ms.vocab or 2000))
+        for split in (bundle.train, bundle.val, bundle.test):
+            if split is None:
+                continue
+            raw = [
+                "" if k <= 0 or t is None else str(t)
+                for t, k in zip(split.arrays[m], split.masks[m])
+            ]
+            ids = encode(raw, tok, int(ms.length or 0))
+            split.arrays[m] = ids
+            split.masks[m] = (np.asarray(split.masks[m]) * (ids != 0).any(axis=1)).astype(
+                np.float32
+            )
+        bundle.info.setdefault("tokenizers", {})[m] = tok
     return bundle
 
 

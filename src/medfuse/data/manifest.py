@@ -100,6 +100,30 @@ def _refuse_text_in_numeric(
         )
 
 
+def _read_texts(
+    cells: list[Any], base: Path, name: str, where: str, contain: list[Path] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    texts = np.full(len(cells), "", dtype=object)
+    for i, cell in enumerate(cells):
+        if _empty(cell):
+            continue
+        t = str(cell)
+        if t.strip().endswith(".txt"):
+            path = Path(t.strip())
+            path = path if path.is_absolute() else base / path
+            if contain is not None:
+                require_contained(path, contain, f"{where} row {i + 2} ({name})")
+            try:
+                t = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as err:
+                raise DataError(
+                    f"{where} row {i + 2} ({name}): cannot read {path}: {err}"
+                ) from None
+        texts[i] = t
+    mask = np.array([1.0 if str(t).strip() else 0.0 for t in texts], np.float32)
+    return texts, mask
+
+
 def read_rows(
     df: pd.DataFrame,
     base: Path,
@@ -131,6 +155,9 @@ def read_rows(
             raise DataError(
                 f"{where}: no column {col!r} for modality {name!r}{did_you_mean(col, df.columns)}"
             )
+        if m.kind == "text":  # the text itself, or a .txt file per row (tokenized after the split)
+            arrays[name], masks[name] = _read_texts(df[col].tolist(), base, name, where, contain)
+            continue
         x = np.zeros((n, *m.shape), np.float32)
         mask = np.zeros(n, np.float32)
         report["paths"][name] = ["" if _empty(c) else str(c).strip() for c in df[col].tolist()]

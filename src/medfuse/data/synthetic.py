@@ -29,10 +29,19 @@ DEFAULTS: dict[str, Any] = {
     "image_size": 28,
     "signal_length": 128,
     "signal_channels": 2,
-    "weights": {"image": 1.0, "signal": 1.0, "tabular": 1.0},
+    "weights": {"image": 1.0, "signal": 1.0, "tabular": 1.0, "text": 1.0},
     "label_noise": 0.3,
     "missing": {},
+    "text": False,
+    "text_length": 24,
 }
+#: words of the generated notes: some lean positive, some negative, the rest say nothing
+POSITIVE_WORDS = ("fever", "worse", "acute", "elevated", "pain", "tachycardic", "deteriorating")
+NEGATIVE_WORDS = ("stable", "improved", "normal", "resolved", "comfortable", "afebrile", "clear")
+FILLER_WORDS = (
+    "patient", "seen", "today", "reports", "history", "noted", "on", "ward", "review",
+    "plan", "continue", "monitoring", "family", "aware", "the", "and", "with", "overnight",
+)  # fmt: skip
 
 
 def generate(n: int, *, seed: int, **opts: Any) -> Split:
@@ -40,7 +49,8 @@ def generate(n: int, *, seed: int, **opts: Any) -> Split:
     o = {**DEFAULTS, **opts}
     w = {**DEFAULTS["weights"], **o["weights"]}
     rng = np.random.default_rng(seed)
-    z = {m: rng.standard_normal(n) for m in ("image", "signal", "tabular")}
+    names = ("image", "signal", "tabular", "text") if o["text"] else ("image", "signal", "tabular")
+    z = {m: rng.standard_normal(n) for m in names}
     logit = sum(w[m] * z[m] for m in z) + o["label_noise"] * rng.standard_normal(n)
     y = (logit > 0).astype(np.float32)
 
@@ -81,6 +91,8 @@ def generate(n: int, *, seed: int, **opts: Any) -> Split:
     ).astype(np.float32)
 
     arrays = {"image": image, "signal": signal, "tabular": tab}
+    if o["text"]:
+        arrays["text"] = notes(z["text"], rng)
     masks = {m: np.ones(n, np.float32) for m in arrays}
     for m, rate in dict(o["missing"]).items():
         if m not in arrays:
@@ -89,7 +101,7 @@ def generate(n: int, *, seed: int, **opts: Any) -> Split:
             )
         gone = rng.random(n) < float(rate)
         masks[m][gone] = 0.0
-        arrays[m][gone] = np.nan if m == "tabular" else 0.0
+        arrays[m][gone] = np.nan if m == "tabular" else ("" if m == "text" else 0.0)
     meta = pd.DataFrame(
         {
             "id": [f"synthetic-{seed}-{i}" for i in range(n)],
@@ -99,6 +111,23 @@ def generate(n: int, *, seed: int, **opts: Any) -> Split:
         }
     )
     return Split(arrays, masks, y, meta)
+
+
+def notes(z: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One short clinical-style note per case: 3-6 signal words, each positive-leaning with
+    probability sigmoid(1.5 z) (else negative-leaning), among 4-10 filler words."""
+    out = np.empty(len(z), dtype=object)
+    p_pos = 1.0 / (1.0 + np.exp(-1.5 * z))
+    for i in range(len(z)):
+        k = int(rng.integers(3, 7))
+        signal = [
+            str(rng.choice(POSITIVE_WORDS if rng.random() < p_pos[i] else NEGATIVE_WORDS))
+            for _ in range(k)
+        ]
+        words = signal + [str(w) for w in rng.choice(FILLER_WORDS, int(rng.integers(4, 11)))]
+        rng.shuffle(words)
+        out[i] = " ".join(words).capitalize() + "."
+    return out
 
 
 @DATASETS.register("synthetic")
@@ -131,6 +160,8 @@ def load_synthetic(
         ),
         "tabular": ModalitySpec(kind="tabular", columns=["age", "bmi", "marker"]),
     }
+    if o["text"]:  # generated notes whose words carry the text factor (tokenized after loading)
+        mods["text"] = ModalitySpec(kind="text", length=int(o["text_length"]), vocab=256)
     return DataBundle(
         train,
         val,

@@ -30,6 +30,7 @@ from medfuse.core.package import (
 )
 from medfuse.core.spec import Spec, parse_spec
 from medfuse.models import build_model
+from medfuse.models.branches.pretrained import from_records
 from medfuse.models.composite import CompositeModel, EnsembleModel, count_parameters
 
 
@@ -87,6 +88,9 @@ def save_package(
         "data": data_info or {},
         "compression": [],
     }
+    records = pretrained_records(model)
+    if records:
+        meta["pretrained"] = records
     meta.update(extra_meta or {})
     files: dict[str, bytes | str | Path] = {
         WEIGHTS: save(state),
@@ -97,6 +101,19 @@ def save_package(
     return write_package(path, meta, files)
 
 
+def pretrained_records(model: nn.Module) -> dict[str, Any]:
+    """What each pretrained branch was fine-tuned from (weights sha256, origin, license) and the
+    input adaptation it applies, by modality: ``medfuse.json``'s ``pretrained``."""
+    from medfuse.models.composite import members
+
+    out: dict[str, Any] = {}
+    for name, branch in members(model)[0].branches.items():
+        record = getattr(branch, "pretrained_record", None)
+        if record:
+            out[name] = record
+    return out
+
+
 def load_package(path: str | Path, *, device: str | torch.device = "cpu") -> Package:
     """Verify checksums, rebuild the model from the spec and load the weights strictly."""
     root = Path(path)
@@ -104,7 +121,8 @@ def load_package(path: str | Path, *, device: str | torch.device = "cpu") -> Pac
     if WEIGHTS not in meta.get("files", {}):
         raise PackageError(f"{root}: no {WEIGHTS} listed in {META}")
     spec = parse_spec(meta["spec"])
-    model = build_model(spec)
+    with from_records(meta.get("pretrained")):  # architectures only: no weight file is read
+        model = build_model(spec)
     try:
         state = load_file(str(root / WEIGHTS), device="cpu")
     except Exception as err:

@@ -358,6 +358,18 @@ def request_models(
     instance with none (422)."""
     fields: dict[str, Any] = {}
     for i, (name, m) in enumerate(modalities.items()):
+        if m.kind == "text":
+            fields[f"m{i}"] = (
+                str | None,
+                Field(
+                    default=None,
+                    alias=name,
+                    max_length=1_000_000,
+                    description=f"text (tokenized as in training, first {m.length} tokens); "
+                    "null, absent or empty = missing",
+                ),
+            )
+            continue
         fields[f"m{i}"] = (
             modality_model(m, unseen_category) | None,
             Field(default=None, alias=name, description=f"{m.kind}; null or absent = missing"),

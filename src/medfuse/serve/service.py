@@ -110,6 +110,8 @@ class Service:
                 info = self.modalities.get(m)
                 if value is None or info is None or info.kind == "tabular":
                     sample[m] = value
+                elif info.kind == "text":  # the text itself, never a path on this server
+                    sample[m] = Upload(str(value).encode("utf-8"), ".txt")
                 else:
                     sample[m] = self._payload(value, info, ("body", "instances", i, m))
                     fields[(i, m)] = next(k for k, v in value.items() if v is not None)

@@ -30,6 +30,7 @@ from medfuse.core.spec import Spec, complete_spec, parse_spec
 from medfuse.data import DataBundle, Split, load_spec_data
 from medfuse.inference.helpers import Tensors, predict_logits, to_tensors
 from medfuse.training.callbacks import Callback
+from medfuse.training.finetune import apply_finetune, merge_finetune
 from medfuse.training.metrics import SUMMARY_KEYS, choose_threshold, compute_metrics, probabilities
 from medfuse.training.trainer import CHECKPOINT, HISTORY, Trainer
 
@@ -89,6 +90,14 @@ def fit_preprocessing(spec: Spec, train: Split, info: dict[str, Any]) -> dict[st
     }
     kinds = {m: spec.modalities[m].kind for m in spec.modalities}
     stats = fit_stats(train.arrays, train.masks, axes, kinds)
+    from medfuse.models.branches.pretrained import RAW_INPUT
+
+    for m, b in spec.branches.items():
+        if b.type in RAW_INPUT and m in stats:  # the branch applies its pretrained mean/std
+            n = len(stats[m]["mean"])
+            stats[m]["mean"], stats[m]["std"] = [0.0] * n, [1.0] * n
+    for m, tok in (info.get("tokenizers") or {}).items():  # text: token ids, as they are
+        stats[m] = {"mean": [0.0], "std": [1.0], "channel_axis": 0, "tokenizer": tok}
     for m, cats in (info.get("categories") or {}).items():
         if cats:
             stats[m]["categories"] = cats
@@ -277,6 +286,7 @@ def fit_member(
         model = build_model(spec)
         if spec.train.init is not None:  # before the trainer (and any checkpoint) takes over
             init_record = _init_weights(model, spec, workdir, resume, fit.session.rank == 0)
+    tuned = apply_finetune(model, spec)  # LoRA adapters in, before any checkpoint is restored
     trainer = fit.session.trainer(
         model,
         spec,
@@ -288,7 +298,11 @@ def fit_member(
         callbacks=list(fit.callbacks),
     )
     trainer.fit(resume=resume)
-    return fit.session.finish(trainer, end=end), trainer.stage_results, init_record
+    fitted = fit.session.finish(trainer, end=end)
+    if fitted is not None and tuned is not None:
+        fitted = merge_finetune(fitted)  # the package holds the plain architecture
+        fitted.finetune_record = tuned  # type: ignore[assignment]  # read by run_fit
+    return fitted, trainer.stage_results, init_record
 
 
 def _init_weights(
@@ -465,6 +479,7 @@ class FitOutcome:
     metrics: dict[str, Any] = field(default_factory=dict)
     stages: list[dict[str, Any]] = field(default_factory=list)
     init_record: dict[str, Any] | None = None
+    finetune: dict[str, Any] | None = None
     members: list[dict[str, Any]] | None = None
     resume_overrides: list[str] = field(default_factory=list)
 
@@ -487,6 +502,8 @@ class FitOutcome:
         }
         if self.init_record is not None:
             out["init"] = self.init_record
+        if self.finetune is not None:
+            out["finetune"] = self.finetune
         if self.members is not None:
             out["members"] = self.members
         if self.resume_overrides:
@@ -540,6 +557,12 @@ def run_fit(
         return out
     fitted = fitted.eval()
     out.model = fitted
+    from medfuse.models.composite import members as members_of
+
+    out.finetune = getattr(fitted, "finetune_record", None)
+    if out.finetune is None and members:  # an ensemble: its first member's record
+        first = members_of(fitted)[0]
+        out.finetune = getattr(first, "finetune_record", None)
     test_t = to_tensors(bundle.test, stats) if bundle.test is not None else None
     out.threshold, out.metrics = threshold_and_metrics(
         fitted, spec, val_t, test_t, session.device, bundle.val.y

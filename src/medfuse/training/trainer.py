@@ -24,6 +24,7 @@ from medfuse.core.errors import SpecError
 from medfuse.core.spec import Spec, StageSpec
 from medfuse.inference.helpers import Tensors, predict_logits
 from medfuse.training.augment import augment_batch, mixup_batch
+from medfuse.training.finetune import is_trainable
 from medfuse.training.losses import TaskLoss
 from medfuse.training.metrics import compute_metrics, probabilities
 
@@ -213,7 +214,7 @@ class Trainer:
                 on = top in ("fusion", "head")
             else:  # end_to_end, finetune: everything; aux heads probe detached features
                 on = True
-            p.requires_grad_(on)
+            p.requires_grad_(on and is_trainable(self.spec, name))  # train.freeze, train.peft
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def _set_modes(self, stage: str) -> None:

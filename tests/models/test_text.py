@@ -1,0 +1,285 @@
+"""The text modality: a tokenizer trained on the training texts, stored in the package, applied
+by the one input contract; raw text in, the same prediction from PyTorch, ONNX Runtime and the
+torch-free runtime (python -m medfuse.runtime)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medfuse.core.errors import DataError, SpecError
+from medfuse.core.optional import unusable
+from medfuse.core.spec import parse_spec
+from medfuse.inference.package import save_package
+from medfuse.models import build_model
+
+REPO = Path(__file__).resolve().parents[2]
+WORDS = ["fever", "cough", "stable", "pain", "normal", "worse", "improved", "acute", "chronic"]
+
+
+def _texts(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=rng.integers(2, 9))) for _ in range(n)]
+
+
+def _package(tmp_path: Path) -> Path:
+    if reason := unusable(("tokenizers",)):
+        pytest.skip(reason)
+    from medfuse.core.text import train_tokenizer, vocab_size
+
+    tok = train_tokenizer(_texts(40), vocab=64)
+    assert vocab_size(tok) <= 64
+    assert train_tokenizer(_texts(40), vocab=64) == tok  # the same texts, the same tokenizer
+    spec = parse_spec(
+        {
+            "name": "notes",
+            "data": {"source": "manifest:/nonexistent/notes.csv"},
+            "task": {"labels": ["n", "p"]},
+            "modalities": {
+                "note": {"kind": "text", "length": 12, "vocab": 64},
+                "vitals": {"kind": "tabular", "columns": ["hr", "temp"]},
+            },
+            "branches": {
+                "note": {"type": "gru_text", "vocab_size": 64, "embedding": 8, "hidden": 8},
+                "vitals": {"type": "mlp", "hidden": 4, "out_features": 4},
+            },
+            "head": {"hidden": 4},
+        }
+    )
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    stats = {
+        "note": {"mean": [0.0], "std": [1.0], "channel_axis": 0, "tokenizer": tok},
+        "vitals": {"mean": [80.0, 37.0], "std": [10.0, 1.0], "channel_axis": 0},
+    }
+    return save_package(
+        tmp_path / "pkg",
+        model=model,
+        spec=spec,
+        preprocessing=stats,
+        threshold={"method": "fixed", "value": 0.5},
+        metrics={},
+    )
+
+
+ROWS = [
+    {"id": "a", "note": "Acute fever, worse cough", "hr": 100, "temp": 39.0},
+    {"id": "b", "note": "stable and improved", "hr": 70, "temp": 36.8},
+    {"id": "c", "note": "", "hr": 75, "temp": 37.1},  # no note: a missing modality
+    {"id": "d", "note": "unheard-of words only zzz", "hr": 90, "temp": 38.0},
+]
+
+
+def test_raw_text_predicts_the_same_in_torch_onnx_and_the_runtime(tmp_path: Path) -> None:
+    if reason := unusable(("onnx", "onnxscript")):
+        pytest.skip(reason)
+    pkg = _package(tmp_path)
+    from medfuse.core.onnx import load as load_onnx
+    from medfuse.export.exporter import export_package
+    from medfuse.inference.package import load_package
+    from medfuse.inference.predictor import load as load_torch
+
+    torch_pred = load_torch(pkg)
+    batch = torch_pred.inputs(ROWS)
+    assert batch.masks["note"].tolist() == [1.0, 1.0, 0.0, 1.0]
+    assert batch.arrays["note"].shape == (4, 12) and batch.arrays["note"][0, 0] > 1  # known word
+    p_torch = torch_pred.predict_proba(ROWS)
+    # the package round trip: same weights, same tokenizer
+    again = load_package(pkg)
+    assert json.loads((pkg / "medfuse.json").read_text())["preprocessing"]["note"]["tokenizer"]
+    assert again.spec.modalities["note"].shape == (12,)
+
+    res = export_package(pkg, format="onnx", samples=8)
+    assert res.report is not None and res.report.ok, res.report.to_dict()
+    p_onnx = load_onnx(pkg).predict_proba(ROWS)
+    assert np.abs(p_onnx - p_torch).max() <= 1e-5
+    # batched form: a list of texts, one per sample
+    cols = {"note": [r["note"] for r in ROWS], "vitals": [[r["hr"], r["temp"]] for r in ROWS]}
+    assert np.abs(load_onnx(pkg).predict_proba(cols) - p_torch).max() <= 1e-5
+
+    # python -m medfuse.runtime: a manifest with a text column and a text file per row
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "b.txt").write_text(ROWS[1]["note"], encoding="utf-8")
+    manifest = tmp_path / "in.csv"
+    with manifest.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["id", "note", "hr", "temp"])
+        w.writeheader()
+        for r in ROWS:
+            w.writerow(dict(r, note="notes/b.txt") if r["id"] == "b" else r)
+    out = tmp_path / "pred.csv"
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medfuse.runtime",
+            str(pkg),
+            "--input",
+            str(manifest),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    with out.open() as f:
+        got = list(csv.DictReader(f))
+    key = next(k for k in got[0] if k.startswith("p_") or k.startswith("prob"))
+    runtime_p = np.array([float(row[key]) for row in got])
+    assert np.abs(runtime_p - p_torch).max() <= 1e-5, (got, p_torch)
+
+
+def test_text_spec_and_errors(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match=r"a text modality needs 'length'"):
+        parse_spec({"data": {"source": "synthetic"}, "modalities": {"t": {"kind": "text"}}})
+    with pytest.raises(SpecError, match=r"'vocab' applies to text modalities only"):
+        parse_spec(
+            {
+                "data": {"source": "synthetic"},
+                "modalities": {"t": {"kind": "tabular", "columns": ["a"], "vocab": 9}},
+            }
+        )
+    pkg = _package(tmp_path)
+    from medfuse.core.onnx import load as load_onnx
+
+    del load_onnx
+    from medfuse.inference.predictor import load as load_torch
+
+    with pytest.raises(DataError, match=r"is not text"):
+        load_torch(pkg).predict_proba([{"note": 3.5, "hr": 80, "temp": 37}])
+
+
+def test_train_on_synthetic_notes_then_predict_from_raw_text(tmp_path: Path) -> None:
+    """Synthetic notes (data.options.text): the tokenizer is fit on the training split, stored in
+    the package, and the package predicts from raw text."""
+    if reason := unusable(("tokenizers",)):
+        pytest.skip(reason)
+    from medfuse.api import train
+    from medfuse.data.synthetic import generate
+    from medfuse.inference.predictor import load as load_torch
+
+    spec = {
+        "name": "notes",
+        "data": {
+            "source": "synthetic",
+            "options": {"n_train": 96, "n_val": 48, "n_test": 48, "text": True, "text_length": 16},
+        },
+        "modalities": {
+            "text": {"kind": "text", "length": 16, "vocab": 256},
+            "tabular": {"kind": "tabular", "columns": ["age", "bmi", "marker"]},
+        },
+        "branches": {
+            "text": {"type": "gru_text", "vocab_size": 256, "embedding": 8, "hidden": 8},
+            "tabular": {"type": "mlp", "hidden": 4, "out_features": 4},
+        },
+        "head": {"hidden": 4},
+        "train": {"epochs": 2, "batch_size": 32, "early_stopping": None},
+    }
+    pkg = train(spec, out=tmp_path / "pkg", device="cpu", progress=False).package
+    meta = json.loads((pkg / "medfuse.json").read_text())
+    st = meta["preprocessing"]["text"]
+    assert st["mean"] == [0.0] and st["std"] == [1.0] and "range" not in st
+    from medfuse.core.text import vocab_size
+
+    assert 8 < vocab_size(st["tokenizer"]) <= 256
+    s = generate(4, seed=99, text=True)
+    rows = [
+        {"text": s.arrays["text"][i], "age": float(t[0]), "bmi": float(t[1]), "marker": float(t[2])}
+        for i, t in enumerate(s.arrays["tabular"])
+    ]
+    rows[1]["text"] = None  # no note: predicted from the tabular branch alone
+    pred = load_torch(pkg)
+    p = pred.predict_proba(rows)
+    assert np.isfinite(p).all() and pred.inputs(rows).masks["text"].tolist() == [1, 0, 1, 1]
+
+
+@pytest.mark.slow  # about 15 s: an ONNX export and the HTTP app
+def test_http_service_predicts_raw_text_like_torch(tmp_path: Path) -> None:
+    """POST /v1/predict with the note as a JSON string: the ONNX service tokenizes it through
+    the same contract; a string is never read as a path on the server."""
+    if reason := unusable(("onnx", "onnxscript", "fastapi", "httpx")):
+        pytest.skip(reason)
+    from fastapi.testclient import TestClient
+
+    from medfuse.core.inputs import Upload
+    from medfuse.export.exporter import export_package
+    from medfuse.inference.predictor import load as load_torch
+    from medfuse.serve.app import create_app
+
+    pkg = _package(tmp_path)
+    export_package(pkg, format="onnx", samples=4)
+    client = TestClient(create_app(pkg, token="t"))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("fever fever fever")
+    body = {
+        "instances": [
+            {"note": r["note"], "vitals": {"hr": r["hr"], "temp": r["temp"]}} for r in ROWS
+        ]
+        + [{"note": str(secret), "vitals": {"hr": 80, "temp": 37}}]
+    }
+    r = client.post("/v1/predict", json=body, headers={"Authorization": "Bearer t"})
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    got = np.array([x["probabilities"]["p"] for x in preds])
+    ref = load_torch(pkg).predict_proba(
+        [{"note": r["note"], "hr": r["hr"], "temp": r["temp"]} for r in ROWS]
+        + [{"note": Upload(str(secret).encode(), ".txt"), "hr": 80, "temp": 37}]
+    )
+    assert np.abs(got - ref).max() <= 1e-5  # the path's words, not the file's
+    assert preds[2]["missing"] == ["note"]
+    info = client.get("/v1/model", headers={"Authorization": "Bearer t"}).json()
+    assert info["input_schema"]["properties"]["note"]["anyOf"][0]["type"] == "string"
+
+
+def test_manifest_text_column_and_text_files(tmp_path: Path) -> None:
+    """A manifest's text column: the text itself or a .txt file per row; empty is missing."""
+    if reason := unusable(("tokenizers",)):
+        pytest.skip(reason)
+    from medfuse.api import prepare_data
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "notes").mkdir()
+    rows = []
+    for i in range(40):
+        y = int(rng.random() < 0.5)
+        note = " ".join(rng.choice(WORDS[:4] if y else WORDS[4:], 4))
+        if i % 5 == 0:
+            (tmp_path / "notes" / f"{i}.txt").write_text(note, encoding="utf-8")
+            note = f"notes/{i}.txt"
+        rows.append({"id": i, "note": "" if i % 7 == 3 else note, "hr": 60 + i, "label": y})
+    with (tmp_path / "m.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["id", "note", "hr", "label"])
+        w.writeheader()
+        w.writerows(rows)
+    spec = parse_spec(
+        {
+            "data": {"source": f"manifest:{tmp_path / 'm.csv'}", "options": {"labels": ["0", "1"]}},
+            "modalities": {
+                "note": {"kind": "text", "length": 6, "vocab": 32},
+                "vitals": {"kind": "tabular", "columns": ["hr"]},
+            },
+        }
+    )
+    spec, bundle = prepare_data(spec)
+    assert spec.branches["note"].type == "gru_text"  # the default branch of a text modality
+    tok = bundle.info["tokenizers"]["note"]
+    from medfuse.core.text import encode
+
+    ids = {str(i): a for s in (bundle.train, bundle.val, bundle.test) if s is not None
+           for i, a in zip(s.meta["id"], s.arrays["note"])}  # fmt: skip
+    masks = {str(i): k for s in (bundle.train, bundle.val, bundle.test) if s is not None
+             for i, k in zip(s.meta["id"], s.masks["note"])}  # fmt: skip
+    assert masks["3"] == 0 and masks["0"] == 1  # empty cell: missing; a .txt file: read
+    txt = (tmp_path / "notes" / "0.txt").read_text()
+    assert np.array_equal(ids["0"], encode([txt], tok, 6)[0])
