@@ -23,7 +23,7 @@ from medfuse.data.examples import write_png
 from medfuse.training.pipeline import fit_preprocessing
 
 N = 200
-SIZE = 32
+SIZE = 16
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +98,12 @@ def test_streamed_statistics_and_fingerprint_equal_the_in_memory_ones(manifest: 
     a, b = fit_preprocessing(spec, mem.train, mem.info), fit_preprocessing(spec, st.train, st.info)
     assert list(a) == list(b)
     for m in a:
-        np.testing.assert_allclose(a[m]["mean"], b[m]["mean"], rtol=1e-9, atol=1e-9)
-        np.testing.assert_allclose(a[m]["std"], b[m]["std"], rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(
+            a[m]["mean"], b[m]["mean"], rtol=1e-7, atol=1e-9
+        )  # float64 sums, two orders
+        np.testing.assert_allclose(
+            a[m]["std"], b[m]["std"], rtol=1e-7, atol=1e-9
+        )  # float64 sums, two orders
     assert a["clinical"] == b["clinical"]  # tabular columns are in memory either way
     assert a["image"]["range"] == pytest.approx(b["image"]["range"], rel=1e-12)
     assert mem.info["fingerprint"] == st.info["fingerprint"]  # counts, ids, masks, value bytes
@@ -175,7 +179,7 @@ def test_the_cache_is_reused_and_invalidated_per_file_and_per_spec(
     assert bundle.info["fingerprint"] == _load(data / "cases.csv", False).info["fingerprint"]
 
     # another preprocessing spec (size): another cache, every file decoded
-    other = _load(manifest, True, size=16).info["stream"]
+    other = _load(manifest, True, size=8).info["stream"]
     assert other["decoded"]["image"] == N - 1
 
 

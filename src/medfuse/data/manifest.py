@@ -163,7 +163,9 @@ def read_rows(
             continue
         report["paths"][name] = ["" if _empty(c) else str(c).strip() for c in df[col].tolist()]
         if lazy:
-            arrays[name], masks[name] = _lazy_column(name, m, report["paths"][name], base, where, contain)
+            arrays[name], masks[name] = _lazy_column(
+                name, m, report["paths"][name], base, where, contain
+            )
             continue
         x = np.zeros((n, *m.shape), np.float32)
         mask = np.zeros(n, np.float32)

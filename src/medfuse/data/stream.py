@@ -123,7 +123,7 @@ class Source:
         if self._values is None or self._pid != os.getpid():
             self._values = np.load(self.cache_dir / VALUES, mmap_mode="r")
             self._pid = os.getpid()
-        return self._values
+        return self._values  # type: ignore[no-any-return]
 
 
 class LazyColumn:
@@ -255,7 +255,7 @@ class Cache:
             return None
 
     def needs(self, row: int) -> bool:
-        return self.index["state"][row] == ""
+        return bool(self.index["state"][row] == "")
 
     def put(self, row: int, value: np.ndarray, state: str, scale: str, error: str) -> None:
         self.writer[row] = value
@@ -292,7 +292,7 @@ class Cache:
 # ---- the one pass --------------------------------------------------------------------------------
 
 
-class _PassItems(Dataset):
+class _PassItems(Dataset[Any]):
     """One row of a streamed modality for the pass: decoded (a stale or new cache entry) or
     read from the cache. Runs in DataLoader workers."""
 
@@ -478,7 +478,9 @@ def stream_pass(
                     if rng is not None:
                         stat["range"] = rng
                     info["stats"][m] = stat
-                    info["constant"][m] = None if not len(present_pos) else ([m] if lo == hi else [])
+                    info["constant"][m] = (
+                        None if not len(present_pos) else ([m] if lo == hi else [])
+                    )
             info["values_sha256"][name] = v.hexdigest()
         for m in lazy:
             if len(scales[m]) > 1:
@@ -523,7 +525,7 @@ def stream_pass(
 # ---- batches for training and evaluation ----------------------------------------------------------
 
 
-class StreamBatches(Dataset):
+class StreamBatches(Dataset[Any]):
     """A split's normalised batches, read from the cache (streamed modalities) or memory
     (tabular ones, masks, targets). ``__getitems__`` serves one batch of positions at a time, in
     the order asked: the same values, in the same order, as the in-memory path's batches."""
@@ -541,7 +543,9 @@ class StreamBatches(Dataset):
     def __len__(self) -> int:
         return len(self.y)
 
-    def __getitems__(self, idx: list[int]) -> tuple[dict, dict, torch.Tensor]:
+    def __getitems__(
+        self, idx: list[int]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
         ix = np.asarray(idx, dtype=np.int64)
         inputs, masks = {}, {}
         for m, x in self.arrays.items():
@@ -563,7 +567,7 @@ def _first(batch: Any) -> Any:
 
 def stream_loader(
     data: StreamBatches, batches: list[Any], *, workers: int, pin: bool
-) -> DataLoader:
+) -> DataLoader[Any]:
     """Batches of positions, in the order given, fetched by ``workers`` processes ahead of use.
     The loader draws its seed from its own generator: the global RNG (dropout) is untouched."""
     return DataLoader(

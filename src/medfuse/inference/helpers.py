@@ -144,7 +144,8 @@ def predict_logits(
     """Fused logits ``(N, K)`` and, with ``branches``, each branch's auxiliary logits."""
     was = model.training
     model.eval()
-    fused, per = [], {m: [] for m in data.masks}
+    fused: list[torch.Tensor] = []
+    per: dict[str, list[torch.Tensor]] = {m: [] for m in data.masks}
     order = [
         torch.arange(start, min(start + batch_size, len(data)))
         for start in range(0, len(data), batch_size)

@@ -626,22 +626,22 @@ class Trainer:
         }
 
     def _print_epoch(self, run: StageRun, record: dict[str, Any], bar: Any) -> None:
-        """``end_to_end epoch 3/10 2.1 s train_loss 0.4123 val_auroc 0.8712 * (850 samples/s,
-        data wait 3%)``: the star only for an epoch kept for being the best so far (never with
-        ``keep: last``); the throughput of this rank's training pass, and the share of it spent
-        waiting for batches."""
+        """``end_to_end epoch 3/10 2.1 s 850 samples/s data wait 3% train_loss 0.4123
+        val_auroc 0.8712 *``: the throughput of this rank's training pass and the share of it
+        spent waiting for batches (the log line; the progress bar has its own clock); the star
+        only for an epoch kept for being the best so far (never with ``keep: last``)."""
         star = " *" if record["best"] and self.spec.train.keep == "best" else ""
         busy = record.get("data_wait_s", 0.0) + record.get("compute_s", 0.0)
         wait = 100 * record.get("data_wait_s", 0.0) / busy if busy > 0 else 0.0
-        text = (
-            f"{run.name} epoch {record['epoch']}/{run.epochs} {record['seconds']:.1f} s "
+        head = f"{run.name} epoch {record['epoch']}/{run.epochs} {record['seconds']:.1f} s"
+        tail = (
             f"train_loss {record['train_loss']:.4f} {record['metric']} {record['score']:.4f}{star}"
-            f" ({record.get('samples_per_s', 0.0):.0f} samples/s, data wait {wait:.0f}%)"
         )
         if bar is not None:
-            bar.update(bar.task_ids[0], advance=1, description=text)
+            bar.update(bar.task_ids[0], advance=1, description=f"{head} {tail}")
         elif self.is_main:
-            log.info("%s", text)
+            speed = f"{record.get('samples_per_s', 0.0):.0f} samples/s data wait {wait:.0f}%"
+            log.info("%s %s %s", head, speed, tail)
 
     def _end_stage(self, run: StageRun, g_aug: torch.Generator) -> None:
         """Load the kept weights, record the stage and checkpoint its end."""
