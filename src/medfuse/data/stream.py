@@ -76,7 +76,9 @@ def available_memory() -> int:
 
 def decoded_bytes(rows: int, modalities: dict[str, ModalitySpec]) -> int:
     """The size of a manifest's file modalities once decoded (float32)."""
-    return sum(rows * math.prod(m.shape) * 4 for m in modalities.values() if m.kind in ("image", "signal"))
+    return sum(
+        rows * math.prod(m.shape) * 4 for m in modalities.values() if m.kind in ("image", "signal")
+    )
 
 
 def choose_stream(stream: bool | str, rows: int, modalities: dict[str, ModalitySpec]) -> bool:
