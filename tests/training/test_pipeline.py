@@ -51,10 +51,15 @@ def test_training_prints_a_data_summary_and_named_metrics(tiny_spec, tmp_path, c
     # each epoch: seconds, the metric by name, a star for the epoch kept as best so far
     lines = re.findall(r"end_to_end epoch \d/2 .*", text)
     assert len(lines) == 2, text
-    assert re.fullmatch(r"end_to_end epoch 1/2 \d+\.\d s train_loss \S+ val_auprc \S+ \*", lines[0])
+    assert re.fullmatch(
+        r"end_to_end epoch 1/2 \d+\.\d s \d+ samples/s data wait \d+% "
+        r"train_loss \S+ val_auprc \S+ \*",
+        lines[0],
+    )
     assert "val_score" not in text
     hist = [json.loads(x) for x in (res.package / "metrics.jsonl").read_text().splitlines()]
     assert all(h["seconds"] > 0 and h["metric"] == "val_auprc" for h in hist)
+    assert all(h["samples_per_s"] > 0 and h["data_wait_s"] >= 0 < h["compute_s"] for h in hist)
 
 
 def test_keep_last_marks_no_epoch_as_best(tiny_spec, tmp_path, caplog) -> None:

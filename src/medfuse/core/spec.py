@@ -343,6 +343,15 @@ class DataSpec(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
     on_bad_row: Literal["fail", "missing"] = "fail"
+    stream: bool | Literal["auto"] = Field(
+        default="auto",
+        description="manifest files: true decodes them once into an on-disk cache "
+        "(MEDFUSE_CACHE_DIR) and streams batches from it; false holds every split in memory; "
+        "auto streams when the decoded files would take more than 15% of the available memory",
+    )
+    workers: int = Field(
+        default=2, ge=0, le=64, description="worker processes that decode and load streamed data"
+    )
     unseen_category: Literal["error", "flag"] = Field(
         default="error",
         description="at prediction, a categorical value never seen in training: an error, or "

@@ -96,19 +96,27 @@ def load_data(
     seed: int = 0,
     labels: list[str] | None = None,
     positive: str | None = None,
+    stream: bool | str = False,
+    workers: int = 2,
 ) -> DataBundle:
     """Load a data source by name (``medmnist:breastmnist``, ``manifest:file.csv``, ``synthetic``).
 
     ``labels``: the class names the model knows (a spec's or a package's), in its order: a label
-    outside them is refused. ``positive``: the positive class of a binary task. The returned
-    bundle is validated (``validate_bundle``) and carries its ``info["fingerprint"]``."""
+    outside them is refused. ``positive``: the positive class of a binary task. ``stream``
+    (``data.stream``: true, false or ``auto``): a manifest's files are decoded once into a cache
+    and streamed (``medfuse.data.stream``; ``workers`` processes decode them) instead of held in
+    memory. The returned bundle is validated (``validate_bundle``) and carries its
+    ``info["fingerprint"]``."""
+    from medfuse.data.stream import check_stream_source, stream_pass
     from medfuse.data.validate import fingerprint, validate_bundle
 
     kind, arg = parse_source(source)
+    check_stream_source(kind, stream)
     loader = DATASETS.get(kind, path="data.source")
     options = dict(options or {})
     if labels and kind == "manifest" and "labels" not in options:
         options["labels"] = list(labels)  # rows are encoded in the model's order
+    extra = {"stream": stream} if kind == "manifest" and stream is not False else {}
     bundle = loader(
         arg,
         options,
@@ -117,12 +125,15 @@ def load_data(
         task=task,
         on_bad_row=on_bad_row,
         seed=seed,
+        **extra,
     )
     bundle = keep_modalities(bundle, list(modalities or {}))
     tokenize_text(bundle)
     if labels and bundle.task != "multilabel":
         _known_labels(bundle, list(labels), source)
     order_binary(bundle, positive)
+    if any(is_lazy(x) for x in bundle.train.arrays.values()):
+        stream_pass(bundle, on_bad_row=on_bad_row, workers=workers)
     validate_bundle(bundle)
     bundle.info["fingerprint"] = fingerprint(bundle)
     return bundle
@@ -154,6 +165,11 @@ def tokenize_text(bundle: DataBundle) -> DataBundle:
             )
         bundle.info.setdefault("tokenizers", {})[m] = tok
     return bundle
+
+
+def is_lazy(x: Any) -> bool:
+    """A streamed modality's column (``medfuse.data.stream.LazyColumn``), not an array."""
+    return type(x).__name__ == "LazyColumn"
 
 
 def _known_labels(bundle: DataBundle, labels: list[str], source: str) -> None:
@@ -270,6 +286,8 @@ def load_spec_data(
         seed=spec.train.seed,
         labels=spec.task.labels,
         positive=spec.task.positive_class,
+        stream=spec.data.stream if kind == "manifest" or data is not None else False,
+        workers=spec.data.workers,
     )
     if recorded and recorded.get("fingerprint"):
         bundle.info["fingerprint_check"] = compare_fingerprints(

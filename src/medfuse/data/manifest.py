@@ -134,9 +134,12 @@ def read_rows(
     categories: dict[str, dict[str, list[str]]] | None,
     where: str,
     contain: list[Path] | None = None,
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
+    lazy: bool = False,
+) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
     """Read every modality of every row. Returns arrays, masks and a report (bad rows, categories).
-    With ``contain``, a file path outside those folders is refused (never read)."""
+    With ``contain``, a file path outside those folders is refused (never read). With ``lazy``,
+    file modalities are not read: each becomes a ``LazyColumn`` (``medfuse.data.stream``) whose
+    mask says which cells name a file; the stream pass reads them."""
     n = len(df)
     arrays: dict[str, np.ndarray] = {}
     masks: dict[str, np.ndarray] = {}
@@ -158,9 +161,14 @@ def read_rows(
         if m.kind == "text":  # the text itself, or a .txt file per row (tokenized after the split)
             arrays[name], masks[name] = _read_texts(df[col].tolist(), base, name, where, contain)
             continue
+        report["paths"][name] = ["" if _empty(c) else str(c).strip() for c in df[col].tolist()]
+        if lazy:
+            arrays[name], masks[name] = _lazy_column(
+                name, m, report["paths"][name], base, where, contain
+            )
+            continue
         x = np.zeros((n, *m.shape), np.float32)
         mask = np.zeros(n, np.float32)
-        report["paths"][name] = ["" if _empty(c) else str(c).strip() for c in df[col].tolist()]
         scales: dict[str, list[int]] = {}  # without a window: each file's own scale, one allowed
         for i, cell in enumerate(df[col].tolist()):
             if _empty(cell):
@@ -199,6 +207,31 @@ def read_rows(
             report["bad_rows"][0],
         )
     return arrays, masks, report
+
+
+def _lazy_column(
+    name: str,
+    m: ModalitySpec,
+    cells: list[str],
+    base: Path,
+    where: str,
+    contain: list[Path] | None,
+) -> tuple[Any, np.ndarray]:
+    """A file modality to stream: each cell's absolute path (checked for containment), unread."""
+    from medfuse.data.stream import LazyColumn, Source
+
+    paths = []
+    for i, cell in enumerate(cells):
+        if not cell:
+            paths.append("")
+            continue
+        path = Path(cell)
+        path = path if path.is_absolute() else base / path
+        if contain is not None:
+            require_contained(path, contain, f"{where} row {i + 2} ({name})")
+        paths.append(str(path.resolve()))
+    mask = np.array([1.0 if p else 0.0 for p in paths], np.float32)
+    return LazyColumn(Source(name, m, paths, where=where), np.arange(len(paths))), mask
 
 
 def _labels(
@@ -288,8 +321,13 @@ def load_manifest(
     task: str | None,
     on_bad_row: str,
     seed: int,
+    stream: bool | str = False,
 ) -> DataBundle:
-    """A CSV manifest: per-modality file columns, tabular columns, label(s), optional split column."""
+    """A CSV manifest: per-modality file columns, tabular columns, label(s), optional split column.
+    ``stream`` (``data.stream``): true or ``auto`` on large data leaves file modalities unread
+    (``medfuse.data.stream``)."""
+    from medfuse.data.stream import choose_stream
+
     for k in options:
         if k not in OPTIONS:
             raise SpecError(
@@ -322,6 +360,7 @@ def load_manifest(
         categories=None,
         where=where,
         contain=[base, root] if options.get("contain_paths", False) else None,
+        lazy=choose_stream(stream, len(df), modalities),
     )
     patient_col = options.get("patient_column", "patient_id")
     groups = df[patient_col].astype(str).to_numpy() if patient_col in df.columns else None

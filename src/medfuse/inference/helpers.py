@@ -1,8 +1,9 @@
-"""Inference helpers every torch-side verb shares: a split as normalised tensors, the device to
-run on, and batched logits from a model."""
+"""Inference helpers every torch-side verb shares: a split as normalised tensors (in memory, or
+streamed from the decode-once cache), the device to run on, and batched logits from a model."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,9 @@ import torch
 from torch import nn
 
 from medfuse.core.preprocess import normalize
-from medfuse.data import Split
+from medfuse.data import Split, is_lazy
+
+Batch = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -35,8 +38,80 @@ class Tensors:
             self.y[idx].to(device, non_blocking=nb),
         )
 
+    def batches(self, order: Sequence[torch.Tensor], device: torch.device) -> Iterator[Batch]:
+        """The batches of positions ``order`` (one index tensor per batch), on ``device``."""
+        for idx in order:
+            yield self.batch(idx, device)
 
-def to_tensors(split: Split, stats: dict[str, Any]) -> Tensors:
+    def without(self, m: str) -> Tensors:
+        """The same samples with modality ``m`` absent (zero values, mask 0)."""
+        masks = {k: (torch.zeros_like(v) if k == m else v) for k, v in self.masks.items()}
+        inputs = {k: (torch.zeros_like(v) if k == m else v) for k, v in self.inputs.items()}
+        return Tensors(inputs, masks, self.y)
+
+
+class StreamTensors:
+    """A split with streamed modalities (``medfuse.data.stream``): targets and masks in memory,
+    inputs read from the decode-once cache and normalised by DataLoader workers, batch by batch,
+    in the order asked (the in-memory path's values and order: the same training)."""
+
+    def __init__(
+        self,
+        split: Split,
+        stats: dict[str, Any],
+        *,
+        workers: int = 2,
+        zero: tuple[str, ...] = (),
+    ) -> None:
+        from medfuse.data.stream import StreamBatches
+
+        self.split, self.stats, self.workers, self.zero = split, stats, workers, zero
+        self.masks = {
+            m: torch.from_numpy(np.asarray(v, np.float32)) * (0.0 if m in zero else 1.0)
+            for m, v in split.masks.items()
+        }
+        self.y = torch.from_numpy(np.asarray(split.y))
+        self.data = StreamBatches(split.arrays, split.masks, np.asarray(split.y), stats, zero)
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def inputs(self) -> dict[str, torch.Tensor]:
+        from medfuse.core.errors import DataError
+
+        raise DataError(
+            "this split is streamed (data.stream): its inputs are not held in memory; this step "
+            "needs data.stream: false"
+        )
+
+    def batch(self, idx: torch.Tensor, device: torch.device) -> Batch:
+        return next(self.batches([idx], device, workers=0))
+
+    def batches(
+        self, order: Sequence[torch.Tensor], device: torch.device, *, workers: int | None = None
+    ) -> Iterator[Batch]:
+        from medfuse.data.stream import stream_loader
+
+        nb = device.type == "cuda"
+        n = self.workers if workers is None else workers
+        loader = stream_loader(self.data, list(order), workers=min(n, len(order)), pin=nb)
+        for inputs, masks, y in loader:
+            yield (
+                {k: v.to(device, non_blocking=nb) for k, v in inputs.items()},
+                {k: v.to(device, non_blocking=nb) for k, v in masks.items()},
+                y.to(device, non_blocking=nb),
+            )
+
+    def without(self, m: str) -> StreamTensors:
+        return StreamTensors(self.split, self.stats, workers=self.workers, zero=(*self.zero, m))
+
+
+def to_tensors(split: Split, stats: dict[str, Any], *, workers: int = 2) -> Tensors:
+    """A split as normalised tensors; a split with streamed modalities as
+    :class:`StreamTensors` (same interface, batches read from the cache)."""
+    if any(is_lazy(x) for x in split.arrays.values()):
+        return StreamTensors(split, stats, workers=workers)  # type: ignore[return-value]
     inputs = {
         m: torch.from_numpy(normalize(x, split.masks[m], stats[m])) for m, x in split.arrays.items()
     }
@@ -69,10 +144,13 @@ def predict_logits(
     """Fused logits ``(N, K)`` and, with ``branches``, each branch's auxiliary logits."""
     was = model.training
     model.eval()
-    fused, per = [], {m: [] for m in data.inputs}
-    for start in range(0, len(data), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(data)))
-        inputs, masks, _ = data.batch(idx, device)
+    fused: list[torch.Tensor] = []
+    per: dict[str, list[torch.Tensor]] = {m: [] for m in data.masks}
+    order = [
+        torch.arange(start, min(start + batch_size, len(data)))
+        for start in range(0, len(data), batch_size)
+    ]
+    for inputs, masks, _ in data.batches(order, device):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(inputs, masks, aux="detached") if branches else model(inputs, masks)
         logits, aux = out if branches else (out, {})

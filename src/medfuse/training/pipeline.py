@@ -89,7 +89,13 @@ def fit_preprocessing(spec: Spec, train: Split, info: dict[str, Any]) -> dict[st
         for m in spec.modalities
     }
     kinds = {m: spec.modalities[m].kind for m in spec.modalities}
-    stats = fit_stats(train.arrays, train.masks, axes, kinds)
+    streamed = (info.get("stream") or {}).get("stats") or {}  # the stream pass fitted these
+    memory = [m for m in train.arrays if m not in streamed]
+    stats = fit_stats(
+        {m: train.arrays[m] for m in memory}, {m: train.masks[m] for m in memory}, axes, kinds
+    )
+    stats.update({m: dict(streamed[m]) for m in train.arrays if m in streamed})
+    stats = {m: stats[m] for m in train.arrays}  # the in-memory path's order
     from medfuse.models.branches.pretrained import RAW_INPUT
 
     for m, b in spec.branches.items():
@@ -198,7 +204,7 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 #: spec fields a resume may change when named in the override list: training settings only (a
 #: model's shape, data and task are what the checkpoint's weights are)
-RESUMABLE = ("train.", "threshold.", "name")
+RESUMABLE = ("train.", "threshold.", "name", "data.stream", "data.workers")
 
 
 def check_resume(
@@ -438,11 +444,7 @@ def split_metrics(
         if len(spec.modalities) > 1:
             out["without"] = {}
             for m in spec.modalities:
-                masks = {k: (torch.zeros_like(v) if k == m else v) for k, v in data.masks.items()}
-                inputs = {k: (torch.zeros_like(v) if k == m else v) for k, v in data.inputs.items()}
-                lg, _ = predict_logits(
-                    model, Tensors(inputs, masks, data.y), device, bf16=spec.train.bf16
-                )
+                lg, _ = predict_logits(model, data.without(m), device, bf16=spec.train.bf16)
                 mm = compute_metrics(task, y, probabilities(task, lg), threshold, labels)
                 out["without"][m] = {k: mm[k] for k in SUMMARY_KEYS if k in mm}
     return out
@@ -542,7 +544,9 @@ def run_fit(
             (workdir / RUN_SPEC).write_text(json.dumps(spec.to_dict()))
     if stats is None:
         stats = fit_preprocessing(spec, bundle.train, bundle.info)
-    train_t, val_t = to_tensors(bundle.train, stats), to_tensors(bundle.val, stats)
+    w = spec.data.workers
+    train_t = to_tensors(bundle.train, stats, workers=w)
+    val_t = to_tensors(bundle.val, stats, workers=w)
     fit = FitContext(session, train_t, val_t, resume, progress, on_epoch, list(callbacks or []))
     members = None
     if spec.ensemble == 1:
@@ -563,7 +567,7 @@ def run_fit(
     if out.finetune is None and members:  # an ensemble: its first member's record
         first = members_of(fitted)[0]
         out.finetune = getattr(first, "finetune_record", None)
-    test_t = to_tensors(bundle.test, stats) if bundle.test is not None else None
+    test_t = to_tensors(bundle.test, stats, workers=w) if bundle.test is not None else None
     out.threshold, out.metrics = threshold_and_metrics(
         fitted, spec, val_t, test_t, session.device, bundle.val.y
     )

@@ -1,0 +1,282 @@
+"""Manifest data at scale (issue 18): peak memory and wall time of one training epoch on N grey
+224x224 PNGs + two clinical columns, for
+
+* ``medfuse stream, cold``: ``data.stream: true`` with an empty cache (the pass decodes every
+  file into the cache and fits the statistics, then the epoch reads the cache);
+* ``medfuse stream, cached``: the same run again (the pass reads the cache; no decoding);
+* ``medfuse in memory``: ``data.stream: false`` (today's path: every split decoded into RAM);
+* ``plain DataLoader``: a hand-written lazy ``Dataset`` (PIL decode + resize + normalise per
+  sample, every epoch) and ``DataLoader(num_workers=W)`` training the same model.
+
+Each variant runs in its own process; peak RSS is that process's (``main``) and the largest of
+its DataLoader workers' (``workers``). ``prepare s``: loading (medfuse: read the manifest, decode
+or read the cache, statistics, validation, fingerprint); ``epoch s``: the training pass of the
+one epoch; ``total s``: the process's wall time (medfuse also validates, picks a threshold,
+computes val metrics and writes the package). The images are written to a temporary folder and
+removed afterwards (never committed).
+
+    python benchmarks/scale.py --n 1000 [--workers 2] [--threads 2] [--skip-memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIZE = 224
+
+
+def make_data(root: Path, n: int) -> Path:
+    """N grey PNGs (brighter on average for the positive class) and a CSV: label, image, age,
+    marker, split (80% train, 20% val)."""
+    import pandas as pd
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        y = int(rng.random() < 0.4)
+        base = rng.normal(100 + 30 * y, 35, (SIZE // 8, SIZE // 8))
+        px = np.kron(base, np.ones((8, 8))) + rng.normal(0, 10, (SIZE, SIZE))
+        Image.fromarray(np.clip(px, 0, 255).astype(np.uint8), mode="L").save(
+            root / "img" / f"{i}.png"
+        )
+        rows.append(
+            {
+                "id": f"s{i}",
+                "label": y,
+                "image": f"img/{i}.png",
+                "age": round(50 + 10 * rng.normal() + 4 * y, 1),
+                "marker": round(rng.normal(y, 1.0), 3),
+                "split": "val" if i % 5 == 0 else "train",
+            }
+        )
+    pd.DataFrame(rows).to_csv(root / "cases.csv", index=False)
+    return root / "cases.csv"
+
+
+def spec_for(csv: Path, stream: bool, workers: int) -> dict:
+    return {
+        "name": "scale",
+        "task": {"type": "binary"},
+        "data": {
+            "source": f"manifest:{csv}",
+            "options": {"split_column": "split"},
+            "stream": stream,
+            "workers": workers,
+        },
+        "modalities": {
+            "image": {"kind": "image", "channels": 1, "size": [SIZE, SIZE]},
+            "clinical": {"kind": "tabular", "columns": ["age", "marker"]},
+        },
+        "branches": {
+            "image": {"type": "cnn", "width": 4, "depth": 1, "out_features": 8},
+            "clinical": {"type": "mlp", "hidden": 8, "out_features": 4},
+        },
+        "head": {"hidden": 16},
+        "train": {
+            "epochs": 1,
+            "batch_size": 32,
+            "lr": 0.003,
+            "early_stopping": None,
+            "stages": ["end_to_end"],
+            "keep": "last",
+        },
+        "threshold": {"method": "youden"},
+    }
+
+
+def peak_rss_mib() -> tuple[float, float]:
+    """This process's peak RSS and its largest waited-for child's (Linux: KiB)."""
+    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return me, kids
+
+
+def run_medfuse(csv: Path, stream: bool, workers: int, out: Path) -> dict:
+    """``medfuse.train``'s steps, timed: load (and for streams, the pass), then the fit pipeline
+    (1 epoch, validation, threshold, val metrics); no package is written."""
+    from medfuse.core.spec import parse_spec
+    from medfuse.distributed.strategies import start_session
+    from medfuse.training.pipeline import prepare_data, run_fit
+
+    t0 = time.perf_counter()
+    spec, bundle = prepare_data(parse_spec(spec_for(csv, stream, workers)))
+    prepare = time.perf_counter() - t0
+    info = bundle.info.get("stream") or {}
+    epochs: list[dict] = []
+    session = start_session(spec, "cpu")
+    run_fit(spec, bundle, session, workdir=out, progress=False, on_epoch=epochs.append)
+    rec = epochs[0]
+    return {
+        "prepare_s": prepare,
+        "epoch_s": rec["data_wait_s"] + rec["compute_s"],
+        "data_wait_s": rec["data_wait_s"],
+        "samples_per_s": rec["samples_per_s"],
+        "total_s": time.perf_counter() - t0,
+        "decoded": sum((info.get("decoded") or {}).values()),
+        "cached": sum((info.get("cached") or {}).values()),
+    }
+
+
+def run_plain(csv: Path, workers: int) -> dict:
+    """A plain lazy Dataset + DataLoader: decode, resize and normalise each PNG every epoch."""
+    import pandas as pd
+    import torch
+    from PIL import Image
+    from torch.utils.data import DataLoader, Dataset
+
+    from medfuse.core.spec import parse_spec
+    from medfuse.models import build_model
+
+    t0 = time.perf_counter()
+    df = pd.read_csv(csv)
+    base = csv.parent
+    spec = parse_spec({**spec_for(csv, False, workers), "task": {"type": "binary"}})
+    spec = spec.model_copy(update={"task": spec.task.model_copy(update={"labels": ["0", "1"]})})
+    tab = df[["age", "marker"]].to_numpy(np.float32)
+    tab = (tab - tab.mean(0)) / tab.std(0)
+
+    class Lazy(Dataset):
+        def __init__(self, idx: np.ndarray) -> None:
+            self.idx = idx
+
+        def __len__(self) -> int:
+            return len(self.idx)
+
+        def __getitem__(self, i: int):
+            r = int(self.idx[i])
+            with Image.open(base / df["image"].iloc[r]) as im:
+                im = im.convert("L").resize((SIZE, SIZE), Image.BILINEAR)
+                x = np.asarray(im, np.float32)[None]
+            x = (x - 110.0) / 40.0
+            return x, tab[r], np.float32(df["label"].iloc[r])
+
+    train_idx = np.flatnonzero(df["split"].to_numpy() == "train")
+    val_idx = np.flatnonzero(df["split"].to_numpy() == "val")
+    prepare = time.perf_counter() - t0
+    torch.manual_seed(0)
+    from medfuse.core.spec import complete_spec
+
+    spec = complete_spec(spec, spec.modalities, ["0", "1"])
+    model = build_model(spec)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    loader = DataLoader(Lazy(train_idx), batch_size=32, shuffle=True, num_workers=workers)
+    t1 = time.perf_counter()
+    wait, n = 0.0, 0
+    model.train()
+    it = iter(loader)
+    while True:
+        tw = time.perf_counter()
+        try:
+            x, c, y = next(it)
+        except StopIteration:
+            break
+        wait += time.perf_counter() - tw
+        ones = torch.ones(len(y))
+        logits = model({"image": x, "clinical": c}, {"image": ones, "clinical": ones})
+        loss = loss_fn(logits[:, 0], y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        n += len(y)
+    epoch = time.perf_counter() - t1
+    model.eval()
+    with torch.no_grad():
+        for x, c, _ in DataLoader(Lazy(val_idx), batch_size=256, num_workers=workers):
+            ones = torch.ones(len(x))
+            model({"image": x, "clinical": c}, {"image": ones, "clinical": ones})
+    return {
+        "prepare_s": prepare,
+        "epoch_s": epoch,
+        "data_wait_s": wait,
+        "samples_per_s": n / epoch,
+        "total_s": time.perf_counter() - t0,
+    }
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    csv = Path(args.csv)
+    if args.variant == "plain":
+        res = run_plain(csv, args.workers)
+    else:
+        res = run_medfuse(
+            csv, args.variant != "memory", args.workers, Path(args.tmp) / f"pkg-{args.variant}"
+        )
+    res["rss_main_mib"], res["rss_workers_mib"] = peak_rss_mib()
+    print("RESULT " + json.dumps(res), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--n", type=int, default=1000, help="images")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads per process")
+    ap.add_argument("--skip-memory", action="store_true", help="leave out stream: false")
+    ap.add_argument("--variant", help=argparse.SUPPRESS)
+    ap.add_argument("--csv", help=argparse.SUPPRESS)
+    ap.add_argument("--tmp", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.variant:
+        child(args)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="medfuse-scale-"))
+    try:
+        t0 = time.perf_counter()
+        csv = make_data(tmp / "data", args.n)
+        print(f"{args.n} PNGs {SIZE}x{SIZE} written in {time.perf_counter() - t0:.1f} s ({tmp})")
+        env = {**os.environ, "MEDFUSE_CACHE_DIR": str(tmp / "cache")}
+        variants = ["cold", "cached", *([] if args.skip_memory else ["memory"]), "plain"]
+        names = {
+            "cold": "medfuse stream, cold cache",
+            "cached": "medfuse stream, cached",
+            "memory": "medfuse in memory (stream: false)",
+            "plain": f"plain Dataset+DataLoader(num_workers={args.workers})",
+        }
+        rows = []
+        for v in variants:
+            cmd = [sys.executable, __file__, "--variant", v, "--csv", str(csv), "--tmp", str(tmp)]
+            cmd += ["--workers", str(args.workers), "--threads", str(args.threads)]
+            p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+            if p.returncode or not line:
+                print(p.stdout[-2000:], p.stderr[-4000:])
+                raise SystemExit(f"variant {v} failed")
+            rows.append((names[v], json.loads(line[-1][7:])))
+        head = (
+            f"{'variant':38s} {'prepare s':>9s} {'epoch s':>8s} {'wait s':>7s} {'img/s':>6s} "
+            f"{'total s':>8s} {'RSS main MiB':>12s} {'RSS worker MiB':>14s} {'decoded':>7s}"
+        )
+        print(
+            f"\nN={args.n}, {SIZE}x{SIZE} grey PNG + 2 columns, 1 epoch, batch 32, "
+            f"{args.workers} workers, {args.threads} torch threads"
+        )
+        print(head)
+        print("-" * len(head))
+        for name, r in rows:
+            print(
+                f"{name:38s} {r['prepare_s']:9.1f} {r['epoch_s']:8.1f} {r['data_wait_s']:7.1f} "
+                f"{r['samples_per_s']:6.0f} {r['total_s']:8.1f} {r['rss_main_mib']:12.0f} "
+                f"{r['rss_workers_mib']:14.0f} {r.get('decoded', '-')!s:>7s}"
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""Manifest data larger than memory (issue 18): the streamed path trains exactly as the in-memory
+one, the decode-once cache is reused, invalidated per file and per spec, and crash-safe, and the
+streaming pass's statistics and fingerprint equal the in-memory ones."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import medfuse
+from medfuse.core.errors import DataError
+from medfuse.core.readers import read_modality
+from medfuse.core.spec import parse_spec
+from medfuse.data import is_lazy, load_spec_data
+from medfuse.data import stream as stream_mod
+from medfuse.data.examples import write_png
+from medfuse.training.pipeline import fit_preprocessing
+
+N = 200
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """N grey SIZE-px PNGs (brighter for the positive class), two clinical columns, 0/1 labels,
+    one empty image cell; splits drawn by the manifest loader."""
+    root = tmp_path_factory.mktemp("stream")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(N):
+        y = int(rng.random() < 0.4)
+        px = np.clip(rng.normal(90 + 50 * y, 40, (SIZE, SIZE)), 0, 255).astype(np.uint8)
+        img = write_png(root / "img" / f"{i}.png", px)
+        rows.append(
+            {
+                "id": f"s{i}",
+                "label": y,
+                "image": "" if i == 7 else img.relative_to(root).as_posix(),
+                "age": 50 + 10 * rng.normal() + 5 * y,
+                "marker": rng.normal(y, 1.0) if i % 11 else np.nan,
+            }
+        )
+    csv = root / "cases.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    return csv
+
+
+def _spec(csv: Path, stream: Any, size: int = SIZE, workers: int = 0) -> dict[str, Any]:
+    return {
+        "name": "stream",
+        "task": {"type": "binary"},
+        "data": {"source": f"manifest:{csv}", "stream": stream, "workers": workers},
+        "modalities": {
+            "image": {"kind": "image", "channels": 1, "size": [size, size]},
+            "clinical": {"kind": "tabular", "columns": ["age", "marker"]},
+        },
+        "branches": {
+            "image": {"type": "cnn", "width": 4, "depth": 1, "out_features": 4},
+            "clinical": {"type": "mlp", "hidden": 8, "out_features": 4},
+        },
+        "head": {"hidden": 8},
+        "train": {
+            "epochs": 2,
+            "batch_size": 32,
+            "lr": 0.01,
+            "early_stopping": None,
+            "stages": ["end_to_end"],
+            "modality_dropout": {"clinical": 0.2},
+        },
+    }
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    d = tmp_path / "cache"
+    monkeypatch.setenv("MEDFUSE_CACHE_DIR", str(d))
+    return d
+
+
+def _load(csv: Path, stream: Any, **kw: Any):
+    return load_spec_data(parse_spec(_spec(csv, stream, **kw)))
+
+
+def _valid_caches(root: Path) -> list[Path]:
+    return [p for p in root.glob("*") if (p / stream_mod.INDEX).exists()] if root.exists() else []
+
+
+def test_streamed_statistics_and_fingerprint_equal_the_in_memory_ones(manifest: Path) -> None:
+    mem, st = _load(manifest, False), _load(manifest, True)
+    assert not is_lazy(mem.train.arrays["image"]) and is_lazy(st.train.arrays["image"])
+    spec = parse_spec(_spec(manifest, False))
+    a, b = fit_preprocessing(spec, mem.train, mem.info), fit_preprocessing(spec, st.train, st.info)
+    assert list(a) == list(b)
+    for m in a:
+        np.testing.assert_allclose(
+            a[m]["mean"], b[m]["mean"], rtol=1e-7, atol=1e-9
+        )  # float64 sums, two orders
+        np.testing.assert_allclose(
+            a[m]["std"], b[m]["std"], rtol=1e-7, atol=1e-9
+        )  # float64 sums, two orders
+    assert a["clinical"] == b["clinical"]  # tabular columns are in memory either way
+    assert a["image"]["range"] == pytest.approx(b["image"]["range"], rel=1e-12)
+    assert mem.info["fingerprint"] == st.info["fingerprint"]  # counts, ids, masks, value bytes
+    for s in ("train", "val", "test"):
+        np.testing.assert_array_equal(mem.split(s).masks["image"], st.split(s).masks["image"])
+        col = st.split(s).arrays["image"]
+        np.testing.assert_array_equal(mem.split(s).arrays["image"], col.read(np.arange(len(col))))
+
+
+def test_stream_true_trains_exactly_like_stream_false(manifest: Path, tmp_path: Path) -> None:
+    """Same seed, same batch order, same values: the same weights and metrics."""
+    runs = {}
+    for stream in (False, True):
+        res = medfuse.train(_spec(manifest, stream), out=tmp_path / f"m{stream}", progress=False)
+        runs[stream] = res
+    assert runs[True].metrics["val"]["auroc"] == runs[False].metrics["val"]["auroc"]
+    assert runs[True].metrics["test"] == runs[False].metrics["test"]
+    wa = (tmp_path / "mFalse" / "model.safetensors").read_bytes()
+    wb = (tmp_path / "mTrue" / "model.safetensors").read_bytes()
+    assert wa == wb
+
+
+def test_worker_processes_serve_the_same_batches(manifest: Path) -> None:
+    import torch
+
+    from medfuse.inference.helpers import to_tensors
+
+    st = _load(manifest, True, workers=2)
+    assert st.info["stream"]["decoded"]["image"] == N - 1  # one empty cell
+    spec = parse_spec(_spec(manifest, True))
+    stats = fit_preprocessing(spec, st.train, st.info)
+    mem = _load(manifest, False)
+    t_mem = to_tensors(mem.train, stats)
+    t_st = to_tensors(st.train, stats, workers=2)
+    order = [torch.randperm(len(t_mem), generator=torch.Generator().manual_seed(0))[:50]] * 3
+    for (i1, m1, y1), (i2, m2, y2) in zip(
+        t_mem.batches(order, torch.device("cpu")),
+        t_st.batches(order, torch.device("cpu")),
+        strict=True,
+    ):
+        for m in i1:
+            assert torch.equal(i1[m], i2[m]) and torch.equal(m1[m], m2[m])
+        assert torch.equal(y1, y2)
+
+
+def test_the_cache_is_reused_and_invalidated_per_file_and_per_spec(
+    manifest: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    first = _load(manifest, True).info["stream"]
+    assert first["decoded"]["image"] == N - 1 and first["cached"]["image"] == 0
+    again = _load(manifest, True).info["stream"]
+    assert again["decoded"]["image"] == 0 and again["cached"]["image"] == N - 1
+    assert len(_valid_caches(cache_dir)) == 1
+
+    # one changed file: its entry alone is decoded again, and its new values are used
+    data = tmp_path / "copy"
+    (data / "img").mkdir(parents=True)
+    df = pd.read_csv(manifest)
+    for cell in df["image"].dropna():
+        os.link(manifest.parent / cell, data / cell)
+    df.to_csv(data / "cases.csv", index=False)
+    _load(data / "cases.csv", True)  # the copy's own cache (other files: other paths)
+    changed = data / "img" / "3.png"
+    changed.unlink()
+    write_png(changed, np.full((SIZE, SIZE), 200, np.uint8))
+    bundle = _load(data / "cases.csv", True)
+    info = bundle.info["stream"]
+    assert info["decoded"]["image"] == 1 and info["cached"]["image"] == N - 2
+    spec = parse_spec(_spec(data / "cases.csv", True))
+    want = read_modality(changed, spec.modalities["image"])
+    src = bundle.train.arrays["image"].source
+    np.testing.assert_array_equal(src.values()[3], want)
+    assert bundle.info["fingerprint"] == _load(data / "cases.csv", False).info["fingerprint"]
+
+    # another preprocessing spec (size): another cache, every file decoded
+    other = _load(manifest, True, size=8).info["stream"]
+    assert other["decoded"]["image"] == N - 1
+
+
+def test_a_crash_mid_write_leaves_no_valid_looking_cache(
+    manifest: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = {"n": 0}
+    real = stream_mod.read_modality
+
+    def dying(path: Any, m: Any) -> np.ndarray:
+        calls["n"] += 1
+        if calls["n"] > 50:
+            raise KeyboardInterrupt  # killed mid-pass
+        return real(path, m)
+
+    monkeypatch.setattr(stream_mod, "read_modality", dying)
+    with pytest.raises(KeyboardInterrupt):
+        _load(manifest, True)
+    assert _valid_caches(cache_dir) == [] and not list(cache_dir.glob(".tmp-*"))
+
+    # a kill -9 cleans nothing up: the half-written directory is left, and never read
+    monkeypatch.setattr(stream_mod.Cache, "abort", lambda self: None)
+    calls["n"] = 0
+    with pytest.raises(KeyboardInterrupt):
+        _load(manifest, True)
+    assert _valid_caches(cache_dir) == [] and len(list(cache_dir.glob(".tmp-*"))) == 1
+    monkeypatch.setattr(stream_mod, "read_modality", real)
+    info = _load(manifest, True).info["stream"]
+    assert info["decoded"]["image"] == N - 1 and len(_valid_caches(cache_dir)) == 1
+
+
+def test_a_crash_while_updating_a_changed_file_re_decodes_it(
+    manifest: Path, tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "copy"
+    (data / "img").mkdir(parents=True)
+    df = pd.read_csv(manifest)
+    for cell in df["image"].dropna():
+        os.link(manifest.parent / cell, data / cell)
+    df.to_csv(data / "cases.csv", index=False)
+    _load(data / "cases.csv", True)
+    changed = data / "img" / "5.png"
+    changed.unlink()
+    write_png(changed, np.full((SIZE, SIZE), 10, np.uint8))
+
+    def dying(path: Any, m: Any) -> np.ndarray:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stream_mod, "read_modality", dying)
+    with pytest.raises(KeyboardInterrupt):
+        _load(data / "cases.csv", True)
+    monkeypatch.undo()
+    monkeypatch.setenv("MEDFUSE_CACHE_DIR", str(cache_dir))
+    info = _load(data / "cases.csv", True).info["stream"]
+    assert info["decoded"]["image"] == 1  # marked stale before the crash: decoded again
+
+
+def test_auto_streams_only_data_too_large_for_memory(
+    manifest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert not is_lazy(_load(manifest, "auto").train.arrays["image"])
+    monkeypatch.setattr(stream_mod, "available_memory", lambda: 1 << 20)  # 1 MiB
+    assert is_lazy(_load(manifest, "auto").train.arrays["image"])
+
+
+def test_unreadable_files_fail_or_become_missing_as_in_memory(
+    manifest: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "bad"
+    (data / "img").mkdir(parents=True)
+    df = pd.read_csv(manifest).head(60)
+    for cell in df["image"].dropna():
+        os.link(manifest.parent / cell, data / cell)
+    (data / "img" / "9.png").unlink()
+    (data / "img" / "9.png").write_bytes(b"not a png")
+    df.to_csv(data / "cases.csv", index=False)
+    with pytest.raises(DataError, match=r"row 11 \(image\)"):
+        _load(data / "cases.csv", True)
+    spec = _spec(data / "cases.csv", True)
+    spec["data"]["on_bad_row"] = "missing"
+    st = load_spec_data(parse_spec(spec))
+    mem_spec = copy.deepcopy(spec)
+    mem_spec["data"]["stream"] = False
+    mem = load_spec_data(parse_spec(mem_spec))
+    assert len(st.info["bad_rows"]) == len(mem.info["bad_rows"]) == 1
+    assert st.info["fingerprint"] == mem.info["fingerprint"]
