@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from medfuse.core.console import broken_pipe
 from medfuse.core.errors import (
     INTERNAL_ERROR,
     DataError,
@@ -159,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     except MedfuseError as err:
         print(f"medfuse.runtime: error: {one_line(err)}", file=sys.stderr)
         return err.exit_code
+    except BrokenPipeError:  # whoever read stdout went away (`... | head`)
+        return broken_pipe()
     except ImportError as err:  # an install without onnxruntime (or one of its libraries)
         print(
             f"medfuse.runtime: error: {type(err).__name__}: {one_line(err)}; the runtime needs "

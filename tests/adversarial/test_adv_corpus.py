@@ -977,3 +977,23 @@ def test_an_unexpected_exception_in_the_runtime_is_an_internal_error(
     res = run([corpus.good, "--input", corpus.inputs], runtime=True)
     assert res.code == INTERNAL_ERROR and "internal error: ValueError: a bug" in res.err
     assert "-v" in res.err and "Traceback" not in res.text
+
+
+def test_a_closed_pipe_is_not_an_internal_error(
+    corpus: Corpus, run: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``medfuse models | head``: the reader of stdout went away; exit 141 (SIGPIPE), quietly."""
+    import medfuse.export.verify as verify_module
+
+    def closed(*args: Any, **kwargs: Any) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    import medfuse.runtime as runtime_module
+
+    monkeypatch.setattr(verify_module, "verify_package", closed)
+    monkeypatch.setattr(runtime_module, "predict_file", closed)
+    for res in (
+        run(["verify", corpus.good]),
+        run([corpus.good, "--input", corpus.inputs], runtime=True),
+    ):
+        assert res.code == 141 and "internal error" not in res.text and "Traceback" not in res.text

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from medfuse import __version__
-from medfuse.core.console import Handler, Setup
+from medfuse.core.console import Handler, Setup, broken_pipe
 from medfuse.core.errors import INTERNAL_ERROR, MedfuseError, internal_error
 from medfuse.core.optional import extra_for
 
@@ -241,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # whoever read stdout went away (`medfuse models | head`)
+        return broken_pipe()
     except Exception as err:  # after every user-caused failure above: a defect
         return _internal(verb, err, argv)
 

@@ -3,7 +3,8 @@
 Exit codes of ``medfuse <verb>`` and ``python -m medfuse.runtime``: 0 success; 1 a failure that
 is not the input's (``MedfuseError``: a verification that fails, a device that is not there);
 2 a usage or spec error (``SpecError``, argparse, a missing extra); 3 the input data
-(``DataError``); 4 the model package (``PackageError``); 130 interrupted; ``INTERNAL_ERROR``
+(``DataError``); 4 the model package (``PackageError``); 130 interrupted; 141 stdout closed
+by its reader (``medfuse models | head``); ``INTERNAL_ERROR``
 (70) an unexpected exception: a defect in medfuse, reported on one line with the hint to rerun
 with ``-v`` for the traceback. Every failure a user's input can cause is one of 1-4.
 """
