@@ -804,6 +804,30 @@ def test_an_output_into_a_missing_folder_names_it(
     check(res, ["predict"], [str(out.parent), "does not exist"], USAGE)
 
 
+@pytest.mark.parametrize("verb", ["predict --out", "report --output", "train --out", "explain -o"])
+def test_a_folder_the_user_cannot_write_is_refused_even_when_run_as_root(
+    corpus: Corpus, run: Callable[..., Result], monkeypatch: pytest.MonkeyPatch, verb: str
+) -> None:
+    """The read-only case where permissions do not bind (root): the check asks the OS whether
+    the folder is writable, so a folder the OS says is not is refused before any work."""
+    import medfuse.core.paths as paths
+
+    folder = corpus.root / "locked"
+    folder.mkdir(exist_ok=True)
+    real = os.access
+
+    def access(path: Any, mode: int, **kwargs: Any) -> bool:
+        if Path(path) == folder and mode & os.W_OK:
+            return False
+        return real(path, mode, **kwargs)
+
+    monkeypatch.setattr(paths.os, "access", access)
+    out = folder / "out.csv"
+    argv = {**FILE_OUTPUTS, **DIR_OUTPUTS}[verb](corpus, out)
+    check(run(argv), argv, [str(folder), "not writable"], USAGE)
+    assert not out.exists()
+
+
 # ---- nonsense numbers ----------------------------------------------------------------------
 
 NUMBERS: dict[str, Callable[[Corpus, Path], list[Any]]] = {
