@@ -621,6 +621,18 @@ MANIFEST_VERBS: dict[str, Callable[[Path, Corpus, Path], list[Any]]] = {
         "--device",
         "cpu",
     ],
+    "train (spec, data.stream)": lambda m, c, o: [
+        "train",
+        c.spec_manifest,
+        "--set",
+        f"data.source=manifest:{m}",
+        "--set",
+        "data.stream=true",
+        "--out",
+        o,
+        "--device",
+        "cpu",
+    ],
     "train --table": lambda m, c, o: [
         "train",
         "--table",
