@@ -22,11 +22,21 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from medfuse.core.errors import DataError, MedfuseError, PackageError
+from medfuse.core.console import broken_pipe
+from medfuse.core.errors import (
+    INTERNAL_ERROR,
+    DataError,
+    MedfuseError,
+    PackageError,
+    SpecError,
+    internal_error,
+    one_line,
+)
 from medfuse.core.inputs import iter_batches
 from medfuse.core.onnx import OnnxPredictor, load
 from medfuse.core.optional import RUNTIMES, installed
 from medfuse.core.package import WEIGHTS, read_meta
+from medfuse.core.paths import output_file
 from medfuse.core.predictor import Predictions, attention_summary, table_columns
 
 __all__ = ["OnnxPredictor", "choose_runtime", "load", "main", "predict_file", "write_predictions"]
@@ -85,6 +95,10 @@ def predict_file(
             f"--out {out}: the torch-free runtime writes .csv; Parquet output needs "
             "pip install 'medfuse[train]'"
         )
+    if batch_size < 1:
+        raise SpecError("--batch-size", f"must be at least 1; got {batch_size}")
+    if out is not None:  # before any work: a folder that is missing or not writable
+        output_file(out, "--out")
     model = load(package, device=device, threads=threads)
     batches = iter_batches(input_path, model.schema, on_bad_row=on_bad_row, base_dir=base_dir)
     first = next(batches, None)  # input errors before the output file is created
@@ -126,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--on-bad-row", default="fail", choices=["fail", "missing"])
     ap.add_argument("--base-dir", help="directory relative file paths resolve against")
+    ap.add_argument(
+        "-v", "--verbose", action="store_true", help="the traceback of an internal error"
+    )
     a = ap.parse_args(argv)
     n = 0
     try:
@@ -143,16 +160,24 @@ def main(argv: list[str] | None = None) -> int:
     except MedfuseError as err:
         print(f"medfuse.runtime: error: {one_line(err)}", file=sys.stderr)
         return err.exit_code
-    except (OSError, ValueError, ImportError) as err:
-        print(f"medfuse.runtime: error: {type(err).__name__}: {one_line(err)}", file=sys.stderr)
-        return 1
+    except BrokenPipeError:  # whoever read stdout went away (`... | head`)
+        return broken_pipe()
+    except ImportError as err:  # an install without onnxruntime (or one of its libraries)
+        print(
+            f"medfuse.runtime: error: {type(err).__name__}: {one_line(err)}; the runtime needs "
+            "numpy and onnxruntime (pip install medfuse)",
+            file=sys.stderr,
+        )
+        return 2
+    except Exception as err:  # after every user-caused failure above: a defect
+        if a.verbose:
+            raise
+        rerun = "python -m medfuse.runtime -v ..."
+        print(internal_error("medfuse.runtime", err, rerun), file=sys.stderr)
+        return INTERNAL_ERROR
     for line in attention_summary(affected, n):
         print(line, file=sys.stderr)
     return 0
-
-
-def one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
 
 
 if __name__ == "__main__":

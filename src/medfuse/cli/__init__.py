@@ -21,8 +21,8 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from medfuse import __version__
-from medfuse.core.console import Handler, Setup
-from medfuse.core.errors import MedfuseError
+from medfuse.core.console import Handler, Setup, broken_pipe
+from medfuse.core.errors import INTERNAL_ERROR, MedfuseError, internal_error
 from medfuse.core.optional import extra_for
 
 
@@ -155,7 +155,12 @@ def _build(only: Iterable[str] | None) -> tuple[argparse.ArgumentParser, dict[st
         description="Compose, train, compress and migrate multimodal medical models.",
     )
     parser.add_argument("--version", action="version", version=f"medfuse {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug logging; the traceback of an internal error",
+    )
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     wanted = set(VERBS) if only is None else set(only)
     handlers: dict[str, Handler] = {}
@@ -185,7 +190,25 @@ def _verb_of(argv: list[str]) -> str | None:
     return first if first in VERBS else None
 
 
+def _verbose(argv: list[str], verb: str | None) -> bool:
+    """``-v``/``--verbose`` among the top-level options (before the verb)."""
+    top = argv[: argv.index(verb)] if verb in argv else argv
+    return any(x in ("-v", "--verbose") for x in top)
+
+
+def _internal(verb: str | None, err: Exception, argv: list[str]) -> int:
+    """An unexpected exception: one line naming it and how to get the traceback (exit 70)."""
+    if _verbose(argv, verb):
+        raise err
+    rerun = f"medfuse -v {verb} ..." if verb else "medfuse -v ..."
+    print(internal_error(f"medfuse {verb}" if verb else "medfuse", err, rerun), file=sys.stderr)
+    return INTERNAL_ERROR
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb. Every failure a user's input can cause is a ``MedfuseError`` (its message
+    on stderr, its exit code: ``medfuse.core.errors``); anything else is a defect, reported on
+    one line with exit code 70 (``-v``: the traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = _verb_of(argv)
     try:
@@ -208,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as err:
         extra = missing_extra(verb or "", err)
         if extra is None:
-            raise
+            return _internal(verb, err, argv)
         print(
             f"medfuse {verb}: needs {err.name}, which is not installed here; install the "
             f"{extra!r} extra: pip install 'medfuse[{extra}]'",
@@ -218,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # whoever read stdout went away (`medfuse models | head`)
+        return broken_pipe()
+    except Exception as err:  # after every user-caused failure above: a defect
+        return _internal(verb, err, argv)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,14 @@ from medfuse.core.console import (
     metrics_table,
 )
 from medfuse.core.optional import RUNTIMES
+from medfuse.core.paths import output_file, write_output
 from medfuse.distributed.launch import add_launch_arguments, launch_from_cli
-from medfuse.report.cli import add_evaluate_options, clinical_requested, run_clinical_evaluate
+from medfuse.report.cli import (
+    add_evaluate_options,
+    check_evaluate_options,
+    clinical_requested,
+    run_clinical_evaluate,
+)
 from medfuse.report.tracking import tracking
 
 
@@ -170,6 +176,9 @@ def setup_evaluate(p: argparse.ArgumentParser) -> Handler:
         from medfuse.api import evaluate  # lazy: torch and the data stack, only to evaluate
         from medfuse.core.decision import SUMMARY_KEYS  # lazy: numpy, not for --help
 
+        if a.output:  # before the evaluation: a folder that is missing or not writable
+            output_file(a.output, "--output")
+        check_evaluate_options(a)  # before the evaluation: --bootstrap, --target, --value
         m = evaluate(a.package, split=a.split, data_dir=a.data_dir, device=a.device, data=a.data)
         _data_lines(m)
         if clinical_requested(a):  # CIs, operating point, subgroups (medfuse.report)
@@ -182,7 +191,7 @@ def setup_evaluate(p: argparse.ArgumentParser) -> Handler:
             return rc
         text = json.dumps(m, indent=2, default=str)
         if a.output:
-            Path(a.output).write_text(text)
+            write_output(a.output, text, "--output")
         if a.json:
             print(text)
             return 0

@@ -11,7 +11,15 @@ from typing import Any
 import numpy as np
 
 from medfuse.core.errors import SpecError
-from medfuse.core.package import META, WEIGHTS, _json_default, package_files, write_package
+from medfuse.core.onnx import open_session
+from medfuse.core.package import (
+    META,
+    WEIGHTS,
+    _json_default,
+    package_files,
+    package_out,
+    write_package,
+)
 from medfuse.data import DataBundle, Split, load_spec_data
 from medfuse.inference.package import Package
 from medfuse.training.metrics import SUMMARY_KEYS
@@ -69,8 +77,9 @@ def ort_session(model: bytes | str | Path, *, threads: int = 1) -> Any:
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    src = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    if isinstance(model, bytes):  # a model exported here: a failure is a defect, not an input
+        return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    return open_session(model, so, ["CPUExecutionProvider"])  # a package's file: PackageError
 
 
 def ort_feeds(
@@ -125,8 +134,9 @@ def compression_section(records: list[dict[str, Any]]) -> str:
 
 
 def check_out(out: str | Path, *sources: str | Path) -> Path:
-    """The output directory must not be one of the input packages (checked before any work)."""
-    out = Path(out)
+    """The output directory must not be one of the input packages, nor lie where it cannot be
+    written (checked before any work)."""
+    out = package_out(out)
     for src in sources:
         if out.resolve() == Path(src).resolve():
             raise SpecError(

@@ -25,6 +25,7 @@ from torch import nn
 from medfuse.compress._common import eval_split, ort_feeds, ort_logits, ort_session, package_data
 from medfuse.core.errors import SpecError
 from medfuse.core.package import WEIGHTS
+from medfuse.core.paths import output_dir
 from medfuse.inference.package import Package, load_package
 
 BATCH_SIZES = (1, 64)
@@ -180,6 +181,8 @@ def benchmark(
         raise SpecError("packages", "give at least one package to benchmark")
     if int(threads) < 1 or int(repeats) < 1:
         raise SpecError("threads", f"threads and repeats must be >= 1; got {threads}, {repeats}")
+    if out_dir is not None:  # before any work: a file in the way, a folder that is not writable
+        output_dir(out_dir, "--out")
     names = list(names) if names else [Path(p).name for p in packages]
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(int(threads))

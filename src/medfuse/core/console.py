@@ -9,6 +9,8 @@ console or table is made, so building a parser stays quick.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import shlex
 import sys
 from collections.abc import Callable, Mapping
@@ -77,3 +79,15 @@ def device_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
     p.add_argument(
         "--device", default=default, help=f"auto | cpu | cuda | cuda:N (default {default})"
     )
+
+
+#: exit status when the reader of stdout went away (128 + SIGPIPE, as a shell reports it)
+BROKEN_PIPE = 141
+
+
+def broken_pipe() -> int:
+    """After a BrokenPipeError (``medfuse models | head``): point stdout at /dev/null, so that
+    Python's final flush does not fail again, and return ``BROKEN_PIPE``."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return BROKEN_PIPE

@@ -1,4 +1,13 @@
-"""Errors medfuse raises on purpose: each says what was wrong, where, and what is allowed."""
+"""Errors medfuse raises on purpose: each says what was wrong, where, and what is allowed.
+
+Exit codes of ``medfuse <verb>`` and ``python -m medfuse.runtime``: 0 success; 1 a failure that
+is not the input's (``MedfuseError``: a verification that fails, a device that is not there);
+2 a usage or spec error (``SpecError``, argparse, a missing extra); 3 the input data
+(``DataError``); 4 the model package (``PackageError``); 130 interrupted; 141 stdout closed
+by its reader (``medfuse models | head``); ``INTERNAL_ERROR``
+(70) an unexpected exception: a defect in medfuse, reported on one line with the hint to rerun
+with ``-v`` for the traceback. Every failure a user's input can cause is one of 1-4.
+"""
 
 from __future__ import annotations
 
@@ -45,4 +54,23 @@ def not_allowed(what: str, value: object, allowed: Iterable[str]) -> str:
     allowed = sorted(allowed)
     return (
         f"unknown {what} {value!r}{did_you_mean(str(value), allowed)} Allowed: {', '.join(allowed)}"
+    )
+
+
+#: exit status of an unexpected exception (sysexits' EX_SOFTWARE): a defect, not the input's
+INTERNAL_ERROR = 70
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(str(err).split())
+
+
+def internal_error(prog: str, err: BaseException, rerun: str) -> str:
+    """The one-line report of an unexpected exception (never a traceback unless asked for):
+    ``rerun`` says how to get the traceback (e.g. ``medfuse -v predict ...``)."""
+    return (
+        f"{prog}: internal error: {type(err).__name__}: {one_line(err)}\n"
+        f"{prog}: this is a defect in medfuse, not a problem with your input; rerun with "
+        f"{rerun} for the traceback and report it"
     )

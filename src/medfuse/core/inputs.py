@@ -303,6 +303,8 @@ def _tab_value(v: Any, col: str, cats: list[str] | None, policy: str) -> tuple[f
 
 
 def _as_array(v: Any, what: str) -> np.ndarray:
+    if np.iscomplexobj(v):
+        raise InputError(f"{what}: complex values are not image, signal or tabular input")
     try:
         x = np.asarray(v, dtype=np.float64)
     except (TypeError, ValueError):
@@ -683,9 +685,14 @@ def _from_batched(d: Mapping[str, Any], ctx: _Ctx, default_id: str) -> Batch:
     n = next(iter(ns.values()))
     if any(v != n for v in ns.values()) or n < 0:
         raise ctx.error(f"the arrays disagree on the number of samples: {ns}", ())
+    raw_ids = d.get("id")
+    if raw_ids is not None and (
+        isinstance(raw_ids, str | bytes | Mapping) or not isinstance(raw_ids, Iterable)
+    ):
+        raise ctx.error(f"'id' must be a list of {n} ids; got a {type(raw_ids).__name__}", ())
     ids = (
-        [str(v) for v in d["id"]]
-        if d.get("id") is not None
+        [str(v) for v in raw_ids]
+        if raw_ids is not None
         else [default_id.format(i=i) for i in range(n)]
     )
     if len(ids) != n:
@@ -958,6 +965,10 @@ def iter_batches(
             first = start + (2 if suf == ".csv" else 1)
             yield _renumbered(_from_rows(rows, ctx, table=cols, default_id="\0{i}"), first)
             start += len(rows)
+        if start == 0:
+            raise DataError(
+                f"{p}: the manifest has no rows (a header line only); nothing to predict"
+            )
         return
     if suf == ".npz":
         b = _read_npz(p, schema, on_bad_row, unseen)

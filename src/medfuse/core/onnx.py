@@ -12,21 +12,30 @@ onnxruntime is imported when a package is loaded.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medfuse.core.errors import PackageError
+from medfuse.core.errors import PackageError, SpecError
 from medfuse.core.inputs import modalities_from_meta
 from medfuse.core.package import read_meta
 from medfuse.core.predictor import PredictorBase
 from medfuse.core.preprocess import normalize
 
 
+def check_device(device: str) -> str:
+    """``device`` when it names one (auto, cpu, cuda, cuda:N), else a SpecError at --device."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(device)):
+        raise SpecError("--device", f"{device!r} is not a device; use auto, cpu, cuda or cuda:N")
+    return device
+
+
 def _providers(device: str) -> list[str]:
     import onnxruntime as ort
 
+    check_device(device)
     have = ort.get_available_providers()
     if device.startswith("cuda"):
         if "CUDAExecutionProvider" not in have:
@@ -39,9 +48,14 @@ def _providers(device: str) -> list[str]:
 
 
 def session_options(threads: int | None = None) -> Any:
-    """ORT options: full graph optimisation; ``threads`` intra-op threads (None: ORT decides)."""
+    """ORT options: full graph optimisation; ``threads`` intra-op threads (None or 0: ORT
+    decides; a negative count is a SpecError)."""
     import onnxruntime as ort
 
+    if threads is not None and int(threads) < 0:
+        raise SpecError(
+            "--threads", f"must be >= 0 (0 or None: ONNX Runtime decides); got {threads}"
+        )
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -50,6 +64,21 @@ def session_options(threads: int | None = None) -> Any:
         so.intra_op_num_threads = int(threads)
     so.log_severity_level = 3
     return so
+
+
+def open_session(path: str | Path, options: Any, providers: list[str]) -> Any:
+    """An ORT InferenceSession on a package's ONNX file; a file ORT cannot load (truncated,
+    not ONNX, an unsupported graph) is a PackageError naming it."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as err:  # ORT's own errors (InvalidProtobuf, Fail, ...) derive from Exception
+        msg = " ".join(str(err).split())
+        raise PackageError(
+            f"{path}: ONNX Runtime cannot load it ({type(err).__name__}: {msg}); the file is "
+            "damaged or not an ONNX model (`medfuse export` writes it again)"
+        ) from None
 
 
 class OnnxPredictor(PredictorBase):
@@ -68,7 +97,6 @@ class OnnxPredictor(PredictorBase):
         onnx_file: str | None = None,
         verify: bool = True,
     ) -> None:
-        import onnxruntime as ort
 
         self.path = Path(path)
         self.meta = read_meta(self.path, verify=verify)
@@ -83,11 +111,7 @@ class OnnxPredictor(PredictorBase):
         self.precision = str(rt.get("precision", "fp32")) if name == rt.get("onnx_file") else "fp32"
         self.modalities = modalities_from_meta(self.meta)
         self.device = device
-        self.session = ort.InferenceSession(
-            str(self.path / name),
-            sess_options=session_options(threads),
-            providers=_providers(device),
-        )
+        self.session = open_session(self.path / name, session_options(threads), _providers(device))
         names = {i.name for i in self.session.get_inputs()}
         need = {*self.modalities, *(f"mask_{m}" for m in self.modalities)}
         if names != need:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from medfuse.core.decision import reference_decisions
 from medfuse.core.errors import MedfuseError, PackageError
+from medfuse.core.paths import output_dir
 from medfuse.core.spec import parse_spec
 
 META = "medfuse.json"
@@ -192,14 +193,28 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def package_out(path: str | Path) -> Path:
+    """``path`` checked as the directory a package will be written to (call before any work):
+    absent, empty or a package already, where it can be written."""
+    dst = output_dir(path, "--out")  # a file in the way, a folder that is not writable
+    if dst.exists() and not (dst / META).exists() and any(dst.iterdir()):
+        raise PackageError(f"{dst} exists and is not a medfuse package; refusing to replace it")
+    return dst
+
+
 def write_package(
     path: str | Path, meta: dict[str, Any], files: dict[str, bytes | str | Path]
 ) -> Path:
     """Atomically (re)write a package directory from ``files`` (bytes, text or a source path)."""
-    dst = Path(path)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    dst = package_out(path)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+    except OSError as err:
+        raise PackageError(
+            f"{dst}: cannot create the package folder ({err.strerror or err})"
+        ) from None
     try:
         checksums: dict[str, str] = {}
         for name, content in files.items():
@@ -225,10 +240,7 @@ def write_package(
         _fsync_dir(tmp)
         old = None
         if dst.exists():
-            if not (dst / META).exists() and any(dst.iterdir()):
-                raise PackageError(
-                    f"{dst} exists and is not a medfuse package; refusing to replace it"
-                )
+            package_out(dst)  # again: it may have changed while the files were written
             old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
             dst.rename(old)
         tmp.rename(dst)
@@ -262,9 +274,15 @@ def read_meta(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
     if not mfile.exists():
         raise PackageError(f"{root} has no {META}: not a medfuse package (or an interrupted save)")
     try:
-        meta = json.loads(mfile.read_text())
-    except json.JSONDecodeError as err:
+        meta = json.loads(mfile.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise PackageError(f"{mfile} is not valid JSON ({err}); the package is damaged") from None
+    except OSError as err:
+        raise PackageError(f"{mfile} cannot be read ({err.strerror or err})") from None
+    if not isinstance(meta, dict):
+        raise PackageError(
+            f"{mfile} must hold a JSON object; got {type(meta).__name__}: the package is damaged"
+        )
     if meta.get("format") != FORMAT:
         raise PackageError(
             f"{mfile} is not a medfuse package manifest (format={meta.get('format')!r})"
@@ -306,19 +324,48 @@ def package_files(root: Path, meta: dict[str, Any]) -> dict[str, Path]:
 
 
 VERIFICATION = "verification.npz"
+
+
+def package_arrays(
+    source: Path | bytes, where: str | Path, need: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Every array of a package's ``.npz`` file (``verification.npz``), or a PackageError
+    naming it: truncated or corrupt, a pickled (object) array, or an array of ``need`` missing."""
+    import numpy as np
+
+    try:
+        with np.load(
+            io.BytesIO(source) if isinstance(source, bytes) else source, allow_pickle=False
+        ) as d:
+            arrays = {k: d[k] for k in d.files}
+    except Exception as err:  # the archive's own failure (BadZipFile, EOFError, zlib, ...)
+        raise PackageError(
+            f"{where}: not a readable .npz ({type(err).__name__}: {err}); the package is "
+            "damaged (`medfuse export --refresh` rebuilds verification.npz)"
+        ) from None
+    missing = [k for k in need if k not in arrays]
+    if missing:
+        raise PackageError(
+            f"{where}: arrays {missing} missing; the package is damaged (`medfuse export "
+            "--refresh` rebuilds verification.npz)"
+        )
+    return arrays
+
+
 #: the fields whose change changes the package's decisions on its verification inputs
 DECISION_FIELDS = frozenset({"task", "labels", "threshold", "calibration"})
 
 
-def _refresh_decisions(meta: dict[str, Any], content: bytes | str | Path) -> bytes | str | Path:
+def _refresh_decisions(
+    meta: dict[str, Any], content: bytes | str | Path, where: str | Path = VERIFICATION
+) -> bytes | str | Path:
     """A legitimate writer (calibrate, ...) that changes a decision field re-derives the stored
     reference decisions of ``verification.npz`` (an edit by hand does not, and verify fails)."""
     import numpy as np
 
     raw = content.read_bytes() if isinstance(content, Path) else content
     raw = raw.encode() if isinstance(raw, str) else raw
-    with np.load(io.BytesIO(raw), allow_pickle=False) as d:
-        arrays = {k: d[k] for k in d.files}
+    arrays = package_arrays(raw, where)
     if "decisions" not in arrays:
         return content
     typed = validate_meta(meta)
@@ -355,7 +402,7 @@ def update_package(
     files.update(add or {})
     meta.update(meta_updates or {})
     if set(meta_updates or {}) & DECISION_FIELDS and VERIFICATION in files:
-        files[VERIFICATION] = _refresh_decisions(meta, files[VERIFICATION])
+        files[VERIFICATION] = _refresh_decisions(meta, files[VERIFICATION], src / VERIFICATION)
     meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     target = Path(dst) if dst is not None else src
     if target.resolve() == src.resolve():

@@ -1,5 +1,6 @@
 """Path containment: a file named by a manifest must lie under the manifest's folder or the data
-root (``..``, absolute paths and symbolic links resolved first)."""
+root (``..``, absolute paths and symbolic links resolved first). Output paths: checked before a
+verb does any work (``output_file``, ``output_dir``), written naming the file on failure."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from medfuse.core.errors import DataError
+from medfuse.core.errors import DataError, MedfuseError, SpecError
 
 
 def contained(path: str | Path, roots: Iterable[str | Path]) -> bool:
@@ -38,3 +39,60 @@ def resolve_data_root(data_dir: str | Path | None = None) -> Path:
         return Path(data_dir).expanduser()
     env = os.environ.get("MEDFUSE_DATA_DIR")
     return Path(env).expanduser() if env else default_data_root()
+
+
+# ---- outputs: checked before any work, written with the file named on failure ------------------
+
+
+def _nearest_existing(p: Path) -> Path:
+    cur = p
+    while not cur.exists() and cur != cur.parent:
+        cur = cur.parent
+    return cur
+
+
+def output_file(path: str | Path, option: str) -> Path:
+    """``path`` checked as a file a verb will write (call before any work): not a folder, in an
+    existing, writable folder. A SpecError at ``option`` (exit 2) names what is wrong."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise SpecError(option, f"{p} is a folder; give a file name")
+    parent = p.parent
+    if not parent.exists():
+        raise SpecError(option, f"{p}: the folder {parent} does not exist; create it first")
+    if not parent.is_dir():
+        raise SpecError(option, f"{p}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SpecError(option, f"{p}: the folder {parent} is not writable")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise SpecError(option, f"{p} exists and is not writable")
+    return p
+
+
+def output_dir(path: str | Path, option: str) -> Path:
+    """``path`` checked as a folder a verb will write into (created with its parents when
+    missing; call before any work): not a file, under a writable folder. A SpecError at
+    ``option`` (exit 2) names what is wrong."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise SpecError(option, f"{p} exists and is a file, not a folder")
+    anc = _nearest_existing(p)
+    if not anc.is_dir():
+        raise SpecError(option, f"{p}: {anc} is a file, not a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise SpecError(option, f"{p}: the folder {anc} is not writable")
+    return p
+
+
+def write_output(path: str | Path, data: str | bytes, option: str) -> Path:
+    """Write ``data`` to the output file ``path`` (checked as :func:`output_file`); a failure
+    of the write itself (disk full, permissions changed) is a MedfuseError naming the file."""
+    p = output_file(path, option)
+    try:
+        if isinstance(data, bytes):
+            p.write_bytes(data)
+        else:
+            p.write_text(data)
+    except OSError as err:
+        raise MedfuseError(f"{option} {p}: cannot write it ({err.strerror or err})") from None
+    return p

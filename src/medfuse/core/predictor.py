@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from medfuse.core.decision import NONFINITE, decide, nonfinite_rows, probabilities
-from medfuse.core.errors import DataError
+from medfuse.core.errors import DataError, SpecError
 from medfuse.core.inputs import ON_BAD_ROW, Batch, Schema, coerce
 
 
@@ -232,7 +232,7 @@ class PredictorBase:
     def batch_logits(self, batch: Batch, *, batch_size: int = 256) -> np.ndarray:
         """Logits ``(N, K)`` of a coerced batch; NaN for rows that cannot be predicted."""
         if batch_size < 1:
-            raise DataError(f"batch size must be at least 1; got {batch_size}")
+            raise SpecError("--batch-size", f"must be at least 1; got {batch_size}")
         n = len(batch)
         ok = np.array([not e for e in batch.errors], bool)
         out = np.full((n, self.num_outputs), np.nan, np.float32)

@@ -565,6 +565,16 @@ def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     cur[parts[-1]] = value
 
 
+def _yaml_where(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    return f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+
+
+def _yaml_why(err: yaml.YAMLError) -> str:
+    """What the YAML parser found wrong, on one line (no echo of the text)."""
+    return " ".join(str(getattr(err, "problem", None) or err).split())
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
     """Apply ``key.path=value`` strings; values parse as YAML (numbers, lists, booleans)."""
     data = copy.deepcopy(data)
@@ -572,7 +582,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
         if "=" not in item:
             raise SpecError("", f"--set expects key.path=value; got {item!r}")
         key, raw = item.split("=", 1)
-        set_path(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            raise SpecError(
+                key.strip(),
+                f"--set {item!r}: the value is not valid YAML ({_yaml_why(err)}); quote a "
+                "string, e.g. "
+                f"--set '{key.strip()}=\"...\"'",
+            ) from None
+        set_path(data, key.strip(), value)
     return data
 
 
@@ -585,11 +604,22 @@ def load_spec_dict(path: str | Path) -> dict[str, Any]:
             p = shipped
         else:
             raise SpecError("", f"config file not found: {path}")
-    text = p.read_text()
+    if p.is_dir():
+        raise SpecError("", f"{p} is a folder; give a spec file (YAML or JSON)")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError("", f"{p} is not UTF-8 text ({err}); save the spec as UTF-8") from None
+    except OSError as err:
+        raise SpecError("", f"{p} cannot be read ({err.strerror or err})") from None
     try:
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as err:
-        raise SpecError("", f"{p} is not valid YAML/JSON: {err}") from None
+    except json.JSONDecodeError as err:
+        raise SpecError(
+            "", f"{p} line {err.lineno} column {err.colno}: not valid JSON ({err.msg})"
+        ) from None
+    except yaml.YAMLError as err:
+        raise SpecError("", f"{p}{_yaml_where(err)}: not valid YAML ({_yaml_why(err)})") from None
     if not isinstance(data, dict):
         raise SpecError("", f"{p} must hold a mapping at the top level")
     return data

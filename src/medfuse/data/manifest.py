@@ -3,7 +3,10 @@ a path (relative paths are relative to the CSV); tabular columns. An empty cell 
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,56 @@ OPTIONS = (
     "test_fraction",
     "keep_columns",
 )
+
+
+def read_csv_frame(path: Path) -> pd.DataFrame:
+    """A manifest or table CSV as a DataFrame; a file pandas cannot read as one table is a
+    DataError naming it and, where known, the line: empty (no header line), an unclosed quote,
+    a row with more cells than the header (pandas would silently turn its first column into an
+    index), text that is not UTF-8."""
+    try:
+        with warnings.catch_warnings():
+            # index_col=False: a row with one cell too many warns (never shifts the columns)
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(path, index_col=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: an empty manifest (no header line)") from None
+    except pd.errors.ParserWarning:
+        raise DataError(f"{path}{_long_row(path)}: more cells than the header's columns") from None
+    except pd.errors.ParserError as err:
+        why = " ".join(str(err).split()).removeprefix("Error tokenizing data. C error: ")
+        raise DataError(f"{path}: not a readable CSV ({why})") from None
+    except UnicodeDecodeError:
+        raise DataError(
+            f"{path}{_undecodable_line(path)}: not UTF-8 text; save the CSV as UTF-8"
+        ) from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror or err})") from None
+
+
+def _undecodable_line(path: Path) -> str:
+    """' line N' of the first line that is not UTF-8 ('' if none is found)."""
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        for i, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return f" line {i}"
+    return ""
+
+
+def _long_row(path: Path) -> str:
+    """' line N' of the first row with more cells than the header ('' if none is found)."""
+    with (
+        contextlib.suppress(OSError, UnicodeDecodeError, csv.Error),
+        open(path, newline="", encoding="utf-8-sig") as f,
+    ):
+        reader = csv.reader(f)
+        width = len(next(reader, []))
+        for row in reader:
+            if len(row) > width:
+                return f" line {reader.line_num}"
+    return ""
 
 
 def _empty(v: Any) -> bool:
@@ -346,8 +399,10 @@ def load_manifest(
             "modalities",
             "a manifest source needs the spec to declare its modalities (kind and shape)",
         )
-    df = pd.read_csv(path)
+    df = read_csv_frame(path)
     where = str(path)
+    if len(df) == 0:
+        raise DataError(f"{where}: the manifest has no rows (a header line only)")
     # relative file paths: against base_dir (a DataFrame's, medfuse.fit), else the CSV's folder
     base = Path(options["base_dir"]).expanduser() if options.get("base_dir") else path.parent
     y, labels, kind = _labels(df, options.get("label", "label"), options.get("labels"), task, where)

@@ -43,6 +43,7 @@ from medfuse.core.errors import DataError, SpecError, did_you_mean
 from medfuse.core.readers import read_image, read_signal
 from medfuse.core.readers.base import suffix_of
 from medfuse.core.spec import DEFAULT_BRANCH
+from medfuse.data.manifest import read_csv_frame
 
 #: what ``medfuse train --table`` / ``medfuse.fit`` train with when nothing is set; chosen by
 #: ``benchmarks/table_defaults.py`` (cross-validation over train + val, never a test split)
@@ -345,7 +346,7 @@ def read_table(table: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, Path | N
         raise DataError(f"table {path} not found")
     if suffix_of(path) != ".csv":
         raise DataError(f"{path}: a table must be a .csv file (or a pandas DataFrame)")
-    return pd.read_csv(path), path
+    return read_csv_frame(path), path
 
 
 def infer_table_spec(

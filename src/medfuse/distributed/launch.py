@@ -200,6 +200,11 @@ def launch_from_cli(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         return None
     from medfuse.core.errors import MedfuseError
 
+    if args.nproc is not None and args.nproc < 1:  # before the spec is read, not after
+        from medfuse.core.errors import SpecError
+
+        raise SpecError("--nproc", f"must be at least 1; got {args.nproc}")
+
     if "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ:
         raise MedfuseError(
             "this process already is a torchrun worker; drop --nproc/--nnodes/--rdzv-endpoint"
@@ -208,7 +213,7 @@ def launch_from_cli(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     return launch(
         torchrun_argv(
             worker_argv(parser, args, "train"),
-            nproc=args.nproc or 1,
+            nproc=1 if args.nproc is None else args.nproc,  # --nproc 0 is refused, not 1
             nnodes=args.nnodes,
             node_rank=args.node_rank,
             rdzv_endpoint=args.rdzv_endpoint,

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from medfuse.core.errors import DataError, SpecError, did_you_mean
+from medfuse.core.paths import output_dir
 from medfuse.core.preprocess import normalize
 from medfuse.explain.shapley import SCALES, ShapleyResult, modality_shapley
 from medfuse.training.metrics import probabilities
@@ -430,6 +431,9 @@ def explain_file(
     from medfuse.inference.predictor import load
 
     t0 = time.perf_counter()
+    if int(max_samples) < 0:
+        raise SpecError("--max-samples", f"must be >= 0; got {max_samples}")
+    outdir = output_dir(out, "--out")  # before any work: a file in the way, not writable
     pred = load(package, device=device)
     ex = Explainer(pred, layer=layer, steps=steps, target=target)
     # the one input contract, as `medfuse predict` reads it
@@ -453,7 +457,6 @@ def explain_file(
             )
     else:
         sel = [r for r in sel if not batch.errors[r]]
-    outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
     samples: list[dict[str, Any]] = []
     used: set[str] = set()

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from medfuse.core.errors import MedfuseError, not_allowed
-from medfuse.core.package import WEIGHTS, update_package
+from medfuse.core.errors import MedfuseError, SpecError, not_allowed
+from medfuse.core.package import WEIGHTS, package_arrays, update_package
 from medfuse.export.onnx import DEFAULT_OPSET, export_onnx_bytes, input_names
 from medfuse.export.verify import (
     DEFAULT_SAMPLES,
@@ -49,6 +49,10 @@ class ExportResult:
     max_abs_diff: float | None = None
 
 
+#: the opsets the TorchScript-based exporter writes (torch.onnx: 7..20)
+OPSETS = (7, 20)
+
+
 def _stored_verification(
     root: Path, meta: dict[str, Any], mods: list[str]
 ) -> dict[str, Any] | None:
@@ -57,8 +61,9 @@ def _stored_verification(
     files = meta.get("files", {})
     if VERIFICATION not in files or rec.get("weights_sha256") != files.get(WEIGHTS):
         return None
-    with np.load(root / VERIFICATION, allow_pickle=False) as d:
-        return {k: d[k] for k in (*input_names(mods), "logits")}
+    need = (*input_names(mods), "logits")
+    d = package_arrays(root / VERIFICATION, root / VERIFICATION, need)
+    return {k: d[k] for k in need}
 
 
 def export_package(
@@ -82,6 +87,10 @@ def export_package(
 
     if format not in FORMATS:
         raise MedfuseError(not_allowed("export format", format, FORMATS))
+    if not OPSETS[0] <= int(opset) <= OPSETS[1]:
+        raise SpecError("--opset", f"must be in {OPSETS[0]}..{OPSETS[1]}; got {opset}")
+    if int(samples) < 1:
+        raise SpecError("--samples", f"must be at least 1; got {samples}")
     root = Path(path)
     pkg = load_package(root, device="cpu")
     meta, spec = pkg.meta, pkg.spec
@@ -113,7 +122,16 @@ def export_package(
 
         example = tuple(torch.from_numpy(feeds[n]) for n in input_names(mods))
         data = export_onnx_bytes(pkg.model, spec, opset=opset, example=example)
-        sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        try:
+            sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        except Exception as err:  # ORT's own errors derive from Exception
+            if int(opset) == DEFAULT_OPSET:
+                raise  # the default opset must load: a defect, not a choice of the user's
+            raise SpecError(
+                "--opset",
+                f"ONNX Runtime cannot run this model exported at opset {opset} "
+                f"({type(err).__name__}); use the default {DEFAULT_OPSET}",
+            ) from None
         got = sess.run(None, {n: feeds[n] for n in input_names(mods)})[0]
         diff = float(np.abs(got - ref).max())
         if not np.isfinite(diff) or diff > TOLERANCE:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,11 +31,11 @@ from typing import Any
 import numpy as np
 
 from medfuse.core.decision import decide, probabilities, reference_decisions
-from medfuse.core.errors import DataError, MedfuseError, PackageError
+from medfuse.core.errors import DataError, MedfuseError, PackageError, SpecError
 from medfuse.core.inputs import modalities_from_meta
-from medfuse.core.onnx import OnnxPredictor
+from medfuse.core.onnx import OnnxPredictor, check_device
 from medfuse.core.optional import installed
-from medfuse.core.package import META, read_meta, sha256_file, typed_meta
+from medfuse.core.package import META, package_arrays, read_meta, sha256_file, typed_meta
 from medfuse.core.preprocess import normalize
 from medfuse.core.signing import Trust, package_digest, verify_signature
 
@@ -361,6 +362,9 @@ def verify_package(
     ``model.pt2`` is loaded only when the signature verified or its sha256 is ``trusted_pt2``
     (a program the caller produced itself): see ``medfuse.export.pt2``.
     """
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise SpecError("--tolerance", f"must be a number >= 0; got {tolerance}")
+    check_device(device)
     root = Path(path)
     signature = verify_signature(root, trust) if trust is not None and trust.given else None
     meta = read_meta(root)  # raises PackageError on a missing or altered file, or a bad field
@@ -380,11 +384,15 @@ def verify_package(
                 f"{root} has no {VERIFICATION}; run `medfuse export {root}` to add one "
                 "(an INT8 package keeps its model.onnx)"
             )
-        with np.load(root / VERIFICATION, allow_pickle=False) as d:
-            feeds = {k: d[k] for k in (*mods, *(f"mask_{m}" for m in mods))}
-            raw = {m: d[f"raw.{m}"] for m in mods if f"raw.{m}" in d.files}
-            ref = d["logits"]
-            stored = {k: d[k] for k in ("logits", "probabilities", "decisions") if k in d.files}
+        d = package_arrays(
+            root / VERIFICATION,
+            root / VERIFICATION,
+            (*mods, *(f"mask_{m}" for m in mods), "logits"),
+        )
+        feeds = {k: d[k] for k in (*mods, *(f"mask_{m}" for m in mods))}
+        raw = {m: d[f"raw.{m}"] for m in mods if f"raw.{m}" in d}
+        ref = d["logits"]
+        stored = {k: d[k] for k in ("logits", "probabilities", "decisions") if k in d}
         masks = {m: feeds[f"mask_{m}"] for m in mods}
         ver = meta.get("verification", {})
         inputs = f"{VERIFICATION}: {len(ref)} samples ({ver.get('source', 'stored')})"

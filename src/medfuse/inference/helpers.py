@@ -119,16 +119,31 @@ def to_tensors(split: Split, stats: dict[str, Any], *, workers: int = 2) -> Tens
     return Tensors(inputs, masks, torch.from_numpy(np.asarray(split.y)))
 
 
-def resolve_device(device: str | None) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto`` (CUDA when PyTorch sees it, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; a string
+    PyTorch does not read as a device is a SpecError at ``--device`` (exit 2)."""
+    from medfuse.core.errors import MedfuseError, SpecError
+
+    if isinstance(device, torch.device):
+        return device
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        from medfuse.core.errors import MedfuseError
-
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise SpecError(
+            "--device", f"{device!r} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
         raise MedfuseError(
             "--device cuda was asked for, but PyTorch sees no CUDA device; use --device cpu or auto"
         )
-    return torch.device(device)
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise MedfuseError(
+            f"--device {device}: PyTorch sees {torch.cuda.device_count()} CUDA device(s) "
+            f"(cuda:0..cuda:{torch.cuda.device_count() - 1})"
+        )
+    return dev
 
 
 @torch.no_grad()

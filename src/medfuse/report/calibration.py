@@ -21,7 +21,7 @@ from scipy.optimize import minimize_scalar
 
 from medfuse.core.card import model_card
 from medfuse.core.errors import SpecError
-from medfuse.core.package import read_meta, update_package
+from medfuse.core.package import package_out, read_meta, update_package
 from medfuse.data import DataBundle, load_spec_data
 from medfuse.inference.predictor import Predictor, load
 from medfuse.training.metrics import ECE_BINS, choose_threshold, ece, probabilities, top_label_ece
@@ -147,6 +147,10 @@ def calibrate_package(
     """Fit a temperature on the validation split and store it (and the operating point) in the
     package (atomically; ``out`` writes a calibrated copy instead). Returns the record stored in
     ``meta['calibration']`` plus the threshold and the package path."""
+    if out is not None:  # before any work: a file in the way, a folder that is not writable
+        package_out(out)
+    if value is not None and not 0 <= value <= 1:
+        raise SpecError("threshold.value", f"must be in [0, 1]; got {value}")
     pred = load(package, device=device)
     task = pred.task
     if threshold_method is not None and task != "binary":

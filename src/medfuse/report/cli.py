@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medfuse.core.console import Handler, command_line, console, data_arg, data_dir_arg
+from medfuse.core.paths import output_file, write_output
 
 if TYPE_CHECKING:
     from medfuse.report.clinical import Evaluation
@@ -65,6 +65,14 @@ def clinical_requested(a: argparse.Namespace) -> bool:
     return bool(getattr(a, "ci", False) or a.subgroup or a.threshold_method)
 
 
+def check_evaluate_options(a: argparse.Namespace) -> None:
+    """The clinical options of ``medfuse evaluate``, checked before the evaluation runs."""
+    if clinical_requested(a):
+        from medfuse.report.clinical import check_options  # lazy: the data stack
+
+        check_options(a.bootstrap, a.threshold_method, a.target, a.value)
+
+
 def run_clinical_evaluate(a: argparse.Namespace, core: dict[str, Any]) -> int:
     """``medfuse evaluate`` with CIs: the core metrics dict (same keys as before) plus ``ci``,
     ``bootstrap``, ``threshold``, ``subgroups``, ``per_modality`` and ``calibration``."""
@@ -103,7 +111,7 @@ def run_clinical_evaluate(a: argparse.Namespace, core: dict[str, Any]) -> int:
     }
     text = json.dumps(jsonable(out), indent=2)
     if a.output:
-        Path(a.output).write_text(text)
+        write_output(a.output, text, "--output")
     if a.json:
         print(text)
         return 0
@@ -186,6 +194,8 @@ def setup_compare(p: argparse.ArgumentParser) -> Handler:
         from medfuse.report.clinical import jsonable
         from medfuse.report.compare import compare_packages
 
+        if a.output:  # before the comparison: a folder that is missing or not writable
+            output_file(a.output, "--output")
         res = compare_packages(
             a.packages,
             split=a.split,
@@ -199,7 +209,7 @@ def setup_compare(p: argparse.ArgumentParser) -> Handler:
         )
         text = json.dumps(jsonable(res), indent=2)
         if a.output:
-            Path(a.output).write_text(text)
+            write_output(a.output, text, "--output")
         if a.json:
             print(text)
             return 0
@@ -250,6 +260,8 @@ def setup_calibrate(p: argparse.ArgumentParser) -> Handler:
         from medfuse.report.calibration import calibrate_package
         from medfuse.report.clinical import jsonable
 
+        if a.figure:  # before the calibration: a folder that is missing or not writable
+            output_file(a.figure, "--figure")
         res = calibrate_package(
             a.package,
             out=a.out,
@@ -317,7 +329,7 @@ def _calibration_figure(
             ),
         ]
     )
-    Path(out).write_bytes(png)
+    write_output(out, png, "--figure")
 
 
 # ---- report ------------------------------------------------------------------------------------
@@ -345,6 +357,8 @@ def setup_report(p: argparse.ArgumentParser) -> Handler:
         from medfuse.report.clinical import jsonable
         from medfuse.report.html import write_report
 
+        if a.json:  # before the evaluation: a folder that is missing or not writable
+            output_file(a.json, "--json")
         path, ev = write_report(
             a.package,
             a.output,
@@ -358,7 +372,7 @@ def setup_report(p: argparse.ArgumentParser) -> Handler:
             data=a.data,
         )
         if a.json:
-            Path(a.json).write_text(json.dumps(jsonable(ev.summary), indent=2))
+            write_output(a.json, json.dumps(jsonable(ev.summary), indent=2), "--json")
         s = ev.summary
         print(
             f"{s['split']} AUROC {fmt_interval(s['metrics']['auroc'], 4)} "

@@ -215,6 +215,26 @@ def _modality_rows(
     }
 
 
+def check_options(
+    n_boot: int,
+    threshold_method: str | None = None,
+    target: float | None = None,
+    threshold_value: float | None = None,
+    level: float = LEVEL,
+) -> None:
+    """The evaluation options, checked before any work (a SpecError naming the option)."""
+    if n_boot < 1:
+        raise SpecError("", f"--bootstrap must be >= 1; got {n_boot}")
+    if not 0 < level < 1:
+        raise SpecError("", f"the confidence level must be in (0, 1); got {level}")
+    if threshold_method in ("sensitivity", "specificity") and target is None:
+        raise SpecError("threshold.target", f"method {threshold_method!r} needs --target in (0, 1]")
+    if target is not None and not 0 < target <= 1:
+        raise SpecError("threshold.target", f"must be in (0, 1]; got {target}")
+    if threshold_value is not None and not 0 <= threshold_value <= 1:
+        raise SpecError("threshold.value", f"must be in [0, 1]; got {threshold_value}")
+
+
 def clinical_evaluation(
     package: str | Path | Predictor,
     *,
@@ -238,11 +258,8 @@ def clinical_evaluation(
     or None. ``threshold_method``: re-choose the operating point on validation for this
     evaluation (binary only); default is the package's stored threshold.
     """
+    check_options(n_boot, threshold_method, target, threshold_value, level)
     pred = package if isinstance(package, Predictor) else load(package, device=device)
-    if n_boot < 1:
-        raise SpecError("", f"--bootstrap must be >= 1; got {n_boot}")
-    if not 0 < level < 1:
-        raise SpecError("", f"the confidence level must be in (0, 1); got {level}")
     task = pred.task
     bundle = load_bundle(pred, data_dir, data)
     data = bundle.split(split)

@@ -162,10 +162,14 @@ def compare_packages(
 
     if len(packages) < 2:
         raise PackageError("compare needs at least two packages")
-    if metric not in SUMMARY:
-        from medfuse.core.errors import SpecError, not_allowed
+    from medfuse.core.errors import SpecError, not_allowed
 
+    if metric not in SUMMARY:
         raise SpecError("metric", not_allowed("metric", metric, SUMMARY))
+    if not 0 < alpha < 1:
+        raise SpecError("--alpha", f"the significance level must be in (0, 1); got {alpha}")
+    if int(n_boot) < 1:
+        raise SpecError("--bootstrap", f"must be >= 1; got {n_boot}")
     scored = []
     for path in packages:
         pred = load(path, device=device)

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from medfuse.core.errors import MedfuseError
+from medfuse.core.paths import output_file
 from medfuse.report import plots
 from medfuse.report.ci import fmt_interval
 
@@ -703,9 +705,11 @@ def write_report(
     extra_sections: Sequence[Section] = (),
     data: str | Path | None = None,
 ) -> tuple[Path, Any]:
-    """Evaluate ``package`` and write the self-contained report; returns (path, evaluation)."""
+    """Evaluate ``package`` and write the self-contained report; returns (path, evaluation).
+    ``output``'s folder must exist (checked before the evaluation)."""
     from medfuse.report.clinical import clinical_evaluation
 
+    out = output_file(output, "--output")
     ev = clinical_evaluation(
         package,
         split=split,
@@ -718,9 +722,11 @@ def write_report(
         data=data,
     )
     text = build_report(ev, command=command, extra_sections=extra_sections)
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise MedfuseError(f"--output {out}: cannot write it ({err.strerror or err})") from None
     return out, ev

@@ -18,8 +18,9 @@ from typing import IO, Any
 
 import pandas as pd
 
-from medfuse.core.errors import DataError
+from medfuse.core.errors import SpecError
 from medfuse.core.inputs import iter_batches
+from medfuse.core.paths import output_file
 from medfuse.core.predictor import MAX_LISTED, attention_summary, table_columns
 
 
@@ -139,7 +140,11 @@ def predict_stream(
     """
 
     if batch_size < 1:
-        raise DataError(f"--batch-size must be at least 1; got {batch_size}")
+        raise SpecError("--batch-size", f"must be at least 1; got {batch_size}")
+    if out is not None:  # before any work: a folder that is missing or not writable
+        output_file(out, "--out")
+    if issues_out is not None:
+        output_file(issues_out, "--issues")
     pred = load_predictor(package, runtime, device)
     chunk = int(chunk or max(batch_size, 1024))
     batches = iter_batches(

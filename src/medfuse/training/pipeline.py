@@ -25,6 +25,7 @@ from torch import nn
 
 from medfuse.core.errors import SpecError
 from medfuse.core.package import META
+from medfuse.core.paths import output_dir
 from medfuse.core.preprocess import channel_axis, fit_stats
 from medfuse.core.spec import Spec, complete_spec, parse_spec
 from medfuse.data import DataBundle, Split, load_spec_data
@@ -172,11 +173,13 @@ def data_summary(spec: Spec, bundle: DataBundle) -> str:
 
 
 def check_out(out: Path, *, overwrite: bool) -> None:
-    """Before any training: ``out`` must be absent, empty, or (with ``overwrite``) a package."""
+    """Before any training: ``out`` must be absent, empty, or (with ``overwrite``) a package,
+    and lie where it can be written."""
+    if out.exists() and not out.is_dir():
+        raise SpecError("--out", f"{out} exists and is a file, not a package directory")
+    output_dir(out, "--out")  # a file in the way of a missing folder, a folder not writable
     if not out.exists():
         return
-    if not out.is_dir():
-        raise SpecError("--out", f"{out} exists and is a file, not a package directory")
     if not any(out.iterdir()):
         return
     if not (out / META).exists():
