@@ -17,8 +17,11 @@ from typing import Any
 from medfuse.core.package import read_meta
 from medfuse.core.spec import Spec, load_spec, parse_spec
 from medfuse.data import load_spec_data
+from medfuse.data.table import write_table_spec
+from medfuse.distributed.strategies import start_session
 from medfuse.inference.helpers import to_tensors
 from medfuse.inference.package import save_package
+from medfuse.inference.predictor import load
 from medfuse.training.metrics import compute_metrics
 from medfuse.training.pipeline import (
     check_out,
@@ -89,7 +92,6 @@ def train(
     check_out(out, overwrite=overwrite)
     seed_everything(spec.train.seed)
     spec, bundle = prepare_data(spec, data_dir)
-    from medfuse.distributed.strategies import start_session
 
     session = start_session(spec, device)  # rank, device, process group (single: no-op)
     workdir = out.with_name(out.name + ".train")
@@ -148,7 +150,6 @@ def fit(
     signals, clinical values, the label. Columns are typed and the spec inferred by
     ``medfuse.data.table`` (printed when ``verbose``), saved as ``<out>.spec.yaml`` beside the
     package, and trained with ``train``: ``medfuse train <out>.spec.yaml`` repeats the run."""
-    from medfuse.data.table import write_table_spec
 
     ts, out, spec_file = write_table_spec(
         table,
@@ -177,7 +178,6 @@ def evaluate(
     """Metrics of a package on a split of its own data source (threshold and calibration applied).
     ``data``: a manifest CSV to use instead (the data moved); ``data_check`` in the result says
     whether the data matches the fingerprint recorded at training."""
-    from medfuse.inference.predictor import load
 
     pred = load(package, device=device)
     spec = pred.spec

@@ -12,14 +12,15 @@ from typing import Any
 
 import numpy as np
 
+from medfuse.api import train
+from medfuse.core.spec import load_spec
+from medfuse.data import load_data
+from medfuse.inference.predictor import load
+
 
 def run_demo(
     *, out: str | Path = "runs/demo", device: str = "auto", console: Any = None
 ) -> dict[str, Any]:
-    from medfuse.api import train
-    from medfuse.core.spec import load_spec
-    from medfuse.data import load_data
-    from medfuse.inference.predictor import load
 
     t0 = time.perf_counter()
     spec = load_spec(Path(__file__).parent / "configs" / "synthetic.yaml")
@@ -42,6 +43,7 @@ def run_demo(
         "example": [{"prob": float(p), "label": lab} for p, lab in zip(probs, labels)],
     }
     if console is not None:
+        # lazy: rich, only to print
         from rich.table import Table
 
         t = Table(

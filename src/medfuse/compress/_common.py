@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from medfuse.core.card import model_card
 from medfuse.core.errors import SpecError
 from medfuse.core.onnx import open_session
 from medfuse.core.package import (
@@ -70,6 +71,7 @@ def now() -> str:
 
 def ort_session(model: bytes | str | Path, *, threads: int = 1) -> Any:
     """A CPU InferenceSession with a fixed thread count (1 = fair, stable timings)."""
+    # lazy: ONNX Runtime, only when a session is created
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -156,7 +158,6 @@ def write_derived(
 ) -> Path:
     """Write ``out`` from ``src``: its files (minus ``drop``, plus ``files``), a new manifest, a
     regenerated model card and ``metrics.json``. Refuses to overwrite the source package."""
-    from medfuse.core.card import model_card
 
     out = check_out(out, src.path)
     carried: dict[str, bytes | str | Path] = {

@@ -35,9 +35,13 @@ from medfuse.compress._common import check_fraction, check_out, delta, now, sour
 from medfuse.core.errors import SpecError, not_allowed
 from medfuse.core.spec import Spec, apply_overrides, complete_spec, load_spec_dict, parse_spec
 from medfuse.data import DataBundle, Split, load_data
-from medfuse.inference.helpers import Tensors
-from medfuse.inference.package import Package, load_package
+from medfuse.distributed.strategies import start_session
+from medfuse.inference.helpers import Tensors, predict_logits, to_tensors
+from medfuse.inference.package import Package, load_package, save_package
+from medfuse.models.composite import count_parameters
 from medfuse.training.callbacks import Callback
+from medfuse.training.metrics import compute_metrics, probabilities
+from medfuse.training.pipeline import package_data_info, run_fit, seed_everything
 from medfuse.training.trainer import Trainer
 
 #: what a teacher sees when it makes the soft targets (see the module docstring)
@@ -177,7 +181,6 @@ def _check_view(p: Package, view: str, s_mods: list[str]) -> None:
 
 def view_logits(p: Package, split: Split, view: str, s_mods: list[str]) -> np.ndarray:
     """Teacher ``p``'s logits on ``split`` as ``view`` says (``full``, ``masked``, ``probe``)."""
-    from medfuse.inference.helpers import predict_logits, to_tensors
 
     t = to_tensors(_subset(split, list(p.spec.modalities)), p.meta["preprocessing"])
     cpu = torch.device("cpu")
@@ -209,11 +212,6 @@ def distill(
     command: str | None = None,
 ) -> DistillResult:
     """Distill ``teachers`` (one package or several: an ensemble) into a new ``student`` package."""
-    from medfuse.distributed.strategies import start_session
-    from medfuse.inference.package import save_package
-    from medfuse.models.composite import count_parameters
-    from medfuse.training.metrics import compute_metrics, probabilities
-    from medfuse.training.pipeline import package_data_info, run_fit, seed_everything
 
     t0 = time.perf_counter()
     if not temperature > 0:

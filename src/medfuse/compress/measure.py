@@ -26,7 +26,11 @@ from medfuse.compress._common import eval_split, ort_feeds, ort_logits, ort_sess
 from medfuse.core.errors import SpecError
 from medfuse.core.package import WEIGHTS
 from medfuse.core.paths import output_dir
+from medfuse.export.onnx import export_onnx_bytes
+from medfuse.inference.helpers import predict_logits, to_tensors
 from medfuse.inference.package import Package, load_package
+from medfuse.models.composite import count_parameters
+from medfuse.training.metrics import compute_metrics, probabilities
 
 BATCH_SIZES = (1, 64)
 METRIC_KEYS = ("auroc", "auprc", "ece")
@@ -172,10 +176,6 @@ def benchmark(
     Returns ``{"rows": [...], "settings": {...}, "files": {...}}``; with ``out_dir`` also writes
     ``benchmark.json``, ``benchmark.csv``, ``benchmark.md`` and ``pareto.png`` there.
     """
-    from medfuse.export.onnx import export_onnx_bytes
-    from medfuse.inference.helpers import to_tensors
-    from medfuse.models.composite import count_parameters
-    from medfuse.training.metrics import compute_metrics, probabilities
 
     if not packages:
         raise SpecError("packages", "give at least one package to benchmark")
@@ -215,8 +215,6 @@ def benchmark(
             if rt.get("default") == "onnx":
                 logits, engine = ort_logits(session, mods, data), "onnxruntime"
             else:
-                from medfuse.inference.helpers import predict_logits
-
                 logits, engine = predict_logits(pkg.model, data, torch.device("cpu"))[0], "torch"
             temp = float(meta.get("calibration", {}).get("temperature", 1.0))
             thr = float(meta.get("threshold", {}).get("value", 0.5))
@@ -370,9 +368,11 @@ def markdown(result: dict[str, Any]) -> str:
 
 def pareto_plot(result: dict[str, Any], path: Path) -> Path:
     """AUROC vs ONNX Runtime latency at the largest batch; marker area ~ file size."""
+    # lazy: matplotlib, only to draw a figure
     import matplotlib
 
     matplotlib.use("Agg")
+    # lazy: matplotlib, only to draw a figure
     import matplotlib.pyplot as plt
 
     b = max(result["settings"]["batch_sizes"])

@@ -42,11 +42,22 @@ from medfuse.compress._common import (
     summary,
     write_derived,
 )
+from medfuse.compress.measure import count_macs
 from medfuse.core.errors import PackageError, SpecError
 from medfuse.core.package import WEIGHTS
 from medfuse.core.spec import Spec, parse_spec
+from medfuse.distributed.strategies import start_session
+from medfuse.inference.helpers import resolve_device, to_tensors
 from medfuse.inference.package import load_package
+from medfuse.models import BRANCHES, build_model
+from medfuse.models.composite import count_parameters
 from medfuse.models.shapes import LAYER_SHAPES, shape_overrides
+from medfuse.training.pipeline import (
+    run_fit,
+    seed_everything,
+    split_metrics,
+    threshold_and_metrics,
+)
 
 log = logging.getLogger("medfuse.compress")
 
@@ -162,6 +173,7 @@ def prune_branch(
     branch: nn.Module, input_shape: tuple[int, ...], amount: float, *, recurrent_param: bool
 ) -> dict[str, Any]:
     """Structured pruning of one branch in place; returns what changed (for the spec/record)."""
+    # lazy: torch-pruning (medfuse[compress]), only to prune
     import torch_pruning as tp
 
     branch.eval()
@@ -195,7 +207,6 @@ def prune_structured(
     model: nn.Module, spec: Spec, amount: float
 ) -> tuple[Spec, dict[str, dict[str, Any]]]:
     """Prune every branch of ``model`` in place; returns the spec that rebuilds it exactly."""
-    from medfuse.models import BRANCHES
 
     d = spec.to_dict()
     report: dict[str, dict[str, Any]] = {}
@@ -222,7 +233,6 @@ def prune_structured(
 
 def _check_rebuild(model: nn.Module, spec: Spec) -> None:
     """The pruned weights must load strictly into the model the new spec builds."""
-    from medfuse.models import build_model
 
     try:
         build_model(spec).load_state_dict(model.state_dict(), strict=True)
@@ -243,6 +253,7 @@ def _prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
 
 def prune_unstructured(model: nn.Module, amount: float) -> list[tuple[nn.Module, str]]:
     """Global magnitude pruning (masks stay attached, so fine-tuning keeps the zeros)."""
+    # lazy: torch, not needed by the torch-free paths
     from torch.nn.utils import prune
 
     params = _prunable_weights(model)
@@ -251,6 +262,7 @@ def prune_unstructured(model: nn.Module, amount: float) -> list[tuple[nn.Module,
 
 
 def finalize_unstructured(params: list[tuple[nn.Module, str]]) -> None:
+    # lazy: torch, not needed by the torch-free paths
     from torch.nn.utils import prune
 
     for mod, name in params:
@@ -293,16 +305,6 @@ def prune(
     parameters and MACs before/after, the sparsity (unstructured), the fine-tuning and the test
     metrics before/after, all computed by the same code on the same split.
     """
-    from medfuse.compress.measure import count_macs
-    from medfuse.distributed.strategies import start_session
-    from medfuse.inference.helpers import resolve_device, to_tensors
-    from medfuse.models.composite import count_parameters
-    from medfuse.training.pipeline import (
-        run_fit,
-        seed_everything,
-        split_metrics,
-        threshold_and_metrics,
-    )
 
     amount = check_fraction(amount, "amount")
     if int(finetune_epochs) < 0:
@@ -409,6 +411,7 @@ def prune(
             "unstructured sparsity: dense kernels (PyTorch, ONNX Runtime) compute the zeros too, "
             "so it saves no time and the weights file keeps its size"
         )
+    # lazy: safetensors (torch), only to read or write weights
     from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -45,8 +45,10 @@ from medfuse.compress._common import (
     package_data,
     source_info,
     summary,
+    write_derived,
 )
 from medfuse.core.errors import MedfuseError, SpecError, not_allowed
+from medfuse.export.onnx import DEFAULT_OPSET, export_onnx_bytes
 from medfuse.inference.helpers import to_tensors
 from medfuse.inference.package import load_package
 from medfuse.training.metrics import compute_metrics, probabilities
@@ -181,7 +183,10 @@ def quantize_onnx(
 ) -> tuple[bytes, dict[str, Any]]:
     """Quantize an exported composite; returns the INT8 model bytes and what was done:
     ``{"parts": {part: static|dynamic|fp32}, "fp32_layers": [...]}``."""
+    # lazy: onnx (medfuse[export]), only to export or inspect a graph
     import onnx
+
+    # lazy: ONNX Runtime, only when a session is created
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -189,6 +194,8 @@ def quantize_onnx(
         quantize_dynamic,
         quantize_static,
     )
+
+    # lazy: ONNX Runtime, only when a session is created
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if method not in METHODS:
@@ -277,9 +284,8 @@ def quantize(
     settings, the calibration data and the metrics before (fp32) and after (INT8) on the test
     split, both computed by ONNX Runtime from the same preprocessed inputs.
     """
+    # lazy: ONNX Runtime, only when a session is created
     import onnxruntime
-
-    from medfuse.export.onnx import DEFAULT_OPSET, export_onnx_bytes
 
     if method not in METHODS:
         raise SpecError("method", not_allowed("quantization method", method, METHODS))
@@ -394,7 +400,6 @@ def quantize(
     }
     new_meta["exports"] = exports
     new_meta["compression"] = [*list(meta.get("compression") or []), record]
-    from medfuse.compress._common import write_derived
 
     # model.safetensors (fp32) and verification.npz stay valid: the weights are unchanged
     path = write_derived(

@@ -77,6 +77,7 @@ def reference_decisions(
     (``verification.npz``: ``probabilities`` and ``decisions``, a multilabel row as JSON), so that
     ``medfuse verify`` can recompute them from ``medfuse.json`` and refuse any edit of labels,
     threshold or temperature that changes them."""
+    # lazy: stdlib, kept off the --help path
     import json
 
     p = probabilities(task, np.asarray(logits), temperature)

@@ -342,6 +342,7 @@ def _fit(x: np.ndarray, m: Modality) -> np.ndarray:
 
 
 def _read_path(path: Path, m: Modality) -> np.ndarray:
+    # lazy: keeps the torch-free core's import light
     from medfuse.core.readers import read_modality
 
     try:
@@ -357,6 +358,7 @@ def _npy_signal(data: bytes, what: str, m: Modality) -> np.ndarray:
     no sampling rate, so its rows are the model's leads in the model's order, sampled at the
     model's rate (nothing is picked by name or resampled). Images keep their reader (a numeric
     window applies to ``.npy`` images)."""
+    # lazy: keeps the torch-free core's import light
     from medfuse.core.readers.image_math import read_npy_bytes
 
     try:
@@ -476,6 +478,7 @@ def _text_value(
         raise InputError(f"a {type(v).__name__} is not text; give a string or a .txt file path")
     if m.tokenizer is None:
         raise InputError(f"the package stores no tokenizer for the text modality {m.name!r}")
+    # lazy: keeps the torch-free core's import light
     from medfuse.core.text import encode
 
     return encode([v], m.tokenizer, int(m.length or 0))
@@ -933,6 +936,7 @@ def iter_batches(
 ) -> Iterator[Batch]:
     """A prediction input file, ``chunk`` rows at a time for a manifest (constant memory):
     a ``.csv`` / ``.parquet`` manifest, an ``.npz``, or one image/signal file."""
+    # lazy: keeps the torch-free core's import light
     from medfuse.core.readers import IMAGE_READERS, SIGNAL_READERS, suffix_of
 
     unseen = unseen_category or schema.unseen_category
@@ -1068,6 +1072,7 @@ def _table_chunks(p: Path, chunk: int) -> Iterator[tuple[list[str], list[dict[st
                 yield cols, rows
         return
     try:
+        # lazy: pyarrow, only for Parquet (optional: its absence is handled here)
         import pyarrow.parquet as pq
     except ImportError:  # pragma: no cover - without pyarrow
         raise DataError(f"{p}: reading Parquet needs pyarrow (pip install pyarrow)") from None

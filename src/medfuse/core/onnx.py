@@ -33,6 +33,7 @@ def check_device(device: str) -> str:
 
 
 def _providers(device: str) -> list[str]:
+    # lazy: ONNX Runtime, only when a session is created
     import onnxruntime as ort
 
     check_device(device)
@@ -50,6 +51,7 @@ def _providers(device: str) -> list[str]:
 def session_options(threads: int | None = None) -> Any:
     """ORT options: full graph optimisation; ``threads`` intra-op threads (None or 0: ORT
     decides; a negative count is a SpecError)."""
+    # lazy: ONNX Runtime, only when a session is created
     import onnxruntime as ort
 
     if threads is not None and int(threads) < 0:
@@ -69,6 +71,7 @@ def session_options(threads: int | None = None) -> Any:
 def open_session(path: str | Path, options: Any, providers: list[str]) -> Any:
     """An ORT InferenceSession on a package's ONNX file; a file ORT cannot load (truncated,
     not ONNX, an unsupported graph) is a PackageError naming it."""
+    # lazy: ONNX Runtime, only when a session is created
     import onnxruntime as ort
 
     try:

@@ -61,6 +61,7 @@ def extra_for(module: str, wanted: str | None = None) -> str | None:
 def unusable(modules: tuple[str, ...] | list[str]) -> str | None:
     """Why ``modules`` cannot be imported here (missing, or installed but failing to import),
     naming the extra to install; None when all of them import."""
+    # lazy: stdlib, kept off the --help path
     import importlib
 
     for name in modules:

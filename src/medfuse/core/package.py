@@ -169,6 +169,7 @@ def sha256_file(path: Path) -> str:
 
 
 def versions() -> dict[str, str]:
+    # lazy: stdlib, kept off the --help path
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version(), "platform": platform.platform()}
@@ -254,6 +255,7 @@ def write_package(
 
 
 def _json_default(o: Any) -> Any:
+    # lazy: numpy, not for --help
     import numpy as np
 
     if isinstance(o, np.generic):
@@ -331,6 +333,7 @@ def package_arrays(
 ) -> dict[str, Any]:
     """Every array of a package's ``.npz`` file (``verification.npz``), or a PackageError
     naming it: truncated or corrupt, a pickled (object) array, or an array of ``need`` missing."""
+    # lazy: numpy, not for --help
     import numpy as np
 
     try:
@@ -361,6 +364,7 @@ def _refresh_decisions(
 ) -> bytes | str | Path:
     """A legitimate writer (calibrate, ...) that changes a decision field re-derives the stored
     reference decisions of ``verification.npz`` (an edit by hand does not, and verify fails)."""
+    # lazy: numpy, not for --help
     import numpy as np
 
     raw = content.read_bytes() if isinstance(content, Path) else content

@@ -63,6 +63,7 @@ def package_digest(path: str | Path) -> str:
 
 def _model_signing() -> Any:
     try:  # deferred: an optional dependency (medfuse[signing]), needed only to sign or check
+        # lazy: model-signing (medfuse[signing]), only to sign or check (optional: its absence is handled here)
         import model_signing
     except ImportError:
         raise PackageError(

@@ -23,6 +23,7 @@ PAD, UNK = "[PAD]", "[UNK]"
 
 def _tokenizers() -> Any:
     try:
+        # lazy: tokenizers (optional: its absence is handled here)
         import tokenizers
     except ImportError:
         raise DataError(
@@ -36,6 +37,7 @@ def train_tokenizer(texts: Iterable[str], vocab: int) -> str:
     the word itself, so the same texts always give the same tokenizer; the package's ids are
     reproduced when its data is read again), lower-cased, accents stripped, punctuation split
     off (the ``tokenizers`` BERT normalizer and pre-tokenizer). Its JSON."""
+    # lazy: stdlib, kept off the --help path
     from collections import Counter
 
     tk = _tokenizers()

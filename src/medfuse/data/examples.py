@@ -41,7 +41,10 @@ def write_dicom(
     """A CT-like DICOM file from stored values ``(H, W)``, ``(F, H, W)`` (multi-frame) or
     ``(H, W, 3)`` (RGB); modality value = ``slope * stored + intercept``. The UIDs derive from
     the file name, the patient and the values, so the same call writes the same bytes."""
+    # lazy: pydicom (medfuse[medical]), only for DICOM
     from pydicom.dataset import Dataset, FileMetaDataset
+
+    # lazy: pydicom (medfuse[medical]), only for DICOM
     from pydicom.uid import (
         CTImageStorage,
         ExplicitVRLittleEndian,
@@ -93,6 +96,7 @@ def write_dicom(
 
 def write_nifti(path: str | Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
     """A NIfTI-1 file (``.nii`` or ``.nii.gz``) with the given voxel array and affine."""
+    # lazy: nibabel (medfuse[medical]), only for NIfTI
     import nibabel as nib
 
     path = Path(path)
@@ -112,6 +116,7 @@ def write_wfdb(
     comments: list[str] | None = None,
 ) -> Path:
     """A WFDB record ``<path>.hea`` + ``.dat`` from a physical signal ``(C, T)``; returns the .hea."""
+    # lazy: wfdb (medfuse[medical]), only for WFDB records
     import wfdb
 
     path = Path(path)
@@ -150,6 +155,7 @@ def write_csv_signal(
 
 def write_png(path: str | Path, image: np.ndarray) -> Path:
     """An 8-bit (uint8) or 16-bit (uint16) grey PNG from ``(H, W)``, or RGB from ``(H, W, 3)``."""
+    # lazy: Pillow, only when an image file is read
     from PIL import Image
 
     path = Path(path)

@@ -20,6 +20,7 @@ from medfuse.core.readers.base import native_scale
 from medfuse.core.spec import ModalitySpec
 from medfuse.data import DATASETS, DataBundle, Split, manifest_record
 from medfuse.data.splits import group_stratified_split
+from medfuse.data.stream import LazyColumn, Source, choose_stream
 
 log = logging.getLogger("medfuse.data")
 
@@ -271,7 +272,6 @@ def _lazy_column(
     contain: list[Path] | None,
 ) -> tuple[Any, np.ndarray]:
     """A file modality to stream: each cell's absolute path (checked for containment), unread."""
-    from medfuse.data.stream import LazyColumn, Source
 
     paths = []
     for i, cell in enumerate(cells):
@@ -379,7 +379,6 @@ def load_manifest(
     """A CSV manifest: per-modality file columns, tabular columns, label(s), optional split column.
     ``stream`` (``data.stream``): true or ``auto`` on large data leaves file modalities unread
     (``medfuse.data.stream``)."""
-    from medfuse.data.stream import choose_stream
 
     for k in options:
         if k not in OPTIONS:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medfuse.core.errors import DataError, SpecError
+from medfuse.core.errors import DataError, SpecError, did_you_mean
 from medfuse.core.spec import ModalitySpec
 from medfuse.data import DATASETS, DataBundle, Split, default_data_root
 
@@ -165,6 +165,7 @@ def parse_age_sex(comments: list[str]) -> tuple[float, float]:
 def _bandpass(x: np.ndarray, fs: float, band: list[float] | None) -> np.ndarray:
     if not band:
         return x
+    # lazy: scipy, only for this statistic
     from scipy.signal import butter, sosfiltfilt
 
     lo, hi = float(band[0]), min(float(band[1]), 0.45 * fs)
@@ -175,6 +176,7 @@ def _bandpass(x: np.ndarray, fs: float, band: list[float] | None) -> np.ndarray:
 def _resample(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
     if fs_in == fs_out:
         return x
+    # lazy: scipy, only for this statistic
     from scipy.signal import resample_poly
 
     r = Fraction(fs_out / fs_in).limit_denominator(1000)
@@ -202,6 +204,7 @@ def extract_record(
     original rate), ``symbol`` ``(N,)``, ``age``, ``sex``. Beats whose window would leave the
     record are skipped.
     """
+    # lazy: wfdb (medfuse[medical]), only for WFDB records
     import wfdb
 
     path = Path(path)
@@ -427,8 +430,6 @@ def _extract_all(folder: Path, records: list[str], opts: dict[str, Any]) -> dict
 def _check_options(options: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
-        from medfuse.core.errors import did_you_mean
-
         raise SpecError(
             f"data.options.{unknown[0]}",
             f"unknown option{did_you_mean(unknown[0], DEFAULTS)} Allowed: {', '.join(DEFAULTS)}",

@@ -95,6 +95,7 @@ def _lead_index(sig_name: list[str], leads: list[str], where: str) -> list[int]:
 
 
 def _read_signals(folder: Path, files: list[str], leads: list[str], length: int) -> np.ndarray:
+    # lazy: wfdb (medfuse[medical]), only for WFDB records
     import wfdb
 
     out = np.zeros((len(files), len(leads), length), np.float32)

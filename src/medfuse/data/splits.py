@@ -13,6 +13,7 @@ def group_stratified_split(
     ``fractions`` is (val, test). With groups, whole groups are assigned, keeping each split's
     label mix close to the overall one (scikit-learn's StratifiedGroupKFold picks the folds).
     """
+    # lazy: scikit-learn, only for this metric
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     n = len(labels)

@@ -46,6 +46,7 @@ from medfuse.core.preprocess import EPS, normalize
 from medfuse.core.readers import read_modality
 from medfuse.core.readers.base import native_scale
 from medfuse.core.spec import ModalitySpec
+from medfuse.data.validate import SPLITS, _where
 
 log = logging.getLogger("medfuse.data")
 
@@ -384,7 +385,6 @@ def stream_pass(
     """Decode (or read from the cache) every streamed file once, in split order; returns (and
     stores in ``bundle.info['stream']``) what the in-memory path computes from its arrays:
     the training statistics, constant modalities, each split's values hash, decode counts."""
-    from medfuse.data.validate import SPLITS, _where
 
     splits = [(n, getattr(bundle, n)) for n in SPLITS if getattr(bundle, n, None) is not None]
     lazy = sorted({m for _, s in splits for m, x in s.arrays.items() if is_lazy(x)})

@@ -42,7 +42,7 @@ import yaml
 from medfuse.core.errors import DataError, SpecError, did_you_mean
 from medfuse.core.readers import read_image, read_signal
 from medfuse.core.readers.base import suffix_of
-from medfuse.core.spec import DEFAULT_BRANCH
+from medfuse.core.spec import DEFAULT_BRANCH, apply_overrides, parse_spec
 from medfuse.data.manifest import read_csv_frame
 
 #: what ``medfuse train --table`` / ``medfuse.fit`` train with when nothing is set; chosen by
@@ -221,6 +221,7 @@ def _image_modality(col: str, cells: list[str], base: Path) -> tuple[dict[str, A
 
 
 def _dicom_has_window(path: Path) -> bool:
+    # lazy: pydicom (medfuse[medical]), only for DICOM
     import pydicom
 
     ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -546,7 +547,6 @@ def write_table_spec(
     (``<out>.spec.yaml``). A DataFrame is first written to ``<out>.table.csv``. The model's
     name is the package folder's (``out="runs/hospital"``: ``hospital``), else the CSV's stem
     (``table`` for a DataFrame): a CSV and the DataFrame read from it make the same package."""
-    from medfuse.core.spec import apply_overrides, parse_spec
 
     if out is not None:
         name = _name(Path(out).name)

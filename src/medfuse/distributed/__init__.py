@@ -41,6 +41,7 @@ _WHERE = {
 
 def __getattr__(name: str) -> Any:  # lazy: the CLI imports the launcher without torch
     if name in _WHERE:
+        # lazy: stdlib, kept off the --help path
         import importlib
 
         return getattr(importlib.import_module(f"medfuse.distributed.{_WHERE[name]}"), name)

@@ -41,6 +41,7 @@ from medfuse.distributed.placement import (
     resolve_placement,
 )
 from medfuse.inference.helpers import Tensors, resolve_device
+from medfuse.models import build_model
 from medfuse.training.callbacks import Callback
 from medfuse.training.trainer import Trainer
 
@@ -136,6 +137,7 @@ STRATEGIES.register("single", doc="one process, one device (the default)")(Strat
 
 
 def _ddp(model: nn.Module, device: torch.device | None) -> nn.Module:
+    # lazy: torch, not needed by the torch-free paths
     from torch.nn.parallel import DistributedDataParallel
 
     if not any(p.requires_grad for p in model.parameters()):
@@ -226,6 +228,7 @@ def _fsdp_units(model: nn.Module) -> list[nn.Module]:
 
 
 def _full(v: Any) -> Any:
+    # lazy: torch, not needed by the torch-free paths
     from torch.distributed.tensor import DTensor
 
     return v.full_tensor() if isinstance(v, DTensor) else v
@@ -235,6 +238,7 @@ def _install_full_state_dict(model: nn.Module) -> None:
     """Make a ``fully_shard``-ed model's ``state_dict`` hold full tensors and its
     ``load_state_dict`` accept them, so checkpoints, best-epoch restore and packages look exactly
     as in one process. Both are collective: every rank calls them (the trainer does)."""
+    # lazy: torch, not needed by the torch-free paths
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     cls = type(model)
@@ -261,6 +265,7 @@ def _install_full_state_dict(model: nn.Module) -> None:
 
 def _shard_optimizer_state(opt: torch.optim.Optimizer, *_: Any) -> None:
     """Before a step: optimizer state restored from a full checkpoint becomes sharded again."""
+    # lazy: torch, not needed by the torch-free paths
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     for group in opt.param_groups:
@@ -308,7 +313,10 @@ class FSDPStrategy(Strategy):
     def prepare(self, model: nn.Module) -> None:
         if not dist.is_initialized():
             return
+        # lazy: torch, not needed by the torch-free paths
         from torch.distributed.device_mesh import init_device_mesh
+
+        # lazy: torch, not needed by the torch-free paths
         from torch.distributed.fsdp import fully_shard
 
         # the model is still on the host: fully_shard moves only this rank's shards to the device
@@ -317,6 +325,7 @@ class FSDPStrategy(Strategy):
             fully_shard(unit, mesh=mesh)
         fully_shard(model, mesh=mesh)
         _install_full_state_dict(model)
+        # lazy: torch, not needed by the torch-free paths
         from torch.optim.optimizer import register_optimizer_step_pre_hook
 
         self._hook = register_optimizer_step_pre_hook(_shard_optimizer_state)
@@ -327,7 +336,6 @@ class FSDPStrategy(Strategy):
         state = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
         if not self.session.is_main:
             return trainer.model
-        from medfuse.models import build_model
 
         plain = build_model(trainer.spec)
         plain.load_state_dict(state)

@@ -22,8 +22,19 @@ import torch
 
 from medfuse.core.errors import DataError, SpecError, did_you_mean
 from medfuse.core.paths import output_dir
+from medfuse.core.predictor import affected_rows
 from medfuse.core.preprocess import normalize
+from medfuse.explain import gradcam, integrated
+from medfuse.explain.gradcam import resolve_layer
+from medfuse.explain.plots import (
+    dataset_contributions,
+    gradcam_overlay,
+    modality_waterfall,
+    signal_attribution,
+    signed_bars,
+)
 from medfuse.explain.shapley import SCALES, ShapleyResult, modality_shapley
+from medfuse.inference.predictor import decide, load
 from medfuse.training.metrics import probabilities
 
 log = logging.getLogger("medfuse.explain")
@@ -82,7 +93,6 @@ class Explainer:
             raise SpecError("--steps", f"must be >= 1; got {steps}")
         self.target = self._target_index(target)
         self.image_layers: dict[str, str | None] = {}
-        from medfuse.explain.gradcam import resolve_layer
 
         images = [m for m, s in self.modalities.items() if s.kind == "image"]
         if layer is not None:
@@ -110,7 +120,6 @@ class Explainer:
 
     @classmethod
     def from_package(cls, path: str | Path, *, device: str = "cpu", **kw: Any) -> Explainer:
-        from medfuse.inference.predictor import load
 
         return cls(load(path, device=device), **kw)
 
@@ -211,8 +220,6 @@ class Explainer:
         pictures: bool = True,
     ) -> Explained:
         """Every explanation of every sample in a (small) batch of raw inputs."""
-        from medfuse.explain import gradcam, integrated
-        from medfuse.inference.predictor import decide
 
         inputs, mk = self.tensors(arrays, masks)
         n = len(mk[self.names[0]])
@@ -280,8 +287,6 @@ class Explainer:
                         "central_mass": float(cm[i]) if np.isfinite(cm[i]) else None,
                     }
                     if pictures:
-                        from medfuse.explain.plots import gradcam_overlay
-
                         pics[i][m] = gradcam_overlay(
                             arrays[m][i],
                             r["upsampled"][i],
@@ -303,8 +308,6 @@ class Explainer:
                 if s.kind == "tabular":
                     entry["features"] = self._features(m, arrays[m][i], a)
                     if pictures:
-                        from medfuse.explain.plots import signed_bars
-
                         fs = entry["features"]
                         pics[i][m] = signed_bars(
                             [f["name"] for f in fs],
@@ -318,8 +321,6 @@ class Explainer:
                     if s.kind == "signal":
                         entry["per_lead"] = _round(np.abs(a).sum(axis=-1))
                     if pictures:
-                        from medfuse.explain.plots import gradcam_overlay, signal_attribution
-
                         if s.kind == "signal" and a.ndim == 2:
                             pics[i][m] = signal_attribution(arrays[m][i], a, title=title)
                         elif s.kind == "image":
@@ -328,8 +329,6 @@ class Explainer:
                             )
                 samples[i]["maps"][m] = entry
         if pictures:
-            from medfuse.explain.plots import modality_waterfall
-
             for i in range(n):
                 sv = shap[SHAPLEY_SCALE].sample(i)
                 pics[i]["modalities"] = modality_waterfall(
@@ -426,9 +425,6 @@ def explain_file(
     Maps are drawn for ``rows`` (default: the first ``max_samples``); modality Shapley values
     are computed for every explainable row and averaged over them (dataset level).
     """
-    from medfuse.core.predictor import affected_rows
-    from medfuse.explain.plots import dataset_contributions
-    from medfuse.inference.predictor import load
 
     t0 = time.perf_counter()
     if int(max_samples) < 0:

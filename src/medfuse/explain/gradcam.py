@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medfuse.core.errors import SpecError, did_you_mean
+from medfuse.models import members
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -45,7 +46,6 @@ def resolve_layer(model: nn.Module, modality: str, name: str | None) -> tuple[st
     """``(name relative to the branch, module)``. ``name`` may be relative to the branch
     (``features.2``) or the model (``branches.image.features.2``); ``None`` = the default.
     For an ensemble the name is that of every member's layer (they share the architecture)."""
-    from medfuse.models import members
 
     branch = members(model)[0].branches[modality]
     if name is None:
@@ -99,9 +99,8 @@ def grad_cam(
     For an ensemble, the map is the sum over members of each member's map of its own layer,
     all on the ensemble's output (identical members give the single model's map).
     """
+    # lazy: captum (medfuse[explain]), only to explain
     from captum.attr import LayerGradCam
-
-    from medfuse.models import members
 
     rel, _ = resolve_layer(model, modality, layer)
     names = list(inputs)

@@ -30,6 +30,7 @@ def integrated_gradients(
 
     Returns ``{"attribution": (B, *shape) float32, "delta": (B,) convergence error}`` (numpy).
     """
+    # lazy: captum (medfuse[explain]), only to explain
     from captum.attr import IntegratedGradients
 
     names = list(inputs)

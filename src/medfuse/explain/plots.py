@@ -16,6 +16,7 @@ POS, NEG = "#c0392b", "#2e6fba"  # red pushes towards the explained class, blue 
 
 def _figure(w: float, h: float, **margins: float):
     """A figure with fixed margins (constrained layout costs ~0.3 s a figure on this CPU)."""
+    # lazy: matplotlib, only to draw a figure
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(w, h), dpi=100)
@@ -76,6 +77,7 @@ def signal_attribution(
     max_leads: int = 12,
 ) -> bytes:
     """One panel per lead: the waveform (black) over a band coloured by its signed attribution."""
+    # lazy: matplotlib, only to draw a figure
     from matplotlib.collections import LineCollection
 
     x = np.asarray(signal, np.float32)

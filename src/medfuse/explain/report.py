@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from medfuse.explain.explainer import SHAPLEY_SCALE, Explainer
+from medfuse.explain.plots import dataset_contributions
+from medfuse.inference.predictor import decide
 from medfuse.report.html import Section, esc, img_tag, num, register_section, table
 
 #: cases scored for the dataset-level contributions (the first N of the split)
@@ -68,7 +70,6 @@ def contributions_section(ev: Any) -> Section | None:
         if truth:
             row.append(num(truth[m], 3))
         rows.append(row)
-    from medfuse.explain.plots import dataset_contributions
 
     png = dataset_contributions(
         names,
@@ -106,7 +107,6 @@ def _says(decision: Any, label: str) -> bool:
 
 def _pick(ev: Any, y: np.ndarray, p: np.ndarray, labels: list[str], task: str) -> list[int]:
     """Per class: the most confident correct case and the most confident error (if any)."""
-    from medfuse.inference.predictor import decide
 
     pred = ev.predictor
     decided = decide(task, p, labels, pred.threshold)

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from medfuse.explain.explainer import Explainer
+
 
 def randomized_copy(model: nn.Module, *, seed: int = 0) -> nn.Module:
     """A deep copy of ``model`` with every parameter re-initialised (independent randomisation)."""
@@ -34,6 +36,7 @@ def randomized_copy(model: nn.Module, *, seed: int = 0) -> nn.Module:
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman rank correlation of two maps (flattened); NaN when either is constant."""
+    # lazy: scipy, only for this statistic
     from scipy.stats import spearmanr
 
     x, y = np.ravel(np.asarray(a, np.float64)), np.ravel(np.asarray(b, np.float64))
@@ -55,7 +58,6 @@ def randomization_check(
 ) -> dict[str, Any]:
     """Explain with the trained and with a randomised model; per modality, the mean over samples
     of Spearman(|trained map|, |random map|) (``abs``) and of the signed maps (``signed``)."""
-    from medfuse.explain.explainer import Explainer
 
     trained = explainer.explain(arrays, masks, pictures=False).samples
     pred = copy.copy(explainer.predictor)

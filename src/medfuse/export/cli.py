@@ -141,6 +141,7 @@ def setup_sign(p: argparse.ArgumentParser) -> Handler:
     )
 
     def run(a: argparse.Namespace) -> int:
+        # lazy: stdlib, kept off the --help path
         import os
 
         from medfuse.core.signing import (  # lazy: model-signing, only when signing

@@ -21,6 +21,7 @@ import numpy as np
 from medfuse.core.errors import MedfuseError, SpecError, not_allowed
 from medfuse.core.package import WEIGHTS, package_arrays, update_package
 from medfuse.export.onnx import DEFAULT_OPSET, export_onnx_bytes, input_names
+from medfuse.export.pt2 import export_pt2_bytes
 from medfuse.export.verify import (
     DEFAULT_SAMPLES,
     TOLERANCE,
@@ -83,6 +84,7 @@ def export_package(
     ``model.onnx``: exporting it as ONNX only adds ``verification.npz`` (from the fp32 weights) and
     verifies the INT8 model by label agreement. ``refresh`` rebuilds ``verification.npz``.
     """
+    # lazy: torch, not needed by the torch-free paths
     import torch
 
     if format not in FORMATS:
@@ -118,6 +120,7 @@ def export_package(
             "(verified by label agreement)"
         )
     elif format == "onnx":
+        # lazy: ONNX Runtime, only when a session is created
         import onnxruntime as ort
 
         example = tuple(torch.from_numpy(feeds[n]) for n in input_names(mods))
@@ -156,8 +159,6 @@ def export_package(
             "created": stamp,
         }
     else:
-        from medfuse.export.pt2 import export_pt2_bytes
-
         inputs = {m: torch.from_numpy(feeds[m]) for m in mods}
         masks = {m: torch.from_numpy(feeds[f"mask_{m}"]) for m in mods}
         data = export_pt2_bytes(pkg.model, spec, (inputs, masks))

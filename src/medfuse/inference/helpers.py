@@ -11,8 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from medfuse.core.errors import DataError, MedfuseError, SpecError
 from medfuse.core.preprocess import normalize
 from medfuse.data import Split, is_lazy
+from medfuse.data.stream import StreamBatches, stream_loader
 
 Batch = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]
 
@@ -63,7 +65,6 @@ class StreamTensors:
         workers: int = 2,
         zero: tuple[str, ...] = (),
     ) -> None:
-        from medfuse.data.stream import StreamBatches
 
         self.split, self.stats, self.workers, self.zero = split, stats, workers, zero
         self.masks = {
@@ -78,7 +79,6 @@ class StreamTensors:
 
     @property
     def inputs(self) -> dict[str, torch.Tensor]:
-        from medfuse.core.errors import DataError
 
         raise DataError(
             "this split is streamed (data.stream): its inputs are not held in memory; this step "
@@ -91,7 +91,6 @@ class StreamTensors:
     def batches(
         self, order: Sequence[torch.Tensor], device: torch.device, *, workers: int | None = None
     ) -> Iterator[Batch]:
-        from medfuse.data.stream import stream_loader
 
         nb = device.type == "cuda"
         n = self.workers if workers is None else workers
@@ -122,7 +121,6 @@ def to_tensors(split: Split, stats: dict[str, Any], *, workers: int = 2) -> Tens
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``auto`` (CUDA when PyTorch sees it, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; a string
     PyTorch does not read as a device is a SpecError at ``--device`` (exit 2)."""
-    from medfuse.core.errors import MedfuseError, SpecError
 
     if isinstance(device, torch.device):
         return device

@@ -31,7 +31,7 @@ from medfuse.core.package import (
 from medfuse.core.spec import Spec, parse_spec
 from medfuse.models import build_model
 from medfuse.models.branches.pretrained import from_records
-from medfuse.models.composite import CompositeModel, EnsembleModel, count_parameters
+from medfuse.models.composite import CompositeModel, EnsembleModel, count_parameters, members
 
 
 @dataclass
@@ -104,7 +104,6 @@ def save_package(
 def pretrained_records(model: nn.Module) -> dict[str, Any]:
     """What each pretrained branch was fine-tuned from (weights sha256, origin, license) and the
     input adaptation it applies, by modality: ``medfuse.json``'s ``pretrained``."""
-    from medfuse.models.composite import members
 
     out: dict[str, Any] = {}
     for name, branch in members(model)[0].branches.items():

@@ -15,6 +15,7 @@ import torch
 from medfuse.core.decision import decide, probabilities
 from medfuse.core.predictor import PredictorBase
 from medfuse.core.preprocess import normalize
+from medfuse.inference.helpers import resolve_device
 from medfuse.inference.package import Package, load_package
 
 __all__ = ["Predictor", "decide", "load", "probabilities"]
@@ -53,7 +54,6 @@ class Predictor(PredictorBase):
 
 def load(path: str | Path, *, device: str = "cpu") -> Predictor:
     """Load a model package (checksums verified, weights loaded strictly) as a Predictor."""
-    from medfuse.inference.helpers import resolve_device
 
     dev = resolve_device(device)
     return Predictor(load_package(path, device=dev), dev)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medfuse.core.spec import Spec
+from medfuse.core.spec import Spec, parse_spec
+from medfuse.models import BRANCHES, FUSIONS
+from medfuse.models.shapes import apply_layer_shapes
 
 
 class CompositeModel(nn.Module):
@@ -17,7 +19,6 @@ class CompositeModel(nn.Module):
 
     def __init__(self, spec: Spec) -> None:
         super().__init__()
-        from medfuse.models import BRANCHES, FUSIONS
 
         self.modalities = list(spec.modalities)
         self.num_outputs = spec.num_outputs
@@ -29,8 +30,6 @@ class CompositeModel(nn.Module):
             shapes = params.pop("layer_shapes", None)  # pruned layer sizes (medfuse prune)
             self.branches[name] = builder(input_shape=spec.modalities[name].shape, **params)
             if shapes:
-                from medfuse.models.shapes import apply_layer_shapes
-
                 apply_layer_shapes(
                     self.branches[name], shapes, path=f"branches.{name}.layer_shapes"
                 )
@@ -126,7 +125,6 @@ MEMBER_SEED_STRIDE = 1000
 def member_spec(spec: Spec, k: int) -> Spec:
     """The spec member ``k`` trains with: no ensemble, seed ``train.seed + 1000 k`` (member 0 is the
     single model of that seed; ensembles of different seeds share no member)."""
-    from medfuse.core.spec import parse_spec
 
     d = spec.to_dict()
     d["ensemble"] = 1

@@ -20,6 +20,8 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
+import warnings
+
 from medfuse.training.metrics import ECE_BINS, SUMMARY_KEYS, compute_metrics
 
 #: default number of bootstrap resamples and the confidence level
@@ -218,7 +220,6 @@ def _nanmean_rows(a: np.ndarray) -> np.ndarray:
 
 class _quiet:
     def __enter__(self) -> None:
-        import warnings
 
         self._w = warnings.catch_warnings()
         self._w.__enter__()

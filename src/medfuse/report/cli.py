@@ -191,7 +191,11 @@ def setup_compare(p: argparse.ArgumentParser) -> Handler:
 
         # lazy: torch and the data stack, only when the verb runs
         from medfuse.report.ci import fmt_interval
+
+        # lazy: medfuse's heavier layers, not for --help
         from medfuse.report.clinical import jsonable
+
+        # lazy: medfuse's heavier layers, not for --help
         from medfuse.report.compare import compare_packages
 
         if a.output:  # before the comparison: a folder that is missing or not writable
@@ -258,6 +262,8 @@ def setup_calibrate(p: argparse.ArgumentParser) -> Handler:
     def run(a: argparse.Namespace) -> int:
         # lazy: torch and the data stack, only when the verb runs
         from medfuse.report.calibration import calibrate_package
+
+        # lazy: medfuse's heavier layers, not for --help
         from medfuse.report.clinical import jsonable
 
         if a.figure:  # before the calibration: a folder that is missing or not writable
@@ -310,9 +316,17 @@ def _calibration_figure(
 ) -> None:
     # lazy: torch and the data stack, only when the verb runs
     from medfuse.core.decision import probabilities
+
+    # lazy: medfuse's heavier layers, not for --help
     from medfuse.inference.predictor import load
+
+    # lazy: medfuse's heavier layers, not for --help
     from medfuse.report import calibration as cal
+
+    # lazy: medfuse's heavier layers, not for --help
     from medfuse.report.calibration import load_bundle
+
+    # lazy: medfuse's heavier layers, not for --help
     from medfuse.report.plots import reliability_png
 
     pred = load(package, device=device)
@@ -354,7 +368,11 @@ def setup_report(p: argparse.ArgumentParser) -> Handler:
     def run(a: argparse.Namespace) -> int:
         # lazy: torch and the data stack, only when the verb runs
         from medfuse.report.ci import fmt_interval
+
+        # lazy: medfuse's heavier layers, not for --help
         from medfuse.report.clinical import jsonable
+
+        # lazy: medfuse's heavier layers, not for --help
         from medfuse.report.html import write_report
 
         if a.json:  # before the evaluation: a folder that is missing or not writable

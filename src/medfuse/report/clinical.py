@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medfuse.core.errors import SpecError
+from medfuse.core.errors import SpecError, not_allowed
 from medfuse.data import DataBundle, Split
+from medfuse.inference.helpers import predict_logits, to_tensors
 from medfuse.inference.predictor import Predictor, load
 from medfuse.report import calibration as cal
 from medfuse.report.calibration import load_bundle
@@ -87,7 +88,6 @@ def predict_split(
     if len(mods) > 1:
         for m in mods:
             out.without[m] = probabilities(task, pred.logits(remove_modality(split, m)), temp)
-    from medfuse.inference.helpers import predict_logits, to_tensors
 
     t = to_tensors(split, pred.meta["preprocessing"])
     _, per = predict_logits(pred.model, t, pred.device, bf16=pred.spec.train.bf16, branches=True)
@@ -132,8 +132,6 @@ def operating_point(
             "threshold.method", f"operating points are chosen for binary tasks; this is {pred.task}"
         )
     if method not in THRESHOLD_METHODS:
-        from medfuse.core.errors import not_allowed
-
         raise SpecError(
             "threshold.method", not_allowed("threshold method", method, THRESHOLD_METHODS)
         )

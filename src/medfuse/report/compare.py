@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from medfuse.core.errors import DataError, PackageError
+from medfuse.core.errors import DataError, PackageError, SpecError, not_allowed
+from medfuse.inference.predictor import load
+from medfuse.report.calibration import load_bundle
 from medfuse.report.ci import (
     LEVEL,
     RESAMPLES,
@@ -26,6 +28,7 @@ from medfuse.report.ci import (
     metric_rows,
     resampling_unit,
 )
+from medfuse.report.clinical import SUMMARY
 
 ALPHA = 0.05
 
@@ -156,13 +159,9 @@ def compare_packages(
     data: str | Path | None = None,
 ) -> dict[str, Any]:
     """Each package's metrics with CIs on the same split, and each package vs the first."""
-    from medfuse.inference.predictor import load
-    from medfuse.report.calibration import load_bundle
-    from medfuse.report.clinical import SUMMARY
 
     if len(packages) < 2:
         raise PackageError("compare needs at least two packages")
-    from medfuse.core.errors import SpecError, not_allowed
 
     if metric not in SUMMARY:
         raise SpecError("metric", not_allowed("metric", metric, SUMMARY))

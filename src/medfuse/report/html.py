@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import html
+import importlib
 import json
 import logging
 import math
@@ -35,9 +36,12 @@ from typing import Any
 import numpy as np
 
 from medfuse.core.errors import MedfuseError
+from medfuse.core.package import versions
 from medfuse.core.paths import output_file
 from medfuse.report import plots
 from medfuse.report.ci import fmt_interval
+from medfuse.report.clinical import clinical_evaluation
+from medfuse.training.trainer import HISTORY
 
 log = logging.getLogger("medfuse.report")
 
@@ -78,7 +82,6 @@ PROVIDER_MODULES: list[str] = ["medfuse.explain.report"]
 
 def load_providers() -> None:
     """Import ``PROVIDER_MODULES`` (their import registers providers); a missing one is skipped."""
-    import importlib
 
     for mod in PROVIDER_MODULES:
         try:
@@ -544,7 +547,6 @@ def _per_modality(ev: Any, ctx: dict[str, Any]) -> Section | None:
 
 
 def _training(ev: Any, ctx: dict[str, Any]) -> Section:
-    from medfuse.training.trainer import HISTORY
 
     path = Path(ev.predictor.package.path) / HISTORY
     meta = ev.predictor.meta
@@ -583,13 +585,13 @@ def _training(ev: Any, ctx: dict[str, Any]) -> Section:
 
 
 def _reproducibility(ev: Any, ctx: dict[str, Any]) -> Section:
-    from medfuse.core.package import versions
 
     meta = ev.predictor.meta
     tr = meta.get("training", {})
     now = versions()
     for name in ("scikit-learn", "scipy", "matplotlib"):
         try:
+            # lazy: importlib (optional: its absence is handled here)
             from importlib.metadata import version
 
             now[name] = version(name)
@@ -707,7 +709,6 @@ def write_report(
 ) -> tuple[Path, Any]:
     """Evaluate ``package`` and write the self-contained report; returns (path, evaluation).
     ``output``'s folder must exist (checked before the evaluation)."""
-    from medfuse.report.clinical import clinical_evaluation
 
     out = output_file(output, "--output")
     ev = clinical_evaluation(

@@ -16,7 +16,10 @@ COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17
 
 
 def _figure(w: float = 4.6, h: float = 3.8, ncols: int = 1) -> tuple[Any, list[Any]]:
+    # lazy: matplotlib, only to draw a figure
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    # lazy: matplotlib, only to draw a figure
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(w * ncols, h), dpi=DPI)

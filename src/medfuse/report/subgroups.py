@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medfuse.core.errors import DataError
+from medfuse.core.errors import DataError, did_you_mean
 from medfuse.report.ci import LEVEL, RESAMPLES, bootstrap, interval, metric_rows, point_rows
 
 #: columns tried, in order, when no column is named
@@ -97,7 +97,6 @@ def subgroup_values(
             vals, how = band(pd.Series(raw))
             return vals, f"tabular input '{mod}.{column}' ({how})"
     avail = available_columns(meta, tabular_columns)
-    from medfuse.core.errors import did_you_mean
 
     raise DataError(
         f"no subgroup column {column!r} in this data{did_you_mean(column, avail)} "

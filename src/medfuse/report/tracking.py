@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from medfuse.core.errors import MedfuseError
+from medfuse.core.errors import MedfuseError, SpecError, not_allowed
 
 TRACKERS = ("mlflow",)
 DEFAULT_URI = "./mlruns"
@@ -53,6 +53,7 @@ class MlflowTracker:
         self, uri: str | None = None, experiment: str = "medfuse", run_name: str | None = None
     ) -> None:
         try:
+            # lazy: mlflow (medfuse[tracking]), only when tracking (optional: its absence is handled here)
             import mlflow
         except ImportError:
             raise TrackingError(
@@ -131,8 +132,6 @@ def tracking(
         yield None
         return
     if kind not in TRACKERS:
-        from medfuse.core.errors import SpecError, not_allowed
-
         raise SpecError("--track", not_allowed("tracker", kind, TRACKERS))
     t = MlflowTracker(uri, experiment, run_name)
     if params:

@@ -388,6 +388,7 @@ def serve(
     """Run the service with uvicorn (blocks). The package is checked (signature with ``trust``,
     checksums, schema) and loaded BEFORE the port is bound, so an unsigned, altered or damaged
     package, or a missing ``model.onnx``, fails here with a clear message."""
+    # lazy: uvicorn (medfuse[serve]), only to serve
     import uvicorn
 
     if not 0 < int(port) < 65536:

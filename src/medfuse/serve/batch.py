@@ -57,6 +57,8 @@ class TableWriter:
     def write(self, df: pd.DataFrame) -> None:
         if self.parquet:
             import pyarrow as pa  # lazy: pyarrow, only for Parquet output
+
+            # lazy: pyarrow, only for Parquet
             import pyarrow.parquet as pq
 
             t = pa.Table.from_pandas(df, preserve_index=False)
@@ -156,6 +158,7 @@ def predict_stream(
     total = count_rows(Path(input_path)) if show and str(input_path).endswith(".csv") else None
     bar = None
     if show:
+        # lazy: rich, only to print
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
         bar = Progress(

@@ -33,6 +33,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 
 from medfuse.core.decision import NONFINITE
 from medfuse.core.errors import DataError, SpecError
+from medfuse.explain.explainer import Explainer, finite_or_none
 from medfuse.serve.app import add_routes, extension
 from medfuse.serve.schemas import ErrorDetail, Prediction
 from medfuse.serve.service import InputError
@@ -132,6 +133,7 @@ class _ExplainState:
     def get(self) -> Any:
         if self.predictor is None:
             try:
+                # lazy: medfuse (optional: its absence is handled here)
                 from medfuse.inference.predictor import load
             except ImportError as err:  # a torch-free (runtime-only) installation
                 raise HTTPException(
@@ -196,7 +198,6 @@ def install(app: FastAPI) -> None:
         their pictures for each instance (at most 4). Runs on the PyTorch weights."""
         batch = service.inputs(body.instances)  # type: ignore[attr-defined]
         arrays, masks = batch.arrays, batch.masks
-        from medfuse.explain.explainer import Explainer
 
         with state.lock:
             pred = state.get()
@@ -214,7 +215,6 @@ def install(app: FastAPI) -> None:
                 row = re.match(r"rows (\d+)", str(err))
                 loc = ("body", "instances", int(row.group(1))) if row else ("body", "instances")
                 raise InputError(loc, NONFINITE) from None
-        from medfuse.explain.explainer import finite_or_none
 
         out = []
         for i, (s, pics) in enumerate(zip(res.samples, res.pictures)):

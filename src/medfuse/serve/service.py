@@ -22,8 +22,11 @@ import numpy as np
 from medfuse.core.errors import DataError, MedfuseError, PackageError
 from medfuse.core.inputs import Batch, Modality, Schema, Upload, modalities_from_meta
 from medfuse.core.inputs import InputError as CoreInputError
+from medfuse.core.onnx import OnnxPredictor
 from medfuse.core.package import read_meta, typed_meta, versions
 from medfuse.core.readers.image_math import MAX_PIXELS, read_npy_bytes
+from medfuse.core.readers.medical import wfdb_record_files
+from medfuse.inference.predictor import load
 from medfuse.serve.schemas import file_fields, request_models
 
 log = logging.getLogger("medfuse.serve")
@@ -46,15 +49,13 @@ def load_predictor(
     """The package's predictor for ``runtime`` ("onnx": ``model.onnx`` with ONNX Runtime, no
     PyTorch needed; "torch": the weights rebuilt with PyTorch)."""
     if runtime == "onnx":
-        from medfuse.core.onnx import OnnxPredictor
-
         return OnnxPredictor(path, device=device, threads=threads)
     if runtime == "torch":
         try:
+            # lazy: torch, not needed by the torch-free paths (optional: its absence is handled here)
             import torch
         except ImportError:
             raise PackageError("the torch runtime needs PyTorch; use the onnx runtime") from None
-        from medfuse.inference.predictor import load
 
         if threads:
             torch.set_num_threads(int(threads))
@@ -168,7 +169,6 @@ class Service:
 
     def _wfdb(self, rec: dict[str, str], loc: tuple[Any, ...]) -> Upload:
         """A WFDB record: the header, and the data file written under the name it gives."""
-        from medfuse.core.readers.medical import wfdb_record_files
 
         hea, dat = self._file(rec["hea"], (*loc, "hea")), self._file(rec["dat"], (*loc, "dat"))
         try:
@@ -188,6 +188,7 @@ class Service:
         if field == "npy":
             read_npy_bytes(raw, max_elements=self.max_pixels * 4)
         elif field == "png":
+            # lazy: Pillow, only when an image file is read
             from PIL import Image
 
             try:
@@ -198,6 +199,7 @@ class Service:
             if w * h > self.max_pixels:
                 raise DataError(f"image of {w}x{h} pixels exceeds the limit of {self.max_pixels}")
         elif field == "dicom":
+            # lazy: pydicom (medfuse[medical]), only for DICOM
             import pydicom
 
             try:

@@ -15,6 +15,7 @@ from torch import nn
 
 from medfuse.core.errors import SpecError
 from medfuse.core.spec import Spec
+from medfuse.models.composite import members
 
 #: wrappers a parameter name may carry (DDP, an ensemble member) before the composite's own name
 _WRAPPED = re.compile(r"^(module\.)?(members\.\d+\.)?")
@@ -37,6 +38,7 @@ def is_trainable(spec: Spec, name: str) -> bool:
 
 def _peft() -> Any:
     try:
+        # lazy: peft (optional: its absence is handled here)
         import peft
     except Exception as err:  # missing, or a broken install of one of its imports
         raise SpecError(
@@ -51,7 +53,6 @@ def apply_finetune(model: nn.Module, spec: Spec) -> dict[str, Any] | None:
     t = spec.train
     if not t.freeze and t.peft is None:
         return None
-    from medfuse.models.composite import members
 
     record: dict[str, Any] = {}
     if t.peft is not None:
@@ -107,6 +108,7 @@ def merge_finetune(model: nn.Module) -> nn.Module:
     """Merge every LoRA adapter into its base layer and put the base layer back in its place:
     the model's parameter names and shapes are those of the plain architecture again."""
     try:
+        # lazy: peft (optional: its absence is handled here)
         from peft.tuners.lora import LoraLayer
     except Exception:
         return model

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from medfuse.core.errors import PackageError, SpecError
+from medfuse.core.package import WEIGHTS
+from medfuse.inference.package import load_package
 
 if TYPE_CHECKING:
     from medfuse.core.spec import InitSpec
@@ -25,8 +27,6 @@ def init_from_package(model: torch.nn.Module, init: InitSpec) -> dict[str, Any]:
     must exist in the target with the same shape; a prefix that matches nothing is an error. The
     returned record (package, its weights' sha256, prefixes, tensor count) goes into the package.
     """
-    from medfuse.core.package import WEIGHTS
-    from medfuse.inference.package import load_package
 
     try:
         src_pkg = load_package(init.package)

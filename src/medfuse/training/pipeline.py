@@ -30,8 +30,12 @@ from medfuse.core.preprocess import channel_axis, fit_stats
 from medfuse.core.spec import Spec, complete_spec, parse_spec
 from medfuse.data import DataBundle, Split, load_spec_data
 from medfuse.inference.helpers import Tensors, predict_logits, to_tensors
+from medfuse.models import build_model, member_spec
+from medfuse.models.branches.pretrained import RAW_INPUT
+from medfuse.models.composite import members as members_of
 from medfuse.training.callbacks import Callback
 from medfuse.training.finetune import apply_finetune, merge_finetune
+from medfuse.training.init import INIT_RECORD, init_from_package
 from medfuse.training.metrics import SUMMARY_KEYS, choose_threshold, compute_metrics, probabilities
 from medfuse.training.trainer import CHECKPOINT, HISTORY, Trainer
 
@@ -97,7 +101,6 @@ def fit_preprocessing(spec: Spec, train: Split, info: dict[str, Any]) -> dict[st
     )
     stats.update({m: dict(streamed[m]) for m in train.arrays if m in streamed})
     stats = {m: stats[m] for m in train.arrays}  # the in-memory path's order
-    from medfuse.models.branches.pretrained import RAW_INPUT
 
     for m, b in spec.branches.items():
         if b.type in RAW_INPUT and m in stats:  # the branch applies its pretrained mean/std
@@ -286,7 +289,6 @@ def fit_member(
 ) -> tuple[nn.Module | None, list[dict[str, Any]], dict[str, Any] | None]:
     """Build (unless ``model`` is given) and fit one composite; the trained model on rank 0.
     ``end``: end a distributed session afterwards (false for an ensemble's members)."""
-    from medfuse.models import build_model
 
     seed_everything(spec.train.seed)
     resume = fit.session.resume(fit.resume)
@@ -317,7 +319,6 @@ def fit_member(
 def _init_weights(
     model: nn.Module, spec: Spec, workdir: Path | None, resume: bool, main: bool
 ) -> dict[str, Any]:
-    from medfuse.training.init import INIT_RECORD, init_from_package
 
     assert spec.train.init is not None
     saved = workdir / INIT_RECORD if workdir is not None else None
@@ -338,10 +339,11 @@ def fit_ensemble(
     A finished member is saved in the workdir (one file: its weights, its record in the
     metadata), so ``--resume`` retrains only the unfinished ones. Returns the EnsembleModel
     (rank 0), member 0's stages, its init record, and a record per member."""
+    # lazy: safetensors (torch), only to read or write weights
     from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
 
-    from medfuse.models import build_model, member_spec
+    # lazy: safetensors (torch), only to read or write weights
+    from safetensors.torch import load_file, save_file
 
     session = fit.session
     fit = replace(fit, resume=session.resume(fit.resume))  # a torchrun restart resumes
@@ -564,7 +566,6 @@ def run_fit(
         return out
     fitted = fitted.eval()
     out.model = fitted
-    from medfuse.models.composite import members as members_of
 
     out.finetune = getattr(fitted, "finetune_record", None)
     if out.finetune is None and members:  # an ensemble: its first member's record

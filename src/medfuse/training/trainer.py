@@ -470,6 +470,7 @@ class Trainer:
             run.best_state = self._weights()
             run.best_epoch = -1
         if t.ema:  # exponential moving average of the weights; validated, kept and saved
+            # lazy: torch, not needed by the torch-free paths
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
             run.ema = AveragedModel(
@@ -765,6 +766,7 @@ class Trainer:
     def _progress(self, name: str, epochs: int, start: int):
         if not self.progress:
             return None
+        # lazy: rich, only to print
         from rich.progress import (
             BarColumn,
             Progress,

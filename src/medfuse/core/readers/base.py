@@ -134,6 +134,7 @@ def native_scale(path: str | Path) -> str:
     modality must agree, or be read with a window."""
     suf = suffix_of(path)
     if suf in PILLOW_SUFFIXES:
+        # lazy: Pillow, only when an image file is read
         from PIL import Image
 
         with Image.open(path) as im:

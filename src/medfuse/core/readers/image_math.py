@@ -69,6 +69,7 @@ def fit_signal(arr: np.ndarray, channels: int, length: int) -> np.ndarray:
 
 def read_npy_bytes(data: bytes, *, max_elements: int = MAX_PIXELS * 4) -> np.ndarray:
     """An ``.npy`` payload as a float32 array; the header is checked before any allocation."""
+    # lazy: numpy, not for --help
     from numpy.lib import format as npformat
 
     buf = io.BytesIO(data)
@@ -100,6 +101,7 @@ def read_npy_bytes(data: bytes, *, max_elements: int = MAX_PIXELS * 4) -> np.nda
 def read_image_bytes(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """A PNG/JPEG/BMP/TIFF payload as ``(C, H, W)`` float32 (Pillow: grey -> 1, colour -> RGB)."""
     try:
+        # lazy: Pillow, only when an image file is read (optional: its absence is handled here)
         from PIL import Image
     except ImportError:  # pragma: no cover - only without Pillow
         raise DataError("reading images needs Pillow: pip install pillow") from None

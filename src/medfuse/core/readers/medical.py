@@ -82,6 +82,7 @@ def _to_unit(x: np.ndarray, ds: object, window: Window) -> np.ndarray:
     """Modality values -> [0, 1]: pydicom's VOI LUT / windowing, divided by its output range;
     ``'unit'`` (or ``'file'`` without a VOI LUT or window in the file): the fraction of the
     stored bit range after rescale."""
+    # lazy: pydicom (medfuse[medical]), only for DICOM
     from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing
 
     w = numeric_window(window)

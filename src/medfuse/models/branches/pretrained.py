@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
@@ -77,7 +79,6 @@ def sha256_file(path: Path) -> str:
 
 def _need(module: str, branch: str) -> Any:
     """Import an optional zoo, or say which extra provides it."""
-    import importlib
 
     try:
         return importlib.import_module(module)
@@ -106,6 +107,7 @@ def _offline() -> Iterator[None]:
     os.environ["HF_HUB_OFFLINE"] = "1"
     constants: Any = None
     with contextlib.suppress(Exception):
+        # lazy: huggingface_hub, only when this runs
         import huggingface_hub.constants as hub_constants
 
         constants = hub_constants
@@ -349,6 +351,7 @@ def torchvision_branch(
     classifier. ``weights``: its weight enum's name (``DEFAULT``, ``IMAGENET1K_V1``): mean, std
     and crop size come from it, and its file from ``weights_file`` or the torch hub cache."""
     _need("torchvision", "torchvision")
+    # lazy: torchvision, only when this runs
     from torchvision import models as tvm
 
     in_channels, in_size = _image(input_shape, "torchvision")
@@ -403,6 +406,7 @@ def torchvision_branch(
 
 def _load_state(file: Path) -> dict[str, torch.Tensor]:
     if file.suffix == ".safetensors":
+        # lazy: safetensors (torch), only to read or write weights
         from safetensors.torch import load_file
 
         return load_file(str(file))
@@ -424,7 +428,6 @@ def tiny_hf_model(folder: str | Path | None = None) -> Path:
     """A tiny random ViT saved as a Hugging Face model directory (config.json, model.safetensors,
     preprocessor_config.json): what the registry's example and the tests load through the same
     path a downloaded model takes. Written once per process when ``folder`` is None."""
-    import tempfile
 
     transformers = _need("transformers", "hf")
     if folder is None:
