@@ -101,7 +101,7 @@ def setup_train(p: argparse.ArgumentParser) -> Handler:
         if (a.table is None) == (a.config is None):
             p.error("give a spec (CONFIG) or --table CSV --label COLUMN, not both")
         if a.table is not None:  # infer and save <out>.spec.yaml, then train from it
-            # lazy: medfuse's heavier layers, not for --help
+            # lazy: medfuse's heavier layers, off the --help and torch-free paths
             from medfuse.data.table import write_table_spec
 
             if not a.label:

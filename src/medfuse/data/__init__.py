@@ -107,10 +107,10 @@ def load_data(
     and streamed (``medfuse.data.stream``; ``workers`` processes decode them) instead of held in
     memory. The returned bundle is validated (``validate_bundle``) and carries its
     ``info["fingerprint"]``."""
-    # lazy: medfuse's heavier layers, not for --help
+    # lazy: medfuse's heavier layers, off the --help and torch-free paths
     from medfuse.data.stream import check_stream_source, stream_pass
 
-    # lazy: medfuse's heavier layers, not for --help
+    # lazy: medfuse's heavier layers, off the --help and torch-free paths
     from medfuse.data.validate import fingerprint, validate_bundle
 
     kind, arg = parse_source(source)
@@ -146,7 +146,7 @@ def tokenize_text(bundle: DataBundle) -> DataBundle:
     """Text modalities (texts as read, "" when absent) -> token ids with a tokenizer trained on
     the training split's texts only; the tokenizer goes to ``info["tokenizers"]`` (the package
     stores it with the preprocessing). A text without any token is a missing modality."""
-    # lazy: medfuse's heavier layers, not for --help
+    # lazy: medfuse's heavier layers, off the --help and torch-free paths
     from medfuse.core.text import encode, train_tokenizer
 
     for m, ms in bundle.modalities.items():
@@ -270,7 +270,7 @@ def load_spec_data(
     where the spec says is then looked for where the package recorded it (its absolute path, and
     its path relative to the data root under ``data_dir``), and the loaded data is compared with
     the recorded fingerprint (``info["fingerprint_check"]``)."""
-    # lazy: medfuse's heavier layers, not for --help
+    # lazy: medfuse's heavier layers, off the --help and torch-free paths
     from medfuse.data.validate import compare_fingerprints
 
     source = spec.data.source

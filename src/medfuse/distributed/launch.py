@@ -19,10 +19,6 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from medfuse.core.errors import MedfuseError, SpecError
-from medfuse.core.spec import load_spec
-from medfuse.distributed.strategies import STRATEGIES
-
 log = logging.getLogger("medfuse.distributed")
 
 #: argparse destinations that configure the launcher and are not passed on to the workers
@@ -117,6 +113,8 @@ def torchrun_argv(
     module: str = "medfuse",
 ) -> list[str]:
     """The ``torchrun`` arguments that start ``python -m <module> <worker...>`` on this node."""
+    # lazy: medfuse's heavier layers, off the --help and torch-free paths
+    from medfuse.core.errors import MedfuseError
 
     if nproc < 1:
         raise MedfuseError(f"--nproc must be at least 1; got {nproc}")
@@ -204,8 +202,13 @@ def launch_from_cli(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     (this process trains, alone or as a worker torchrun already started)."""
     if not launch_requested(args):
         return None
+    # lazy: medfuse's heavier layers, off the --help and torch-free paths
+    from medfuse.core.errors import MedfuseError
 
     if args.nproc is not None and args.nproc < 1:  # before the spec is read, not after
+        # lazy: medfuse's heavier layers, off the --help and torch-free paths
+        from medfuse.core.errors import SpecError
+
         raise SpecError("--nproc", f"must be at least 1; got {args.nproc}")
 
     if "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ:
@@ -226,11 +229,19 @@ def launch_from_cli(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
 
 def _check_spec(args: argparse.Namespace) -> None:
+    # lazy: medfuse's heavier layers, off the --help and torch-free paths
+    from medfuse.core.spec import load_spec
+
+    # lazy: medfuse's heavier layers, off the --help and torch-free paths
+    from medfuse.distributed.strategies import STRATEGIES
 
     spec = load_spec(args.config, list(getattr(args, "overrides", None) or []))
     name = getattr(args, "strategy", None) or spec.train.strategy
     STRATEGIES.get(name, path="train.strategy" if not args.strategy else "--strategy")
     if name == "branch" and ((args.nproc or 1) > 1 or args.nnodes > 1):
+        # lazy: medfuse's heavier layers, off the --help and torch-free paths
+        from medfuse.core.errors import SpecError
+
         raise SpecError(
             "train.strategy",
             "'branch' runs in one process; with several processes use 'hybrid' "

@@ -23,12 +23,12 @@ __all__ = ["Explainer", "exact_shapley", "explain_file", "modality_shapley"]
 
 def __getattr__(name: str) -> Any:
     if name in ("Explainer", "explain_file"):
-        # lazy: medfuse's heavier layers, not for --help
+        # lazy: medfuse's heavier layers, off the --help and torch-free paths
         from medfuse.explain import explainer
 
         return getattr(explainer, name)
     if name in ("exact_shapley", "modality_shapley"):
-        # lazy: medfuse's heavier layers, not for --help
+        # lazy: medfuse's heavier layers, off the --help and torch-free paths
         from medfuse.explain import shapley
 
         return getattr(shapley, name)

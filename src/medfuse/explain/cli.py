@@ -50,7 +50,7 @@ def setup_explain(p: argparse.ArgumentParser) -> Handler:
     )
 
     def run(a: argparse.Namespace) -> int:
-        # lazy: medfuse's heavier layers, not for --help
+        # lazy: medfuse's heavier layers, off the --help and torch-free paths
         from medfuse.core.predictor import MAX_LISTED, attention_summary
         from medfuse.explain.explainer import (  # lazy: torch and captum, only when the verb runs
             SHAPLEY_SCALE,

@@ -192,10 +192,10 @@ def setup_compare(p: argparse.ArgumentParser) -> Handler:
         # lazy: torch and the data stack, only when the verb runs
         from medfuse.report.ci import fmt_interval
 
-        # lazy: medfuse's heavier layers, not for --help
+        # lazy: medfuse's heavier layers, off the --help and torch-free paths
         from medfuse.report.clinical import jsonable
 
-        # lazy: medfuse's heavier layers, not for --help
+        # lazy: medfuse's heavier layers, off the --help and torch-free paths
         from medfuse.report.compare import compare_packages
 
         if a.output:  # before the comparison: a folder that is missing or not writable
@@ -263,7 +263,7 @@ def setup_calibrate(p: argparse.ArgumentParser) -> Handler:
         # lazy: torch and the data stack, only when the verb runs
         from medfuse.report.calibration import calibrate_package
 
-        # lazy: medfuse's heavier layers, not for --help
+        # lazy: medfuse's heavier layers, off the --help and torch-free paths
         from medfuse.report.clinical import jsonable
 
         if a.figure:  # before the calibration: a folder that is missing or not writable
@@ -317,16 +317,16 @@ def _calibration_figure(
     # lazy: torch and the data stack, only when the verb runs
     from medfuse.core.decision import probabilities
 
-    # lazy: medfuse's heavier layers, not for --help
+    # lazy: medfuse's heavier layers, off the --help and torch-free paths
     from medfuse.inference.predictor import load
 
-    # lazy: medfuse's heavier layers, not for --help
+    # lazy: medfuse's heavier layers, off the --help and torch-free paths
     from medfuse.report import calibration as cal
 
-    # lazy: medfuse's heavier layers, not for --help
+    # lazy: medfuse's heavier layers, off the --help and torch-free paths
     from medfuse.report.calibration import load_bundle
 
-    # lazy: medfuse's heavier layers, not for --help
+    # lazy: medfuse's heavier layers, off the --help and torch-free paths
     from medfuse.report.plots import reliability_png
 
     pred = load(package, device=device)
@@ -369,10 +369,10 @@ def setup_report(p: argparse.ArgumentParser) -> Handler:
         # lazy: torch and the data stack, only when the verb runs
         from medfuse.report.ci import fmt_interval
 
-        # lazy: medfuse's heavier layers, not for --help
+        # lazy: medfuse's heavier layers, off the --help and torch-free paths
         from medfuse.report.clinical import jsonable
 
-        # lazy: medfuse's heavier layers, not for --help
+        # lazy: medfuse's heavier layers, off the --help and torch-free paths
         from medfuse.report.html import write_report
 
         if a.json:  # before the evaluation: a folder that is missing or not writable

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from medfuse.core.errors import MedfuseError, SpecError, not_allowed
+from medfuse.core.errors import MedfuseError
 
 TRACKERS = ("mlflow",)
 DEFAULT_URI = "./mlruns"
@@ -132,6 +132,9 @@ def tracking(
         yield None
         return
     if kind not in TRACKERS:
+        # lazy: medfuse's heavier layers, off the --help and torch-free paths
+        from medfuse.core.errors import SpecError, not_allowed
+
         raise SpecError("--track", not_allowed("tracker", kind, TRACKERS))
     t = MlflowTracker(uri, experiment, run_name)
     if params:

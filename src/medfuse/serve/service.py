@@ -22,11 +22,8 @@ import numpy as np
 from medfuse.core.errors import DataError, MedfuseError, PackageError
 from medfuse.core.inputs import Batch, Modality, Schema, Upload, modalities_from_meta
 from medfuse.core.inputs import InputError as CoreInputError
-from medfuse.core.onnx import OnnxPredictor
 from medfuse.core.package import read_meta, typed_meta, versions
 from medfuse.core.readers.image_math import MAX_PIXELS, read_npy_bytes
-from medfuse.core.readers.medical import wfdb_record_files
-from medfuse.inference.predictor import load
 from medfuse.serve.schemas import file_fields, request_models
 
 log = logging.getLogger("medfuse.serve")
@@ -49,6 +46,9 @@ def load_predictor(
     """The package's predictor for ``runtime`` ("onnx": ``model.onnx`` with ONNX Runtime, no
     PyTorch needed; "torch": the weights rebuilt with PyTorch)."""
     if runtime == "onnx":
+        # lazy: medfuse's heavier layers, off the --help and torch-free paths
+        from medfuse.core.onnx import OnnxPredictor
+
         return OnnxPredictor(path, device=device, threads=threads)
     if runtime == "torch":
         try:
@@ -56,6 +56,8 @@ def load_predictor(
             import torch
         except ImportError:
             raise PackageError("the torch runtime needs PyTorch; use the onnx runtime") from None
+        # lazy: medfuse's heavier layers, off the --help and torch-free paths
+        from medfuse.inference.predictor import load
 
         if threads:
             torch.set_num_threads(int(threads))
@@ -169,6 +171,8 @@ class Service:
 
     def _wfdb(self, rec: dict[str, str], loc: tuple[Any, ...]) -> Upload:
         """A WFDB record: the header, and the data file written under the name it gives."""
+        # lazy: medfuse's heavier layers, off the --help and torch-free paths
+        from medfuse.core.readers.medical import wfdb_record_files
 
         hea, dat = self._file(rec["hea"], (*loc, "hea")), self._file(rec["dat"], (*loc, "dat"))
         try:
