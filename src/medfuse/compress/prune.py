@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import prune as torch_prune
 
 from medfuse.compress._common import (
     WEIGHT_BOUND_FILES,
@@ -253,20 +254,18 @@ def _prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
 
 def prune_unstructured(model: nn.Module, amount: float) -> list[tuple[nn.Module, str]]:
     """Global magnitude pruning (masks stay attached, so fine-tuning keeps the zeros)."""
-    # lazy: torch, not needed by the torch-free paths
-    from torch.nn.utils import prune
 
     params = _prunable_weights(model)
-    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=amount)
+    torch_prune.global_unstructured(
+        params, pruning_method=torch_prune.L1Unstructured, amount=amount
+    )
     return params
 
 
 def finalize_unstructured(params: list[tuple[nn.Module, str]]) -> None:
-    # lazy: torch, not needed by the torch-free paths
-    from torch.nn.utils import prune
 
     for mod, name in params:
-        prune.remove(mod, name)
+        torch_prune.remove(mod, name)
 
 
 def sparsity(model: nn.Module) -> dict[str, float]:

@@ -3,6 +3,7 @@ training, evaluation and every predictor use (numpy only)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -77,8 +78,6 @@ def reference_decisions(
     (``verification.npz``: ``probabilities`` and ``decisions``, a multilabel row as JSON), so that
     ``medfuse verify`` can recompute them from ``medfuse.json`` and refuse any edit of labels,
     threshold or temperature that changes them."""
-    # lazy: stdlib, kept off the --help path
-    import json
 
     p = probabilities(task, np.asarray(logits), temperature)
     d = decide(task, p, list(labels), threshold)

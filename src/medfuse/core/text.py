@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -37,8 +38,6 @@ def train_tokenizer(texts: Iterable[str], vocab: int) -> str:
     the word itself, so the same texts always give the same tokenizer; the package's ids are
     reproduced when its data is read again), lower-cased, accents stripped, punctuation split
     off (the ``tokenizers`` BERT normalizer and pre-tokenizer). Its JSON."""
-    # lazy: stdlib, kept off the --help path
-    from collections import Counter
 
     tk = _tokenizers()
     normalizer = tk.normalizers.BertNormalizer(lowercase=True, strip_accents=True)

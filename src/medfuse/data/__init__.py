@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from medfuse.core.paths import default_data_root as default_data_root
 from medfuse.core.paths import resolve_data_root as resolve_data_root
 from medfuse.core.registry import Registry
 from medfuse.core.spec import ModalitySpec
+from medfuse.core.text import encode, train_tokenizer
+from medfuse.data.validate import compare_fingerprints, fingerprint, validate_bundle
 
 DATASETS: Registry = Registry("data source")
 log = logging.getLogger("medfuse.data")
@@ -107,11 +110,8 @@ def load_data(
     and streamed (``medfuse.data.stream``; ``workers`` processes decode them) instead of held in
     memory. The returned bundle is validated (``validate_bundle``) and carries its
     ``info["fingerprint"]``."""
-    # lazy: medfuse's heavier layers, off the --help and torch-free paths
+    # lazy: torch (DataLoader workers), which the in-memory sources do not need
     from medfuse.data.stream import check_stream_source, stream_pass
-
-    # lazy: medfuse's heavier layers, off the --help and torch-free paths
-    from medfuse.data.validate import fingerprint, validate_bundle
 
     kind, arg = parse_source(source)
     check_stream_source(kind, stream)
@@ -146,9 +146,6 @@ def tokenize_text(bundle: DataBundle) -> DataBundle:
     """Text modalities (texts as read, "" when absent) -> token ids with a tokenizer trained on
     the training split's texts only; the tokenizer goes to ``info["tokenizers"]`` (the package
     stores it with the preprocessing). A text without any token is a missing modality."""
-    # lazy: medfuse's heavier layers, off the --help and torch-free paths
-    from medfuse.core.text import encode, train_tokenizer
-
     for m, ms in bundle.modalities.items():
         if ms.kind != "text" or bundle.train.arrays[m].dtype != object:
             continue
@@ -196,8 +193,6 @@ def _known_labels(bundle: DataBundle, labels: list[str], source: str) -> None:
 
 
 def _yaml_word(v: str) -> str:
-    # lazy: stdlib, kept off the --help path
-    import re
 
     return v if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_ ./+-]*", v) else json.dumps(v)
 
@@ -270,9 +265,6 @@ def load_spec_data(
     where the spec says is then looked for where the package recorded it (its absolute path, and
     its path relative to the data root under ``data_dir``), and the loaded data is compared with
     the recorded fingerprint (``info["fingerprint_check"]``)."""
-    # lazy: medfuse's heavier layers, off the --help and torch-free paths
-    from medfuse.data.validate import compare_fingerprints
-
     source = spec.data.source
     kind, arg = parse_source(source)
     options = dict(spec.data.options)

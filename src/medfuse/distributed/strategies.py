@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from medfuse.core.errors import MedfuseError, SpecError
 from medfuse.core.registry import Registry
@@ -137,8 +138,6 @@ STRATEGIES.register("single", doc="one process, one device (the default)")(Strat
 
 
 def _ddp(model: nn.Module, device: torch.device | None) -> nn.Module:
-    # lazy: torch, not needed by the torch-free paths
-    from torch.nn.parallel import DistributedDataParallel
 
     if not any(p.requires_grad for p in model.parameters()):
         return model  # a stage with nothing to train: DDP refuses such a module
@@ -228,7 +227,7 @@ def _fsdp_units(model: nn.Module) -> list[nn.Module]:
 
 
 def _full(v: Any) -> Any:
-    # lazy: torch, not needed by the torch-free paths
+    # lazy: torch.distributed submodules, absent from torch builds without distributed support
     from torch.distributed.tensor import DTensor
 
     return v.full_tensor() if isinstance(v, DTensor) else v
@@ -238,7 +237,7 @@ def _install_full_state_dict(model: nn.Module) -> None:
     """Make a ``fully_shard``-ed model's ``state_dict`` hold full tensors and its
     ``load_state_dict`` accept them, so checkpoints, best-epoch restore and packages look exactly
     as in one process. Both are collective: every rank calls them (the trainer does)."""
-    # lazy: torch, not needed by the torch-free paths
+    # lazy: torch.distributed submodules, absent from torch builds without distributed support
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     cls = type(model)
@@ -265,7 +264,7 @@ def _install_full_state_dict(model: nn.Module) -> None:
 
 def _shard_optimizer_state(opt: torch.optim.Optimizer, *_: Any) -> None:
     """Before a step: optimizer state restored from a full checkpoint becomes sharded again."""
-    # lazy: torch, not needed by the torch-free paths
+    # lazy: torch.distributed submodules, absent from torch builds without distributed support
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     for group in opt.param_groups:
@@ -313,10 +312,10 @@ class FSDPStrategy(Strategy):
     def prepare(self, model: nn.Module) -> None:
         if not dist.is_initialized():
             return
-        # lazy: torch, not needed by the torch-free paths
+        # lazy: torch.distributed submodules, absent from torch builds without distributed support
         from torch.distributed.device_mesh import init_device_mesh
 
-        # lazy: torch, not needed by the torch-free paths
+        # lazy: torch.distributed submodules, absent from torch builds without distributed support
         from torch.distributed.fsdp import fully_shard
 
         # the model is still on the host: fully_shard moves only this rank's shards to the device
@@ -325,7 +324,7 @@ class FSDPStrategy(Strategy):
             fully_shard(unit, mesh=mesh)
         fully_shard(model, mesh=mesh)
         _install_full_state_dict(model)
-        # lazy: torch, not needed by the torch-free paths
+        # lazy: torch.distributed submodules, absent from torch builds without distributed support
         from torch.optim.optimizer import register_optimizer_step_pre_hook
 
         self._hook = register_optimizer_step_pre_hook(_shard_optimizer_state)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from medfuse.core.errors import MedfuseError, SpecError, not_allowed
 from medfuse.core.package import WEIGHTS, package_arrays, update_package
@@ -84,8 +85,6 @@ def export_package(
     ``model.onnx``: exporting it as ONNX only adds ``verification.npz`` (from the fp32 weights) and
     verifies the INT8 model by label agreement. ``refresh`` rebuilds ``verification.npz``.
     """
-    # lazy: torch, not needed by the torch-free paths
-    import torch
 
     if format not in FORMATS:
         raise MedfuseError(not_allowed("export format", format, FORMATS))

@@ -52,7 +52,7 @@ def load_predictor(
         return OnnxPredictor(path, device=device, threads=threads)
     if runtime == "torch":
         try:
-            # lazy: torch, not needed by the torch-free paths (optional: its absence is handled here)
+            # lazy: torch, optional: serve runs on ONNX Runtime without it
             import torch
         except ImportError:
             raise PackageError("the torch runtime needs PyTorch; use the onnx runtime") from None

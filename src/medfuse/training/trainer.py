@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from medfuse.core.errors import SpecError
 from medfuse.core.spec import Spec, StageSpec
@@ -470,9 +471,6 @@ class Trainer:
             run.best_state = self._weights()
             run.best_epoch = -1
         if t.ema:  # exponential moving average of the weights; validated, kept and saved
-            # lazy: torch, not needed by the torch-free paths
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
             run.ema = AveragedModel(
                 self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True
             )

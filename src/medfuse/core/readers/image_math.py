@@ -7,6 +7,7 @@ import io
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.lib import format as npformat
 
 from medfuse.core.errors import DataError
 
@@ -69,8 +70,6 @@ def fit_signal(arr: np.ndarray, channels: int, length: int) -> np.ndarray:
 
 def read_npy_bytes(data: bytes, *, max_elements: int = MAX_PIXELS * 4) -> np.ndarray:
     """An ``.npy`` payload as a float32 array; the header is checked before any allocation."""
-    # lazy: numpy, not for --help
-    from numpy.lib import format as npformat
 
     buf = io.BytesIO(data)
     try:
