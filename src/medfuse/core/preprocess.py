@@ -69,12 +69,22 @@ def fit_ranges(x: np.ndarray, mask: np.ndarray, kind: str) -> dict[str, Any] | N
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         means = np.asarray(np.nanmean(flat, axis=1, dtype=np.float64))
-    means = means[np.isfinite(means)]
-    pick = np.unique(np.linspace(0, n - 1, min(n, 512)).astype(int))  # deterministic subsample
-    sub = flat[pick]
+    return value_ranges(flat[range_subsample(n)], means)
+
+
+def range_subsample(n: int) -> np.ndarray:
+    """Positions of the (at most 512) present samples whose values give an image/signal
+    modality's percentiles: deterministic, spread over the split."""
+    return np.unique(np.linspace(0, n - 1, min(n, 512)).astype(int))
+
+
+def value_ranges(sub: np.ndarray, means: np.ndarray) -> dict[str, float] | None:
+    """The stored range of an image/signal modality: value percentiles of the subsample ``sub``
+    (``(k, ...)``, at most ~2M values read) and the range of the per-sample ``means``."""
     step = max(1, sub.size // 2_000_000)
     vals = sub.reshape(-1)[::step]
     vals = vals[np.isfinite(vals)]
+    means = means[np.isfinite(means)]
     if not vals.size or not means.size:
         return None
     lo, hi = np.percentile(vals, [0.5, 99.5])

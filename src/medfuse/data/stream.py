@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from medfuse.core.errors import DataError, SpecError
 from medfuse.core.paths import default_data_root
-from medfuse.core.preprocess import EPS, normalize
+from medfuse.core.preprocess import EPS, normalize, range_subsample, value_ranges
 from medfuse.core.readers import read_modality
 from medfuse.core.readers.base import native_scale
 from medfuse.core.spec import ModalitySpec
@@ -362,21 +362,8 @@ def _ranges(col: LazyColumn, present_pos: np.ndarray, means: np.ndarray) -> dict
     n = len(present_pos)
     if n == 0:
         return None
-    pick = np.unique(np.linspace(0, n - 1, min(n, 512)).astype(int))
-    sub = col.read(present_pos[pick]).reshape(len(pick), -1)
-    step = max(1, sub.size // 2_000_000)
-    vals = sub.reshape(-1)[::step]
-    vals = vals[np.isfinite(vals)]
-    means = means[np.isfinite(means)]
-    if not vals.size or not means.size:
-        return None
-    lo, hi = np.percentile(vals, [0.5, 99.5])
-    return {
-        "p0_5": float(lo),
-        "p99_5": float(hi),
-        "mean_min": float(means.min()),
-        "mean_max": float(means.max()),
-    }
+    pick = range_subsample(n)
+    return value_ranges(col.read(present_pos[pick]).reshape(len(pick), -1), means)
 
 
 def stream_pass(
