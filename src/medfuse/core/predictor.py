@@ -84,10 +84,10 @@ class Predictions:
             r: dict[str, Any] = {"id": b.ids[i]}
             p = self.proba[i]
             if self.task == "binary":
-                r[f"prob_{names[1]}"] = _float(p)
+                r[f"prob_{names[1]}"] = float(p)
             else:
                 for j, lab in enumerate(names):
-                    r[f"prob_{lab}"] = _float(p[j])
+                    r[f"prob_{lab}"] = float(p[j])
             lab = self.labels[i]
             r["label"] = ";".join(lab) if isinstance(lab, list) else ("" if lab is None else lab)
             if self.task == "binary":
@@ -156,10 +156,6 @@ def table_columns(task: str, labels: list[str], modalities: list[str]) -> list[s
         "flags",
         "error",
     ]
-
-
-def _float(v: Any) -> float:
-    return float(v)
 
 
 class PredictorBase:
