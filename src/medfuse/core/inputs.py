@@ -420,13 +420,7 @@ def _tensor_value(
     if isinstance(v, Upload):
         x = _read_upload(v, m)
     elif isinstance(v, str | os.PathLike):
-        p = Path(str(v).strip()).expanduser()
-        p = p if p.is_absolute() else base / p
-        if roots is not None and not contained(p, roots):
-            raise InputError(
-                f"{v} lies outside the allowed folders ({', '.join(map(str, roots))}); paths in "
-                "a manifest must stay inside its folder (--base-dir) or the data root"
-            )
+        p = _input_path(v, base, roots)
         if m.kind == "signal" and p.suffix.lower() == ".npy":
             try:
                 data = p.read_bytes()
@@ -447,6 +441,19 @@ def _tensor_value(
     return x
 
 
+def _input_path(v: str | os.PathLike[str], base: Path, roots: tuple[Path, ...] | None) -> Path:
+    """A file named in the input: relative to ``base``; inside ``roots`` (a manifest's folder
+    and the data root) when given, else refused."""
+    p = Path(str(v).strip()).expanduser()
+    p = p if p.is_absolute() else base / p
+    if roots is not None and not contained(p, roots):
+        raise InputError(
+            f"{v} lies outside the allowed folders ({', '.join(map(str, roots))}); paths in "
+            "a manifest must stay inside its folder (--base-dir) or the data root"
+        )
+    return p
+
+
 def _text_value(
     v: Any, m: Modality, base: Path, roots: tuple[Path, ...] | None = None
 ) -> np.ndarray:
@@ -458,13 +465,7 @@ def _text_value(
         except UnicodeDecodeError:
             raise _Bad("the uploaded text is not UTF-8") from None
     if isinstance(v, os.PathLike) or (isinstance(v, str) and v.strip().endswith(".txt")):
-        p = Path(str(v).strip()).expanduser()
-        p = p if p.is_absolute() else base / p
-        if roots is not None and not contained(p, roots):
-            raise InputError(
-                f"{v} lies outside the allowed folders ({', '.join(map(str, roots))}); paths in "
-                "a manifest must stay inside its folder (--base-dir) or the data root"
-            )
+        p = _input_path(v, base, roots)
         try:
             v = p.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
