@@ -37,7 +37,7 @@ from medfuse.core.onnx import OnnxPredictor, load
 from medfuse.core.optional import RUNTIMES, installed
 from medfuse.core.package import WEIGHTS, read_meta
 from medfuse.core.paths import output_file
-from medfuse.core.predictor import Predictions, attention_summary, table_columns
+from medfuse.core.predictor import Predictions, RunResult, table_columns
 
 __all__ = ["OnnxPredictor", "choose_runtime", "load", "main", "predict_file", "write_predictions"]
 
@@ -85,11 +85,14 @@ def predict_file(
     threads: int | None = None,
     on_bad_row: str = "fail",
     base_dir: str | Path | None = None,
-) -> tuple[int, list[dict[str, str]]]:
+    issues_out: str | Path | None = None,
+) -> RunResult:
     """Predict ``input_path`` (read by the one input contract: a manifest laid out as in
     training, an ``.npz`` or one file) with ONNX Runtime; write the ``medfuse predict`` CSV
     layout to ``out`` (stdout when None; a file appears whole or not at all). Returns the rows
-    written and the affected rows (errors, unusable inputs, plausibility flags)."""
+    written and the affected rows (errors, unusable inputs, plausibility flags); beyond
+    ``MAX_LISTED`` of them they are listed in ``issues_out`` (default ``<out>.issues.csv``), as
+    ``medfuse predict`` does with the full install."""
     if out is not None and Path(out).suffix.lower() != ".csv":
         raise DataError(
             f"--out {out}: the torch-free runtime writes .csv; Parquet output needs "
@@ -99,6 +102,8 @@ def predict_file(
         raise SpecError("--batch-size", f"must be at least 1; got {batch_size}")
     if out is not None:  # before any work: a folder that is missing or not writable
         output_file(out, "--out")
+    if issues_out is not None:
+        output_file(issues_out, "--issues")
     model = load(package, device=device, threads=threads)
     batches = iter_batches(input_path, model.schema, on_bad_row=on_bad_row, base_dir=base_dir)
     first = next(batches, None)  # input errors before the output file is created
@@ -111,7 +116,8 @@ def predict_file(
             yield res
 
     if out is None:
-        return write_predictions(results(), model, sys.stdout), affected
+        n = write_predictions(results(), model, sys.stdout)
+        return RunResult(n, affected).list_issues(out, issues_out)
     tmp = Path(out).with_name(f".{Path(out).name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "w", newline="") as f:
@@ -119,7 +125,7 @@ def predict_file(
         tmp.replace(out)  # a failed run leaves no truncated output
     finally:
         tmp.unlink(missing_ok=True)
-    return n, affected
+    return RunResult(n, affected).list_issues(out, issues_out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,12 +147,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--on-bad-row", default="fail", choices=["fail", "missing"])
     ap.add_argument("--base-dir", help="directory relative file paths resolve against")
     ap.add_argument(
+        "--issues",
+        help="file listing affected rows when more than 20 (default: OUT.issues.csv; with no "
+        "--out the first 20 are printed)",
+    )
+    ap.add_argument(
         "-v", "--verbose", action="store_true", help="the traceback of an internal error"
     )
     a = ap.parse_args(argv)
-    n = 0
     try:
-        n, affected = predict_file(
+        res = predict_file(
             a.package,
             a.input,
             a.out,
@@ -154,9 +164,10 @@ def main(argv: list[str] | None = None) -> int:
             threads=a.threads,
             on_bad_row=a.on_bad_row,
             base_dir=a.base_dir,
+            issues_out=a.issues,
         )
         if a.out:
-            print(f"{n} predictions -> {a.out}", file=sys.stderr)
+            print(f"{res.rows} predictions -> {a.out}", file=sys.stderr)
     except MedfuseError as err:
         print(f"medfuse.runtime: error: {one_line(err)}", file=sys.stderr)
         return err.exit_code
@@ -175,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         rerun = "python -m medfuse.runtime -v ..."
         print(internal_error("medfuse.runtime", err, rerun), file=sys.stderr)
         return INTERNAL_ERROR
-    for line in attention_summary(affected, n):
+    for line in res.summary():
         print(line, file=sys.stderr)
     return 0
 

@@ -375,6 +375,38 @@ def test_predict_cli_summary_lists_affected_rows(
     assert df["flags"].str.startswith("age=").all() and (df["present_image"] == 0).all()
 
 
+def test_the_torch_free_runtime_lists_affected_rows_in_the_same_file(
+    exported_package: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m medfuse.runtime`` (what the base install's ``medfuse predict`` runs) writes
+    the issues file as the full install does: at ``--issues`` or beside ``--out``."""
+    from medfuse.cli import main
+    from medfuse.runtime import main as runtime_main
+
+    rows = [{"image": "", "signal": "", "age": 300 + i, "bmi": 25, "marker": 0} for i in range(25)]
+    csv = tmp_path / "many.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    full = tmp_path / "full.csv"
+    assert main(["predict", str(exported_package), "--input", str(csv), "--out", str(full)]) == 0
+    expected = pd.read_csv(full.with_name("full.csv.issues.csv"))
+    capsys.readouterr()
+    out, chosen = tmp_path / "base.csv", tmp_path / "chosen.csv"
+    for extra, listed in (
+        ([], tmp_path / "base.csv.issues.csv"),
+        (["--issues", str(chosen)], chosen),
+    ):
+        listed.unlink(missing_ok=True)
+        argv = [str(exported_package), "--input", str(csv), "--out", str(out), *extra]
+        assert runtime_main(argv) == 0
+        assert f"25 of 25 rows need attention: listed in {listed}" in capsys.readouterr().err
+        pd.testing.assert_frame_equal(pd.read_csv(listed), expected)
+    assert (
+        runtime_main([str(exported_package), "--input", str(csv), "--issues", "/nowhere/x.csv"])
+        == 2
+    )
+    assert "--issues" in capsys.readouterr().err
+
+
 def test_manifest_layout_of_training_is_read_again(tmp_path: Path) -> None:
     """The spec's column mapping, the patient column as id, paths relative to the manifest."""
     from PIL import Image

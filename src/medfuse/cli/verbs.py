@@ -265,7 +265,6 @@ def setup_predict(p: argparse.ArgumentParser) -> Handler:
     )
 
     def run(a: argparse.Namespace) -> int:
-        from medfuse.core.predictor import attention_summary  # lazy: numpy, not for --help
         from medfuse.runtime import choose_runtime, predict_file  # lazy: numpy, not for --help
 
         runtime = choose_runtime(a.package, a.runtime)
@@ -277,7 +276,7 @@ def setup_predict(p: argparse.ArgumentParser) -> Handler:
             if err.name != "pandas" or runtime != "onnx" or parquet:
                 raise  # exit 2, naming the extra with pandas
             # the base install (no pandas, no torch): the torch-free runtime, CSV out
-            n, affected = predict_file(
+            res = predict_file(
                 a.package,
                 a.input,
                 a.out,
@@ -285,8 +284,8 @@ def setup_predict(p: argparse.ArgumentParser) -> Handler:
                 batch_size=a.batch_size,
                 on_bad_row=a.on_bad_row,
                 base_dir=a.base_dir,
+                issues_out=a.issues,
             )
-            lines = attention_summary(affected, n)
         else:
             res = predict_stream(
                 a.package,
@@ -299,11 +298,10 @@ def setup_predict(p: argparse.ArgumentParser) -> Handler:
                 base_dir=a.base_dir,
                 issues_out=a.issues,
             )
-            n, lines = res.rows, res.summary()
-        for line in lines:
+        for line in res.summary():
             print(line, file=sys.stderr)
         if a.out:
-            console().print(f"{n} predictions -> {Path(a.out)}")
+            console().print(f"{res.rows} predictions -> {Path(a.out)}")
         return 0
 
     return run

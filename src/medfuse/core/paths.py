@@ -85,14 +85,19 @@ def output_dir(path: str | Path, option: str) -> Path:
 
 
 def write_output(path: str | Path, data: str | bytes, option: str) -> Path:
-    """Write ``data`` to the output file ``path`` (checked as :func:`output_file`); a failure
-    of the write itself (disk full, permissions changed) is a MedfuseError naming the file."""
+    """Write ``data`` to the output file ``path`` (checked as :func:`output_file`), whole or not
+    at all (a temporary file beside it, then renamed); a failure of the write itself (disk
+    full, permissions changed) is a MedfuseError naming the file."""
     p = output_file(path, option)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
     try:
         if isinstance(data, bytes):
-            p.write_bytes(data)
+            tmp.write_bytes(data)
         else:
-            p.write_text(data)
+            tmp.write_text(data)
+        tmp.replace(p)
     except OSError as err:
         raise MedfuseError(f"{option} {p}: cannot write it ({err.strerror or err})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     return p

@@ -10,7 +10,9 @@ prediction rows with their per-modality presence, reasons and plausibility flags
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import csv
+import io
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -19,6 +21,7 @@ import numpy as np
 from medfuse.core.decision import NONFINITE, decide, nonfinite_rows, probabilities
 from medfuse.core.errors import DataError, SpecError
 from medfuse.core.inputs import ON_BAD_ROW, Batch, Schema, coerce
+from medfuse.core.paths import write_output
 
 
 @runtime_checkable
@@ -141,6 +144,40 @@ def attention_summary(
     more = len(affected) - MAX_LISTED
     tail = [f"  ... and {more} more (--issues FILE lists them all)"] if more > 0 else []
     return [f"{head}:", *listed, *tail]
+
+
+@dataclass
+class RunResult:
+    """What a prediction run over a file did (``medfuse predict``, ``python -m medfuse.runtime``):
+    rows written, the rows not predicted from all they gave (an error, an unusable input, a
+    plausibility flag), and the file that lists them when there are more than ``MAX_LISTED``."""
+
+    rows: int
+    affected: list[dict[str, str]] = field(default_factory=list)
+    issues_file: Path | None = None
+
+    def __int__(self) -> int:
+        return self.rows
+
+    def summary(self) -> list[str]:
+        """The end-of-run summary: every affected row, or the file that lists them."""
+        return attention_summary(self.affected, self.rows, self.issues_file)
+
+    def list_issues(
+        self, out: str | Path | None, issues_out: str | Path | None = None
+    ) -> RunResult:
+        """Beyond ``MAX_LISTED`` affected rows, write them all (CSV: id, issue) to
+        ``issues_out`` (default: ``<out>.issues.csv``; none when both are None) and record it."""
+        target = Path(issues_out) if issues_out else None
+        if target is None and out is not None:
+            target = Path(out).with_name(Path(out).name + ".issues.csv")
+        if len(self.affected) > MAX_LISTED and target is not None:
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=["id", "issue"], lineterminator="\n")
+            w.writeheader()
+            w.writerows(self.affected)
+            self.issues_file = write_output(target, buf.getvalue(), "--issues")
+        return self
 
 
 def table_columns(task: str, labels: list[str], modalities: list[str]) -> list[str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,7 +20,7 @@ import pandas as pd
 from medfuse.core.errors import SpecError
 from medfuse.core.inputs import iter_batches
 from medfuse.core.paths import output_file
-from medfuse.core.predictor import MAX_LISTED, attention_summary, table_columns
+from medfuse.core.predictor import RunResult, table_columns
 
 
 def count_rows(path: Path) -> int | None:
@@ -97,23 +96,6 @@ def load_predictor(package: str | Path, runtime: str, device: str) -> Any:
     return _load(Path(package), runtime, device=device)
 
 
-@dataclass
-class StreamResult:
-    """What ``predict_stream`` did: rows written, the rows that were not predicted from all they
-    gave (an error, an unusable input, a plausibility flag), and where they were listed."""
-
-    rows: int
-    affected: list[dict[str, str]] = field(default_factory=list)
-    issues_file: Path | None = None
-
-    def __int__(self) -> int:
-        return self.rows
-
-    def summary(self) -> list[str]:
-        """The end-of-run summary: every affected row, or the file that lists them."""
-        return attention_summary(self.affected, self.rows, self.issues_file)
-
-
 def predict_stream(
     package: str | Path,
     input_path: str | Path,
@@ -128,7 +110,7 @@ def predict_stream(
     on_bad_row: str = "fail",
     base_dir: str | Path | None = None,
     issues_out: str | Path | None = None,
-) -> StreamResult:
+) -> RunResult:
     """Predict ``input_path`` chunk by chunk and append to ``out`` (stdout when None).
 
     Inputs are read by the one input contract (``medfuse.core.inputs.iter_batches``): the
@@ -190,11 +172,4 @@ def predict_stream(
     finally:
         if bar is not None:
             bar.stop()
-    result = StreamResult(writer.rows, affected)
-    target = Path(issues_out) if issues_out else None
-    if target is None and out is not None:
-        target = Path(out).with_name(Path(out).name + ".issues.csv")
-    if len(affected) > MAX_LISTED and target is not None:
-        pd.DataFrame(affected, columns=["id", "issue"]).to_csv(target, index=False)
-        result.issues_file = target
-    return result
+    return RunResult(writer.rows, affected).list_issues(out, issues_out)
