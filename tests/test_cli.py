@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 
 
@@ -77,6 +78,26 @@ def test_models_lists_registries() -> None:
 def test_missing_package_is_a_clear_error(tmp_path) -> None:
     r = medfuse("evaluate", str(tmp_path / "nope"), check=False)
     assert r.returncode == 4 and "not a directory" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve", "pkg", "--port", "70000"], "expected a port number in 1..65535; got 70000"),
+        (["serve", "pkg", "--max-body-mb", "nan"], "expected a size in MiB, > 0"),
+        (["serve", "pkg", "--workers", "0"], "expected a positive integer; got 0"),
+        (["prune", "pkg", "--out", "x", "--amount", "1"], "expected a number in (0, 1); got 1"),
+        (["benchmark", "pkg", "--repeats", "two"], "expected a positive integer; got 'two'"),
+    ],
+)
+def test_numeric_options_out_of_range_exit_2_saying_what_is_allowed(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from medfuse.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
 
 
 # ---- the verb table ---------------------------------------------------------------------------

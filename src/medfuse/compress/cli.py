@@ -6,27 +6,14 @@ import argparse
 import json
 from typing import Any
 
-from medfuse.core.console import Handler, command_line, console, data_dir_arg
-
-
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1); got {text!r}") from None
-    if not 0.0 < v < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1); got {text}")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1; got {text}")
-    return v
+from medfuse.core.console import (
+    Handler,
+    command_line,
+    console,
+    data_dir_arg,
+    fraction,
+    positive_int,
+)
 
 
 def _record_table(title: str, record: dict[str, Any]) -> Any:
@@ -66,7 +53,7 @@ def setup_quantize(p: argparse.ArgumentParser) -> Handler:
     )
     p.add_argument(
         "--calibration",
-        type=_positive_int,
+        type=positive_int,
         default=256,
         metavar="N",
         help="training samples that calibrate static activation ranges (default 256)",
@@ -107,7 +94,7 @@ def setup_quantize(p: argparse.ArgumentParser) -> Handler:
 def setup_prune(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("package")
     p.add_argument(
-        "--amount", type=_fraction, default=0.5, help="fraction to remove, in (0, 1) (default 0.5)"
+        "--amount", type=fraction, default=0.5, help="fraction to remove, in (0, 1) (default 0.5)"
     )
     g = p.add_mutually_exclusive_group()
     g.add_argument(
@@ -221,12 +208,12 @@ def setup_benchmark(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("-o", "--out", help="directory for benchmark.{json,csv,md} and pareto.png")
     p.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="PyTorch and ONNX Runtime threads (default 1: fair and stable)",
     )
     p.add_argument(
-        "--repeats", type=_positive_int, default=30, help="timed rounds per model (default 30)"
+        "--repeats", type=positive_int, default=30, help="timed rounds per model (default 30)"
     )
     data_dir_arg(p)
     p.add_argument("--json", action="store_true")

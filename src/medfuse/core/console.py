@@ -85,6 +85,40 @@ def device_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
 BROKEN_PIPE = 141
 
 
+def bounded(
+    cast: Callable[[str], float],
+    low: float,
+    high: float,
+    *,
+    what: str,
+    open_low: bool = False,
+    open_high: bool = False,
+) -> Callable[[str], Any]:
+    """An argparse ``type``: ``cast(text)`` within [low, high] (each end excluded with
+    ``open_low`` / ``open_high``); else an error that says what was given and what is allowed
+    (NaN and infinities are never in range)."""
+
+    def parse(text: str) -> Any:
+        try:
+            v = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}; got {text!r}") from None
+        if not ((v > low if open_low else v >= low) and (v < high if open_high else v <= high)):
+            raise argparse.ArgumentTypeError(f"expected {what}; got {text}")
+        return v
+
+    return parse
+
+
+#: argparse types shared by the verbs
+positive_int = bounded(int, 1, float("inf"), what="a positive integer", open_high=True)
+fraction = bounded(float, 0.0, 1.0, what="a number in (0, 1)", open_low=True, open_high=True)
+port = bounded(int, 1, 65535, what="a port number in 1..65535")
+size_mb = bounded(
+    float, 0.0, 1 << 20, what="a size in MiB, > 0 and below 1 TiB", open_low=True, open_high=True
+)
+
+
 def broken_pipe() -> int:
     """After a BrokenPipeError (``medfuse models | head``): point stdout at /dev/null, so that
     Python's final flush does not fail again, and return ``BROKEN_PIPE``."""

@@ -4,45 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from medfuse.core.console import Handler
+from medfuse.core.console import Handler, port, positive_int, size_mb
 from medfuse.core.trust import add_trust_arguments, trust_from_args
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 < value < 65536:
-        raise argparse.ArgumentTypeError(f"port {value} is outside 1..65535")
-    return value
-
-
-def _positive_mb(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (value > 0 and value < 1 << 20):  # also refuses NaN and inf
-        raise argparse.ArgumentTypeError(f"{text} MiB: give a size > 0 (and below 1 TiB)")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
-    return value
 
 
 def setup_serve(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("package")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    p.add_argument("--port", type=_port, default=8000, help="1..65535 (default 8000)")
-    p.add_argument("--workers", type=_positive_int, default=1, help="uvicorn worker processes")
+    p.add_argument("--port", type=port, default=8000, help="1..65535 (default 8000)")
+    p.add_argument("--workers", type=positive_int, default=1, help="uvicorn worker processes")
     p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (default: no auth)")
     p.add_argument(
         "--runtime",
@@ -54,12 +24,12 @@ def setup_serve(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--threads", type=int, default=None, help="intra-op threads per worker")
     p.add_argument(
         "--max-body-mb",
-        type=_positive_mb,
+        type=size_mb,
         default=16.0,
         help="request size limit in MiB (413 above)",
     )
     p.add_argument(
-        "--max-batch", type=_positive_int, default=64, help="instances per request (default 64)"
+        "--max-batch", type=positive_int, default=64, help="instances per request (default 64)"
     )
     p.add_argument("--no-access-log", action="store_true")
     p.add_argument(
