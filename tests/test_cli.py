@@ -83,9 +83,6 @@ def test_missing_package_is_a_clear_error(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["serve", "pkg", "--port", "70000"], "expected a port number in 1..65535; got 70000"),
-        (["serve", "pkg", "--max-body-mb", "nan"], "expected a size in MiB, > 0"),
-        (["serve", "pkg", "--workers", "0"], "expected a positive integer; got 0"),
         (["prune", "pkg", "--out", "x", "--amount", "1"], "expected a number in (0, 1); got 1"),
         (["benchmark", "pkg", "--repeats", "two"], "expected a positive integer; got 'two'"),
     ],

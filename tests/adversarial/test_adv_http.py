@@ -66,7 +66,7 @@ def test_the_400_answer_is_documented(open_client: TestClient) -> None:
         (["--port", "0"], "port"),
         (["--max-body-mb", "-1"], "-1"),
         (["--max-body-mb", "nan"], "nan"),
-        (["--workers", "0"], "at least 1"),
+        (["--workers", "0"], "expected a positive integer; got 0"),
     ],
 )
 def test_bad_server_settings_exit_2(adv_exported: Path, capsys, args, word) -> None:
