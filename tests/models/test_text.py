@@ -283,3 +283,90 @@ def test_manifest_text_column_and_text_files(tmp_path: Path) -> None:
     assert masks["3"] == 0 and masks["0"] == 1  # empty cell: missing; a .txt file: read
     txt = (tmp_path / "notes" / "0.txt").read_text()
     assert np.array_equal(ids["0"], encode([txt], tok, 6)[0])
+
+
+def test_evaluate_reads_other_data_with_the_packages_tokenizer_and_categories(
+    tmp_path: Path,
+) -> None:
+    """Data read for an existing package (evaluate, report, calibrate, compress, verify) is
+    encoded with the package's tokenizer and category codes: refitting them on the new data's
+    word frequencies (or on the categories it happens to hold) would give the model other ids
+    than it was trained on, a silent wrong answer."""
+    if reason := unusable(("tokenizers",)):
+        pytest.skip(reason)
+    from medfuse.api import evaluate
+    from medfuse.core.text import encode, train_tokenizer
+    from medfuse.inference.predictor import load as load_torch
+    from medfuse.training.metrics import compute_metrics
+
+    tok = train_tokenizer(_texts(40), vocab=64)  # trained on WORDS' frequencies
+    spec = parse_spec(
+        {
+            "name": "notes",
+            "data": {"source": "manifest:/nonexistent/notes.csv"},
+            "task": {"type": "binary", "labels": ["n", "p"], "positive": "p"},
+            "modalities": {
+                "note": {"kind": "text", "length": 8, "vocab": 64},
+                "vitals": {"kind": "tabular", "columns": ["hr", "sex"]},
+            },
+            "branches": {
+                "note": {"type": "gru_text", "vocab_size": 64, "embedding": 8, "hidden": 8},
+                "vitals": {"type": "mlp", "hidden": 4, "out_features": 4},
+            },
+            "head": {"hidden": 4},
+        }
+    )
+    torch.manual_seed(0)
+    stats = {
+        "note": {"mean": [0.0], "std": [1.0], "channel_axis": 0, "tokenizer": tok},
+        "vitals": {
+            "mean": [80.0, 0.5],
+            "std": [10.0, 0.5],
+            "channel_axis": 0,
+            "categories": {"sex": ["F", "M"]},
+        },
+    }
+    pkg = save_package(
+        tmp_path / "pkg",
+        model=build_model(spec).eval(),
+        spec=spec,
+        preprocessing=stats,
+        threshold={"method": "fixed", "value": 0.5},
+        metrics={},
+    )
+    # other data: the rarest training words most frequent, one sex only ("M": code 1, not 0)
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(24):
+        words = rng.choice(WORDS[::-1][:4], size=5, p=[0.55, 0.25, 0.15, 0.05])
+        rows.append(
+            {
+                "id": i,
+                "note": " ".join(words),
+                "hr": 60 + i,
+                "sex": "M",
+                "label": "p" if i % 2 else "n",
+                "split": ("train", "val", "test")[i % 3],
+            }
+        )
+    csv_path = tmp_path / "other.csv"
+    with csv_path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert train_tokenizer([r["note"] for r in rows], 64) != tok  # refitting would differ
+
+    pred = load_torch(pkg)
+    from medfuse.report.calibration import load_bundle
+
+    test_rows = [r for r in rows if r["split"] == "test"]
+    bundle = load_bundle(pred, data=csv_path)  # report, calibrate, compare, clinical
+    ids = bundle.test.arrays["note"]
+    assert np.array_equal(ids, encode([r["note"] for r in test_rows], tok, 8))
+    assert (bundle.test.arrays["vitals"][:, 1] == 1).all()  # "M" is the package's code 1
+    got = evaluate(pkg, data=csv_path, device="cpu")
+    p = pred.predict_proba([{"note": r["note"], "hr": r["hr"], "sex": r["sex"]} for r in test_rows])
+    y = np.array([1.0 if r["label"] == "p" else 0.0 for r in test_rows])
+    ref = compute_metrics("binary", y, p, 0.5)
+    assert got["n"] == len(test_rows)
+    assert abs(got["brier"] - ref["brier"]) < 1e-6 and abs(got["auroc"] - ref["auroc"]) < 1e-9

@@ -179,6 +179,27 @@ def _check_view(p: Package, view: str, s_mods: list[str]) -> None:
         )
 
 
+def teacher_reading(pkgs: list[Package]) -> dict[str, dict[str, Any]]:
+    """What reading the data depends on in the teachers' packages (text tokenizers, category
+    codes), per modality: one load of the data serves every teacher only when they agree."""
+    out: dict[str, dict[str, Any]] = {}
+    owner: dict[str, Path] = {}
+    for p in pkgs:
+        for m, st in p.meta["preprocessing"].items():
+            keep = {k: st[k] for k in ("tokenizer", "categories") if st.get(k)}
+            if not keep:
+                continue
+            if m in out and out[m] != keep:
+                raise SpecError(
+                    "teachers",
+                    f"{p.path} reads modality {m!r} with another {' and '.join(keep)} than "
+                    f"{owner[m]}: the teachers would see different inputs from the same data; "
+                    "distill from teachers trained on the same data reading",
+                )
+            out[m], owner[m] = keep, Path(p.path)
+    return out
+
+
 def view_logits(p: Package, split: Split, view: str, s_mods: list[str]) -> np.ndarray:
     """Teacher ``p``'s logits on ``split`` as ``view`` says (``full``, ``masked``, ``probe``)."""
 
@@ -267,6 +288,7 @@ def distill(
         seed=first.train.seed,
         labels=spec.task.labels,  # the teachers' classes, [negative, positive] for binary
         positive=spec.task.positive_class,
+        preprocessing=teacher_reading(pkgs),  # the ids and codes the teachers were trained on
     )
     s_mods = list(spec.modalities)
     spec = complete_spec(spec, {m: bundle.modalities[m] for m in s_mods}, bundle.labels)

@@ -101,6 +101,7 @@ def load_data(
     positive: str | None = None,
     stream: bool | str = False,
     workers: int = 2,
+    preprocessing: dict[str, Any] | None = None,
 ) -> DataBundle:
     """Load a data source by name (``medmnist:breastmnist``, ``manifest:file.csv``, ``synthetic``).
 
@@ -108,8 +109,11 @@ def load_data(
     outside them is refused. ``positive``: the positive class of a binary task. ``stream``
     (``data.stream``: true, false or ``auto``): a manifest's files are decoded once into a cache
     and streamed (``medfuse.data.stream``; ``workers`` processes decode them) instead of held in
-    memory. The returned bundle is validated (``validate_bundle``) and carries its
-    ``info["fingerprint"]``."""
+    memory. ``preprocessing``: an existing package's (``medfuse.json``): its text modalities are
+    encoded with its stored tokenizers and a manifest's categorical columns with its stored
+    category codes, never refit on this data (refitting would silently hand the model other
+    ids than it was trained on). The returned bundle is validated (``validate_bundle``) and
+    carries its ``info["fingerprint"]``."""
     # lazy: torch (DataLoader workers), which the in-memory sources do not need
     from medfuse.data.stream import check_stream_source, stream_pass
 
@@ -119,7 +123,11 @@ def load_data(
     options = dict(options or {})
     if labels and kind == "manifest" and "labels" not in options:
         options["labels"] = list(labels)  # rows are encoded in the model's order
-    extra = {"stream": stream} if kind == "manifest" and stream is not False else {}
+    extra: dict[str, Any] = {"stream": stream} if kind == "manifest" and stream is not False else {}
+    stored = preprocessing or {}
+    cats = {m: dict(st["categories"]) for m, st in stored.items() if st.get("categories")}
+    if kind == "manifest" and cats:
+        extra["categories"] = cats  # the package's codes, not codes refit on this file
     bundle = loader(
         arg,
         options,
@@ -131,7 +139,7 @@ def load_data(
         **extra,
     )
     bundle = keep_modalities(bundle, list(modalities or {}))
-    tokenize_text(bundle)
+    tokenize_text(bundle, stored)
     if labels and bundle.task != "multilabel":
         _known_labels(bundle, list(labels), source)
     order_binary(bundle, positive)
@@ -142,16 +150,21 @@ def load_data(
     return bundle
 
 
-def tokenize_text(bundle: DataBundle) -> DataBundle:
-    """Text modalities (texts as read, "" when absent) -> token ids with a tokenizer trained on
-    the training split's texts only; the tokenizer goes to ``info["tokenizers"]`` (the package
+def tokenize_text(
+    bundle: DataBundle, stored: dict[str, dict[str, Any]] | None = None
+) -> DataBundle:
+    """Text modalities (texts as read, "" when absent) -> token ids. The tokenizer is the one
+    ``stored`` (a package's preprocessing) holds for the modality; without one (training), one
+    trained on the training split's texts only. It goes to ``info["tokenizers"]`` (the package
     stores it with the preprocessing). A text without any token is a missing modality."""
     for m, ms in bundle.modalities.items():
         if ms.kind != "text" or bundle.train.arrays[m].dtype != object:
             continue
         train = bundle.train
-        texts = [str(t) for t, k in zip(train.arrays[m], train.masks[m]) if k > 0 and t]
-        tok = train_tokenizer(texts, int(ms.vocab or 2000))
+        tok = (stored or {}).get(m, {}).get("tokenizer")
+        if not tok:
+            texts = [str(t) for t, k in zip(train.arrays[m], train.masks[m]) if k > 0 and t]
+            tok = train_tokenizer(texts, int(ms.vocab or 2000))
         for split in (bundle.train, bundle.val, bundle.test):
             if split is None:
                 continue
@@ -257,6 +270,7 @@ def load_spec_data(
     *,
     data: str | Path | None = None,
     recorded: dict[str, Any] | None = None,
+    preprocessing: dict[str, Any] | None = None,
 ) -> DataBundle:
     """A (package's) spec's own data source, loaded as training loaded it.
 
@@ -286,6 +300,7 @@ def load_spec_data(
         positive=spec.task.positive_class,
         stream=spec.data.stream if kind == "manifest" or data is not None else False,
         workers=spec.data.workers,
+        preprocessing=preprocessing,
     )
     if recorded and recorded.get("fingerprint"):
         bundle.info["fingerprint_check"] = compare_fingerprints(

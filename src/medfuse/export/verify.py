@@ -498,7 +498,7 @@ def _split_reference(
 
     pkg = load_package(root, device="cpu")
     spec = pkg.spec
-    bundle = load_spec_data(spec, data_dir)
+    bundle = load_spec_data(spec, data_dir, preprocessing=meta.get("preprocessing"))
     data = bundle.split(split)
     raw = {m: np.asarray(a, np.float32) for m, a in data.arrays.items()}
     masks = {m: np.asarray(k, np.float32) for m, k in data.masks.items()}
@@ -530,7 +530,7 @@ def build_verification(
         # lazy: [train] (pandas), only for data-derived inputs
         from medfuse.data import load_spec_data
 
-        bundle = load_spec_data(spec, data_dir)
+        bundle = load_spec_data(spec, data_dir, preprocessing=meta.get("preprocessing"))
         raw, masks, idx = select_samples(
             bundle.val.arrays, bundle.val.masks, modalities, n=n, seed=seed
         )
