@@ -105,15 +105,21 @@ def test_raw_text_predicts_the_same_in_torch_onnx_and_the_runtime(tmp_path: Path
     cols = {"note": [r["note"] for r in ROWS], "vitals": [[r["hr"], r["temp"]] for r in ROWS]}
     assert np.abs(load_onnx(pkg).predict_proba(cols) - p_torch).max() <= 1e-5
 
-    # python -m medfuse.runtime: a manifest with a text column and a text file per row
+    runtime_p = _runtime_probabilities(pkg, ROWS, tmp_path)
+    assert np.abs(runtime_p - p_torch).max() <= 1e-5, (runtime_p, p_torch)
+
+
+def _runtime_probabilities(pkg: Path, rows: list[dict], tmp_path: Path) -> np.ndarray:
+    """python -m medfuse.runtime (no torch) on a manifest of ``rows``, the second row's note
+    as a .txt file: the probabilities of the positive class."""
     (tmp_path / "notes").mkdir()
-    (tmp_path / "notes" / "b.txt").write_text(ROWS[1]["note"], encoding="utf-8")
+    (tmp_path / "notes" / "b.txt").write_text(rows[1]["note"], encoding="utf-8")
     manifest = tmp_path / "in.csv"
     with manifest.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["id", "note", "hr", "temp"])
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
-        for r in ROWS:
-            w.writerow(dict(r, note="notes/b.txt") if r["id"] == "b" else r)
+        for i, r in enumerate(rows):
+            w.writerow(dict(r, note="notes/b.txt") if i == 1 else r)
     out = tmp_path / "pred.csv"
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     r = subprocess.run(
@@ -136,8 +142,7 @@ def test_raw_text_predicts_the_same_in_torch_onnx_and_the_runtime(tmp_path: Path
     with out.open() as f:
         got = list(csv.DictReader(f))
     key = next(k for k in got[0] if k.startswith("p_") or k.startswith("prob"))
-    runtime_p = np.array([float(row[key]) for row in got])
-    assert np.abs(runtime_p - p_torch).max() <= 1e-5, (got, p_torch)
+    return np.array([float(row[key]) for row in got])
 
 
 def test_text_spec_and_errors(tmp_path: Path) -> None:
@@ -370,3 +375,124 @@ def test_evaluate_reads_other_data_with_the_packages_tokenizer_and_categories(
     ref = compute_metrics("binary", y, p, 0.5)
     assert got["n"] == len(test_rows)
     assert abs(got["brier"] - ref["brier"]) < 1e-6 and abs(got["auroc"] - ref["auroc"]) < 1e-9
+
+
+def test_hf_text_branch_trains_with_its_own_tokenizer_and_predicts_raw_text_everywhere(
+    tmp_path: Path,
+) -> None:
+    """``branches.note: {type: hf, model: DIR}`` on a text modality: training reads the texts
+    with the model's own tokenizer.json (ids + 1, [CLS] ... [SEP] kept within the length), the
+    package stores it and the weights' record, and PyTorch, ONNX Runtime and the torch-free
+    runtime give the same probabilities from raw text, without the model directory."""
+    if reason := unusable(("transformers", "tokenizers", "onnx", "onnxscript")):
+        pytest.skip(reason)
+    import hashlib
+    import shutil
+
+    import tokenizers
+
+    from medfuse.api import evaluate, train
+    from medfuse.core.onnx import load as load_onnx
+    from medfuse.export.exporter import export_package
+    from medfuse.inference.predictor import load as load_torch
+    from medfuse.models.branches.pretrained import tiny_hf_text_model
+
+    bert = tiny_hf_text_model(tmp_path / "bert")
+    tok_text = (bert / "tokenizer.json").read_text()
+    rng = np.random.default_rng(0)
+    pos, neg = ["fever", "cough", "worse", "acute", "severe"], ["normal", "stable", "improved"]
+    rows = []
+    for i in range(36):
+        y = i % 2
+        words = [*rng.choice(pos if y else neg, 3), "patient", "reports"]
+        note = "" if i % 9 == 4 else " ".join(rng.permutation(words))
+        rows.append({"id": i, "note": note, "hr": 70 + 10 * y + float(rng.normal(0, 5)),
+                     "label": y, "split": ("train", "train", "val", "test")[i % 4]})  # fmt: skip
+    data = tmp_path / "notes.csv"
+    with data.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    spec = {
+        "name": "bert-notes",
+        "data": {"source": f"manifest:{data}", "options": {"labels": ["0", "1"]}},
+        "modalities": {
+            "note": {"kind": "text", "length": 10},
+            "vitals": {"kind": "tabular", "columns": ["hr"]},
+        },
+        "branches": {
+            "note": {"type": "hf", "model": str(bert), "pool": "cls"},
+            "vitals": {"type": "mlp", "hidden": 4, "out_features": 4},
+        },
+        "head": {"hidden": 4},
+        "train": {"epochs": 1, "batch_size": 8, "early_stopping": None},
+    }
+    pkg = train(spec, out=tmp_path / "pkg", device="cpu", progress=False).package
+    meta = json.loads((pkg / "medfuse.json").read_text())
+    st = meta["preprocessing"]["note"]
+    assert st["tokenizer"] == tok_text and st["token_offset"] == 1  # the model's own
+    rec = meta["pretrained"]["note"]
+    assert rec["tokenizer"]["sha256"] == hashlib.sha256(tok_text.encode()).hexdigest()
+    assert rec["weights"]["license"] == "apache-2.0" and rec["preprocess"]["pool"] == "cls"
+    own = tokenizers.Tokenizer.from_file(str(bert / "tokenizer.json"))
+    shutil.rmtree(bert)  # the package needs the model directory no more
+
+    probe = [
+        {"id": "a", "note": "Acute fever, worse coughs", "hr": 95.0},
+        {"id": "b", "note": "stable and improved", "hr": 70.0},
+        {"id": "c", "note": "", "hr": 75.0},  # no note: a missing modality
+        {"id": "d", "note": "zzz unheard of", "hr": 88.0},  # unknown words: [UNK], present
+        {"id": "e", "note": " ".join(["fever"] * 30), "hr": 90.0},  # truncated, [SEP] kept
+    ]
+    torch_pred = load_torch(pkg)
+    batch = torch_pred.inputs(probe)
+    assert batch.masks["note"].tolist() == [1.0, 1.0, 0.0, 1.0, 1.0]
+    first = np.array(own.encode(probe[0]["note"]).ids, np.float32) + 1
+    assert np.array_equal(batch.arrays["note"][0, : len(first)], first)
+    assert (batch.arrays["note"][0, len(first) :] == 0).all()
+    assert batch.arrays["note"][4, -1] == own.token_to_id("[SEP]") + 1
+    p_torch = torch_pred.predict_proba(probe)
+    # the other data paths read the package's stored tokenizer (the model directory is gone)
+    assert evaluate(pkg, device="cpu")["n"] == sum(r["split"] == "test" for r in rows)
+
+    res = export_package(pkg, format="onnx", samples=8)
+    assert res.report is not None and res.report.ok, res.report.to_dict()
+    assert np.abs(load_onnx(pkg).predict_proba(probe) - p_torch).max() <= 1e-5
+    runtime_p = _runtime_probabilities(pkg, probe, tmp_path)
+    assert np.abs(runtime_p - p_torch).max() <= 1e-5, (runtime_p, p_torch)
+
+
+def test_hf_text_branch_errors(tmp_path: Path) -> None:
+    """No tokenizer.json, an image model on text (and the reverse), too long a text: each a
+    SpecError saying what to do."""
+    if reason := unusable(("transformers", "tokenizers")):
+        pytest.skip(reason)
+    from medfuse.data import own_tokenizers
+    from medfuse.models.branches.pretrained import tiny_hf_model, tiny_hf_text_model
+
+    bert = tiny_hf_text_model(tmp_path / "bert")
+
+    def spec(model: Path, modality: dict) -> object:
+        return parse_spec(
+            {
+                "data": {"source": "synthetic"},
+                "task": {"labels": ["n", "p"]},
+                "modalities": {"x": modality},
+                "branches": {"x": {"type": "hf", "model": str(model)}},
+            }
+        )
+
+    text = {"kind": "text", "length": 8}
+    with pytest.raises(
+        SpecError, match=r"'branches\.x\.model'.*no tokenizer\.json.*save_pretrained"
+    ):
+        (bert / "tokenizer.json").rename(tmp_path / "moved.json")
+        own_tokenizers(spec(bert, text))
+    (tmp_path / "moved.json").rename(bert / "tokenizer.json")
+    assert own_tokenizers(spec(bert, text))["x"]["token_offset"] == 1
+    with pytest.raises(SpecError, match=r"is an image model.*the modality is a text one"):
+        build_model(spec(tiny_hf_model(tmp_path / "vit"), text))
+    with pytest.raises(SpecError, match=r"is a text model.*the modality is an image one"):
+        build_model(spec(bert, {"kind": "image", "channels": 1, "size": [16, 16]}))
+    with pytest.raises(SpecError, match=r"reads at most 64 tokens.*length is 100"):
+        build_model(spec(bert, {"kind": "text", "length": 100}))

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from medfuse.compress._common import check_fraction, check_out, delta, now, source_info, summary
 from medfuse.core.errors import SpecError, not_allowed
 from medfuse.core.spec import Spec, apply_overrides, complete_spec, load_spec_dict, parse_spec
-from medfuse.data import DataBundle, Split, load_data
+from medfuse.data import DataBundle, Split, load_data, own_tokenizers
 from medfuse.distributed.strategies import start_session
 from medfuse.inference.helpers import Tensors, predict_logits, to_tensors
 from medfuse.inference.package import Package, load_package, save_package
@@ -200,6 +200,23 @@ def teacher_reading(pkgs: list[Package]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def student_reading(reading: dict[str, dict[str, Any]], spec: Spec) -> dict[str, dict[str, Any]]:
+    """The teachers' reading (the ids and codes they were trained on), plus the tokenizer a
+    student's ``hf`` text branch brings; a student tokenizing a text otherwise than the
+    teachers is refused (one load of the data gives every model the same ids)."""
+    out = dict(reading)
+    for m, st in own_tokenizers(spec).items():
+        if m in out and out[m].get("tokenizer") != st["tokenizer"]:
+            raise SpecError(
+                f"branches.{m}",
+                f"the student's hf branch reads {m!r} with its model's tokenizer, the teachers "
+                "with another: distil into a student that tokenizes like the teachers (their "
+                "branch type and model)",
+            )
+        out[m] = st
+    return out
+
+
 def view_logits(p: Package, split: Split, view: str, s_mods: list[str]) -> np.ndarray:
     """Teacher ``p``'s logits on ``split`` as ``view`` says (``full``, ``masked``, ``probe``)."""
 
@@ -288,7 +305,7 @@ def distill(
         seed=first.train.seed,
         labels=spec.task.labels,  # the teachers' classes, [negative, positive] for binary
         positive=spec.task.positive_class,
-        preprocessing=teacher_reading(pkgs),  # the ids and codes the teachers were trained on
+        preprocessing=student_reading(teacher_reading(pkgs), spec),
     )
     s_mods = list(spec.modalities)
     spec = complete_spec(spec, {m: bundle.modalities[m] for m in s_mods}, bundle.labels)

@@ -23,7 +23,7 @@ from medfuse.core.paths import default_data_root as default_data_root
 from medfuse.core.paths import resolve_data_root as resolve_data_root
 from medfuse.core.registry import Registry
 from medfuse.core.spec import ModalitySpec
-from medfuse.core.text import encode, train_tokenizer
+from medfuse.core.text import encode, model_tokenizer, train_tokenizer
 from medfuse.data.validate import compare_fingerprints, fingerprint, validate_bundle
 
 DATASETS: Registry = Registry("data source")
@@ -154,14 +154,16 @@ def tokenize_text(
     bundle: DataBundle, stored: dict[str, dict[str, Any]] | None = None
 ) -> DataBundle:
     """Text modalities (texts as read, "" when absent) -> token ids. The tokenizer is the one
-    ``stored`` (a package's preprocessing) holds for the modality; without one (training), one
-    trained on the training split's texts only. It goes to ``info["tokenizers"]`` (the package
-    stores it with the preprocessing). A text without any token is a missing modality."""
+    ``stored`` (a package's preprocessing, or an ``hf`` branch's own) holds for the modality,
+    with its ``token_offset``; without one, one trained on the training split's texts only. It
+    goes to ``info["tokenizers"]`` (a non-zero offset to ``info["token_offsets"]``; the package
+    stores both with the preprocessing). A text without any token is a missing modality."""
     for m, ms in bundle.modalities.items():
         if ms.kind != "text" or bundle.train.arrays[m].dtype != object:
             continue
         train = bundle.train
         tok = (stored or {}).get(m, {}).get("tokenizer")
+        offset = int((stored or {}).get(m, {}).get("token_offset", 0)) if tok else 0
         if not tok:
             texts = [str(t) for t, k in zip(train.arrays[m], train.masks[m]) if k > 0 and t]
             tok = train_tokenizer(texts, int(ms.vocab or 2000))
@@ -172,13 +174,27 @@ def tokenize_text(
                 "" if k <= 0 or t is None else str(t)
                 for t, k in zip(split.arrays[m], split.masks[m])
             ]
-            ids = encode(raw, tok, int(ms.length or 0))
+            ids = encode(raw, tok, int(ms.length or 0), offset)
             split.arrays[m] = ids
             split.masks[m] = (np.asarray(split.masks[m]) * (ids != 0).any(axis=1)).astype(
                 np.float32
             )
         bundle.info.setdefault("tokenizers", {})[m] = tok
+        if offset:
+            bundle.info.setdefault("token_offsets", {})[m] = offset
     return bundle
+
+
+def own_tokenizers(spec: Any) -> dict[str, dict[str, Any]]:
+    """The text modalities whose branch brings its own tokenizer (``hf``: the model's
+    ``tokenizer.json``), as stored preprocessing: ``{m: {tokenizer, token_offset: 1}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for m, b in spec.branches.items():
+        ms = spec.modalities.get(m)
+        if b.type == "hf" and ms is not None and ms.kind == "text" and b.params.get("model"):
+            tok, _ = model_tokenizer(str(b.params["model"]), where=f"branches.{m}.model")
+            out[m] = {"tokenizer": tok, "token_offset": 1}
+    return out
 
 
 def is_lazy(x: Any) -> bool:
@@ -300,7 +316,7 @@ def load_spec_data(
         positive=spec.task.positive_class,
         stream=spec.data.stream if kind == "manifest" or data is not None else False,
         workers=spec.data.workers,
-        preprocessing=preprocessing,
+        preprocessing=preprocessing if preprocessing is not None else own_tokenizers(spec),
     )
     if recorded and recorded.get("fingerprint"):
         bundle.info["fingerprint_check"] = compare_fingerprints(
