@@ -30,14 +30,21 @@ def _texts(n: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS, size=rng.integers(2, 9))) for _ in range(n)]
 
 
-def _package(tmp_path: Path) -> Path:
-    if reason := unusable(("tokenizers",)):
+def _package(tmp_path: Path, branch: str = "gru_text") -> Path:
+    """A package with a text and a tabular modality: the text branch a ``gru_text`` over a
+    trained word-level tokenizer, or (``hf``) the tiny BERT with its own tokenizer."""
+    if reason := unusable(("tokenizers", "transformers") if branch == "hf" else ("tokenizers",)):
         pytest.skip(reason)
     from medfuse.core.text import train_tokenizer, vocab_size
 
     tok = train_tokenizer(_texts(40), vocab=64)
     assert vocab_size(tok) <= 64
     assert train_tokenizer(_texts(40), vocab=64) == tok  # the same texts, the same tokenizer
+    note: dict = {"type": "gru_text", "vocab_size": 64, "embedding": 8, "hidden": 8}
+    if branch == "hf":
+        from medfuse.models.branches.pretrained import tiny_hf_text_model
+
+        note = {"type": "hf", "model": str(tiny_hf_text_model())}
     spec = parse_spec(
         {
             "name": "notes",
@@ -47,17 +54,17 @@ def _package(tmp_path: Path) -> Path:
                 "note": {"kind": "text", "length": 12, "vocab": 64},
                 "vitals": {"kind": "tabular", "columns": ["hr", "temp"]},
             },
-            "branches": {
-                "note": {"type": "gru_text", "vocab_size": 64, "embedding": 8, "hidden": 8},
-                "vitals": {"type": "mlp", "hidden": 4, "out_features": 4},
-            },
+            "branches": {"note": note, "vitals": {"type": "mlp", "hidden": 4, "out_features": 4}},
             "head": {"hidden": 4},
         }
     )
     torch.manual_seed(0)
     model = build_model(spec).eval()
+    from medfuse.data import own_tokenizers
+
+    reading = own_tokenizers(spec).get("note") or {"tokenizer": tok}  # hf: the model's own
     stats = {
-        "note": {"mean": [0.0], "std": [1.0], "channel_axis": 0, "tokenizer": tok},
+        "note": {"mean": [0.0], "std": [1.0], "channel_axis": 0, **reading},
         "vitals": {"mean": [80.0, 37.0], "std": [10.0, 1.0], "channel_axis": 0},
     }
     return save_package(
@@ -209,10 +216,12 @@ def test_train_on_synthetic_notes_then_predict_from_raw_text(tmp_path: Path) -> 
     assert np.isfinite(p).all() and pred.inputs(rows).masks["text"].tolist() == [1, 0, 1, 1]
 
 
-@pytest.mark.slow  # about 15 s: an ONNX export and the HTTP app
-def test_http_service_predicts_raw_text_like_torch(tmp_path: Path) -> None:
+@pytest.mark.slow  # about 15 s each: an ONNX export and the HTTP app
+@pytest.mark.parametrize("branch", ["gru_text", "hf"])
+def test_http_service_predicts_raw_text_like_torch(tmp_path: Path, branch: str) -> None:
     """POST /v1/predict with the note as a JSON string: the ONNX service tokenizes it through
-    the same contract; a string is never read as a path on the server."""
+    the same contract (a trained word-level tokenizer, or the hf model's own); a string is
+    never read as a path on the server."""
     if reason := unusable(("onnx", "onnxscript", "fastapi", "httpx")):
         pytest.skip(reason)
     from fastapi.testclient import TestClient
@@ -222,7 +231,7 @@ def test_http_service_predicts_raw_text_like_torch(tmp_path: Path) -> None:
     from medfuse.inference.predictor import load as load_torch
     from medfuse.serve.app import create_app
 
-    pkg = _package(tmp_path)
+    pkg = _package(tmp_path, branch)
     export_package(pkg, format="onnx", samples=4)
     client = TestClient(create_app(pkg, token="t"))
     secret = tmp_path / "secret.txt"
