@@ -471,11 +471,14 @@ def test_hf_text_branch_trains_with_its_own_tokenizer_and_predicts_raw_text_ever
     assert np.abs(runtime_p - p_torch).max() <= 1e-5, (runtime_p, p_torch)
 
 
-def test_hf_text_branch_errors(tmp_path: Path) -> None:
+def test_hf_text_branch_errors_and_the_hub_cache(tmp_path: Path, monkeypatch) -> None:
     """No tokenizer.json, an image model on text (and the reverse), too long a text: each a
-    SpecError saying what to do."""
-    if reason := unusable(("transformers", "tokenizers")):
+    SpecError saying what to do. A hub id's tokenizer is read from the local hub cache."""
+    if reason := unusable(("transformers", "tokenizers", "huggingface_hub")):
         pytest.skip(reason)
+    import huggingface_hub
+
+    from medfuse.core.text import model_tokenizer
     from medfuse.data import own_tokenizers
     from medfuse.models.branches.pretrained import tiny_hf_model, tiny_hf_text_model
 
@@ -505,3 +508,16 @@ def test_hf_text_branch_errors(tmp_path: Path) -> None:
         build_model(spec(bert, {"kind": "image", "channels": 1, "size": [16, 16]}))
     with pytest.raises(SpecError, match=r"reads at most 64 tokens.*length is 100"):
         build_model(spec(bert, {"kind": "text", "length": 100}))
+
+    # the hub cache's layout (what huggingface-cli download leaves): snapshots/<rev>/ + refs/main
+    cache = tmp_path / "hub"
+    snap = cache / "models--org--tiny-bert" / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (snap / "tokenizer.json").write_text((bert / "tokenizer.json").read_text())
+    (cache / "models--org--tiny-bert" / "refs").mkdir()
+    (cache / "models--org--tiny-bert" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    tok, where = model_tokenizer("org/tiny-bert")
+    assert tok == (bert / "tokenizer.json").read_text() and where.startswith(str(snap))
+    with pytest.raises(SpecError, match=r"nobody/none: no tokenizer\.json.*huggingface-cli"):
+        model_tokenizer("nobody/none")
