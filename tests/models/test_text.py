@@ -77,6 +77,32 @@ def _package(tmp_path: Path, branch: str = "gru_text") -> Path:
     )
 
 
+def _write_csv(path: Path, rows: list[dict]) -> Path:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def _other_rows(n: int = 24) -> list[dict]:
+    """Data unlike the training texts (``_texts``): the rarest words most frequent; one sex
+    ("M", code 1 of the package's ["F", "M"], not 0)."""
+    rng = np.random.default_rng(1)
+    return [
+        {
+            "id": i,
+            "note": " ".join(rng.choice(WORDS[::-1][:4], size=5, p=[0.55, 0.25, 0.15, 0.05])),
+            "hr": 60 + i,
+            "temp": 37.0,
+            "sex": "M",
+            "label": "p" if i % 2 else "n",
+            "split": ("train", "val", "test")[i % 3],
+        }
+        for i in range(n)
+    ]
+
+
 ROWS = [
     {"id": "a", "note": "Acute fever, worse cough", "hr": 100, "temp": 39.0},
     {"id": "b", "note": "stable and improved", "hr": 70, "temp": 36.8},
@@ -121,12 +147,10 @@ def _runtime_probabilities(pkg: Path, rows: list[dict], tmp_path: Path) -> np.nd
     as a .txt file: the probabilities of the positive class."""
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "b.txt").write_text(rows[1]["note"], encoding="utf-8")
-    manifest = tmp_path / "in.csv"
-    with manifest.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        for i, r in enumerate(rows):
-            w.writerow(dict(r, note="notes/b.txt") if i == 1 else r)
+    manifest = _write_csv(
+        tmp_path / "in.csv",
+        [dict(r, note="notes/b.txt") if i == 1 else r for i, r in enumerate(rows)],
+    )
     out = tmp_path / "pred.csv"
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     r = subprocess.run(
@@ -272,10 +296,7 @@ def test_manifest_text_column_and_text_files(tmp_path: Path) -> None:
             (tmp_path / "notes" / f"{i}.txt").write_text(note, encoding="utf-8")
             note = f"notes/{i}.txt"
         rows.append({"id": i, "note": "" if i % 7 == 3 else note, "hr": 60 + i, "label": y})
-    with (tmp_path / "m.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["id", "note", "hr", "label"])
-        w.writeheader()
-        w.writerows(rows)
+    _write_csv(tmp_path / "m.csv", rows)
     spec = parse_spec(
         {
             "data": {"source": f"manifest:{tmp_path / 'm.csv'}", "options": {"labels": ["0", "1"]}},
@@ -348,26 +369,8 @@ def test_evaluate_reads_other_data_with_the_packages_tokenizer_and_categories(
         threshold={"method": "fixed", "value": 0.5},
         metrics={},
     )
-    # other data: the rarest training words most frequent, one sex only ("M": code 1, not 0)
-    rng = np.random.default_rng(1)
-    rows = []
-    for i in range(24):
-        words = rng.choice(WORDS[::-1][:4], size=5, p=[0.55, 0.25, 0.15, 0.05])
-        rows.append(
-            {
-                "id": i,
-                "note": " ".join(words),
-                "hr": 60 + i,
-                "sex": "M",
-                "label": "p" if i % 2 else "n",
-                "split": ("train", "val", "test")[i % 3],
-            }
-        )
-    csv_path = tmp_path / "other.csv"
-    with csv_path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    rows = _other_rows()
+    csv_path = _write_csv(tmp_path / "other.csv", rows)
     assert train_tokenizer([r["note"] for r in rows], 64) != tok  # refitting would differ
 
     pred = load_torch(pkg)
@@ -417,11 +420,7 @@ def test_hf_text_branch_trains_with_its_own_tokenizer_and_predicts_raw_text_ever
         note = "" if i % 9 == 4 else " ".join(rng.permutation(words))
         rows.append({"id": i, "note": note, "hr": 70 + 10 * y + float(rng.normal(0, 5)),
                      "label": y, "split": ("train", "train", "val", "test")[i % 4]})  # fmt: skip
-    data = tmp_path / "notes.csv"
-    with data.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    data = _write_csv(tmp_path / "notes.csv", rows)
     spec = {
         "name": "bert-notes",
         "data": {"source": f"manifest:{data}", "options": {"labels": ["0", "1"]}},
@@ -521,3 +520,33 @@ def test_hf_text_branch_errors_and_the_hub_cache(tmp_path: Path, monkeypatch) ->
     assert tok == (bert / "tokenizer.json").read_text() and where.startswith(str(snap))
     with pytest.raises(SpecError, match=r"nobody/none: no tokenizer\.json.*huggingface-cli"):
         model_tokenizer("nobody/none")
+
+
+def test_train_init_reads_texts_with_the_source_packages_tokenizer(tmp_path: Path) -> None:
+    """``train.init`` copying a text branch from another package: its embedding rows are that
+    package's token ids, so the new data is read with that package's tokenizer, not one fit on
+    the new texts (which would map every word to another row)."""
+    from medfuse.api import prepare_data
+    from medfuse.core.package import read_meta
+    from medfuse.core.text import encode, train_tokenizer
+
+    src = _package(tmp_path)  # gru_text over a tokenizer fit on _texts
+    tok = read_meta(src)["preprocessing"]["note"]["tokenizer"]
+    rows = _other_rows()
+    assert train_tokenizer([r["note"] for r in rows], 64) != tok
+    spec = parse_spec(
+        {
+            "data": {"source": f"manifest:{_write_csv(tmp_path / 'new.csv', rows)}"},
+            "task": {"type": "binary", "labels": ["n", "p"], "positive": "p"},
+            "modalities": {
+                "note": {"kind": "text", "length": 12, "vocab": 64},
+                "vitals": {"kind": "tabular", "columns": ["hr", "temp"]},
+            },
+            "branches": {"note": dict(read_meta(src)["spec"]["branches"]["note"])},
+            "train": {"init": {"package": str(src), "modules": ["branches.note"]}},
+        }
+    )
+    _, bundle = prepare_data(spec)
+    assert bundle.info["tokenizers"]["note"] == tok
+    train_notes = [r["note"] for r in rows if r["split"] == "train"]
+    assert np.array_equal(bundle.train.arrays["note"], encode(train_notes, tok, 12))

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from medfuse.core.errors import DataError, SpecError, did_you_mean
+from medfuse.core.package import read_meta
 from medfuse.core.paths import default_data_root as default_data_root
 from medfuse.core.paths import resolve_data_root as resolve_data_root
 from medfuse.core.registry import Registry
@@ -185,6 +186,44 @@ def tokenize_text(
     return bundle
 
 
+def training_reading(spec: Any) -> dict[str, dict[str, Any]]:
+    """The tokenizers a training run must not fit itself: an ``hf`` branch's own
+    (``own_tokenizers``) and that of a text branch starting from another package's weights
+    (``init_tokenizers``); the two must agree."""
+    own, init = own_tokenizers(spec), init_tokenizers(spec)
+    for m in own.keys() & init.keys():
+        if own[m]["tokenizer"] != init[m]["tokenizer"]:
+            raise SpecError(
+                f"branches.{m}",
+                f"the hf model's tokenizer differs from the one {spec.train.init.package} read "
+                f"{m!r} with (train.init): start from a package trained on the same model",
+            )
+    return own | init
+
+
+def init_tokenizers(spec: Any) -> dict[str, dict[str, Any]]:
+    """``train.init``: a text modality whose branch starts from another package's weights is
+    read with that package's tokenizer (its embedding rows are that tokenizer's ids, not those
+    of one fit on this data): ``{m: {tokenizer, token_offset}}``."""
+    init = spec.train.init
+    if init is None:
+        return {}
+    stats = read_meta(init.package, verify=False).get("preprocessing") or {}
+    out: dict[str, dict[str, Any]] = {}
+    for src, dst in init.modules.items():
+        for m, ms in spec.modalities.items():
+            here = f"branches.{m}"
+            if ms.kind != "text" or not (
+                dst == "branches" or dst == here or dst.startswith(here + ".")
+            ):
+                continue
+            there = m if dst == "branches" else src.split(".")[1] if src.count(".") else ""
+            st = stats.get(there) or {}
+            if st.get("tokenizer"):
+                out[m] = {k: st[k] for k in ("tokenizer", "token_offset") if k in st}
+    return out
+
+
 def own_tokenizers(spec: Any) -> dict[str, dict[str, Any]]:
     """The text modalities whose branch brings its own tokenizer (``hf``: the model's
     ``tokenizer.json``), as stored preprocessing: ``{m: {tokenizer, token_offset: 1}}``."""
@@ -316,7 +355,7 @@ def load_spec_data(
         positive=spec.task.positive_class,
         stream=spec.data.stream if kind == "manifest" or data is not None else False,
         workers=spec.data.workers,
-        preprocessing=preprocessing if preprocessing is not None else own_tokenizers(spec),
+        preprocessing=preprocessing if preprocessing is not None else training_reading(spec),
     )
     if recorded and recorded.get("fingerprint"):
         bundle.info["fingerprint_check"] = compare_fingerprints(
