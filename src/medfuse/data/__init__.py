@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medfuse.core.errors import DataError, SpecError, did_you_mean
+from medfuse.core.errors import DataError, PackageError, SpecError, did_you_mean
 from medfuse.core.package import read_meta
 from medfuse.core.paths import default_data_root as default_data_root
 from medfuse.core.paths import resolve_data_root as resolve_data_root
@@ -208,7 +208,12 @@ def init_tokenizers(spec: Any) -> dict[str, dict[str, Any]]:
     init = spec.train.init
     if init is None:
         return {}
-    stats = read_meta(init.package, verify=False).get("preprocessing") or {}
+    if not any(ms.kind == "text" for ms in spec.modalities.values()):
+        return {}
+    try:  # its checksums are verified when its weights are copied (medfuse.training.init)
+        stats = read_meta(init.package, verify=False).get("preprocessing") or {}
+    except (PackageError, OSError) as err:
+        raise SpecError("train.init.package", f"cannot load {init.package}: {err}") from None
     out: dict[str, dict[str, Any]] = {}
     for src, dst in init.modules.items():
         for m, ms in spec.modalities.items():
