@@ -483,13 +483,13 @@ def test_hf_text_branch_errors_and_the_hub_cache(tmp_path: Path, monkeypatch) ->
 
     bert = tiny_hf_text_model(tmp_path / "bert")
 
-    def spec(model: Path, modality: dict) -> object:
+    def spec(model: Path, modality: dict, **branch: str) -> object:
         return parse_spec(
             {
                 "data": {"source": "synthetic"},
                 "task": {"labels": ["n", "p"]},
                 "modalities": {"x": modality},
-                "branches": {"x": {"type": "hf", "model": str(model)}},
+                "branches": {"x": {"type": "hf", "model": str(model), **branch}},
             }
         )
 
@@ -503,8 +503,11 @@ def test_hf_text_branch_errors_and_the_hub_cache(tmp_path: Path, monkeypatch) ->
     assert own_tokenizers(spec(bert, text))["x"]["token_offset"] == 1
     with pytest.raises(SpecError, match=r"is an image model.*the modality is a text one"):
         build_model(spec(tiny_hf_model(tmp_path / "vit"), text))
+    image = {"kind": "image", "channels": 1, "size": [16, 16]}
     with pytest.raises(SpecError, match=r"is a text model.*the modality is an image one"):
-        build_model(spec(bert, {"kind": "image", "channels": 1, "size": [16, 16]}))
+        build_model(spec(bert, image))
+    with pytest.raises(SpecError, match=r"pool 'cls' applies to text models"):
+        build_model(spec(tmp_path / "vit", image, pool="cls"))
     with pytest.raises(SpecError, match=r"reads at most 64 tokens.*length is 100"):
         build_model(spec(bert, {"kind": "text", "length": 100}))
 

@@ -28,7 +28,7 @@ import importlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
@@ -465,7 +465,7 @@ def tiny_hf_model(folder: str | Path | None = None) -> Path:
 _TINY: dict[str, Path] = {}
 
 #: the tiny text model's words (a WordPiece vocabulary: whole words and ``##`` pieces)
-TINY_WORDS = [
+TINY_WORDS = (
     "fever",
     "cough",
     "pain",
@@ -490,14 +490,21 @@ TINY_WORDS = [
     "##ing",
     "##ed",
     "##ly",
-]
+)
 
 
-def tiny_hf_text_model(folder: str | Path | None = None) -> Path:
+def tiny_hf_text_model(
+    folder: str | Path | None = None,
+    *,
+    words: Sequence[str] = TINY_WORDS,
+    hidden: int = 16,
+    layers: int = 1,
+) -> Path:
     """A tiny random BERT saved as a Hugging Face model directory (config.json,
-    model.safetensors, tokenizer.json: a WordPiece fast tokenizer with [CLS] ... [SEP], built
-    with ``tokenizers``): what the registry's example and the tests load through the same path
-    a downloaded model takes. Written once per process when ``folder`` is None."""
+    model.safetensors, tokenizer.json: a WordPiece fast tokenizer over ``words`` with [CLS] ...
+    [SEP], built with ``tokenizers``): what the registry's example, the tests and
+    benchmarks/text_fusion.py load through the same path a downloaded model takes. Written once
+    per process when ``folder`` is None."""
 
     transformers = _need("transformers", "hf")
     tk = _need("tokenizers", "hf")
@@ -509,7 +516,7 @@ def tiny_hf_text_model(folder: str | Path | None = None) -> Path:
         _TINY["hf_text"] = folder
     folder = Path(folder)
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = {w: i for i, w in enumerate([*specials, *TINY_WORDS, ",", "."])}
+    vocab = {w: i for i, w in enumerate(dict.fromkeys([*specials, *words, ",", "."]))}
     tok = tk.Tokenizer(tk.models.WordPiece(vocab=vocab, unk_token="[UNK]"))
     tok.normalizer = tk.normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = tk.pre_tokenizers.BertPreTokenizer()
@@ -524,10 +531,10 @@ def tiny_hf_text_model(folder: str | Path | None = None) -> Path:
     torch.manual_seed(0)
     config = transformers.BertConfig(
         vocab_size=len(vocab),
-        hidden_size=16,
-        num_hidden_layers=1,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
         num_attention_heads=2,
-        intermediate_size=32,
+        intermediate_size=2 * hidden,
         max_position_embeddings=64,
         pad_token_id=0,
     )
@@ -549,12 +556,14 @@ def hf_branch(
     input_size: list[int] | None = None,
     pool: Literal["mean", "cls"] = "mean",
 ) -> nn.Module:
-    """A Hugging Face ``AutoModel`` encoder: an image model (ViT, DeiT, ConvNeXt, ...) on an
-    image modality, mean-pooled, or a text model (BERT-style) on a text modality, pooled by
-    ``pool`` (``mean``: over the attention mask; ``cls``: the first token's state). ``model``:
-    a local directory (``config.json`` + ``model.safetensors``; a text model also
-    ``tokenizer.json``) or a hub id read from the local hub cache only. Image mean/std/size
-    from its ``preprocessor_config.json``; text: its own tokenizer (``medfuse.core.text``)."""
+    """A Hugging Face ``AutoModel`` encoder of images, or of text with its own tokenizer.
+
+    An image model (ViT, DeiT, ConvNeXt, ...) on an image modality, mean-pooled, or a text
+    model (BERT-style) on a text modality, pooled by ``pool`` (``mean``: over the attention
+    mask; ``cls``: the first token's state; ``pool`` applies to text only). ``model``: a local
+    directory (``config.json`` + ``model.safetensors``; a text model also ``tokenizer.json``)
+    or a hub id read from the local hub cache only. Image mean/std/size from its
+    ``preprocessor_config.json``; text: its own tokenizer (``medfuse.core.text``)."""
     transformers = _need("transformers", "hf")
     transformers.logging.set_verbosity_error()  # no load report on stdout
     key = f"hf:{model}"
@@ -580,6 +589,12 @@ def hf_branch(
         )
     if text:
         return _hf_text(enc, record, folder, int(input_shape[0]), pool, model)
+    if pool != "mean":
+        raise SpecError(
+            "branches",
+            f"hf: pool {pool!r} applies to text models; {model!r} is an image model, "
+            "mean-pooled over its tokens",
+        )
     in_channels, in_size = _image(input_shape, "hf")
     prep = recorded["preprocess"] if recorded is not None else _hf_preprocess(folder, enc.config)
     size = tuple(int(v) for v in (input_size or prep["size"]))
