@@ -460,6 +460,8 @@ def test_hf_text_branch_trains_with_its_own_tokenizer_and_predicts_raw_text_ever
     assert (batch.arrays["note"][0, len(first) :] == 0).all()
     assert batch.arrays["note"][4, -1] == own.token_to_id("[SEP]") + 1
     p_torch = torch_pred.predict_proba(probe)
+    other_words = torch_pred.predict_proba([dict(probe[0], note="stable and improved")])
+    assert abs(float(other_words[0]) - float(p_torch[0])) > 1e-6  # the words reach the output
     # the other data paths read the package's stored tokenizer (the model directory is gone)
     assert evaluate(pkg, device="cpu")["n"] == sum(r["split"] == "test" for r in rows)
 
