@@ -181,9 +181,11 @@ def evaluate(
 
     pred = load(package, device=device)
     spec = pred.spec
-    bundle = load_spec_data(spec, data_dir, data=data, recorded=pred.meta.get("data"))
-    data_split = bundle.split(split)
     stats = pred.meta["preprocessing"]
+    bundle = load_spec_data(
+        spec, data_dir, data=data, recorded=pred.meta.get("data"), preprocessing=stats
+    )
+    data_split = bundle.split(split)
     t = to_tensors(data_split, stats)
     out = split_metrics(pred.model, spec, t, pred.threshold, pred.device)
     if pred.temperature != 1.0:

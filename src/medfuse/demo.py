@@ -30,7 +30,10 @@ def run_demo(
     )
     test = res.metrics["test"]
     pred = load(res.package, device="cpu")
-    bundle = load_data(spec.data.source, spec.data.options)
+    # read as the package reads (its tokenizers and category codes, were the demo to have any)
+    bundle = load_data(
+        spec.data.source, spec.data.options, preprocessing=pred.meta["preprocessing"]
+    )
     sample = bundle.test.subset(np.arange(5))
     probs = pred.predict_proba(sample)
     labels = pred.predict(sample)

@@ -17,6 +17,7 @@ import torch
 from medfuse.core.optional import unusable
 from medfuse.core.preprocess import channel_axis, fit_stats
 from medfuse.core.spec import parse_spec
+from medfuse.data import own_tokenizers
 from medfuse.export.exporter import export_package
 from medfuse.export.verify import TOLERANCE
 from medfuse.inference.package import save_package
@@ -34,6 +35,8 @@ CANDIDATES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
         {"layout": "sequence"},
     ),
 ]
+#: the modality a branch's variant takes (BRANCHES.variants: ``hf`` on text)
+VARIANTS: dict[str, dict[str, Any]] = {"text": {"kind": "text", "length": 8, "vocab": 64}}
 TABULAR = {"kind": "tabular", "columns": ["age", "bmi", "marker"]}
 #: size parameters shrunk where a builder accepts them (structure kept, export time cut)
 SMALL = {"width": 4, "hidden": 8, "out_features": 8, "element_features": 8}
@@ -44,11 +47,13 @@ def _small(accepted: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in SMALL.items() if k in accepted}
 
 
-def _spec(branch: str, fusion: str) -> dict[str, Any]:
+def _spec(branch: str, fusion: str, variant: str | None = None) -> dict[str, Any]:
     accepted = BRANCHES.params(branch, skip=("input_shape",))
-    small = _small(accepted) | BRANCHES.example(branch)
+    example = BRANCHES.variants(branch)[variant] if variant else BRANCHES.example(branch)
+    small = _small(accepted) | example
     fusion_small = _small(FUSIONS.params(fusion))
-    for _, modality, extra in CANDIDATES:
+    candidates = [(variant, VARIANTS[variant], {})] if variant else CANDIDATES
+    for _, modality, extra in candidates:
         if any(k not in accepted for k in extra):
             continue
         other = ("t", IMAGE, "cnn") if modality["kind"] == "tabular" else ("t", TABULAR, "mlp")
@@ -72,10 +77,14 @@ def _spec(branch: str, fusion: str) -> dict[str, Any]:
     raise AssertionError(f"branch {branch!r} builds on none of the sweep's modality shapes")
 
 
-def _pairs() -> list[tuple[str, str]]:
+def _pairs() -> list[tuple[str, str, str | None]]:
+    """(branch, fusion, variant): every branch and fusion, and every branch's variants."""
     b, f = BRANCHES.names(), FUSIONS.names()
-    pairs = [(name, f[i % len(f)]) for i, name in enumerate(b)]
-    pairs += [(b[0], name) for name in f[len(b) :]]
+    pairs: list[tuple[str, str, str | None]] = [
+        (name, f[i % len(f)], None) for i, name in enumerate(b)
+    ]
+    pairs += [(b[0], name, None) for name in f[len(b) :]]
+    pairs += [(name, f[0], v) for name in b for v in BRANCHES.variant_kinds(name)]
     return pairs
 
 
@@ -87,8 +96,10 @@ def test_pairs_cover_every_registered_branch_and_fusion() -> None:
     assert {p[1] for p in PAIRS} == set(FUSIONS.names())
 
 
-def make_package(path: Path, branch: str, fusion: str, **branch_params: Any) -> Path:
-    raw = _spec(branch, fusion)
+def make_package(
+    path: Path, branch: str, fusion: str, variant: str | None = None, **branch_params: Any
+) -> Path:
+    raw = _spec(branch, fusion, variant)
     raw["branches"]["x"].update(branch_params)
     spec = parse_spec(raw)
     torch.manual_seed(0)
@@ -101,6 +112,8 @@ def make_package(path: Path, branch: str, fusion: str, **branch_params: Any) -> 
     masks = {m: np.ones(32, np.float32) for m in spec.modalities}
     axes = {m: channel_axis(s.kind, bool(s.sequence)) for m, s in spec.modalities.items()}
     stats = fit_stats(arrays, masks, axes)
+    for m, st in own_tokenizers(spec).items():  # text: the branch's own tokenizer, ids as they are
+        stats[m] = {"mean": [0.0], "std": [1.0], "channel_axis": 0, **st}
     model.train()
     with torch.no_grad():  # move BatchNorm running statistics off their defaults
         for _ in range(2):
@@ -125,16 +138,24 @@ SLOW_EXPORT = ("hf", "torchvision")
 
 
 @pytest.mark.parametrize(
-    ("branch", "fusion"),
+    ("branch", "fusion", "variant"),
     [
-        pytest.param(b, f, id=f"{b}-{f}", marks=[pytest.mark.slow] if b in SLOW_EXPORT else [])
-        for b, f in PAIRS
+        pytest.param(
+            b,
+            f,
+            v,
+            id=f"{b}-{f}" + (f"-{v}" if v else ""),
+            marks=[pytest.mark.slow] if b in SLOW_EXPORT else [],
+        )
+        for b, f, v in PAIRS
     ],
 )
-def test_onnx_export_and_verify(branch: str, fusion: str, tmp_path: Path) -> None:
+def test_onnx_export_and_verify(
+    branch: str, fusion: str, variant: str | None, tmp_path: Path
+) -> None:
     if reason := unusable(BRANCHES.requires(branch)):
         pytest.skip(f"branch {branch!r}: {reason}")
-    pkg = make_package(tmp_path / "p", branch, fusion)
+    pkg = make_package(tmp_path / "p", branch, fusion, variant)
     res = export_package(pkg, format="onnx", samples=8)
     assert res.report is not None and res.report.ok, res.report.to_dict()
     rows = {c.runtime: c for c in res.report.checks}
@@ -158,7 +179,7 @@ def test_onnx_export_of_avgmax_pooling(tmp_path: Path) -> None:
 
 #: torch.export is much slower to trace: one recurrent branch (the hard case) here;
 #: ``medfuse export --format pt2`` runs the same verification for any package
-PT2_PAIRS = [p for p in PAIRS if p[0] == "lstm"] or PAIRS[:1]
+PT2_PAIRS = [p[:2] for p in PAIRS if p[0] == "lstm"] or [PAIRS[0][:2]]
 
 
 @pytest.mark.parametrize(("branch", "fusion"), PT2_PAIRS, ids=[f"{b}-{f}" for b, f in PT2_PAIRS])

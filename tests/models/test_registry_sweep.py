@@ -1,4 +1,5 @@
-"""Every registered branch and fusion: forward, backward, a missing modality, save/load."""
+"""Every registered branch (and each of its variants: ``hf`` on text) and fusion: forward,
+backward, a missing modality, save/load."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ SHAPES = {
     "tabular": {"kind": "tabular", "columns": ["a", "b", "c"]},
     # tried last: only branches that accept none of the above land here (crnn: D slices)
     "volume": {"kind": "image", "channels": 1, "size": [3, 12, 12]},
+    # never tried: a branch's variant for text names it (BRANCHES.variants)
+    "text": {"kind": "text", "length": 8, "vocab": 64},
 }
 KIND_OF_BRANCH = {}
 
@@ -26,6 +29,8 @@ KIND_OF_BRANCH = {}
 def _kind_for(branch: str) -> str:
     """Which modality kind a branch accepts, found by trying (new branches need no edit here)."""
     for kind, m in SHAPES.items():
+        if kind == "text":
+            continue
         spec = parse_spec(
             {
                 "data": {"source": "synthetic"},
@@ -42,8 +47,9 @@ def _kind_for(branch: str) -> str:
     raise AssertionError(f"branch {branch!r} accepts none of the test modalities")
 
 
-def _spec(branch: str, fusion: str, task: str = "binary") -> dict:
-    kind = _kind_for(branch)
+def _spec(branch: str, fusion: str, task: str = "binary", variant: str | None = None) -> dict:
+    kind = variant or _kind_for(branch)
+    example = BRANCHES.variants(branch)[variant] if variant else BRANCHES.example(branch)
     mods = {"x": SHAPES[kind], "t": SHAPES["tabular"] if kind != "tabular" else SHAPES["image"]}
     other = "mlp" if kind != "tabular" else "cnn"
     labels = ["n", "p"] if task == "binary" else ["a", "b", "c"]
@@ -51,13 +57,18 @@ def _spec(branch: str, fusion: str, task: str = "binary") -> dict:
         "data": {"source": "synthetic"},
         "task": {"type": task, "labels": labels},
         "modalities": mods,
-        "branches": {"x": {"type": branch, **BRANCHES.example(branch)}, "t": {"type": other}},
+        "branches": {"x": {"type": branch, **example}, "t": {"type": other}},
         "fusion": {"type": fusion},
     }
 
 
 def _batch(spec, n: int = 4):
-    inputs = {m: torch.randn(n, *s.shape) for m, s in spec.modalities.items()}
+    inputs = {
+        m: torch.randint(0, 30, (n, *s.shape)).float()
+        if s.kind == "text"
+        else torch.randn(n, *s.shape)
+        for m, s in spec.modalities.items()
+    }
     masks = {m: torch.ones(n) for m in spec.modalities}
     return inputs, masks
 
@@ -67,17 +78,28 @@ def _sweep() -> list:
     the first fusion in the fast run and with the others under ``slow``."""
     out = []
     for branch in BRANCHES.names():
-        for i, fusion in enumerate(FUSIONS.names()):
-            slow = bool(BRANCHES.requires(branch)) and i > 0
-            out.append(pytest.param(branch, fusion, marks=[pytest.mark.slow] if slow else []))
+        for variant in (None, *BRANCHES.variant_kinds(branch)):
+            for i, fusion in enumerate(FUSIONS.names()):
+                slow = bool(BRANCHES.requires(branch)) and i > 0
+                out.append(
+                    pytest.param(
+                        branch,
+                        fusion,
+                        variant,
+                        id=f"{branch}-{fusion}" + (f"-{variant}" if variant else ""),
+                        marks=[pytest.mark.slow] if slow else [],
+                    )
+                )
     return out
 
 
-@pytest.mark.parametrize(("branch", "fusion"), _sweep())
-def test_forward_backward_missing_and_roundtrip(branch: str, fusion: str, tmp_path) -> None:
+@pytest.mark.parametrize(("branch", "fusion", "variant"), _sweep())
+def test_forward_backward_missing_and_roundtrip(
+    branch: str, fusion: str, variant: str | None, tmp_path
+) -> None:
     if reason := unusable(BRANCHES.requires(branch)):
         pytest.skip(f"branch {branch!r}: {reason}")
-    spec = parse_spec(_spec(branch, fusion))
+    spec = parse_spec(_spec(branch, fusion, variant=variant))
     torch.manual_seed(0)
     model = build_model(spec)
     inputs, masks = _batch(spec)

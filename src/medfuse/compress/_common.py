@@ -33,7 +33,12 @@ WEIGHT_BOUND_KEYS = ("runtime", "exports", "verification")
 
 def package_data(pkg: Package, data_dir: str | Path | None = None) -> DataBundle:
     """The package's own data source, loaded exactly as ``medfuse evaluate`` loads it."""
-    return load_spec_data(pkg.spec, data_dir, recorded=pkg.meta.get("data"))
+    return load_spec_data(
+        pkg.spec,
+        data_dir,
+        recorded=pkg.meta.get("data"),
+        preprocessing=pkg.meta.get("preprocessing"),
+    )
 
 
 def eval_split(bundle: DataBundle) -> tuple[str, Split]:

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from medfuse.compress._common import check_fraction, check_out, delta, now, source_info, summary
 from medfuse.core.errors import SpecError, not_allowed
 from medfuse.core.spec import Spec, apply_overrides, complete_spec, load_spec_dict, parse_spec
-from medfuse.data import DataBundle, Split, load_data
+from medfuse.data import DataBundle, Split, load_data, own_tokenizers
 from medfuse.distributed.strategies import start_session
 from medfuse.inference.helpers import Tensors, predict_logits, to_tensors
 from medfuse.inference.package import Package, load_package, save_package
@@ -179,6 +179,44 @@ def _check_view(p: Package, view: str, s_mods: list[str]) -> None:
         )
 
 
+def teacher_reading(pkgs: list[Package]) -> dict[str, dict[str, Any]]:
+    """What reading the data depends on in the teachers' packages (text tokenizers, category
+    codes), per modality: one load of the data serves every teacher only when they agree."""
+    out: dict[str, dict[str, Any]] = {}
+    owner: dict[str, Path] = {}
+    for p in pkgs:
+        for m, st in p.meta["preprocessing"].items():
+            keep = {k: st[k] for k in ("tokenizer", "categories") if st.get(k)}
+            if not keep:
+                continue
+            if m in out and out[m] != keep:
+                raise SpecError(
+                    "teachers",
+                    f"{p.path} reads modality {m!r} with another {' and '.join(keep)} than "
+                    f"{owner[m]}: the teachers would see different inputs from the same data; "
+                    "distill from teachers trained on the same data reading",
+                )
+            out[m], owner[m] = keep, Path(p.path)
+    return out
+
+
+def student_reading(reading: dict[str, dict[str, Any]], spec: Spec) -> dict[str, dict[str, Any]]:
+    """The teachers' reading (the ids and codes they were trained on), plus the tokenizer a
+    student's ``hf`` text branch brings; a student tokenizing a text otherwise than the
+    teachers is refused (one load of the data gives every model the same ids)."""
+    out = dict(reading)
+    for m, st in own_tokenizers(spec).items():
+        if m in out and out[m].get("tokenizer") != st["tokenizer"]:
+            raise SpecError(
+                f"branches.{m}",
+                f"the student's hf branch reads {m!r} with its model's tokenizer, the teachers "
+                "with another: distil into a student that tokenizes like the teachers (their "
+                "branch type and model)",
+            )
+        out[m] = st
+    return out
+
+
 def view_logits(p: Package, split: Split, view: str, s_mods: list[str]) -> np.ndarray:
     """Teacher ``p``'s logits on ``split`` as ``view`` says (``full``, ``masked``, ``probe``)."""
 
@@ -267,6 +305,7 @@ def distill(
         seed=first.train.seed,
         labels=spec.task.labels,  # the teachers' classes, [negative, positive] for binary
         positive=spec.task.positive_class,
+        preprocessing=student_reading(teacher_reading(pkgs), spec),
     )
     s_mods = list(spec.modalities)
     spec = complete_spec(spec, {m: bundle.modalities[m] for m in s_mods}, bundle.labels)

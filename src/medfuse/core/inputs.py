@@ -78,8 +78,10 @@ class Modality:
     window: Any = None
     leads: list[str] | None = None
     rate: float | None = None
-    #: text: the tokenizer (JSON) trained on the training texts (the package's preprocessing)
+    #: text: the tokenizer (JSON) trained on the training texts, or the pretrained model's own
+    #: (the package's preprocessing), and what is added to its ids (``medfuse.core.text``)
     tokenizer: str | None = None
+    token_offset: int = 0
 
     @property
     def missing_value(self) -> float:
@@ -116,6 +118,7 @@ def modalities_from_meta(meta: dict[str, Any]) -> dict[str, Modality]:
             leads=m.get("leads"),
             rate=m.get("rate"),
             tokenizer=stats.get(name, {}).get("tokenizer"),
+            token_offset=int(stats.get(name, {}).get("token_offset", 0)),
         )
     return out
 
@@ -482,7 +485,7 @@ def _text_value(
     # lazy: keeps the torch-free core's import light
     from medfuse.core.text import encode
 
-    return encode([v], m.tokenizer, int(m.length or 0))
+    return encode([v], m.tokenizer, int(m.length or 0), m.token_offset)
 
 
 def _texts(v: Any, m: Modality, ctx: _Ctx) -> np.ndarray:

@@ -21,6 +21,7 @@ class Registry(Generic[T]):
         self._docs: dict[str, str] = {}
         self._examples: dict[str, dict[str, Any] | Callable[[], dict[str, Any]]] = {}
         self._requires: dict[str, tuple[str, ...]] = {}
+        self._variants: dict[str, dict[str, dict[str, Any] | Callable[[], dict[str, Any]]]] = {}
 
     def register(
         self,
@@ -29,12 +30,15 @@ class Registry(Generic[T]):
         doc: str | None = None,
         example: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
         requires: tuple[str, ...] = (),
+        variants: dict[str, dict[str, Any] | Callable[[], dict[str, Any]]] | None = None,
     ) -> Callable[[T], T]:
         """``example``: small parameters that build it (what the test sweeps use, for builders
         whose defaults are large or that need a parameter), or a function making them (e.g. a
         tiny model directory written on first use); ``requires``: optional top-level
         modules it imports when built (the sweeps skip it, naming the extra, where one is
-        missing)."""
+        missing); ``variants``: other uses of the same builder by the modality kind they
+        take (``hf``: an image model, and a text model on ``text``), each with its example, so
+        that the sweeps cover every use."""
 
         def deco(fn: T) -> T:
             if name in self._items:
@@ -43,6 +47,7 @@ class Registry(Generic[T]):
             self._docs[name] = doc or (inspect.getdoc(fn) or "").split("\n")[0]
             self._examples[name] = example or {}
             self._requires[name] = tuple(requires)
+            self._variants[name] = dict(variants or {})
             return fn
 
         return deco
@@ -52,6 +57,16 @@ class Registry(Generic[T]):
         self.get(name)
         ex = self._examples.get(name) or {}
         return dict(ex() if callable(ex) else ex)
+
+    def variants(self, name: str) -> dict[str, dict[str, Any]]:
+        """``{modality kind: example parameters}`` of ``name``'s other uses (``register``)."""
+        self.get(name)
+        return {k: dict(v() if callable(v) else v) for k, v in self._variants[name].items()}
+
+    def variant_kinds(self, name: str) -> list[str]:
+        """The modality kinds of ``name``'s variants, without building their examples."""
+        self.get(name)
+        return list(self._variants[name])
 
     def requires(self, name: str) -> tuple[str, ...]:
         """Optional modules building ``name`` imports."""

@@ -1,10 +1,18 @@
-"""Text as model input: a word-level tokenizer built from the training texts (Hugging Face ``tokenizers``,
-no torch), stored in the package's preprocessing, and the one encoding every entry point uses.
+"""Text as model input: the tokenizer (Hugging Face ``tokenizers``, no torch) stored in the
+package's preprocessing, and the one encoding every entry point uses.
 
-A text becomes ``length`` token ids (0 pads, 1 is an unknown word), carried as float32 like
-every other modality so that normalisation, batching, ONNX inputs and the runtime need nothing
-special; the text branch casts them back to integers. An empty or absent text is a missing
-modality (mask 0), never a crash.
+The tokenizer is either a word-level one built from the training texts (``train_tokenizer``:
+``gru_text``), or a pretrained model's own (its ``tokenizer.json``: ``model_tokenizer``, the
+``hf`` text branch), stored with ``token_offset: 1``.
+
+A text becomes ``length`` values carried as float32 like every other modality, so that
+normalisation, batching, ONNX inputs and the runtime need nothing special; the text branch casts
+them back to integers. 0 always pads. With ``token_offset`` 0 (a trained word-level tokenizer)
+the values are the ids themselves ([PAD] is 0, [UNK] 1); with ``token_offset`` 1 (a model's own
+tokenizer, whose id 0 is a real token such as RoBERTa's ``<s>``) they are id + 1, the
+tokenizer's special tokens ([CLS] ... [SEP]) included and kept within ``length``, and the branch
+derives its attention mask from the 0s. An empty or absent text, or one with no token besides
+the special ones, is a missing modality (all 0, mask 0), never a crash.
 """
 
 from __future__ import annotations
@@ -13,11 +21,12 @@ import functools
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medfuse.core.errors import DataError
+from medfuse.core.errors import DataError, SpecError
 
 PAD, UNK = "[PAD]", "[UNK]"
 
@@ -63,16 +72,73 @@ def vocab_size(tokenizer_json: str) -> int:
     return int(_load(tokenizer_json).get_vocab_size())
 
 
-def encode(texts: Sequence[str], tokenizer_json: str, length: int) -> np.ndarray:
-    """``(N, length)`` float32 token ids, truncated or padded with 0 (``[PAD]``)."""
-    tok = _load(tokenizer_json)
+@functools.lru_cache(maxsize=8)
+def _load_truncating(tokenizer_json: str, length: int) -> Any:
+    """A model's own tokenizer, truncating to ``length`` tokens with its special tokens kept,
+    padding nothing (its own settings in the file are replaced: the modality's length rules)."""
+    tok = _tokenizers().Tokenizer.from_str(tokenizer_json)
+    tok.no_padding()
+    tok.enable_truncation(max_length=int(length))
+    return tok
+
+
+def encode(texts: Sequence[str], tokenizer_json: str, length: int, offset: int = 0) -> np.ndarray:
+    """``(N, length)`` float32 values: token ids + ``offset``, padded with 0 (module doc)."""
     out = np.zeros((len(texts), int(length)), np.float32)
     if not texts:
         return out
+    if offset == 0:  # a trained word-level tokenizer: no special tokens, [PAD] is 0
+        for i, enc in enumerate(_load(tokenizer_json).encode_batch([str(t) for t in texts])):
+            ids = enc.ids[: int(length)]
+            out[i, : len(ids)] = ids
+        return out
+    tok = _load_truncating(tokenizer_json, int(length))
     for i, enc in enumerate(tok.encode_batch([str(t) for t in texts])):
-        ids = enc.ids[: int(length)]
-        out[i, : len(ids)] = ids
+        if all(enc.special_tokens_mask):  # nothing but [CLS] [SEP]: no text
+            continue
+        out[i, : len(enc.ids)] = np.asarray(enc.ids, np.float32) + offset
     return out
+
+
+#: the file a Hugging Face model directory keeps its (fast) tokenizer in
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def model_tokenizer(model: str, where: str = "branches") -> tuple[str, str]:
+    """A pretrained model's own tokenizer: the JSON of ``tokenizer.json`` in ``model`` (a local
+    model directory, or a hub id read from the local Hugging Face cache only), and where it was
+    read. A missing file is a SpecError saying how to make or bring it."""
+    local = Path(model).expanduser()
+    if local.exists():
+        path: Path | None = local / TOKENIZER_FILE if local.is_dir() else None
+    else:
+        path = None
+        try:
+            # lazy: huggingface_hub (optional), only for a hub id
+            import huggingface_hub
+        except ImportError:
+            raise SpecError(
+                where,
+                f"{model!r} is not a local directory, and reading the hub cache needs "
+                "huggingface_hub (pip install 'medfuse[pretrained]')",
+            ) from None
+        hit = huggingface_hub.try_to_load_from_cache(model, TOKENIZER_FILE)
+        path = Path(hit) if isinstance(hit, str) else None
+    if path is None or not path.is_file():
+        raise SpecError(
+            where,
+            f"{model}: no {TOKENIZER_FILE} (the model's fast tokenizer, which medfuse stores in "
+            "the package and applies without torch). Bring it with the model "
+            f"(huggingface-cli download <id> --local-dir DIR), or write it from the model's "
+            'slow tokenizer files (vocab.txt...) on any machine: python -c "from transformers '
+            "import AutoTokenizer as T; T.from_pretrained('DIR').save_pretrained('DIR')\"",
+        )
+    text = path.read_text(encoding="utf-8")
+    try:
+        _load(text)
+    except Exception as err:  # the tokenizers library's own parse error, reported as ours
+        raise SpecError(where, f"{path}: not a tokenizers JSON file: {err}") from None
+    return text, str(path)
 
 
 def is_tokenizer(stat: dict[str, Any]) -> bool:

@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medfuse.core.errors import DataError, SpecError, did_you_mean
+from medfuse.core.errors import DataError, PackageError, SpecError, did_you_mean
+from medfuse.core.package import read_meta
 from medfuse.core.paths import default_data_root as default_data_root
 from medfuse.core.paths import resolve_data_root as resolve_data_root
 from medfuse.core.registry import Registry
 from medfuse.core.spec import ModalitySpec
-from medfuse.core.text import encode, train_tokenizer
+from medfuse.core.text import encode, model_tokenizer, train_tokenizer
 from medfuse.data.validate import compare_fingerprints, fingerprint, validate_bundle
 
 DATASETS: Registry = Registry("data source")
@@ -101,6 +102,7 @@ def load_data(
     positive: str | None = None,
     stream: bool | str = False,
     workers: int = 2,
+    preprocessing: dict[str, Any] | None = None,
 ) -> DataBundle:
     """Load a data source by name (``medmnist:breastmnist``, ``manifest:file.csv``, ``synthetic``).
 
@@ -108,8 +110,11 @@ def load_data(
     outside them is refused. ``positive``: the positive class of a binary task. ``stream``
     (``data.stream``: true, false or ``auto``): a manifest's files are decoded once into a cache
     and streamed (``medfuse.data.stream``; ``workers`` processes decode them) instead of held in
-    memory. The returned bundle is validated (``validate_bundle``) and carries its
-    ``info["fingerprint"]``."""
+    memory. ``preprocessing``: an existing package's (``medfuse.json``): its text modalities are
+    encoded with its stored tokenizers and a manifest's categorical columns with its stored
+    category codes, never refit on this data (refitting would silently hand the model other
+    ids than it was trained on). The returned bundle is validated (``validate_bundle``) and
+    carries its ``info["fingerprint"]``."""
     # lazy: torch (DataLoader workers), which the in-memory sources do not need
     from medfuse.data.stream import check_stream_source, stream_pass
 
@@ -119,7 +124,11 @@ def load_data(
     options = dict(options or {})
     if labels and kind == "manifest" and "labels" not in options:
         options["labels"] = list(labels)  # rows are encoded in the model's order
-    extra = {"stream": stream} if kind == "manifest" and stream is not False else {}
+    extra: dict[str, Any] = {"stream": stream} if kind == "manifest" and stream is not False else {}
+    stored = preprocessing or {}
+    cats = {m: dict(st["categories"]) for m, st in stored.items() if st.get("categories")}
+    if kind == "manifest" and cats:
+        extra["categories"] = cats  # the package's codes, not codes refit on this file
     bundle = loader(
         arg,
         options,
@@ -131,7 +140,7 @@ def load_data(
         **extra,
     )
     bundle = keep_modalities(bundle, list(modalities or {}))
-    tokenize_text(bundle)
+    tokenize_text(bundle, stored)
     if labels and bundle.task != "multilabel":
         _known_labels(bundle, list(labels), source)
     order_binary(bundle, positive)
@@ -142,16 +151,23 @@ def load_data(
     return bundle
 
 
-def tokenize_text(bundle: DataBundle) -> DataBundle:
-    """Text modalities (texts as read, "" when absent) -> token ids with a tokenizer trained on
-    the training split's texts only; the tokenizer goes to ``info["tokenizers"]`` (the package
-    stores it with the preprocessing). A text without any token is a missing modality."""
+def tokenize_text(
+    bundle: DataBundle, stored: dict[str, dict[str, Any]] | None = None
+) -> DataBundle:
+    """Text modalities (texts as read, "" when absent) -> token ids. The tokenizer is the one
+    ``stored`` (a package's preprocessing, or an ``hf`` branch's own) holds for the modality,
+    with its ``token_offset``; without one, one trained on the training split's texts only. It
+    goes to ``info["tokenizers"]`` (a non-zero offset to ``info["token_offsets"]``; the package
+    stores both with the preprocessing). A text without any token is a missing modality."""
     for m, ms in bundle.modalities.items():
         if ms.kind != "text" or bundle.train.arrays[m].dtype != object:
             continue
         train = bundle.train
-        texts = [str(t) for t, k in zip(train.arrays[m], train.masks[m]) if k > 0 and t]
-        tok = train_tokenizer(texts, int(ms.vocab or 2000))
+        tok = (stored or {}).get(m, {}).get("tokenizer")
+        offset = int((stored or {}).get(m, {}).get("token_offset", 0)) if tok else 0
+        if not tok:
+            texts = [str(t) for t, k in zip(train.arrays[m], train.masks[m]) if k > 0 and t]
+            tok = train_tokenizer(texts, int(ms.vocab or 2000))
         for split in (bundle.train, bundle.val, bundle.test):
             if split is None:
                 continue
@@ -159,13 +175,70 @@ def tokenize_text(bundle: DataBundle) -> DataBundle:
                 "" if k <= 0 or t is None else str(t)
                 for t, k in zip(split.arrays[m], split.masks[m])
             ]
-            ids = encode(raw, tok, int(ms.length or 0))
+            ids = encode(raw, tok, int(ms.length or 0), offset)
             split.arrays[m] = ids
             split.masks[m] = (np.asarray(split.masks[m]) * (ids != 0).any(axis=1)).astype(
                 np.float32
             )
         bundle.info.setdefault("tokenizers", {})[m] = tok
+        if offset:
+            bundle.info.setdefault("token_offsets", {})[m] = offset
     return bundle
+
+
+def training_reading(spec: Any) -> dict[str, dict[str, Any]]:
+    """The tokenizers a training run must not fit itself: an ``hf`` branch's own
+    (``own_tokenizers``) and that of a text branch starting from another package's weights
+    (``init_tokenizers``); the two must agree."""
+    own, init = own_tokenizers(spec), init_tokenizers(spec)
+    for m in own.keys() & init.keys():
+        if own[m]["tokenizer"] != init[m]["tokenizer"]:
+            raise SpecError(
+                f"branches.{m}",
+                f"the hf model's tokenizer differs from the one {spec.train.init.package} read "
+                f"{m!r} with (train.init): start from a package trained on the same model",
+            )
+    return own | init
+
+
+def init_tokenizers(spec: Any) -> dict[str, dict[str, Any]]:
+    """``train.init``: a text modality whose branch starts from another package's weights is
+    read with that package's tokenizer (its embedding rows are that tokenizer's ids, not those
+    of one fit on this data): ``{m: {tokenizer, token_offset}}``."""
+    init = spec.train.init
+    if init is None:
+        return {}
+    if not any(ms.kind == "text" for ms in spec.modalities.values()):
+        return {}
+    try:  # its checksums are verified when its weights are copied (medfuse.training.init)
+        stats = read_meta(init.package, verify=False).get("preprocessing") or {}
+    except (PackageError, OSError) as err:
+        raise SpecError("train.init.package", f"cannot load {init.package}: {err}") from None
+    out: dict[str, dict[str, Any]] = {}
+    for src, dst in init.modules.items():
+        for m, ms in spec.modalities.items():
+            here = f"branches.{m}"
+            if ms.kind != "text" or not (
+                dst == "branches" or dst == here or dst.startswith(here + ".")
+            ):
+                continue
+            there = m if dst == "branches" else src.split(".")[1] if src.count(".") else ""
+            st = stats.get(there) or {}
+            if st.get("tokenizer"):
+                out[m] = {k: st[k] for k in ("tokenizer", "token_offset") if k in st}
+    return out
+
+
+def own_tokenizers(spec: Any) -> dict[str, dict[str, Any]]:
+    """The text modalities whose branch brings its own tokenizer (``hf``: the model's
+    ``tokenizer.json``), as stored preprocessing: ``{m: {tokenizer, token_offset: 1}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for m, b in spec.branches.items():
+        ms = spec.modalities.get(m)
+        if b.type == "hf" and ms is not None and ms.kind == "text" and b.params.get("model"):
+            tok, _ = model_tokenizer(str(b.params["model"]), where=f"branches.{m}.model")
+            out[m] = {"tokenizer": tok, "token_offset": 1}
+    return out
 
 
 def is_lazy(x: Any) -> bool:
@@ -257,6 +330,7 @@ def load_spec_data(
     *,
     data: str | Path | None = None,
     recorded: dict[str, Any] | None = None,
+    preprocessing: dict[str, Any] | None = None,
 ) -> DataBundle:
     """A (package's) spec's own data source, loaded as training loaded it.
 
@@ -286,6 +360,7 @@ def load_spec_data(
         positive=spec.task.positive_class,
         stream=spec.data.stream if kind == "manifest" or data is not None else False,
         workers=spec.data.workers,
+        preprocessing=preprocessing if preprocessing is not None else training_reading(spec),
     )
     if recorded and recorded.get("fingerprint"):
         bundle.info["fingerprint_check"] = compare_fingerprints(

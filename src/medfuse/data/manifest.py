@@ -119,6 +119,17 @@ def encode_tabular(
             num = s.map(
                 lambda v, lut=lut: lut.get(str(v).strip(), np.nan) if not _empty(v) else np.nan
             ).astype(float)
+            unseen = sorted({str(v).strip() for v in s[num.isna()] if not _empty(v)})
+            if unseen:  # only with stored codes: codes fit here know every value
+                log.warning(
+                    "%s: column %r: %d value(s) outside the model's categories %s read as "
+                    "missing: %s",
+                    where,
+                    col,
+                    len(unseen),
+                    categories[col],
+                    ", ".join(unseen[:5]),
+                )
         out[:, j] = num.to_numpy(dtype=np.float32)
     return out, categories
 
@@ -375,10 +386,12 @@ def load_manifest(
     on_bad_row: str,
     seed: int,
     stream: bool | str = False,
+    categories: dict[str, dict[str, list[str]]] | None = None,
 ) -> DataBundle:
     """A CSV manifest: per-modality file columns, tabular columns, label(s), optional split column.
     ``stream`` (``data.stream``): true or ``auto`` on large data leaves file modalities unread
-    (``medfuse.data.stream``)."""
+    (``medfuse.data.stream``). ``categories``: a package's category codes per tabular modality
+    and column (a value outside them is missing); without them, codes are fit on this file."""
 
     for k in options:
         if k not in OPTIONS:
@@ -411,7 +424,7 @@ def load_manifest(
         modalities,
         dict(options.get("columns", {})),
         on_bad_row=on_bad_row,
-        categories=None,
+        categories=categories,
         where=where,
         contain=[base, root] if options.get("contain_paths", False) else None,
         lazy=choose_stream(stream, len(df), modalities),

@@ -38,6 +38,7 @@ from medfuse.core.optional import installed
 from medfuse.core.package import META, package_arrays, read_meta, sha256_file, typed_meta
 from medfuse.core.preprocess import normalize
 from medfuse.core.signing import Trust, package_digest, verify_signature
+from medfuse.core.text import vocab_size
 
 log = logging.getLogger("medfuse.export")
 
@@ -90,11 +91,19 @@ def select_samples(
 def random_samples(
     modalities: dict[str, Any], stats: dict[str, Any], *, n: int = DEFAULT_SAMPLES, seed: int = 0
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Inputs drawn from the stored statistics (mean + std * N(0, 1)) when the data is not here."""
+    """Inputs drawn from the stored statistics (mean + std * N(0, 1)) when the data is not here;
+    a text modality: random token values of its stored tokenizer (``medfuse.core.text``), the
+    last quarter of each row padding."""
     rng = np.random.default_rng(seed)
     arrays, masks = {}, {}
     for m, info in modalities.items():
         st = stats[m]
+        if st.get("tokenizer"):
+            high = vocab_size(st["tokenizer"]) + int(st.get("token_offset", 0))
+            ids = rng.integers(1, high, (n, *info.shape)).astype(np.float32)
+            ids[:, info.shape[-1] - info.shape[-1] // 4 :] = 0
+            arrays[m], masks[m] = ids, np.ones(n, np.float32)
+            continue
         c = int(st["channel_axis"]) + 1
         shape = [1] * (len(info.shape) + 1)
         shape[c] = -1
@@ -498,7 +507,7 @@ def _split_reference(
 
     pkg = load_package(root, device="cpu")
     spec = pkg.spec
-    bundle = load_spec_data(spec, data_dir)
+    bundle = load_spec_data(spec, data_dir, preprocessing=meta.get("preprocessing"))
     data = bundle.split(split)
     raw = {m: np.asarray(a, np.float32) for m, a in data.arrays.items()}
     masks = {m: np.asarray(k, np.float32) for m, k in data.masks.items()}
@@ -530,7 +539,7 @@ def build_verification(
         # lazy: [train] (pandas), only for data-derived inputs
         from medfuse.data import load_spec_data
 
-        bundle = load_spec_data(spec, data_dir)
+        bundle = load_spec_data(spec, data_dir, preprocessing=meta.get("preprocessing"))
         raw, masks, idx = select_samples(
             bundle.val.arrays, bundle.val.masks, modalities, n=n, seed=seed
         )

@@ -31,8 +31,15 @@ def load_bundle(
     pred: Predictor, data_dir: str | Path | None = None, data: str | Path | None = None
 ) -> DataBundle:
     """The package's own data source (or ``data``, a manifest CSV laid out like it), restricted
-    to the modalities it uses; compared with the fingerprint the package recorded."""
-    return load_spec_data(pred.spec, data_dir, data=data, recorded=pred.meta.get("data"))
+    to the modalities it uses; compared with the fingerprint the package recorded; read with
+    the package's tokenizers and category codes."""
+    return load_spec_data(
+        pred.spec,
+        data_dir,
+        data=data,
+        recorded=pred.meta.get("data"),
+        preprocessing=pred.meta.get("preprocessing"),
+    )
 
 
 #: where T is searched (log-uniform bounds)

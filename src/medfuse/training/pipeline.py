@@ -106,8 +106,11 @@ def fit_preprocessing(spec: Spec, train: Split, info: dict[str, Any]) -> dict[st
         if b.type in RAW_INPUT and m in stats:  # the branch applies its pretrained mean/std
             n = len(stats[m]["mean"])
             stats[m]["mean"], stats[m]["std"] = [0.0] * n, [1.0] * n
+    offsets = info.get("token_offsets") or {}
     for m, tok in (info.get("tokenizers") or {}).items():  # text: token ids, as they are
         stats[m] = {"mean": [0.0], "std": [1.0], "channel_axis": 0, "tokenizer": tok}
+        if offsets.get(m):  # a pretrained model's own tokenizer (medfuse.core.text)
+            stats[m]["token_offset"] = int(offsets[m])
     for m, cats in (info.get("categories") or {}).items():
         if cats:
             stats[m]["categories"] = cats

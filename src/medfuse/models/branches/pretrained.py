@@ -28,16 +28,17 @@ import importlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from medfuse.core.errors import SpecError
+from medfuse.core.text import TOKENIZER_FILE, model_tokenizer
 from medfuse.models import BRANCHES
 
 #: branch types whose modality reaches them unnormalised ([0, 1] images): they normalise with
@@ -463,71 +464,139 @@ def tiny_hf_model(folder: str | Path | None = None) -> Path:
 
 _TINY: dict[str, Path] = {}
 
+#: the tiny text model's words (a WordPiece vocabulary: whole words and ``##`` pieces)
+TINY_WORDS = (
+    "fever",
+    "cough",
+    "pain",
+    "chest",
+    "normal",
+    "stable",
+    "worse",
+    "improved",
+    "acute",
+    "chronic",
+    "no",
+    "and",
+    "the",
+    "with",
+    "of",
+    "patient",
+    "denies",
+    "reports",
+    "mild",
+    "severe",
+    "##s",
+    "##ing",
+    "##ed",
+    "##ly",
+)
+
+
+def tiny_hf_text_model(
+    folder: str | Path | None = None,
+    *,
+    words: Sequence[str] = TINY_WORDS,
+    hidden: int = 16,
+    layers: int = 1,
+) -> Path:
+    """A tiny random BERT saved as a Hugging Face model directory (config.json,
+    model.safetensors, tokenizer.json: a WordPiece fast tokenizer over ``words`` with [CLS] ...
+    [SEP], built with ``tokenizers``): what the registry's example, the tests and
+    benchmarks/text_fusion.py load through the same path a downloaded model takes. Written once
+    per process when ``folder`` is None."""
+
+    transformers = _need("transformers", "hf")
+    tk = _need("tokenizers", "hf")
+    if folder is None:
+        cached = _TINY.get("hf_text")
+        if cached is not None and (cached / "config.json").is_file():
+            return cached
+        folder = Path(tempfile.mkdtemp(prefix="medfuse-tiny-bert-"))
+        _TINY["hf_text"] = folder
+    folder = Path(folder)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {w: i for i, w in enumerate(dict.fromkeys([*specials, *words, ",", "."]))}
+    tok = tk.Tokenizer(tk.models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = tk.normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = tk.pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = tk.processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    tok.decoder = tk.decoders.WordPiece()
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / TOKENIZER_FILE))
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
+    transformers.BertModel(config, add_pooling_layer=False).save_pretrained(str(folder))
+    (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\nA tiny random BERT.\n")
+    return folder
+
 
 @BRANCHES.register(
-    "hf", example=lambda: {"model": str(tiny_hf_model())}, requires=("transformers",)
+    "hf",
+    example=lambda: {"model": str(tiny_hf_model())},
+    variants={"text": lambda: {"model": str(tiny_hf_text_model())}},
+    requires=("transformers",),
 )
 def hf_branch(
     *,
     input_shape: tuple[int, ...],
     model: str,
     input_size: list[int] | None = None,
+    pool: Literal["mean", "cls"] = "mean",
 ) -> nn.Module:
-    """A Hugging Face ``AutoModel`` image encoder (ViT, DeiT, ConvNeXt, ...), mean-pooled.
-    ``model``: a local directory (``config.json`` + ``model.safetensors``) or a hub id read
-    from the local hub cache only. Mean/std/size from its ``preprocessor_config.json``."""
+    """A Hugging Face ``AutoModel`` encoder of images, or of text with its own tokenizer.
+
+    An image model (ViT, DeiT, ConvNeXt, ...) on an image modality, mean-pooled, or a text
+    model (BERT-style) on a text modality, pooled by ``pool`` (``mean``: over the attention
+    mask; ``cls``: the first token's state; ``pool`` applies to text only). ``model``: a local
+    directory (``config.json`` + ``model.safetensors``; a text model also ``tokenizer.json``)
+    or a hub id read from the local hub cache only. Image mean/std/size from its
+    ``preprocessor_config.json``; text: its own tokenizer (``medfuse.core.text``)."""
     transformers = _need("transformers", "hf")
     transformers.logging.set_verbosity_error()  # no load report on stdout
-    in_channels, in_size = _image(input_shape, "hf")
     key = f"hf:{model}"
     recorded = _recorded(key)
-    record: dict[str, Any] = {"key": key, "type": "hf", "model": model}
+    text = len(input_shape) == 1
     if recorded is not None:  # a package: the architecture from its record, its own weights
         if not recorded.get("config"):
             raise SpecError("branches", f"hf: the package records no config for {model!r}")
         record = dict(recorded)
         cfg_d = dict(recorded["config"])
         config = transformers.AutoConfig.for_model(cfg_d.pop("model_type"), **cfg_d)
-        enc = transformers.AutoModel.from_config(config)
-        prep = recorded["preprocess"]
+        enc = transformers.AutoModel.from_config(config, **_attention(text))
+        folder = None
     else:
-        local = Path(model).expanduser()
-        try:
-            with _offline():
-                enc = transformers.AutoModel.from_pretrained(
-                    str(local) if local.exists() else model, local_files_only=True
-                )
-        except OSError as err:
-            if local.exists():
-                raise SpecError("branches", f"hf: cannot read {local}: {err}") from None
-            hub = _need("huggingface_hub", "hf")
-            cache = Path(hub.constants.HF_HUB_CACHE)
-            raise _missing(
-                "hf",
-                f"{model!r}",
-                f"{cache}/models--{model.replace('/', '--')} (huggingface-cli download {model}) "
-                "or a local directory named in 'model'",
-            ) from None
-        folder = local if local.exists() else None
-        if folder is None:
-            hub = _need("huggingface_hub", "hf")
-            with _offline():
-                folder = Path(hub.snapshot_download(model, local_files_only=True))
-        files = sorted(
-            p for p in folder.glob("*") if p.suffix in (".safetensors", ".bin") and p.is_file()
+        enc, record, folder = _hf_load(transformers, model, text)
+    takes = getattr(enc, "main_input_name", "pixel_values")
+    if text != (takes == "input_ids"):
+        raise SpecError(
+            "branches",
+            f"hf: {model!r} is a{' text' if takes == 'input_ids' else 'n image'} model "
+            f"(it takes {takes}); the modality is a{' text' if text else 'n image'} one "
+            f"(shape {tuple(input_shape)})",
         )
-        digest = hashlib.sha256()
-        for p in files:
-            digest.update(sha256_file(p).encode())
-        card = folder / "README.md"
-        record["weights"] = {
-            "sha256": sha256_file(files[0]) if len(files) == 1 else digest.hexdigest(),
-            "files": [p.name for p in files],
-            "origin": f"file:{folder.name}" if local.exists() else f"hf-hub:{model}",
-            "license": _card_license(card),
-        }
-        record["config"] = enc.config.to_diff_dict() | {"model_type": enc.config.model_type}
-        prep = _hf_preprocess(folder, enc.config)
+    if text:
+        return _hf_text(enc, record, folder, int(input_shape[0]), pool, model)
+    if pool != "mean":
+        raise SpecError(
+            "branches",
+            f"hf: pool {pool!r} applies to text models; {model!r} is an image model, "
+            "mean-pooled over its tokens",
+        )
+    in_channels, in_size = _image(input_shape, "hf")
+    prep = recorded["preprocess"] if recorded is not None else _hf_preprocess(folder, enc.config)
     size = tuple(int(v) for v in (input_size or prep["size"]))
     record["preprocess"] = {"channels": 3, **prep, "size": list(size)}
     pi = PretrainedInput(
@@ -536,9 +605,110 @@ def hf_branch(
     return PretrainedBranch(pi, enc, record, "hf")
 
 
-def _hf_preprocess(folder: Path, config: Any) -> dict[str, Any]:
-    p = folder / "preprocessor_config.json"
-    d = json.loads(p.read_text()) if p.is_file() else {}
+def _attention(text: bool) -> dict[str, Any]:
+    """Text encoders run eager attention: a fully padded row (a missing text) stays finite and
+    the ONNX graph has no fused attention kernel to disagree with PyTorch."""
+    return {"attn_implementation": "eager"} if text else {}
+
+
+def _hf_load(transformers: Any, model: str, text: bool) -> tuple[nn.Module, dict[str, Any], Path]:
+    """An ``AutoModel`` from a local directory or the local hub cache (never the network), its
+    folder, and its record: weights digest, origin, license, config."""
+    local = Path(model).expanduser()
+    try:
+        with _offline():
+            enc = transformers.AutoModel.from_pretrained(
+                str(local) if local.exists() else model, local_files_only=True, **_attention(text)
+            )
+    except OSError as err:
+        if local.exists():
+            raise SpecError("branches", f"hf: cannot read {local}: {err}") from None
+        hub = _need("huggingface_hub", "hf")
+        cache = Path(hub.constants.HF_HUB_CACHE)
+        raise _missing(
+            "hf",
+            f"{model!r}",
+            f"{cache}/models--{model.replace('/', '--')} (huggingface-cli download {model}) "
+            "or a local directory named in 'model'",
+        ) from None
+    folder = local if local.exists() else None
+    if folder is None:
+        hub = _need("huggingface_hub", "hf")
+        with _offline():
+            folder = Path(hub.snapshot_download(model, local_files_only=True))
+    files = sorted(
+        p for p in folder.glob("*") if p.suffix in (".safetensors", ".bin") and p.is_file()
+    )
+    digest = hashlib.sha256()
+    for p in files:
+        digest.update(sha256_file(p).encode())
+    record: dict[str, Any] = {"key": f"hf:{model}", "type": "hf", "model": model}
+    record["weights"] = {
+        "sha256": sha256_file(files[0]) if len(files) == 1 else digest.hexdigest(),
+        "files": [p.name for p in files],
+        "origin": f"file:{folder.name}" if local.exists() else f"hf-hub:{model}",
+        "license": _card_license(folder / "README.md"),
+    }
+    record["config"] = enc.config.to_diff_dict() | {"model_type": enc.config.model_type}
+    return enc, record, folder
+
+
+class HFTextBranch(nn.Module):
+    """``(B, L)`` values (token id + 1, 0 pads: ``medfuse.core.text``) -> the encoder with the
+    attention mask derived from the 0s -> pooled ``(B, hidden)``. Deriving the mask inside the
+    model keeps one float input per modality (ONNX, the runtime and HTTP need nothing else)."""
+
+    def __init__(self, encoder: nn.Module, record: dict[str, Any], pad_id: int, pool: str) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.pretrained_record = record
+        self.pad_id = int(pad_id)
+        config: Any = encoder.config
+        self.vocab_size = int(config.vocab_size)
+        self.pool = pool
+        self.out_features = int(config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        code = x.round().long()  # (B, L)
+        keep = code > 0  # (B, L): a token (padding is 0)
+        ids = torch.where(keep, code - 1, self.pad_id).clamp(0, self.vocab_size - 1)
+        # the first position is always attended: a row without tokens (a missing text) then
+        # attends to one padding token instead of none (finite; its features are masked anyway)
+        attend = torch.cat([torch.ones_like(keep[:, :1]), keep[:, 1:]], dim=1).long()
+        hidden = self.encoder(input_ids=ids, attention_mask=attend).last_hidden_state
+        if self.pool == "cls":
+            return torch.as_tensor(hidden[:, 0])  # (B, H): the [CLS] token
+        w = keep.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+        return torch.as_tensor((hidden * w).sum(1) / w.sum(1).clamp_min(1.0))  # (B, H)
+
+
+def _hf_text(
+    enc: nn.Module, record: dict[str, Any], folder: Path | None, length: int, pool: str, model: str
+) -> HFTextBranch:
+    """The text branch of an ``hf`` model; its tokenizer's digest goes to the record (the
+    tokenizer itself is the package's preprocessing: ``medfuse.core.text.model_tokenizer``)."""
+    limit = getattr(enc.config, "max_position_embeddings", None)
+    if limit is not None and length > int(limit):
+        raise SpecError(
+            "modalities",
+            f"hf: {model!r} reads at most {limit} tokens per text; the text modality's length "
+            f"is {length}: set it to {limit} or less",
+        )
+    if folder is not None:
+        tok, path = model_tokenizer(str(folder))
+        record["tokenizer"] = {
+            "file": TOKENIZER_FILE,
+            "sha256": hashlib.sha256(tok.encode("utf-8")).hexdigest(),
+            "read_from": path,
+        }
+    record["preprocess"] = {"tokens": length, "pool": pool, "token_offset": 1}
+    pad = getattr(enc.config, "pad_token_id", None)
+    return HFTextBranch(enc, record, int(pad) if pad is not None else 0, pool)
+
+
+def _hf_preprocess(folder: Path | None, config: Any) -> dict[str, Any]:
+    p = folder / "preprocessor_config.json" if folder is not None else None
+    d = json.loads(p.read_text()) if p is not None and p.is_file() else {}
     side = getattr(config, "image_size", 224)
     side = side if isinstance(side, int) else int(side[0])
     size: Any = d.get("size") or {}
