@@ -44,6 +44,7 @@ from medfuse.distributed.placement import (
 from medfuse.inference.helpers import Tensors, resolve_device
 from medfuse.models import build_model
 from medfuse.training.callbacks import Callback
+from medfuse.training.finetune import apply_finetune
 from medfuse.training.trainer import Trainer
 
 log = logging.getLogger("medfuse.distributed")
@@ -216,14 +217,35 @@ class HybridStrategy(BranchStrategy):
 
 
 def _fsdp_units(model: nn.Module) -> list[nn.Module]:
-    """Sharding units, innermost first: each block of a branch's ``features``, each branch."""
+    """Sharding units, innermost first: each block of a branch, then each branch.
+
+    A branch's blocks are the layers of its ``features`` (medfuse's CNNs), else those of a
+    pretrained encoder: the children of every ``Sequential``/``ModuleList`` of two or more
+    layers of one type (a timm ViT's ``blocks``, a Hugging Face encoder's ``layer``, each
+    ResNet stage). Each unit's parameters are gathered only while it runs."""
     units: list[nn.Module] = []
     for branch in model.branches.values():
         feats = getattr(branch, "features", None)
         if isinstance(feats, nn.Sequential) and len(feats) > 1:
             units.extend(feats)
+        else:
+            units.extend(_repeated_blocks(branch))
         units.append(branch)
     return units
+
+
+def _repeated_blocks(module: nn.Module) -> list[nn.Module]:
+    """The layers of each stack of same-type blocks (with parameters) in ``module``, outermost
+    stacks only."""
+    children = list(module.children())
+    if (
+        isinstance(module, nn.Sequential | nn.ModuleList)
+        and len(children) > 1
+        and len({type(c) for c in children}) == 1
+        and any(True for _ in module.parameters())
+    ):
+        return children
+    return [b for c in children for b in _repeated_blocks(c)]
 
 
 def _full(v: Any) -> Any:
@@ -337,6 +359,7 @@ class FSDPStrategy(Strategy):
             return trainer.model
 
         plain = build_model(trainer.spec)
+        apply_finetune(plain, trainer.spec)  # the same adapters (LoRA) to load; merged later
         plain.load_state_dict(state)
         return plain.to(self.session.device)
 
