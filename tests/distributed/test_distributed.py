@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -662,7 +663,7 @@ def vit_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("lora", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_fsdp_two_processes_on_a_vit_composite_give_the_one_process_loss_curve(
-    lora, vit_reference, tmp_path, monkeypatch
+    lora, vit_reference, tmp_path, monkeypatch, capfd
 ) -> None:
     """timm ViT (LoRA on qkv/proj, or fully fine-tuned) + tabular + text over 2 fsdp processes:
     each ViT block is a sharding unit; the per-epoch losses are one process's, the package
@@ -686,6 +687,12 @@ def test_fsdp_two_processes_on_a_vit_composite_give_the_one_process_loss_curve(
     out = tmp_path / "fsdp"
     argv = ["train", str(cfg), "--out", str(out), "--device", "cpu", "--nproc", "2"]
     assert main([*argv, "--strategy", "fsdp"]) == 0
+    text = "".join(capfd.readouterr())
+    # rank 0 holds about half of the parameters: 2 ViT blocks + 3 branches + the composite
+    found = re.search(r"fsdp: (\d+) sharding units; this rank holds (\d+) of (\d+)", text)
+    assert found, text[-4000:]
+    units, held, total = (int(g) for g in found.groups())
+    assert units == 6 and 0.45 * total <= held <= 0.55 * total, found.group(0)
     want, got = _losses(one), _losses(out)
     assert [r[:2] for r in got] == [r[:2] for r in want] and len(got) == 4
     for a, b in zip(want, got, strict=True):

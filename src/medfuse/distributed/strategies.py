@@ -255,6 +255,14 @@ def _full(v: Any) -> Any:
     return v.full_tensor() if isinstance(v, DTensor) else v
 
 
+def _local(v: Any) -> Any:
+    """This rank's shard of a DTensor (a plain tensor as it is)."""
+    # lazy: torch.distributed submodules, absent from torch builds without distributed support
+    from torch.distributed.tensor import DTensor
+
+    return v.to_local() if isinstance(v, DTensor) else v
+
+
 def _install_full_state_dict(model: nn.Module) -> None:
     """Make a ``fully_shard``-ed model's ``state_dict`` hold full tensors and its
     ``load_state_dict`` accept them, so checkpoints, best-epoch restore and packages look exactly
@@ -342,10 +350,21 @@ class FSDPStrategy(Strategy):
 
         # the model is still on the host: fully_shard moves only this rank's shards to the device
         mesh = init_device_mesh(self.session.device.type, (self.session.world,))
-        for unit in _fsdp_units(model):
+        units = _fsdp_units(model)
+        for unit in units:
             fully_shard(unit, mesh=mesh)
         fully_shard(model, mesh=mesh)
         _install_full_state_dict(model)
+        params = list(model.parameters())  # DTensors: numel() is the full size
+        held = sum(_local(p).numel() for p in params)
+        total = sum(p.numel() for p in params)
+        log.info(
+            "fsdp: %d sharding units; this rank holds %d of %d parameters (%.1f%%)",
+            len(units) + 1,
+            held,
+            total,
+            100.0 * held / max(total, 1),
+        )
         # lazy: torch.distributed submodules, absent from torch builds without distributed support
         from torch.optim.optimizer import register_optimizer_step_pre_hook
 
