@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,33 +17,13 @@ import medfuse.models  # noqa: F401  (registers the spec check of branch and fus
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-def _torchvision_without_ops() -> None:
-    """Test environments only: a CUDA torchvision wheel beside a CPU-only torch cannot load its
-    C++ ops, and torchvision 0.28 then fails on import (it registers a fake kernel for an op that
-    was never defined), taking timm down with it. Declaring the two op schemas lets the pure
-    Python model builders import; no test calls the ops (nms). Done only when ``_C`` fails to
-    load; a matching wheel (``--index-url https://download.pytorch.org/whl/cpu``) needs none."""
-    import ctypes
-    import importlib.util
+#: on a subprocess's PYTHONPATH, its ``sitecustomize`` declares torchvision's ops as below (a
+#: torchrun worker or a benchmark that builds timm / Hugging Face branches)
+SITE = Path(__file__).resolve().parent / "site"
+sys.path.insert(0, str(SITE))
+from torchvision_ops import declare_missing_ops  # noqa: E402
 
-    spec = importlib.util.find_spec("torchvision")
-    if spec is None or spec.origin is None:
-        return
-    lib = next(Path(spec.origin).parent.glob("_C*.so"), None)
-    if lib is None:
-        return
-    try:
-        ctypes.CDLL(str(lib))
-        return
-    except OSError:
-        pass
-    shim = torch.library.Library("torchvision", "DEF")  # kept alive for the session
-    shim.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    shim.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    globals()["_TORCHVISION_SHIM"] = shim
-
-
-_torchvision_without_ops()
+declare_missing_ops()
 
 
 REPO = Path(__file__).resolve().parents[1]

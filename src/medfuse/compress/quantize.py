@@ -10,8 +10,10 @@ then quantized with ``onnxruntime.quantization``:
 - **dynamic**: weights INT8, activations quantized on the fly (``quantize_dynamic``); the method
   for LSTM/GRU (``DynamicQuantizeLSTM``) and linear layers. Dynamic convolutions
   (``ConvInteger``) are much slower than fp32 on CPU, so ``dynamic`` is a poor choice for CNNs.
-- **auto** (default): per branch. A branch with LSTM/GRU layers is quantized dynamically, a
-  convolutional branch statically; MLP branches, the fusion and the head dynamically.
+- **auto** (default): per branch. A branch with LSTM/GRU layers or attention (a transformer:
+  timm/Hugging Face ViTs, text encoders; its patch-embedding convolution stays fp32) is
+  quantized dynamically, a convolutional branch statically; MLP branches, the fusion and the
+  head dynamically.
 
 The result is a new package whose ``model.onnx`` is the INT8 model and whose manifest says so
 (``runtime: {default: onnx, onnx_file: model.onnx, precision: int8}``); ``model.safetensors``
@@ -73,6 +75,10 @@ STATIC_OPS = [
 #: op types quantized in the dynamic pass (ORT converts Gemm to MatMul first)
 DYNAMIC_OPS = ["MatMul", "LSTM", "GRU"]
 RECURRENT_OPS = {"LSTM", "GRU", "RNN"}
+#: op types that mark a transformer (attention): its MatMuls are quantized dynamically, since
+#: static activation ranges calibrated on few samples clip the attention scores and the
+#: residual stream (a tiny timm ViT: label agreement 0.66 static, see docs/compression.md)
+ATTENTION_OPS = {"Softmax", "Attention", "MultiHeadAttention"}
 HEAD = "fusion+head"
 #: convolutions with fewer input channels stay fp32 (see ``thin_convs``)
 MIN_INT8_CONV_INPUTS = 4
@@ -109,7 +115,7 @@ def plan(graph: Any, modalities: list[str], method: str) -> dict[str, str]:
             out[part] = "dynamic"
         elif method == "static":
             out[part] = "static" if types - RECURRENT_OPS else "fp32"
-        elif types & RECURRENT_OPS:
+        elif types & (RECURRENT_OPS | ATTENTION_OPS):
             out[part] = "dynamic"
         elif "Conv" in types:
             out[part] = "static"

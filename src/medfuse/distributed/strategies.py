@@ -44,6 +44,7 @@ from medfuse.distributed.placement import (
 from medfuse.inference.helpers import Tensors, resolve_device
 from medfuse.models import build_model
 from medfuse.training.callbacks import Callback
+from medfuse.training.finetune import apply_finetune
 from medfuse.training.trainer import Trainer
 
 log = logging.getLogger("medfuse.distributed")
@@ -216,14 +217,35 @@ class HybridStrategy(BranchStrategy):
 
 
 def _fsdp_units(model: nn.Module) -> list[nn.Module]:
-    """Sharding units, innermost first: each block of a branch's ``features``, each branch."""
+    """Sharding units, innermost first: each block of a branch, then each branch.
+
+    A branch's blocks are the layers of its ``features`` (medfuse's CNNs), else those of a
+    pretrained encoder: the children of every ``Sequential``/``ModuleList`` of two or more
+    layers of one type (a timm ViT's ``blocks``, a Hugging Face encoder's ``layer``, each
+    ResNet stage). Each unit's parameters are gathered only while it runs."""
     units: list[nn.Module] = []
     for branch in model.branches.values():
         feats = getattr(branch, "features", None)
         if isinstance(feats, nn.Sequential) and len(feats) > 1:
             units.extend(feats)
+        else:
+            units.extend(_repeated_blocks(branch))
         units.append(branch)
     return units
+
+
+def _repeated_blocks(module: nn.Module) -> list[nn.Module]:
+    """The layers of each stack of same-type blocks (with parameters) in ``module``, outermost
+    stacks only."""
+    children = list(module.children())
+    if (
+        isinstance(module, nn.Sequential | nn.ModuleList)
+        and len(children) > 1
+        and len({type(c) for c in children}) == 1
+        and any(True for _ in module.parameters())
+    ):
+        return children
+    return [b for c in children for b in _repeated_blocks(c)]
 
 
 def _full(v: Any) -> Any:
@@ -231,6 +253,14 @@ def _full(v: Any) -> Any:
     from torch.distributed.tensor import DTensor
 
     return v.full_tensor() if isinstance(v, DTensor) else v
+
+
+def _local(v: Any) -> Any:
+    """This rank's shard of a DTensor (a plain tensor as it is)."""
+    # lazy: torch.distributed submodules, absent from torch builds without distributed support
+    from torch.distributed.tensor import DTensor
+
+    return v.to_local() if isinstance(v, DTensor) else v
 
 
 def _install_full_state_dict(model: nn.Module) -> None:
@@ -320,10 +350,21 @@ class FSDPStrategy(Strategy):
 
         # the model is still on the host: fully_shard moves only this rank's shards to the device
         mesh = init_device_mesh(self.session.device.type, (self.session.world,))
-        for unit in _fsdp_units(model):
+        units = _fsdp_units(model)
+        for unit in units:
             fully_shard(unit, mesh=mesh)
         fully_shard(model, mesh=mesh)
         _install_full_state_dict(model)
+        params = list(model.parameters())  # DTensors: numel() is the full size
+        held = sum(_local(p).numel() for p in params)
+        total = sum(p.numel() for p in params)
+        log.info(
+            "fsdp: %d sharding units; this rank holds %d of %d parameters (%.1f%%)",
+            len(units) + 1,
+            held,
+            total,
+            100.0 * held / max(total, 1),
+        )
         # lazy: torch.distributed submodules, absent from torch builds without distributed support
         from torch.optim.optimizer import register_optimizer_step_pre_hook
 
@@ -337,6 +378,7 @@ class FSDPStrategy(Strategy):
             return trainer.model
 
         plain = build_model(trainer.spec)
+        apply_finetune(plain, trainer.spec)  # the same adapters (LoRA) to load; merged later
         plain.load_state_dict(state)
         return plain.to(self.session.device)
 

@@ -187,7 +187,10 @@ class PretrainedBranch(nn.Module):
         return torch.as_tensor(self.encoder(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._encode(self.prep(x))  # (B, C, H, W) -> (B, F)
+        out = self._encode(self.prep(x))  # (B, C, H, W) -> (B, F)
+        # a view (timm's class token, x[:, 0]) would be the output of an FSDP unit, whose
+        # backward hook an in-place op downstream could drop: the features own their memory
+        return out.clone() if out._base is not None else out
 
 
 def _image(input_shape: tuple[int, ...], branch: str) -> tuple[int, tuple[int, int]]:
