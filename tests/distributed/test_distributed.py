@@ -446,8 +446,17 @@ def stream_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
     cfg = _write(spec, root / "spec.yaml")
     proc = subprocess.Popen(  # one process, as a torchrun worker starts: `medfuse train`
-        [sys.executable, "-m", "medfuse", "train", str(cfg), "--out", str(root / "one")]
-        + ["--device", "cpu"],
+        [
+            sys.executable,
+            "-m",
+            "medfuse",
+            "train",
+            str(cfg),
+            "--out",
+            str(root / "one"),
+            "--device",
+            "cpu",
+        ],
         env={**_env(), "MEDFUSE_CACHE_DIR": str(root / "cache-one")},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -467,8 +476,19 @@ def stream_ddp(stream_data) -> dict[str, Any]:
     root, cfg = stream_data["root"], stream_data["cfg"]
     out = root / "ddp"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "medfuse", "train", str(cfg), "--out", str(out)]
-        + ["--device", "cpu", "--nproc", "2"],
+        [
+            sys.executable,
+            "-m",
+            "medfuse",
+            "train",
+            str(cfg),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--nproc",
+            "2",
+        ],
         env={**_env(), "MEDFUSE_CACHE_DIR": str(root / "cache-ddp")},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -524,8 +544,18 @@ def test_streamed_rank_killed_mid_epoch_restarts_with_the_same_sample_order(
     out = tmp_path / "killed"
     with _kill_rank1_after(tmp_path / "killed.train" / "checkpoint.pt") as killed:
         code = main(
-            ["train", str(cfg), "--out", str(out), "--device", "cpu", "--nproc", "2"]
-            + ["--max-restarts", "1"]
+            [
+                "train",
+                str(cfg),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--nproc",
+                "2",
+                "--max-restarts",
+                "1",
+            ]
         )
     text = "".join(capfd.readouterr())
     assert killed and code == 0, text[-4000:]
