@@ -499,9 +499,10 @@ def stream_ddp(stream_data) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_streamed_ranks_each_read_their_half_and_match_one_process(stream_data, stream_ddp) -> None:
-    """Under torchrun each rank trains on its half of every epoch (counted), the files are
-    decoded once between the two ranks (one builds the cache, the other waits and reads
-    nothing), and the weights equal one process's within TOL."""
+    """Under torchrun each rank trains on its half of every epoch and validates its half of
+    the validation split (counted), the files are decoded once between the two ranks (one builds
+    the cache, the other waits and reads nothing), and the weights and validation metrics equal
+    one process's (within TOL; AUROC within 1e-6)."""
     out, one = stream_ddp["out"], stream_data["one"]
     meta = json.loads((out / "medfuse.json").read_text())["training"]
     assert meta["world_size"] == 2
@@ -510,13 +511,15 @@ def test_streamed_ranks_each_read_their_half_and_match_one_process(stream_data, 
     assert sorted(r["decoded"] for r in ranks) == [0, N_STREAM]  # each file decoded once
     waited = next(r for r in ranks if r["decoded"] == 0)
     assert waited["recorded"] and waited["cached"] == 0  # it read nothing in the pass
-    n_train = N_STREAM - N_STREAM // 5
+    n_train, n_val = N_STREAM - N_STREAM // 5, N_STREAM // 5
     for rec in _records(out):
         shares = rec["ranks"]
         assert [s["samples"] for s in shares] == [n_train // 2, n_train // 2]
+        assert [s["val_samples"] for s in shares] == [n_val // 2, n_val // 2]  # sharded too
         assert shares[0]["order_sha256"] != shares[1]["order_sha256"]  # different halves
     single = _records(one)
     assert [s["samples"] for r in single for s in r["ranks"]] == [n_train, n_train]
+    assert [s["val_samples"] for r in single for s in r["ranks"]] == [n_val, n_val]
     trained = _weights(out)
     assert _maxdiff(trained, _weights(one)) < TOL
     init = {k: v for k, v in trained.items() if k.startswith(("fusion", "head"))}

@@ -212,6 +212,8 @@ class Trainer:
         #: this rank's last training pass: data-wait seconds, samples, seconds
         self.last_epoch: dict[str, float] = {}
         self.epoch_share: dict[str, Any] = {}
+        #: the validation samples this rank read in its last validation (its shard)
+        self.val_read = 0
         self.stage_results: list[dict[str, Any]] = []
 
     # -- helpers --------------------------------------------------------------------------
@@ -236,14 +238,49 @@ class Trainer:
         if stage == "fusion":
             self.model.branches.eval()  # frozen branches keep their batch-norm statistics
 
+    def _shard(self, perm: torch.Tensor) -> torch.Tensor:
+        """This rank's positions of ``perm``, like DistributedSampler: padded (from its start) to a
+        multiple of world, interleaved; every rank gets as many."""
+        if self.world == 1:
+            return perm
+        n = len(perm)
+        total = math.ceil(n / self.world) * self.world
+        return perm[torch.arange(total) % n][self.rank :: self.world]
+
     def _epoch_order(self, seed: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
-        n = len(self.train_data)
-        perm = torch.randperm(n, generator=g)
-        if self.world > 1:  # shard like DistributedSampler: pad to a multiple of world, interleave
-            total = math.ceil(n / self.world) * self.world
-            perm = torch.cat([perm, perm[: total - n]])[self.rank :: self.world]
-        return perm
+        return self._shard(torch.randperm(len(self.train_data), generator=g))
+
+    def _val_logits(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Validation logits (fused, per branch) of the whole split. In a process group each rank
+        predicts its shard (as many batches on every rank, so FSDP's collectives pair up) and
+        the shards are gathered: every rank reads only its part and gets every logit."""
+        sharded = self.world > 1 and torch.distributed.is_initialized()
+        n = len(self.val_data)
+        mine = self._shard(torch.arange(n)) if sharded else None
+        self.val_read = n if mine is None else len(mine)
+        out = predict_logits(
+            self.model,
+            self.val_data,
+            self.device,
+            bf16=self.spec.train.bf16,
+            branches=True,
+            positions=mine,
+        )
+        if not sharded:
+            return out
+        parts: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(parts, out)
+        total = math.ceil(n / self.world) * self.world
+
+        def join(arrays: list[np.ndarray]) -> np.ndarray:
+            full = np.empty((total, *arrays[0].shape[1:]), arrays[0].dtype)
+            for r, a in enumerate(arrays):
+                full[r :: self.world] = a
+            return full[:n]  # the padding repeats the first positions: dropped
+
+        fused = join([p[0] for p in parts])
+        return fused, {m: join([p[1][m] for p in parts]) for m in parts[0][1]}
 
     def selection_metric(self, stage: str) -> str:
         """The name of the validation metric that ranks epochs (as printed and logged)."""
@@ -275,9 +312,7 @@ class Trainer:
 
     def evaluate_val(self, stage: str) -> dict[str, Any]:
         task = self.spec.task.type
-        logits, per = predict_logits(
-            self.model, self.val_data, self.device, bf16=self.spec.train.bf16, branches=True
-        )
+        logits, per = self._val_logits()
         y = self.val_data.y.numpy()
         with torch.no_grad():
             val_loss = float(
@@ -626,7 +661,7 @@ class Trainer:
             "seconds": seconds,
             **self._throughput(),
             # each rank's samples and the digest of their order (DistributedCallback gathers them)
-            "ranks": [dict(self.epoch_share)],
+            "ranks": [{**self.epoch_share, "val_samples": self.val_read}],
         }
         self.log_epoch(record)
         self._print_epoch(run, record, bar)
