@@ -395,6 +395,7 @@ def stream_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     that streams it (``data.stream: true``), and one process's run of it (own cache)."""
     import pandas as pd
 
+    from medfuse.api import train
     from medfuse.data.examples import write_png
 
     root = tmp_path_factory.mktemp("streamed")
@@ -444,25 +445,18 @@ def stream_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "stages": [{"name": "fusion", "epochs": 2}],
         },
     }
+    # the spec as the workers read it (the YAML's key order is the branches' order, which sets
+    # the initial weights and the layout of the fused features)
     cfg = _write(spec, root / "spec.yaml")
-    proc = subprocess.Popen(  # one process, as a torchrun worker starts: `medfuse train`
-        [
-            sys.executable,
-            "-m",
-            "medfuse",
-            "train",
-            str(cfg),
-            "--out",
-            str(root / "one"),
-            "--device",
-            "cpu",
-        ],
-        env={**_env(), "MEDFUSE_CACHE_DIR": str(root / "cache-one")},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    _finish(proc)
+    old = os.environ.get("MEDFUSE_CACHE_DIR")
+    os.environ["MEDFUSE_CACHE_DIR"] = str(root / "cache-one")
+    try:
+        train(cfg, out=root / "one", device="cpu", progress=False)
+    finally:
+        if old is None:
+            os.environ.pop("MEDFUSE_CACHE_DIR")
+        else:
+            os.environ["MEDFUSE_CACHE_DIR"] = old
     return {"root": root, "spec": spec, "cfg": cfg, "one": root / "one"}
 
 
