@@ -15,10 +15,15 @@ values hash (the fingerprint) are computed from the same pass, equal to the in-m
 
 The cache (``MEDFUSE_CACHE_DIR``, default ``~/.cache/medfuse/decoded``): one directory per
 (modality spec, list of files), ``values.npy`` (a memory-mapped ``(rows, *shape)`` float32
-array) and ``index.json`` (per row: the file's size and mtime, its state). A new cache is built in
-a temporary directory and renamed into place when whole (a half-written cache is never used);
-a changed file invalidates its own row, which is re-decoded in place (the row is marked stale
-in the index before its values are rewritten).
+array) and ``index.json`` (per row: the file's stat key, the SHA-256 of its bytes and of its
+decoded values, its state; a completion mark). A pass holds each cache's build lock
+(:func:`cache_lock`), so concurrent processes (the ranks of a torchrun job) decode each file once
+and never read a half-written cache. A new cache is built in a temporary directory and renamed
+into place when whole; a temporary directory found under the lock is a killed writer's and is
+removed. A file whose stat key changed is hashed: other bytes invalidate its own row, which is
+re-decoded in place (marked stale in the index before its values are rewritten). The pass's
+result is recorded under ``passes/`` (:func:`pass_key`): a later pass over the same values reads
+nothing.
 """
 
 from __future__ import annotations
