@@ -556,8 +556,8 @@ class Trainer:
         for step, idx in zip(steps, batches, strict=True):
             t0 = time.perf_counter()
             batch = next(loader)
-            order_sha = order_digest(order_sha, idx)
             wait += time.perf_counter() - t0
+            order_sha = order_digest(order_sha, idx)
             n = len(batch[2])
             loss = self._train_step(run, batch, g_aug)
             loss_sum += float(loss.detach()) * n
