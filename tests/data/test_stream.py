@@ -403,3 +403,13 @@ def test_two_processes_on_one_cache_decode_each_file_once(
     assert waited["recorded"] and waited["cached"]["image"] == 0
     assert got[0]["values_sha256"] == got[1]["values_sha256"]
     assert len(_valid_caches(cache_dir)) == 1
+
+
+def test_an_unwritable_cache_folder_is_a_clear_error(
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("MEDFUSE_CACHE_DIR", str(blocker / "cache"))
+    with pytest.raises(DataError, match=r"a-file/cache cannot be written.*MEDFUSE_CACHE_DIR"):
+        _load(manifest, True)

@@ -29,7 +29,6 @@ nothing.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -37,6 +36,7 @@ import math
 import os
 import secrets
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -231,26 +231,52 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _lock(f: Any, where: Path) -> None:
+    """Take the exclusive lock of the open file ``f``, waiting (and saying so) while another
+    process holds it. The kernel drops the lock when its holder's process ends, killed or not."""
+    t0 = time.perf_counter()
+    said = False
+    while True:
+        try:
+            if sys.platform == "win32":
+                import msvcrt  # lazy: Windows has no fcntl; msvcrt exists only there
+
+                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl  # lazy: POSIX only (absent on Windows)
+
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:  # held by another process (BlockingIOError, or PermissionError on Windows)
+            if not said:
+                log.info("cache %s is being written by another process: waiting", where)
+                said = True
+            time.sleep(0.2)
+    if said:
+        log.info("cache %s: waited %.1f s", where, time.perf_counter() - t0)
+
+
 @contextlib.contextmanager
 def cache_lock(root: Path, keys: list[str]) -> Iterator[None]:
-    """Hold the build lock of each cache ``key`` (``<root>/.<key>.lock``, ``flock``; taken in
-    sorted order) while a pass opens, fills and commits those caches. A second process using the
-    same caches (another rank of a torchrun job, another run) waits here and then finds them
-    whole: no sample is decoded twice and no half-written cache is read. The kernel releases the
-    lock of a killed process."""
-    root.mkdir(parents=True, exist_ok=True)
+    """Hold the build lock of each cache ``key`` (``<root>/.<key>.lock``, taken in sorted order)
+    while a pass opens, fills and commits those caches. A second process using the same caches
+    (another rank of a torchrun job, another run) waits here and then finds them whole: no sample
+    is decoded twice and no half-written cache is read."""
     files = []
     try:
+        root.mkdir(parents=True, exist_ok=True)
         for key in sorted(set(keys)):
-            f = open(root / f".{key}.lock", "a+")  # noqa: SIM115 (closed below)
-            files.append(f)
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("cache %s is being written by another process: waiting", root / key)
-                t0 = time.perf_counter()
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-                log.info("cache %s: waited %.1f s", root / key, time.perf_counter() - t0)
+            files.append(open(root / f".{key}.lock", "a+"))  # noqa: SIM115 (closed below)
+    except OSError as err:
+        for f in files:
+            f.close()
+        raise DataError(
+            f"the decoded-data cache folder {root} cannot be written ({err.strerror}); data.stream "
+            "needs a writable folder: set MEDFUSE_CACHE_DIR to one (docs/data.md)"
+        ) from None
+    try:
+        for key, f in zip(sorted(set(keys)), files, strict=True):
+            _lock(f, root / key)
         yield
     finally:
         for f in files:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import random
-import resource
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -544,9 +544,14 @@ def rank_usage(bundle: DataBundle, rank: int) -> dict[str, Any]:
 
 def peak_rss() -> dict[str, float]:
     """The peak RSS of this process and of its largest finished child (a DataLoader worker),
-    MiB (Linux reports KiB)."""
-    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    MiB (Linux reports KiB); empty where the platform has no ``resource`` module (Windows)."""
+    try:
+        import resource  # lazy: POSIX only (absent on Windows)
+    except ImportError:
+        return {}
+    unit = 1024 * 1024 if sys.platform == "darwin" else 1024  # macOS reports bytes
+    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / unit
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / unit
     return {"peak_rss_mib": round(me, 1), "workers_peak_rss_mib": round(kids, 1)}
 
 
