@@ -57,6 +57,8 @@ from medfuse.data.validate import SPLITS, _where
 
 log = logging.getLogger("medfuse.data")
 
+#: part of every cache's and recorded pass's key: raise it when what the readers decode or what
+#: the pass computes (statistics, ranges, hashes, checks) changes, so nothing older is reused
 CACHE_VERSION = 2
 VALUES = "values.npy"
 INDEX = "index.json"
