@@ -16,6 +16,13 @@ computes val metrics and writes the package). The images are written to a tempor
 removed afterwards (never committed).
 
     python benchmarks/scale.py --n 1000 [--workers 2] [--threads 2] [--skip-memory]
+
+``--torchrun N`` instead compares one process with ``medfuse train --nproc N`` (each run on an
+empty cache of its own): per rank, the files its stream pass decoded, the cache rows it read, the
+training samples it read per epoch, and its peak RSS (the rank process and its largest
+DataLoader worker), from the package's training record and ``metrics.jsonl``.
+
+    python benchmarks/scale.py --n 1000 --torchrun 2
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -95,13 +101,6 @@ def spec_for(csv: Path, stream: bool, workers: int) -> dict:
         },
         "threshold": {"method": "youden"},
     }
-
-
-def peak_rss_mib() -> tuple[float, float]:
-    """This process's peak RSS and its largest waited-for child's (Linux: KiB)."""
-    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return me, kids
 
 
 def run_medfuse(csv: Path, stream: bool, workers: int, out: Path) -> dict:
@@ -218,8 +217,68 @@ def child(args: argparse.Namespace) -> None:
         res = run_medfuse(
             csv, args.variant != "memory", args.workers, Path(args.tmp) / f"pkg-{args.variant}"
         )
-    res["rss_main_mib"], res["rss_workers_mib"] = peak_rss_mib()
+    from medfuse.training.pipeline import peak_rss
+
+    rss = peak_rss()
+    res["rss_main_mib"], res["rss_workers_mib"] = rss["peak_rss_mib"], rss["workers_peak_rss_mib"]
     print("RESULT " + json.dumps(res), flush=True)
+
+
+def run_train(csv: Path, tmp: Path, nproc: int, workers: int, threads: int) -> dict:
+    """``medfuse train`` (``--nproc N`` when N > 1) on the streamed spec, on an empty cache;
+    what its package records per rank."""
+    import yaml
+
+    cfg = tmp / f"spec-{nproc}.yaml"
+    cfg.write_text(yaml.safe_dump(spec_for(csv, True, workers)))
+    out = tmp / f"pkg-train-{nproc}"
+    cmd = [sys.executable, "-m", "medfuse", "train", str(cfg), "--out", str(out), "--device"]
+    cmd += ["cpu", *(["--nproc", str(nproc)] if nproc > 1 else [])]
+    env = {**os.environ, "MEDFUSE_CACHE_DIR": str(tmp / f"cache-{nproc}")}
+    env["OMP_NUM_THREADS"] = str(threads)
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if p.returncode:
+        print(p.stdout[-2000:], p.stderr[-4000:])
+        raise SystemExit(f"medfuse train --nproc {nproc} failed")
+    meta = json.loads((out / "medfuse.json").read_text())["training"]
+    epochs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    ranks = meta["ranks"]
+    for r in ranks:
+        r["samples"] = [e["ranks"][r["rank"]]["samples"] for e in epochs]
+    return {"wall_s": wall, "ranks": ranks, "auroc": epochs[-1]["val"].get("auroc")}
+
+
+def torchrun_table(csv: Path, tmp: Path, args: argparse.Namespace) -> None:
+    rows = [(n, run_train(csv, tmp, n, args.workers, args.threads)) for n in (1, args.torchrun)]
+    head = (
+        f"{'run':>10s} {'rank':>4s} {'decoded':>7s} {'pass read':>9s} {'train samples/epoch':>19s} "
+        f"{'RSS rank MiB':>12s} {'RSS worker MiB':>14s} {'wall s':>7s} {'val AUROC':>9s}"
+    )
+    print(
+        f"\nN={args.n}, {SIZE}x{SIZE} grey PNG + 2 columns, 1 epoch, global batch 32, stream: "
+        f"true on an empty cache, {args.workers} workers per rank"
+    )
+    print(head)
+    print("-" * len(head))
+    for n, res in rows:
+        for r in res["ranks"]:
+            print(
+                f"{f'nproc {n}':>10s} {r['rank']:4d} {r.get('decoded', 0):7d} "
+                f"{r.get('cached', 0):9d} {'/'.join(map(str, r['samples'])):>19s} "
+                f"{r['peak_rss_mib']:12.0f} {r['workers_peak_rss_mib']:14.0f} "
+                f"{res['wall_s']:7.1f} {res['auroc']:9.4f}"
+            )
+    one, many = rows[0][1]["ranks"][0], rows[1][1]["ranks"]
+    share = ", ".join(f"{sum(r['samples']) / sum(one['samples']):.3f}" for r in many)
+    decoded = sum(r.get("decoded", 0) for r in many)
+    rss = max(r["peak_rss_mib"] for r in many) / one["peak_rss_mib"]
+    print(
+        f"training samples read per rank / one process: {share}; files decoded by all ranks: "
+        f"{decoded} (one process: {one.get('decoded', 0)}); peak RSS of the largest rank / one "
+        f"process: {rss:.2f}"
+    )
 
 
 def main() -> None:
@@ -228,6 +287,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="torch threads per process")
     ap.add_argument("--skip-memory", action="store_true", help="leave out stream: false")
+    ap.add_argument(
+        "--torchrun",
+        type=int,
+        metavar="N",
+        help="compare one process with N torchrun processes (per-rank reads and memory)",
+    )
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     ap.add_argument("--csv", help=argparse.SUPPRESS)
     ap.add_argument("--tmp", help=argparse.SUPPRESS)
@@ -240,6 +305,9 @@ def main() -> None:
         t0 = time.perf_counter()
         csv = make_data(tmp / "data", args.n)
         print(f"{args.n} PNGs {SIZE}x{SIZE} written in {time.perf_counter() - t0:.1f} s ({tmp})")
+        if args.torchrun:
+            torchrun_table(csv, tmp, args)
+            return
         env = {**os.environ, "MEDFUSE_CACHE_DIR": str(tmp / "cache")}
         variants = ["cold", "cached", *([] if args.skip_memory else ["memory"]), "plain"]
         names = {

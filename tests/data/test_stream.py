@@ -5,7 +5,12 @@ streaming pass's statistics and fingerprint equal the in-memory ones."""
 from __future__ import annotations
 
 import copy
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +160,11 @@ def test_the_cache_is_reused_and_invalidated_per_file_and_per_spec(
     first = _load(manifest, True).info["stream"]
     assert first["decoded"]["image"] == N - 1 and first["cached"]["image"] == 0
     again = _load(manifest, True).info["stream"]
-    assert again["decoded"]["image"] == 0 and again["cached"]["image"] == N - 1
+    # the same values: nothing decoded, nothing read, the first pass's result
+    assert again["decoded"]["image"] == 0 and again["cached"]["image"] == 0
+    assert again["recorded"] and not first["recorded"]
+    for k in ("stats", "constant", "values_sha256"):
+        assert again[k] == first[k]
     assert len(_valid_caches(cache_dir)) == 1
 
     # one changed file: its entry alone is decoded again, and its new values are used
@@ -266,3 +275,141 @@ def test_unreadable_files_fail_or_become_missing_as_in_memory(
     mem = load_spec_data(parse_spec(mem_spec))
     assert len(st.info["bad_rows"]) == len(mem.info["bad_rows"]) == 1
     assert st.info["fingerprint"] == mem.info["fingerprint"]
+    again = load_spec_data(parse_spec(spec))  # the recorded pass marks the same cell missing
+    assert again.info["stream"]["recorded"] and again.info["bad_rows"] == st.info["bad_rows"]
+    for name in ("train", "val"):
+        a, b = getattr(again, name).masks["image"], getattr(st, name).masks["image"]
+        np.testing.assert_array_equal(a, b)
+    assert again.info["fingerprint"] == st.info["fingerprint"]
+
+
+# -- crashes, changed files and concurrent processes, with real processes ----------------------
+
+RUN = Path(__file__).with_name("stream_run.py")
+
+
+def _run(csv: Path, cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MEDFUSE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(RUN), str(csv), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _counts(p: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert p.returncode == 0, p.stderr[-3000:]
+    line = [x for x in p.stdout.splitlines() if x.startswith("STREAM ")]
+    return json.loads(line[-1][7:])
+
+
+def _copy(manifest: Path, to: Path) -> Path:
+    """The manifest with hard links to its images: files of its own to change."""
+    (to / "img").mkdir(parents=True)
+    df = pd.read_csv(manifest)
+    for cell in df["image"].dropna():
+        os.link(manifest.parent / cell, to / cell)
+    df.to_csv(to / "cases.csv", index=False)
+    return to / "cases.csv"
+
+
+def test_a_process_killed_while_writing_the_cache_leaves_nothing_half_valid(
+    manifest: Path, tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL after 60 entries of a new cache: no cache passes for whole; the next run decodes
+    every file again, removes the dead writer's directory and gives the uninterrupted values."""
+    killed = _run(manifest, cache_dir, "--die-after", "60")
+    assert killed.returncode == -signal.SIGKILL
+    assert _valid_caches(cache_dir) == []
+    assert len(list(cache_dir.glob(".tmp-*"))) == 1  # left behind, never read
+    after = _load(manifest, True).info["stream"]  # the next run (this process)
+    assert after["decoded"]["image"] == N - 1 and not after["recorded"]
+    assert list(cache_dir.glob(".tmp-*")) == [] and len(_valid_caches(cache_dir)) == 1
+    monkeypatch.setenv("MEDFUSE_CACHE_DIR", str(tmp_path / "clean"))
+    ref = _load(manifest, True).info["stream"]
+    assert after["values_sha256"] == ref["values_sha256"] and after["stats"] == ref["stats"]
+
+
+def test_a_process_killed_while_updating_changed_files_re_decodes_exactly_them(
+    manifest: Path, tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    csv = _copy(manifest, tmp_path / "copy")
+    assert _load(csv, True).info["stream"]["decoded"]["image"] == N - 1
+    for i, v in ((4, 30), (6, 220)):
+        f = csv.parent / "img" / f"{i}.png"
+        f.unlink()
+        write_png(f, np.full((SIZE, SIZE), v, np.uint8))
+    killed = _run(csv, cache_dir, "--die-after", "1")  # one of the two rewritten, then killed
+    assert killed.returncode == -signal.SIGKILL
+    after = _load(csv, True).info["stream"]
+    assert after["decoded"]["image"] == 2 and after["cached"]["image"] == N - 3
+    # the same as a cache built from scratch on the changed files
+    monkeypatch.setenv("MEDFUSE_CACHE_DIR", str(tmp_path / "fresh"))
+    ref = _load(csv, True).info["stream"]
+    assert after["values_sha256"] == ref["values_sha256"]
+
+
+def test_content_not_timestamps_decides_what_is_decoded_again(
+    manifest: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    """``touch`` (same bytes) decodes nothing; new bytes of the same size written with the old
+    modification time put back (as ``cp -p`` or a restored backup do) are decoded again."""
+    csv = _copy(manifest, tmp_path / "copy")
+    first = _load(csv, True).info["stream"]
+    f = csv.parent / "img" / "8.png"
+    os.utime(f, ns=(time.time_ns(), time.time_ns() + 10**9))
+    touched = _load(csv, True).info["stream"]
+    assert touched["decoded"]["image"] == 0 and touched["values_sha256"] == first["values_sha256"]
+    st = f.stat()
+    old = f.read_bytes()
+    f.unlink()
+    write_png(f, np.full((SIZE, SIZE), 128, np.uint8))
+    new = f.read_bytes()
+    assert len(new) < len(old)  # a uniform PNG is smaller than a noisy one: padded to its size
+    f.write_bytes(new + b"\0" * (len(old) - len(new)))
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert f.stat().st_size == st.st_size and f.stat().st_mtime_ns == st.st_mtime_ns
+    again = _load(csv, True).info["stream"]
+    assert again["decoded"]["image"] == 1
+    assert again["values_sha256"] != first["values_sha256"]
+
+
+def test_two_processes_on_one_cache_decode_each_file_once(
+    manifest: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    """Started together (as the ranks of a torchrun job are): one builds the cache while the
+    other waits for its lock, then reads nothing (the first one's recorded result)."""
+    env = {**os.environ, "MEDFUSE_CACHE_DIR": str(cache_dir), "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(RUN), str(manifest)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    got = [
+        _counts(subprocess.CompletedProcess(p.args, p.returncode, o, e))
+        for p, (o, e) in zip(procs, outs, strict=True)
+    ]
+    decoded = sorted(g["decoded"]["image"] for g in got)
+    assert decoded == [0, N - 1]
+    waited = got[0] if got[0]["decoded"]["image"] == 0 else got[1]
+    assert waited["recorded"] and waited["cached"]["image"] == 0
+    assert got[0]["values_sha256"] == got[1]["values_sha256"]
+    assert len(_valid_caches(cache_dir)) == 1
+
+
+def test_an_unwritable_cache_folder_is_a_clear_error(
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("MEDFUSE_CACHE_DIR", str(blocker / "cache"))
+    with pytest.raises(DataError, match=r"a-file/cache cannot be written.*MEDFUSE_CACHE_DIR"):
+        _load(manifest, True)

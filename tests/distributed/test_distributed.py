@@ -8,6 +8,7 @@ sample, so its BatchNorm sees identical samples; the tabular MLP has no hidden l
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -298,21 +300,10 @@ def _environ(pid: int) -> dict[str, str]:
     return dict(kv.split("=", 1) for kv in raw.decode(errors="replace").split("\0") if "=" in kv)
 
 
-@pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
-def test_sigkilled_worker_is_restarted_and_resumes(
-    strategy, reference, tmp_path, capfd, monkeypatch
-) -> None:
-    """SIGKILL rank 1 right after the first mid-epoch checkpoint: torchrun restarts the workers,
-    they resume from rank 0's checkpoint, and the run ends with a package that loads and holds
-    the weights of an uninterrupted run (resume is exact)."""
-    from medfuse.cli import main
-
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    spec = copy.deepcopy(SPEC)
-    spec["train"]["checkpoint_every"] = 2  # 12 steps per epoch and rank
-    cfg = _write(spec, tmp_path / "spec.yaml")
-    out = tmp_path / "killed"
-    ckpt = tmp_path / "killed.train" / "checkpoint.pt"
+@contextlib.contextmanager
+def _kill_rank1_after(ckpt: Path) -> Iterator[list[int]]:
+    """While the block runs (this process being torchrun's agent), SIGKILL the first attempt's
+    rank 1 as soon as ``ckpt`` exists (its first mid-epoch checkpoint); yields the killed pids."""
     killed: list[int] = []
     done = threading.Event()
 
@@ -332,6 +323,28 @@ def test_sigkilled_worker_is_restarted_and_resumes(
     t = threading.Thread(target=killer, daemon=True)
     t.start()
     try:
+        yield killed
+    finally:
+        done.set()
+        t.join()
+
+
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
+def test_sigkilled_worker_is_restarted_and_resumes(
+    strategy, reference, tmp_path, capfd, monkeypatch
+) -> None:
+    """SIGKILL rank 1 right after the first mid-epoch checkpoint: torchrun restarts the workers,
+    they resume from rank 0's checkpoint, and the run ends with a package that loads and holds
+    the weights of an uninterrupted run (resume is exact)."""
+    from medfuse.cli import main
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    spec = copy.deepcopy(SPEC)
+    spec["train"]["checkpoint_every"] = 2  # 12 steps per epoch and rank
+    cfg = _write(spec, tmp_path / "spec.yaml")
+    out = tmp_path / "killed"
+    ckpt = tmp_path / "killed.train" / "checkpoint.pt"
+    with _kill_rank1_after(ckpt) as killed:
         code = main(
             [
                 "train",
@@ -348,9 +361,6 @@ def test_sigkilled_worker_is_restarted_and_resumes(
                 strategy,
             ]
         )
-    finally:
-        done.set()
-        t.join()
     log = capfd.readouterr()
     text = log.out + log.err
     assert killed, "the run ended before the killer saw a checkpoint"
@@ -372,6 +382,188 @@ def test_sigkilled_worker_is_restarted_and_resumes(
     assert not (tmp_path / "killed.train").exists()  # the workdir is removed once packaged
     # resume is exact: the weights of an uninterrupted run
     assert _maxdiff(_weights(out), reference["weights"]) < TOL
+
+
+# -- streamed manifest data (issue 18) ---------------------------------------------------------
+
+#: images in the streamed manifest (80% train: 192, an even split over 2 ranks)
+N_STREAM = 240
+
+
+@pytest.fixture(scope="module")
+def stream_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """N_STREAM 16-px grey PNGs + 2 clinical columns (a manifest with a split column), the spec
+    that streams it (``data.stream: true``), and one process's run of it (own cache)."""
+    import pandas as pd
+
+    from medfuse.api import train
+    from medfuse.data.examples import write_png
+
+    root = tmp_path_factory.mktemp("streamed")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(N_STREAM):
+        y = int(rng.random() < 0.4)
+        px = np.clip(rng.normal(90 + 50 * y, 40, (16, 16)), 0, 255).astype(np.uint8)
+        write_png(root / "img" / f"{i}.png", px)
+        rows.append(
+            {
+                "label": y,
+                "image": f"img/{i}.png",
+                "age": 50 + 10 * rng.normal() + 5 * y,
+                "marker": rng.normal(y, 1.0),
+                "split": "val" if i % 5 == 0 else "train",
+            }
+        )
+    pd.DataFrame(rows).to_csv(root / "cases.csv", index=False)
+    spec = {
+        "name": "tiny-stream",
+        "task": {"type": "binary"},
+        "data": {
+            "source": f"manifest:{root / 'cases.csv'}",
+            "options": {"split_column": "split"},
+            "stream": True,
+            "workers": 0,
+        },
+        "modalities": {
+            "image": {"kind": "image", "channels": 1, "size": [16, 16]},
+            "clinical": {"kind": "tabular", "columns": ["age", "marker"]},
+        },
+        "branches": {
+            "image": {"type": "cnn", "width": 4, "depth": 1, "out_features": 4},
+            "clinical": {"type": "mlp", "hidden": 8, "layers": 0, "out_features": 4},
+        },
+        "fusion": {"type": "concat"},
+        "head": {"hidden": 8, "dropout": 0.0},
+        # the fusion stage: the branches run in eval mode, so no batch statistics depend on how
+        # the global batch is split over the ranks (with batch norm in training mode each rank
+        # normalises its half-batch, as DDP without SyncBatchNorm does: not one process's sums)
+        "train": {
+            "batch_size": 16,
+            "lr": 0.01,
+            "early_stopping": None,
+            "keep": "last",
+            "stages": [{"name": "fusion", "epochs": 2}],
+        },
+    }
+    # the spec as the workers read it (the YAML's key order is the branches' order, which sets
+    # the initial weights and the layout of the fused features)
+    cfg = _write(spec, root / "spec.yaml")
+    old = os.environ.get("MEDFUSE_CACHE_DIR")
+    os.environ["MEDFUSE_CACHE_DIR"] = str(root / "cache-one")
+    try:
+        train(cfg, out=root / "one", device="cpu", progress=False)
+    finally:
+        if old is None:
+            os.environ.pop("MEDFUSE_CACHE_DIR")
+        else:
+            os.environ["MEDFUSE_CACHE_DIR"] = old
+    return {"root": root, "spec": spec, "cfg": cfg, "one": root / "one"}
+
+
+def _records(pkg: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (pkg / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def stream_ddp(stream_data) -> dict[str, Any]:
+    """The streamed spec trained by 2 torchrun processes on an empty cache of their own."""
+    root, cfg = stream_data["root"], stream_data["cfg"]
+    out = root / "ddp"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "medfuse",
+            "train",
+            str(cfg),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--nproc",
+            "2",
+        ],
+        env={**_env(), "MEDFUSE_CACHE_DIR": str(root / "cache-ddp")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return {"log": _finish(proc), "out": out}
+
+
+@pytest.mark.slow
+def test_streamed_ranks_each_read_their_half_and_match_one_process(stream_data, stream_ddp) -> None:
+    """Under torchrun each rank trains on its half of every epoch and validates its half of
+    the validation split (counted), the files are decoded once between the two ranks (one builds
+    the cache, the other waits and reads nothing), and the weights and validation metrics equal
+    one process's (within TOL; AUROC within 1e-6)."""
+    out, one = stream_ddp["out"], stream_data["one"]
+    meta = json.loads((out / "medfuse.json").read_text())["training"]
+    assert meta["world_size"] == 2
+    ranks = meta["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert sorted(r["decoded"] for r in ranks) == [0, N_STREAM]  # each file decoded once
+    waited = next(r for r in ranks if r["decoded"] == 0)
+    assert waited["recorded"] and waited["cached"] == 0  # it read nothing in the pass
+    n_train, n_val = N_STREAM - N_STREAM // 5, N_STREAM // 5
+    for rec in _records(out):
+        shares = rec["ranks"]
+        assert [s["samples"] for s in shares] == [n_train // 2, n_train // 2]
+        assert [s["val_samples"] for s in shares] == [n_val // 2, n_val // 2]  # sharded too
+        assert shares[0]["order_sha256"] != shares[1]["order_sha256"]  # different halves
+    single = _records(one)
+    assert [s["samples"] for r in single for s in r["ranks"]] == [n_train, n_train]
+    assert [s["val_samples"] for r in single for s in r["ranks"]] == [n_val, n_val]
+    trained = _weights(out)
+    assert _maxdiff(trained, _weights(one)) < TOL
+    init = {k: v for k, v in trained.items() if k.startswith(("fusion", "head"))}
+    assert init, "the fusion stage trains the fusion and head"
+    got = json.loads((out / "metrics.json").read_text())["val"]
+    ref = json.loads((one / "metrics.json").read_text())["val"]
+    assert got["auroc"] == pytest.approx(ref["auroc"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_streamed_rank_killed_mid_epoch_restarts_with_the_same_sample_order(
+    stream_data, stream_ddp, tmp_path, capfd, monkeypatch
+) -> None:
+    """SIGKILL rank 1 after its first mid-epoch checkpoint (streamed data, warm cache): torchrun
+    restarts both ranks, they resume mid-epoch, and every epoch's per-rank sample order (the
+    digest of the positions trained, carried across the restart by the checkpoint) and the final
+    weights are those of the uninterrupted run."""
+    from medfuse.cli import main
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MEDFUSE_CACHE_DIR", str(stream_data["root"] / "cache-ddp"))
+    spec = copy.deepcopy(stream_data["spec"])
+    spec["train"]["checkpoint_every"] = 2  # 12 steps per epoch and rank
+    cfg = _write(spec, tmp_path / "spec.yaml")
+    out = tmp_path / "killed"
+    with _kill_rank1_after(tmp_path / "killed.train" / "checkpoint.pt") as killed:
+        code = main(
+            [
+                "train",
+                str(cfg),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--nproc",
+                "2",
+                "--max-restarts",
+                "1",
+            ]
+        )
+    text = "".join(capfd.readouterr())
+    assert killed and code == 0, text[-4000:]
+    assert "(restart 1)" in text
+    resumed = [ln for ln in text.splitlines() if "resuming from" in ln]
+    assert resumed and "step 0" not in resumed[0], text[-4000:]  # mid-epoch, not from scratch
+    ref = _records(stream_ddp["out"])
+    got = _records(out)
+    assert [r["ranks"] for r in got] == [r["ranks"] for r in ref]
+    assert _maxdiff(_weights(out), _weights(stream_ddp["out"])) < TOL
 
 
 # -- one process ------------------------------------------------------------------------------

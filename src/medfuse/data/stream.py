@@ -15,10 +15,15 @@ values hash (the fingerprint) are computed from the same pass, equal to the in-m
 
 The cache (``MEDFUSE_CACHE_DIR``, default ``~/.cache/medfuse/decoded``): one directory per
 (modality spec, list of files), ``values.npy`` (a memory-mapped ``(rows, *shape)`` float32
-array) and ``index.json`` (per row: the file's size and mtime, its state). A new cache is built in
-a temporary directory and renamed into place when whole (a half-written cache is never used);
-a changed file invalidates its own row, which is re-decoded in place (the row is marked stale
-in the index before its values are rewritten).
+array) and ``index.json`` (per row: the file's stat key, the SHA-256 of its bytes and of its
+decoded values, its state; a completion mark). A pass holds each cache's build lock
+(:func:`cache_lock`), so concurrent processes (the ranks of a torchrun job) decode each file once
+and never read a half-written cache. A new cache is built in a temporary directory and renamed
+into place when whole; a temporary directory found under the lock is a killed writer's and is
+removed. A file whose stat key changed is hashed: other bytes invalidate its own row, which is
+re-decoded in place (marked stale in the index before its values are rewritten). The pass's
+result is recorded under ``passes/`` (:func:`pass_key`): a later pass over the same values reads
+nothing.
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ import math
 import os
 import secrets
 import shutil
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -50,9 +57,13 @@ from medfuse.data.validate import SPLITS, _where
 
 log = logging.getLogger("medfuse.data")
 
-CACHE_VERSION = 1
+#: part of every cache's and recorded pass's key: raise it when what the readers decode or what
+#: the pass computes (statistics, ranges, hashes, checks) changes, so nothing older is reused
+CACHE_VERSION = 2
 VALUES = "values.npy"
 INDEX = "index.json"
+#: the recorded results of passes (statistics, values hashes), by :func:`pass_key`
+PASSES = "passes"
 #: ``data.stream: auto`` streams when the decoded manifest would exceed this share of the memory
 #: available now (the in-memory path holds about three copies: read, split, normalised)
 AUTO_FRACTION = 0.15
@@ -173,14 +184,36 @@ def is_lazy(x: Any) -> bool:
 
 
 def file_key(path: str) -> str:
-    """What identifies a file's content cheaply: its size and modification time."""
+    """What identifies a file's state cheaply: size, modification and change times, inode. The
+    change time cannot be set back by tools that keep the modification time (``cp -p``,
+    ``rsync -t``, ``touch -d``): a rewrite of the same size and mtime still changes the key."""
     if not path:
         return ""
     try:
         st = os.stat(path)
     except OSError:
         return "missing"
-    return f"{st.st_size}:{st.st_mtime_ns}"
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+
+
+def file_digest(path: str) -> str:
+    """SHA-256 of a file's bytes (``""`` for a directory, e.g. a DICOM series, or no file): a
+    changed key whose content is the same (``touch``, a hard link, a copy) is not decoded again."""
+    if not path or not os.path.isfile(path):
+        return ""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return ""
+    return h.hexdigest()
+
+
+def values_digest(x: np.ndarray) -> str:
+    """SHA-256 of a decoded sample's float32 bytes, as stored in the cache."""
+    return hashlib.sha256(np.ascontiguousarray(x, np.float32).tobytes()).hexdigest()
 
 
 def cache_key(source: Source) -> str:
@@ -200,29 +233,94 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _lock(f: Any, where: Path) -> None:
+    """Take the exclusive lock of the open file ``f``, waiting (and saying so) while another
+    process holds it. The kernel drops the lock when its holder's process ends, killed or not."""
+    t0 = time.perf_counter()
+    said = False
+    while True:
+        try:
+            if sys.platform == "win32":
+                import msvcrt  # lazy: Windows has no fcntl; msvcrt exists only there
+
+                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl  # lazy: POSIX only (absent on Windows)
+
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:  # held by another process (BlockingIOError, or PermissionError on Windows)
+            if not said:
+                log.info("cache %s is being written by another process: waiting", where)
+                said = True
+            time.sleep(0.2)
+    if said:
+        log.info("cache %s: waited %.1f s", where, time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def cache_lock(root: Path, keys: list[str]) -> Iterator[None]:
+    """Hold the build lock of each cache ``key`` (``<root>/.<key>.lock``, taken in sorted order)
+    while a pass opens, fills and commits those caches. A second process using the same caches
+    (another rank of a torchrun job, another run) waits here and then finds them whole: no sample
+    is decoded twice and no half-written cache is read."""
+    files = []
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for key in sorted(set(keys)):
+            files.append(open(root / f".{key}.lock", "a+"))  # noqa: SIM115 (closed below)
+    except OSError as err:
+        for f in files:
+            f.close()
+        raise DataError(
+            f"the decoded-data cache folder {root} cannot be written ({err.strerror}); data.stream "
+            "needs a writable folder: set MEDFUSE_CACHE_DIR to one (docs/data.md)"
+        ) from None
+    try:
+        for key, f in zip(sorted(set(keys)), files, strict=True):
+            _lock(f, root / key)
+        yield
+    finally:
+        for f in files:
+            f.close()  # closing releases the lock
+
+
 class Cache:
     """One modality's cache while the pass fills it: a finished directory being updated in place,
-    or a new one in a temporary directory renamed into place by :meth:`commit`."""
+    or a new one in a temporary directory renamed into place by :meth:`commit`. Open it only
+    under :func:`cache_lock`."""
 
     def __init__(self, source: Source, root: Path | None = None) -> None:
         self.source = source
         self.root = root or cache_root()
         self.final = self.root / cache_key(source)
+        # the lock is held: a temporary directory of this cache is a dead writer's (killed)
+        for left in self.root.glob(f".tmp-{self.final.name}-*"):
+            log.info("cache: removing %s, left by a writer that did not finish", left)
+            shutil.rmtree(left, ignore_errors=True)
         n = len(source.paths)
         self.keys_now = [file_key(p) for p in source.paths]
         index = self._read_index()
         if index is not None:
             self.dir, self.new = self.final, False
             self.index = index
-            stale = [
-                i
-                for i in range(n)
-                if index["state"][i] == "" or index["keys"][i] != self.keys_now[i]
-            ]
-            if stale:  # mark them first: a crash while rewriting leaves them stale, not wrong
+            stale, touched = [], 0
+            for i in range(n):
+                if index["state"][i] == "":
+                    stale.append(i)
+                elif index["keys"][i] != self.keys_now[i]:
+                    same = index["files"][i] and file_digest(source.paths[i]) == index["files"][i]
+                    if same:  # touched, linked or copied: the same bytes, the same values
+                        index["keys"][i] = self.keys_now[i]
+                        touched += 1
+                    else:
+                        stale.append(i)
+            if stale or touched:  # mark them first: a crash while rewriting leaves them stale
                 for i in stale:
                     self.index["state"][i] = ""
+                    self.index["values"][i] = ""
                 _write_json(self.dir / INDEX, self.index)
+            if stale:
                 log.info("cache %s: %d changed file(s) of %s re-decoded", self.dir, len(stale), n)
         else:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -234,9 +332,12 @@ class Cache:
             ).flush()
             self.index = {
                 "version": CACHE_VERSION,
+                "complete": False,
                 "spec": source.spec.model_dump(mode="json"),
                 "rows": n,
                 "keys": [""] * n,
+                "files": [""] * n,  # SHA-256 of each file's bytes
+                "values": [""] * n,  # SHA-256 of each row's decoded float32 values
                 "state": [""] * n,  # "" to decode; ok, empty, bad
                 "scale": [""] * n,
                 "error": [""] * n,
@@ -246,13 +347,21 @@ class Cache:
         source._values = None
 
     def _read_index(self) -> dict[str, Any] | None:
+        """The finished cache's index; ``None`` (build anew) for none, another version, an
+        unfinished one (no completion mark) or one whose values file does not fit it."""
         try:
             index = json.loads((self.final / INDEX).read_text())
+            n = len(self.source.paths)
+            values = np.load(self.final / VALUES, mmap_mode="r")
             ok = (
                 index.get("version") == CACHE_VERSION
-                and index.get("rows") == len(self.source.paths)
-                and (self.final / VALUES).exists()
+                and index.get("complete") is True
+                and index.get("rows") == n
+                and values.shape == (n, *self.source.spec.shape)
+                and values.dtype == np.float32
             )
+            if not ok:
+                log.info("cache %s is unfinished or of another version: built anew", self.final)
             return index if ok else None
         except (OSError, ValueError):
             return None
@@ -260,25 +369,28 @@ class Cache:
     def needs(self, row: int) -> bool:
         return bool(self.index["state"][row] == "")
 
-    def put(self, row: int, value: np.ndarray, state: str, scale: str, error: str) -> None:
-        self.writer[row] = value
+    def put(self, row: int, item: Decoded) -> None:
+        self.writer[row] = item.value
         self.index["keys"][row] = self.keys_now[row]
-        self.index["state"][row] = state
-        self.index["scale"][row] = scale
-        self.index["error"][row] = error
+        self.index["files"][row] = item.file
+        self.index["values"][row] = item.digest
+        self.index["state"][row] = item.state
+        self.index["scale"][row] = item.scale
+        self.index["error"][row] = item.error
 
     def commit(self) -> None:
-        """Flush the values, then the index; a new cache is renamed into place, whole."""
+        """Flush the values, then the index (with its completion mark); a new cache is renamed
+        into place, whole."""
         self.writer.flush()
         del self.writer
+        self.index["complete"] = True
         if self.new:
             with open(self.dir / VALUES, "rb+") as f:
                 os.fsync(f.fileno())
             _write_json(self.dir / INDEX, self.index)
-            try:
-                os.rename(self.dir, self.final)
-            except OSError:  # another process finished the same cache first: use theirs
-                shutil.rmtree(self.dir, ignore_errors=True)
+            if self.final.exists():  # an unfinished or outdated cache in the way (lock held)
+                shutil.rmtree(self.final)
+            os.rename(self.dir, self.final)
             self.dir = self.final
         else:
             _write_json(self.dir / INDEX, self.index)
@@ -295,6 +407,19 @@ class Cache:
 # ---- the one pass --------------------------------------------------------------------------------
 
 
+class Decoded(NamedTuple):
+    """One row of a streamed modality as the pass gets it from a worker."""
+
+    row: int
+    value: np.ndarray
+    state: str  # ok, bad, empty; "" for a row read from the cache
+    scale: str = ""
+    error: str = ""
+    decoded: bool = False
+    file: str = ""  # SHA-256 of the file's bytes (decoded rows)
+    digest: str = ""  # SHA-256 of the decoded values (decoded rows)
+
+
 class _PassItems(Dataset[Any]):
     """One row of a streamed modality for the pass: decoded (a stale or new cache entry) or
     read from the cache. Runs in DataLoader workers."""
@@ -305,20 +430,21 @@ class _PassItems(Dataset[Any]):
     def __len__(self) -> int:
         return len(self.source.paths)
 
-    def __getitem__(self, row: int) -> tuple[int, np.ndarray, str, str, str, bool]:
+    def __getitem__(self, row: int) -> Decoded:
         s = self.source
         cell = s.paths[row]
         zeros = np.zeros(s.spec.shape, np.float32)
         if not cell:
-            return row, zeros, "empty", "", "", False
+            return Decoded(row, zeros, "empty")
         if not self.need[row]:
-            return row, np.asarray(s.values()[row], np.float32), "", "", "", False
+            return Decoded(row, np.asarray(s.values()[row], np.float32), "")
+        file = file_digest(cell)  # before reading: a file changing meanwhile is caught next run
         try:
-            x = read_modality(cell, s.spec)  # the one reader: by file type, fitted to the shape
+            x = np.asarray(read_modality(cell, s.spec), np.float32)  # the one reader
             scale = native_scale(cell) if s.spec.kind == "image" and s.spec.window is None else ""
-            return row, np.asarray(x, np.float32), "ok", scale, "", True
+            return Decoded(row, x, "ok", scale, "", True, file, values_digest(x))
         except DataError as err:
-            return row, zeros, "bad", "", str(err), True
+            return Decoded(row, zeros, "bad", "", str(err), True, file, values_digest(zeros))
 
 
 def _collate(batch: list[Any]) -> list[Any]:
@@ -371,7 +497,11 @@ def stream_pass(
 ) -> dict[str, Any]:
     """Decode (or read from the cache) every streamed file once, in split order; returns (and
     stores in ``bundle.info['stream']``) what the in-memory path computes from its arrays:
-    the training statistics, constant modalities, each split's values hash, decode counts."""
+    the training statistics, constant modalities, each split's values hash, decode counts.
+
+    The caches' build locks are held throughout (:func:`cache_lock`): another process on the same
+    caches (e.g. the other ranks of a torchrun job) waits, then finds them whole and the pass's
+    result recorded (:func:`pass_key`): it reads nothing."""
 
     splits = [(n, getattr(bundle, n)) for n in SPLITS if getattr(bundle, n, None) is not None]
     lazy = sorted({m for _, s in splits for m, x in s.arrays.items() if is_lazy(x)})
@@ -382,124 +512,59 @@ def stream_pass(
         "stats": {},
         "constant": {},
         "values_sha256": {},
-        "decoded": {},
-        "cached": {},
+        "decoded": {m: 0 for m in lazy},
+        "cached": {m: 0 for m in lazy},
         "cache": {},
+        "recorded": False,
         "seconds": 0.0,
     }
     t0 = time.perf_counter()
-    scales: dict[str, dict[str, list[int]]] = {m: {} for m in lazy}
-    try:
-        for m in lazy:
-            caches[m] = Cache(sources[m])
-            info["decoded"][m], info["cached"][m] = 0, 0
-        for name, split in splits:
-            v = hashlib.sha256()
-            for m in sorted(split.arrays):
-                x = split.arrays[m]
-                if not is_lazy(x):
-                    v.update(np.ascontiguousarray(x, np.float32).tobytes())
-                    continue
-                src, cache = sources[m], caches[m]
-                need = np.array([cache.needs(i) for i in range(len(src.paths))], bool)
-                items = _PassItems(src, need, cache.dir)
-                loader = DataLoader(
-                    items,
-                    batch_size=batch,
-                    sampler=x.rows.tolist(),
-                    num_workers=workers,
-                    collate_fn=_collate,
-                    generator=torch.Generator(),
+    root = cache_root()
+    with cache_lock(root, [cache_key(sources[m]) for m in lazy]):
+        try:
+            for m in lazy:
+                caches[m] = Cache(sources[m], root)
+            masks = {n: {m: np.array(x.masks[m]) for m in x.masks} for n, x in splits}
+            done = _recorded_pass(root, pass_key(splits, masks, caches, on_bad_row))
+            missing: list[tuple[str, str, int, str]] = []
+            if done is not None:  # the same values, splits and masks: the same result
+                for k in ("stats", "constant", "values_sha256"):
+                    info[k] = done[k]
+                missing = [tuple(x) for x in done["missing"]]  # type: ignore[misc]
+                for name, m, pos, _ in missing:
+                    getattr(bundle, name).masks[m][pos] = 0.0
+                scales = done["scales"]
+                info["recorded"] = True
+            else:
+                scales = _full_pass(
+                    splits, sources, caches, info, missing, on_bad_row, workers, batch
                 )
-                mask = split.masks[m]
-                axis = 1 if src.spec.sequence else 0
-                welford = _Welford(axis) if name == "train" else None
-                lo, hi, means = math.inf, -math.inf, []
-                pos = 0
-                for got in loader:
-                    vals = np.stack([g[1] for g in got])
-                    present = np.zeros(len(got), bool)
-                    for j, (row, val, state, scale, err, decoded) in enumerate(got):
-                        if decoded:
-                            cache.put(row, val, state, scale, err)
-                            info["decoded"][m] += 1
-                        elif state != "empty":
-                            info["cached"][m] += 1
-                            state = cache.index["state"][row]
-                            scale, err = cache.index["scale"][row], cache.index["error"][row]
-                        if state == "bad":
-                            msg = f"{src.where} row {row + 2} ({m}): {err}"
-                            if on_bad_row == "fail":
-                                raise DataError(
-                                    msg + " (use data.on_bad_row=missing to treat such rows as "
-                                    "a missing modality)"
-                                )
-                            bundle.info.setdefault("bad_rows", []).append(msg)
-                            mask[pos + j] = 0.0
-                        elif state == "ok":
-                            present[j] = True
-                            if scale:
-                                scales[m].setdefault(scale, []).append(row)
-                    bad = present & ~np.isfinite(vals.reshape(len(vals), -1)).all(axis=1)
-                    if bad.any():
-                        raise DataError(
-                            f"array {m!r} ({src.spec.kind}): NaN or infinite values at "
-                            f"{_where(name, split.meta, np.flatnonzero(bad) + pos)}; fix or drop "
-                            "those samples (an unreadable file can be marked missing: leave its "
-                            "cell empty)"
-                        )
-                    v.update(np.ascontiguousarray(vals, np.float32).tobytes())
-                    if welford is not None:
-                        p = vals[present]
-                        welford.add(p)
-                        if len(p):
-                            lo, hi = min(lo, float(p.min())), max(hi, float(p.max()))
-                            means.append(
-                                np.nanmean(p.reshape(len(p), -1), axis=1, dtype=np.float64)
-                            )
-                    pos += len(got)
-                if welford is not None:
-                    stat = welford.result(src.spec.shape[axis])
-                    present_pos = np.flatnonzero(np.asarray(mask) > 0)
-                    means_a = np.concatenate(means) if means else np.zeros(0)
-                    caches[m].writer.flush()
-                    rng = _ranges(x, present_pos, means_a)
-                    if rng is not None:
-                        stat["range"] = rng
-                    info["stats"][m] = stat
-                    info["constant"][m] = (
-                        None if not len(present_pos) else ([m] if lo == hi else [])
-                    )
-            info["values_sha256"][name] = v.hexdigest()
-        for m in lazy:
-            if len(scales[m]) > 1:
-                mixed = "; ".join(
-                    f"{k} (rows {', '.join(str(r + 2) for r in v[:5])})"
-                    for k, v in scales[m].items()
-                )
-                raise DataError(
-                    f"{sources[m].where}: the files of image modality {m!r} come on different "
-                    f"intensity scales: {mixed}. They cannot be trained on together as they are: "
-                    f"set modalities.{m}.window to 'unit' (every file on [0, 1] by its bit depth "
-                    "or stored range), 'file' (DICOM windows) or [centre, width] (docs/data.md)"
-                )
-            if scales[m]:
-                bundle.info.setdefault("scales", {})[m] = next(iter(scales[m]))
-    except BaseException:
-        for c in caches.values():
-            c.abort()
-        raise
-    for m, c in caches.items():
-        c.commit()
-        info["cache"][m] = str(c.dir)
+            if missing:
+                bundle.info.setdefault("bad_rows", []).extend(msg for *_, msg in missing)
+            for m, scale in scales.items():
+                bundle.info.setdefault("scales", {})[m] = scale
+        except BaseException:
+            for c in caches.values():
+                c.abort()
+            raise
+        for m, c in caches.items():
+            c.commit()
+            info["cache"][m] = str(c.dir)
+        if done is None:
+            result = {k: info[k] for k in ("stats", "constant", "values_sha256")}
+            result.update(missing=missing, scales=scales)
+            (root / PASSES).mkdir(exist_ok=True)
+            key = pass_key(splits, masks, caches, on_bad_row)  # the masks before the pass
+            _write_json(root / PASSES / f"{key}.json", result)
     info["seconds"] = round(time.perf_counter() - t0, 3)
     log.info(
-        "streamed %s: %s decoded, %s read from the cache (%s) in %.1f s",
+        "streamed %s: %s decoded, %s read from the cache (%s) in %.1f s%s",
         ", ".join(lazy),
         sum(info["decoded"].values()),
         sum(info["cached"].values()),
-        cache_root(),
+        root,
         info["seconds"],
+        " (statistics recorded by an earlier pass over the same values)" if done else "",
     )
     if bundle.info.get("bad_rows"):
         log.warning(
@@ -509,6 +574,150 @@ def stream_pass(
         )
     bundle.info["stream"] = info
     return info
+
+
+def pass_key(
+    splits: list[tuple[str, Any]],
+    masks: dict[str, dict[str, np.ndarray]],
+    caches: dict[str, Cache],
+    on_bad_row: str,
+) -> str:
+    """What a pass's result depends on: each split's rows and ``masks`` (as loaded, before the
+    pass marks unreadable cells missing), its in-memory arrays, and
+    for each streamed row the cache's record (state, scale, error, values digest); ``""`` while a
+    row is still to decode."""
+    h = hashlib.sha256(json.dumps({"v": CACHE_VERSION, "on_bad_row": on_bad_row}).encode())
+    for name, split in splits:
+        h.update(name.encode())
+        for m in sorted(split.arrays):
+            x = split.arrays[m]
+            h.update(m.encode())
+            h.update(np.ascontiguousarray(masks[name][m], np.float32).tobytes())
+            if not is_lazy(x):
+                h.update(np.ascontiguousarray(x, np.float32).tobytes())
+                continue
+            c = caches[m]
+            h.update(f"{c.final.name}\0{x.source.where}".encode())
+            h.update(x.rows.tobytes())
+            for r in x.rows.tolist():
+                if c.needs(r) and x.source.paths[r]:
+                    return ""
+                ix = c.index
+                h.update(f"{ix['state'][r]}\0{ix['scale'][r]}\0{ix['error'][r]}".encode())
+                h.update(f"\0{ix['values'][r]}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def _recorded_pass(root: Path, key: str) -> dict[str, Any] | None:
+    if not key:
+        return None
+    try:
+        out = json.loads((root / PASSES / f"{key}.json").read_text())
+        return out if isinstance(out, dict) and "stats" in out else None
+    except (OSError, ValueError):
+        return None
+
+
+def _full_pass(
+    splits: list[tuple[str, Any]],
+    sources: dict[str, Source],
+    caches: dict[str, Cache],
+    info: dict[str, Any],
+    missing: list[tuple[str, str, int, str]],
+    on_bad_row: str,
+    workers: int,
+    batch: int,
+) -> dict[str, str]:
+    """The pass itself: decode what the caches need, read the rest, check and fit; the scale
+    of each image modality's files."""
+    scales: dict[str, dict[str, list[int]]] = {m: {} for m in sources}
+    for name, split in splits:
+        v = hashlib.sha256()
+        for m in sorted(split.arrays):
+            x = split.arrays[m]
+            if not is_lazy(x):
+                v.update(np.ascontiguousarray(x, np.float32).tobytes())
+                continue
+            src, cache = sources[m], caches[m]
+            need = np.array([cache.needs(i) for i in range(len(src.paths))], bool)
+            items = _PassItems(src, need, cache.dir)
+            loader = DataLoader(
+                items,
+                batch_size=batch,
+                sampler=x.rows.tolist(),
+                num_workers=workers,
+                collate_fn=_collate,
+                generator=torch.Generator(),
+            )
+            mask = split.masks[m]
+            axis = 1 if src.spec.sequence else 0
+            welford = _Welford(axis) if name == "train" else None
+            lo, hi, means = math.inf, -math.inf, []
+            pos = 0
+            for got in loader:
+                vals = np.stack([g[1] for g in got])
+                present = np.zeros(len(got), bool)
+                for j, item in enumerate(got):
+                    row, state, scale, err = item.row, item.state, item.scale, item.error
+                    if item.decoded:
+                        cache.put(row, item)
+                        info["decoded"][m] += 1
+                    elif state != "empty":
+                        info["cached"][m] += 1
+                        state = cache.index["state"][row]
+                        scale, err = cache.index["scale"][row], cache.index["error"][row]
+                    if state == "bad":
+                        msg = f"{src.where} row {row + 2} ({m}): {err}"
+                        if on_bad_row == "fail":
+                            raise DataError(
+                                msg + " (use data.on_bad_row=missing to treat such rows as "
+                                "a missing modality)"
+                            )
+                        missing.append((name, m, pos + j, msg))
+                        mask[pos + j] = 0.0
+                    elif state == "ok":
+                        present[j] = True
+                        if scale:
+                            scales[m].setdefault(scale, []).append(row)
+                bad = present & ~np.isfinite(vals.reshape(len(vals), -1)).all(axis=1)
+                if bad.any():
+                    raise DataError(
+                        f"array {m!r} ({src.spec.kind}): NaN or infinite values at "
+                        f"{_where(name, split.meta, np.flatnonzero(bad) + pos)}; fix or drop "
+                        "those samples (an unreadable file can be marked missing: leave its "
+                        "cell empty)"
+                    )
+                v.update(np.ascontiguousarray(vals, np.float32).tobytes())
+                if welford is not None:
+                    p = vals[present]
+                    welford.add(p)
+                    if len(p):
+                        lo, hi = min(lo, float(p.min())), max(hi, float(p.max()))
+                        means.append(np.nanmean(p.reshape(len(p), -1), axis=1, dtype=np.float64))
+                pos += len(got)
+            if welford is not None:
+                stat = welford.result(src.spec.shape[axis])
+                present_pos = np.flatnonzero(np.asarray(mask) > 0)
+                means_a = np.concatenate(means) if means else np.zeros(0)
+                caches[m].writer.flush()
+                rng = _ranges(x, present_pos, means_a)
+                if rng is not None:
+                    stat["range"] = rng
+                info["stats"][m] = stat
+                info["constant"][m] = None if not len(present_pos) else ([m] if lo == hi else [])
+        info["values_sha256"][name] = v.hexdigest()
+    for m in sources:
+        if len(scales[m]) > 1:
+            mixed = "; ".join(
+                f"{k} (rows {', '.join(str(r + 2) for r in v[:5])})" for k, v in scales[m].items()
+            )
+            raise DataError(
+                f"{sources[m].where}: the files of image modality {m!r} come on different "
+                f"intensity scales: {mixed}. They cannot be trained on together as they are: "
+                f"set modalities.{m}.window to 'unit' (every file on [0, 1] by its bit depth "
+                "or stored range), 'file' (DICOM windows) or [centre, width] (docs/data.md)"
+            )
+    return {m: next(iter(scales[m])) for m in sources if scales[m]}
 
 
 # ---- batches for training and evaluation ----------------------------------------------------------

@@ -409,8 +409,15 @@ class DistributedCallback(Callback):
             t = torch.tensor([float(record["train_loss"])], device=dev)
             dist.all_reduce(t)
             record["train_loss"] = float(t.item()) / trainer.world
+            shares: list[Any] = [None] * trainer.world  # each rank's samples and their order
+            dist.all_gather_object(shares, record["ranks"][0])
+            record["ranks"] = shares
 
     def on_checkpoint_save(self, trainer: Trainer, state: dict[str, Any]) -> None:
+        if "partial_order" in state and trainer.world > 1 and dist.is_initialized():
+            orders: list[Any] = [None] * trainer.world  # each rank resumes its own sample order
+            dist.all_gather_object(orders, state["partial_order"][0])
+            state["partial_order"] = orders
         opt = state.get("optimizer") or {}
         if opt.get("state") and dist.is_initialized():  # fsdp: DTensor moments -> full tensors
             state["optimizer"] = {
@@ -520,6 +527,14 @@ class Session:
             dist.broadcast_object_list(box, src=0)
             return box[0]
         return obj
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank (``[obj]`` in one process)."""
+        if self.world > 1 and dist.is_initialized():
+            out: list[Any] = [None] * self.world
+            dist.all_gather_object(out, obj)
+            return out
+        return [obj]
 
     def record(self) -> dict[str, Any]:
         """What the package's training record says about how it was trained."""

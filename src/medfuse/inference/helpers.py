@@ -153,16 +153,16 @@ def predict_logits(
     batch_size: int = 256,
     bf16: bool = False,
     branches: bool = False,
+    positions: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Fused logits ``(N, K)`` and, with ``branches``, each branch's auxiliary logits."""
+    """Fused logits ``(N, K)`` and, with ``branches``, each branch's auxiliary logits; of the
+    samples at ``positions`` only (in that order) when given."""
     was = model.training
     model.eval()
     fused: list[torch.Tensor] = []
     per: dict[str, list[torch.Tensor]] = {m: [] for m in data.masks}
-    order = [
-        torch.arange(start, min(start + batch_size, len(data)))
-        for start in range(0, len(data), batch_size)
-    ]
+    pos = torch.arange(len(data)) if positions is None else torch.as_tensor(positions)
+    order = [pos[start : start + batch_size] for start in range(0, len(pos), batch_size)]
     for inputs, masks, _ in data.batches(order, device):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(inputs, masks, aux="detached") if branches else model(inputs, masks)

@@ -13,6 +13,7 @@ import json
 import logging
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -63,6 +64,8 @@ class FitSession(Protocol):
     def end(self) -> None: ...
 
     def agree(self, obj: Any) -> Any: ...
+
+    def gather(self, obj: Any) -> list[Any]: ...
 
     def resume(self, asked: bool) -> bool: ...
 
@@ -280,6 +283,9 @@ class FitContext:
     progress: bool | None = None
     on_epoch: Callable[[dict[str, Any]], None] | None = None
     callbacks: list[Callback] = field(default_factory=list)
+    #: this rank's data reads (``rank_usage``), and every rank's once a member is fitted
+    usage: dict[str, Any] = field(default_factory=dict)
+    ranks: list[dict[str, Any]] = field(default_factory=list)
 
 
 def fit_member(
@@ -312,6 +318,8 @@ def fit_member(
         callbacks=list(fit.callbacks),
     )
     trainer.fit(resume=resume)
+    # collective, before finish ends the group: every rank's reads and peak memory
+    fit.ranks = fit.session.gather({**fit.usage, **peak_rss()})
     fitted = fit.session.finish(trainer, end=end)
     if fitted is not None and tuned is not None:
         fitted = merge_finetune(fitted)  # the package holds the plain architecture
@@ -492,6 +500,8 @@ class FitOutcome:
     finetune: dict[str, Any] | None = None
     members: list[dict[str, Any]] | None = None
     resume_overrides: list[str] = field(default_factory=list)
+    #: per rank: the stream pass's counts and the process's peak memory (:func:`rank_usage`)
+    ranks: list[dict[str, Any]] = field(default_factory=list)
 
     def training_record(
         self, bundle: DataBundle, session: FitSession, seconds: float, command: str | None
@@ -518,7 +528,34 @@ class FitOutcome:
             out["members"] = self.members
         if self.resume_overrides:
             out["resume_overrides"] = self.resume_overrides
+        if self.ranks:
+            out["ranks"] = self.ranks
         return out
+
+
+def rank_usage(bundle: DataBundle, rank: int) -> dict[str, Any]:
+    """This process's data reads: the files the stream pass decoded and the cache rows it read
+    (``recorded``: the pass's result came from an earlier pass, nothing was read)."""
+    out: dict[str, Any] = {"rank": rank}
+    st = bundle.info.get("stream")
+    if st:
+        out["decoded"] = int(sum(st["decoded"].values()))
+        out["cached"] = int(sum(st["cached"].values()))
+        out["recorded"] = bool(st.get("recorded"))
+    return out
+
+
+def peak_rss() -> dict[str, float]:
+    """The peak RSS of this process and of its largest finished child (a DataLoader worker),
+    MiB (Linux reports KiB); empty where the platform has no ``resource`` module (Windows)."""
+    try:
+        import resource  # lazy: POSIX only (absent on Windows)
+    except ImportError:
+        return {}
+    unit = 1024 * 1024 if sys.platform == "darwin" else 1024  # macOS reports bytes
+    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / unit
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / unit
+    return {"peak_rss_mib": round(me, 1), "workers_peak_rss_mib": round(kids, 1)}
 
 
 def run_fit(
@@ -556,6 +593,7 @@ def run_fit(
     train_t = to_tensors(bundle.train, stats, workers=w)
     val_t = to_tensors(bundle.val, stats, workers=w)
     fit = FitContext(session, train_t, val_t, resume, progress, on_epoch, list(callbacks or []))
+    fit.usage = rank_usage(bundle, session.rank)
     members = None
     if spec.ensemble == 1:
         fitted, stages, init_record = fit_member(spec, fit, workdir, model=model)
@@ -565,6 +603,7 @@ def run_fit(
         fitted, stages, init_record, members = fit_ensemble(spec, fit, workdir)
     out = FitOutcome(spec, fitted, stats, stages=stages, init_record=init_record, members=members)
     out.resume_overrides = changed
+    out.ranks = fit.ranks
     if fitted is None:
         return out
     fitted = fitted.eval()

@@ -4,6 +4,7 @@ with best restore, bf16 autocast, progress bar, ``metrics.jsonl``, and resumable
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -73,6 +74,13 @@ def _sam_second_step(
                     p.sub_(e)
 
 
+def order_digest(prev: str, idx: Any) -> str:
+    """A running SHA-256 over the positions of the batches trained, in order: equal digests at
+    the end of an epoch mean the same samples in the same order (resumable: it is a string)."""
+    pos = ",".join(str(int(i)) for i in idx)
+    return hashlib.sha256(f"{prev}|{pos}".encode()).hexdigest()
+
+
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -102,6 +110,8 @@ class StageRun:
     start_step: int = 0
     #: a step-level checkpoint's partial epoch: the train-loss sum and sample count so far
     partial: tuple[float, int] = (0.0, 0)
+    #: ... and the digest of the sample order so far (:func:`order_digest`)
+    partial_order: str = ""
     stopped: bool = False
     ema: Any = None
 
@@ -201,6 +211,9 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         #: this rank's last training pass: data-wait seconds, samples, seconds
         self.last_epoch: dict[str, float] = {}
+        self.epoch_share: dict[str, Any] = {}
+        #: the validation samples this rank read in its last validation (its shard)
+        self.val_read = 0
         self.stage_results: list[dict[str, Any]] = []
 
     # -- helpers --------------------------------------------------------------------------
@@ -225,14 +238,49 @@ class Trainer:
         if stage == "fusion":
             self.model.branches.eval()  # frozen branches keep their batch-norm statistics
 
+    def _shard(self, perm: torch.Tensor) -> torch.Tensor:
+        """This rank's positions of ``perm``, like DistributedSampler: padded (from its start) to a
+        multiple of world, interleaved; every rank gets as many."""
+        if self.world == 1:
+            return perm
+        n = len(perm)
+        total = math.ceil(n / self.world) * self.world
+        return perm[torch.arange(total) % n][self.rank :: self.world]
+
     def _epoch_order(self, seed: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
-        n = len(self.train_data)
-        perm = torch.randperm(n, generator=g)
-        if self.world > 1:  # shard like DistributedSampler: pad to a multiple of world, interleave
-            total = math.ceil(n / self.world) * self.world
-            perm = torch.cat([perm, perm[: total - n]])[self.rank :: self.world]
-        return perm
+        return self._shard(torch.randperm(len(self.train_data), generator=g))
+
+    def _val_logits(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Validation logits (fused, per branch) of the whole split. In a process group each rank
+        predicts its shard (as many batches on every rank, so FSDP's collectives pair up) and
+        the shards are gathered: every rank reads only its part and gets every logit."""
+        sharded = self.world > 1 and torch.distributed.is_initialized()
+        n = len(self.val_data)
+        mine = self._shard(torch.arange(n)) if sharded else None
+        self.val_read = n if mine is None else len(mine)
+        out = predict_logits(
+            self.model,
+            self.val_data,
+            self.device,
+            bf16=self.spec.train.bf16,
+            branches=True,
+            positions=mine,
+        )
+        if not sharded:
+            return out
+        parts: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(parts, out)
+        total = math.ceil(n / self.world) * self.world
+
+        def join(arrays: list[np.ndarray]) -> np.ndarray:
+            full = np.empty((total, *arrays[0].shape[1:]), arrays[0].dtype)
+            for r, a in enumerate(arrays):
+                full[r :: self.world] = a
+            return full[:n]  # the padding repeats the first positions: dropped
+
+        fused = join([p[0] for p in parts])
+        return fused, {m: join([p[1][m] for p in parts]) for m in parts[0][1]}
 
     def selection_metric(self, stage: str) -> str:
         """The name of the validation metric that ranks epochs (as printed and logged)."""
@@ -264,9 +312,7 @@ class Trainer:
 
     def evaluate_val(self, stage: str) -> dict[str, Any]:
         task = self.spec.task.type
-        logits, per = predict_logits(
-            self.model, self.val_data, self.device, bf16=self.spec.train.bf16, branches=True
-        )
+        logits, per = self._val_logits()
         y = self.val_data.y.numpy()
         with torch.no_grad():
             val_loss = float(
@@ -465,6 +511,8 @@ class Trainer:
             if run.start_step and "partial_loss" in ckpt:
                 loss_sum, count = ckpt["partial_loss"]
                 run.partial = (float(loss_sum), int(count))
+                orders = ckpt.get("partial_order") or []  # one per rank
+                run.partial_order = str(orders[self.rank]) if self.rank < len(orders) else ""
         if ckpt is None and name == "finetune" and t.keep == "best":
             # finetuning must earn its place: the weights it starts from are the bar to beat
             run.best_score = self.score(name, self.evaluate_val(name))[0]
@@ -495,6 +543,7 @@ class Trainer:
         n_steps = math.ceil(len(order) / t.batch_size)
         resumed = epoch == run.start_epoch
         loss_sum, count = run.partial if resumed and run.start_step else (0.0, 0)
+        order_sha = run.partial_order if resumed and run.start_step else ""
         steps, batches = [], []
         for step in range(run.start_step if resumed else 0, n_steps):
             idx = order[step * t.batch_size : (step + 1) * t.batch_size]
@@ -504,10 +553,11 @@ class Trainer:
             batches.append(idx)
         wait, seen = 0.0, 0
         loader = self.train_data.batches(batches, self.device)
-        for step in steps:
+        for step, idx in zip(steps, batches, strict=True):
             t0 = time.perf_counter()
             batch = next(loader)
             wait += time.perf_counter() - t0
+            order_sha = order_digest(order_sha, idx)
             n = len(batch[2])
             loss = self._train_step(run, batch, g_aug)
             loss_sum += float(loss.detach()) * n
@@ -522,8 +572,11 @@ class Trainer:
             if t.checkpoint_every and (step + 1) % t.checkpoint_every == 0 and step + 1 < n_steps:
                 state = self._state(run, epoch, step + 1, g_aug)
                 state["partial_loss"] = (loss_sum, count)
+                state["partial_order"] = [order_sha]  # every rank's (DistributedCallback)
                 self.save_checkpoint(state)
         self.last_epoch = {"data_wait": wait, "samples": seen}
+        #: this rank's share of the epoch (before and after a restart): for the record's "ranks"
+        self.epoch_share = {"rank": self.rank, "samples": count, "order_sha256": order_sha}
         return loss_sum, count
 
     def _train_step(
@@ -607,6 +660,8 @@ class Trainer:
             "best": improved,
             "seconds": seconds,
             **self._throughput(),
+            # each rank's samples and the digest of their order (DistributedCallback gathers them)
+            "ranks": [{**self.epoch_share, "val_samples": self.val_read}],
         }
         self.log_epoch(record)
         self._print_epoch(run, record, bar)
