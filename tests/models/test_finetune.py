@@ -82,6 +82,11 @@ def test_ia3_merge_keeps_outputs_and_only_scales_the_targets(tmp_path) -> None:
         after = merged(x, masks)
     assert set(merged.state_dict()) == plain
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+    bad = _spec(_vit(), peft={"branches": ["x"], "method": "ia3", "target_modules": ["nope"]})
+    with pytest.raises(
+        SpecError, match=r"target_modules.*'x' has no Linear layer named \['nope'\]"
+    ):
+        apply_finetune(build_model(bad), bad)
 
 
 def test_ia3_store_adapter_round_trip_covered_by_digests_and_exported(tmp_path) -> None:
@@ -284,8 +289,22 @@ def test_grad_checkpointing_needs_a_supporting_branch() -> None:
         {"type": "torchvision", "model": "mobilenet_v3_small", "model_args": {"width_mult": 0.1}},
         grad_checkpointing=True,
     )
+    model = build_model(tv)
     with pytest.raises(SpecError, match=r"branch 'x' \(MobileNetV3\) supports no gradient"):
-        apply_finetune(build_model(tv), tv)
+        apply_finetune(model, tv)
+
+    # layer decay's generic fallback: the encoder's top-level children, features.N one by one
+    from medfuse.training.finetune import layer_scales
+
+    scales = layer_scales(model, 0.5)
+    by_unit: dict[str, set[float]] = {}
+    for n, s in scales.items():
+        by_unit.setdefault(".".join(n.split(".")[3:5]), set()).add(s)
+    assert all(len(v) == 1 for v in by_unit.values())  # one rate per unit
+    order = list(by_unit)  # registration order: input to output
+    rates = [by_unit[u].pop() for u in order]
+    assert order[0] == "features.0" and rates == sorted(rates) and rates[-1] == 1.0
+    assert rates[0] == 0.5 ** (len(order) - 1) and len(set(rates)) == len(order)
 
 
 @pytest.mark.parametrize("bf16", [False, True])

@@ -118,10 +118,9 @@ def _targets(
     if suffixes:
         linear = [n for n in linear if any(n == s or n.endswith("." + s) for s in suffixes)]
     if not linear:
+        named = f"named {suffixes} " if suffixes else ""
         raise SpecError(
-            f"train.peft.{field}",
-            f"branch {modality!r} has no Linear layer {'named ' + str(suffixes) + ' ' if suffixes else ''}"
-            "to adapt",
+            f"train.peft.{field}", f"branch {modality!r} has no Linear layer {named}to adapt"
         )
     return "^(" + "|".join(re.escape(n) for n in linear) + ")$"
 
@@ -317,4 +316,6 @@ def param_groups(
     for p in params:
         s = scales.get(by_id.get(id(p), ""), 1.0)
         groups.setdefault(s, []).append(p)
-    return [{"params": ps, "lr": lr * s, "lr_scale": s} for s, ps in sorted(groups.items())]
+    # the full-lr group first: the epoch log's "lr" is the first group's
+    ordered = sorted(groups.items(), reverse=True)
+    return [{"params": ps, "lr": lr * s, "lr_scale": s} for s, ps in ordered]
