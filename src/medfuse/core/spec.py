@@ -330,7 +330,7 @@ class TrainSpec(_Strict):
         default=False,
         description="recompute each pretrained branch's encoder activations in the backward "
         "pass instead of storing them (timm set_grad_checkpointing, Hugging Face "
-        "gradient_checkpointing_enable): less memory, about a third more compute",
+        "gradient_checkpointing_enable): less memory, more compute",
     )
     keep: Literal["best", "last"] = Field(
         default="best",
