@@ -123,6 +123,7 @@ def train(
         training=fitted.training_record(bundle, session, seconds, command),
         data_info=data_info,
         extra_files=extra,
+        adapter=fitted.adapter,
     )
     shutil.rmtree(workdir, ignore_errors=True)
     return TrainResult(pkg, fitted.metrics, seconds)

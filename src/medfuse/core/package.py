@@ -30,6 +30,8 @@ from medfuse.core.spec import parse_spec
 
 META = "medfuse.json"
 WEIGHTS = "model.safetensors"
+#: the adapter weights of ``train.peft.store: adapter``, beside the merged ``model.safetensors``
+ADAPTER = "adapter.safetensors"
 FORMAT = "medfuse-package"
 FORMAT_VERSION = 1
 #: the package's signature (written by ``medfuse sign``): never part of the digest it signs
@@ -79,6 +81,19 @@ class Stats(_Open):
         return self
 
 
+class Adapter(_Open):
+    """``train.peft``'s adapter weights kept beside the merged ones (``store: adapter``): the
+    file holding them, the method and its peft config, the branches adapted, the pretrained
+    weights they apply to and the sha256 of the ``model.safetensors`` they were merged into."""
+
+    file: str = Field(min_length=1)
+    method: Literal["lora", "ia3"]
+    branches: list[str] = Field(min_length=1)
+    config: dict[str, Any]
+    parameters: int = Field(ge=1)
+    merged_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class PackageMeta(_Open):
     """``medfuse.json``, validated on every load (``read_meta``): the decision-critical fields are
     typed with their ranges; informational fields (versions, training, data, ...) pass through."""
@@ -95,6 +110,7 @@ class PackageMeta(_Open):
     calibration: Calibration = Field(default_factory=Calibration)
     files: dict[str, str] = Field(default_factory=dict)
     runtime: dict[str, Any] | None = None
+    adapter: Adapter | None = None
 
     @field_validator("labels")
     @classmethod
@@ -129,6 +145,15 @@ class PackageMeta(_Open):
         missing = [m for m in mods if m not in self.preprocessing]
         if missing:
             raise ValueError(f"preprocessing: no statistics for modality {missing}")
+        if self.adapter is not None:
+            if self.files and self.adapter.file not in self.files:
+                raise ValueError(
+                    f"adapter.file {self.adapter.file!r} is not among the package's files "
+                    f"({', '.join(sorted(self.files))}): removed, or the manifest edited"
+                )
+            unknown = [b for b in self.adapter.branches if b not in mods]
+            if mods and unknown:
+                raise ValueError(f"adapter.branches {unknown} are not modalities {mods}")
         return self
 
 

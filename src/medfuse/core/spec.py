@@ -223,20 +223,73 @@ class InitSpec(_Strict):
         return v
 
 
-class PeftSpec(_Strict):
-    """Parameter-efficient fine-tuning with the ``peft`` library; the package stores the merged
-    weights, so export and serving see a plain model."""
+#: LoRA's rank, scale numerator and dropout when the spec gives none
+LORA_DEFAULTS: dict[str, Any] = {"r": 8, "alpha": 16.0, "dropout": 0.0}
 
-    method: Literal["lora"] = "lora"
+
+class PeftSpec(_Strict):
+    """Parameter-efficient fine-tuning with the ``peft`` library (LoRA or IA3); the package
+    stores the merged weights, so export and serving see a plain model (``store: adapter``
+    keeps the adapter weights beside them too)."""
+
+    method: Literal["lora", "ia3"] = Field(
+        default="lora",
+        description="lora: low-rank updates B @ A of each target Linear; ia3: a learned vector "
+        "scaling each target Linear's output (its input, for feedforward_modules)",
+    )
     branches: list[str] = Field(min_length=1, description="modalities whose branch gets adapters")
-    r: int = Field(default=8, ge=1, description="LoRA rank")
-    alpha: float = Field(default=16.0, gt=0, description="LoRA scale numerator (alpha / r)")
-    dropout: float = Field(default=0.0, ge=0, lt=1)
+    r: int | None = Field(default=None, ge=1, description="LoRA rank (default 8)")
+    alpha: float | None = Field(
+        default=None, gt=0, description="LoRA scale numerator, alpha / r (default 16)"
+    )
+    dropout: float | None = Field(default=None, ge=0, lt=1, description="LoRA dropout (default 0)")
     target_modules: list[str] | None = Field(
         default=None,
         description="module-name suffixes within the branch to adapt (e.g. [qkv, proj]); "
         "default: every Linear layer of the branch",
     )
+    feedforward_modules: list[str] | None = Field(
+        default=None,
+        description="ia3 only: the target_modules (suffixes) whose input, not output, is scaled "
+        "(the MLP's second Linear, e.g. [fc2]); each must be one of target_modules",
+    )
+    store: Literal["merged", "adapter"] = Field(
+        default="merged",
+        description="merged: the package holds the merged weights; adapter: also the adapter "
+        "weights alone (adapter.safetensors, its config in medfuse.json's adapter)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lora_fields(cls, data: Any) -> Any:
+        """LoRA's rank, scale and dropout: their defaults for lora; for ia3, none of them."""
+        if not isinstance(data, dict):
+            return data
+        given = sorted(k for k in LORA_DEFAULTS if data.get(k) is not None)
+        if data.get("method", "lora") == "ia3":
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} apply to method 'lora' only; ia3 has no rank, scale or "
+                    "dropout (allowed for ia3: branches, target_modules, feedforward_modules, "
+                    "store)"
+                )
+            return data
+        return {**LORA_DEFAULTS, **{k: v for k, v in data.items() if v is not None}}
+
+    @model_validator(mode="after")
+    def _method_fields(self) -> PeftSpec:
+        if self.feedforward_modules is not None:
+            if self.method != "ia3":
+                raise ValueError(
+                    "feedforward_modules applies to method 'ia3' only; got method 'lora'"
+                )
+            extra = [m for m in self.feedforward_modules if m not in (self.target_modules or [])]
+            if extra:
+                raise ValueError(
+                    f"feedforward_modules {extra} are not in target_modules "
+                    f"{self.target_modules}; each feedforward module must also be a target"
+                )
+        return self
 
 
 class TrainSpec(_Strict):
@@ -262,8 +315,22 @@ class TrainSpec(_Strict):
     )
     peft: PeftSpec | None = Field(
         default=None,
-        description="LoRA adapters on branches; only they (and what the branches "
+        description="LoRA or IA3 adapters on branches; only they (and what the branches "
         "feed: fusion, head) train",
+    )
+    layer_decay: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="layer-wise learning-rate decay for pretrained branches (timm, torchvision, "
+        "hf), e.g. 0.75: the last layer of the encoder trains at lr, each layer below it at "
+        "layer_decay times the one above; fusion, head and other branches at lr. None: off",
+    )
+    grad_checkpointing: bool = Field(
+        default=False,
+        description="recompute each pretrained branch's encoder activations in the backward "
+        "pass instead of storing them (timm set_grad_checkpointing, Hugging Face "
+        "gradient_checkpointing_enable): less memory, more compute",
     )
     keep: Literal["best", "last"] = Field(
         default="best",
@@ -480,6 +547,12 @@ def _check_cross_fields(spec: Spec) -> None:
                 f"no modality named {name!r}{did_you_mean(name, spec.modalities)} "
                 f"Modalities: {', '.join(spec.modalities)}",
             )
+    if spec.train.peft is not None and spec.train.peft.store == "adapter" and spec.ensemble > 1:
+        raise SpecError(
+            "train.peft.store",
+            f"'adapter' keeps one model's adapter weights; this is an ensemble of "
+            f"{spec.ensemble} (use store: merged, or ensemble: 1)",
+        )
     for name in spec.train.modality_dropout:
         if spec.modalities and name not in spec.modalities:
             raise SpecError(f"train.modality_dropout.{name}", f"no modality named {name!r}")

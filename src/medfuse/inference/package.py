@@ -6,6 +6,7 @@ which needs no torch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from torch import nn
 from medfuse.core.card import model_card
 from medfuse.core.errors import PackageError
 from medfuse.core.package import (
+    ADAPTER,
     META,
     WEIGHTS,
     PackageMeta,
@@ -70,8 +72,11 @@ def save_package(
     data_info: dict[str, Any] | None = None,
     extra_meta: dict[str, Any] | None = None,
     extra_files: dict[str, bytes | str | Path] | None = None,
+    adapter: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a new package for an in-memory model."""
+    """Write a new package for an in-memory model; ``adapter``: the adapter weights of
+    ``train.peft`` before they were merged into ``model`` (``store: adapter``), kept beside the
+    merged weights as ``adapter.safetensors``, described by ``medfuse.json``'s ``adapter``."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta: dict[str, Any] = {
         "name": spec.name,
@@ -91,14 +96,40 @@ def save_package(
     records = pretrained_records(model)
     if records:
         meta["pretrained"] = records
-    meta.update(extra_meta or {})
+    weights = save(state)
     files: dict[str, bytes | str | Path] = {
-        WEIGHTS: save(state),
+        WEIGHTS: weights,
         "metrics.json": json.dumps(metrics, indent=2, default=_json_default),
     }
+    if adapter:
+        files[ADAPTER] = save(adapter)
+        meta["adapter"] = _adapter_record(spec, adapter, records, weights)
+    meta.update(extra_meta or {})
     files["README.md"] = model_card(meta, metrics)
     files.update(extra_files or {})
     return write_package(path, meta, files)
+
+
+def _adapter_record(
+    spec: Spec, adapter: dict[str, torch.Tensor], records: dict[str, Any], merged: bytes
+) -> dict[str, Any]:
+    """``medfuse.json``'s ``adapter``: what ``adapter.safetensors`` holds, the peft config that
+    made it, the base weights it applies to, and the weights it was merged into."""
+    peft = spec.train.peft
+    if peft is None:
+        raise PackageError("adapter weights given for a spec without train.peft")
+    config = peft.model_dump(mode="json", exclude={"store"})
+    return {
+        "file": ADAPTER,
+        "method": peft.method,
+        "branches": list(peft.branches),
+        "config": config,
+        "parameters": int(sum(v.numel() for v in adapter.values())),
+        "base": {
+            m: (records.get(m) or {}).get("weights") for m in peft.branches
+        },  # the pretrained weights (by sha256), None for a branch trained from scratch
+        "merged_sha256": hashlib.sha256(merged).hexdigest(),
+    }
 
 
 def pretrained_records(model: nn.Module) -> dict[str, Any]:

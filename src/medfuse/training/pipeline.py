@@ -35,7 +35,7 @@ from medfuse.models import build_model, member_spec
 from medfuse.models.branches.pretrained import RAW_INPUT
 from medfuse.models.composite import members as members_of
 from medfuse.training.callbacks import Callback
-from medfuse.training.finetune import apply_finetune, merge_finetune
+from medfuse.training.finetune import adapter_state, apply_finetune, merge_finetune
 from medfuse.training.init import INIT_RECORD, init_from_package
 from medfuse.training.metrics import SUMMARY_KEYS, choose_threshold, compute_metrics, probabilities
 from medfuse.training.trainer import CHECKPOINT, HISTORY, Trainer
@@ -322,6 +322,8 @@ def fit_member(
     fit.ranks = fit.session.gather({**fit.usage, **peak_rss()})
     fitted = fit.session.finish(trainer, end=end)
     if fitted is not None and tuned is not None:
+        if spec.train.peft is not None and spec.train.peft.store == "adapter":
+            fitted.adapter_state = adapter_state(fitted, spec)  # type: ignore[assignment]
         fitted = merge_finetune(fitted)  # the package holds the plain architecture
         fitted.finetune_record = tuned  # type: ignore[assignment]  # read by run_fit
     return fitted, trainer.stage_results, init_record
@@ -498,6 +500,8 @@ class FitOutcome:
     stages: list[dict[str, Any]] = field(default_factory=list)
     init_record: dict[str, Any] | None = None
     finetune: dict[str, Any] | None = None
+    #: the adapter weights before the merge (``train.peft.store: adapter``)
+    adapter: dict[str, torch.Tensor] | None = None
     members: list[dict[str, Any]] | None = None
     resume_overrides: list[str] = field(default_factory=list)
     #: per rank: the stream pass's counts and the process's peak memory (:func:`rank_usage`)
@@ -610,6 +614,7 @@ def run_fit(
     out.model = fitted
 
     out.finetune = getattr(fitted, "finetune_record", None)
+    out.adapter = getattr(fitted, "adapter_state", None)
     if out.finetune is None and members:  # an ensemble: its first member's record
         first = members_of(fitted)[0]
         out.finetune = getattr(first, "finetune_record", None)

@@ -26,7 +26,7 @@ from medfuse.core.errors import SpecError
 from medfuse.core.spec import Spec, StageSpec
 from medfuse.inference.helpers import Tensors, predict_logits
 from medfuse.training.augment import augment_batch, mixup_batch
-from medfuse.training.finetune import is_trainable
+from medfuse.training.finetune import is_trainable, param_groups
 from medfuse.training.losses import TaskLoss
 from medfuse.training.metrics import compute_metrics, probabilities
 
@@ -461,11 +461,12 @@ class Trainer:
 
     def _optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
         t = self.spec.train
+        groups = param_groups(self.model, self.spec, params, lr)  # train.layer_decay
         if t.optimizer == "sgd":  # Nesterov momentum; weight decay as an L2 penalty
             return torch.optim.SGD(
-                params, lr=lr, momentum=0.9, nesterov=True, weight_decay=t.weight_decay
+                groups, lr=lr, momentum=0.9, nesterov=True, weight_decay=t.weight_decay
             )
-        return torch.optim.AdamW(params, lr=lr, weight_decay=t.weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=t.weight_decay)
 
     def _begin_stage(
         self, si: int, stage: StageSpec, ckpt: dict[str, Any] | None, g_aug: torch.Generator
@@ -803,7 +804,8 @@ class Trainer:
     def _scheduler(self, opt: torch.optim.Optimizer, lr: float, total: int, steps_per_epoch: int):
         t = self.spec.train
         if t.schedule == "onecycle":
-            return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total)
+            peaks = [g["lr"] for g in opt.param_groups]  # each group's own (train.layer_decay)
+            return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peaks, total_steps=total)
         warm = t.warmup_epochs * steps_per_epoch
 
         def factor(step: int) -> float:
