@@ -230,7 +230,11 @@ ALLOWED = {
     "data.fingerprint.test.sha256",
     "files.README.md",
     "files.metrics.jsonl",
+    "training.ranks",  # each rank's peak RSS is a measurement, as the seconds are (checked below)
 }
+
+#: the per-rank fields that are measurements of this machine, not results
+MEASURED = ("peak_rss_mib", "workers_peak_rss_mib")
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -258,6 +262,11 @@ def test_table_routes_give_the_same_package(hospital: SimpleNamespace) -> None:
     differ = set(_diff(m_cli, m_api))
     assert differ <= ALLOWED, sorted(differ - ALLOWED)
     assert "model.safetensors" not in str(differ) and "spec.data.options.base_dir" in differ
+    ranks = [
+        [{k: v for k, v in r.items() if k not in MEASURED} for r in m["training"]["ranks"]]
+        for m in (m_cli, m_api)
+    ]
+    assert ranks[0] == ranks[1] and len(ranks[0]) == 1  # files decoded, rows read: the same
     for k in ("name", "task", "labels", "threshold", "calibration", "preprocessing"):
         assert m_cli[k] == m_api[k], k
     assert m_cli["name"] == "hospital" and m_cli["labels"] == ["benign", "malignant"]
