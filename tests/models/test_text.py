@@ -555,3 +555,41 @@ def test_train_init_reads_texts_with_the_source_packages_tokenizer(tmp_path: Pat
     assert bundle.info["tokenizers"]["note"] == tok
     train_notes = [r["note"] for r in rows if r["split"] == "train"]
     assert np.array_equal(bundle.train.arrays["note"], encode(train_notes, tok, 12))
+
+
+@pytest.mark.parametrize("branch", ["gru_text", "hf"])
+def test_explain_attributes_each_token_by_removing_it(tmp_path: Path, branch: str) -> None:
+    """Token ids are not differentiable: a text's map is leave-one-token-out on the explained
+    logit, each token named by the package's tokenizer; checked against the model itself."""
+    if reason := unusable(("captum", "matplotlib")):
+        pytest.skip(reason)
+    pkg = _package(tmp_path, branch)
+    from medfuse.core.text import tokens
+    from medfuse.explain.explainer import explain_file
+    from medfuse.inference.predictor import load as load_torch
+
+    pred = load_torch(pkg)
+    batch = pred.inputs(ROWS)
+    doc = explain_file(pkg, _write_csv(tmp_path / "rows.csv", ROWS), out=tmp_path / "exp")
+    by_id = {s["id"]: s for s in doc["samples"]}
+    assert "note" not in by_id["c"]["maps"]  # no note: nothing to attribute
+    assert (tmp_path / "exp" / "a_note.png").is_file()
+    stat = json.loads((pkg / "medfuse.json").read_text())["preprocessing"]["note"]
+    arrays = {m: np.asarray(v) for m, v in batch.arrays.items()}
+    masks = {m: np.asarray(v) for m, v in batch.masks.items()}
+    full = pred._batch_logits(arrays, masks)[:, 0]
+    for i, row_id in ((0, "a"), (3, "d")):
+        entry = by_id[row_id]["maps"]["note"]
+        assert entry["method"] == "token-occlusion"
+        ids = arrays["note"][i]
+        words = tokens(ids, stat["tokenizer"], int(stat.get("token_offset", 0)))
+        assert [f["display"] for f in entry["features"]] == words and len(words) >= 2
+        if branch == "gru_text" and row_id == "a":
+            assert words[:2] == ["acute", "fever"]
+        for f in entry["features"]:
+            j = int(f["name"].split(":", 1)[0])
+            occluded = {**arrays, "note": arrays["note"].copy()}
+            occluded["note"][i, j] = 0
+            expected = full[i] - pred._batch_logits(occluded, masks)[i, 0]
+            assert abs(f["attribution"] - expected) <= 1e-4, (f, expected)
+        assert abs(entry["total"] - sum(f["attribution"] for f in entry["features"])) <= 1e-4

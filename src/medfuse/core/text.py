@@ -141,6 +141,12 @@ def model_tokenizer(model: str, where: str = "branches") -> tuple[str, str]:
     return text, str(path)
 
 
+def tokens(values: np.ndarray, tokenizer_json: str, offset: int = 0) -> list[str]:
+    """The token strings of one encoded text (``encode``'s row), padding left out."""
+    tok = _load(tokenizer_json)
+    return [str(tok.id_to_token(int(v) - offset)) for v in np.asarray(values).ravel() if v != 0]
+
+
 def is_tokenizer(stat: dict[str, Any]) -> bool:
     return isinstance(stat.get("tokenizer"), str)
 

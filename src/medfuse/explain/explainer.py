@@ -24,6 +24,7 @@ from medfuse.core.errors import DataError, SpecError, did_you_mean
 from medfuse.core.paths import output_dir
 from medfuse.core.predictor import affected_rows
 from medfuse.core.preprocess import normalize
+from medfuse.core.text import tokens as text_tokens
 from medfuse.explain import gradcam, integrated
 from medfuse.explain.gradcam import resolve_layer
 from medfuse.explain.plots import (
@@ -41,6 +42,8 @@ log = logging.getLogger("medfuse.explain")
 
 #: the scale the modality contributions are drawn and ranked on
 SHAPLEY_SCALE = "probability"
+#: a text's picture shows its tokens with the largest |attribution|, up to this many
+MAX_TOKENS = 24
 
 
 def _round(a: Any, digits: int = 6) -> Any:
@@ -293,6 +296,28 @@ class Explainer:
                             title=f"{ids[i]}: {m}, towards {samples[i]['explained']['class']}",
                         )
                 continue
+            if s.kind == "text":
+                r = integrated.token_occlusion(self.model, inputs, mk, m, tgt)
+                for i in np.flatnonzero(present):
+                    a = r["attribution"][i]
+                    feats = self._tokens(m, arrays[m][i], a)
+                    samples[i]["maps"][m] = {
+                        "method": "token-occlusion",
+                        "baseline": "the token replaced by padding, one at a time",
+                        "target_scale": "logit",
+                        "total": float(a.sum()),
+                        "features": feats,
+                    }
+                    if pictures:
+                        shown = sorted(feats, key=lambda t: -abs(t["attribution"]))[:MAX_TOKENS]
+                        shown.sort(key=lambda t: int(t["name"].split(":", 1)[0]))
+                        pics[i][m] = signed_bars(
+                            [t["name"] for t in shown],
+                            [t["attribution"] for t in shown],
+                            title=f"{ids[i]}: {m}, towards {samples[i]['explained']['class']}",
+                            xlabel="logit change when the token is removed",
+                        )
+                continue
             r = integrated.integrated_gradients(self.model, inputs, mk, m, tgt, steps=self.steps)
             for i in np.flatnonzero(present):
                 a = r["attribution"][i]
@@ -340,6 +365,22 @@ class Explainer:
                     title=f"{ids[i]}: modality contributions to P({samples[i]['explained']['class']})",
                 )
         return Explained(samples, pics, shap)
+
+    def _tokens(self, m: str, raw: np.ndarray, attr: np.ndarray) -> list[dict[str, Any]]:
+        """A text's tokens (``position:token``) with their occlusion attributions."""
+        st = self.stats[m]
+        words = text_tokens(raw, st["tokenizer"], int(st.get("token_offset", 0)))
+        positions = np.flatnonzero(np.asarray(raw).ravel() != 0)
+        return [
+            {
+                "name": f"{j}:{w}",
+                "value": float(np.asarray(raw).ravel()[j]),
+                "display": w,
+                "missing": False,
+                "attribution": float(attr[j]),
+            }
+            for j, w in zip(positions, words, strict=True)
+        ]
 
     def _features(self, m: str, raw: np.ndarray, attr: np.ndarray) -> list[dict[str, Any]]:
         cols = list(self.modalities[m].columns or [])
