@@ -155,6 +155,52 @@ def test_missing_weights_say_where_to_put_them_and_never_download(tmp_path, monk
         )
 
 
+def test_filled_caches_are_read_as_a_download_would_leave_them(tmp_path, monkeypatch) -> None:
+    """``weights: hub`` reads the Hugging Face cache's layout (refs/main -> snapshots/<rev>/),
+    and a torchvision weight enum reads $TORCH_HOME/hub/checkpoints/<the enum's file name>: the
+    weights in the model are the file's, and the package records the file's digest."""
+    _need("timm")
+    import huggingface_hub
+    import timm
+
+    file, state = _timm_weights(tmp_path)
+    repo = timm.create_model(TIMM["model"], **TIMM["model_args"]).pretrained_cfg["hf_hub_id"]
+    rev = "0" * 40
+    snap = tmp_path / "cache" / f"models--{repo.replace('/', '--')}" / "snapshots" / rev
+    snap.mkdir(parents=True)
+    shutil.copy(file, snap / "model.safetensors")
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text(rev)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    model = build_model(_spec({"type": "timm", **TIMM, "weights": "hub"}))
+    key = "blocks.0.attn.qkv.weight"
+    assert torch.equal(model.branches["x"].encoder.state_dict()[key], state[key])
+    rec = model.branches["x"].pretrained_record
+    assert rec["weights"]["origin"] == f"hf-hub:{repo}"
+    assert rec["weights"]["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
+
+    if unusable(("torchvision",)):
+        return
+    from torchvision import models as tvm
+
+    torch.manual_seed(2)
+    src = tvm.get_model("mobilenet_v3_small", weights=None)
+    url = tvm.get_model_weights("mobilenet_v3_small").DEFAULT.url
+    ckpt = tmp_path / "torch" / "hub" / "checkpoints" / Path(url).name
+    ckpt.parent.mkdir(parents=True)
+    torch.save(src.state_dict(), ckpt)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    tv = build_model(
+        _spec({"type": "torchvision", "model": "mobilenet_v3_small", "weights": "DEFAULT"})
+    )
+    enc = tv.branches["x"].encoder.state_dict()
+    assert torch.equal(enc["features.0.0.weight"], src.state_dict()["features.0.0.weight"])
+    assert (
+        tv.branches["x"].pretrained_record["weights"]["sha256"]
+        == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    )
+
+
 def test_hf_directory_round_trip_without_the_directory(tmp_path) -> None:
     _need("transformers")
     from medfuse.models.branches.pretrained import tiny_hf_model
