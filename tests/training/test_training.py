@@ -275,3 +275,24 @@ def test_mixup_mixes_every_modality_with_one_weight_and_trains(tiny_spec, tmp_pa
     meta = json.loads((res.package / "medfuse.json").read_text())
     assert meta["spec"]["train"]["mixup"] == 0.2
     assert 0.0 <= res.metrics["test"]["auroc"] <= 1.0
+
+
+def test_the_shipped_text_demo_config_trains_four_modalities_and_predicts_raw_notes(
+    tmp_path,
+) -> None:
+    """``medfuse demo --text``'s config (shrunk): generated notes are a fourth modality whose
+    tokenizer, trained on the training notes, travels in the package; raw text predicts."""
+    pytest.importorskip("tokenizers")
+    from medfuse.core.spec import load_spec_dict, parse_spec
+    from medfuse.inference.predictor import load
+
+    d = load_spec_dict("synthetic-text")
+    d["data"]["options"].update(n_train=96, n_val=48, n_test=48, image_size=16, signal_length=64)
+    d["train"]["stages"] = [{"name": "end_to_end", "epochs": 1}]
+    res = train(parse_spec(d), out=tmp_path / "txt", device="cpu", progress=False)
+    assert set(res.metrics["test"]["branches"]) == {"image", "signal", "tabular", "text"}
+    pred = load(res.package)
+    assert isinstance(pred.meta["preprocessing"]["text"]["tokenizer"], str)
+    row = {"tabular": [50.0, 25.0, 0.0], "text": "patient stable, no complaints"}
+    out = pred.predict_batch(pred.inputs([row]))
+    assert out.rows()[0]["present_text"] == 1 and out.rows()[0]["present_image"] == 0

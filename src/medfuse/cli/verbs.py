@@ -346,11 +346,16 @@ def setup_models(p: argparse.ArgumentParser) -> Handler:
 def setup_demo(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--out", default="runs/demo", help="package directory (default runs/demo)")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--text",
+        action="store_true",
+        help="a fourth modality: generated clinical notes (needs the tokenizers library)",
+    )
 
     def run(a: argparse.Namespace) -> int:
         from medfuse.demo import run_demo  # lazy: the training stack, only for the demo
 
-        run_demo(out=a.out, device=a.device, console=console())
+        run_demo(out=a.out, device=a.device, console=console(), text=a.text)
         return 0
 
     return run
