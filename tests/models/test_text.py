@@ -387,6 +387,10 @@ def test_evaluate_reads_other_data_with_the_packages_tokenizer_and_categories(
     ref = compute_metrics("binary", y, p, 0.5)
     assert got["n"] == len(test_rows)
     assert abs(got["brier"] - ref["brier"]) < 1e-6 and abs(got["auroc"] - ref["auroc"]) < 1e-9
+    # a value the model never saw is refused, naming it, the row and what is allowed
+    unseen = [dict(r, sex="X") if i == 3 else r for i, r in enumerate(rows)]
+    with pytest.raises(DataError, match=r"'sex'.*row 4.*never saw.*: X\. Allowed: \['F', 'M'\]"):
+        evaluate(pkg, data=_write_csv(tmp_path / "unseen.csv", unseen), device="cpu")
 
 
 def test_hf_text_branch_trains_with_its_own_tokenizer_and_predicts_raw_text_everywhere(

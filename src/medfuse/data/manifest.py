@@ -119,16 +119,14 @@ def encode_tabular(
             num = s.map(
                 lambda v, lut=lut: lut.get(str(v).strip(), np.nan) if not _empty(v) else np.nan
             ).astype(float)
-            unseen = sorted({str(v).strip() for v in s[num.isna()] if not _empty(v)})
-            if unseen:  # only with stored codes: codes fit here know every value
-                log.warning(
-                    "%s: column %r: %d value(s) outside the model's categories %s read as "
-                    "missing: %s",
-                    where,
-                    col,
-                    len(unseen),
-                    categories[col],
-                    ", ".join(unseen[:5]),
+            bad = [i for i, v in enumerate(s) if not _empty(v) and np.isnan(num.iloc[i])]
+            if bad:  # only with a package's stored codes: codes fit here know every value
+                values = sorted({str(s.iloc[i]).strip() for i in bad})
+                raise DataError(
+                    f"{where}: column {col!r}: {len(bad)} row(s) (first at row {bad[0] + 1}) hold "
+                    f"values the model never saw in training: {', '.join(values[:5])}. Allowed: "
+                    f"{categories[col]}; correct them, or leave the cells empty to read them as "
+                    "missing"
                 )
         out[:, j] = num.to_numpy(dtype=np.float32)
     return out, categories
@@ -391,7 +389,8 @@ def load_manifest(
     """A CSV manifest: per-modality file columns, tabular columns, label(s), optional split column.
     ``stream`` (``data.stream``): true or ``auto`` on large data leaves file modalities unread
     (``medfuse.data.stream``). ``categories``: a package's category codes per tabular modality
-    and column (a value outside them is missing); without them, codes are fit on this file."""
+    and column (a value outside them is refused, naming it); without them, codes are fit on this
+    file."""
 
     for k in options:
         if k not in OPTIONS:
