@@ -428,6 +428,15 @@ def _strip_classifier(enc: nn.Module) -> None:
 # ---- Hugging Face --------------------------------------------------------------------------
 
 
+def _tiny_dir(key: str, prefix: str) -> tuple[Path, bool]:
+    """This process's folder for the tiny model ``key``, and whether it is already written."""
+    cached = _TINY.get(key)
+    if cached is not None and (cached / "config.json").is_file():
+        return cached, True
+    _TINY[key] = Path(tempfile.mkdtemp(prefix=prefix))
+    return _TINY[key], False
+
+
 def tiny_hf_model(folder: str | Path | None = None) -> Path:
     """A tiny random ViT saved as a Hugging Face model directory (config.json, model.safetensors,
     preprocessor_config.json): what the registry's example and the tests load through the same
@@ -435,11 +444,9 @@ def tiny_hf_model(folder: str | Path | None = None) -> Path:
 
     transformers = _need("transformers", "hf")
     if folder is None:
-        cached = _TINY.get("hf")
-        if cached is not None and (cached / "config.json").is_file():
-            return cached
-        folder = Path(tempfile.mkdtemp(prefix="medfuse-tiny-vit-"))
-        _TINY["hf"] = folder
+        folder, written = _tiny_dir("hf", "medfuse-tiny-vit-")
+        if written:
+            return folder
     folder = Path(folder)
     torch.manual_seed(0)
     config = transformers.ViTConfig(
@@ -512,11 +519,9 @@ def tiny_hf_text_model(
     transformers = _need("transformers", "hf")
     tk = _need("tokenizers", "hf")
     if folder is None:
-        cached = _TINY.get("hf_text")
-        if cached is not None and (cached / "config.json").is_file():
-            return cached
-        folder = Path(tempfile.mkdtemp(prefix="medfuse-tiny-bert-"))
-        _TINY["hf_text"] = folder
+        folder, written = _tiny_dir("hf_text", "medfuse-tiny-bert-")
+        if written:
+            return folder
     folder = Path(folder)
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     vocab = {w: i for i, w in enumerate(dict.fromkeys([*specials, *words, ",", "."]))}
