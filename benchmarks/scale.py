@@ -16,6 +16,12 @@ computes val metrics and writes the package). The images are written to a tempor
 removed afterwards (never committed).
 
     python benchmarks/scale.py --n 1000 [--workers 2] [--threads 2] [--skip-memory]
+    python benchmarks/scale.py --n 1000 5000 20000 50000 --json scale.json
+
+With several sizes a summary prints each size's epoch wall time (loading + training pass; the
+cold run's includes the decode-once pass) over the plain loader's, the cached epoch over the
+cold one, and peak RSS over the smallest size's. ``stream: false`` runs only up to
+``--memory-max`` (5000) images, the plain loader up to ``--plain-max`` (20000).
 
 ``--torchrun N`` instead compares one process with ``medfuse train --nproc N`` (each run on an
 empty cache of its own): per rank, the files its stream pass decoded, the cache rows it read, the
@@ -247,10 +253,17 @@ def run_train(csv: Path, tmp: Path, nproc: int, workers: int, threads: int) -> d
     ranks = meta["ranks"]
     for r in ranks:
         r["samples"] = [e["ranks"][r["rank"]]["samples"] for e in epochs]
-    return {"wall_s": wall, "ranks": ranks, "auroc": epochs[-1]["val"].get("auroc")}
+    val = epochs[-1]["val"]
+    return {
+        "wall_s": wall,
+        "ranks": ranks,
+        "auroc": val.get("auroc"),
+        "val_loss": val.get("val_loss", val.get("loss")),
+        "out": str(out),
+    }
 
 
-def torchrun_table(csv: Path, tmp: Path, args: argparse.Namespace) -> None:
+def torchrun_table(csv: Path, tmp: Path, args: argparse.Namespace) -> dict:
     rows = [(n, run_train(csv, tmp, n, args.workers, args.threads)) for n in (1, args.torchrun)]
     head = (
         f"{'run':>10s} {'rank':>4s} {'decoded':>7s} {'pass read':>9s} {'train samples/epoch':>19s} "
@@ -274,19 +287,121 @@ def torchrun_table(csv: Path, tmp: Path, args: argparse.Namespace) -> None:
     share = ", ".join(f"{sum(r['samples']) / sum(one['samples']):.3f}" for r in many)
     decoded = sum(r.get("decoded", 0) for r in many)
     rss = max(r["peak_rss_mib"] for r in many) / one["peak_rss_mib"]
+    from safetensors.numpy import load_file
+
+    w1 = load_file(str(Path(rows[0][1]["out"]) / "model.safetensors"))
+    wn = load_file(str(Path(rows[1][1]["out"]) / "model.safetensors"))
+    wdiff = max(float(np.abs(w1[k].astype(np.float64) - wn[k]).max()) for k in w1)
+    d_auc = abs(rows[0][1]["auroc"] - rows[1][1]["auroc"])
     print(
         f"training samples read per rank / one process: {share}; files decoded by all ranks: "
         f"{decoded} (one process: {one.get('decoded', 0)}); peak RSS of the largest rank / one "
-        f"process: {rss:.2f}"
+        f"process: {rss:.2f}\n"
+        f"result, {args.torchrun} processes vs 1: |val AUROC difference| {d_auc:.4f}, |val loss "
+        f"difference| {abs(rows[0][1]['val_loss'] - rows[1][1]['val_loss']):.4f}, largest weight "
+        f"difference {wdiff:.2e} (batch norm in training mode normalises each rank's share of a "
+        "batch, so the runs are not equal bit for bit)"
     )
+    return {"nproc": {str(n): {k: v for k, v in r.items()} for n, r in rows}, "weight_diff": wdiff}
+
+
+NAMES = {
+    "cold": "medfuse stream, cold cache",
+    "cached": "medfuse stream, cached",
+    "memory": "medfuse in memory (stream: false)",
+    "plain": "plain Dataset+DataLoader",
+}
+
+
+def size_table(n: int, tmp: Path, args: argparse.Namespace) -> dict[str, dict]:
+    """The variants on N generated images, each in its own process; prints the table."""
+    t0 = time.perf_counter()
+    csv = make_data(tmp / f"data-{n}", n)
+    print(
+        f"\n{n} PNGs {SIZE}x{SIZE} written in {time.perf_counter() - t0:.1f} s ({tmp})", flush=True
+    )
+    env = {**os.environ, "MEDFUSE_CACHE_DIR": str(tmp / f"cache-{n}")}
+    variants = ["cold", "cached"]
+    variants += [] if args.skip_memory or n > args.memory_max else ["memory"]
+    variants += [] if n > args.plain_max else ["plain"]
+    rows: dict[str, dict] = {}
+    for v in variants:
+        cmd = [sys.executable, __file__, "--variant", v, "--csv", str(csv), "--tmp", str(tmp)]
+        cmd += ["--workers", str(args.workers), "--threads", str(args.threads)]
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+        if p.returncode or not line:
+            print(p.stdout[-2000:], p.stderr[-4000:])
+            raise SystemExit(f"variant {v} failed at N={n}")
+        rows[v] = json.loads(line[-1][7:])
+    head = (
+        f"{'variant':38s} {'prepare s':>9s} {'epoch s':>8s} {'wait s':>7s} {'img/s':>6s} "
+        f"{'total s':>8s} {'RSS main MiB':>12s} {'RSS worker MiB':>14s} {'decoded':>7s}"
+    )
+    print(
+        f"N={n}, {SIZE}x{SIZE} grey PNG + 2 columns, 1 epoch, batch 32, "
+        f"{args.workers} workers, {args.threads} torch threads"
+    )
+    print(head)
+    print("-" * len(head))
+    for v, r in rows.items():
+        print(
+            f"{NAMES[v]:38s} {r['prepare_s']:9.1f} {r['epoch_s']:8.1f} {r['data_wait_s']:7.1f} "
+            f"{r['samples_per_s']:6.0f} {r['total_s']:8.1f} {r['rss_main_mib']:12.0f} "
+            f"{r['rss_workers_mib']:14.0f} {r.get('decoded', '-')!s:>7s}",
+            flush=True,
+        )
+    shutil.rmtree(tmp / f"data-{n}", ignore_errors=True)
+    shutil.rmtree(tmp / f"cache-{n}", ignore_errors=True)
+    return rows
+
+
+def summary(results: dict[int, dict[str, dict]]) -> None:
+    """Side by side over N: an epoch's wall (loading + training pass: the cold run's includes
+    the decode-once pass) against the plain loader's, and peak RSS against the smallest N's."""
+    first = min(results)
+    base = results[first]
+    head = (
+        f"{'images':>7s} {'cold epoch s':>12s} {'cached s':>9s} {'plain s':>8s} "
+        f"{'cold/plain':>10s} {'cached/plain':>12s} {'cached/cold':>11s} "
+        f"{'RSS main MiB':>12s} {'worker MiB':>10s} {'RSS vs ' + str(first):>12s}"
+    )
+    print("\nmedfuse stream vs plain, one epoch each (epoch s = loading + training pass)")
+    print(head)
+    print("-" * len(head))
+
+    def wall(r: dict) -> float:
+        return float(r["prepare_s"] + r["epoch_s"])
+
+    for n, rows in sorted(results.items()):
+        cold, cached, plain = rows["cold"], rows["cached"], rows.get("plain")
+        rss = max(rows["cold"]["rss_main_mib"], cached["rss_main_mib"])
+        work = max(rows["cold"]["rss_workers_mib"], cached["rss_workers_mib"])
+        rss0 = max(base["cold"]["rss_main_mib"], base["cached"]["rss_main_mib"])
+        work0 = max(base["cold"]["rss_workers_mib"], base["cached"]["rss_workers_mib"])
+        ratio = lambda a, b: f"{a / b:.2f}"  # noqa: E731
+        print(
+            f"{n:7d} {wall(cold):12.1f} {wall(cached):9.1f} "
+            f"{(f'{wall(plain):.1f}' if plain else '-'):>8s} "
+            f"{(ratio(wall(cold), wall(plain)) if plain else '-'):>10s} "
+            f"{(ratio(wall(cached), wall(plain)) if plain else '-'):>12s} "
+            f"{ratio(wall(cached), wall(cold)):>11s} {rss:12.0f} {work:10.0f} "
+            f"{ratio(rss, rss0) + ' / ' + ratio(work, work0):>12s}"
+        )
+    print("RSS vs: the largest main / worker peak RSS of the two stream runs over the smallest N's")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--n", type=int, default=1000, help="images")
+    ap.add_argument("--n", type=int, nargs="+", default=[1000], help="images (one or more sizes)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="torch threads per process")
     ap.add_argument("--skip-memory", action="store_true", help="leave out stream: false")
+    ap.add_argument(
+        "--memory-max", type=int, default=5000, help="no stream: false run above this N"
+    )
+    ap.add_argument("--plain-max", type=int, default=20000, help="no plain loader above this N")
+    ap.add_argument("--json", type=Path, help="also write every measurement to this file")
     ap.add_argument(
         "--torchrun",
         type=int,
@@ -302,46 +417,21 @@ def main() -> None:
         return
     tmp = Path(tempfile.mkdtemp(prefix="medfuse-scale-"))
     try:
-        t0 = time.perf_counter()
-        csv = make_data(tmp / "data", args.n)
-        print(f"{args.n} PNGs {SIZE}x{SIZE} written in {time.perf_counter() - t0:.1f} s ({tmp})")
         if args.torchrun:
-            torchrun_table(csv, tmp, args)
+            for n in args.n:
+                t0 = time.perf_counter()
+                csv = make_data(tmp / f"data-{n}", n)
+                print(f"{n} PNGs {SIZE}x{SIZE} written in {time.perf_counter() - t0:.1f} s")
+                args_n = argparse.Namespace(**{**vars(args), "n": n})
+                out = torchrun_table(csv, tmp, args_n)
+                if args.json:
+                    args.json.write_text(json.dumps(out, indent=1))
             return
-        env = {**os.environ, "MEDFUSE_CACHE_DIR": str(tmp / "cache")}
-        variants = ["cold", "cached", *([] if args.skip_memory else ["memory"]), "plain"]
-        names = {
-            "cold": "medfuse stream, cold cache",
-            "cached": "medfuse stream, cached",
-            "memory": "medfuse in memory (stream: false)",
-            "plain": f"plain Dataset+DataLoader(num_workers={args.workers})",
-        }
-        rows = []
-        for v in variants:
-            cmd = [sys.executable, __file__, "--variant", v, "--csv", str(csv), "--tmp", str(tmp)]
-            cmd += ["--workers", str(args.workers), "--threads", str(args.threads)]
-            p = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
-            if p.returncode or not line:
-                print(p.stdout[-2000:], p.stderr[-4000:])
-                raise SystemExit(f"variant {v} failed")
-            rows.append((names[v], json.loads(line[-1][7:])))
-        head = (
-            f"{'variant':38s} {'prepare s':>9s} {'epoch s':>8s} {'wait s':>7s} {'img/s':>6s} "
-            f"{'total s':>8s} {'RSS main MiB':>12s} {'RSS worker MiB':>14s} {'decoded':>7s}"
-        )
-        print(
-            f"\nN={args.n}, {SIZE}x{SIZE} grey PNG + 2 columns, 1 epoch, batch 32, "
-            f"{args.workers} workers, {args.threads} torch threads"
-        )
-        print(head)
-        print("-" * len(head))
-        for name, r in rows:
-            print(
-                f"{name:38s} {r['prepare_s']:9.1f} {r['epoch_s']:8.1f} {r['data_wait_s']:7.1f} "
-                f"{r['samples_per_s']:6.0f} {r['total_s']:8.1f} {r['rss_main_mib']:12.0f} "
-                f"{r['rss_workers_mib']:14.0f} {r.get('decoded', '-')!s:>7s}"
-            )
+        results = {n: size_table(n, tmp, args) for n in args.n}
+        if args.json:
+            args.json.write_text(json.dumps({str(n): r for n, r in results.items()}, indent=1))
+        if len(results) > 1 or "plain" in results[min(results)]:
+            summary(results)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

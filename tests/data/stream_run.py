@@ -34,7 +34,6 @@ def main() -> None:
             put(self, row, item)
             done["n"] += 1
             if done["n"] >= args.die_after:
-                self.writer.flush()  # what was written reaches the file, as the kernel would
                 os.kill(os.getpid(), signal.SIGKILL)
 
         stream_mod.Cache.put = put_then_die  # type: ignore[method-assign]

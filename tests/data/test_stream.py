@@ -184,12 +184,48 @@ def test_the_cache_is_reused_and_invalidated_per_file_and_per_spec(
     spec = parse_spec(_spec(data / "cases.csv", True))
     want = read_modality(changed, spec.modalities["image"])
     src = bundle.train.arrays["image"].source
-    np.testing.assert_array_equal(src.values()[3], want)
+    np.testing.assert_array_equal(src.values().read(np.array([3]))[0], want)
     assert bundle.info["fingerprint"] == _load(data / "cases.csv", False).info["fingerprint"]
 
     # another preprocessing spec (size): another cache, every file decoded
     other = _load(manifest, True, size=8).info["stream"]
     assert other["decoded"]["image"] == N - 1
+
+
+def _rss_file_kib() -> int:
+    """This process's resident file-backed pages (KiB), from /proc/self/status."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_reading_and_writing_the_cache_keeps_resident_memory_flat(tmp_path) -> None:
+    """The cache's rows are read and written by offset, not memory-mapped: writing and then
+    reading every row of a 64 MiB values file (twice the page budget asserted) leaves this
+    process's file-backed resident memory where it was; a memory map would hold the pages read."""
+    rows, shape = 256, (1, 256, 256)  # 256 KiB a row, 64 MiB in all
+    path = tmp_path / stream_mod.VALUES
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, *shape)).flush()
+    before = _rss_file_kib()
+    w = stream_mod.RowFile(path, writable=True)
+    rng = np.random.default_rng(0)
+    first = rng.normal(size=shape).astype(np.float32)
+    for r in range(rows):
+        w.write(r, first + r)
+    w.sync()
+    w.close()
+    f = stream_mod.RowFile(path)
+    for start in range(0, rows, 32):
+        got = f.read(np.arange(start, start + 32)[::-1])  # any order
+        np.testing.assert_array_equal(got[-1], first + start)
+    np.testing.assert_array_equal(f.read(np.array([5, 5]))[1], first + 5)
+    with pytest.raises(IndexError, match="row 256 of a cache of 256 rows"):
+        f.read(np.array([rows]))
+    assert _rss_file_kib() - before < 32 * 1024, "the cache's pages stayed resident"
+    f.close()
+    np.testing.assert_array_equal(np.load(path, mmap_mode="r")[7], first + 7)  # still a .npy
 
 
 def test_a_crash_mid_write_leaves_no_valid_looking_cache(

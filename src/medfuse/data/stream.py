@@ -14,8 +14,8 @@ split's normalisation statistics (Welford), per-sample means, value ranges and e
 values hash (the fingerprint) are computed from the same pass, equal to the in-memory ones.
 
 The cache (``MEDFUSE_CACHE_DIR``, default ``~/.cache/medfuse/decoded``): one directory per
-(modality spec, list of files), ``values.npy`` (a memory-mapped ``(rows, *shape)`` float32
-array) and ``index.json`` (per row: the file's stat key, the SHA-256 of its bytes and of its
+(modality spec, list of files), ``values.npy`` (a ``(rows, *shape)`` float32 array, its rows
+read and written by offset, never mapped: :class:`RowFile`) and ``index.json`` (per row: the file's stat key, the SHA-256 of its bytes and of its
 decoded values, its state; a completion mark). A pass holds each cache's build lock
 (:func:`cache_lock`), so concurrent processes (the ranks of a torchrun job) decode each file once
 and never read a half-written cache. A new cache is built in a temporary directory and renamed
@@ -114,6 +114,58 @@ def choose_stream(stream: bool | str, rows: int, modalities: dict[str, ModalityS
 # ---- what a streamed modality is ---------------------------------------------------------------
 
 
+class RowFile:
+    """The rows of a cache's ``values.npy`` (a ``(rows, *shape)`` float32 array), read and
+    written by offset (``readinto``/``write`` on an unbuffered file), never memory-mapped: the
+    pages read or written stay in the kernel's page cache, which a process's resident memory does
+    not count, so a pass or an epoch over a cache larger than memory keeps its RSS flat."""
+
+    def __init__(self, path: Path, writable: bool = False) -> None:
+        head = np.load(path, mmap_mode="r")  # the header only: no row is touched
+        self.shape, self.offset = tuple(head.shape[1:]), int(head.offset)
+        if head.dtype != np.float32:
+            raise DataError(f"{path}: the cache's values are {head.dtype}, not float32")
+        self.rows = int(head.shape[0])
+        del head
+        self.row_bytes = 4 * math.prod(self.shape)
+        self.path = path
+        self.f = open(path, "r+b" if writable else "rb", buffering=0)  # noqa: SIM115 (close())
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """The values of ``rows`` (any order, repeats allowed), a new ``(len(rows), *shape)``
+        array."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        out = np.empty((len(rows), *self.shape), np.float32)
+        flat = memoryview(out.reshape(len(rows), -1)).cast("B")
+        for i, r in enumerate(rows.tolist()):
+            if not 0 <= r < self.rows:
+                raise IndexError(f"row {r} of a cache of {self.rows} rows ({self.path})")
+            self.f.seek(self.offset + r * self.row_bytes)
+            view = flat[i * self.row_bytes : (i + 1) * self.row_bytes]
+            got = 0
+            while got < self.row_bytes:  # a raw read may return less than asked
+                n = self.f.readinto(view[got:])
+                if not n:
+                    raise DataError(f"{self.path}: truncated at row {r}; delete the cache folder")
+                got += n
+        return out
+
+    def write(self, row: int, value: np.ndarray) -> None:
+        data = np.ascontiguousarray(value, np.float32).tobytes()
+        if len(data) != self.row_bytes:
+            raise ValueError(f"a row of {self.path} takes {self.row_bytes} bytes, not {len(data)}")
+        self.f.seek(self.offset + row * self.row_bytes)
+        view, done = memoryview(data), 0
+        while done < len(data):
+            done += self.f.write(view[done:]) or 0
+
+    def sync(self) -> None:
+        os.fsync(self.f.fileno())
+
+    def close(self) -> None:
+        self.f.close()
+
+
 @dataclass
 class Source:
     """The files of one streamed modality, one cell per manifest row (``""``: empty), and the
@@ -127,17 +179,23 @@ class Source:
     _values: Any = field(default=None, repr=False, compare=False)
     _pid: int = field(default=-1, repr=False, compare=False)
 
-    def __getstate__(self) -> dict[str, Any]:  # worker processes open their own mapping
+    def __getstate__(self) -> dict[str, Any]:  # worker processes open their own file
         return {**self.__dict__, "_values": None, "_pid": -1}
 
-    def values(self) -> np.ndarray:
-        """The cache's memory-mapped ``(rows, *shape)`` array (read-only, opened per process)."""
+    def values(self) -> RowFile:
+        """The cache's rows (read-only, opened once per process)."""
         if self.cache_dir is None:
             raise DataError(f"modality {self.name!r}: its files are not decoded yet")
         if self._values is None or self._pid != os.getpid():
-            self._values = np.load(self.cache_dir / VALUES, mmap_mode="r")
+            self._values = RowFile(self.cache_dir / VALUES)
             self._pid = os.getpid()
         return self._values  # type: ignore[no-any-return]
+
+    def reopen(self, cache_dir: Path) -> None:
+        """Point at ``cache_dir`` (the pass moved or rewrote the cache): reopened on next read."""
+        if self._values is not None and self._pid == os.getpid():
+            self._values.close()
+        self.cache_dir, self._values = cache_dir, None
 
 
 class LazyColumn:
@@ -166,8 +224,7 @@ class LazyColumn:
 
     def read(self, idx: Any) -> np.ndarray:
         """Values of the rows ``idx`` (positions in this column), from the cache."""
-        rows = self.rows[np.asarray(idx, dtype=np.int64)]
-        return np.asarray(self.source.values()[rows], dtype=np.float32)
+        return self.source.values().read(self.rows[np.asarray(idx, dtype=np.int64)])
 
     def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
         raise DataError(
@@ -342,9 +399,8 @@ class Cache:
                 "scale": [""] * n,
                 "error": [""] * n,
             }
-        self.writer = np.load(self.dir / VALUES, mmap_mode="r+")
-        source.cache_dir = self.dir
-        source._values = None
+        self.writer = RowFile(self.dir / VALUES, writable=True)
+        source.reopen(self.dir)
 
     def _read_index(self) -> dict[str, Any] | None:
         """The finished cache's index; ``None`` (build anew) for none, another version, an
@@ -370,7 +426,7 @@ class Cache:
         return bool(self.index["state"][row] == "")
 
     def put(self, row: int, item: Decoded) -> None:
-        self.writer[row] = item.value
+        self.writer.write(row, item.value)
         self.index["keys"][row] = self.keys_now[row]
         self.index["files"][row] = item.file
         self.index["values"][row] = item.digest
@@ -381,12 +437,10 @@ class Cache:
     def commit(self) -> None:
         """Flush the values, then the index (with its completion mark); a new cache is renamed
         into place, whole."""
-        self.writer.flush()
-        del self.writer
+        self.writer.sync()
+        self.writer.close()
         self.index["complete"] = True
         if self.new:
-            with open(self.dir / VALUES, "rb+") as f:
-                os.fsync(f.fileno())
             _write_json(self.dir / INDEX, self.index)
             if self.final.exists():  # an unfinished or outdated cache in the way (lock held)
                 shutil.rmtree(self.final)
@@ -394,12 +448,11 @@ class Cache:
             self.dir = self.final
         else:
             _write_json(self.dir / INDEX, self.index)
-        self.source.cache_dir = self.dir
-        self.source._values = None
+        self.source.reopen(self.dir)
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
-            del self.writer
+            self.writer.close()
         if self.new:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -437,7 +490,7 @@ class _PassItems(Dataset[Any]):
         if not cell:
             return Decoded(row, zeros, "empty")
         if not self.need[row]:
-            return Decoded(row, np.asarray(s.values()[row], np.float32), "")
+            return Decoded(row, s.values().read(np.array([row]))[0], "")
         file = file_digest(cell)  # before reading: a file changing meanwhile is caught next run
         try:
             x = np.asarray(read_modality(cell, s.spec), np.float32)  # the one reader
@@ -699,7 +752,6 @@ def _full_pass(
                 stat = welford.result(src.spec.shape[axis])
                 present_pos = np.flatnonzero(np.asarray(mask) > 0)
                 means_a = np.concatenate(means) if means else np.zeros(0)
-                caches[m].writer.flush()
                 rng = _ranges(x, present_pos, means_a)
                 if rng is not None:
                     stat["range"] = rng
