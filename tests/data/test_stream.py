@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -226,6 +227,37 @@ def test_reading_and_writing_the_cache_keeps_resident_memory_flat(tmp_path) -> N
     assert _rss_file_kib() - before < 32 * 1024, "the cache's pages stayed resident"
     f.close()
     np.testing.assert_array_equal(np.load(path, mmap_mode="r")[7], first + 7)  # still a .npy
+
+
+def test_a_cache_damaged_on_disk_is_refused_on_read(
+    manifest: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    """Every row read from the cache is checked against the digest written with it: one float
+    changed in a finished cache is refused (DataError: the row, its file, the folder to delete)
+    by the pass and by training's worker processes, never trained on."""
+    _load(manifest, True)  # builds the cache and records the pass
+    (cache,) = _valid_caches(cache_dir)
+    head = np.load(cache / stream_mod.VALUES, mmap_mode="r")
+    row_bytes, offset = 4 * SIZE * SIZE, int(head.offset)
+    del head
+    with open(cache / stream_mod.VALUES, "r+b") as f:  # row 3, one value: +1
+        f.seek(offset + 3 * row_bytes + 40)
+        v = np.frombuffer(f.read(4), np.float32)[0]
+        f.seek(offset + 3 * row_bytes + 40)
+        f.write(np.float32(v + 1).tobytes())
+    where = rf"row 5 \(image\): the decoded-data cache {cache}.* holds other values for .*3\.png"
+    # the recorded pass reads nothing; training's workers read row 3 and refuse it
+    with pytest.raises(DataError, match=where) as err:
+        medfuse.train(_spec(manifest, True, workers=2), out=tmp_path / "m", progress=False)
+    assert "Traceback" not in str(err.value)  # the worker's message as it is
+    assert not (tmp_path / "m").exists()
+    # a pass that reads the cache (its record gone) refuses it too
+    shutil.rmtree(cache_dir / stream_mod.PASSES)
+    with pytest.raises(DataError, match=where):
+        _load(manifest, True, workers=2)
+    shutil.rmtree(cache)  # what the message says to do: decoded anew, the same values as before
+    again = _load(manifest, True)
+    assert again.info["stream"]["decoded"]["image"] == N - 1
 
 
 def test_a_crash_mid_write_leaves_no_valid_looking_cache(

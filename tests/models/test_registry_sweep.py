@@ -208,3 +208,41 @@ def test_gated_weights_renormalise_over_present() -> None:
     assert np.allclose(w.sum(1).numpy(), 1.0, atol=1e-5)
     assert (w[1, 0] == 0) and (w[3, 0] == 0)
     _ = copy
+
+
+def test_cnn_stem_stride_downsamples_first_and_exports(tmp_path) -> None:
+    """``stem_stride`` 4: a 4x4 patch stem, the first stage at a quarter of the resolution (16x
+    fewer positions); the package round trip and ONNX export hold; out-of-range strides are
+    SpecErrors that name the branch."""
+    import onnxruntime as ort
+
+    from medfuse.core.errors import SpecError
+    from medfuse.export.onnx import export_onnx, input_names
+
+    raw = _spec("cnn", "concat")
+    raw["modalities"]["x"] = {"kind": "image", "channels": 1, "size": [32, 32]}
+    raw["branches"]["x"] = {"type": "cnn", "width": 4, "depth": 2, "stem_stride": 4}
+    spec = parse_spec(raw)
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    enc = model.branches["x"]
+    x = torch.randn(2, 1, 32, 32)
+    assert enc.stem(x).shape[-2:] == (9, 9)  # (32 + 2*2 - 4) / 4 + 1
+    full = parse_spec({**raw, "branches": {**raw["branches"], "x": {"type": "cnn", "width": 4}}})
+    assert build_model(full).branches["x"].stem(x).shape[-2:] == (32, 32)
+    inputs, masks = _batch(spec)
+    _assert_roundtrip_identical(model, spec, inputs, masks, tmp_path / "p")
+    sess = ort.InferenceSession(str(export_onnx(model, spec, tmp_path / "m.onnx")))
+    arrays = [v.numpy() for v in (*inputs.values(), *masks.values())]
+    got = sess.run(None, dict(zip(input_names(list(inputs)), arrays, strict=True)))[0]
+    with torch.no_grad():
+        want = model(inputs, masks).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    for bad, msg in ((0, "must be 1 to 8"), (9, "must be 1 to 8")):
+        raw["branches"]["x"]["stem_stride"] = bad
+        with pytest.raises(SpecError, match=rf"branches.*stem_stride {msg}|stem_stride {msg}"):
+            build_model(parse_spec(raw))
+    raw["modalities"]["x"]["size"] = [4, 4]
+    raw["branches"]["x"]["stem_stride"] = 8
+    with pytest.raises(SpecError, match=r"stem_stride 8 is larger than the input \(4, 4\)"):
+        build_model(parse_spec(raw))

@@ -21,7 +21,8 @@ decoded values, its state; a completion mark). A pass holds each cache's build l
 and never read a half-written cache. A new cache is built in a temporary directory and renamed
 into place when whole; a temporary directory found under the lock is a killed writer's and is
 removed. A file whose stat key changed is hashed: other bytes invalidate its own row, which is
-re-decoded in place (marked stale in the index before its values are rewritten). The pass's
+re-decoded in place (marked stale in the index before its values are rewritten). Every row read
+from the cache is checked against its values digest (:meth:`Source.verify`). The pass's
 result is recorded under ``passes/`` (:func:`pass_key`): a later pass over the same values reads
 nothing.
 """
@@ -176,6 +177,9 @@ class Source:
     paths: list[str]
     where: str = ""
     cache_dir: Path | None = None
+    #: per row, the SHA-256 of its values as the pass wrote them (``""``: nothing written); every
+    #: read is checked against it (:meth:`verify`)
+    digests: list[str] | None = field(default=None, repr=False, compare=False)
     _values: Any = field(default=None, repr=False, compare=False)
     _pid: int = field(default=-1, repr=False, compare=False)
 
@@ -190,6 +194,28 @@ class Source:
             self._values = RowFile(self.cache_dir / VALUES)
             self._pid = os.getpid()
         return self._values  # type: ignore[no-any-return]
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """The cached values of ``rows``, each checked against the digest written with it."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        out = self.values().read(rows)
+        self.verify(rows, out)
+        return out
+
+    def verify(self, rows: np.ndarray, values: np.ndarray) -> None:
+        """Refuse values read from the cache that are not the ones the pass wrote for their row
+        (a cache changed or damaged on disk): never train or predict on them."""
+        if self.digests is None:
+            return
+        for i, r in enumerate(np.asarray(rows).tolist()):
+            want = self.digests[r]
+            if want and values_digest(values[i]) != want:
+                raise DataError(
+                    f"{self.where} row {r + 2} ({self.name}): the decoded-data cache "
+                    f"{self.cache_dir} holds other values for {self.paths[r]} than were written "
+                    "there (changed or damaged on disk); delete that folder and run again: its "
+                    "files are decoded anew"
+                )
 
     def reopen(self, cache_dir: Path) -> None:
         """Point at ``cache_dir`` (the pass moved or rewrote the cache): reopened on next read."""
@@ -223,8 +249,8 @@ class LazyColumn:
         return LazyColumn(self.source, self.rows[idx])
 
     def read(self, idx: Any) -> np.ndarray:
-        """Values of the rows ``idx`` (positions in this column), from the cache."""
-        return self.source.values().read(self.rows[np.asarray(idx, dtype=np.int64)])
+        """Values of the rows ``idx`` (positions in this column), from the cache (verified)."""
+        return self.source.read(self.rows[np.asarray(idx, dtype=np.int64)])
 
     def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
         raise DataError(
@@ -401,6 +427,7 @@ class Cache:
             }
         self.writer = RowFile(self.dir / VALUES, writable=True)
         source.reopen(self.dir)
+        source.digests = self.index["values"]
 
     def _read_index(self) -> dict[str, Any] | None:
         """The finished cache's index; ``None`` (build anew) for none, another version, an
@@ -490,7 +517,10 @@ class _PassItems(Dataset[Any]):
         if not cell:
             return Decoded(row, zeros, "empty")
         if not self.need[row]:
-            return Decoded(row, s.values().read(np.array([row]))[0], "")
+            try:
+                return Decoded(row, s.read(np.array([row]))[0], "")
+            except DataError as err:  # raised again, as it is, by the pass (main process)
+                return Refused(str(err))  # type: ignore[return-value]
         file = file_digest(cell)  # before reading: a file changing meanwhile is caught next run
         try:
             x = np.asarray(read_modality(cell, s.spec), np.float32)  # the one reader
@@ -708,6 +738,9 @@ def _full_pass(
             lo, hi, means = math.inf, -math.inf, []
             pos = 0
             for got in loader:
+                for g in got:
+                    if isinstance(g, Refused):
+                        g.throw()
                 vals = np.stack([g[1] for g in got])
                 present = np.zeros(len(got), bool)
                 for j, item in enumerate(got):
@@ -775,6 +808,16 @@ def _full_pass(
 # ---- batches for training and evaluation ----------------------------------------------------------
 
 
+class Refused(NamedTuple):
+    """A DataError met in a DataLoader worker, carried to the main process as data and raised
+    there with its own message (a worker's exception would arrive wrapped in its traceback)."""
+
+    message: str
+
+    def throw(self) -> None:
+        raise DataError(self.message)
+
+
 class StreamBatches(Dataset[Any]):
     """A split's normalised batches, read from the cache (streamed modalities) or memory
     (tabular ones, masks, targets). ``__getitems__`` serves one batch of positions at a time, in
@@ -793,7 +836,13 @@ class StreamBatches(Dataset[Any]):
     def __len__(self) -> int:
         return len(self.y)
 
-    def __getitems__(
+    def __getitems__(self, idx: list[int]) -> Any:
+        try:
+            return self._batch(idx)
+        except DataError as err:  # raised again, as it is, by stream_loader's consumer
+            return Refused(str(err))
+
+    def _batch(
         self, idx: list[int]
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
         ix = np.asarray(idx, dtype=np.int64)
@@ -817,9 +866,17 @@ def _first(batch: Any) -> Any:
 
 def stream_loader(
     data: StreamBatches, batches: list[Any], *, workers: int, pin: bool
-) -> DataLoader[Any]:
+) -> Iterator[Any]:
     """Batches of positions, in the order given, fetched by ``workers`` processes ahead of use.
-    The loader draws its seed from its own generator: the global RNG (dropout) is untouched."""
+    The loader draws its seed from its own generator: the global RNG (dropout) is untouched. A
+    DataError in a worker (e.g. a damaged cache row) is raised here, with its own message."""
+    for got in _loader(data, batches, workers=workers, pin=pin):
+        if isinstance(got, Refused):
+            got.throw()
+        yield got
+
+
+def _loader(data: StreamBatches, batches: list[Any], *, workers: int, pin: bool) -> DataLoader[Any]:
     return DataLoader(
         data,
         batch_sampler=[[int(i) for i in b] for b in batches],

@@ -76,11 +76,12 @@ class ConvEncoder(nn.Module):
         stem_kernel: int = 3,
         kernel: int = 3,
         pool: Pool = "avg",
+        stem_stride: int = 1,
     ) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
         self.stem = nn.Sequential(
-            conv(spatial_dims, in_channels, widths[0], stem_kernel),
+            conv(spatial_dims, in_channels, widths[0], stem_kernel, stem_stride),
             norm(spatial_dims, widths[0]),
             nn.ReLU(inplace=True),
         )

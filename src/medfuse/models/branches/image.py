@@ -27,14 +27,32 @@ def cnn(
     out_features: int = 128,
     dropout: float = 0.1,
     pool: Pool = "avg",
+    stem_stride: int = 1,
 ) -> nn.Module:
     """Small residual CNN (2D or 3D by input): `depth` stages, width doubling, stride 2 after the first.
 
-    ``pool``: ``avg`` (global average) or ``avgmax`` (average and max, concatenated)."""
+    ``pool``: ``avg`` (global average) or ``avgmax`` (average and max, concatenated).
+    ``stem_stride``: the first convolution's stride (1: full resolution, for 28-px images; 2-8
+    for large ones, e.g. 4 on 224 px: a 4x4 patch stem, as ConvNeXt's, 16x fewer operations)."""
     in_channels, dims = _image_dims(input_shape, "cnn")
+    if not 1 <= stem_stride <= 8:
+        raise SpecError("branches", f"cnn stem_stride must be 1 to 8; got {stem_stride}")
+    if any(s < stem_stride for s in input_shape[1:]):
+        raise SpecError(
+            "branches",
+            f"cnn stem_stride {stem_stride} is larger than the input {tuple(input_shape[1:])}",
+        )
     widths = [width * 2**i for i in range(depth)]
     return ConvEncoder(
-        dims, in_channels, widths, [blocks] * depth, out_features, dropout, pool=pool
+        dims,
+        in_channels,
+        widths,
+        [blocks] * depth,
+        out_features,
+        dropout,
+        stem_kernel=3 if stem_stride == 1 else stem_stride,
+        pool=pool,
+        stem_stride=stem_stride,
     )
 
 
