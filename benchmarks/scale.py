@@ -78,7 +78,7 @@ def make_data(root: Path, n: int) -> Path:
     return root / "cases.csv"
 
 
-def spec_for(csv: Path, stream: bool, workers: int) -> dict:
+def spec_for(csv: Path, stream: bool, workers: int, stem: int = 4) -> dict:
     return {
         "name": "scale",
         "task": {"type": "binary"},
@@ -93,7 +93,13 @@ def spec_for(csv: Path, stream: bool, workers: int) -> dict:
             "clinical": {"kind": "tabular", "columns": ["age", "marker"]},
         },
         "branches": {
-            "image": {"type": "cnn", "width": 4, "depth": 1, "out_features": 8},
+            "image": {
+                "type": "cnn",
+                "width": 8,
+                "depth": 2,
+                "stem_stride": stem,
+                "out_features": 8,
+            },
             "clinical": {"type": "mlp", "hidden": 8, "out_features": 4},
         },
         "head": {"hidden": 16},
@@ -109,7 +115,7 @@ def spec_for(csv: Path, stream: bool, workers: int) -> dict:
     }
 
 
-def run_medfuse(csv: Path, stream: bool, workers: int, out: Path) -> dict:
+def run_medfuse(csv: Path, stream: bool, workers: int, out: Path, stem: int) -> dict:
     """``medfuse.train``'s steps, timed: load (and for streams, the pass), then the fit pipeline
     (1 epoch, validation, threshold, val metrics); no package is written."""
     from medfuse.core.spec import parse_spec
@@ -117,7 +123,7 @@ def run_medfuse(csv: Path, stream: bool, workers: int, out: Path) -> dict:
     from medfuse.training.pipeline import prepare_data, run_fit
 
     t0 = time.perf_counter()
-    spec, bundle = prepare_data(parse_spec(spec_for(csv, stream, workers)))
+    spec, bundle = prepare_data(parse_spec(spec_for(csv, stream, workers, stem)))
     prepare = time.perf_counter() - t0
     info = bundle.info.get("stream") or {}
     epochs: list[dict] = []
@@ -135,7 +141,7 @@ def run_medfuse(csv: Path, stream: bool, workers: int, out: Path) -> dict:
     }
 
 
-def run_plain(csv: Path, workers: int) -> dict:
+def run_plain(csv: Path, workers: int, stem: int) -> dict:
     """A plain lazy Dataset + DataLoader: decode, resize and normalise each PNG every epoch."""
     import pandas as pd
     import torch
@@ -148,7 +154,7 @@ def run_plain(csv: Path, workers: int) -> dict:
     t0 = time.perf_counter()
     df = pd.read_csv(csv)
     base = csv.parent
-    spec = parse_spec({**spec_for(csv, False, workers), "task": {"type": "binary"}})
+    spec = parse_spec({**spec_for(csv, False, workers, stem), "task": {"type": "binary"}})
     spec = spec.model_copy(update={"task": spec.task.model_copy(update={"labels": ["0", "1"]})})
     tab = df[["age", "marker"]].to_numpy(np.float32)
     tab = (tab - tab.mean(0)) / tab.std(0)
@@ -218,10 +224,14 @@ def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     csv = Path(args.csv)
     if args.variant == "plain":
-        res = run_plain(csv, args.workers)
+        res = run_plain(csv, args.workers, args.stem_stride)
     else:
         res = run_medfuse(
-            csv, args.variant != "memory", args.workers, Path(args.tmp) / f"pkg-{args.variant}"
+            csv,
+            args.variant != "memory",
+            args.workers,
+            Path(args.tmp) / f"pkg-{args.variant}",
+            args.stem_stride,
         )
     from medfuse.training.pipeline import peak_rss
 
@@ -230,18 +240,18 @@ def child(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(res), flush=True)
 
 
-def run_train(csv: Path, tmp: Path, nproc: int, workers: int, threads: int) -> dict:
+def run_train(csv: Path, tmp: Path, nproc: int, args: argparse.Namespace) -> dict:
     """``medfuse train`` (``--nproc N`` when N > 1) on the streamed spec, on an empty cache;
     what its package records per rank."""
     import yaml
 
     cfg = tmp / f"spec-{nproc}.yaml"
-    cfg.write_text(yaml.safe_dump(spec_for(csv, True, workers)))
+    cfg.write_text(yaml.safe_dump(spec_for(csv, True, args.workers, args.stem_stride)))
     out = tmp / f"pkg-train-{nproc}"
     cmd = [sys.executable, "-m", "medfuse", "train", str(cfg), "--out", str(out), "--device"]
     cmd += ["cpu", *(["--nproc", str(nproc)] if nproc > 1 else [])]
     env = {**os.environ, "MEDFUSE_CACHE_DIR": str(tmp / f"cache-{nproc}")}
-    env["OMP_NUM_THREADS"] = str(threads)
+    env["OMP_NUM_THREADS"] = str(args.threads)
     t0 = time.perf_counter()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -264,13 +274,14 @@ def run_train(csv: Path, tmp: Path, nproc: int, workers: int, threads: int) -> d
 
 
 def torchrun_table(csv: Path, tmp: Path, args: argparse.Namespace) -> dict:
-    rows = [(n, run_train(csv, tmp, n, args.workers, args.threads)) for n in (1, args.torchrun)]
+    rows = [(n, run_train(csv, tmp, n, args)) for n in (1, args.torchrun)]
     head = (
         f"{'run':>10s} {'rank':>4s} {'decoded':>7s} {'pass read':>9s} {'train samples/epoch':>19s} "
         f"{'RSS rank MiB':>12s} {'RSS worker MiB':>14s} {'wall s':>7s} {'val AUROC':>9s}"
     )
     print(
-        f"\nN={args.n}, {SIZE}x{SIZE} grey PNG + 2 columns, 1 epoch, global batch 32, stream: "
+        f"\nN={args.n}, {SIZE}x{SIZE} grey PNG + 2 columns, cnn stem_stride {args.stem_stride}, "
+        "1 epoch, global batch 32, stream: "
         f"true on an empty cache, {args.workers} workers per rank"
     )
     print(head)
@@ -328,6 +339,7 @@ def size_table(n: int, tmp: Path, args: argparse.Namespace) -> dict[str, dict]:
     for v in variants:
         cmd = [sys.executable, __file__, "--variant", v, "--csv", str(csv), "--tmp", str(tmp)]
         cmd += ["--workers", str(args.workers), "--threads", str(args.threads)]
+        cmd += ["--stem-stride", str(args.stem_stride)]
         p = subprocess.run(cmd, env=env, capture_output=True, text=True)
         line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
         if p.returncode or not line:
@@ -339,7 +351,8 @@ def size_table(n: int, tmp: Path, args: argparse.Namespace) -> dict[str, dict]:
         f"{'total s':>8s} {'RSS main MiB':>12s} {'RSS worker MiB':>14s} {'decoded':>7s}"
     )
     print(
-        f"N={n}, {SIZE}x{SIZE} grey PNG + 2 columns, 1 epoch, batch 32, "
+        f"N={n}, {SIZE}x{SIZE} grey PNG + 2 columns, cnn stem_stride {args.stem_stride}, 1 epoch, "
+        "batch 32, "
         f"{args.workers} workers, {args.threads} torch threads"
     )
     print(head)
@@ -396,6 +409,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, nargs="+", default=[1000], help="images (one or more sizes)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="torch threads per process")
+    ap.add_argument(
+        "--stem-stride",
+        type=int,
+        default=4,
+        help="the image CNN's stem stride: 4 (default) keeps the model cheap, so the epoch "
+        "measures the data path as on a GPU; 1 is the full-resolution CNN of the first slice",
+    )
     ap.add_argument("--skip-memory", action="store_true", help="leave out stream: false")
     ap.add_argument(
         "--memory-max", type=int, default=5000, help="no stream: false run above this N"
