@@ -393,8 +393,11 @@ class FSDPStrategy(Strategy):
 
 class DistributedCallback(Callback):
     """The Trainer as one rank of a job: the checkpoint is read by rank 0 and broadcast (nodes
-    need no shared disk), the logged train loss is the mean over ranks, and FSDP optimizer state
-    is checkpointed unsharded. (A torchrun restart resumes: see ``Session.resume``.)"""
+    need no shared disk), the logged train loss is the mean over ranks, the ranks' digests of an
+    epoch's global batches must agree, a mid-epoch checkpoint holds every rank's order digest
+    and the train-loss sums over all ranks, and FSDP optimizer state is checkpointed unsharded,
+    so a checkpoint resumes with any number of processes. (A torchrun restart resumes: see
+    ``Session.resume``.)"""
 
     def on_checkpoint_load(self, trainer: Trainer, ckpt: dict[str, Any] | None) -> Any:
         if trainer.world > 1 and dist.is_initialized():

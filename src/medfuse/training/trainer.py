@@ -655,8 +655,9 @@ class Trainer:
                 )
             if t.checkpoint_every and (step + 1) % t.checkpoint_every == 0 and step + 1 < n_steps:
                 state = self._state(run, epoch, step + 1, g_aug)
-                state["partial_loss"] = (loss_sum, count)  # summed over ranks (Distributed-
-                state["partial_order"] = [order_sha]  # Callback) / every rank's
+                # DistributedCallback sums the loss over the ranks and gathers each rank's digest
+                state["partial_loss"] = (loss_sum, count)
+                state["partial_order"] = [order_sha]
                 state["partial_order_global"] = global_sha
                 self.save_checkpoint(state)
         self.last_epoch = {"data_wait": wait, "samples": seen}
