@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import os
 import re
 import signal
@@ -301,23 +302,24 @@ def _environ(pid: int) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _kill_rank1_after(ckpt: Path) -> Iterator[list[int]]:
-    """While the block runs (this process being torchrun's agent), SIGKILL the first attempt's
-    rank 1 as soon as ``ckpt`` exists (its first mid-epoch checkpoint); yields the killed pids."""
+def _kill_after(ckpt: Path, pid: int | None = None) -> Iterator[list[int]]:
+    """While the block runs, SIGKILL ``pid`` (by default the first attempt's rank 1, this process
+    being torchrun's agent) as soon as ``ckpt`` exists (its first mid-epoch checkpoint); yields
+    the killed pids."""
     killed: list[int] = []
     done = threading.Event()
 
     def killer() -> None:
         while not done.is_set() and not killed:
             if ckpt.exists():
-                for pid in _children(os.getpid()):
-                    env = _environ(pid)
-                    if (
+                for child in [pid] if pid is not None else _children(os.getpid()):
+                    env = _environ(child)
+                    if pid is not None or (
                         env.get("LOCAL_RANK") == "1"
                         and env.get("TORCHELASTIC_RESTART_COUNT") == "0"
                     ):
-                        os.kill(pid, signal.SIGKILL)
-                        killed.append(pid)
+                        os.kill(child, signal.SIGKILL)
+                        killed.append(child)
             time.sleep(0.01)
 
     t = threading.Thread(target=killer, daemon=True)
@@ -344,7 +346,7 @@ def test_sigkilled_worker_is_restarted_and_resumes(
     cfg = _write(spec, tmp_path / "spec.yaml")
     out = tmp_path / "killed"
     ckpt = tmp_path / "killed.train" / "checkpoint.pt"
-    with _kill_rank1_after(ckpt) as killed:
+    with _kill_after(ckpt) as killed:
         code = main(
             [
                 "train",
@@ -540,7 +542,7 @@ def test_streamed_rank_killed_mid_epoch_restarts_with_the_same_sample_order(
     spec["train"]["checkpoint_every"] = 2  # 12 steps per epoch and rank
     cfg = _write(spec, tmp_path / "spec.yaml")
     out = tmp_path / "killed"
-    with _kill_rank1_after(tmp_path / "killed.train" / "checkpoint.pt") as killed:
+    with _kill_after(tmp_path / "killed.train" / "checkpoint.pt") as killed:
         code = main(
             [
                 "train",
@@ -563,6 +565,76 @@ def test_streamed_rank_killed_mid_epoch_restarts_with_the_same_sample_order(
     ref = _records(stream_ddp["out"])
     got = _records(out)
     assert [r["ranks"] for r in got] == [r["ranks"] for r in ref]
+    assert [r["order_sha256"] for r in got] == [r["order_sha256"] for r in ref]
+    # the partial epoch's loss is summed over the ranks: the epoch's mean is the whole epoch's
+    assert [r["train_loss"] for r in got] == pytest.approx([r["train_loss"] for r in ref], rel=1e-6)
+    assert _maxdiff(_weights(out), _weights(stream_ddp["out"])) < TOL
+
+
+@pytest.mark.slow
+def test_streamed_global_order_digest_is_the_same_for_one_and_two_processes(
+    stream_data, stream_ddp
+) -> None:
+    """Each epoch's ``order_sha256`` digests its global batches in order (each rank computes it
+    alone): on data that leaves no padding or trailing batch, 2 processes and 1 give the same
+    digest in every epoch, while their per-rank digests differ."""
+    one, two = _records(stream_data["one"]), _records(stream_ddp["out"])
+    assert [(r["stage"], r["epoch"]) for r in one] == [(r["stage"], r["epoch"]) for r in two]
+    digests = [r["order_sha256"] for r in one]
+    assert [r["order_sha256"] for r in two] == digests
+    assert len(set(digests)) == len(digests)  # each epoch is shuffled anew
+    assert [r["ranks"][0]["order_sha256"] for r in one] == digests  # one rank: the same batches
+    assert all(s["order_sha256"] not in digests for r in two for s in r["ranks"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("before, after, strategy", [(2, 1, "ddp"), (1, 2, "ddp"), (2, 1, "fsdp")])
+def test_streamed_run_killed_mid_epoch_resumes_exactly_with_another_number_of_processes(
+    before, after, strategy, stream_data, stream_ddp, tmp_path, capfd, caplog, monkeypatch
+) -> None:
+    """A run of ``before`` processes SIGKILLed after its first mid-epoch checkpoint (2: one rank
+    killed, ``--max-restarts 0`` so the job fails) is resumed with ``after`` processes: the
+    remaining global batches are re-sharded, so every epoch's global order digest, train loss
+    and the final weights are those of the uninterrupted runs (1 and 2 processes agree here).
+    With ``fsdp`` the checkpoint holds full tensors (its optimizer state too), which one process
+    (training as ``single``) loads as they are; 2 re-shard them (tested 1 -> 2 as well, 14 s)."""
+    from medfuse.cli import main
+
+    caplog.set_level(logging.INFO, logger="medfuse")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MEDFUSE_CACHE_DIR", str(stream_data["root"] / "cache-ddp"))
+    spec = copy.deepcopy(stream_data["spec"])
+    spec["train"]["checkpoint_every"] = 2  # 12 global batches per epoch
+    cfg = _write(spec, tmp_path / "spec.yaml")
+    out = tmp_path / "killed"
+    args = ["train", str(cfg), "--out", str(out), "--device", "cpu", "--strategy", strategy]
+    ckpt = tmp_path / "killed.train" / "checkpoint.pt"
+    if before == 1:
+        proc = _medfuse(*args)
+        with _kill_after(ckpt, proc.pid) as killed:
+            proc.communicate(timeout=240)
+    else:
+        with _kill_after(ckpt) as killed:
+            assert main([*args, "--nproc", "2", "--max-restarts", "0"]) != 0
+    assert killed, "the run ended before the killer saw a checkpoint"
+    assert torch.load(ckpt, weights_only=True)["world"] == before
+    capfd.readouterr()
+    code = main([*args, "--resume", *(["--nproc", str(after)] if after > 1 else [])])
+    text = "".join(capfd.readouterr()) + caplog.text
+    assert code == 0, text[-4000:]
+    many = "es" if before > 1 else ""
+    assert (
+        f"resuming a checkpoint written by {before} process{many} with {after}: the remaining "
+        "global batches of fusion epoch 1 (step "
+    ) in text, text[-4000:]
+    got, one, two = _records(out), _records(stream_data["one"]), _records(stream_ddp["out"])
+    assert [r["order_sha256"] for r in got] == [r["order_sha256"] for r in one]
+    assert [r["order_sha256"] for r in got] == [r["order_sha256"] for r in two]
+    assert [r.get("resumed_from_world") for r in got] == [before, None]
+    n_train = N_STREAM - N_STREAM // 5
+    assert [[s["samples"] for s in r["ranks"]] for r in got] == [[n_train // after] * after] * 2
+    assert [r["train_loss"] for r in got] == pytest.approx([r["train_loss"] for r in one], rel=1e-6)
+    assert _maxdiff(_weights(out), _weights(stream_data["one"])) < TOL
     assert _maxdiff(_weights(out), _weights(stream_ddp["out"])) < TOL
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import re
 import shutil
 import time
@@ -228,9 +229,65 @@ def test_step_level_resume_logs_the_whole_epochs_train_loss(tiny_spec, tmp_path)
         trainer(tmp_path / "b", [_CrashAtStep(3)]).fit()
     ckpt = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] == 2 and ckpt["partial_loss"][1] == 64
+    assert ckpt["world"] == 1 and ckpt["batch_size"] == 32  # a position in global batches
     resumed = trainer(tmp_path / "b").fit(resume=True)
     assert len(resumed) == 1
     assert resumed[0]["train_loss"] == whole[0]["train_loss"]  # bit-exact, over all 96 samples
+    # the epoch's global order digest is carried across the restart
+    assert resumed[0]["order_sha256"] == whole[0]["order_sha256"] != ""
+    assert "resumed_from_world" not in resumed[0]
+
+    # the global batch may not change mid-epoch: step 2 of batch 16 is another sample
+    d16 = spec.to_dict()
+    d16["train"]["batch_size"] = 16
+    spec16 = parse_spec(d16)
+    with pytest.raises(KeyboardInterrupt):
+        trainer(tmp_path / "c", [_CrashAtStep(3)]).fit()
+    seed_everything(spec.train.seed)
+    smaller = Trainer(build_model(spec16), spec16, tr, va, device=cpu, workdir=tmp_path / "c")
+    with pytest.raises(SpecError, match=r"train.batch_size.*global batch of 32; with 16 step 2"):
+        smaller.fit(resume=True)
+
+
+def test_a_steps_global_batch_is_the_same_samples_for_any_world(tiny_spec) -> None:
+    """Each epoch is one permutation, padded to a multiple of the world and interleaved over the
+    ranks: rank r's step-s batch is positions r::W of the global batch [s*B, (s+1)*B), so the
+    global batch of a step is the same samples with 1, 2 or 4 processes (what lets a mid-epoch
+    checkpoint of N processes resume with M); only the padding of the last batch differs."""
+    from medfuse.training.trainer import padded
+
+    d = copy.deepcopy(tiny_spec)
+    d["data"]["options"]["n_train"] = 90  # 11 global batches of 8 and one of 2
+    d["train"]["batch_size"] = 8
+    spec, bundle = prepare_data(parse_spec(d))
+    stats = fit_preprocessing(spec, bundle.train, bundle.info)
+    tr, va = to_tensors(bundle.train, stats), to_tensors(bundle.val, stats)
+    model = build_model(spec)
+    big = 8
+    seed = 12345
+
+    def ranks(world: int) -> list[Trainer]:
+        per = copy.deepcopy(spec.to_dict())
+        per["train"]["batch_size"] = big // world
+        rs = parse_spec(per)
+        cpu = torch.device("cpu")
+        return [Trainer(model, rs, tr, va, device=cpu, rank=r, world=world) for r in range(world)]
+
+    one = ranks(1)[0]._global_order(seed)
+    assert len(one) == 90 and sorted(one.tolist()) == list(range(90))
+    for world in (1, 2, 4):
+        trainers = ranks(world)
+        glob = trainers[0]._global_order(seed)
+        assert torch.equal(glob, padded(one, world))  # one permutation, padded for the world
+        per_rank = [t._epoch_order(seed) for t in trainers]
+        b = big // world
+        for s in range(math.ceil(90 / big)):
+            step = glob[s * big : (s + 1) * big]
+            for r, order in enumerate(per_rank):
+                assert torch.equal(order[s * b : (s + 1) * b], step[r::world])
+            if s < 90 // big:  # a full global batch: the same samples, in the same order
+                assert torch.equal(step, one[s * big : (s + 1) * big])
+    assert len(padded(one, 4)) == 92  # the last batch: 2 samples, padded to 4 with 4 ranks
 
 
 # ---- callbacks -----------------------------------------------------------------------------------

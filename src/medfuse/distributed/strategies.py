@@ -393,8 +393,11 @@ class FSDPStrategy(Strategy):
 
 class DistributedCallback(Callback):
     """The Trainer as one rank of a job: the checkpoint is read by rank 0 and broadcast (nodes
-    need no shared disk), the logged train loss is the mean over ranks, and FSDP optimizer state
-    is checkpointed unsharded. (A torchrun restart resumes: see ``Session.resume``.)"""
+    need no shared disk), the logged train loss is the mean over ranks, the ranks' digests of an
+    epoch's global batches must agree, a mid-epoch checkpoint holds every rank's order digest
+    and the train-loss sums over all ranks, and FSDP optimizer state is checkpointed unsharded,
+    so a checkpoint resumes with any number of processes. (A torchrun restart resumes: see
+    ``Session.resume``.)"""
 
     def on_checkpoint_load(self, trainer: Trainer, ckpt: dict[str, Any] | None) -> Any:
         if trainer.world > 1 and dist.is_initialized():
@@ -409,15 +412,30 @@ class DistributedCallback(Callback):
             t = torch.tensor([float(record["train_loss"])], device=dev)
             dist.all_reduce(t)
             record["train_loss"] = float(t.item()) / trainer.world
-            shares: list[Any] = [None] * trainer.world  # each rank's samples and their order
-            dist.all_gather_object(shares, record["ranks"][0])
-            record["ranks"] = shares
+            # each rank's samples and their order, and its digest of the global batches
+            shares: list[Any] = [None] * trainer.world
+            dist.all_gather_object(shares, (record["ranks"][0], record.get("order_sha256")))
+            record["ranks"] = [share for share, _ in shares]
+            digests = {digest for _, digest in shares}
+            if len(digests) > 1:  # every rank computes it alone, from the same permutation
+                raise MedfuseError(
+                    f"{record['stage']} epoch {record['epoch']}: the ranks trained different "
+                    f"global batches (order digests {sorted(map(str, digests))}); every rank "
+                    "must read the same training set, in the same order, with the same spec"
+                )
 
     def on_checkpoint_save(self, trainer: Trainer, state: dict[str, Any]) -> None:
         if "partial_order" in state and trainer.world > 1 and dist.is_initialized():
             orders: list[Any] = [None] * trainer.world  # each rank resumes its own sample order
             dist.all_gather_object(orders, state["partial_order"][0])
             state["partial_order"] = orders
+            # the partial epoch's train loss: sums over all ranks, so a resume with any number
+            # of processes logs the whole epoch's mean (Trainer._resume_world splits them)
+            dev = trainer.device if trainer.device.type == "cuda" else torch.device("cpu")
+            loss_sum, count = state["partial_loss"]
+            t = torch.tensor([float(loss_sum), float(count)], dtype=torch.float64, device=dev)
+            dist.all_reduce(t)
+            state["partial_loss"] = (float(t[0].item()), int(round(t[1].item())))
         opt = state.get("optimizer") or {}
         if opt.get("state") and dist.is_initialized():  # fsdp: DTensor moments -> full tensors
             state["optimizer"] = {

@@ -81,6 +81,18 @@ def order_digest(prev: str, idx: Any) -> str:
     return hashlib.sha256(f"{prev}|{pos}".encode()).hexdigest()
 
 
+def padded(perm: torch.Tensor, world: int) -> torch.Tensor:
+    """``perm`` padded (from its start) to a multiple of ``world``, as DistributedSampler pads.
+
+    An epoch's order is one such padded permutation for every world size: with a global batch
+    ``b`` (divisible by ``world``) rank ``r`` trains positions ``r::world`` of its slice
+    ``[s*b, (s+1)*b)`` at step ``s``, so the global batch of a step is the same set of samples
+    for any world; only the padding of a last, partial batch depends on the world."""
+    n = len(perm)
+    total = math.ceil(n / world) * world
+    return perm if total == n else perm[torch.arange(total) % n]
+
+
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -108,10 +120,16 @@ class StageRun:
     bad: int = 0
     start_epoch: int = 0
     start_step: int = 0
-    #: a step-level checkpoint's partial epoch: the train-loss sum and sample count so far
+    #: a step-level checkpoint's partial epoch: this rank's share of the train-loss sum and
+    #: sample count so far (the checkpoint holds the sums over all ranks)
     partial: tuple[float, int] = (0.0, 0)
-    #: ... and the digest of the sample order so far (:func:`order_digest`)
+    #: ... the digest of this rank's sample order so far (:func:`order_digest`)
     partial_order: str = ""
+    #: ... and of the global batches so far (world-independent; ``None``: a checkpoint written
+    #: before medfuse recorded it, so the epoch's global digest is unknown)
+    partial_global: str | None = ""
+    #: the world size of a mid-epoch checkpoint written by another number of processes
+    resumed_from_world: int | None = None
     stopped: bool = False
     ema: Any = None
 
@@ -212,6 +230,7 @@ class Trainer:
         #: this rank's last training pass: data-wait seconds, samples, seconds
         self.last_epoch: dict[str, float] = {}
         self.epoch_share: dict[str, Any] = {}
+        self.epoch_order: str | None = ""
         #: the validation samples this rank read in its last validation (its shard)
         self.val_read = 0
         self.stage_results: list[dict[str, Any]] = []
@@ -243,13 +262,17 @@ class Trainer:
         multiple of world, interleaved; every rank gets as many."""
         if self.world == 1:
             return perm
-        n = len(perm)
-        total = math.ceil(n / self.world) * self.world
-        return perm[torch.arange(total) % n][self.rank :: self.world]
+        return padded(perm, self.world)[self.rank :: self.world]
+
+    def _global_order(self, seed: int) -> torch.Tensor:
+        """The epoch's permutation of the training set, padded to a multiple of the world: the
+        same on every rank (step ``s`` trains its slice ``[s*B, (s+1)*B)``, B the global batch)."""
+        g = torch.Generator().manual_seed(seed)
+        return padded(torch.randperm(len(self.train_data), generator=g), self.world)
 
     def _epoch_order(self, seed: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(seed)
-        return self._shard(torch.randperm(len(self.train_data), generator=g))
+        """This rank's positions of the epoch (its share of every global batch, in order)."""
+        return self._global_order(seed)[self.rank :: self.world]
 
     def _val_logits(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Validation logits (fused, per branch) of the whole split. In a process group each rank
@@ -509,11 +532,7 @@ class Trainer:
                 int(ckpt["bad"]),
             )
             run.best_state = ckpt.get("best_state")
-            if run.start_step and "partial_loss" in ckpt:
-                loss_sum, count = ckpt["partial_loss"]
-                run.partial = (float(loss_sum), int(count))
-                orders = ckpt.get("partial_order") or []  # one per rank
-                run.partial_order = str(orders[self.rank]) if self.rank < len(orders) else ""
+            self._resume_world(run, ckpt)
         if ckpt is None and name == "finetune" and t.keep == "best":
             # finetuning must earn its place: the weights it starts from are the bar to beat
             run.best_score = self.score(name, self.evaluate_val(name))[0]
@@ -529,6 +548,65 @@ class Trainer:
             cb.on_stage_start(self, run)
         return run
 
+    def _resume_world(self, run: StageRun, ckpt: dict[str, Any]) -> None:
+        """A mid-epoch checkpoint's partial epoch, for this rank of this world. The epoch's
+        global batches do not depend on the world (:func:`padded`), so a checkpoint written by
+        N processes resumes with M: the remaining batches (step ``k`` on) are re-sharded over
+        the M ranks. Its train-loss sums (over all ranks) are split evenly over the M ranks (all
+        ranks train as many samples, so the epoch's mean over ranks is the whole epoch's mean);
+        the per-rank order digests restart, the global one continues."""
+        t = self.spec.train
+        written = ckpt.get("world")  # None: written before checkpoints recorded it
+        orders = list(ckpt.get("partial_order") or [])  # one per rank
+        where = f"{run.name} epoch {run.start_epoch + 1}, step {run.start_step}"
+        if written is not None and int(written) != self.world:
+            log.info(
+                "resuming a checkpoint written by %d process%s with %d: %s",
+                int(written),
+                "es" if int(written) > 1 else "",
+                self.world,
+                f"the remaining global batches of {run.name} epoch {run.start_epoch + 1} (step "
+                f"{run.start_step} on) are re-sharded; each rank's order digest restarts, the "
+                "epoch's global one continues"
+                if run.start_step
+                else "it was written at an epoch's end; the next epoch is sharded over the new "
+                "world",
+            )
+        if not run.start_step or "partial_loss" not in ckpt:
+            return
+        loss_sum, count = ckpt["partial_loss"]
+        if written is None:  # its partial loss is rank 0's, its digests are per rank
+            if len(orders) not in (0, self.world):
+                raise SpecError(
+                    "--resume",
+                    f"the checkpoint in {self.workdir} stopped mid-epoch ({where}) in a run of "
+                    f"{len(orders)} processes and was written by an older medfuse, which did not "
+                    f"record enough to re-shard the epoch over {self.world}; resume it with "
+                    f"{len(orders)} processes (--nproc {len(orders)})",
+                )
+            run.partial = (float(loss_sum), int(count))
+            run.partial_order = str(orders[self.rank]) if self.rank < len(orders) else ""
+            run.partial_global = None
+            return
+        batch = t.batch_size * self.world
+        saved = int(ckpt.get("batch_size", batch))
+        if saved != batch:
+            raise SpecError(
+                "train.batch_size",
+                f"the checkpoint in {self.workdir} stopped mid-epoch ({where}) with a global "
+                f"batch of {saved}; with {batch} step {run.start_step} starts at another sample, "
+                f"so samples would be skipped or trained twice. Resume with train.batch_size "
+                f"{saved} (it may change at an epoch's end: resume from an epoch-end checkpoint)",
+            )
+        # every rank trained as many samples: count (k global batches) divides evenly
+        run.partial = (float(loss_sum) / self.world, int(count) // self.world)
+        run.partial_global = str(ckpt.get("partial_order_global", ""))
+        if int(written) == self.world:
+            run.partial_order = str(orders[self.rank]) if self.rank < len(orders) else ""
+        else:
+            run.partial_order = ""  # this rank's share of the epoch starts at step k
+            run.resumed_from_world = int(written)
+
     def _weights(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
@@ -540,16 +618,19 @@ class Trainer:
         for batches (``data_wait``) and the samples seen go to ``self.last_epoch``."""
         t = self.spec.train
         self._set_modes(run.name)
-        order = self._epoch_order(t.seed * 1_000_003 + run.index * 10_007 + epoch)
-        n_steps = math.ceil(len(order) / t.batch_size)
-        resumed = epoch == run.start_epoch
-        loss_sum, count = run.partial if resumed and run.start_step else (0.0, 0)
-        order_sha = run.partial_order if resumed and run.start_step else ""
+        glob = self._global_order(t.seed * 1_000_003 + run.index * 10_007 + epoch)
+        order = glob[self.rank :: self.world]  # this rank's share of every global batch
+        b, gb = t.batch_size, t.batch_size * self.world
+        n_steps = math.ceil(len(order) / b)
+        resumed = epoch == run.start_epoch and run.start_step > 0
+        loss_sum, count = run.partial if resumed else (0.0, 0)
+        order_sha = run.partial_order if resumed else ""
+        global_sha = run.partial_global if resumed else ""
         steps, batches = [], []
         for step in range(run.start_step if resumed else 0, n_steps):
-            idx = order[step * t.batch_size : (step + 1) * t.batch_size]
+            idx = order[step * b : (step + 1) * b]
             if len(idx) == 1 and len(order) > 1:
-                continue  # a trailing batch of one: BatchNorm cannot train on it
+                continue  # a trailing batch of one: BatchNorm cannot train on it (every rank)
             steps.append(step)
             batches.append(idx)
         wait, seen = 0.0, 0
@@ -559,6 +640,8 @@ class Trainer:
             batch = next(loader)
             wait += time.perf_counter() - t0
             order_sha = order_digest(order_sha, idx)
+            if global_sha is not None:  # the step's global batch, as every rank computes it
+                global_sha = order_digest(global_sha, glob[step * gb : (step + 1) * gb])
             n = len(batch[2])
             loss = self._train_step(run, batch, g_aug)
             loss_sum += float(loss.detach()) * n
@@ -572,12 +655,16 @@ class Trainer:
                 )
             if t.checkpoint_every and (step + 1) % t.checkpoint_every == 0 and step + 1 < n_steps:
                 state = self._state(run, epoch, step + 1, g_aug)
+                # DistributedCallback sums the loss over the ranks and gathers each rank's digest
                 state["partial_loss"] = (loss_sum, count)
-                state["partial_order"] = [order_sha]  # every rank's (DistributedCallback)
+                state["partial_order"] = [order_sha]
+                state["partial_order_global"] = global_sha
                 self.save_checkpoint(state)
         self.last_epoch = {"data_wait": wait, "samples": seen}
         #: this rank's share of the epoch (before and after a restart): for the record's "ranks"
         self.epoch_share = {"rank": self.rank, "samples": count, "order_sha256": order_sha}
+        #: the digest of the epoch's global batches (the same on every rank, for any world)
+        self.epoch_order = global_sha
         return loss_sum, count
 
     def _train_step(
@@ -661,9 +748,16 @@ class Trainer:
             "best": improved,
             "seconds": seconds,
             **self._throughput(),
+            # the epoch's global batches in order: equal for any number of processes
+            "order_sha256": self.epoch_order,
             # each rank's samples and the digest of their order (DistributedCallback gathers them)
             "ranks": [{**self.epoch_share, "val_samples": self.val_read}],
         }
+        if run.resumed_from_world is not None and epoch == run.start_epoch:
+            # resumed mid-epoch from a checkpoint of another world: "ranks" counts each rank's
+            # samples over the whole epoch (an even split of those before the restart), its
+            # order digests only the batches since
+            record["resumed_from_world"] = run.resumed_from_world
         self.log_epoch(record)
         self._print_epoch(run, record, bar)
         run.stopped = self._agree(es is not None and run.bad >= es.patience)
@@ -733,6 +827,10 @@ class Trainer:
             "stage": run.index,
             "epoch": epoch,
             "step": step,
+            # a mid-epoch position is a count of global batches: a resume with another number
+            # of processes re-shards the rest (the global batch may not change mid-epoch)
+            "world": self.world,
+            "batch_size": self.spec.train.batch_size * self.world,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": run.opt.state_dict() if run.opt is not None else {},
             "scheduler": run.sched.state_dict() if run.sched is not None else {},
