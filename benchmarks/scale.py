@@ -268,7 +268,8 @@ def run_train(csv: Path, tmp: Path, nproc: int, args: argparse.Namespace) -> dic
         "wall_s": wall,
         "ranks": ranks,
         "auroc": val.get("auroc"),
-        "val_loss": val.get("val_loss", val.get("loss")),
+        "val_loss": epochs[-1]["val_loss"],
+        "order": [e.get("order_sha256") for e in epochs],
         "out": str(out),
     }
 
@@ -311,7 +312,8 @@ def torchrun_table(csv: Path, tmp: Path, args: argparse.Namespace) -> dict:
         f"result, {args.torchrun} processes vs 1: |val AUROC difference| {d_auc:.4f}, |val loss "
         f"difference| {abs(rows[0][1]['val_loss'] - rows[1][1]['val_loss']):.4f}, largest weight "
         f"difference {wdiff:.2e} (batch norm in training mode normalises each rank's share of a "
-        "batch, so the runs are not equal bit for bit)"
+        "batch, so the runs are not equal bit for bit); the same global sample order in every "
+        f"epoch (order_sha256): {rows[0][1]['order'] == rows[1][1]['order']}"
     )
     return {"nproc": {str(n): {k: v for k, v in r.items()} for n, r in rows}, "weight_diff": wdiff}
 
