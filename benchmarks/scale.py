@@ -303,19 +303,22 @@ def torchrun_table(csv: Path, tmp: Path, args: argparse.Namespace) -> dict:
 
     w1 = load_file(str(Path(rows[0][1]["out"]) / "model.safetensors"))
     wn = load_file(str(Path(rows[1][1]["out"]) / "model.safetensors"))
-    wdiff = max(float(np.abs(w1[k].astype(np.float64) - wn[k]).max()) for k in w1)
+    stats = ("running_mean", "running_var", "num_batches_tracked")  # batch norm's, not trained
+    params = [k for k in w1 if not k.endswith(stats)]
+    wdiff = max(float(np.abs(w1[k].astype(np.float64) - wn[k]).max()) for k in params)
+    scale_ = max(float(np.abs(w1[k]).max()) for k in params)
     d_auc = abs(rows[0][1]["auroc"] - rows[1][1]["auroc"])
     print(
         f"training samples read per rank / one process: {share}; files decoded by all ranks: "
         f"{decoded} (one process: {one.get('decoded', 0)}); peak RSS of the largest rank / one "
         f"process: {rss:.2f}\n"
         f"result, {args.torchrun} processes vs 1: |val AUROC difference| {d_auc:.4f}, |val loss "
-        f"difference| {abs(rows[0][1]['val_loss'] - rows[1][1]['val_loss']):.4f}, largest weight "
-        f"difference {wdiff:.2e} (batch norm in training mode normalises each rank's share of a "
+        f"difference| {abs(rows[0][1]['val_loss'] - rows[1][1]['val_loss']):.2e}, largest "
+        f"parameter difference {wdiff:.2e} (largest parameter {scale_:.2f}; batch norm in training mode normalises each rank's share of a "
         "batch, so the runs are not equal bit for bit); the same global sample order in every "
         f"epoch (order_sha256): {rows[0][1]['order'] == rows[1][1]['order']}"
     )
-    return {"nproc": {str(n): {k: v for k, v in r.items()} for n, r in rows}, "weight_diff": wdiff}
+    return {"nproc": {str(n): dict(r) for n, r in rows}, "weight_diff": wdiff}
 
 
 NAMES = {

@@ -229,6 +229,22 @@ def test_reading_and_writing_the_cache_keeps_resident_memory_flat(tmp_path) -> N
     np.testing.assert_array_equal(np.load(path, mmap_mode="r")[7], first + 7)  # still a .npy
 
 
+def test_workers_hold_a_bounded_amount_of_ready_batches() -> None:
+    """Ready batches sit in shared memory mapped into the training process: 4 per worker for a
+    training batch, fewer for evaluation's 256-sample batches of 224-px images (51 MiB each), so
+    the resident memory does not grow with the evaluated split."""
+    n = 300
+    x = np.zeros((n, 1, 224, 224), np.float32)  # never touched: no memory used
+    data = stream_mod.StreamBatches(
+        {"image": x}, {"image": np.ones(n, np.float32)}, np.zeros(n), {}
+    )
+    train = stream_mod._loader(data, [list(range(32))], workers=2, pin=False)
+    evaluate = stream_mod._loader(data, [list(range(256)), [256]], workers=2, pin=False)
+    assert train.prefetch_factor == 4 and evaluate.prefetch_factor == 1
+    held = evaluate.prefetch_factor * 2 * 256 * x[0].nbytes
+    assert held <= stream_mod.PREFETCH_BYTES
+
+
 def test_a_cache_damaged_on_disk_is_refused_on_read(
     manifest: Path, tmp_path: Path, cache_dir: Path
 ) -> None:

@@ -68,6 +68,8 @@ PASSES = "passes"
 #: ``data.stream: auto`` streams when the decoded manifest would exceed this share of the memory
 #: available now (the in-memory path holds about three copies: read, split, normalised)
 AUTO_FRACTION = 0.15
+#: the values of the batches the DataLoader workers may hold ready, in all (:func:`prefetch_factor`)
+PREFETCH_BYTES = 128 << 20
 
 
 def cache_root() -> Path:
@@ -876,14 +878,24 @@ def stream_loader(
         yield got
 
 
+def prefetch_factor(batch_bytes: int, workers: int) -> int:
+    """Batches each worker may hold ready: up to 4, fewer when their values would exceed
+    ``PREFETCH_BYTES`` in all (e.g. evaluation's 256-sample batches of 224-px images), at least 1.
+    Ready batches live in shared memory mapped into the consuming process: more of them would
+    raise its resident memory, not its speed."""
+    return max(1, min(4, PREFETCH_BYTES // max(1, workers * batch_bytes)))
+
+
 def _loader(data: StreamBatches, batches: list[Any], *, workers: int, pin: bool) -> DataLoader[Any]:
+    per_sample = sum(4 * math.prod(x.shape[1:]) for x in data.arrays.values())
+    largest = max((len(b) for b in batches), default=1)
     return DataLoader(
         data,
         batch_sampler=[[int(i) for i in b] for b in batches],
         num_workers=workers,
         collate_fn=_first,
         pin_memory=pin,
-        prefetch_factor=4 if workers else None,
+        prefetch_factor=prefetch_factor(largest * per_sample, workers) if workers else None,
         generator=torch.Generator(),
     )
 
