@@ -144,19 +144,27 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+#: evaluation's batch by device type (``predict_logits``)
+EVAL_BATCH = {"cuda": 256, "cpu": 64}
+
+
 @torch.no_grad()
 def predict_logits(
     model: nn.Module,
     data: Tensors,
     device: torch.device,
     *,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     bf16: bool = False,
     branches: bool = False,
     positions: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Fused logits ``(N, K)`` and, with ``branches``, each branch's auxiliary logits; of the
-    samples at ``positions`` only (in that order) when given."""
+    samples at ``positions`` only (in that order) when given. ``batch_size``: by default
+    ``EVAL_BATCH`` for the device (on a CPU a 256-sample batch of 224-px images holds ~240 MiB
+    of convolution buffers and is no faster than 64)."""
+    if batch_size is None:
+        batch_size = EVAL_BATCH.get(device.type, EVAL_BATCH["cpu"])
     was = model.training
     model.eval()
     fused: list[torch.Tensor] = []
