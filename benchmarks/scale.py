@@ -391,13 +391,15 @@ def summary(results: dict[int, dict[str, dict]]) -> None:
     def wall(r: dict) -> float:
         return float(r["prepare_s"] + r["epoch_s"])
 
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}"
+
     for n, rows in sorted(results.items()):
         cold, cached, plain = rows["cold"], rows["cached"], rows.get("plain")
         rss = max(rows["cold"]["rss_main_mib"], cached["rss_main_mib"])
         work = max(rows["cold"]["rss_workers_mib"], cached["rss_workers_mib"])
         rss0 = max(base["cold"]["rss_main_mib"], base["cached"]["rss_main_mib"])
         work0 = max(base["cold"]["rss_workers_mib"], base["cached"]["rss_workers_mib"])
-        ratio = lambda a, b: f"{a / b:.2f}"  # noqa: E731
         print(
             f"{n:7d} {wall(cold):12.1f} {wall(cached):9.1f} "
             f"{(f'{wall(plain):.1f}' if plain else '-'):>8s} "

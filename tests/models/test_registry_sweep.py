@@ -244,5 +244,7 @@ def test_cnn_stem_stride_downsamples_first_and_exports(tmp_path) -> None:
             build_model(parse_spec(raw))
     raw["modalities"]["x"]["size"] = [4, 4]
     raw["branches"]["x"]["stem_stride"] = 8
-    with pytest.raises(SpecError, match=r"stem_stride 8 is larger than the input \(4, 4\)"):
+    with pytest.raises(
+        SpecError, match=r"stem_stride 8 is larger than the input \(4, 4\); use at most 4"
+    ):
         build_model(parse_spec(raw))

@@ -15,8 +15,9 @@ values hash (the fingerprint) are computed from the same pass, equal to the in-m
 
 The cache (``MEDFUSE_CACHE_DIR``, default ``~/.cache/medfuse/decoded``): one directory per
 (modality spec, list of files), ``values.npy`` (a ``(rows, *shape)`` float32 array, its rows
-read and written by offset, never mapped: :class:`RowFile`) and ``index.json`` (per row: the file's stat key, the SHA-256 of its bytes and of its
-decoded values, its state; a completion mark). A pass holds each cache's build lock
+read and written by offset, never mapped: :class:`RowFile`) and ``index.json`` (per row: the
+file's stat key, the SHA-256 of its bytes and of its decoded values, its state; a completion
+mark). A pass holds each cache's build lock
 (:func:`cache_lock`), so concurrent processes (the ranks of a torchrun job) decode each file once
 and never read a half-written cache. A new cache is built in a temporary directory and renamed
 into place when whole; a temporary directory found under the lock is a killed writer's and is
@@ -149,7 +150,10 @@ class RowFile:
             while got < self.row_bytes:  # a raw read may return less than asked
                 n = self.f.readinto(view[got:])
                 if not n:
-                    raise DataError(f"{self.path}: truncated at row {r}; delete the cache folder")
+                    raise DataError(
+                        f"{self.path}: the cache ends inside row {r} of {self.rows}; delete "
+                        f"{self.path.parent} and run again: its files are decoded anew"
+                    )
                 got += n
         return out
 

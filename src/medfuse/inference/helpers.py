@@ -161,8 +161,8 @@ def predict_logits(
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Fused logits ``(N, K)`` and, with ``branches``, each branch's auxiliary logits; of the
     samples at ``positions`` only (in that order) when given. ``batch_size``: by default
-    ``EVAL_BATCH`` for the device (on a CPU a 256-sample batch of 224-px images holds ~240 MiB
-    of convolution buffers and is no faster than 64)."""
+    ``EVAL_BATCH`` for the device (on a CPU, large batches of large images hold large
+    convolution buffers and run no faster)."""
     if batch_size is None:
         batch_size = EVAL_BATCH.get(device.type, EVAL_BATCH["cpu"])
     was = model.training

@@ -272,7 +272,7 @@ class Trainer:
 
     def _epoch_order(self, seed: int) -> torch.Tensor:
         """This rank's positions of the epoch (its share of every global batch, in order)."""
-        return self._global_order(seed)[self.rank :: self.world]
+        return self._shard(self._global_order(seed))
 
     def _val_logits(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Validation logits (fused, per branch) of the whole split. In a process group each rank
@@ -619,7 +619,7 @@ class Trainer:
         t = self.spec.train
         self._set_modes(run.name)
         glob = self._global_order(t.seed * 1_000_003 + run.index * 10_007 + epoch)
-        order = glob[self.rank :: self.world]  # this rank's share of every global batch
+        order = self._shard(glob)  # this rank's share of every global batch
         b, gb = t.batch_size, t.batch_size * self.world
         n_steps = math.ceil(len(order) / b)
         resumed = epoch == run.start_epoch and run.start_step > 0

@@ -33,14 +33,16 @@ def cnn(
 
     ``pool``: ``avg`` (global average) or ``avgmax`` (average and max, concatenated).
     ``stem_stride``: the first convolution's stride (1: full resolution, for 28-px images; 2-8
-    for large ones, e.g. 4 on 224 px: a 4x4 patch stem, as ConvNeXt's, 16x fewer operations)."""
+    for large ones: a stride x stride kernel, zero-padded by stride // 2; 4 on 224 px gives a
+    57x57 first stage, about 16x fewer operations)."""
     in_channels, dims = _image_dims(input_shape, "cnn")
     if not 1 <= stem_stride <= 8:
         raise SpecError("branches", f"cnn stem_stride must be 1 to 8; got {stem_stride}")
     if any(s < stem_stride for s in input_shape[1:]):
         raise SpecError(
             "branches",
-            f"cnn stem_stride {stem_stride} is larger than the input {tuple(input_shape[1:])}",
+            f"cnn stem_stride {stem_stride} is larger than the input {tuple(input_shape[1:])}; "
+            f"use at most {min(input_shape[1:])}",
         )
     widths = [width * 2**i for i in range(depth)]
     return ConvEncoder(
