@@ -389,7 +389,9 @@ def test_evaluate_reads_other_data_with_the_packages_tokenizer_and_categories(
     assert abs(got["brier"] - ref["brier"]) < 1e-6 and abs(got["auroc"] - ref["auroc"]) < 1e-9
     # a value the model never saw is refused, naming it, the row and what is allowed
     unseen = [dict(r, sex="X") if i == 3 else r for i, r in enumerate(rows)]
-    with pytest.raises(DataError, match=r"'sex'.*row 4.*never saw.*: X\. Allowed: \['F', 'M'\]"):
+    with pytest.raises(
+        DataError, match=r"'sex'.*first at row 5,.*never saw.*: X\. Allowed: \['F', 'M'\]"
+    ):
         evaluate(pkg, data=_write_csv(tmp_path / "unseen.csv", unseen), device="cpu")
 
 

@@ -123,7 +123,7 @@ def encode_tabular(
             if bad:  # only with a package's stored codes: codes fit here know every value
                 values = sorted({str(s.iloc[i]).strip() for i in bad})
                 raise DataError(
-                    f"{where}: column {col!r}: {len(bad)} row(s) (first at row {bad[0] + 1}) hold "
+                    f"{where}: column {col!r}: {len(bad)} row(s) (first at row {bad[0] + 2}, counting the header as row 1) hold "
                     f"values the model never saw in training: {', '.join(values[:5])}. Allowed: "
                     f"{categories[col]}; correct them, or leave the cells empty to read them as "
                     "missing"
