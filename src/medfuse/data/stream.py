@@ -459,7 +459,7 @@ class Cache:
         return bool(self.index["state"][row] == "")
 
     def put(self, row: int, item: Decoded) -> None:
-        self.writer.write(row, item.value)
+        """Record a row the pass decoded (its worker wrote the values)."""
         self.index["keys"][row] = self.keys_now[row]
         self.index["files"][row] = item.file
         self.index["values"][row] = item.digest
@@ -494,50 +494,93 @@ class Cache:
 
 
 class Decoded(NamedTuple):
-    """One row of a streamed modality as the pass gets it from a worker."""
+    """One row of a streamed modality as the pass gets it from a worker: its record and what the
+    pass computes from its values (the values themselves travel in the batch's tensor)."""
 
     row: int
-    value: np.ndarray
     state: str  # ok, bad, empty; "" for a row read from the cache
     scale: str = ""
     error: str = ""
-    decoded: bool = False
+    decoded: bool = False  # decoded from its file (and written to the cache by the worker)
     file: str = ""  # SHA-256 of the file's bytes (decoded rows)
     digest: str = ""  # SHA-256 of the decoded values (decoded rows)
+    summary: RowSummary | None = None  # None for an empty cell
+
+
+class RowSummary(NamedTuple):
+    """What the statistics need of one row, computed where it was decoded or read (the worker)."""
+
+    finite: bool
+    lo: float
+    hi: float
+    mean: float  # over all its values (the range of sample means), float64
+    channel_mean: np.ndarray  # (C,) float64
+    channel_m2: np.ndarray  # (C,) float64: sum of squared deviations from channel_mean
+
+
+def summarise(x: np.ndarray, axis: int) -> RowSummary:
+    """One sample's :class:`RowSummary`; ``axis``: its channel axis."""
+    finite = bool(np.isfinite(x).all())
+    flat = np.moveaxis(np.asarray(x, np.float64), axis, 0).reshape(x.shape[axis], -1)
+    cm = flat.mean(axis=1)
+    m2 = ((flat - cm[:, None]) ** 2).sum(axis=1)
+    whole = float(np.nanmean(x.reshape(1, -1), axis=1, dtype=np.float64)[0]) if finite else 0.0
+    return RowSummary(finite, float(x.min()), float(x.max()), whole, cm, m2)
 
 
 class _PassItems(Dataset[Any]):
-    """One row of a streamed modality for the pass: decoded (a stale or new cache entry) or
-    read from the cache. Runs in DataLoader workers."""
+    """One row of a streamed modality for the pass: decoded (a stale or new cache entry, which
+    the worker writes to the cache) or read from the cache, and summarised. Runs in DataLoader
+    workers; a batch is ``(values, records)`` (:func:`_pass_batch`), its values in shared
+    memory."""
 
     def __init__(self, source: Source, need: np.ndarray, values_dir: Path) -> None:
         self.source, self.need, self.values_dir = source, need, values_dir
+        self.axis = 1 if source.spec.sequence else 0
+        self._writer: RowFile | None = None
+        self._pid = -1
+
+    def __getstate__(self) -> dict[str, Any]:  # each worker opens its own writer
+        return {**self.__dict__, "_writer": None, "_pid": -1}
 
     def __len__(self) -> int:
         return len(self.source.paths)
 
-    def __getitem__(self, row: int) -> Decoded:
+    def _write(self, row: int, x: np.ndarray) -> None:
+        if self._writer is None or self._pid != os.getpid():
+            self._writer, self._pid = RowFile(self.values_dir / VALUES, writable=True), os.getpid()
+        self._writer.write(row, x)
+
+    def __getitem__(self, row: int) -> tuple[np.ndarray, Decoded | Refused]:
         s = self.source
         cell = s.paths[row]
         zeros = np.zeros(s.spec.shape, np.float32)
         if not cell:
-            return Decoded(row, zeros, "empty")
+            return zeros, Decoded(row, "empty")
         if not self.need[row]:
             try:
-                return Decoded(row, s.read(np.array([row]))[0], "")
-            except DataError as err:  # raised again, as it is, by the pass (main process)
-                return Refused(str(err))  # type: ignore[return-value]
+                x = s.read(np.array([row]))[0]
+            except DataError as refused:  # raised again, as it is, by the pass (main process)
+                return zeros, Refused(str(refused))
+            return x, Decoded(row, "", summary=summarise(x, self.axis))
         file = file_digest(cell)  # before reading: a file changing meanwhile is caught next run
         try:
             x = np.asarray(read_modality(cell, s.spec), np.float32)  # the one reader
             scale = native_scale(cell) if s.spec.kind == "image" and s.spec.window is None else ""
-            return Decoded(row, x, "ok", scale, "", True, file, values_digest(x))
-        except DataError as err:
-            return Decoded(row, zeros, "bad", "", str(err), True, file, values_digest(zeros))
+            state, error = "ok", ""
+        except DataError as bad:
+            x, scale, state, error = zeros, "", "bad", str(bad)
+        self._write(row, x)
+        got = Decoded(
+            row, state, scale, error, True, file, values_digest(x), summarise(x, self.axis)
+        )
+        return x, got
 
 
-def _collate(batch: list[Any]) -> list[Any]:
-    return batch
+def _pass_batch(batch: list[tuple[np.ndarray, Any]]) -> tuple[torch.Tensor, list[Any]]:
+    """A pass batch: the rows' values stacked in one tensor (a worker hands it over in shared
+    memory, not pickled) and their records."""
+    return torch.from_numpy(np.stack([b[0] for b in batch])), [b[1] for b in batch]
 
 
 class _Welford:
@@ -546,14 +589,16 @@ class _Welford:
     def __init__(self, axis: int) -> None:
         self.axis, self.n, self.mean, self.m2 = axis, 0, None, None
 
-    def add(self, x: np.ndarray) -> None:  # x: (B, *shape), present samples only
-        if not len(x):
+    def add(self, rows: list[RowSummary], per_row: int) -> None:
+        """Merge present samples, each summarised by its channel means and squared deviations
+        over ``per_row`` values per channel."""
+        if not rows:
             return
-        c = self.axis + 1
-        flat = np.moveaxis(np.asarray(x, np.float64), c, 0).reshape(x.shape[c], -1)
-        nb = flat.shape[1]
-        mb = flat.mean(axis=1)
-        m2b = ((flat - mb[:, None]) ** 2).sum(axis=1)
+        cm = np.stack([r.channel_mean for r in rows])  # (B, C)
+        nb = len(rows) * per_row
+        mb = cm.mean(axis=0)
+        m2b = np.stack([r.channel_m2 for r in rows]).sum(axis=0)
+        m2b = m2b + per_row * ((cm - mb) ** 2).sum(axis=0)
         if self.mean is None:
             self.n, self.mean, self.m2 = nb, mb, m2b
             return
@@ -735,19 +780,19 @@ def _full_pass(
                 batch_size=batch,
                 sampler=x.rows.tolist(),
                 num_workers=workers,
-                collate_fn=_collate,
+                collate_fn=_pass_batch,
                 generator=torch.Generator(),
             )
             mask = split.masks[m]
             axis = 1 if src.spec.sequence else 0
+            per_row = math.prod(src.spec.shape) // src.spec.shape[axis]
             welford = _Welford(axis) if name == "train" else None
             lo, hi, means = math.inf, -math.inf, []
             pos = 0
-            for got in loader:
+            for vals, got in loader:
                 for g in got:
                     if isinstance(g, Refused):
                         g.throw()
-                vals = np.stack([g[1] for g in got])
                 present = np.zeros(len(got), bool)
                 for j, item in enumerate(got):
                     row, state, scale, err = item.row, item.state, item.scale, item.error
@@ -771,21 +816,22 @@ def _full_pass(
                         present[j] = True
                         if scale:
                             scales[m].setdefault(scale, []).append(row)
-                bad = present & ~np.isfinite(vals.reshape(len(vals), -1)).all(axis=1)
-                if bad.any():
+                kept = [g.summary for g, p in zip(got, present, strict=True) if p]
+                bad = [j for j, g in enumerate(got) if present[j] and not g.summary.finite]
+                if bad:
                     raise DataError(
                         f"array {m!r} ({src.spec.kind}): NaN or infinite values at "
-                        f"{_where(name, split.meta, np.flatnonzero(bad) + pos)}; fix or drop "
+                        f"{_where(name, split.meta, np.array(bad) + pos)}; fix or drop "
                         "those samples (an unreadable file can be marked missing: leave its "
                         "cell empty)"
                     )
-                v.update(np.ascontiguousarray(vals, np.float32).tobytes())
+                v.update(vals.numpy())  # the bytes, in order, as the in-memory path hashes them
                 if welford is not None:
-                    p = vals[present]
-                    welford.add(p)
-                    if len(p):
-                        lo, hi = min(lo, float(p.min())), max(hi, float(p.max()))
-                        means.append(np.nanmean(p.reshape(len(p), -1), axis=1, dtype=np.float64))
+                    welford.add(kept, per_row)
+                    if kept:
+                        lo = min(lo, min(r.lo for r in kept))
+                        hi = max(hi, max(r.hi for r in kept))
+                        means.append(np.array([r.mean for r in kept], np.float64))
                 pos += len(got)
             if welford is not None:
                 stat = welford.result(src.spec.shape[axis])

@@ -200,7 +200,8 @@ def _pil(path: Path, *, window: Window = None) -> np.ndarray:
                     )
                 return apply_window(arr, *w)
         elif im.mode in ("L", "1", "LA"):
-            arr = np.asarray(im.convert("L"), dtype=np.float32)[None]
+            grey = im if im.mode == "L" else im.convert("L")  # no copy of a grey image
+            arr = np.asarray(grey, dtype=np.float32)[None]
             full = 255.0
         else:
             arr = np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)

@@ -29,9 +29,12 @@ def _resize_axis(x: np.ndarray, axis: int, out: int) -> np.ndarray:
 
 def fit_image(arr: np.ndarray, channels: int, size: Sequence[int]) -> np.ndarray:
     """Match channels (grey <-> RGB) and resize to ``size``, as ``medfuse.data.readers`` does."""
-    arr = np.asarray(arr, dtype=np.float64)
+    arr = np.asarray(arr)
     if arr.ndim == len(size):
         arr = arr[None]
+    if arr.shape == (channels, *(int(s) for s in size)):  # nothing to fit: no float64 round trip
+        return np.ascontiguousarray(arr, dtype=np.float32)
+    arr = np.asarray(arr, dtype=np.float64)
     if arr.ndim != len(size) + 1:
         raise DataError(f"an image of shape {arr.shape} cannot be fitted to size {list(size)}")
     if arr.shape[0] != channels:
