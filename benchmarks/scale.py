@@ -34,6 +34,7 @@ DataLoader worker), from the package's training record and ``metrics.jsonl``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -150,7 +151,9 @@ def run_plain(csv: Path, workers: int, stem: int) -> dict:
 
     from medfuse.core.spec import parse_spec
     from medfuse.models import build_model
+    from medfuse.training.malloc import tune_malloc
 
+    tune_malloc()  # the allocator medfuse's CPU training uses: the loaders compared, not malloc
     t0 = time.perf_counter()
     df = pd.read_csv(csv)
     base = csv.parent
@@ -240,24 +243,77 @@ def child(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(res), flush=True)
 
 
-def run_train(csv: Path, tmp: Path, nproc: int, args: argparse.Namespace) -> dict:
-    """``medfuse train`` (``--nproc N`` when N > 1) on the streamed spec, on an empty cache;
-    what its package records per rank."""
+#: mid-epoch checkpoints of the torchrun runs (every run: the killed one resumes from one)
+CHECKPOINT_EVERY = 50
+
+
+def _descendants(pid: int) -> list[int]:
+    parents: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    out, todo = [], [pid]
+    while todo:
+        kids = [c for c, p in parents.items() if p == todo.pop()]
+        out += kids
+        todo += kids
+    return out
+
+
+def _kill_rank_after_checkpoint(proc: subprocess.Popen, ckpt: Path, killed: list[int]) -> None:
+    """SIGKILL the first attempt's rank 1 as soon as its run's first mid-epoch checkpoint
+    exists (torchrun then restarts the ranks, which resume from it)."""
+    import signal
+
+    while proc.poll() is None and not killed:
+        if ckpt.exists():
+            for child in _descendants(proc.pid):
+                try:
+                    raw = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                env = dict(kv.decode(errors="replace").split("=", 1) for kv in raw if b"=" in kv)
+                if env.get("LOCAL_RANK") == "1" and env.get("TORCHELASTIC_RESTART_COUNT") == "0":
+                    os.kill(child, signal.SIGKILL)
+                    killed.append(child)
+        time.sleep(0.02)
+
+
+def run_train(
+    csv: Path, tmp: Path, nproc: int, args: argparse.Namespace, *, kill: bool = False
+) -> dict:
+    """``medfuse train`` (``--nproc N`` when N > 1) on the streamed spec, on an empty cache
+    (``kill``: the N-process run's warm one, rank 1 SIGKILLed after the first mid-epoch
+    checkpoint, one restart allowed); what its package records per rank."""
+    import threading
+
     import yaml
 
-    cfg = tmp / f"spec-{nproc}.yaml"
-    cfg.write_text(yaml.safe_dump(spec_for(csv, True, args.workers, args.stem_stride)))
-    out = tmp / f"pkg-train-{nproc}"
+    name = f"{nproc}-killed" if kill else str(nproc)
+    spec = spec_for(csv, True, args.workers, args.stem_stride)
+    spec["train"]["checkpoint_every"] = CHECKPOINT_EVERY
+    cfg = tmp / f"spec-{name}.yaml"
+    cfg.write_text(yaml.safe_dump(spec))
+    out = tmp / f"pkg-train-{name}"
     cmd = [sys.executable, "-m", "medfuse", "train", str(cfg), "--out", str(out), "--device"]
     cmd += ["cpu", *(["--nproc", str(nproc)] if nproc > 1 else [])]
+    cmd += ["--max-restarts", "1"] if kill else []
     env = {**os.environ, "MEDFUSE_CACHE_DIR": str(tmp / f"cache-{nproc}")}
     env["OMP_NUM_THREADS"] = str(args.threads)
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    killed: list[int] = []
+    if kill:
+        ckpt = Path(f"{out}.train") / "checkpoint.pt"
+        threading.Thread(
+            target=_kill_rank_after_checkpoint, args=(proc, ckpt, killed), daemon=True
+        ).start()
+    text = proc.communicate()[0].decode(errors="replace")
     wall = time.perf_counter() - t0
-    if p.returncode:
-        print(p.stdout[-2000:], p.stderr[-4000:])
-        raise SystemExit(f"medfuse train --nproc {nproc} failed")
+    if proc.returncode or (kill and not killed):
+        print(text[-6000:])
+        raise SystemExit(f"medfuse train --nproc {nproc} failed" + (" (kill)" if kill else ""))
     meta = json.loads((out / "medfuse.json").read_text())["training"]
     epochs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     ranks = meta["ranks"]
@@ -271,6 +327,8 @@ def run_train(csv: Path, tmp: Path, nproc: int, args: argparse.Namespace) -> dic
         "val_loss": epochs[-1]["val_loss"],
         "order": [e.get("order_sha256") for e in epochs],
         "out": str(out),
+        "killed": killed,
+        "resumed": [ln.strip() for ln in text.splitlines() if "resuming from" in ln],
     }
 
 
@@ -318,7 +376,36 @@ def torchrun_table(csv: Path, tmp: Path, args: argparse.Namespace) -> dict:
         "batch, so the runs are not equal bit for bit); the same global sample order in every "
         f"epoch (order_sha256): {rows[0][1]['order'] == rows[1][1]['order']}"
     )
-    return {"nproc": {str(n): dict(r) for n, r in rows}, "weight_diff": wdiff}
+    res = {"nproc": {str(n): dict(r) for n, r in rows}, "weight_diff": wdiff}
+    if args.kill:
+        res["killed"] = killed_run(csv, tmp, args, rows[1][1])
+    return res
+
+
+def _max_diff(a: Path, b: Path) -> float:
+    from safetensors.numpy import load_file
+
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    return max(float(np.abs(wa[k].astype(np.float64) - wb[k]).max()) for k in wa)
+
+
+def killed_run(csv: Path, tmp: Path, args: argparse.Namespace, ref: dict) -> dict:
+    """The N-process run again, rank 1 SIGKILLed after its first mid-epoch checkpoint: torchrun
+    restarts the ranks and they resume; compared with the uninterrupted N-process run."""
+    got = run_train(csv, tmp, args.torchrun, args, kill=True)
+    same_order = got["order"] == ref["order"]
+    same_samples = [r["samples"] for r in got["ranks"]] == [r["samples"] for r in ref["ranks"]]
+    wdiff = _max_diff(Path(got["out"]), Path(ref["out"]))
+    print(
+        f"\nkilled: rank 1 (pid {got['killed'][0]}) SIGKILLed after the first mid-epoch "
+        f"checkpoint (every {CHECKPOINT_EVERY} steps); torchrun restarted the ranks: "
+        f"{got['resumed'][0] if got['resumed'] else 'NO RESUME LINE'}\n"
+        f"vs the uninterrupted {args.torchrun}-process run: the same global sample order "
+        f"(order_sha256) in every epoch: {same_order}; the same training samples per rank: "
+        f"{same_samples}; |val loss difference| {abs(got['val_loss'] - ref['val_loss']):.2e}; "
+        f"largest weight difference {wdiff:.2e}; wall {got['wall_s']:.1f} s"
+    )
+    return {**got, "same_order": same_order, "same_samples": same_samples, "weight_diff": wdiff}
 
 
 NAMES = {
@@ -434,6 +521,11 @@ def main() -> None:
         type=int,
         metavar="N",
         help="compare one process with N torchrun processes (per-rank reads and memory)",
+    )
+    ap.add_argument(
+        "--kill",
+        action="store_true",
+        help="with --torchrun: run the N processes again, SIGKILL rank 1 mid-epoch and compare",
     )
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     ap.add_argument("--csv", help=argparse.SUPPRESS)

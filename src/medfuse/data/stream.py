@@ -55,13 +55,13 @@ from medfuse.core.preprocess import EPS, normalize, range_subsample, value_range
 from medfuse.core.readers import read_modality
 from medfuse.core.readers.base import native_scale
 from medfuse.core.spec import ModalitySpec
-from medfuse.data.validate import SPLITS, _where
+from medfuse.data.validate import SPLITS, _where, hash_rows, values_digest
 
 log = logging.getLogger("medfuse.data")
 
 #: part of every cache's and recorded pass's key: raise it when what the readers decode or what
 #: the pass computes (statistics, ranges, hashes, checks) changes, so nothing older is reused
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 VALUES = "values.npy"
 INDEX = "index.json"
 #: the recorded results of passes (statistics, values hashes), by :func:`pass_key`
@@ -300,11 +300,6 @@ def file_digest(path: str) -> str:
     return h.hexdigest()
 
 
-def values_digest(x: np.ndarray) -> str:
-    """SHA-256 of a decoded sample's float32 bytes, as stored in the cache."""
-    return hashlib.sha256(np.ascontiguousarray(x, np.float32).tobytes()).hexdigest()
-
-
 def cache_key(source: Source) -> str:
     """The cache directory's name: the modality's reading spec, the reader version, its files."""
     h = hashlib.sha256()
@@ -495,7 +490,7 @@ class Cache:
 
 class Decoded(NamedTuple):
     """One row of a streamed modality as the pass gets it from a worker: its record and what the
-    pass computes from its values (the values themselves travel in the batch's tensor)."""
+    pass computes from its values (which stay in the worker and the cache)."""
 
     row: int
     state: str  # ok, bad, empty; "" for a row read from the cache
@@ -531,8 +526,7 @@ def summarise(x: np.ndarray, axis: int) -> RowSummary:
 class _PassItems(Dataset[Any]):
     """One row of a streamed modality for the pass: decoded (a stale or new cache entry, which
     the worker writes to the cache) or read from the cache, and summarised. Runs in DataLoader
-    workers; a batch is ``(values, records)`` (:func:`_pass_batch`), its values in shared
-    memory."""
+    workers; only the records reach the main process, never the values."""
 
     def __init__(self, source: Source, need: np.ndarray, values_dir: Path) -> None:
         self.source, self.need, self.values_dir = source, need, values_dir
@@ -551,36 +545,32 @@ class _PassItems(Dataset[Any]):
             self._writer, self._pid = RowFile(self.values_dir / VALUES, writable=True), os.getpid()
         self._writer.write(row, x)
 
-    def __getitem__(self, row: int) -> tuple[np.ndarray, Decoded | Refused]:
+    def __getitem__(self, row: int) -> Decoded | Refused:
         s = self.source
         cell = s.paths[row]
-        zeros = np.zeros(s.spec.shape, np.float32)
         if not cell:
-            return zeros, Decoded(row, "empty")
+            return Decoded(row, "empty")
         if not self.need[row]:
             try:
-                x = s.read(np.array([row]))[0]
+                x = s.read(np.array([row]))[0]  # verified against its digest
             except DataError as refused:  # raised again, as it is, by the pass (main process)
-                return zeros, Refused(str(refused))
-            return x, Decoded(row, "", summary=summarise(x, self.axis))
+                return Refused(str(refused))
+            return Decoded(row, "", summary=summarise(x, self.axis))
         file = file_digest(cell)  # before reading: a file changing meanwhile is caught next run
         try:
             x = np.asarray(read_modality(cell, s.spec), np.float32)  # the one reader
             scale = native_scale(cell) if s.spec.kind == "image" and s.spec.window is None else ""
             state, error = "ok", ""
         except DataError as bad:
-            x, scale, state, error = zeros, "", "bad", str(bad)
+            x, scale, state, error = np.zeros(s.spec.shape, np.float32), "", "bad", str(bad)
         self._write(row, x)
-        got = Decoded(
+        return Decoded(
             row, state, scale, error, True, file, values_digest(x), summarise(x, self.axis)
         )
-        return x, got
 
 
-def _pass_batch(batch: list[tuple[np.ndarray, Any]]) -> tuple[torch.Tensor, list[Any]]:
-    """A pass batch: the rows' values stacked in one tensor (a worker hands it over in shared
-    memory, not pickled) and their records."""
-    return torch.from_numpy(np.stack([b[0] for b in batch])), [b[1] for b in batch]
+def _collate(batch: list[Any]) -> list[Any]:
+    return batch
 
 
 class _Welford:
@@ -770,9 +760,10 @@ def _full_pass(
         for m in sorted(split.arrays):
             x = split.arrays[m]
             if not is_lazy(x):
-                v.update(np.ascontiguousarray(x, np.float32).tobytes())
+                hash_rows(v, x)
                 continue
             src, cache = sources[m], caches[m]
+            empty = values_digest(np.zeros(src.spec.shape, np.float32))
             need = np.array([cache.needs(i) for i in range(len(src.paths))], bool)
             items = _PassItems(src, need, cache.dir)
             loader = DataLoader(
@@ -780,7 +771,7 @@ def _full_pass(
                 batch_size=batch,
                 sampler=x.rows.tolist(),
                 num_workers=workers,
-                collate_fn=_pass_batch,
+                collate_fn=_collate,
                 generator=torch.Generator(),
             )
             mask = split.masks[m]
@@ -789,7 +780,7 @@ def _full_pass(
             welford = _Welford(axis) if name == "train" else None
             lo, hi, means = math.inf, -math.inf, []
             pos = 0
-            for vals, got in loader:
+            for got in loader:
                 for g in got:
                     if isinstance(g, Refused):
                         g.throw()
@@ -825,7 +816,13 @@ def _full_pass(
                         "those samples (an unreadable file can be marked missing: leave its "
                         "cell empty)"
                     )
-                v.update(vals.numpy())  # the bytes, in order, as the in-memory path hashes them
+                for g in got:  # each row's values digest, in order (VALUES_SCHEME)
+                    if g.decoded:
+                        v.update(g.digest.encode())
+                    elif g.state == "empty":
+                        v.update(empty.encode())
+                    else:  # the row read and verified against this digest by the worker
+                        v.update(cache.index["values"][g.row].encode())
                 if welford is not None:
                     welford.add(kept, per_row)
                     if kept:

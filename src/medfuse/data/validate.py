@@ -199,10 +199,27 @@ def _label_counts(y: np.ndarray, task: str, labels: list[str]) -> dict[str, int]
     return {lab: int((codes == j).sum()) for j, lab in enumerate(labels)}
 
 
+#: how ``values_sha256`` is computed: SHA-256 over each modality (sorted by name) of the hex
+#: SHA-256 of each row's float32 bytes, in row order (a streamed split's rows are hashed where
+#: they are decoded); fingerprints recorded under another scheme are not compared by value
+VALUES_SCHEME = "rows-sha256"
+
+
+def values_digest(x: np.ndarray) -> str:
+    """SHA-256 of one sample's float32 bytes (a streamed row's, as stored in the cache)."""
+    return hashlib.sha256(np.ascontiguousarray(x, np.float32)).hexdigest()
+
+
+def hash_rows(h: Any, x: np.ndarray) -> None:
+    """Add the rows of an in-memory array to a split's ``values_sha256`` (:data:`VALUES_SCHEME`)."""
+    for row in np.asarray(x):
+        h.update(values_digest(row).encode())
+
+
 def fingerprint(bundle: Any) -> dict[str, dict[str, Any]]:
     """Per split: ``rows``, ``labels`` (count per class), ``sha256`` of the sample ids, labels,
     presence masks and file paths (which samples, labelled how) and ``values_sha256`` of the
-    arrays as read (their content)."""
+    arrays as read (their content, by :data:`VALUES_SCHEME`)."""
     out: dict[str, dict[str, Any]] = {}
     for name in SPLITS:
         split = getattr(bundle, name, None)
@@ -216,18 +233,19 @@ def fingerprint(bundle: Any) -> dict[str, dict[str, Any]]:
             h.update(np.ascontiguousarray(split.masks[m], np.float32).tobytes())
         h.update("\n".join(_split_paths(bundle, split)).encode())
         streamed = (bundle.info.get("stream") or {}).get("values_sha256") or {}
-        if name in streamed:  # the stream pass hashed the same bytes in the same order
+        if name in streamed:  # the stream pass hashed the same rows in the same order
             values = streamed[name]
         else:
             v = hashlib.sha256()
             for m in sorted(split.arrays):
-                v.update(np.ascontiguousarray(split.arrays[m], np.float32).tobytes())
+                hash_rows(v, split.arrays[m])
             values = v.hexdigest()
         out[name] = {
             "rows": len(split.y),
             "labels": _label_counts(np.asarray(split.y), bundle.task, bundle.labels),
             "sha256": h.hexdigest(),
             "values_sha256": values,
+            "values_scheme": VALUES_SCHEME,
         }
     return out
 
@@ -249,7 +267,8 @@ def compare_fingerprints(
                 diffs.append(f"label counts {new['labels']}, {old['labels']} recorded")
             if new["sha256"] != old.get("sha256") and len(diffs) == 0:
                 diffs.append("other samples, labels or files (same counts)")
-            if not diffs and new.get("values_sha256") != old.get("values_sha256"):
+            same_scheme = new.get("values_scheme") == old.get("values_scheme")
+            if not diffs and same_scheme and new.get("values_sha256") != old.get("values_sha256"):
                 diffs.append(
                     "the same samples, but the values read differ (files or readers changed)"
                 )

@@ -37,6 +37,7 @@ from medfuse.models.composite import members as members_of
 from medfuse.training.callbacks import Callback
 from medfuse.training.finetune import adapter_state, apply_finetune, merge_finetune
 from medfuse.training.init import INIT_RECORD, init_from_package
+from medfuse.training.malloc import tune_malloc
 from medfuse.training.metrics import SUMMARY_KEYS, choose_threshold, compute_metrics, probabilities
 from medfuse.training.trainer import CHECKPOINT, HISTORY, Trainer
 
@@ -582,6 +583,8 @@ def run_fit(
     and its loaded ``bundle``."""
     if summary and session.rank == 0:
         log.info("%s", data_summary(spec, bundle))
+    if torch.device(session.device).type == "cpu":
+        tune_malloc()
     changed: list[str] = []
     if workdir is not None:
         if resume:
