@@ -243,8 +243,10 @@ def child(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(res), flush=True)
 
 
-#: mid-epoch checkpoints of the torchrun runs (every run: the killed one resumes from one)
-CHECKPOINT_EVERY = 50
+def checkpoint_every(n: int) -> int:
+    """Steps between the torchrun runs' mid-epoch checkpoints (every run's: the killed one
+    resumes from one): about five per epoch of 80% of ``n`` in global batches of 32."""
+    return max(2, int(0.8 * n) // 32 // 5)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -255,7 +257,8 @@ def _descendants(pid: int) -> list[int]:
                 parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
     out, todo = [], [pid]
     while todo:
-        kids = [c for c, p in parents.items() if p == todo.pop()]
+        cur = todo.pop()
+        kids = [c for c, p in parents.items() if p == cur]
         out += kids
         todo += kids
     return out
@@ -292,7 +295,7 @@ def run_train(
 
     name = f"{nproc}-killed" if kill else str(nproc)
     spec = spec_for(csv, True, args.workers, args.stem_stride)
-    spec["train"]["checkpoint_every"] = CHECKPOINT_EVERY
+    spec["train"]["checkpoint_every"] = checkpoint_every(args.n)
     cfg = tmp / f"spec-{name}.yaml"
     cfg.write_text(yaml.safe_dump(spec))
     out = tmp / f"pkg-train-{name}"
@@ -398,7 +401,7 @@ def killed_run(csv: Path, tmp: Path, args: argparse.Namespace, ref: dict) -> dic
     wdiff = _max_diff(Path(got["out"]), Path(ref["out"]))
     print(
         f"\nkilled: rank 1 (pid {got['killed'][0]}) SIGKILLed after the first mid-epoch "
-        f"checkpoint (every {CHECKPOINT_EVERY} steps); torchrun restarted the ranks: "
+        f"checkpoint (every {checkpoint_every(args.n)} steps); torchrun restarted the ranks: "
         f"{got['resumed'][0] if got['resumed'] else 'NO RESUME LINE'}\n"
         f"vs the uninterrupted {args.torchrun}-process run: the same global sample order "
         f"(order_sha256) in every epoch: {same_order}; the same training samples per rank: "
