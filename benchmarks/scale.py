@@ -16,7 +16,12 @@ computes val metrics and writes the package). The images are written to a tempor
 removed afterwards (never committed).
 
     python benchmarks/scale.py --n 1000 [--workers 2] [--threads 2] [--skip-memory]
-    python benchmarks/scale.py --n 1000 5000 20000 50000 --json scale.json
+    python benchmarks/scale.py --n 1000 5000 20000 50000 --json scale.json [--repeat 2]
+
+``--repeat K`` runs each variant K times, interleaved (cold, cached, plain; again), each cold run
+on an empty cache; the table keeps each variant's fastest run and lists every run's wall. Every
+variant trains with medfuse's CPU allocator settings (``medfuse.training.malloc``), the plain
+loader too: the loaders are compared, not glibc's defaults.
 
 With several sizes a summary prints each size's epoch wall time (loading + training pass; the
 cold run's includes the decode-once pass) over the plain loader's, the cached epoch over the
@@ -28,7 +33,12 @@ empty cache of its own): per rank, the files its stream pass decoded, the cache 
 training samples it read per epoch, and its peak RSS (the rank process and its largest
 DataLoader worker), from the package's training record and ``metrics.jsonl``.
 
-    python benchmarks/scale.py --n 1000 --torchrun 2
+    python benchmarks/scale.py --n 1000 --torchrun 2 [--kill]
+
+``--kill`` then runs the N processes once more on their warm cache, SIGKILLs rank 1 after its
+first mid-epoch checkpoint (every run checkpoints about five times an epoch), lets torchrun
+restart the ranks (``--max-restarts 1``) and compares the resumed run with the uninterrupted one:
+the global sample order of every epoch, the samples per rank, the validation loss and weights.
 """
 
 from __future__ import annotations
@@ -426,21 +436,34 @@ def size_table(n: int, tmp: Path, args: argparse.Namespace) -> dict[str, dict]:
     print(
         f"\n{n} PNGs {SIZE}x{SIZE} written in {time.perf_counter() - t0:.1f} s ({tmp})", flush=True
     )
-    env = {**os.environ, "MEDFUSE_CACHE_DIR": str(tmp / f"cache-{n}")}
     variants = ["cold", "cached"]
     variants += [] if args.skip_memory or n > args.memory_max else ["memory"]
     variants += [] if n > args.plain_max else ["plain"]
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    for r in range(args.repeat):  # interleaved: cold, cached, (memory once), plain; again
+        cache = tmp / f"cache-{n}-{r}"  # each repeat's cold run starts on an empty cache
+        env = {**os.environ, "MEDFUSE_CACHE_DIR": str(cache)}
+        for v in variants:
+            if v == "memory" and r:
+                continue
+            cmd = [sys.executable, __file__, "--variant", v, "--csv", str(csv), "--tmp", str(tmp)]
+            cmd += ["--workers", str(args.workers), "--threads", str(args.threads)]
+            cmd += ["--stem-stride", str(args.stem_stride)]
+            p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+            if p.returncode or not line:
+                print(p.stdout[-2000:], p.stderr[-4000:])
+                raise SystemExit(f"variant {v} failed at N={n}")
+            runs[v].append(json.loads(line[-1][7:]))
+        shutil.rmtree(cache, ignore_errors=True)
+    # each variant's fastest run (epoch wall), with the largest peak RSS of its runs
     rows: dict[str, dict] = {}
-    for v in variants:
-        cmd = [sys.executable, __file__, "--variant", v, "--csv", str(csv), "--tmp", str(tmp)]
-        cmd += ["--workers", str(args.workers), "--threads", str(args.threads)]
-        cmd += ["--stem-stride", str(args.stem_stride)]
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
-        if p.returncode or not line:
-            print(p.stdout[-2000:], p.stderr[-4000:])
-            raise SystemExit(f"variant {v} failed at N={n}")
-        rows[v] = json.loads(line[-1][7:])
+    for v, got in runs.items():
+        best = dict(min(got, key=lambda x: x["prepare_s"] + x["epoch_s"]))
+        best["rss_main_mib"] = max(x["rss_main_mib"] for x in got)
+        best["rss_workers_mib"] = max(x["rss_workers_mib"] for x in got)
+        best["walls_s"] = [round(x["prepare_s"] + x["epoch_s"], 1) for x in got]
+        rows[v] = best
     head = (
         f"{'variant':38s} {'prepare s':>9s} {'epoch s':>8s} {'wait s':>7s} {'img/s':>6s} "
         f"{'total s':>8s} {'RSS main MiB':>12s} {'RSS worker MiB':>14s} {'decoded':>7s}"
@@ -448,7 +471,8 @@ def size_table(n: int, tmp: Path, args: argparse.Namespace) -> dict[str, dict]:
     print(
         f"N={n}, {SIZE}x{SIZE} grey PNG + 2 columns, cnn stem_stride {args.stem_stride}, 1 epoch, "
         "batch 32, "
-        f"{args.workers} workers, {args.threads} torch threads"
+        f"{args.workers} workers, {args.threads} torch threads; the fastest of {args.repeat} "
+        "run(s) of each variant (all: walls s), the largest peak RSS of its runs"
     )
     print(head)
     print("-" * len(head))
@@ -456,11 +480,11 @@ def size_table(n: int, tmp: Path, args: argparse.Namespace) -> dict[str, dict]:
         print(
             f"{NAMES[v]:38s} {r['prepare_s']:9.1f} {r['epoch_s']:8.1f} {r['data_wait_s']:7.1f} "
             f"{r['samples_per_s']:6.0f} {r['total_s']:8.1f} {r['rss_main_mib']:12.0f} "
-            f"{r['rss_workers_mib']:14.0f} {r.get('decoded', '-')!s:>7s}",
+            f"{r['rss_workers_mib']:14.0f} {r.get('decoded', '-')!s:>7s}  "
+            f"walls s {', '.join(map(str, r['walls_s']))}",
             flush=True,
         )
     shutil.rmtree(tmp / f"data-{n}", ignore_errors=True)
-    shutil.rmtree(tmp / f"cache-{n}", ignore_errors=True)
     return rows
 
 
@@ -519,6 +543,12 @@ def main() -> None:
     )
     ap.add_argument("--plain-max", type=int, default=20000, help="no plain loader above this N")
     ap.add_argument("--json", type=Path, help="also write every measurement to this file")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs of each variant per size, interleaved; the table keeps each one's fastest",
+    )
     ap.add_argument(
         "--torchrun",
         type=int,
