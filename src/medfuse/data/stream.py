@@ -61,7 +61,7 @@ log = logging.getLogger("medfuse.data")
 
 #: part of every cache's and recorded pass's key: raise it when what the readers decode or what
 #: the pass computes (statistics, ranges, hashes, checks) changes, so nothing older is reused
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 VALUES = "values.npy"
 INDEX = "index.json"
 #: the recorded results of passes (statistics, values hashes), by :func:`pass_key`
@@ -118,11 +118,34 @@ def choose_stream(stream: bool | str, rows: int, modalities: dict[str, ModalityS
 # ---- what a streamed modality is ---------------------------------------------------------------
 
 
+#: how a row is stored in its float32 slot: as float32, or, when every value is such an
+#: integer (bit for bit), as uint8 or int16 in the slot's first bytes (the rest of the slot is
+#: never written: a hole in the file). An 8-bit image at its training size takes a quarter.
+STORED: dict[str, Any] = {"f4": np.float32, "u1": np.uint8, "i2": np.int16}
+
+
+def compact(x: np.ndarray) -> tuple[str, np.ndarray]:
+    """A row's smallest exact storage (:data:`STORED`) and its values in it."""
+    x = np.ascontiguousarray(x, np.float32)
+    if x.size:
+        lo, hi = float(x.min()), float(x.max())  # NaN: every comparison is false
+        for kind, low, high in (("u1", 0, 255), ("i2", -32768, 32767)):
+            if lo >= low and hi <= high:
+                small = x.astype(STORED[kind])
+                back = small.astype(np.float32)
+                if np.array_equal(back.view(np.int32), x.view(np.int32)):  # -0.0 stays float
+                    return kind, small
+                break  # in range, but not all integers
+    return "f4", x
+
+
 class RowFile:
-    """The rows of a cache's ``values.npy`` (a ``(rows, *shape)`` float32 array), read and
-    written by offset (``readinto``/``write`` on an unbuffered file), never memory-mapped: the
-    pages read or written stay in the kernel's page cache, which a process's resident memory does
-    not count, so a pass or an epoch over a cache larger than memory keeps its RSS flat."""
+    """The rows of a cache's ``values.npy`` (a ``(rows, *shape)`` float32 array, each row in its
+    slot as :data:`STORED` says), read and written by offset (``readinto``/``write`` on an
+    unbuffered file), never memory-mapped: the pages read or written stay in the kernel's page
+    cache, which a process's resident memory does not count, so a pass or an epoch over a cache
+    larger than memory keeps its RSS flat. Read it only through this class: a compact row is
+    not float32 in the file."""
 
     def __init__(self, path: Path, writable: bool = False) -> None:
         head = np.load(path, mmap_mode="r")  # the header only: no row is touched
@@ -131,40 +154,54 @@ class RowFile:
             raise DataError(f"{path}: the cache's values are {head.dtype}, not float32")
         self.rows = int(head.shape[0])
         del head
-        self.row_bytes = 4 * math.prod(self.shape)
+        self.size = math.prod(self.shape)
+        self.row_bytes = 4 * self.size
         self.path = path
         self.f = open(path, "r+b" if writable else "rb", buffering=0)  # noqa: SIM115 (close())
 
-    def read(self, rows: np.ndarray) -> np.ndarray:
+    def _read_into(self, r: int, view: memoryview) -> None:
+        self.f.seek(self.offset + r * self.row_bytes)
+        got = 0
+        while got < len(view):  # a raw read may return less than asked
+            n = self.f.readinto(view[got:])
+            if not n:
+                raise DataError(
+                    f"{self.path}: the cache ends inside row {r} of {self.rows}; delete "
+                    f"{self.path.parent} and run again: its files are decoded anew"
+                )
+            got += n
+
+    def read(self, rows: np.ndarray, stored: list[str] | None) -> np.ndarray:
         """The values of ``rows`` (any order, repeats allowed), a new ``(len(rows), *shape)``
-        array."""
+        float32 array; ``stored``: each cache row's storage as :meth:`write` returned it
+        (:data:`STORED`; ``None``: every row float32)."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         out = np.empty((len(rows), *self.shape), np.float32)
-        flat = memoryview(out.reshape(len(rows), -1)).cast("B")
+        flat = out.reshape(len(rows), -1)
+        whole = memoryview(flat).cast("B")
         for i, r in enumerate(rows.tolist()):
             if not 0 <= r < self.rows:
                 raise IndexError(f"row {r} of a cache of {self.rows} rows ({self.path})")
-            self.f.seek(self.offset + r * self.row_bytes)
-            view = flat[i * self.row_bytes : (i + 1) * self.row_bytes]
-            got = 0
-            while got < self.row_bytes:  # a raw read may return less than asked
-                n = self.f.readinto(view[got:])
-                if not n:
-                    raise DataError(
-                        f"{self.path}: the cache ends inside row {r} of {self.rows}; delete "
-                        f"{self.path.parent} and run again: its files are decoded anew"
-                    )
-                got += n
+            kind = (stored[r] if stored else "") or "f4"
+            if kind == "f4":
+                self._read_into(r, whole[i * self.row_bytes : (i + 1) * self.row_bytes])
+                continue
+            small = np.empty(self.size, STORED[kind])
+            self._read_into(r, memoryview(small).cast("B"))
+            flat[i] = small
         return out
 
-    def write(self, row: int, value: np.ndarray) -> None:
-        data = np.ascontiguousarray(value, np.float32).tobytes()
-        if len(data) != self.row_bytes:
-            raise ValueError(f"a row of {self.path} takes {self.row_bytes} bytes, not {len(data)}")
+    def write(self, row: int, value: np.ndarray) -> str:
+        """Write a row in its smallest exact storage; which one (:data:`STORED`)."""
+        kind, small = compact(value)
+        data = small.tobytes()
+        if small.size != self.size:
+            raise ValueError(f"a row of {self.path} holds {self.size} values, not {small.size}")
         self.f.seek(self.offset + row * self.row_bytes)
         view, done = memoryview(data), 0
         while done < len(data):
             done += self.f.write(view[done:]) or 0
+        return kind
 
     def sync(self) -> None:
         os.fsync(self.f.fileno())
@@ -186,6 +223,8 @@ class Source:
     #: per row, the SHA-256 of its values as the pass wrote them (``""``: nothing written); every
     #: read is checked against it (:meth:`verify`)
     digests: list[str] | None = field(default=None, repr=False, compare=False)
+    #: per row, how the cache stores it (:data:`STORED`)
+    stored: list[str] | None = field(default=None, repr=False, compare=False)
     _values: Any = field(default=None, repr=False, compare=False)
     _pid: int = field(default=-1, repr=False, compare=False)
 
@@ -204,7 +243,7 @@ class Source:
     def read(self, rows: np.ndarray) -> np.ndarray:
         """The cached values of ``rows``, each checked against the digest written with it."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        out = self.values().read(rows)
+        out = self.values().read(rows, self.stored)
         self.verify(rows, out)
         return out
 
@@ -403,6 +442,7 @@ class Cache:
                 for i in stale:
                     self.index["state"][i] = ""
                     self.index["values"][i] = ""
+                    self.index["stored"][i] = ""
                 _write_json(self.dir / INDEX, self.index)
             if stale:
                 log.info("cache %s: %d changed file(s) of %s re-decoded", self.dir, len(stale), n)
@@ -422,13 +462,14 @@ class Cache:
                 "keys": [""] * n,
                 "files": [""] * n,  # SHA-256 of each file's bytes
                 "values": [""] * n,  # SHA-256 of each row's decoded float32 values
+                "stored": [""] * n,  # how each row is stored (STORED)
                 "state": [""] * n,  # "" to decode; ok, empty, bad
                 "scale": [""] * n,
                 "error": [""] * n,
             }
         self.writer = RowFile(self.dir / VALUES, writable=True)
         source.reopen(self.dir)
-        source.digests = self.index["values"]
+        source.digests, source.stored = self.index["values"], self.index["stored"]
 
     def _read_index(self) -> dict[str, Any] | None:
         """The finished cache's index; ``None`` (build anew) for none, another version, an
@@ -458,6 +499,7 @@ class Cache:
         self.index["keys"][row] = self.keys_now[row]
         self.index["files"][row] = item.file
         self.index["values"][row] = item.digest
+        self.index["stored"][row] = item.stored
         self.index["state"][row] = item.state
         self.index["scale"][row] = item.scale
         self.index["error"][row] = item.error
@@ -500,6 +542,7 @@ class Decoded(NamedTuple):
     file: str = ""  # SHA-256 of the file's bytes (decoded rows)
     digest: str = ""  # SHA-256 of the decoded values (decoded rows)
     summary: RowSummary | None = None  # None for an empty cell
+    stored: str = ""  # how the worker stored it in the cache (STORED; decoded rows)
 
 
 class RowSummary(NamedTuple):
@@ -540,10 +583,10 @@ class _PassItems(Dataset[Any]):
     def __len__(self) -> int:
         return len(self.source.paths)
 
-    def _write(self, row: int, x: np.ndarray) -> None:
+    def _write(self, row: int, x: np.ndarray) -> str:
         if self._writer is None or self._pid != os.getpid():
             self._writer, self._pid = RowFile(self.values_dir / VALUES, writable=True), os.getpid()
-        self._writer.write(row, x)
+        return self._writer.write(row, x)
 
     def __getitem__(self, row: int) -> Decoded | Refused:
         s = self.source
@@ -563,9 +606,9 @@ class _PassItems(Dataset[Any]):
             state, error = "ok", ""
         except DataError as bad:
             x, scale, state, error = np.zeros(s.spec.shape, np.float32), "", "bad", str(bad)
-        self._write(row, x)
+        stored = self._write(row, x)
         return Decoded(
-            row, state, scale, error, True, file, values_digest(x), summarise(x, self.axis)
+            row, state, scale, error, True, file, values_digest(x), summarise(x, self.axis), stored
         )
 
 
