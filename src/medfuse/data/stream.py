@@ -8,14 +8,17 @@ modality is a :class:`LazyColumn` in ``Split.arrays``: its rows point into a per
 
 One pass (:func:`stream_pass`, run by ``load_data``) goes over every split and streamed modality:
 files whose cache entry is missing or stale are decoded by the one per-file reader
-(``medfuse.core.readers.read_modality``, the in-memory path's) in DataLoader worker processes and
-written to the cache; the values are checked (non-finite, one intensity scale), and the training
-split's normalisation statistics (Welford), per-sample means, value ranges and each split's
-values hash (the fingerprint) are computed from the same pass, equal to the in-memory ones.
+(``medfuse.core.readers.read_modality``, the in-memory path's) in DataLoader worker processes,
+which write them to the cache and summarise each row (:class:`RowSummary`); the values are
+checked (non-finite, one intensity scale), and the training split's normalisation statistics
+(the rows' summaries merged), per-sample means, value ranges and each split's values hash (the
+fingerprint, from the rows' digests) are computed from the same pass, equal to the in-memory
+ones; no value travels back to the main process.
 
 The cache (``MEDFUSE_CACHE_DIR``, default ``~/.cache/medfuse/decoded``): one directory per
 (modality spec, list of files), ``values.npy`` (a ``(rows, *shape)`` float32 array, its rows
-read and written by offset, never mapped: :class:`RowFile`) and ``index.json`` (per row: the
+read and written by offset, never mapped, a row of integers stored compactly in its slot:
+:class:`RowFile`, :data:`STORED`) and ``index.json`` (per row: the
 file's stat key, the SHA-256 of its bytes and of its decoded values, its state; a completion
 mark). A pass holds each cache's build lock
 (:func:`cache_lock`), so concurrent processes (the ranks of a torchrun job) decode each file once
