@@ -470,7 +470,6 @@ class Cache:
                 "scale": [""] * n,
                 "error": [""] * n,
             }
-        self.writer = RowFile(self.dir / VALUES, writable=True)
         source.reopen(self.dir)
         source.digests, source.stored = self.index["values"], self.index["stored"]
 
@@ -509,9 +508,10 @@ class Cache:
 
     def commit(self) -> None:
         """Flush the values, then the index (with its completion mark); a new cache is renamed
-        into place, whole."""
-        self.writer.sync()
-        self.writer.close()
+        into place, whole (the pass's workers wrote the values)."""
+        values = RowFile(self.dir / VALUES, writable=True)
+        values.sync()
+        values.close()
         self.index["complete"] = True
         if self.new:
             _write_json(self.dir / INDEX, self.index)
@@ -524,8 +524,6 @@ class Cache:
         self.source.reopen(self.dir)
 
     def abort(self) -> None:
-        with contextlib.suppress(Exception):
-            self.writer.close()
         if self.new:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -585,6 +583,12 @@ class _PassItems(Dataset[Any]):
 
     def __len__(self) -> int:
         return len(self.source.paths)
+
+    def close(self) -> None:
+        """Close this process's writer (the pass without worker processes opened one here)."""
+        if self._writer is not None and self._pid == os.getpid():
+            self._writer.close()
+        self._writer = None
 
     def _write(self, row: int, x: np.ndarray) -> str:
         if self._writer is None or self._pid != os.getpid():
@@ -876,6 +880,7 @@ def _full_pass(
                         hi = max(hi, max(r.hi for r in kept))
                         means.append(np.array([r.mean for r in kept], np.float64))
                 pos += len(got)
+            items.close()
             if welford is not None:
                 stat = welford.result(src.spec.shape[axis])
                 present_pos = np.flatnonzero(np.asarray(mask) > 0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import sys
@@ -26,20 +27,17 @@ MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 128 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 _ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
-_done: list[bool] = []
 
 
+@functools.cache
 def tune_malloc() -> bool:
     """Set glibc's mmap and trim thresholds for CPU training (once per process); ``True`` when
     set, ``False`` where declined (see the module) or not glibc."""
-    if _done:
-        return _done[0]
     ok = False
     inherited = os.environ.get(_ENV[0]) == str(MMAP_THRESHOLD) and os.environ.get(_ENV[1]) == str(
         TRIM_THRESHOLD
     )  # set by the medfuse process that started this one
     if inherited:
-        _done.append(True)
         return True
     declined = os.environ.get("MEDFUSE_MALLOC", "") == "default" or any(
         k in os.environ for k in _ENV
@@ -63,5 +61,4 @@ def tune_malloc() -> bool:
             MMAP_THRESHOLD >> 20,
             TRIM_THRESHOLD >> 20,
         )
-    _done.append(ok)
     return ok
