@@ -11,13 +11,15 @@ This module imports no torch at import time (the CLI parser imports it).
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 log = logging.getLogger("medfuse.distributed")
 
@@ -211,7 +213,7 @@ def launch_from_cli(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
         raise SpecError("--nproc", f"must be at least 1; got {args.nproc}")
 
-    if "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ:
+    if is_worker():
         raise MedfuseError(
             "this process already is a torchrun worker; drop --nproc/--nnodes/--rdzv-endpoint"
         )
@@ -247,3 +249,29 @@ def _check_spec(args: argparse.Namespace) -> None:
             "'branch' runs in one process; with several processes use 'hybrid' "
             "(ddp across processes + branch placement inside each)",
         )
+
+
+def is_worker() -> bool:
+    """Whether this process is a worker torchrun started (it sets these for each worker)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
+
+
+def exit_worker(code: int) -> NoReturn:
+    """End a torchrun worker with ``code`` once its work is done, skipping only the
+    interpreter's finalization and the C++ static destructors.
+
+    ``DistributedDataParallel`` keeps its process group alive past ``destroy_process_group``
+    (torch 2.13 on gloo: the group's ``pt_gloo_runloop`` and ``gloo_tcp_loop`` threads are still
+    running when the worker returns, even after the model is deleted and collected). Those threads
+    then race the process's teardown, which now and then aborts the finished worker ("terminate
+    called without an active exception", exit -6), and torchrun reports a failed run whose
+    package was written. Everything Python registered for exit still runs here (``atexit``:
+    logging's flush, temporary directories, multiprocessing's cleanup), the standard streams are
+    flushed, then ``os._exit`` ends the process with the leaked threads in it."""
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # closed, or its reader went away
+                stream.flush()
+        os._exit(code)
