@@ -266,6 +266,23 @@ def test_integer_rows_are_stored_compactly_and_read_back_bit_for_bit(tmp_path) -
     assert path.stat().st_blocks * 512 < 0.4 * full  # the holes take no disk
 
 
+@pytest.mark.parametrize(("shape", "axis"), [((3, 40, 50), 0), ((4, 2, 30, 30), 1)])
+def test_an_8_bit_row_is_summarised_from_its_bytes_as_from_its_floats(shape, axis) -> None:
+    """The pass summarises an 8-bit row from its uint8 storage (integer sums): the same extremes,
+    and means and squared deviations per channel to float64 rounding, as its float32 values."""
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, shape).astype(np.float32)
+    x[0, 0] = 255.0  # the largest square, 65025, still fits the uint16 the sums use
+    kind, small = stream_mod.compact(x)
+    assert kind == "u1" and small.dtype == np.uint8
+    a, b = stream_mod.summarise(x, axis), stream_mod.summarise(small, axis)
+    assert (a.finite, a.lo, a.hi) == (b.finite, b.lo, b.hi) == (True, 0.0, 255.0)
+    assert b.channel_mean.shape == (shape[axis],)
+    np.testing.assert_allclose(b.mean, a.mean, rtol=1e-14)
+    np.testing.assert_allclose(b.channel_mean, a.channel_mean, rtol=1e-14)
+    np.testing.assert_allclose(b.channel_m2, a.channel_m2, rtol=1e-12)
+
+
 def test_workers_hold_a_bounded_amount_of_ready_batches() -> None:
     """Ready batches sit in shared memory mapped into the training process: 4 per worker for a
     training batch, fewer for evaluation's 256-sample batches of 224-px images (51 MiB each), so

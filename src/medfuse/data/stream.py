@@ -197,6 +197,11 @@ class RowFile:
     def write(self, row: int, value: np.ndarray) -> str:
         """Write a row in its smallest exact storage; which one (:data:`STORED`)."""
         kind, small = compact(value)
+        self.write_stored(row, small)
+        return kind
+
+    def write_stored(self, row: int, small: np.ndarray) -> None:
+        """Write a row already in its storage (:func:`compact`'s values)."""
         data = small.tobytes()
         if small.size != self.size:
             raise ValueError(f"a row of {self.path} holds {self.size} values, not {small.size}")
@@ -204,7 +209,6 @@ class RowFile:
         view, done = memoryview(data), 0
         while done < len(data):
             done += self.f.write(view[done:]) or 0
-        return kind
 
     def sync(self) -> None:
         os.fsync(self.f.fileno())
@@ -558,13 +562,31 @@ class RowSummary(NamedTuple):
 
 
 def summarise(x: np.ndarray, axis: int) -> RowSummary:
-    """One sample's :class:`RowSummary`; ``axis``: its channel axis."""
+    """One sample's :class:`RowSummary`; ``axis``: its channel axis. A ``uint8`` row (an 8-bit
+    image as :func:`compact` stores it) is summarised from exact integer sums: the same
+    statistics (to float64 rounding) in a third of the time."""
+    if x.dtype == np.uint8:
+        return _summarise_bytes(x, axis)
     finite = bool(np.isfinite(x).all())
     flat = np.moveaxis(np.asarray(x, np.float64), axis, 0).reshape(x.shape[axis], -1)
     cm = flat.mean(axis=1)
     m2 = ((flat - cm[:, None]) ** 2).sum(axis=1)
     whole = float(np.nanmean(x.reshape(1, -1), axis=1, dtype=np.float64)[0]) if finite else 0.0
     return RowSummary(finite, float(x.min()), float(x.max()), whole, cm, m2)
+
+
+def _summarise_bytes(x: np.ndarray, axis: int) -> RowSummary:
+    """:func:`summarise` of a ``uint8`` row from exact integer sums (a square fits in uint16)."""
+    flat = np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1)
+    n = flat.shape[1]
+    sq = flat.astype(np.uint16)
+    sq *= sq
+    s1 = [int(v) for v in flat.sum(axis=1, dtype=np.uint64)]
+    s2 = [int(v) for v in sq.sum(axis=1, dtype=np.uint64)]
+    cm = np.array([a / n for a in s1], np.float64)
+    m2 = np.array([(n * b - a * a) / n for a, b in zip(s1, s2, strict=True)], np.float64)
+    whole = sum(s1) / (n * len(s1))
+    return RowSummary(True, float(x.min()), float(x.max()), whole, cm, m2)
 
 
 class _PassItems(Dataset[Any]):
@@ -590,10 +612,10 @@ class _PassItems(Dataset[Any]):
             self._writer.close()
         self._writer = None
 
-    def _write(self, row: int, x: np.ndarray) -> str:
+    def _write(self, row: int, small: np.ndarray) -> None:
         if self._writer is None or self._pid != os.getpid():
             self._writer, self._pid = RowFile(self.values_dir / VALUES, writable=True), os.getpid()
-        return self._writer.write(row, x)
+        self._writer.write_stored(row, small)
 
     def __getitem__(self, row: int) -> Decoded | Refused:
         s = self.source
@@ -605,7 +627,7 @@ class _PassItems(Dataset[Any]):
                 x = s.read(np.array([row]))[0]  # verified against its digest
             except DataError as refused:  # raised again, as it is, by the pass (main process)
                 return Refused(str(refused))
-            return Decoded(row, "", summary=summarise(x, self.axis))
+            return Decoded(row, "", summary=summarise(compact(x)[1], self.axis))
         file = file_digest(cell)  # before reading: a file changing meanwhile is caught next run
         try:
             x = np.asarray(read_modality(cell, s.spec), np.float32)  # the one reader
@@ -613,10 +635,10 @@ class _PassItems(Dataset[Any]):
             state, error = "ok", ""
         except DataError as bad:
             x, scale, state, error = np.zeros(s.spec.shape, np.float32), "", "bad", str(bad)
-        stored = self._write(row, x)
-        return Decoded(
-            row, state, scale, error, True, file, values_digest(x), summarise(x, self.axis), stored
-        )
+        stored, small = compact(x)
+        self._write(row, small)
+        summary = summarise(small, self.axis)  # from the bytes of an 8-bit row
+        return Decoded(row, state, scale, error, True, file, values_digest(x), summary, stored)
 
 
 def _collate(batch: list[Any]) -> list[Any]:
