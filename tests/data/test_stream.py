@@ -214,7 +214,7 @@ def test_reading_and_writing_the_cache_keeps_resident_memory_flat(tmp_path) -> N
     w = stream_mod.RowFile(path, writable=True)
     rng = np.random.default_rng(0)
     first = rng.normal(size=shape).astype(np.float32)
-    stored = [w.write(r, first + r) for r in range(rows)]
+    stored = [_write(w, r, first + r) for r in range(rows)]
     assert set(stored) == {"f4"}  # not integers
     w.sync()
     w.close()
@@ -228,6 +228,13 @@ def test_reading_and_writing_the_cache_keeps_resident_memory_flat(tmp_path) -> N
     assert _rss_file_kib() - before < 32 * 1024, "the cache's pages stayed resident"
     f.close()
     np.testing.assert_array_equal(np.load(path, mmap_mode="r")[7], first + 7)  # still a .npy
+
+
+def _write(w: stream_mod.RowFile, row: int, x: np.ndarray) -> str:
+    """Write ``x`` as the pass does: in its smallest exact storage; which one."""
+    kind, small = stream_mod.compact(x)
+    w.write(row, small)
+    return kind
 
 
 def test_integer_rows_are_stored_compactly_and_read_back_bit_for_bit(tmp_path) -> None:
@@ -251,10 +258,10 @@ def test_integer_rows_are_stored_compactly_and_read_back_bit_for_bit(tmp_path) -
     w = stream_mod.RowFile(path, writable=True)
     stored = [""] * n
     for r, (name, x) in enumerate(rows.items()):
-        stored[r] = w.write(r, x)
+        stored[r] = _write(w, r, x)
         assert stored[r] == want.get(name, "f4"), name
     for r in range(len(rows), n):  # 8-bit images at their training size
-        stored[r] = w.write(r, rows["u1"])
+        stored[r] = _write(w, r, rows["u1"])
     w.sync()
     w.close()
     f = stream_mod.RowFile(path)

@@ -194,14 +194,8 @@ class RowFile:
             flat[i] = small
         return out
 
-    def write(self, row: int, value: np.ndarray) -> str:
-        """Write a row in its smallest exact storage; which one (:data:`STORED`)."""
-        kind, small = compact(value)
-        self.write_stored(row, small)
-        return kind
-
-    def write_stored(self, row: int, small: np.ndarray) -> None:
-        """Write a row already in its storage (:func:`compact`'s values)."""
+    def write(self, row: int, small: np.ndarray) -> None:
+        """Write a row in its storage: :func:`compact`'s values (record its kind for reads)."""
         data = small.tobytes()
         if small.size != self.size:
             raise ValueError(f"a row of {self.path} holds {self.size} values, not {small.size}")
@@ -615,7 +609,7 @@ class _PassItems(Dataset[Any]):
     def _write(self, row: int, small: np.ndarray) -> None:
         if self._writer is None or self._pid != os.getpid():
             self._writer, self._pid = RowFile(self.values_dir / VALUES, writable=True), os.getpid()
-        self._writer.write_stored(row, small)
+        self._writer.write(row, small)
 
     def __getitem__(self, row: int) -> Decoded | Refused:
         s = self.source
