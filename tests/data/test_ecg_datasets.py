@@ -7,6 +7,7 @@ MIT-BIH and PTB-XL copies (``data_dir`` fixture, skipped when absent).
 from __future__ import annotations
 
 import collections
+import os
 from pathlib import Path
 
 import numpy as np
@@ -194,6 +195,13 @@ def test_cache_rebuilds_when_a_source_file_changes(
     cached_arrays("t", {"k": 1}, [src], build)
     cached_arrays("t", {"k": 2}, [src], build)
     assert len(calls) == 3
+    # other bytes of the same size, the modification time put back (cp -p, a restored backup)
+    st = src.stat()
+    src.write_text("cd")
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert src.stat().st_size == st.st_size and src.stat().st_mtime_ns == st.st_mtime_ns
+    cached_arrays("t", {"k": 2}, [src], build)
+    assert len(calls) == 4
 
 
 def test_default_split_is_de_chazal() -> None:

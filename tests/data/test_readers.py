@@ -397,6 +397,28 @@ def test_resampling_an_absurd_rate_is_refused_before_allocating(tmp_path: Path) 
         read_signal(tmp_path / "irregular.csv", rate=500.0)
 
 
+def test_files_read_names_every_file_a_reader_opens(tmp_path: Path) -> None:
+    """The file itself; for a WFDB header also its data files, and for a multi-segment record
+    each segment's header and data; a header that cannot be parsed: every file of its name."""
+    from medfuse.core.readers import files_read
+    from medfuse.data.examples import write_png, write_wfdb
+
+    png = write_png(tmp_path / "a.png", np.zeros((4, 4), np.uint8))
+    assert files_read(png) == [png]
+    hea = write_wfdb(tmp_path / "rec", np.zeros((2, 20)), 100, ["I", "II"])
+    assert files_read(hea) == [hea, tmp_path / "rec.dat"]
+    seg = write_wfdb(tmp_path / "seg1", np.zeros((1, 10)), 100, ["I"])
+    layout = tmp_path / "multi_layout.hea"
+    layout.write_text("multi_layout 1 100 0\n~ 16 200 16 0 0 0 0 I\n")
+    multi = tmp_path / "multi.hea"
+    multi.write_text("# two segments and a gap\nmulti/3 1 100 30\nmulti_layout 0\nseg1 10\n~ 20\n")
+    assert files_read(multi) == [multi, layout, seg, tmp_path / "seg1.dat"]
+    odd = tmp_path / "odd.hea"
+    odd.write_text("odd\n")
+    (tmp_path / "odd.dat").write_bytes(b"\0")
+    assert files_read(odd) == [odd, tmp_path / "odd.dat"]
+
+
 def test_wfdb_record_files_names_the_data_file() -> None:
     from medfuse.core.readers.medical import wfdb_record_files
 

@@ -521,6 +521,51 @@ def test_content_not_timestamps_decides_what_is_decoded_again(
     assert again["values_sha256"] != first["values_sha256"]
 
 
+def test_a_wfdb_record_whose_data_file_changed_is_decoded_again(tmp_path: Path) -> None:
+    """A WFDB cell names the header; the samples are in the ``.dat`` it names. New samples
+    written over the ``.dat`` (the header untouched) are that row's new values, not the cached
+    ones: exactly that row is decoded again, and the fingerprint is the in-memory path's."""
+    from medfuse.data.examples import write_wfdb
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(12):
+        write_wfdb(tmp_path / "sig" / f"r{i}", rng.normal(i % 2, 1, (2, 50)), 50, ["I", "II"])
+        rows.append({"id": f"s{i}", "label": i % 2, "ecg": f"sig/r{i}.hea", "age": 40 + i})
+    csv = tmp_path / "cases.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    spec = {
+        "name": "wfdb",
+        "task": {"type": "binary"},
+        "data": {"source": f"manifest:{csv}", "stream": True, "workers": 0},
+        "modalities": {
+            "ecg": {"kind": "signal", "channels": 2, "length": 50},
+            "clinical": {"kind": "tabular", "columns": ["age"]},
+        },
+        "branches": {"ecg": {"type": "cnn1d"}, "clinical": {"type": "mlp"}},
+    }
+
+    def load(stream: bool):
+        return load_spec_data(parse_spec({**spec, "data": {**spec["data"], "stream": stream}}))
+
+    assert load(True).info["stream"]["decoded"]["ecg"] == 12
+    ecg = parse_spec(spec).modalities["ecg"]
+    before = read_modality(tmp_path / "sig" / "r3.hea", ecg)
+    other = tmp_path / "other"
+    write_wfdb(other / "r3", rng.normal(5, 1, (2, 50)), 50, ["I", "II"])
+    header = (tmp_path / "sig" / "r3.hea").read_bytes()
+    with open(tmp_path / "sig" / "r3.dat", "r+b") as f:  # in place: the folder is unchanged
+        f.write((other / "r3.dat").read_bytes())
+        f.truncate()
+    assert (tmp_path / "sig" / "r3.hea").read_bytes() == header
+    bundle = load(True)
+    assert bundle.info["stream"]["decoded"]["ecg"] == 1
+    assert bundle.info["fingerprint"] == load(False).info["fingerprint"]
+    want = read_modality(tmp_path / "sig" / "r3.hea", ecg)
+    assert not np.array_equal(want, before)  # the new samples
+    np.testing.assert_array_equal(bundle.train.arrays["ecg"].source.read(np.array([3]))[0], want)
+
+
 def test_two_processes_on_one_cache_decode_each_file_once(
     manifest: Path, tmp_path: Path, cache_dir: Path
 ) -> None:

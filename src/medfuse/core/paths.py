@@ -29,6 +29,19 @@ def require_contained(path: str | Path, roots: Iterable[str | Path], where: str)
     return Path(path)
 
 
+def file_state(path: str | Path) -> str:
+    """What identifies a file's contents cheaply, without reading it: size, modification and
+    change times, inode (``"missing"`` when it cannot be stat'ed). The change time cannot be set
+    back by tools that keep the modification time (``cp -p``, ``rsync -t``, ``touch -d``): a
+    rewrite of the same size and modification time still changes it. What the caches of decoded
+    or extracted values key on."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+
+
 def default_data_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "medfuse"
 

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from medfuse.core.errors import DataError, SpecError, did_you_mean
+from medfuse.core.paths import file_state
 from medfuse.core.spec import ModalitySpec
 from medfuse.data import DATASETS, DataBundle, Split, default_data_root
 
@@ -96,11 +97,11 @@ def derived_dir() -> Path:
 
 
 def source_fingerprint(files: list[Path]) -> str:
-    """A hash of the files' names, sizes and modification times (cheap; no file is read)."""
+    """A hash of the files' names and states (:func:`~medfuse.core.paths.file_state`: size,
+    modification and change times, inode; cheap, no file is read)."""
     h = hashlib.sha256()
     for f in sorted(files):
-        st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        h.update(f"{f.name}:{file_state(f)}\n".encode())
     return h.hexdigest()
 
 

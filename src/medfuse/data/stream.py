@@ -18,14 +18,14 @@ ones; no value travels back to the main process.
 The cache (``MEDFUSE_CACHE_DIR``, default ``~/.cache/medfuse/decoded``): one directory per
 (modality spec, list of files), ``values.npy`` (a ``(rows, *shape)`` float32 array, its rows
 read and written by offset, never mapped, a row of integers stored compactly in its slot:
-:class:`RowFile`, :data:`STORED`) and ``index.json`` (per row: the
-file's stat key, the SHA-256 of its bytes and of its decoded values, its state; a completion
-mark). A pass holds each cache's build lock
-(:func:`cache_lock`), so concurrent processes (the ranks of a torchrun job) decode each file once
-and never read a half-written cache. A new cache is built in a temporary directory and renamed
-into place when whole; a temporary directory found under the lock is a killed writer's and is
-removed. A file whose stat key changed is hashed: other bytes invalidate its own row, which is
-re-decoded in place (marked stale in the index before its values are rewritten). Every row read
+:class:`RowFile`, :data:`STORED`) and ``index.json`` (per row: the stat key of the files its
+reader opens (:func:`file_key`: the cell's file, and a WFDB header's data files), the SHA-256 of
+their bytes and of its decoded values, its state; a completion mark). A pass holds each
+cache's build lock (:func:`cache_lock`), so concurrent processes (the ranks of a torchrun job)
+decode each file once and never read a half-written cache. A new cache is built in a temporary
+directory and renamed into place when whole; a temporary directory found under the lock is a
+killed writer's and is removed. A row whose stat key changed is hashed: other bytes invalidate
+that row, which is re-decoded in place (marked stale in the index before its values are rewritten). Every row read
 from the cache is checked against its values digest (:meth:`Source.verify`). The pass's
 result is recorded under ``passes/`` (:func:`pass_key`): a later pass over the same values reads
 nothing.
@@ -53,9 +53,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medfuse.core.errors import DataError, SpecError
-from medfuse.core.paths import default_data_root
+from medfuse.core.package import sha256_file
+from medfuse.core.paths import default_data_root, file_state
 from medfuse.core.preprocess import EPS, normalize, range_subsample, value_ranges
-from medfuse.core.readers import read_modality
+from medfuse.core.readers import files_read, read_modality
 from medfuse.core.readers.base import native_scale
 from medfuse.core.spec import ModalitySpec
 from medfuse.data.validate import SPLITS, _where, hash_rows, values_digest
@@ -313,31 +314,28 @@ def is_lazy(x: Any) -> bool:
 
 
 def file_key(path: str) -> str:
-    """What identifies a file's state cheaply: size, modification and change times, inode. The
-    change time cannot be set back by tools that keep the modification time (``cp -p``,
-    ``rsync -t``, ``touch -d``): a rewrite of the same size and mtime still changes the key."""
-    if not path:
-        return ""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return "missing"
-    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+    """The state (:func:`~medfuse.core.paths.file_state`: size, modification and change times,
+    inode) of each file a cell's reader opens (:func:`files_read`: the file, and e.g. a WFDB
+    header's data files): when it changed, the cell's bytes are hashed (:func:`file_digest`)."""
+    return "|".join(file_state(p) for p in files_read(path)) if path else ""
 
 
 def file_digest(path: str) -> str:
-    """SHA-256 of a file's bytes (``""`` for a directory, e.g. a DICOM series, or no file): a
+    """SHA-256 of the bytes a cell's reader reads (``""`` for a directory or no file): of the
+    file, or for a file with companions (:func:`files_read`) of each one's name and SHA-256. A
     changed key whose content is the same (``touch``, a hard link, a copy) is not decoded again."""
     if not path or not os.path.isfile(path):
         return ""
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        files = files_read(path)
+        if len(files) == 1:
+            return sha256_file(files[0])
+        h = hashlib.sha256()
+        for p in files:
+            h.update(f"{p.name}\0{sha256_file(p) if p.is_file() else 'missing'}\n".encode())
+        return h.hexdigest()
     except OSError:
         return ""
-    return h.hexdigest()
 
 
 def cache_key(source: Source) -> str:

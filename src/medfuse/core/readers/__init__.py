@@ -4,9 +4,11 @@ registers DICOM, NIfTI, WFDB and CSV signals."""
 
 from medfuse.core.readers import medical as _medical  # noqa: F401  (registers its readers)
 from medfuse.core.readers.base import (
+    COMPANION_FILES,
     IMAGE_READERS,
     SIGNAL_READERS,
     apply_window,
+    files_read,
     numeric_window,
     read_image,
     read_modality,
@@ -16,9 +18,11 @@ from medfuse.core.readers.base import (
 from medfuse.core.readers.image_math import fit_image
 
 __all__ = [
+    "COMPANION_FILES",
     "IMAGE_READERS",
     "SIGNAL_READERS",
     "apply_window",
+    "files_read",
     "fit_image",
     "numeric_window",
     "read_image",

@@ -41,6 +41,10 @@ SIGNAL_READERS: Registry[Reader] = Registry("signal file type")
 
 Window = list[float] | str | None
 
+#: the other files a reader opens besides the one a cell names, by file type (a WFDB header's
+#: data files): ``fn(path) -> [paths]``; what a decoded value depends on (:func:`files_read`)
+COMPANION_FILES: Registry[Callable[[Path], list[Path]]] = Registry("companion-file type")
+
 
 def suffix_of(path: str | Path) -> str:
     name = str(path).lower()
@@ -48,6 +52,15 @@ def suffix_of(path: str | Path) -> str:
         if name.endswith(double):
             return double
     return Path(name).suffix
+
+
+def files_read(path: str | Path) -> list[Path]:
+    """Every file that reading ``path`` opens: the file itself, then the companions its type
+    names (:data:`COMPANION_FILES`), e.g. a WFDB header's ``.dat`` files. A decoded value is
+    stale when any of them changed (the stream cache keys on all of them)."""
+    p = Path(path)
+    suf = suffix_of(p)
+    return [p, *COMPANION_FILES.get(suf)(p)] if suf in COMPANION_FILES else [p]
 
 
 def _reader(reg: Registry[Reader], path: str | Path, what: str) -> Reader:

@@ -19,6 +19,7 @@ Registered on import (``medfuse.data.readers`` imports this module):
 from __future__ import annotations
 
 import csv
+import glob
 import math
 import re
 import warnings
@@ -29,6 +30,7 @@ import numpy as np
 
 from medfuse.core.errors import DataError
 from medfuse.core.readers.base import (
+    COMPANION_FILES,
     IMAGE_READERS,
     SIGNAL_READERS,
     Window,
@@ -245,10 +247,10 @@ def resample(x: np.ndarray, fs: float, rate: float) -> np.ndarray:
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-def wfdb_record_files(header: bytes) -> tuple[str, list[str]]:
-    """The record name and the data files a WFDB header names (text only, no wfdb needed), for
-    writing an uploaded record beside its header. Multi-segment records, and names that are not
-    plain file names (a path, ``-`` for standard input), are refused."""
+def _wfdb_header(header: bytes) -> tuple[str, bool, list[str]]:
+    """A WFDB header's record name, whether it is a multi-segment record, and the first field of
+    each line after the record line that it declares: the data file of each signal, or the name
+    of each segment (``~``: a gap). Text only, no wfdb needed."""
     try:
         text = header.decode("ascii")
     except UnicodeDecodeError:
@@ -258,25 +260,60 @@ def wfdb_record_files(header: bytes) -> tuple[str, list[str]]:
     if not lines:
         raise DataError("not a WFDB header (no record line)")
     head = lines[0].split()
-    if len(head) < 2 or not head[1].isdigit():
+    name, _, segments = head[0].partition("/")
+    if len(head) < 2 or not head[1].isdigit() or (segments and not segments.isdigit()):
         raise DataError(f"not a WFDB header (record line {lines[0][:60]!r})")
-    record, n_sig = head[0], int(head[1])
-    if "/" in record:
+    n = int(segments) if segments else int(head[1])
+    if len(lines) < 1 + n:
+        what = "segment(s)" if segments else "signal(s)"
+        raise DataError(f"the WFDB header declares {n} {what} but describes {len(lines) - 1}")
+    return name, bool(segments), [ln.split()[0] for ln in lines[1 : 1 + n]]
+
+
+def wfdb_record_files(header: bytes) -> tuple[str, list[str]]:
+    """The record name and the data files a WFDB header names, for writing an uploaded record
+    beside its header. Multi-segment records, and names that are not plain file names (a path,
+    ``-`` for standard input), are refused."""
+    record, multi, names = _wfdb_header(header)
+    if multi:
         raise DataError("a multi-segment WFDB record cannot be uploaded; give a single-segment one")
     if not _PLAIN_NAME.fullmatch(record):
         raise DataError(f"the WFDB record name {record[:60]!r} is not a plain file name")
-    if n_sig < 1 or len(lines) < 1 + n_sig:
-        raise DataError(
-            f"the WFDB header declares {n_sig} signal(s) but describes {len(lines) - 1}"
-        )
-    files = []
-    for ln in lines[1 : 1 + n_sig]:
-        name = ln.split()[0]
+    if not names:
+        raise DataError("the WFDB header declares 0 signal(s)")
+    files: list[str] = []
+    for name in names:
         if not _PLAIN_NAME.fullmatch(name):
             raise DataError(f"the WFDB data file name {name[:60]!r} is not a plain file name")
         if name not in files:
             files.append(name)
     return record, files
+
+
+def _wfdb_files(path: Path, depth: int = 0) -> list[Path]:
+    """The files wfdb reads for the record of header ``path`` besides the header: the data file
+    of each signal; for a multi-segment record each segment's header and its files. A header
+    that cannot be parsed here gives every file named after the record (``rec.*``)."""
+    try:
+        _, multi, names = _wfdb_header(path.read_bytes())
+    except (OSError, DataError):
+        stem = glob.escape(path.name[: -len(".hea")])
+        return sorted(p for p in path.parent.glob(f"{stem}.*") if p != path)
+    out: list[Path] = []
+    for name in dict.fromkeys(names):  # in order, once each
+        if name == "~":  # a gap in a multi-segment record: no file
+            continue
+        if not multi:
+            out.append(path.parent / name)
+        elif depth < 2:  # a segment is a record of its own (a layout or a single segment)
+            seg = path.parent / f"{name}.hea"
+            out += [seg, *_wfdb_files(seg, depth + 1)]
+    return out
+
+
+COMPANION_FILES.register(".hea", doc="WFDB record: the data files (and segments) it names")(
+    _wfdb_files
+)
 
 
 @SIGNAL_READERS.register(".hea", doc="WFDB record: physical units (mV), leads by name, resampled")

@@ -38,6 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from medfuse.core.errors import SpecError
+from medfuse.core.package import sha256_file
 from medfuse.core.text import TOKENIZER_FILE, model_tokenizer
 from medfuse.models import BRANCHES
 
@@ -68,14 +69,6 @@ def _recorded(key: str) -> dict[str, Any] | None:
     if records is None:
         return None
     return records.get(key, {})
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _need(module: str, branch: str) -> Any:
