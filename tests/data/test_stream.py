@@ -157,7 +157,7 @@ def test_worker_processes_serve_the_same_batches(manifest: Path) -> None:
 
 
 def test_the_cache_is_reused_and_invalidated_per_file_and_per_spec(
-    manifest: Path, tmp_path: Path, cache_dir: Path
+    manifest: Path, tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = _load(manifest, True).info["stream"]
     assert first["decoded"]["image"] == N - 1 and first["cached"]["image"] == 0
@@ -192,6 +192,14 @@ def test_the_cache_is_reused_and_invalidated_per_file_and_per_spec(
     # another preprocessing spec (size): another cache, every file decoded
     other = _load(manifest, True, size=8).info["stream"]
     assert other["decoded"]["image"] == N - 1
+
+    # another release of a decoding library (the same bytes may decode to other values): another
+    # cache, every file decoded
+    old = stream_mod.reader_versions()
+    assert old["pillow"] and old["numpy"]
+    monkeypatch.setattr(stream_mod, "reader_versions", lambda: {**old, "pillow": "0.0.1"})
+    upgraded = _load(manifest, True).info["stream"]
+    assert upgraded["decoded"]["image"] == N - 1 and not upgraded["recorded"]
 
 
 def _rss_file_kib() -> int:

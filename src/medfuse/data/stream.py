@@ -57,7 +57,7 @@ from medfuse.core.package import sha256_file
 from medfuse.core.paths import default_data_root, file_state
 from medfuse.core.preprocess import EPS, normalize, range_subsample, value_ranges
 from medfuse.core.readers import files_read, read_modality
-from medfuse.core.readers.base import native_scale
+from medfuse.core.readers.base import native_scale, reader_versions
 from medfuse.core.spec import ModalitySpec
 from medfuse.data.validate import SPLITS, _where, hash_rows, values_digest
 
@@ -339,9 +339,11 @@ def file_digest(path: str) -> str:
 
 
 def cache_key(source: Source) -> str:
-    """The cache directory's name: the modality's reading spec, the reader version, its files."""
+    """The cache directory's name: the modality's reading spec, the reader version, the releases
+    of the libraries that decode (:func:`reader_versions`), its files."""
     h = hashlib.sha256()
-    h.update(json.dumps({"v": CACHE_VERSION, "spec": source.spec.model_dump(mode="json")}).encode())
+    spec = source.spec.model_dump(mode="json")
+    h.update(json.dumps({"v": CACHE_VERSION, "spec": spec, "libs": reader_versions()}).encode())
     h.update("\n".join(source.paths).encode())
     return h.hexdigest()[:32]
 

@@ -21,7 +21,9 @@ and ``native_scale`` names that scale so that a manifest mixing scales can be re
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +54,23 @@ def suffix_of(path: str | Path) -> str:
         if name.endswith(double):
             return double
     return Path(name).suffix
+
+
+#: the distributions whose code turns a file's bytes into values: another release may decode the
+#: same bytes to other values (a resampling filter, a LUT), so the stream cache keys on them
+READER_LIBRARIES = ("numpy", "pillow", "pydicom", "nibabel", "wfdb")
+
+
+@functools.cache
+def reader_versions() -> dict[str, str | None]:
+    """The installed release of each of :data:`READER_LIBRARIES` (``None``: not installed)."""
+    out: dict[str, str | None] = {}
+    for dist in READER_LIBRARIES:
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out
 
 
 def files_read(path: str | Path) -> list[Path]:
