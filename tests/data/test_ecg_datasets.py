@@ -202,6 +202,13 @@ def test_cache_rebuilds_when_a_source_file_changes(
     assert src.stat().st_size == st.st_size and src.stat().st_mtime_ns == st.st_mtime_ns
     cached_arrays("t", {"k": 2}, [src], build)
     assert len(calls) == 4
+    # another release of a library that reads or filters: a new entry
+    import medfuse.data.mitbih as mitbih
+
+    libs = mitbih.reader_versions()
+    monkeypatch.setattr(mitbih, "reader_versions", lambda: {**libs, "wfdb": "0.0.1"})
+    cached_arrays("t", {"k": 2}, [src], build)
+    assert len(calls) == 5
 
 
 def test_default_split_is_de_chazal() -> None:

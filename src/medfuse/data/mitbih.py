@@ -38,6 +38,7 @@ import pandas as pd
 
 from medfuse.core.errors import DataError, SpecError, did_you_mean
 from medfuse.core.paths import file_state
+from medfuse.core.readers.base import reader_versions
 from medfuse.core.spec import ModalitySpec
 from medfuse.data import DATASETS, DataBundle, Split, default_data_root
 
@@ -115,13 +116,15 @@ def cached_arrays(
 ) -> dict[str, np.ndarray]:
     """``build()``'s arrays, from ``derived/<name>-<hash>.npz`` when a previous run made them.
 
-    The hash covers ``key`` (the extraction options) and the source files' fingerprint, so a
-    changed option or source file simply makes a new cache entry. Written atomically, so a
+    The hash covers ``key`` (the extraction options), the releases of the libraries that read and
+    filter (:func:`~medfuse.core.readers.base.reader_versions`) and the source files'
+    fingerprint, so a changed option, library or source file simply makes a new cache entry. Written atomically, so a
     concurrent or killed run never leaves a half-written file behind.
     """
     if not enabled:
         return build()
-    blob = json.dumps({"key": key, "v": CACHE_VERSION}, sort_keys=True, default=str)
+    libs = reader_versions()  # another wfdb or scipy release may extract other values
+    blob = json.dumps({"key": key, "v": CACHE_VERSION, "libs": libs}, sort_keys=True, default=str)
     digest = hashlib.sha256((blob + source_fingerprint(files)).encode()).hexdigest()[:16]
     path = derived_dir() / f"{name}-{digest}.npz"
     if path.exists():

@@ -57,8 +57,9 @@ def suffix_of(path: str | Path) -> str:
 
 
 #: the distributions whose code turns a file's bytes into values: another release may decode the
-#: same bytes to other values (a resampling filter, a LUT), so the stream cache keys on them
-READER_LIBRARIES = ("numpy", "pillow", "pydicom", "nibabel", "wfdb")
+#: same bytes to other values (a resampling filter, a LUT), so the caches of decoded or extracted
+#: values key on them
+READER_LIBRARIES = ("numpy", "pillow", "pydicom", "nibabel", "wfdb", "scipy")
 
 
 @functools.cache
