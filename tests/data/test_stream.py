@@ -611,3 +611,24 @@ def test_an_unwritable_cache_folder_is_a_clear_error(
     monkeypatch.setenv("MEDFUSE_CACHE_DIR", str(blocker / "cache"))
     with pytest.raises(DataError, match=r"a-file/cache cannot be written.*MEDFUSE_CACHE_DIR"):
         _load(manifest, True)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock: POSIX")
+def test_a_file_system_without_locks_is_a_clear_error_not_a_wait(
+    manifest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """flock failing with ENOLCK (e.g. Lustre without -o flock) is no lock held by another
+    process: refused at once, naming the folder and MEDFUSE_CACHE_DIR."""
+    import errno
+    import fcntl
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    t0 = time.perf_counter()
+    with pytest.raises(
+        DataError, match=r"cannot be locked \(No locks available\).*MEDFUSE_CACHE_DIR"
+    ):
+        _load(manifest, True)
+    assert time.perf_counter() - t0 < 5

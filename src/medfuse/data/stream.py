@@ -34,6 +34,7 @@ nothing.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -357,9 +358,17 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+#: what a non-blocking lock attempt raises while another process holds the lock (flock:
+#: EWOULDBLOCK; msvcrt.locking: EACCES, EDEADLOCK); any other error means no lock can be taken
+HELD = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES, getattr(errno, "EDEADLOCK", errno.EDEADLK)}
+
+
 def _lock(f: Any, where: Path) -> None:
     """Take the exclusive lock of the open file ``f``, waiting (and saying so) while another
-    process holds it. The kernel drops the lock when its holder's process ends, killed or not."""
+    process holds it. The kernel drops the lock when its holder's process ends, killed or not.
+    A file system that cannot lock (``ENOLCK``, ``ENOSYS``, ``EOPNOTSUPP``: some network or
+    parallel file systems) is an error naming the folder, never a wait for a lock that no
+    process holds."""
     t0 = time.perf_counter()
     said = False
     while True:
@@ -373,7 +382,13 @@ def _lock(f: Any, where: Path) -> None:
 
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             break
-        except OSError:  # held by another process (BlockingIOError, or PermissionError on Windows)
+        except OSError as err:
+            if err.errno not in HELD:
+                raise DataError(
+                    f"the decoded-data cache folder {where.parent} cannot be locked "
+                    f"({err.strerror or err}); data.stream needs a file system with file "
+                    "locks (a local disk): set MEDFUSE_CACHE_DIR to one (docs/data.md)"
+                ) from None
             if not said:
                 log.info("cache %s is being written by another process: waiting", where)
                 said = True
