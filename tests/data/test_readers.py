@@ -413,6 +413,9 @@ def test_files_read_names_every_file_a_reader_opens(tmp_path: Path) -> None:
     multi = tmp_path / "multi.hea"
     multi.write_text("# two segments and a gap\nmulti/3 1 100 30\nmulti_layout 0\nseg1 10\n~ 20\n")
     assert files_read(multi) == [multi, layout, seg, tmp_path / "seg1.dat"]
+    latin = tmp_path / "latin.hea"  # a non-ASCII comment (wfdb reads it) and another data name
+    latin.write_bytes(b"# Patient: M\xfcller\nlatin 1 100 10\nsignal.dat 16 200 16 0 0 0 0 I\n")
+    assert files_read(latin) == [latin, tmp_path / "signal.dat"]
     odd = tmp_path / "odd.hea"
     odd.write_text("odd\n")
     (tmp_path / "odd.dat").write_bytes(b"\0")

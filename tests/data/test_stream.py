@@ -104,13 +104,11 @@ def test_streamed_statistics_and_fingerprint_equal_the_in_memory_ones(manifest: 
     spec = parse_spec(_spec(manifest, False))
     a, b = fit_preprocessing(spec, mem.train, mem.info), fit_preprocessing(spec, st.train, st.info)
     assert list(a) == list(b)
-    for m in a:
-        np.testing.assert_allclose(
-            a[m]["mean"], b[m]["mean"], rtol=1e-7, atol=1e-9
-        )  # float64 sums, two orders
-        np.testing.assert_allclose(
-            a[m]["std"], b[m]["std"], rtol=1e-7, atol=1e-9
-        )  # float64 sums, two orders
+    for m in a:  # float64 sums in two orders: equal to float64 rounding, and as float32
+        np.testing.assert_allclose(a[m]["mean"], b[m]["mean"], rtol=1e-13)
+        np.testing.assert_allclose(a[m]["std"], b[m]["std"], rtol=1e-13)
+        for k in ("mean", "std"):
+            assert np.array_equal(np.float32(a[m][k]), np.float32(b[m][k]))
     assert a["clinical"] == b["clinical"]  # tabular columns are in memory either way
     assert a["image"]["range"] == pytest.approx(b["image"]["range"], rel=1e-12)
     assert mem.info["fingerprint"] == st.info["fingerprint"]  # counts, ids, masks, value bytes
@@ -120,7 +118,9 @@ def test_streamed_statistics_and_fingerprint_equal_the_in_memory_ones(manifest: 
         np.testing.assert_array_equal(mem.split(s).arrays["image"], col.read(np.arange(len(col))))
 
 
-def test_stream_true_trains_exactly_like_stream_false(manifest: Path, tmp_path: Path) -> None:
+def test_stream_true_trains_exactly_like_stream_false(
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Same seed, same batch order, same values: the same weights and metrics."""
     runs = {}
     for stream in (False, True):
@@ -131,6 +131,31 @@ def test_stream_true_trains_exactly_like_stream_false(manifest: Path, tmp_path: 
     wa = (tmp_path / "mFalse" / "model.safetensors").read_bytes()
     wb = (tmp_path / "mTrue" / "model.safetensors").read_bytes()
     assert wa == wb
+
+    # calibration, the clinical evaluation (CIs, each modality removed) and the evaluation of the
+    # calibrated package score the streamed splits a part at a time: the in-memory results
+    from medfuse.core import predictor as predictor_mod
+    from medfuse.report.calibration import calibrate_package
+    from medfuse.report.clinical import clinical_evaluation
+
+    monkeypatch.setattr(predictor_mod, "STREAMED_ROWS", 16)  # several parts, a short last one
+    cal, ev, evc = {}, {}, {}
+    for stream in (False, True):
+        pkg = tmp_path / f"m{stream}"
+        got = calibrate_package(pkg, threshold_method="youden")
+        got["calibration"].pop("fitted")
+        cal[stream] = (got["calibration"], got["threshold"])
+        ev[stream] = clinical_evaluation(pkg, split="test", n_boot=50).summary
+        evc[stream] = medfuse.evaluate(pkg)
+    assert cal[True] == cal[False]
+    for e in ev.values():
+        e["calibration"].pop("stored_fitted", None)  # when each package was calibrated
+    for k in ("metrics", "per_modality", "calibration", "bootstrap"):
+        same = json.dumps(ev[True][k], sort_keys=True) == json.dumps(ev[False][k], sort_keys=True)
+        assert same, k  # (JSON: NaN bins compare equal)
+    assert {k: v for k, v in evc[True].items() if k != "data_check"} == {
+        k: v for k, v in evc[False].items() if k != "data_check"
+    }
 
 
 def test_worker_processes_serve_the_same_batches(manifest: Path) -> None:
@@ -157,11 +182,17 @@ def test_worker_processes_serve_the_same_batches(manifest: Path) -> None:
 
 
 def test_the_cache_is_reused_and_invalidated_per_file_and_per_spec(
-    manifest: Path, tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+    manifest: Path,
+    tmp_path: Path,
+    cache_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     first = _load(manifest, True).info["stream"]
     assert first["decoded"]["image"] == N - 1 and first["cached"]["image"] == 0
-    again = _load(manifest, True).info["stream"]
+    with caplog.at_level("INFO", logger="medfuse.data"):
+        again = _load(manifest, True).info["stream"]
+    assert "re-decoded" not in caplog.text  # the empty cell is not a changed file
     # the same values: nothing decoded, nothing read, the first pass's result
     assert again["decoded"]["image"] == 0 and again["cached"]["image"] == 0
     assert again["recorded"] and not first["recorded"]
@@ -572,6 +603,62 @@ def test_a_wfdb_record_whose_data_file_changed_is_decoded_again(tmp_path: Path) 
     want = read_modality(tmp_path / "sig" / "r3.hea", ecg)
     assert not np.array_equal(want, before)  # the new samples
     np.testing.assert_array_equal(bundle.train.arrays["ecg"].source.read(np.array([3]))[0], want)
+
+
+def test_cells_are_read_as_written_through_links_and_dot_dot(tmp_path: Path) -> None:
+    """The streamed path reads the path a cell names as the in-memory path does: a link to a
+    file without an extension (a content-addressed store) is read by the link's name; a WFDB
+    header linked from another folder reads the data file beside the link, as wfdb does; ``..``
+    after a folder that does not exist is a missing file. Same masks, values and fingerprint."""
+    from medfuse.data.examples import write_wfdb
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(8):
+        blob = write_png(tmp_path / "blobs" / f"b{i}.png", rng.integers(0, 255, (8, 8), np.uint8))
+        blob.rename(tmp_path / "blobs" / f"sha{i}")  # no extension
+        (tmp_path / "img").mkdir(exist_ok=True)
+        (tmp_path / "img" / f"{i}.png").symlink_to(tmp_path / "blobs" / f"sha{i}")
+        site = tmp_path / f"site{i}"
+        write_wfdb(site / "ecg", rng.normal(i, 1, (1, 40)), 40, ["I"])
+        if i:  # site i's header is site 0's, linked; its own samples beside the link
+            (site / "ecg.hea").unlink()
+            (site / "ecg.hea").symlink_to(tmp_path / "site0" / "ecg.hea")
+        image = f"gone/../img/{i}.png" if i == 5 else f"img/{i}.png"
+        rows.append({"id": f"s{i}", "label": i % 2, "image": image, "ecg": f"site{i}/ecg.hea"})
+    csv = tmp_path / "cases.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    spec = {
+        "name": "links",
+        "task": {"type": "binary"},
+        "data": {
+            "source": f"manifest:{csv}",
+            "on_bad_row": "missing",
+            "workers": 0,
+        },
+        "modalities": {
+            "image": {"kind": "image", "channels": 1, "size": [8, 8]},
+            "ecg": {"kind": "signal", "channels": 1, "length": 40},
+        },
+        "branches": {"image": {"type": "cnn"}, "ecg": {"type": "cnn1d"}},
+    }
+    got = {}
+    for stream in (False, True):
+        got[stream] = load_spec_data(
+            parse_spec({**spec, "data": {**spec["data"], "stream": stream}})
+        )
+    assert got[True].info["fingerprint"] == got[False].info["fingerprint"]
+    present, rows = 0, []
+    for name in ("train", "val", "test"):
+        mem, st = got[False].split(name), got[True].split(name)
+        assert mem.masks["image"].tolist() == st.masks["image"].tolist()
+        present += int(st.masks["image"].sum())
+        for m in ("image", "ecg"):
+            col = st.arrays[m]
+            np.testing.assert_array_equal(mem.arrays[m], col.read(np.arange(len(col))))
+        rows += [r.tobytes() for r in st.arrays["ecg"].read(np.arange(len(st)))]
+    # s5's image is missing; each record reads its own samples (site 0's through every link: 1)
+    assert present == 7 and len(set(rows)) == 8
 
 
 def test_two_processes_on_one_cache_decode_each_file_once(

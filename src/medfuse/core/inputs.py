@@ -543,6 +543,19 @@ def _check_policy(on_bad_row: str, unseen: str) -> None:
         raise DataError(f"unseen_category must be one of {', '.join(UNSEEN)}; got {unseen!r}")
 
 
+def is_streamed(samples: Any) -> bool:
+    """A ``Split`` with a streamed column (``medfuse.data.stream.LazyColumn``: values read from
+    the decode-once cache by ``read``, never held whole)."""
+    arrays = getattr(samples, "arrays", None)
+    return isinstance(arrays, dict) and any(hasattr(a, "read") for a in arrays.values())
+
+
+def split_values(a: Any) -> np.ndarray:
+    """A ``Split`` column's values as float32: a streamed column's rows read from its cache
+    (checked there against the digests the data pass wrote)."""
+    return np.asarray(a.read(np.arange(len(a))) if hasattr(a, "read") else a, np.float32)
+
+
 def coerce(
     samples: Any,
     schema: Schema,
@@ -572,7 +585,7 @@ def coerce(
         )
     base = _in_memory_base(schema, base_dir)
     if hasattr(samples, "arrays") and hasattr(samples, "masks"):  # a Split: the data pipeline's
-        arrays = {m: np.asarray(samples.arrays[m], np.float32) for m in schema.modalities}
+        arrays = {m: split_values(samples.arrays[m]) for m in schema.modalities}
         masks = {m: np.asarray(samples.masks[m], np.float32) for m in schema.modalities}
         n = len(next(iter(masks.values()))) if masks else 0
         meta = getattr(samples, "meta", None)

@@ -20,8 +20,19 @@ import numpy as np
 
 from medfuse.core.decision import NONFINITE, decide, nonfinite_rows, probabilities
 from medfuse.core.errors import DataError, SpecError
-from medfuse.core.inputs import ON_BAD_ROW, Batch, Schema, coerce
+from medfuse.core.inputs import ON_BAD_ROW, Batch, Schema, coerce, is_streamed
 from medfuse.core.paths import write_output
+
+#: rows of a streamed split read into memory at a time when a predictor scores it
+STREAMED_ROWS = 1024
+
+
+def _parts(split: Any) -> list[Any]:
+    """A streamed split as consecutive parts of :data:`STREAMED_ROWS` rows (``Split.subset``)."""
+    n = len(split)
+    return [
+        split.subset(np.arange(s, min(s + STREAMED_ROWS, n))) for s in range(0, n, STREAMED_ROWS)
+    ]
 
 
 @runtime_checkable
@@ -282,6 +293,12 @@ class PredictorBase:
     def logits(
         self, samples: Any, *, batch_size: int = 256, on_bad_row: str = "fail"
     ) -> np.ndarray:
+        if is_streamed(samples):  # a split larger than memory: its rows a part at a time
+            parts = [
+                self.batch_logits(self.inputs(p, on_bad_row=on_bad_row), batch_size=batch_size)
+                for p in _parts(samples)
+            ]
+            return np.concatenate(parts) if parts else np.zeros((0, self.num_outputs), np.float32)
         return self.batch_logits(self.inputs(samples, on_bad_row=on_bad_row), batch_size=batch_size)
 
     def predict_batch(
@@ -325,6 +342,13 @@ class PredictorBase:
     ) -> np.ndarray:
         """Binary: (N,) P(positive label); multiclass/multilabel: (N, K). Calibration applied.
         NaN for a row that cannot be predicted (only with ``on_bad_row="missing"``)."""
+        if is_streamed(samples):  # a split larger than memory: its rows a part at a time
+            return np.concatenate(
+                [
+                    self.predict_rows(p, batch_size=batch_size, on_bad_row=on_bad_row).proba
+                    for p in _parts(samples)
+                ]
+            )
         return self.predict_rows(samples, batch_size=batch_size, on_bad_row=on_bad_row).proba
 
     def predict(
@@ -332,6 +356,12 @@ class PredictorBase:
     ) -> list[Any]:
         """Labels (a list of labels per sample for multilabel); None for a row that cannot be
         predicted (only with ``on_bad_row="missing"``)."""
+        if is_streamed(samples):  # a split larger than memory: its rows a part at a time
+            return [
+                v
+                for p in _parts(samples)
+                for v in self.predict_rows(p, batch_size=batch_size, on_bad_row=on_bad_row).labels
+            ]
         return self.predict_rows(samples, batch_size=batch_size, on_bad_row=on_bad_row).labels
 
     def predict_table(

@@ -236,10 +236,7 @@ def read_rows(
         for i, cell in enumerate(df[col].tolist()):
             if _empty(cell):
                 continue
-            path = Path(str(cell).strip())
-            path = path if path.is_absolute() else base / path
-            if contain is not None:
-                require_contained(path, contain, f"{where} row {i + 2} ({name})")
+            path = cell_path(str(cell).strip(), base, contain, f"{where} row {i + 2} ({name})")
             try:
                 x[i] = read_modality(path, m)  # reader by file type, fitted to m.shape
                 mask[i] = 1.0
@@ -272,6 +269,19 @@ def read_rows(
     return arrays, masks, report
 
 
+def cell_path(cell: str, base: Path, contain: list[Path] | None, where: str) -> Path:
+    """The file a manifest cell names, as both the in-memory and the streamed path read it:
+    relative to ``base``, made absolute but not resolved (``..`` and links are the file
+    system's to follow when the file is opened, so a WFDB header reached through a link finds
+    the data files beside the link, as wfdb does); with ``contain``, refused when it lies
+    outside those folders."""
+    path = Path(cell)
+    path = (path if path.is_absolute() else base / path).absolute()
+    if contain is not None:
+        require_contained(path, contain, where)
+    return path
+
+
 def _lazy_column(
     name: str,
     m: ModalitySpec,
@@ -280,18 +290,14 @@ def _lazy_column(
     where: str,
     contain: list[Path] | None,
 ) -> tuple[Any, np.ndarray]:
-    """A file modality to stream: each cell's absolute path (checked for containment), unread."""
+    """A file modality to stream: each cell's path (:func:`cell_path`), unread."""
 
     paths = []
     for i, cell in enumerate(cells):
         if not cell:
             paths.append("")
             continue
-        path = Path(cell)
-        path = path if path.is_absolute() else base / path
-        if contain is not None:
-            require_contained(path, contain, f"{where} row {i + 2} ({name})")
-        paths.append(str(path.resolve()))
+        paths.append(str(cell_path(cell, base, contain, f"{where} row {i + 2} ({name})")))
     mask = np.array([1.0 if p else 0.0 for p in paths], np.float32)
     return LazyColumn(Source(name, m, paths, where=where), np.arange(len(paths))), mask
 

@@ -445,6 +445,8 @@ class Cache:
             self.index = index
             stale, touched = [], 0
             for i in range(n):
+                if not source.paths[i]:  # an empty cell: nothing to decode, ever
+                    continue
                 if index["state"][i] == "":
                     stale.append(i)
                 elif index["keys"][i] != self.keys_now[i]:

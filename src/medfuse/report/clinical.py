@@ -60,10 +60,11 @@ class Predictions:
 
 
 def remove_modality(split: Split, name: str) -> Split:
-    """A copy of ``split`` with modality ``name`` absent for every sample (zeros, mask 0)."""
+    """A copy of ``split`` with modality ``name`` absent for every sample (zeros, mask 0); a
+    streamed column's zeros take no memory until a part of them is read."""
     arrays = dict(split.arrays)
     masks = dict(split.masks)
-    arrays[name] = np.zeros_like(split.arrays[name])
+    arrays[name] = np.zeros(split.arrays[name].shape, np.float32)  # calloc: pages as touched
     masks[name] = np.zeros_like(split.masks[name])
     return Split(arrays, masks, split.y, split.meta)
 

@@ -247,12 +247,13 @@ def resample(x: np.ndarray, fs: float, rate: float) -> np.ndarray:
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-def _wfdb_header(header: bytes) -> tuple[str, bool, list[str]]:
+def _wfdb_header(header: bytes, *, ascii_only: bool = True) -> tuple[str, bool, list[str]]:
     """A WFDB header's record name, whether it is a multi-segment record, and the first field of
     each line after the record line that it declares: the data file of each signal, or the name
-    of each segment (``~``: a gap). Text only, no wfdb needed."""
+    of each segment (``~``: a gap). Text only, no wfdb needed. ``ascii_only=False`` reads any
+    bytes (wfdb accepts comments such as a patient's name in Latin-1 or UTF-8)."""
     try:
-        text = header.decode("ascii")
+        text = header.decode("ascii") if ascii_only else header.decode("latin-1")
     except UnicodeDecodeError:
         raise DataError("not a WFDB header (not ASCII text)") from None
     lines = [ln.strip() for ln in text.splitlines()]
@@ -293,10 +294,11 @@ def wfdb_record_files(header: bytes) -> tuple[str, list[str]]:
 def _wfdb_files(path: Path, depth: int = 0) -> list[Path]:
     """The files wfdb reads for the record of header ``path`` besides the header: the data file
     of each signal; for a multi-segment record each segment's header and its files. A header
-    that cannot be parsed here gives every file named after the record (``rec.*``)."""
+    that cannot be parsed here (wfdb will most likely refuse it too) gives every file named
+    after the record (``rec.*``)."""
     try:
-        _, multi, names = _wfdb_header(path.read_bytes())
-    except (OSError, DataError):
+        _, multi, names = _wfdb_header(path.read_bytes(), ascii_only=False)
+    except (OSError, DataError):  # unreadable here: the reader will most likely refuse it too
         stem = glob.escape(path.name[: -len(".hea")])
         return sorted(p for p in path.parent.glob(f"{stem}.*") if p != path)
     out: list[Path] = []
