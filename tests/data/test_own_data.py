@@ -212,6 +212,30 @@ def test_service_model_info_names_the_positive_class(trained) -> None:
 # ---- paths that travel, fingerprint at evaluate -----------------------------------------------
 
 
+def test_prediction_reads_as_missing_the_strings_training_reads_as_missing(
+    trained, tmp_path: Path
+) -> None:
+    """Training reads a manifest with pandas, whose default NA strings (``NA``, ``null``,
+    ``N/A``, ...) are missing values; prediction's CSV reader reads the same cells as missing
+    (it used to refuse them: the same file trained on but could not be predicted)."""
+    from pandas._libs.parsers import STR_NA_VALUES
+
+    import medfuse
+    from medfuse.core.readers.medical import CSV_MISSING
+
+    assert CSV_MISSING == STR_NA_VALUES  # one list: pandas' own
+    pkg, data = trained
+    shutil.copytree(data, tmp_path / "d")
+    df = pd.read_csv(tmp_path / "d" / "cases.csv").head(8)
+    df.assign(age="").to_csv(tmp_path / "d" / "blank.csv", index=False)
+    na = ["NA", "null", "N/A", "nan", "NULL", "None", "<NA>", "#N/A"]
+    df.assign(age=na).to_csv(tmp_path / "d" / "na.csv", index=False)
+    assert pd.read_csv(tmp_path / "d" / "na.csv")["age"].isna().all()  # as training reads them
+    pred = medfuse.load(pkg, device="cpu")
+    blank = pred.predict_proba(str(tmp_path / "d" / "blank.csv"))
+    np.testing.assert_array_equal(pred.predict_proba(str(tmp_path / "d" / "na.csv")), blank)
+
+
 def test_moved_data_is_found_again_with_data(trained, tmp_path: Path, capsys) -> None:
     from medfuse.api import evaluate
     from medfuse.cli import main

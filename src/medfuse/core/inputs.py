@@ -25,7 +25,9 @@ did-you-mean, wrong types, shapes that cannot be fitted, a list of strings, a ro
 modality at all). Bad *values* (an unreadable file, NaN or infinite image/signal values, an
 infinite tabular value) are errors by default; with ``on_bad_row="missing"`` the modality is
 predicted as absent and the row says why (``Batch.reasons``). A tabular NaN / None / empty cell
-is a missing value of its column (as in training), named per row (``Batch.missing_values``). Values outside the training ranges stored in the package
+is a missing value of its column (as in training), and so, in a CSV manifest, is every cell
+that training's CSV reader (pandas) reads as missing (``NA``, ``null``, ``N/A``, ...:
+``CSV_MISSING``), named per row (``Batch.missing_values``). Values outside the training ranges stored in the package
 are flagged (``Batch.flags``), never used unflagged.
 """
 
@@ -46,6 +48,7 @@ import numpy as np
 from medfuse.core.errors import DataError, did_you_mean
 from medfuse.core.paths import contained, resolve_data_root
 from medfuse.core.readers.image_math import fit_image, fit_signal
+from medfuse.core.readers.medical import CSV_MISSING
 
 OnBadRow = Literal["fail", "missing"]
 ON_BAD_ROW = ("fail", "missing")
@@ -1079,7 +1082,8 @@ def _table_chunks(p: Path, chunk: int) -> Iterator[tuple[list[str], list[dict[st
                         raise DataError(
                             f"{p} line {reader.line_num}: more cells than the header's {len(cols)} columns"
                         )
-                    rows.append(r)
+                    # the cells training's CSV reader (pandas) reads as missing: missing here too
+                    rows.append({k: "" if v in CSV_MISSING else v for k, v in r.items()})
                     if len(rows) >= chunk:
                         yield cols, rows
                         rows = []

@@ -44,7 +44,8 @@ MAX_RESAMPLED_VALUES = 2**24
 #: voltage units converted to millivolts, so records written in uV and mV agree
 _TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3, "nv": 1e-6}
 TIME_COLUMNS = ("time", "t")
-#: cells of a CSV signal read as a missing sample (pandas' default NA strings)
+#: cells of a CSV read as missing: a CSV signal's missing sample, a prediction manifest's missing
+#: value (pandas' default NA strings, what training's manifest reader reads as missing)
 CSV_MISSING = frozenset(
     [
         "",
