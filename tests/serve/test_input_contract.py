@@ -443,6 +443,48 @@ def test_manifest_layout_of_training_is_read_again(tmp_path: Path) -> None:
         coerce(pd.DataFrame({"scna": ["imgs/a.png"], "age": [1]}), schema)
 
 
+def test_an_array_for_a_windowed_modality_must_hold_windowed_values() -> None:
+    """A modality read with a window takes [0, 1] values (every windowed reader returns them);
+    an array outside [0, 1] is the file's own values (e.g. HU), which would be scored as if
+    windowed: refused (a dict per sample and a batched dict alike), or a missing modality with
+    its reason; an array inside [0, 1] is taken as already windowed."""
+    mod = Modality("ct", "image", (1, 4, 4), channels=1, size=(4, 4), window=[40.0, 400.0])
+    schema = Schema({"ct": mod})
+    hu = np.full((1, 4, 4), 120.0, np.float32)
+    with pytest.raises(
+        InputError, match=r"values 120..120 lie outside \[0, 1\].*window \[40.0, 400.0\]"
+    ):
+        coerce([{"ct": hu}], schema)
+    with pytest.raises(InputError, match=r"outside \[0, 1\]"):
+        coerce({"ct": hu[None]}, schema)
+    b = coerce({"ct": np.stack([hu, hu / 400])}, schema, on_bad_row="missing")
+    assert b.masks["ct"].tolist() == [0.0, 1.0] and "outside [0, 1]" in b.reasons["ct"][0]
+    plain = Schema({"ct": Modality("ct", "image", (1, 4, 4), channels=1, size=(4, 4))})
+    assert coerce([{"ct": hu}], plain).masks["ct"].tolist() == [1.0]  # no window: as given
+
+
+def test_a_recording_for_a_signal_sequence_is_cut_into_windows_as_in_training(
+    tmp_path: Path,
+) -> None:
+    """A signal modality with ``sequence: S`` takes a whole recording (a file, an ``.npy`` or an
+    array (C, T)) and cuts it into S windows exactly as training's reader does (it used to refuse
+    the training manifest's own ``.npy`` files)."""
+    from medfuse.core.readers import read_modality
+    from medfuse.core.spec import ModalitySpec
+
+    rec = np.random.default_rng(0).normal(0, 1, (2, 230)).astype(np.float32)
+    np.save(tmp_path / "r.npy", rec)
+    want = read_modality(
+        tmp_path / "r.npy", ModalitySpec(kind="signal", channels=2, length=50, sequence=4)
+    )
+    mod = Modality("ecg", "signal", (4, 2, 50), channels=2, length=50, sequence=4)
+    schema = Schema({"ecg": mod})
+    for given in (rec, str(tmp_path / "r.npy")):
+        b = coerce([{"ecg": given}], schema, base_dir=tmp_path)
+        np.testing.assert_array_equal(b.arrays["ecg"][0], want)
+    np.testing.assert_array_equal(coerce([{"ecg": want}], schema).arrays["ecg"][0], want)
+
+
 def test_all_nan_image_is_not_present() -> None:
     mod = Modality("image", "image", (1, 4, 4), channels=1, size=(4, 4))
     tab = Modality("t", "tabular", (1,), columns=("age",))

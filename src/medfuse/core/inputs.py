@@ -47,7 +47,7 @@ import numpy as np
 
 from medfuse.core.errors import DataError, did_you_mean
 from medfuse.core.paths import contained, resolve_data_root
-from medfuse.core.readers.image_math import fit_image, fit_signal
+from medfuse.core.readers.image_math import fit_image, fit_signal, fit_signal_windows
 from medfuse.core.readers.medical import CSV_MISSING
 
 OnBadRow = Literal["fail", "missing"]
@@ -339,9 +339,10 @@ def _fit(x: np.ndarray, m: Modality) -> np.ndarray:
             return fit_image(x, c, m.size)
         except DataError as err:
             raise InputError(f"shape {x.shape} cannot be fitted to {exp}: {err}") from None
-    if m.kind == "signal" and not m.sequence and m.length:
-        try:
-            return fit_signal(x, int(m.channels or 1), int(m.length))
+    if m.kind == "signal" and m.length and (not m.sequence or x.ndim <= 2):
+        try:  # a recording (C, T) of a sequence modality: cut into its windows, as training did
+            c, t = int(m.channels or 1), int(m.length)
+            return fit_signal_windows(x, c, t, m.sequence) if m.sequence else fit_signal(x, c, t)
         except DataError as err:
             raise InputError(f"shape {x.shape} cannot be fitted to {exp}: {err}") from None
     raise InputError(f"shape {x.shape}; expected {exp}")
@@ -439,12 +440,31 @@ def _tensor_value(
         raise InputError(f"a mapping is not an {m.kind}; give an array, a file path or file bytes")
     else:
         x = _fit(_as_array(v, m.kind), m)
+        unwindowed = _unwindowed(x, m)
+        if unwindowed:
+            raise _Bad(unwindowed)
     bad = int(x.size - np.isfinite(x).sum())
     if bad == x.size:
         raise _Bad(f"all {x.size} values are NaN or infinite (or beyond float32)")
     if bad:
         raise _Bad(f"{bad} of {x.size} values are NaN or infinite (or beyond float32)")
     return x
+
+
+def _unwindowed(x: np.ndarray, m: Modality) -> str:
+    """Why an array cannot be what training saw of a modality read with a window (every
+    windowed reader returns [0, 1]: docs/data.md), or ``""``: its values leave [0, 1], so they
+    are the file's own (e.g. HU), not windowed, and would be scored as if they were."""
+    if m.window is None:
+        return ""
+    finite = x[np.isfinite(x)]
+    if not finite.size or (finite.min() >= 0.0 and finite.max() <= 1.0):
+        return ""
+    return (
+        f"values {finite.min():.4g}..{finite.max():.4g} lie outside [0, 1], but modality "
+        f"{m.name!r} is read with window {m.window!r}: the model takes windowed values in "
+        "[0, 1]; give the file (the window is applied when it is read) or window the array"
+    )
 
 
 def _input_path(v: str | os.PathLike[str], base: Path, roots: tuple[Path, ...] | None) -> Path:
@@ -769,6 +789,10 @@ def _from_batched(d: Mapping[str, Any], ctx: _Ctx, default_id: str) -> Batch:
             for i in np.flatnonzero((nonfinite > 0) & (mask > 0)):
                 what = "all" if nonfinite[i] == flat.shape[1] else str(int(nonfinite[i]))
                 ctx.bad(b, int(i), m, f"{what} of {flat.shape[1]} values are NaN or infinite")
+            for i in np.flatnonzero((nonfinite == 0) & (mask > 0)) if mod.window else ():
+                unwindowed = _unwindowed(flat[i], mod)
+                if unwindowed:
+                    ctx.bad(b, int(i), m, unwindowed)
     return _finish(b, ctx)
 
 

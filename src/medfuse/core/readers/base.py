@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medfuse.core.errors import DataError
-from medfuse.core.readers.image_math import fit_image, fit_signal
+from medfuse.core.readers.image_math import fit_image, fit_signal, fit_signal_windows
 from medfuse.core.registry import Registry
 
 if TYPE_CHECKING:
@@ -151,8 +151,7 @@ def read_modality(path: str | Path, m: ModalitySpec) -> np.ndarray:
             raw = read_signal(p, leads=m.leads, rate=m.rate)
             c, t = int(m.channels or 1), int(m.length or 1)
             if m.sequence:
-                x = fit_signal(raw, c, m.sequence * t)  # (C, S*T)
-                return np.ascontiguousarray(x.reshape(c, m.sequence, t).transpose(1, 0, 2))
+                return fit_signal_windows(raw, c, t, m.sequence)  # (S, C, T)
             return fit_signal(raw, c, t)
     except DataError as err:
         msg = str(err)

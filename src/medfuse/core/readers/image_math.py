@@ -71,6 +71,14 @@ def fit_signal(arr: np.ndarray, channels: int, length: int) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
+def fit_signal_windows(arr: np.ndarray, channels: int, length: int, windows: int) -> np.ndarray:
+    """A recording ``(C, T)`` as ``windows`` consecutive windows of ``length`` samples,
+    ``(windows, C, length)`` (:func:`fit_signal` to ``windows * length`` first): a signal
+    modality with ``sequence``."""
+    x = fit_signal(arr, channels, windows * length)  # (C, S*T)
+    return np.ascontiguousarray(x.reshape(channels, windows, length).transpose(1, 0, 2))
+
+
 def read_npy_bytes(data: bytes, *, max_elements: int = MAX_PIXELS * 4) -> np.ndarray:
     """An ``.npy`` payload as a float32 array; the header is checked before any allocation."""
 
