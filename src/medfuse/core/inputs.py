@@ -458,7 +458,8 @@ def _unwindowed(x: np.ndarray, m: Modality) -> str:
     if m.window is None:
         return ""
     finite = x[np.isfinite(x)]
-    if not finite.size or (finite.min() >= 0.0 and finite.max() <= 1.0):
+    slack = 1e-4  # a resize's rounding around the window's ends
+    if not finite.size or (finite.min() >= -slack and finite.max() <= 1.0 + slack):
         return ""
     return (
         f"values {finite.min():.4g}..{finite.max():.4g} lie outside [0, 1], but modality "
