@@ -354,7 +354,7 @@ def test_no_extension_overrides_a_private_trainer_method() -> None:
             assert not (isinstance(obj, type) and obj is not Trainer and issubclass(obj, Trainer))
 
 
-def test_normalisation_statistics_are_exact_in_float64() -> None:
+def test_normalisation_statistics_are_exact_in_float64(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every value and deviation in float64 (numpy's nanstd subtracts the mean in float32: 2e-9
     off here, enough for the streamed statistics to round to other float32 values), NaN-aware,
     and the same whether the samples are summed in one part or many."""
@@ -369,10 +369,7 @@ def test_normalisation_statistics_are_exact_in_float64() -> None:
     want_std = np.nanstd(x.astype(np.float64), axis=(0, 2))
     assert np.abs(np.nanstd(x, axis=(0, 2), dtype=np.float64) / want_std - 1).max() > 1e-10
     for rows in (256, 7):
-        preprocess.STATS_ROWS = rows
-        try:
-            got = preprocess.fit_stats({"s": x}, {"s": np.ones(40)}, {"s": 0})["s"]
-        finally:
-            preprocess.STATS_ROWS = 256
+        monkeypatch.setattr(preprocess, "STATS_ROWS", rows)
+        got = preprocess.fit_stats({"s": x}, {"s": np.ones(40)}, {"s": 0})["s"]
         np.testing.assert_allclose(got["mean"], want_mean, rtol=1e-14)
         np.testing.assert_allclose(got["std"], want_std, rtol=1e-14)

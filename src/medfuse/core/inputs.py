@@ -790,8 +790,8 @@ def _from_batched(d: Mapping[str, Any], ctx: _Ctx, default_id: str) -> Batch:
             for i in np.flatnonzero((nonfinite > 0) & (mask > 0)):
                 what = "all" if nonfinite[i] == flat.shape[1] else str(int(nonfinite[i]))
                 ctx.bad(b, int(i), m, f"{what} of {flat.shape[1]} values are NaN or infinite")
-            for i in np.flatnonzero((nonfinite == 0) & (mask > 0)) if mod.window else ():
-                unwindowed = _unwindowed(flat[i], mod)
+            for i in np.flatnonzero((nonfinite == 0) & (mask > 0)):
+                unwindowed = _unwindowed(flat[i], mod)  # "" without a window
                 if unwindowed:
                     ctx.bad(b, int(i), m, unwindowed)
     return _finish(b, ctx)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -62,6 +63,12 @@ class Predictor(Protocol):
     def predict(
         self, samples: Any, *, batch_size: int = 256, on_bad_row: str = "fail"
     ) -> list[Any]: ...
+    def _by_part(self, split: Any, batch_size: int, on_bad_row: str) -> Iterator[Predictions]:
+        """A streamed split (larger than memory) predicted :data:`STREAMED_ROWS` rows at a time;
+        each part's values are dropped once the caller has taken what it needs."""
+        for part in _parts(split):
+            yield self.predict_rows(part, batch_size=batch_size, on_bad_row=on_bad_row)
+
     def predict_rows(
         self, samples: Any, *, batch_size: int = 256, on_bad_row: str = "fail"
     ) -> Predictions: ...
@@ -328,6 +335,12 @@ class PredictorBase:
         labels = decide(self.task, p, self.labels, self.threshold, nonfinite="none")
         return Predictions(batch, p, labels, errors, self.task, self.labels, self.threshold)
 
+    def _by_part(self, split: Any, batch_size: int, on_bad_row: str) -> Iterator[Predictions]:
+        """A streamed split (larger than memory) predicted :data:`STREAMED_ROWS` rows at a time;
+        each part's values are dropped once the caller has taken what it needs."""
+        for part in _parts(split):
+            yield self.predict_rows(part, batch_size=batch_size, on_bad_row=on_bad_row)
+
     def predict_rows(
         self, samples: Any, *, batch_size: int = 256, on_bad_row: str = "fail"
     ) -> Predictions:
@@ -342,13 +355,8 @@ class PredictorBase:
     ) -> np.ndarray:
         """Binary: (N,) P(positive label); multiclass/multilabel: (N, K). Calibration applied.
         NaN for a row that cannot be predicted (only with ``on_bad_row="missing"``)."""
-        if is_streamed(samples):  # a split larger than memory: its rows a part at a time
-            return np.concatenate(
-                [
-                    self.predict_rows(p, batch_size=batch_size, on_bad_row=on_bad_row).proba
-                    for p in _parts(samples)
-                ]
-            )
+        if is_streamed(samples):
+            return np.concatenate([r.proba for r in self._by_part(samples, batch_size, on_bad_row)])
         return self.predict_rows(samples, batch_size=batch_size, on_bad_row=on_bad_row).proba
 
     def predict(
@@ -356,12 +364,8 @@ class PredictorBase:
     ) -> list[Any]:
         """Labels (a list of labels per sample for multilabel); None for a row that cannot be
         predicted (only with ``on_bad_row="missing"``)."""
-        if is_streamed(samples):  # a split larger than memory: its rows a part at a time
-            return [
-                v
-                for p in _parts(samples)
-                for v in self.predict_rows(p, batch_size=batch_size, on_bad_row=on_bad_row).labels
-            ]
+        if is_streamed(samples):
+            return [v for r in self._by_part(samples, batch_size, on_bad_row) for v in r.labels]
         return self.predict_rows(samples, batch_size=batch_size, on_bad_row=on_bad_row).labels
 
     def predict_table(

@@ -118,8 +118,8 @@ def cached_arrays(
 
     The hash covers ``key`` (the extraction options), the releases of the libraries that read and
     filter (:func:`~medfuse.core.readers.base.reader_versions`) and the source files'
-    fingerprint, so a changed option, library or source file simply makes a new cache entry. Written atomically, so a
-    concurrent or killed run never leaves a half-written file behind.
+    fingerprint, so a changed option, library or source file simply makes a new cache entry.
+    Written atomically, so a concurrent or killed run never leaves a half-written file behind.
     """
     if not enabled:
         return build()

@@ -25,10 +25,10 @@ cache's build lock (:func:`cache_lock`), so concurrent processes (the ranks of a
 decode each file once and never read a half-written cache. A new cache is built in a temporary
 directory and renamed into place when whole; a temporary directory found under the lock is a
 killed writer's and is removed. A row whose stat key changed is hashed: other bytes invalidate
-that row, which is re-decoded in place (marked stale in the index before its values are rewritten). Every row read
-from the cache is checked against its values digest (:meth:`Source.verify`). The pass's
-result is recorded under ``passes/`` (:func:`pass_key`): a later pass over the same values reads
-nothing.
+that row, which is re-decoded in place (marked stale in the index before its values are
+rewritten). Every row read from the cache is checked against its values digest
+(:meth:`Source.verify`). The pass's result is recorded under ``passes/`` (:func:`pass_key`): a
+later pass over the same values reads nothing.
 """
 
 from __future__ import annotations

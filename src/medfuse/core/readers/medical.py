@@ -282,7 +282,7 @@ def wfdb_record_files(header: bytes) -> tuple[str, list[str]]:
     if not _PLAIN_NAME.fullmatch(record):
         raise DataError(f"the WFDB record name {record[:60]!r} is not a plain file name")
     if not names:
-        raise DataError("the WFDB header declares 0 signal(s)")
+        raise DataError("the WFDB header declares 0 signals; give a record with at least one")
     files: list[str] = []
     for name in names:
         if not _PLAIN_NAME.fullmatch(name):
