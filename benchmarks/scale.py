@@ -16,16 +16,19 @@ computes val metrics and writes the package). The images are written to a tempor
 removed afterwards (never committed).
 
     python benchmarks/scale.py --n 1000 [--workers 2] [--threads 2] [--skip-memory]
-    python benchmarks/scale.py --n 1000 5000 20000 50000 --json scale.json [--repeat 2]
+    python benchmarks/scale.py --n 1000 5000 20000 50000 --threads 1 2 --repeat 2 [--json F]
 
 ``--repeat K`` runs each variant K times, interleaved (cold, cached, plain; again), each cold run
 on an empty cache; the table keeps each variant's fastest run and lists every run's wall. Every
 variant trains with medfuse's CPU allocator settings (``medfuse.training.malloc``), the plain
 loader too: the loaders are compared, not glibc's defaults.
 
-With several sizes a summary prints each size's epoch wall time (loading + training pass; the
-cold run's includes the decode-once pass) over the plain loader's, the cached epoch over the
-cold one, and peak RSS over the smallest size's. ``stream: false`` runs only up to
+``--threads 1 2`` runs every variant at each torch thread setting (2 is torch's default on a
+2-core machine; 1 leaves the second core to the plain loader's decoding workers, its best setting
+here). With several sizes a summary prints, per setting, each size's epoch wall time (loading +
+training pass; the cold run's includes the decode-once pass) over the plain loader's at the same
+setting, the cached epoch over the cold one, and peak RSS over the smallest size's; then each of
+medfuse and the plain loader at its own fastest setting. ``stream: false`` runs only up to
 ``--memory-max`` (5000) images, the plain loader up to ``--plain-max`` (20000).
 
 ``--torchrun N`` instead compares one process with ``medfuse train --nproc N`` (each run on an
@@ -234,7 +237,7 @@ def run_plain(csv: Path, workers: int, stem: int) -> dict:
 def child(args: argparse.Namespace) -> None:
     import torch
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads[0])
     csv = Path(args.csv)
     if args.variant == "plain":
         res = run_plain(csv, args.workers, args.stem_stride)
@@ -313,7 +316,7 @@ def run_train(
     cmd += ["cpu", *(["--nproc", str(nproc)] if nproc > 1 else [])]
     cmd += ["--max-restarts", "1"] if kill else []
     env = {**os.environ, "MEDFUSE_CACHE_DIR": str(tmp / f"cache-{nproc}")}
-    env["OMP_NUM_THREADS"] = str(args.threads)
+    env["OMP_NUM_THREADS"] = str(args.threads[0])
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     killed: list[int] = []
@@ -430,7 +433,8 @@ NAMES = {
 
 
 def size_table(n: int, tmp: Path, args: argparse.Namespace) -> dict[str, dict]:
-    """The variants on N generated images, each in its own process; prints the table."""
+    """The variants on N generated images, each in its own process, at each ``--threads``
+    setting; prints the table. Keys: ``<variant>@<threads>``."""
     t0 = time.perf_counter()
     csv = make_data(tmp / f"data-{n}", n)
     print(
@@ -439,62 +443,72 @@ def size_table(n: int, tmp: Path, args: argparse.Namespace) -> dict[str, dict]:
     variants = ["cold", "cached"]
     variants += [] if args.skip_memory or n > args.memory_max else ["memory"]
     variants += [] if n > args.plain_max else ["plain"]
-    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    keys = [f"{v}@{t}" for t in args.threads for v in variants]
+    runs: dict[str, list[dict]] = {k: [] for k in keys}
     for r in range(args.repeat):  # interleaved: cold, cached, (memory once), plain; again
-        cache = tmp / f"cache-{n}-{r}"  # each repeat's cold run starts on an empty cache
-        env = {**os.environ, "MEDFUSE_CACHE_DIR": str(cache)}
-        for v in variants:
-            if v == "memory" and r:
-                continue
-            cmd = [sys.executable, __file__, "--variant", v, "--csv", str(csv), "--tmp", str(tmp)]
-            cmd += ["--workers", str(args.workers), "--threads", str(args.threads)]
-            cmd += ["--stem-stride", str(args.stem_stride)]
-            p = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
-            if p.returncode or not line:
-                print(p.stdout[-2000:], p.stderr[-4000:])
-                raise SystemExit(f"variant {v} failed at N={n}")
-            runs[v].append(json.loads(line[-1][7:]))
-        shutil.rmtree(cache, ignore_errors=True)
+        for t in args.threads:
+            cache = tmp / f"cache-{n}-{r}-{t}"  # each cold run starts on an empty cache
+            env = {**os.environ, "MEDFUSE_CACHE_DIR": str(cache)}
+            for v in variants:
+                if v == "memory" and (r or t != args.threads[0]):
+                    continue
+                cmd = [sys.executable, __file__, "--variant", v, "--csv", str(csv)]
+                cmd += ["--tmp", str(tmp), "--workers", str(args.workers), "--threads", str(t)]
+                cmd += ["--stem-stride", str(args.stem_stride)]
+                p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+                if p.returncode or not line:
+                    print(p.stdout[-2000:], p.stderr[-4000:])
+                    raise SystemExit(f"variant {v} ({t} threads) failed at N={n}")
+                runs[f"{v}@{t}"].append(json.loads(line[-1][7:]))
+            shutil.rmtree(cache, ignore_errors=True)
     # each variant's fastest run (epoch wall), with the largest peak RSS of its runs
     rows: dict[str, dict] = {}
-    for v, got in runs.items():
+    for k, got in runs.items():
+        if not got:
+            continue
         best = dict(min(got, key=lambda x: x["prepare_s"] + x["epoch_s"]))
         best["rss_main_mib"] = max(x["rss_main_mib"] for x in got)
         best["rss_workers_mib"] = max(x["rss_workers_mib"] for x in got)
         best["walls_s"] = [round(x["prepare_s"] + x["epoch_s"], 1) for x in got]
-        rows[v] = best
+        rows[k] = best
     head = (
-        f"{'variant':38s} {'prepare s':>9s} {'epoch s':>8s} {'wait s':>7s} {'img/s':>6s} "
-        f"{'total s':>8s} {'RSS main MiB':>12s} {'RSS worker MiB':>14s} {'decoded':>7s}"
+        f"{'variant':38s} {'threads':>7s} {'prepare s':>9s} {'epoch s':>8s} {'wait s':>7s} "
+        f"{'img/s':>6s} {'total s':>8s} {'RSS main MiB':>12s} {'RSS worker MiB':>14s} "
+        f"{'decoded':>7s}"
     )
     print(
         f"N={n}, {SIZE}x{SIZE} grey PNG + 2 columns, cnn stem_stride {args.stem_stride}, 1 epoch, "
-        "batch 32, "
-        f"{args.workers} workers, {args.threads} torch threads; the fastest of {args.repeat} "
-        "run(s) of each variant (all: walls s), the largest peak RSS of its runs"
+        f"batch 32, {args.workers} workers; the fastest of {args.repeat} run(s) of each variant "
+        "(all: walls s), the largest peak RSS of its runs"
     )
     print(head)
     print("-" * len(head))
-    for v, r in rows.items():
+    for k, r in rows.items():
+        v, t = k.split("@")
         print(
-            f"{NAMES[v]:38s} {r['prepare_s']:9.1f} {r['epoch_s']:8.1f} {r['data_wait_s']:7.1f} "
-            f"{r['samples_per_s']:6.0f} {r['total_s']:8.1f} {r['rss_main_mib']:12.0f} "
-            f"{r['rss_workers_mib']:14.0f} {r.get('decoded', '-')!s:>7s}  "
-            f"walls s {', '.join(map(str, r['walls_s']))}",
+            f"{NAMES[v]:38s} {t:>7s} {r['prepare_s']:9.1f} {r['epoch_s']:8.1f} "
+            f"{r['data_wait_s']:7.1f} {r['samples_per_s']:6.0f} {r['total_s']:8.1f} "
+            f"{r['rss_main_mib']:12.0f} {r['rss_workers_mib']:14.0f} "
+            f"{r.get('decoded', '-')!s:>7s}  walls s {', '.join(map(str, r['walls_s']))}",
             flush=True,
         )
     shutil.rmtree(tmp / f"data-{n}", ignore_errors=True)
     return rows
 
 
-def summary(results: dict[int, dict[str, dict]]) -> None:
-    """Side by side over N: an epoch's wall (loading + training pass: the cold run's includes
-    the decode-once pass) against the plain loader's, and peak RSS against the smallest N's."""
+def wall(r: dict) -> float:
+    """An epoch's wall: loading (the cold run's includes the decode-once pass) + training pass."""
+    return float(r["prepare_s"] + r["epoch_s"])
+
+
+def summary(results: dict[int, dict[str, dict]], threads: list[int]) -> None:
+    """Side by side over N, per torch thread setting: an epoch's wall against the plain loader's
+    at the same setting, and peak RSS against the smallest N's; then each loader at its own best
+    setting (the fastest of the thread settings, for each of medfuse and the plain loader)."""
     first = min(results)
-    base = results[first]
     head = (
-        f"{'images':>7s} {'cold epoch s':>12s} {'cached s':>9s} {'plain s':>8s} "
+        f"{'images':>7s} {'threads':>7s} {'cold epoch s':>12s} {'cached s':>9s} {'plain s':>8s} "
         f"{'cold/plain':>10s} {'cached/plain':>12s} {'cached/cold':>11s} "
         f"{'RSS main MiB':>12s} {'worker MiB':>10s} {'RSS vs ' + str(first):>12s}"
     )
@@ -502,34 +516,63 @@ def summary(results: dict[int, dict[str, dict]]) -> None:
     print(head)
     print("-" * len(head))
 
-    def wall(r: dict) -> float:
-        return float(r["prepare_s"] + r["epoch_s"])
-
     def ratio(a: float, b: float) -> str:
         return f"{a / b:.2f}"
 
-    for n, rows in sorted(results.items()):
-        cold, cached, plain = rows["cold"], rows["cached"], rows.get("plain")
-        rss = max(rows["cold"]["rss_main_mib"], cached["rss_main_mib"])
-        work = max(rows["cold"]["rss_workers_mib"], cached["rss_workers_mib"])
-        rss0 = max(base["cold"]["rss_main_mib"], base["cached"]["rss_main_mib"])
-        work0 = max(base["cold"]["rss_workers_mib"], base["cached"]["rss_workers_mib"])
-        print(
-            f"{n:7d} {wall(cold):12.1f} {wall(cached):9.1f} "
-            f"{(f'{wall(plain):.1f}' if plain else '-'):>8s} "
-            f"{(ratio(wall(cold), wall(plain)) if plain else '-'):>10s} "
-            f"{(ratio(wall(cached), wall(plain)) if plain else '-'):>12s} "
-            f"{ratio(wall(cached), wall(cold)):>11s} {rss:12.0f} {work:10.0f} "
-            f"{ratio(rss, rss0) + ' / ' + ratio(work, work0):>12s}"
-        )
+    def peak(rows: dict[str, dict], t: int, key: str) -> float:
+        return max(rows[f"cold@{t}"][key], rows[f"cached@{t}"][key])
+
+    for t in threads:
+        base = results[first]
+        for n, rows in sorted(results.items()):
+            cold, cached, plain = rows[f"cold@{t}"], rows[f"cached@{t}"], rows.get(f"plain@{t}")
+            rss, work = peak(rows, t, "rss_main_mib"), peak(rows, t, "rss_workers_mib")
+            rss0, work0 = peak(base, t, "rss_main_mib"), peak(base, t, "rss_workers_mib")
+            print(
+                f"{n:7d} {t:7d} {wall(cold):12.1f} {wall(cached):9.1f} "
+                f"{(f'{wall(plain):.1f}' if plain else '-'):>8s} "
+                f"{(ratio(wall(cold), wall(plain)) if plain else '-'):>10s} "
+                f"{(ratio(wall(cached), wall(plain)) if plain else '-'):>12s} "
+                f"{ratio(wall(cached), wall(cold)):>11s} {rss:12.0f} {work:10.0f} "
+                f"{ratio(rss, rss0) + ' / ' + ratio(work, work0):>12s}"
+            )
     print("RSS vs: the largest main / worker peak RSS of the two stream runs over the smallest N's")
+    if len(threads) < 2:
+        return
+    print("\neach at its best thread setting (the fastest epoch of each over --threads)")
+    head = (
+        f"{'images':>7s} {'cold s (threads)':>16s} {'cached s (threads)':>18s} "
+        f"{'plain s (threads)':>17s} {'cold/plain':>10s} {'cached/plain':>12s}"
+    )
+    print(head)
+    print("-" * len(head))
+    for n, rows in sorted(results.items()):
+        best = {}
+        for v in ("cold", "cached", "plain"):
+            got = [(wall(rows[f"{v}@{t}"]), t) for t in threads if f"{v}@{t}" in rows]
+            best[v] = min(got) if got else None
+        cold, cached, plain = best["cold"], best["cached"], best["plain"]
+        assert cold is not None and cached is not None
+        print(
+            f"{n:7d} {f'{cold[0]:.1f} ({cold[1]})':>16s} {f'{cached[0]:.1f} ({cached[1]})':>18s} "
+            f"{(f'{plain[0]:.1f} ({plain[1]})' if plain else '-'):>17s} "
+            f"{(ratio(cold[0], plain[0]) if plain else '-'):>10s} "
+            f"{(ratio(cached[0], plain[0]) if plain else '-'):>12s}"
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--n", type=int, nargs="+", default=[1000], help="images (one or more sizes)")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads per process")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[2],
+        help="torch threads per process: one or more settings, each run for every variant "
+        "(2: torch's default on a 2-core machine; 1 leaves a core to the plain loader's workers)",
+    )
     ap.add_argument(
         "--stem-stride",
         type=int,
@@ -582,8 +625,8 @@ def main() -> None:
         results = {n: size_table(n, tmp, args) for n in args.n}
         if args.json:
             args.json.write_text(json.dumps({str(n): r for n, r in results.items()}, indent=1))
-        if len(results) > 1 or "plain" in results[min(results)]:
-            summary(results)
+        if len(results) > 1 or any(k.startswith("plain") for k in results[min(results)]):
+            summary(results, args.threads)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

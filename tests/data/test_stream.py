@@ -98,7 +98,21 @@ def _valid_caches(root: Path) -> list[Path]:
     return [p for p in root.glob("*") if (p / stream_mod.INDEX).exists()] if root.exists() else []
 
 
-def test_streamed_statistics_and_fingerprint_equal_the_in_memory_ones(manifest: Path) -> None:
+@pytest.mark.parametrize("strided", [False, True])
+def test_streamed_statistics_and_fingerprint_equal_the_in_memory_ones(
+    manifest: Path, strided: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``strided``: the value percentiles from every 58th value of the subsample, which the pass
+    reads 3 rows at a time (a stride that crosses rows and reads), as large images are read."""
+    if strided:
+        import medfuse.core.preprocess as pre
+
+        def step(values: int) -> int:
+            return max(1, values // 700)
+
+        monkeypatch.setattr(pre, "range_step", step)
+        monkeypatch.setattr(stream_mod, "range_step", step)
+        monkeypatch.setattr(stream_mod, "RANGE_ROWS", 3)
     mem, st = _load(manifest, False), _load(manifest, True)
     assert not is_lazy(mem.train.arrays["image"]) and is_lazy(st.train.arrays["image"])
     spec = parse_spec(_spec(manifest, False))
@@ -719,3 +733,25 @@ def test_a_file_system_without_locks_is_a_clear_error_not_a_wait(
     ):
         _load(manifest, True)
     assert time.perf_counter() - t0 < 5
+
+
+def test_the_pass_flushes_the_cache_while_writing_and_stops_flushing(
+    manifest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread flushes the values file to disk while the workers write it (the final flush
+    before the completion mark finds little left); it flushes, and it is gone after the pass."""
+    import threading
+
+    flushed = []
+    real = getattr(os, "fdatasync", os.fsync)
+
+    def counting(fd: int) -> None:
+        flushed.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(stream_mod, "FLUSH_EVERY", 0.001)
+    monkeypatch.setattr(os, "fdatasync" if hasattr(os, "fdatasync") else "fsync", counting)
+    bundle = _load(manifest, True, workers=2)
+    assert bundle.info["stream"]["decoded"]["image"] == N - 1
+    assert flushed
+    assert not [t for t in threading.enumerate() if t.name == "medfuse-cache-flush"]

@@ -102,11 +102,19 @@ def range_subsample(n: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, 512)).astype(int))
 
 
+def range_step(values: int) -> int:
+    """The stride through a subsample of ``values`` values that reads at most ~2M of them."""
+    return max(1, values // 2_000_000)
+
+
 def value_ranges(sub: np.ndarray, means: np.ndarray) -> dict[str, float] | None:
     """The stored range of an image/signal modality: value percentiles of the subsample ``sub``
     (``(k, ...)``, at most ~2M values read) and the range of the per-sample ``means``."""
-    step = max(1, sub.size // 2_000_000)
-    vals = sub.reshape(-1)[::step]
+    return ranges_of(sub.reshape(-1)[:: range_step(sub.size)], means)
+
+
+def ranges_of(vals: np.ndarray, means: np.ndarray) -> dict[str, float] | None:
+    """:func:`value_ranges` from the subsample's values already strided (:func:`range_step`)."""
     vals = vals[np.isfinite(vals)]
     means = means[np.isfinite(means)]
     if not vals.size or not means.size:

@@ -43,8 +43,9 @@ import os
 import secrets
 import shutil
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -56,17 +57,25 @@ from torch.utils.data import DataLoader, Dataset
 from medfuse.core.errors import DataError, SpecError
 from medfuse.core.package import sha256_file
 from medfuse.core.paths import default_data_root, file_state
-from medfuse.core.preprocess import EPS, normalize, range_subsample, value_ranges
+from medfuse.core.preprocess import EPS, normalize, range_step, range_subsample, ranges_of
 from medfuse.core.readers import files_read, read_modality
 from medfuse.core.readers.base import native_scale, reader_versions
 from medfuse.core.spec import ModalitySpec
-from medfuse.data.validate import SPLITS, _where, hash_rows, values_digest
+from medfuse.data.validate import (
+    SPLITS,
+    STORED,
+    _where,
+    compact,
+    hash_rows,
+    stored_digest,
+    values_digest,
+)
 
 log = logging.getLogger("medfuse.data")
 
 #: part of every cache's and recorded pass's key: raise it when what the readers decode or what
 #: the pass computes (statistics, ranges, hashes, checks) changes, so nothing older is reused
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 VALUES = "values.npy"
 INDEX = "index.json"
 #: the recorded results of passes (statistics, values hashes), by :func:`pass_key`
@@ -76,6 +85,8 @@ PASSES = "passes"
 AUTO_FRACTION = 0.15
 #: the values of the batches the DataLoader workers may hold ready, in all (:func:`prefetch_factor`)
 PREFETCH_BYTES = 128 << 20
+#: rows of the range subsample read at a time (:func:`_ranges`)
+RANGE_ROWS = 32
 
 
 def cache_root() -> Path:
@@ -123,27 +134,6 @@ def choose_stream(stream: bool | str, rows: int, modalities: dict[str, ModalityS
 # ---- what a streamed modality is ---------------------------------------------------------------
 
 
-#: how a row is stored in its float32 slot: as float32, or, when every value is such an
-#: integer (bit for bit), as uint8 or int16 in the slot's first bytes (the rest of the slot is
-#: never written: a hole in the file). An 8-bit image at its training size takes a quarter.
-STORED: dict[str, Any] = {"f4": np.float32, "u1": np.uint8, "i2": np.int16}
-
-
-def compact(x: np.ndarray) -> tuple[str, np.ndarray]:
-    """A row's smallest exact storage (:data:`STORED`) and its values in it."""
-    x = np.ascontiguousarray(x, np.float32)
-    if x.size:
-        lo, hi = float(x.min()), float(x.max())  # NaN: every comparison is false
-        for kind, low, high in (("u1", 0, 255), ("i2", -32768, 32767)):
-            if lo >= low and hi <= high:
-                small = x.astype(STORED[kind])
-                back = small.astype(np.float32)
-                if np.array_equal(back.view(np.int32), x.view(np.int32)):  # -0.0 stays float
-                    return kind, small
-                break  # in range, but not all integers
-    return "f4", x
-
-
 class RowFile:
     """The rows of a cache's ``values.npy`` (a ``(rows, *shape)`` float32 array, each row in its
     slot as :data:`STORED` says), read and written by offset (``readinto``/``write`` on an
@@ -176,10 +166,16 @@ class RowFile:
                 )
             got += n
 
-    def read(self, rows: np.ndarray, stored: list[str] | None) -> np.ndarray:
+    def read(
+        self,
+        rows: np.ndarray,
+        stored: list[str] | None,
+        check: Callable[[int, str, memoryview], None] | None = None,
+    ) -> np.ndarray:
         """The values of ``rows`` (any order, repeats allowed), a new ``(len(rows), *shape)``
         float32 array; ``stored``: each cache row's storage as :meth:`write` returned it
-        (:data:`STORED`; ``None``: every row float32)."""
+        (:data:`STORED`; ``None``: every row float32); ``check(row, kind, bytes)`` sees each row
+        as stored, before it is widened to float32."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         out = np.empty((len(rows), *self.shape), np.float32)
         flat = out.reshape(len(rows), -1)
@@ -189,11 +185,15 @@ class RowFile:
                 raise IndexError(f"row {r} of a cache of {self.rows} rows ({self.path})")
             kind = (stored[r] if stored else "") or "f4"
             if kind == "f4":
-                self._read_into(r, whole[i * self.row_bytes : (i + 1) * self.row_bytes])
-                continue
-            small = np.empty(self.size, STORED[kind])
-            self._read_into(r, memoryview(small).cast("B"))
-            flat[i] = small
+                view = whole[i * self.row_bytes : (i + 1) * self.row_bytes]
+                self._read_into(r, view)
+            else:
+                small = np.empty(self.size, STORED[kind])
+                view = memoryview(small).cast("B")
+                self._read_into(r, view)
+                flat[i] = small
+            if check is not None:
+                check(r, kind, view)
         return out
 
     def write(self, row: int, small: np.ndarray) -> None:
@@ -246,24 +246,20 @@ class Source:
     def read(self, rows: np.ndarray) -> np.ndarray:
         """The cached values of ``rows``, each checked against the digest written with it."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        out = self.values().read(rows, self.stored)
-        self.verify(rows, out)
-        return out
+        return self.values().read(rows, self.stored, self._verify if self.digests else None)
 
-    def verify(self, rows: np.ndarray, values: np.ndarray) -> None:
-        """Refuse values read from the cache that are not the ones the pass wrote for their row
-        (a cache changed or damaged on disk): never train or predict on them."""
-        if self.digests is None:
-            return
-        for i, r in enumerate(np.asarray(rows).tolist()):
-            want = self.digests[r]
-            if want and values_digest(values[i]) != want:
-                raise DataError(
-                    f"{self.where} row {r + 2} ({self.name}): the decoded-data cache "
-                    f"{self.cache_dir} holds other values for {self.paths[r]} than were written "
-                    "there (changed or damaged on disk); delete that folder and run again: its "
-                    "files are decoded anew"
-                )
+    def _verify(self, row: int, kind: str, stored: memoryview) -> None:
+        """Refuse a row read from the cache that is not the one the pass wrote (a cache changed
+        or damaged on disk): never train or predict on it. Checked as stored
+        (:func:`stored_digest`), before it is widened."""
+        want = self.digests[row] if self.digests else ""
+        if want and stored_digest(kind, stored) != want:
+            raise DataError(
+                f"{self.where} row {row + 2} ({self.name}): the decoded-data cache "
+                f"{self.cache_dir} holds other values for {self.paths[row]} than were written "
+                "there (changed or damaged on disk); delete that folder and run again: its "
+                "files are decoded anew"
+            )
 
     def reopen(self, cache_dir: Path) -> None:
         """Point at ``cache_dir`` (the pass moved or rewrote the cache): reopened on next read."""
@@ -438,9 +434,9 @@ class Cache:
             log.info("cache: removing %s, left by a writer that did not finish", left)
             shutil.rmtree(left, ignore_errors=True)
         n = len(source.paths)
-        self.keys_now = [file_key(p) for p in source.paths]
         index = self._read_index()
         if index is not None:
+            keys_now = [file_key(p) for p in source.paths]
             self.dir, self.new = self.final, False
             self.index = index
             stale, touched = [], 0
@@ -449,10 +445,10 @@ class Cache:
                     continue
                 if index["state"][i] == "":
                     stale.append(i)
-                elif index["keys"][i] != self.keys_now[i]:
+                elif index["keys"][i] != keys_now[i]:
                     same = index["files"][i] and file_digest(source.paths[i]) == index["files"][i]
                     if same:  # touched, linked or copied: the same bytes, the same values
-                        index["keys"][i] = self.keys_now[i]
+                        index["keys"][i] = keys_now[i]
                         touched += 1
                     else:
                         stale.append(i)
@@ -513,7 +509,7 @@ class Cache:
 
     def put(self, row: int, item: Decoded) -> None:
         """Record a row the pass decoded (its worker wrote the values)."""
-        self.index["keys"][row] = self.keys_now[row]
+        self.index["keys"][row] = item.key
         self.index["files"][row] = item.file
         self.index["values"][row] = item.digest
         self.index["stored"][row] = item.stored
@@ -559,6 +555,7 @@ class Decoded(NamedTuple):
     digest: str = ""  # SHA-256 of the decoded values (decoded rows)
     summary: RowSummary | None = None  # None for an empty cell
     stored: str = ""  # how the worker stored it in the cache (STORED; decoded rows)
+    key: str = ""  # the file's stat key (file_key) before it was read (decoded rows)
 
 
 class RowSummary(NamedTuple):
@@ -639,7 +636,9 @@ class _PassItems(Dataset[Any]):
             except DataError as refused:  # raised again, as it is, by the pass (main process)
                 return Refused(str(refused))
             return Decoded(row, "", summary=summarise(compact(x)[1], self.axis))
-        file = file_digest(cell)  # before reading: a file changing meanwhile is caught next run
+        # the stat key and the bytes' digest before reading: a file changing meanwhile is caught
+        # by the next run
+        key, file = file_key(cell), file_digest(cell)
         try:
             x = np.asarray(read_modality(cell, s.spec), np.float32)  # the one reader
             scale = native_scale(cell) if s.spec.kind == "image" and s.spec.window is None else ""
@@ -649,7 +648,38 @@ class _PassItems(Dataset[Any]):
         stored, small = compact(x)
         self._write(row, small)
         summary = summarise(small, self.axis)  # from the bytes of an 8-bit row
-        return Decoded(row, state, scale, error, True, file, values_digest(x), summary, stored)
+        digest = stored_digest(stored, small)
+        return Decoded(row, state, scale, error, True, file, digest, summary, stored, key)
+
+
+#: seconds between flushes of a cache's values while the pass writes them (:func:`_flushing`)
+FLUSH_EVERY = 0.5
+
+
+@contextlib.contextmanager
+def _flushing(path: Path, active: bool) -> Iterator[None]:
+    """While the pass's workers write rows to ``path``, a thread flushes them to disk every
+    :data:`FLUSH_EVERY` seconds, so the disk writes overlap the decoding and the flush before the
+    cache is marked complete (:meth:`Cache.commit`) finds little left to write."""
+    if not active:
+        yield
+        return
+    sync = getattr(os, "fdatasync", os.fsync)
+    stop = threading.Event()
+    with open(path, "rb") as f:
+
+        def flush() -> None:
+            while not stop.wait(FLUSH_EVERY):
+                with contextlib.suppress(OSError):  # commit's own sync reports a failure
+                    sync(f.fileno())
+
+        t = threading.Thread(target=flush, name="medfuse-cache-flush", daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join()
 
 
 def _collate(batch: list[Any]) -> list[Any]:
@@ -691,12 +721,19 @@ class _Welford:
 
 def _ranges(col: LazyColumn, present_pos: np.ndarray, means: np.ndarray) -> dict[str, Any] | None:
     """``fit_ranges`` of an image/signal modality, from the cache: the same deterministic
-    subsample of at most 512 present samples, the same value step."""
+    subsample of at most 512 present samples, the same value stride (read a few rows at a time:
+    the subsample is never held whole)."""
     n = len(present_pos)
     if n == 0:
         return None
-    pick = range_subsample(n)
-    return value_ranges(col.read(present_pos[pick]).reshape(len(pick), -1), means)
+    pos = present_pos[range_subsample(n)]
+    size = math.prod(col.shape[1:])
+    step = range_step(len(pos) * size)
+    parts = []
+    for start in range(0, len(pos), RANGE_ROWS):
+        flat = col.read(pos[start : start + RANGE_ROWS]).reshape(-1)
+        parts.append(flat[(-start * size) % step :: step])  # the whole subsample's stride
+    return ranges_of(np.concatenate(parts), means)
 
 
 def stream_pass(
@@ -825,6 +862,26 @@ def _recorded_pass(root: Path, key: str) -> dict[str, Any] | None:
         return None
 
 
+def _segments(
+    loader: DataLoader[Any], parts: list[tuple[str, Any, int]]
+) -> Iterator[tuple[str, Any, int, list[Any]]]:
+    """The loader's batches cut at split boundaries: ``(split name, split, position of the first
+    item in the split, items)``; ``parts``: each split and its row count, in the loader's order."""
+    k, pos = 0, 0
+    for got in loader:
+        for g in got:
+            if isinstance(g, Refused):
+                g.throw()
+        start = 0
+        while start < len(got):
+            while pos == parts[k][2]:  # the split is done (or has no rows): the next one
+                k, pos = k + 1, 0
+            name, split, rows = parts[k]
+            take = min(len(got) - start, rows - pos)
+            yield name, split, pos, got[start : start + take]
+            start, pos = start + take, pos + take
+
+
 def _full_pass(
     splits: list[tuple[str, Any]],
     sources: dict[str, Source],
@@ -836,37 +893,34 @@ def _full_pass(
     batch: int,
 ) -> dict[str, str]:
     """The pass itself: decode what the caches need, read the rest, check and fit; the scale
-    of each image modality's files."""
+    of each image modality's files. One loader per streamed modality goes over every split's
+    rows in split order (its workers start once)."""
     scales: dict[str, dict[str, list[int]]] = {m: {} for m in sources}
-    for name, split in splits:
-        v = hashlib.sha256()
-        for m in sorted(split.arrays):
-            x = split.arrays[m]
-            if not is_lazy(x):
-                hash_rows(v, x)
-                continue
-            src, cache = sources[m], caches[m]
-            empty = values_digest(np.zeros(src.spec.shape, np.float32))
-            need = np.array([cache.needs(i) for i in range(len(src.paths))], bool)
-            items = _PassItems(src, need, cache.dir)
-            loader = DataLoader(
-                items,
-                batch_size=batch,
-                sampler=x.rows.tolist(),
-                num_workers=workers,
-                collate_fn=_collate,
-                generator=torch.Generator(),
-            )
-            mask = split.masks[m]
-            axis = 1 if src.spec.sequence else 0
-            per_row = math.prod(src.spec.shape) // src.spec.shape[axis]
-            welford = _Welford(axis) if name == "train" else None
-            lo, hi, means = math.inf, -math.inf, []
-            pos = 0
-            for got in loader:
-                for g in got:
-                    if isinstance(g, Refused):
-                        g.throw()
+    digests: dict[tuple[str, str], list[str]] = {}  # (split, modality): each row's, in order
+    found: list[tuple[int, str, int, str]] = []
+    order = {name: k for k, (name, _) in enumerate(splits)}
+    for m in sorted(sources):
+        src, cache = sources[m], caches[m]
+        empty = values_digest(np.zeros(src.spec.shape, np.float32))
+        need = np.array([cache.needs(i) for i in range(len(src.paths))], bool)
+        parts = [(n, s, len(s.arrays[m])) for n, s in splits if is_lazy(s.arrays.get(m))]
+        rows = np.concatenate([s.arrays[m].rows for _, s, _ in parts])
+        items = _PassItems(src, need, cache.dir)
+        loader = DataLoader(
+            items,
+            batch_size=batch,
+            sampler=rows.tolist(),
+            num_workers=workers,
+            collate_fn=_collate,
+            generator=torch.Generator(),
+        )
+        axis = 1 if src.spec.sequence else 0
+        per_row = math.prod(src.spec.shape) // src.spec.shape[axis]
+        welford = _Welford(axis)
+        lo, hi, means = math.inf, -math.inf, []
+        with _flushing(cache.dir / VALUES, bool(need[rows].any())):
+            for name, split, pos, got in _segments(loader, parts):
+                mask = split.masks[m]
                 present = np.zeros(len(got), bool)
                 for j, item in enumerate(got):
                     row, state, scale, err = item.row, item.state, item.scale, item.error
@@ -884,7 +938,7 @@ def _full_pass(
                                 msg + " (use data.on_bad_row=missing to treat such rows as "
                                 "a missing modality)"
                             )
-                        missing.append((name, m, pos + j, msg))
+                        found.append((order[name], m, pos + j, msg))
                         mask[pos + j] = 0.0
                     elif state == "ok":
                         present[j] = True
@@ -899,30 +953,40 @@ def _full_pass(
                         "those samples (an unreadable file can be marked missing: leave its "
                         "cell empty)"
                     )
+                out = digests.setdefault((name, m), [])
                 for g in got:  # each row's values digest, in order (VALUES_SCHEME)
                     if g.decoded:
-                        v.update(g.digest.encode())
+                        out.append(g.digest)
                     elif g.state == "empty":
-                        v.update(empty.encode())
+                        out.append(empty)
                     else:  # the row read and verified against this digest by the worker
-                        v.update(cache.index["values"][g.row].encode())
-                if welford is not None:
+                        out.append(cache.index["values"][g.row])
+                if name == "train":
                     welford.add(kept, per_row)
                     if kept:
                         lo = min(lo, min(r.lo for r in kept))
                         hi = max(hi, max(r.hi for r in kept))
                         means.append(np.array([r.mean for r in kept], np.float64))
-                pos += len(got)
-            items.close()
-            if welford is not None:
-                stat = welford.result(src.spec.shape[axis])
-                present_pos = np.flatnonzero(np.asarray(mask) > 0)
-                means_a = np.concatenate(means) if means else np.zeros(0)
-                rng = _ranges(x, present_pos, means_a)
-                if rng is not None:
-                    stat["range"] = rng
-                info["stats"][m] = stat
-                info["constant"][m] = None if not len(present_pos) else ([m] if lo == hi else [])
+        items.close()
+        stat = welford.result(src.spec.shape[axis])
+        train = dict(splits)["train"]
+        present_pos = np.flatnonzero(np.asarray(train.masks[m]) > 0)
+        means_a = np.concatenate(means) if means else np.zeros(0)
+        rng = _ranges(train.arrays[m], present_pos, means_a)
+        if rng is not None:
+            stat["range"] = rng
+        info["stats"][m] = stat
+        info["constant"][m] = None if not len(present_pos) else ([m] if lo == hi else [])
+    # in split order, then modality, then row: as a split-by-split pass would find them
+    missing.extend((splits[k][0], m, pos, msg) for k, m, pos, msg in sorted(found))
+    for name, split in splits:
+        v = hashlib.sha256()
+        for m in sorted(split.arrays):
+            x = split.arrays[m]
+            if is_lazy(x):
+                v.update("".join(digests.get((name, m), [])).encode())
+            else:
+                hash_rows(v, x)
         info["values_sha256"][name] = v.hexdigest()
     for m in sources:
         if len(scales[m]) > 1:
