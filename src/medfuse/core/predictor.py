@@ -63,12 +63,6 @@ class Predictor(Protocol):
     def predict(
         self, samples: Any, *, batch_size: int = 256, on_bad_row: str = "fail"
     ) -> list[Any]: ...
-    def _by_part(self, split: Any, batch_size: int, on_bad_row: str) -> Iterator[Predictions]:
-        """A streamed split (larger than memory) predicted :data:`STREAMED_ROWS` rows at a time;
-        each part's values are dropped once the caller has taken what it needs."""
-        for part in _parts(split):
-            yield self.predict_rows(part, batch_size=batch_size, on_bad_row=on_bad_row)
-
     def predict_rows(
         self, samples: Any, *, batch_size: int = 256, on_bad_row: str = "fail"
     ) -> Predictions: ...

@@ -26,8 +26,8 @@ decode each file once and never read a half-written cache. A new cache is built 
 directory and renamed into place when whole; a temporary directory found under the lock is a
 killed writer's and is removed. A row whose stat key changed is hashed: other bytes invalidate
 that row, which is re-decoded in place (marked stale in the index before its values are
-rewritten). Every row read from the cache is checked against its values digest
-(:meth:`Source.verify`). The pass's result is recorded under ``passes/`` (:func:`pass_key`): a
+rewritten). Every row read from the cache is checked against its values digest, as stored
+(:meth:`Source.read`). The pass's result is recorded under ``passes/`` (:func:`pass_key`): a
 later pass over the same values reads nothing.
 """
 
@@ -899,6 +899,7 @@ def _full_pass(
     digests: dict[tuple[str, str], list[str]] = {}  # (split, modality): each row's, in order
     found: list[tuple[int, str, int, str]] = []
     order = {name: k for k, (name, _) in enumerate(splits)}
+    train = dict(splits)["train"]
     for m in sorted(sources):
         src, cache = sources[m], caches[m]
         empty = values_digest(np.zeros(src.spec.shape, np.float32))
@@ -969,7 +970,6 @@ def _full_pass(
                         means.append(np.array([r.mean for r in kept], np.float64))
         items.close()
         stat = welford.result(src.spec.shape[axis])
-        train = dict(splits)["train"]
         present_pos = np.flatnonzero(np.asarray(train.masks[m]) > 0)
         means_a = np.concatenate(means) if means else np.zeros(0)
         rng = _ranges(train.arrays[m], present_pos, means_a)
