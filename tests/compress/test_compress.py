@@ -49,6 +49,35 @@ def pruned(tiny_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 # ---- quantize ----------------------------------------------------------------------------------
 
 
+def test_a_transpose_without_perm_gets_its_default_written_out() -> None:
+    """The default perm (axes reversed) written out computes the same; a second pass finds
+    nothing to do; an input whose rank nobody knows is refused rather than written."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from medfuse.compress.quantize import explicit_transpose_perms
+    from medfuse.core.errors import MedfuseError
+
+    def model(shape):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        g = helper.make_graph(
+            [helper.make_node("Transpose", ["x"], ["y"], name="t")], "g", [x], [y]
+        )
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+    m = model([2, 3, 4])
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    want = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]
+    assert explicit_transpose_perms(m) == 1
+    assert list(m.graph.node[0].attribute[0].ints) == [2, 1, 0]
+    got = ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, want)
+    assert got.shape == (4, 3, 2) and explicit_transpose_perms(m) == 0
+    with pytest.raises(MedfuseError, match=r"Transpose 't' has no perm.*unknown rank"):
+        explicit_transpose_perms(model(None))
+
+
 def test_quantize_auto_writes_an_int8_package_that_still_loads(tiny_package, quantized):
     meta = read_meta(quantized)  # checksums verified
     assert meta["runtime"] == {
@@ -74,6 +103,11 @@ def test_quantize_auto_writes_an_int8_package_that_still_loads(tiny_package, qua
     ops = _ops(quantized / "model.onnx")
     assert {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLSTM"} <= ops
     assert "LSTM" not in ops
+    # every Transpose spells out its perm (the quantizer writes one without for the image
+    # projection's Gemm; ONNX Runtime 1.20-1.30 abort the process on it: explicit_transpose_perms)
+    nodes = onnx.load(str(quantized / "model.onnx")).graph.node
+    transposes = [n for n in nodes if n.op_type == "Transpose"]
+    assert transposes and all(any(a.name == "perm" for a in n.attribute) for n in transposes)
     # the quantized model runs in ONNX Runtime on real inputs, close to the fp32 model
     import onnxruntime as ort
 

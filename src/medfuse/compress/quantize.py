@@ -262,6 +262,7 @@ def quantize_onnx(
             if cur != d / "int8.onnx":
                 (d / "int8.onnx").write_bytes(cur.read_bytes())
         model = onnx.load(str(d / "int8.onnx"))
+    explicit_transpose_perms(model)
     del model.graph.value_info[:]  # shapes from pre-processing: ORT infers them again; saves space
     onnx.helper.set_model_props(
         model, {"medfuse.precision": "int8", "medfuse.quantization": method}
@@ -270,6 +271,38 @@ def quantize_onnx(
     if method == "static":  # no static INT8 kernel for recurrent layers
         kept += [n.name for n in graph.node if n.op_type in RECURRENT_OPS]
     return model.SerializeToString(), {"parts": parts, "fp32_layers": kept}
+
+
+def explicit_transpose_perms(model: Any) -> int:
+    """Write out the ``perm`` of every Transpose that leaves it implicit (the axes reversed);
+    returns how many. ONNX Runtime's quantizer writes such a Transpose when it turns a Gemm with
+    ``transB`` into a MatMul, and the transpose optimizer of ONNX Runtime 1.20 to 1.30 aborts the
+    whole process (a failed C++ assertion, SIGABRT, no Python error) when it creates a session on
+    one: an INT8 package would kill ``medfuse serve`` on such a runtime. The same operation with
+    its perm spelled out loads on every version."""
+    # lazy: onnx (medfuse[export]), only to export or inspect a graph
+    import onnx
+
+    shaped = onnx.shape_inference.infer_shapes(model)
+    ranks = {
+        v.name: len(v.type.tensor_type.shape.dim)
+        for v in (*shaped.graph.value_info, *shaped.graph.input, *shaped.graph.output)
+        if v.type.tensor_type.HasField("shape")
+    }
+    ranks.update({t.name: len(t.dims) for t in model.graph.initializer})
+    fixed = 0
+    for node in model.graph.node:
+        if node.op_type != "Transpose" or any(a.name == "perm" for a in node.attribute):
+            continue
+        rank = ranks.get(node.input[0])
+        if rank is None:
+            raise MedfuseError(
+                f"quantize: the INT8 graph's Transpose {node.name!r} has no perm and an input of "
+                "unknown rank; ONNX Runtime 1.20-1.30 would abort on it, so no package is written"
+            )
+        node.attribute.append(onnx.helper.make_attribute("perm", list(range(rank))[::-1]))
+        fixed += 1
+    return fixed
 
 
 def quantize(
