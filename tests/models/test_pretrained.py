@@ -79,6 +79,34 @@ def _timm_weights(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     return file, state
 
 
+def test_timm_is_told_how_to_read_the_weight_file(tmp_path, monkeypatch) -> None:
+    """A PyTorch weight file is read by timm's loader (custom_load false), original JAX .npz
+    weights by the model's own reader (true). This ViT's registry entry says true, which timm
+    before 1.0.31 kept for a file named too: it read model.safetensors as an .npz and failed."""
+    _need("timm")
+    import timm
+
+    file, _ = _timm_weights(tmp_path)
+    npz = tmp_path / "vit.npz"
+    npz.write_bytes(b"")
+    seen: list[dict] = []
+    real = timm.create_model
+
+    def spy(*args, **kw):
+        if kw.get("pretrained"):
+            seen.append(dict(kw["pretrained_cfg_overlay"]))
+            if seen[-1]["file"].endswith(".npz"):
+                raise RuntimeError("stop: the overlay is what is checked")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(timm, "create_model", spy)
+    build_model(_spec({"type": "timm", **TIMM, "weights": str(file)}))
+    assert seen[-1] == {"file": str(file), "source": "", "url": "", "custom_load": False}
+    with pytest.raises(RuntimeError, match="stop"):
+        build_model(_spec({"type": "timm", **TIMM, "weights": str(npz)}))
+    assert seen[-1]["custom_load"] is True
+
+
 def test_timm_reads_a_local_file_records_it_and_the_package_needs_it_no_more(tmp_path) -> None:
     _need("timm")
     file, state = _timm_weights(tmp_path)
@@ -97,10 +125,12 @@ def test_timm_reads_a_local_file_records_it_and_the_package_needs_it_no_more(tmp
     meta = json.loads((pkg / "medfuse.json").read_text())
     rec = meta["pretrained"]["x"]
     assert rec["weights"]["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
-    assert (
-        rec["weights"]["license"] == "apache-2.0"
-        and "model.safetensors" in rec["weights"]["origin"]
-    )
+    import timm
+
+    # the license as the installed timm's registry gives it (apache-2.0; older timm gave none)
+    registry = timm.create_model(TIMM["model"], pretrained=False, **TIMM["model_args"])
+    assert rec["weights"]["license"] == registry.pretrained_cfg.get("license")
+    assert "model.safetensors" in rec["weights"]["origin"]
     assert rec["preprocess"] == {
         "channels": 3,
         "size": [16, 16],

@@ -289,11 +289,16 @@ def timm_branch(
             origin = f"file:{file.name}" + (
                 f" (timm {cfg['hf_hub_id']})" if cfg.get("hf_hub_id") else ""
             )
+        # custom_load says how timm reads the file: a PyTorch state (safetensors, .bin, .pth)
+        # by its loader; original JAX .npz weights by the model's own reader. The registry
+        # entry of some models asks for the latter, and timm before 1.0.31 kept that for a file
+        custom = file.suffix == ".npz"
+        overlay = {"file": str(file), "source": "", "url": "", "custom_load": custom}
         with _offline():  # the file named, never the hub
             enc = timm.create_model(
                 model,
                 pretrained=True,
-                pretrained_cfg_overlay={"file": str(file), "source": "", "url": ""},
+                pretrained_cfg_overlay=overlay,
                 num_classes=0,
                 **args,
             )
