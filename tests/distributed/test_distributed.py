@@ -790,6 +790,31 @@ def test_hybrid_placement_indices_are_per_process() -> None:
         )
 
 
+def test_more_processes_than_gpus_is_refused_with_what_to_do(monkeypatch) -> None:
+    """``--nproc 2`` on a node whose PyTorch sees one GPU: rank 1 would take cuda:1, which does
+    not exist (a CUDA error deep in set_device); refused first, saying what to run instead. With
+    enough GPUs each process takes cuda:LOCAL_RANK (times the placement's GPUs)."""
+    from medfuse.core.errors import MedfuseError
+    from medfuse.distributed.strategies import DistEnv, _process_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    env = DistEnv(rank=1, world=2, local_rank=1, local_world=2, restart=0)
+    for device in ("auto", "cuda"):
+        with pytest.raises(
+            MedfuseError,
+            match=r"2 processes per node take 2 GPUs.*sees 1.*"
+            r"at most 1 processes per node \(--nproc\), or pass --device cpu",
+        ):
+            _process_device(device, env, 1)
+    assert _process_device("cpu", env, 1) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert _process_device("auto", env, 1) == torch.device("cuda", 1)
+    assert _process_device("auto", env, 2) == torch.device("cuda", 2)
+    with pytest.raises(MedfuseError, match=r"take 6 GPUs \(3 each, for the placement\)"):
+        _process_device("auto", env, 3)
+
+
 def test_worker_command_line_drops_launch_flags_only() -> None:
     from medfuse.cli import build_parser
     from medfuse.distributed.launch import torchrun_argv, worker_argv
