@@ -36,6 +36,17 @@ def shared_data_dir() -> Path | None:
     return None
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``@pytest.mark.data("mit-bih-arrhythmia", ...)``: the test skips, before any fixture is
+    built, when a named dataset is not in the data folder (a folder holding some datasets)."""
+    for mark in item.iter_markers("data"):
+        d = shared_data_dir()
+        missing = [name for name in mark.args if d is None or not (d / name).exists()]
+        if missing:
+            where = d or "MEDFUSE_DATA_DIR or ../shared/data"
+            pytest.skip(f"real data not found: {', '.join(missing)} in {where}")
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real medical datasets (../shared/data or $MEDFUSE_DATA_DIR); skips when absent."""

@@ -221,7 +221,7 @@ def test_default_split_is_de_chazal() -> None:
 
 
 # -- real data --------------------------------------------------------------------------------
-@pytest.mark.data
+@pytest.mark.data("mit-bih-arrhythmia")
 def test_mitbih_real_split_and_aami_counts(data_dir: Path) -> None:
     b = load_data("mitbih", {}, data_root=data_dir)
     train, val, test = (set(p.meta["patient_id"]) for p in (b.train, b.val, b.test))
@@ -246,7 +246,7 @@ def test_mitbih_real_split_and_aami_counts(data_dir: Path) -> None:
     assert np.isnan(t103[:, 0]).all() and (t103[:, 1] == 0).all()
 
 
-@pytest.mark.data
+@pytest.mark.data("ptb-xl-subset")
 def test_ptbxl_real_folds_labels_and_missing_values(data_dir: Path) -> None:
     b = load_data("ptbxl", {}, data_root=data_dir)
     db = pd.read_csv(data_dir / "ptb-xl-subset" / "ptbxl_database.csv", index_col="ecg_id")
@@ -273,7 +273,7 @@ def test_ptbxl_real_folds_labels_and_missing_values(data_dir: Path) -> None:
         load_data("ptbxl", {"folds": {"train": [9], "val": [9]}}, data_root=data_dir)
 
 
-@pytest.mark.data
+@pytest.mark.data("mit-bih-arrhythmia", "ptb-xl-subset")
 def test_tiny_end_to_end_training_on_both(data_dir: Path, tmp_path: Path) -> None:
     from medfuse.api import train
 

@@ -135,10 +135,12 @@ def test_streamed_statistics_and_fingerprint_equal_the_in_memory_ones(
 def test_stream_true_trains_exactly_like_stream_false(
     manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Same seed, same batch order, same values: the same weights and metrics."""
+    """Same seed, same batch order, same values: the same weights and metrics (on the CPU: on
+    CUDA, cuDNN's kernels need not give the same bits twice, streamed or not)."""
     runs = {}
     for stream in (False, True):
-        res = medfuse.train(_spec(manifest, stream), out=tmp_path / f"m{stream}", progress=False)
+        out = tmp_path / f"m{stream}"
+        res = medfuse.train(_spec(manifest, stream), out=out, device="cpu", progress=False)
         runs[stream] = res
     assert runs[True].metrics["val"]["auroc"] == runs[False].metrics["val"]["auroc"]
     assert runs[True].metrics["test"] == runs[False].metrics["test"]
@@ -160,7 +162,7 @@ def test_stream_true_trains_exactly_like_stream_false(
         got["calibration"].pop("fitted")
         cal[stream] = (got["calibration"], got["threshold"])
         ev[stream] = clinical_evaluation(pkg, split="test", n_boot=50).summary
-        evc[stream] = medfuse.evaluate(pkg)
+        evc[stream] = medfuse.evaluate(pkg, device="cpu")
     assert cal[True] == cal[False]
     for e in ev.values():
         e["calibration"].pop("stored_fitted", None)  # when each package was calibrated
