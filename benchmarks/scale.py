@@ -31,6 +31,9 @@ setting, the cached epoch over the cold one, and peak RSS over the smallest size
 medfuse and the plain loader at its own fastest setting. ``stream: false`` runs only up to
 ``--memory-max`` (5000) images, the plain loader up to ``--plain-max`` (20000).
 
+``--device cuda`` trains every variant on a GPU (both loaders pin their batches and copy them
+without blocking; ``benchmarks/gpu_check.sh`` runs it).
+
 ``--torchrun N`` instead compares one process with ``medfuse train --nproc N`` (each run on an
 empty cache of its own): per rank, the files its stream pass decoded, the cache rows it read, the
 training samples it read per epoch, and its peak RSS (the rank process and its largest
@@ -129,7 +132,9 @@ def spec_for(csv: Path, stream: bool, workers: int, stem: int = 4) -> dict:
     }
 
 
-def run_medfuse(csv: Path, stream: bool, workers: int, out: Path, stem: int) -> dict:
+def run_medfuse(
+    csv: Path, stream: bool, workers: int, out: Path, stem: int, device: str = "cpu"
+) -> dict:
     """``medfuse.train``'s steps, timed: load (and for streams, the pass), then the fit pipeline
     (1 epoch, validation, threshold, val metrics); no package is written."""
     from medfuse.core.spec import parse_spec
@@ -141,7 +146,7 @@ def run_medfuse(csv: Path, stream: bool, workers: int, out: Path, stem: int) -> 
     prepare = time.perf_counter() - t0
     info = bundle.info.get("stream") or {}
     epochs: list[dict] = []
-    session = start_session(spec, "cpu")
+    session = start_session(spec, device)
     run_fit(spec, bundle, session, workdir=out, progress=False, on_epoch=epochs.append)
     rec = epochs[0]
     return {
@@ -155,8 +160,9 @@ def run_medfuse(csv: Path, stream: bool, workers: int, out: Path, stem: int) -> 
     }
 
 
-def run_plain(csv: Path, workers: int, stem: int) -> dict:
-    """A plain lazy Dataset + DataLoader: decode, resize and normalise each PNG every epoch."""
+def run_plain(csv: Path, workers: int, stem: int, device: str = "cpu") -> dict:
+    """A plain lazy Dataset + DataLoader: decode, resize and normalise each PNG every epoch (on
+    CUDA: pinned batches, copied without blocking, as medfuse's stream does)."""
     import pandas as pd
     import torch
     from PIL import Image
@@ -197,10 +203,14 @@ def run_plain(csv: Path, workers: int, stem: int) -> dict:
     from medfuse.core.spec import complete_spec
 
     spec = complete_spec(spec, spec.modalities, ["0", "1"])
-    model = build_model(spec)
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    model = build_model(spec).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    loader = DataLoader(Lazy(train_idx), batch_size=32, shuffle=True, num_workers=workers)
+    loader = DataLoader(
+        Lazy(train_idx), batch_size=32, shuffle=True, num_workers=workers, pin_memory=cuda
+    )
     t1 = time.perf_counter()
     wait, n = 0.0, 0
     model.train()
@@ -212,18 +222,23 @@ def run_plain(csv: Path, workers: int, stem: int) -> dict:
         except StopIteration:
             break
         wait += time.perf_counter() - tw
-        ones = torch.ones(len(y))
+        x, c, y = (t.to(dev, non_blocking=cuda) for t in (x, c, y))
+        ones = torch.ones(len(y), device=dev)
         logits = model({"image": x, "clinical": c}, {"image": ones, "clinical": ones})
         loss = loss_fn(logits[:, 0], y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         n += len(y)
+    if cuda:
+        torch.cuda.synchronize(dev)
     epoch = time.perf_counter() - t1
     model.eval()
     with torch.no_grad():
-        for x, c, _ in DataLoader(Lazy(val_idx), batch_size=256, num_workers=workers):
-            ones = torch.ones(len(x))
+        val = DataLoader(Lazy(val_idx), batch_size=256, num_workers=workers, pin_memory=cuda)
+        for x, c, _ in val:
+            x, c = x.to(dev, non_blocking=cuda), c.to(dev, non_blocking=cuda)
+            ones = torch.ones(len(x), device=dev)
             model({"image": x, "clinical": c}, {"image": ones, "clinical": ones})
     return {
         "prepare_s": prepare,
@@ -240,7 +255,7 @@ def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads[0])
     csv = Path(args.csv)
     if args.variant == "plain":
-        res = run_plain(csv, args.workers, args.stem_stride)
+        res = run_plain(csv, args.workers, args.stem_stride, args.device)
     else:
         res = run_medfuse(
             csv,
@@ -248,6 +263,7 @@ def child(args: argparse.Namespace) -> None:
             args.workers,
             Path(args.tmp) / f"pkg-{args.variant}",
             args.stem_stride,
+            args.device,
         )
     from medfuse.training.pipeline import peak_rss
 
@@ -313,7 +329,7 @@ def run_train(
     cfg.write_text(yaml.safe_dump(spec))
     out = tmp / f"pkg-train-{name}"
     cmd = [sys.executable, "-m", "medfuse", "train", str(cfg), "--out", str(out), "--device"]
-    cmd += ["cpu", *(["--nproc", str(nproc)] if nproc > 1 else [])]
+    cmd += [args.device, *(["--nproc", str(nproc)] if nproc > 1 else [])]
     cmd += ["--max-restarts", "1"] if kill else []
     env = {**os.environ, "MEDFUSE_CACHE_DIR": str(tmp / f"cache-{nproc}")}
     env["OMP_NUM_THREADS"] = str(args.threads[0])
@@ -454,7 +470,7 @@ def size_table(n: int, tmp: Path, args: argparse.Namespace) -> dict[str, dict]:
                     continue
                 cmd = [sys.executable, __file__, "--variant", v, "--csv", str(csv)]
                 cmd += ["--tmp", str(tmp), "--workers", str(args.workers), "--threads", str(t)]
-                cmd += ["--stem-stride", str(args.stem_stride)]
+                cmd += ["--stem-stride", str(args.stem_stride), "--device", args.device]
                 p = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
                 if p.returncode or not line:
@@ -479,7 +495,8 @@ def size_table(n: int, tmp: Path, args: argparse.Namespace) -> dict[str, dict]:
     )
     print(
         f"N={n}, {SIZE}x{SIZE} grey PNG + 2 columns, cnn stem_stride {args.stem_stride}, 1 epoch, "
-        f"batch 32, {args.workers} workers; the fastest of {args.repeat} run(s) of each variant "
+        f"batch 32, {args.workers} workers, device {args.device}; the fastest of {args.repeat} "
+        "run(s) of each variant "
         "(all: walls s), the largest peak RSS of its runs"
     )
     print(head)
@@ -579,6 +596,12 @@ def main() -> None:
         default=4,
         help="the image CNN's stem stride: 4 (default) keeps the model cheap, so the epoch "
         "measures the data path as on a GPU; 1 is the full-resolution CNN of the first slice",
+    )
+    ap.add_argument(
+        "--device",
+        default="cpu",
+        help="where every variant trains: cpu (default) or cuda (pinned batches, copied without "
+        "blocking; the torchrun runs take cuda:LOCAL_RANK)",
     )
     ap.add_argument("--skip-memory", action="store_true", help="leave out stream: false")
     ap.add_argument(
