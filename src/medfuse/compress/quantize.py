@@ -283,6 +283,13 @@ def explicit_transpose_perms(model: Any) -> int:
     # lazy: onnx (medfuse[export]), only to export or inspect a graph
     import onnx
 
+    implicit = [
+        n
+        for n in model.graph.node
+        if n.op_type == "Transpose" and not any(a.name == "perm" for a in n.attribute)
+    ]
+    if not implicit:
+        return 0
     shaped = onnx.shape_inference.infer_shapes(model)
     ranks = {
         v.name: len(v.type.tensor_type.shape.dim)
@@ -290,10 +297,7 @@ def explicit_transpose_perms(model: Any) -> int:
         if v.type.tensor_type.HasField("shape")
     }
     ranks.update({t.name: len(t.dims) for t in model.graph.initializer})
-    fixed = 0
-    for node in model.graph.node:
-        if node.op_type != "Transpose" or any(a.name == "perm" for a in node.attribute):
-            continue
+    for node in implicit:
         rank = ranks.get(node.input[0])
         if rank is None:
             raise MedfuseError(
@@ -301,8 +305,7 @@ def explicit_transpose_perms(model: Any) -> int:
                 "unknown rank; ONNX Runtime 1.20-1.30 would abort on it, so no package is written"
             )
         node.attribute.append(onnx.helper.make_attribute("perm", list(range(rank))[::-1]))
-        fixed += 1
-    return fixed
+    return len(implicit)
 
 
 def quantize(
