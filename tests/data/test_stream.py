@@ -741,19 +741,29 @@ def test_the_pass_flushes_the_cache_while_writing_and_stops_flushing(
     manifest: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A thread flushes the values file to disk while the workers write it (the final flush
-    before the completion mark finds little left); it flushes, and it is gone after the pass."""
+    before the completion mark finds little left); it flushes, and it is gone after the pass.
+    It starts after the workers are forked: a fork beside a running thread can deadlock the
+    child (Python 3.12 warns "use of fork() may lead to deadlocks")."""
     import threading
 
-    flushed = []
+    flushed, at_fork = [], []
     real = getattr(os, "fdatasync", os.fsync)
+    real_fork = os.fork
 
     def counting(fd: int) -> None:
         flushed.append(fd)
         real(fd)
 
+    def fork() -> int:
+        at_fork.append(sorted(t.name for t in threading.enumerate()))
+        return real_fork()
+
     monkeypatch.setattr(stream_mod, "FLUSH_EVERY", 0.001)
     monkeypatch.setattr(os, "fdatasync" if hasattr(os, "fdatasync") else "fsync", counting)
+    monkeypatch.setattr(os, "fork", fork)
     bundle = _load(manifest, True, workers=2)
     assert bundle.info["stream"]["decoded"]["image"] == N - 1
     assert flushed
+    assert len(at_fork) >= 2  # the two workers
+    assert not [names for names in at_fork if "medfuse-cache-flush" in names], at_fork
     assert not [t for t in threading.enumerate() if t.name == "medfuse-cache-flush"]

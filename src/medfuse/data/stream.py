@@ -45,7 +45,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -863,7 +863,7 @@ def _recorded_pass(root: Path, key: str) -> dict[str, Any] | None:
 
 
 def _segments(
-    loader: DataLoader[Any], parts: list[tuple[str, Any, int]]
+    loader: Iterable[list[Any]], parts: list[tuple[str, Any, int]]
 ) -> Iterator[tuple[str, Any, int, list[Any]]]:
     """The loader's batches cut at split boundaries: ``(split name, split, position of the first
     item in the split, items)``; ``parts``: each split and its row count, in the loader's order."""
@@ -919,8 +919,9 @@ def _full_pass(
         per_row = math.prod(src.spec.shape) // src.spec.shape[axis]
         welford = _Welford(axis)
         lo, hi, means = math.inf, -math.inf, []
+        batches = iter(loader)  # its workers are forked before the flush thread starts
         with _flushing(cache.dir / VALUES, bool(need[rows].any())):
-            for name, split, pos, got in _segments(loader, parts):
+            for name, split, pos, got in _segments(batches, parts):
                 mask = split.masks[m]
                 present = np.zeros(len(got), bool)
                 for j, item in enumerate(got):
