@@ -152,7 +152,8 @@ def _runtime_probabilities(pkg: Path, rows: list[dict], tmp_path: Path) -> np.nd
         [dict(r, note="notes/b.txt") if i == 1 else r for i, r in enumerate(rows)],
     )
     out = tmp_path / "pred.csv"
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    path = os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, PYTHONPATH=path)  # src first, the caller's own path kept
     r = subprocess.run(
         [
             sys.executable,
