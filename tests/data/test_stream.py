@@ -706,6 +706,27 @@ def test_two_processes_on_one_cache_decode_each_file_once(
     assert len(_valid_caches(cache_dir)) == 1
 
 
+def test_the_pass_runs_the_workers_of_every_process_of_the_node(
+    manifest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under torchrun the process that holds the cache lock decodes for the node while the others
+    wait on it: it runs their workers too (data.workers x LOCAL_WORLD_SIZE), at most the cores
+    less one, never fewer than its own; 0 (decoding in-process) stays 0."""
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert stream_mod.pass_workers(2) == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    for cores, want in ((32, 16), (12, 11), (2, 2)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, c=cores: set(range(c)))
+        assert stream_mod.pass_workers(2) == want
+    assert stream_mod.pass_workers(0) == 0
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    info = _load(manifest, True, workers=1).info["stream"]
+    assert info["workers"] == 2 and info["decoded"]["image"] == N - 1
+    again = _load(manifest, True, workers=1).info["stream"]  # the recorded pass: no workers
+    assert again["recorded"] and again["workers"] == 0
+
+
 def test_an_unwritable_cache_folder_is_a_clear_error(
     manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

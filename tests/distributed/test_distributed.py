@@ -508,6 +508,7 @@ def test_streamed_ranks_each_read_their_half_and_match_one_process(stream_data, 
     assert sorted(r["decoded"] for r in ranks) == [0, N_STREAM]  # each file decoded once
     waited = next(r for r in ranks if r["decoded"] == 0)
     assert waited["recorded"] and waited["cached"] == 0  # it read nothing in the pass
+    assert [r["pass_workers"] for r in ranks] == [0, 0]  # data.workers 0: decoded in-process
     n_train, n_val = N_STREAM - N_STREAM // 5, N_STREAM // 5
     for rec in _records(out):
         shares = rec["ranks"]

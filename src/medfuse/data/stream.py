@@ -736,6 +736,22 @@ def _ranges(col: LazyColumn, present_pos: np.ndarray, means: np.ndarray) -> dict
     return ranges_of(np.concatenate(parts), means)
 
 
+def pass_workers(workers: int) -> int:
+    """The pass's DataLoader workers: ``data.workers``; in a job of several processes per node
+    (torchrun's ``LOCAL_WORLD_SIZE``), those of every process, at most the usable cores less one:
+    the process holding the caches' lock decodes for the node while the others wait on it and
+    decode nothing, so their share of the cores would sit idle."""
+    try:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    except ValueError:
+        local = 1
+    if workers <= 0 or local <= 1:
+        return workers
+    affinity = getattr(os, "sched_getaffinity", None)
+    cores = len(affinity(0)) if affinity else (os.cpu_count() or 1)
+    return max(workers, min(workers * local, cores - 1))
+
+
 def stream_pass(
     bundle: Any, *, on_bad_row: str = "fail", workers: int = 2, batch: int = 64
 ) -> dict[str, Any]:
@@ -745,7 +761,8 @@ def stream_pass(
 
     The caches' build locks are held throughout (:func:`cache_lock`): another process on the same
     caches (e.g. the other ranks of a torchrun job) waits, then finds them whole and the pass's
-    result recorded (:func:`pass_key`): it reads nothing."""
+    result recorded (:func:`pass_key`): it reads nothing. Meanwhile the pass runs the workers of
+    every process of the node (:func:`pass_workers`)."""
 
     splits = [(n, getattr(bundle, n)) for n in SPLITS if getattr(bundle, n, None) is not None]
     lazy = sorted({m for _, s in splits for m, x in s.arrays.items() if is_lazy(x)})
@@ -760,6 +777,7 @@ def stream_pass(
         "cached": {m: 0 for m in lazy},
         "cache": {},
         "recorded": False,
+        "workers": 0,  # the pass's DataLoader workers (pass_workers; 0: a recorded pass)
         "seconds": 0.0,
     }
     t0 = time.perf_counter()
@@ -780,8 +798,9 @@ def stream_pass(
                 scales = done["scales"]
                 info["recorded"] = True
             else:
+                info["workers"] = pass_workers(workers)
                 scales = _full_pass(
-                    splits, sources, caches, info, missing, on_bad_row, workers, batch
+                    splits, sources, caches, info, missing, on_bad_row, info["workers"], batch
                 )
             if missing:
                 bundle.info.setdefault("bad_rows", []).extend(msg for *_, msg in missing)

@@ -547,6 +547,7 @@ def rank_usage(bundle: DataBundle, rank: int) -> dict[str, Any]:
         out["decoded"] = int(sum(st["decoded"].values()))
         out["cached"] = int(sum(st["cached"].values()))
         out["recorded"] = bool(st.get("recorded"))
+        out["pass_workers"] = int(st.get("workers", 0))
     return out
 
 
