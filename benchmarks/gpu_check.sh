@@ -9,7 +9,7 @@
 #   bash benchmarks/gpu_check.sh [OUTDIR]
 #
 # Environment: PYTEST_WORKERS (8, when pytest-xdist is installed), PYTEST_LIMIT_S (330: the suite's wall limit),
-# PYTEST_ARGS (extra pytest arguments), SCALE_N (5000), SCALE_WORKERS (6), SKIP_SCALE=1.
+# PYTEST_ARGS (extra pytest arguments), SCALE_N (3000), SCALE_WORKERS (6), SKIP_SCALE=1.
 set -uo pipefail
 out=${1:-${OUT:-/tmp/medfuse-gpu}}
 mkdir -p "$out"
@@ -33,7 +33,7 @@ tail -3 "$out/pytest.log"
 
 if [ "${SKIP_SCALE:-0}" != 1 ]; then
     t0=$(date +%s)
-    python3 benchmarks/scale.py --device cuda --n "${SCALE_N:-5000}" \
+    python3 benchmarks/scale.py --device cuda --n "${SCALE_N:-3000}" \
         --workers "${SCALE_WORKERS:-6}" --threads 4 --skip-memory --json "$out/scale.json" \
         >"$out/scale.log" 2>&1
     echo "scale.py exit $? after $(($(date +%s) - t0)) s"

@@ -600,6 +600,7 @@ def main() -> None:
     ap.add_argument(
         "--device",
         default="cpu",
+        choices=["cpu", "cuda"],
         help="where every variant trains: cpu (default) or cuda (pinned batches, copied without "
         "blocking; the torchrun runs take cuda:LOCAL_RANK)",
     )

@@ -37,8 +37,9 @@ def shared_data_dir() -> Path | None:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """``@pytest.mark.data("mit-bih-arrhythmia", ...)``: the test skips, before any fixture is
-    built, when a named dataset is not in the data folder (a folder holding some datasets)."""
+    """``@pytest.mark.data("medmnist/breastmnist.npz", "mit-bih-arrhythmia", ...)``: the test
+    skips, before any fixture is built, when a file or folder it names is not in the data folder
+    (a folder holding some of the datasets)."""
     for mark in item.iter_markers("data"):
         d = shared_data_dir()
         missing = [name for name in mark.args if d is None or not (d / name).exists()]

@@ -93,7 +93,7 @@ def _server_helpers():
     return mod.start_server, mod.stop
 
 
-@pytest.mark.data("medmnist")
+@pytest.mark.data("medmnist/breastmnist.npz")
 def test_readme_your_own_data(data_dir: Path, tmp_path: Path) -> None:
     start_server, stop = _server_helpers()
     env = _env(data_dir)
@@ -245,7 +245,7 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k not in timings} for r in rows]
 
 
-@pytest.mark.data("medmnist")
+@pytest.mark.data("medmnist/breastmnist.npz")
 def test_table_routes_give_the_same_package(hospital: SimpleNamespace) -> None:
     h = hospital
     cli, api = h.cli, h.api
@@ -309,7 +309,7 @@ def _runtime(pkg: Path, inp: Path, out: Path, env: dict[str, str], cwd: Path) ->
     )  # fmt: skip
 
 
-@pytest.mark.data("medmnist")
+@pytest.mark.data("medmnist/breastmnist.npz")
 def test_new_cases_give_the_same_probabilities_everywhere(
     hospital: SimpleNamespace, tmp_path: Path
 ) -> None:
@@ -402,7 +402,7 @@ def test_new_cases_give_the_same_probabilities_everywhere(
         assert d <= tol, (k, d, diffs)
 
 
-@pytest.mark.data("medmnist")
+@pytest.mark.data("medmnist/breastmnist.npz")
 def test_explain_refuses_or_flags_an_unreadable_image(
     hospital: SimpleNamespace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -105,7 +105,10 @@ def test_int8_of_a_vit_branch_is_dynamic_agrees_with_fp32_and_runs_torch_free(
     float_mm = [n for n in image if n.op_type in ("MatMul", "Gemm")]
     assert not any(set(n.input) & weights for n in float_mm)
     m = rec["metrics"]
-    assert m["max_abs_logit_diff"] < 0.05 and 0 < m["label_agreement"] <= 1, m
+    # agreement is bounded by the differences asserted here and below (a label can change only
+    # within them of the threshold); no fixed rate: this barely trained model puts many cases
+    # near its threshold, so a rate would test the seed and timm's version (0.875 with 1.0.20)
+    assert m["max_abs_logit_diff"] < 0.05, m
     assert rec["size"]["int8_onnx_bytes"] < rec["size"]["fp32_onnx_bytes"]
     rt = load(res.package)
     assert rt.precision == "int8" and rt.onnx_file == "model.onnx"
@@ -114,11 +117,6 @@ def test_int8_of_a_vit_branch_is_dynamic_agrees_with_fp32_and_runs_torch_free(
     p32 = medfuse.load(pkg).predict_proba(rows)  # the fp32 model in PyTorch
     assert p8.shape == p32.shape == (32,)
     assert np.abs(p8 - p32).max() < 0.02
-    # labels differ only where fp32 lies within the INT8 difference of the threshold (this
-    # barely trained model puts many cases near it: a fixed agreement rate would test its seed)
-    thr = read_meta(pkg)["threshold"]["value"]
-    flips = (p8 >= thr) != (p32 >= thr)
-    assert np.all(np.abs(p32[flips] - thr) <= np.abs(p8 - p32).max())
     assert not np.allclose(p8, p32, atol=1e-7)  # the INT8 model ran, not the fp32 weights
     # the HTTP service serves the INT8 file and answers what the runtime does
     testclient = pytest.importorskip("fastapi.testclient")

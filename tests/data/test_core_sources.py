@@ -36,7 +36,7 @@ def test_medmnist_download_failure_is_clear(monkeypatch, tmp_path) -> None:
     assert not list((tmp_path / "medmnist").glob("*"))  # no partial file left
 
 
-@pytest.mark.data("medmnist")
+@pytest.mark.data("medmnist/breastmnist.npz", "medmnist/pneumoniamnist.npz")
 def test_medmnist_real_files(data_dir) -> None:
     b = load_data("medmnist:breastmnist", data_root=data_dir)
     assert (len(b.train), len(b.val), len(b.test)) == (546, 78, 156)

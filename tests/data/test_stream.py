@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import medfuse
 from medfuse.core.errors import DataError
@@ -467,6 +468,12 @@ def test_unreadable_files_fail_or_become_missing_as_in_memory(
     df.to_csv(data / "cases.csv", index=False)
     with pytest.raises(DataError, match=r"row 11 \(image\)"):
         _load(data / "cases.csv", True)
+    import multiprocessing
+
+    with pytest.raises(DataError, match=r"row 11 \(image\)") as raised:
+        _load(data / "cases.csv", True, workers=2)
+    # the pass's workers were stopped before the error left it, though its traceback is held
+    assert raised.value.__traceback__ is not None and not multiprocessing.active_children()
     spec = _spec(data / "cases.csv", True)
     spec["data"]["on_bad_row"] = "missing"
     st = load_spec_data(parse_spec(spec))
@@ -716,11 +723,12 @@ def test_the_pass_runs_the_workers_of_every_process_of_the_node(
     assert stream_mod.pass_workers(2) == 2
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     for cores, want in ((32, 16), (12, 11), (2, 2)):
-        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, c=cores: set(range(c)))
+        cpus = set(range(cores))
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, c=cpus: c, raising=False)
         assert stream_mod.pass_workers(2) == want
     assert stream_mod.pass_workers(0) == 0
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     info = _load(manifest, True, workers=1).info["stream"]
     assert info["workers"] == 2 and info["decoded"]["image"] == N - 1
     again = _load(manifest, True, workers=1).info["stream"]  # the recorded pass: no workers
@@ -785,6 +793,7 @@ def test_the_pass_flushes_the_cache_while_writing_and_stops_flushing(
     bundle = _load(manifest, True, workers=2)
     assert bundle.info["stream"]["decoded"]["image"] == N - 1
     assert flushed
-    assert len(at_fork) >= 2  # the two workers
-    assert not [names for names in at_fork if "medfuse-cache-flush" in names], at_fork
+    if torch.multiprocessing.get_start_method() == "fork":  # (forkserver: no fork from here)
+        assert len(at_fork) >= 2  # the two workers
+        assert not [names for names in at_fork if "medfuse-cache-flush" in names], at_fork
     assert not [t for t in threading.enumerate() if t.name == "medfuse-cache-flush"]

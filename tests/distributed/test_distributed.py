@@ -804,8 +804,8 @@ def test_more_processes_than_gpus_is_refused_with_what_to_do(monkeypatch) -> Non
     for device in ("auto", "cuda"):
         with pytest.raises(
             MedfuseError,
-            match=r"2 processes per node take 2 GPUs.*sees 1.*"
-            r"at most 1 processes per node \(--nproc\), or pass --device cpu",
+            match=r"2 processes per node take 2 GPUs.*sees 1; run --nproc 1 or fewer per "
+            r"node, or pass --device cpu",
         ):
             _process_device(device, env, 1)
     assert _process_device("cpu", env, 1) == torch.device("cpu")
@@ -814,6 +814,9 @@ def test_more_processes_than_gpus_is_refused_with_what_to_do(monkeypatch) -> Non
     assert _process_device("auto", env, 2) == torch.device("cuda", 2)
     with pytest.raises(MedfuseError, match=r"take 6 GPUs \(3 each, for the placement\)"):
         _process_device("auto", env, 3)
+    one = DistEnv(rank=0, world=1, local_rank=0, local_world=1, restart=0)
+    with pytest.raises(MedfuseError, match=r"placement uses cuda:0..cuda:4 .* sees 4 GPU"):
+        _process_device("auto", one, 5)  # more than the node has even for one process
 
 
 def test_worker_command_line_drops_launch_flags_only() -> None:

@@ -13,7 +13,7 @@ import torch
 from medfuse.cli import main
 
 
-@pytest.mark.data("medmnist")
+@pytest.mark.data("medmnist/breastmnist.npz")
 @pytest.mark.slow
 def test_breastmnist_report(data_dir, tmp_path) -> None:
     from medfuse.api import train

@@ -585,12 +585,19 @@ def _process_device(device: str | None, env: DistEnv | None, per_process: int) -
             "its own GPU (cuda:LOCAL_RANK); pass --device cuda or auto"
         )
     count = torch.cuda.device_count()
+    if dev.index is None and per_process > count:
+        raise MedfuseError(
+            f"--device {device or 'auto'}: train.placement uses cuda:0..cuda:{per_process - 1} "
+            f"in each process, but PyTorch sees {count} GPU(s); place the branches on at most "
+            f"{count}, or pass --device cpu"
+        )
     if dev.index is None and env.local_world * per_process > count:
         each = "one each" if per_process == 1 else f"{per_process} each, for the placement"
+        most = count // per_process
         raise MedfuseError(
             f"--device {device or 'auto'}: {env.local_world} processes per node take "
-            f"{env.local_world * per_process} GPUs ({each}), but PyTorch sees {count}; run at "
-            f"most {count // per_process} processes per node (--nproc), or pass --device cpu"
+            f"{env.local_world * per_process} GPUs ({each}), but PyTorch sees {count}; run "
+            f"--nproc {most} or fewer per node, or pass --device cpu"
         )
     index = dev.index if dev.index is not None else env.local_rank * per_process
     return torch.device("cuda", index)

@@ -292,7 +292,13 @@ def timm_branch(
         # custom_load says how timm reads the file: a PyTorch state (safetensors, .bin, .pth)
         # by its loader; original JAX .npz weights by the model's own reader. The registry
         # entry of some models asks for the latter, and timm before 1.0.31 kept that for a file
-        custom = file.suffix == ".npz"
+        custom = file.suffix.lower() == ".npz"
+        if custom and not hasattr(enc, "load_pretrained"):
+            raise SpecError(
+                "branches",
+                f"timm: {model!r} has no reader of original .npz weights ({file}; timm's ViT "
+                "family has one); give its PyTorch weights: .safetensors, .bin or .pth",
+            )
         overlay = {"file": str(file), "source": "", "url": "", "custom_load": custom}
         with _offline():  # the file named, never the hub
             enc = timm.create_model(
