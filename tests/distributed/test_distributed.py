@@ -814,9 +814,13 @@ def test_more_processes_than_gpus_is_refused_with_what_to_do(monkeypatch) -> Non
     assert _process_device("auto", env, 2) == torch.device("cuda", 2)
     with pytest.raises(MedfuseError, match=r"take 6 GPUs \(3 each, for the placement\)"):
         _process_device("auto", env, 3)
-    one = DistEnv(rank=0, world=1, local_rank=0, local_world=1, restart=0)
-    with pytest.raises(MedfuseError, match=r"placement uses cuda:0..cuda:4 .* sees 4 GPU"):
-        _process_device("auto", one, 5)  # more than the node has even for one process
+    # a placement wider than the node even for one process is the placement's own error
+    from medfuse.distributed import resolve_placement
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    dev = _process_device("auto", env, 2)
+    with pytest.raises(SpecError, match=r"train\.placement\.x.*cuda:3.*only 1 CUDA"):
+        resolve_placement({"x": "cuda:1"}, ["x"], dev, offset=2, device_count=1)
 
 
 def test_worker_command_line_drops_launch_flags_only() -> None:

@@ -682,6 +682,22 @@ def _flushing(path: Path, active: bool) -> Iterator[None]:
             t.join()
 
 
+@contextlib.contextmanager
+def _running(loader: DataLoader[Any]) -> Iterator[Iterator[list[Any]]]:
+    """The loader's batches; its workers are forked on entry (before a thread such as
+    :func:`_flushing`'s starts: a fork beside a running thread can deadlock the child) and
+    stopped on exit, also on an error, when a traceback would keep them alive until collected
+    (the caller then removes a new cache's folder). The dataset's own writer is closed too."""
+    batches = iter(loader)
+    try:
+        yield batches
+    finally:
+        stop = getattr(batches, "_shutdown_workers", None)  # none without worker processes
+        if stop is not None:
+            stop()
+        loader.dataset.close()  # type: ignore[attr-defined]
+
+
 def _collate(batch: list[Any]) -> list[Any]:
     return batch
 
@@ -938,63 +954,55 @@ def _full_pass(
         per_row = math.prod(src.spec.shape) // src.spec.shape[axis]
         welford = _Welford(axis)
         lo, hi, means = math.inf, -math.inf, []
-        batches = iter(loader)  # its workers are forked before the flush thread starts
-        try:
-            with _flushing(cache.dir / VALUES, bool(need[rows].any())):
-                for name, split, pos, got in _segments(batches, parts):
-                    mask = split.masks[m]
-                    present = np.zeros(len(got), bool)
-                    for j, item in enumerate(got):
-                        row, state, scale, err = item.row, item.state, item.scale, item.error
-                        if item.decoded:
-                            cache.put(row, item)
-                            info["decoded"][m] += 1
-                        elif state != "empty":
-                            info["cached"][m] += 1
-                            state = cache.index["state"][row]
-                            scale, err = cache.index["scale"][row], cache.index["error"][row]
-                        if state == "bad":
-                            msg = f"{src.where} row {row + 2} ({m}): {err}"
-                            if on_bad_row == "fail":
-                                raise DataError(
-                                    msg + " (use data.on_bad_row=missing to treat such rows as "
-                                    "a missing modality)"
-                                )
-                            found.append((order[name], m, pos + j, msg))
-                            mask[pos + j] = 0.0
-                        elif state == "ok":
-                            present[j] = True
-                            if scale:
-                                scales[m].setdefault(scale, []).append(row)
-                    kept = [g.summary for g, p in zip(got, present, strict=True) if p]
-                    bad = [j for j, g in enumerate(got) if present[j] and not g.summary.finite]
-                    if bad:
-                        raise DataError(
-                            f"array {m!r} ({src.spec.kind}): NaN or infinite values at "
-                            f"{_where(name, split.meta, np.array(bad) + pos)}; fix or drop "
-                            "those samples (an unreadable file can be marked missing: leave its "
-                            "cell empty)"
-                        )
-                    out = digests.setdefault((name, m), [])
-                    for g in got:  # each row's values digest, in order (VALUES_SCHEME)
-                        if g.decoded:
-                            out.append(g.digest)
-                        elif g.state == "empty":
-                            out.append(empty)
-                        else:  # the row read and verified against this digest by the worker
-                            out.append(cache.index["values"][g.row])
-                    if name == "train":
-                        welford.add(kept, per_row)
-                        if kept:
-                            lo = min(lo, min(r.lo for r in kept))
-                            hi = max(hi, max(r.hi for r in kept))
-                            means.append(np.array([r.mean for r in kept], np.float64))
-        finally:  # the workers stop here, also on an error (the caller then removes a new
-            # cache's folder): an exception's traceback would keep them alive until collected
-            stop = getattr(batches, "_shutdown_workers", None)  # none without workers
-            if stop is not None:
-                stop()
-            items.close()
+        with _running(loader) as batches, _flushing(cache.dir / VALUES, bool(need[rows].any())):
+            for name, split, pos, got in _segments(batches, parts):
+                mask = split.masks[m]
+                present = np.zeros(len(got), bool)
+                for j, item in enumerate(got):
+                    row, state, scale, err = item.row, item.state, item.scale, item.error
+                    if item.decoded:
+                        cache.put(row, item)
+                        info["decoded"][m] += 1
+                    elif state != "empty":
+                        info["cached"][m] += 1
+                        state = cache.index["state"][row]
+                        scale, err = cache.index["scale"][row], cache.index["error"][row]
+                    if state == "bad":
+                        msg = f"{src.where} row {row + 2} ({m}): {err}"
+                        if on_bad_row == "fail":
+                            raise DataError(
+                                msg + " (use data.on_bad_row=missing to treat such rows as "
+                                "a missing modality)"
+                            )
+                        found.append((order[name], m, pos + j, msg))
+                        mask[pos + j] = 0.0
+                    elif state == "ok":
+                        present[j] = True
+                        if scale:
+                            scales[m].setdefault(scale, []).append(row)
+                kept = [g.summary for g, p in zip(got, present, strict=True) if p]
+                bad = [j for j, g in enumerate(got) if present[j] and not g.summary.finite]
+                if bad:
+                    raise DataError(
+                        f"array {m!r} ({src.spec.kind}): NaN or infinite values at "
+                        f"{_where(name, split.meta, np.array(bad) + pos)}; fix or drop "
+                        "those samples (an unreadable file can be marked missing: leave its "
+                        "cell empty)"
+                    )
+                out = digests.setdefault((name, m), [])
+                for g in got:  # each row's values digest, in order (VALUES_SCHEME)
+                    if g.decoded:
+                        out.append(g.digest)
+                    elif g.state == "empty":
+                        out.append(empty)
+                    else:  # the row read and verified against this digest by the worker
+                        out.append(cache.index["values"][g.row])
+                if name == "train":
+                    welford.add(kept, per_row)
+                    if kept:
+                        lo = min(lo, min(r.lo for r in kept))
+                        hi = max(hi, max(r.hi for r in kept))
+                        means.append(np.array([r.mean for r in kept], np.float64))
         stat = welford.result(src.spec.shape[axis])
         present_pos = np.flatnonzero(np.asarray(train.masks[m]) > 0)
         means_a = np.concatenate(means) if means else np.zeros(0)

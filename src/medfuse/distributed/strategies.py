@@ -585,13 +585,8 @@ def _process_device(device: str | None, env: DistEnv | None, per_process: int) -
             "its own GPU (cuda:LOCAL_RANK); pass --device cuda or auto"
         )
     count = torch.cuda.device_count()
-    if dev.index is None and per_process > count:
-        raise MedfuseError(
-            f"--device {device or 'auto'}: train.placement uses cuda:0..cuda:{per_process - 1} "
-            f"in each process, but PyTorch sees {count} GPU(s); place the branches on at most "
-            f"{count}, or pass --device cpu"
-        )
-    if dev.index is None and env.local_world * per_process > count:
+    # (a placement wider than the node even for one process: resolve_placement names its entry)
+    if dev.index is None and per_process <= count < env.local_world * per_process:
         each = "one each" if per_process == 1 else f"{per_process} each, for the placement"
         most = count // per_process
         raise MedfuseError(
