@@ -114,7 +114,14 @@ def test_streamed_statistics_and_fingerprint_equal_the_in_memory_ones(
         monkeypatch.setattr(pre, "range_step", step)
         monkeypatch.setattr(stream_mod, "range_step", step)
         monkeypatch.setattr(stream_mod, "RANGE_ROWS", 3)
-    mem, st = _load(manifest, False), _load(manifest, True)
+    mem = _load(manifest, False)
+
+    def read_again(*args: Any) -> None:
+        raise AssertionError("the range subsample was read from the cache again")
+
+    with monkeypatch.context() as m:  # every training row readable: the workers' shares serve
+        m.setattr(stream_mod, "_ranges", read_again)
+        st = _load(manifest, True)
     assert not is_lazy(mem.train.arrays["image"]) and is_lazy(st.train.arrays["image"])
     spec = parse_spec(_spec(manifest, False))
     a, b = fit_preprocessing(spec, mem.train, mem.info), fit_preprocessing(spec, st.train, st.info)
@@ -488,6 +495,38 @@ def test_unreadable_files_fail_or_become_missing_as_in_memory(
         a, b = getattr(again, name).masks["image"], getattr(st, name).masks["image"]
         np.testing.assert_array_equal(a, b)
     assert again.info["fingerprint"] == st.info["fingerprint"]
+
+
+def test_an_unreadable_training_row_changes_the_range_subsample_as_in_memory(
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pass plans the range subsample from the manifest's present rows; a training file
+    found unreadable (``on_bad_row: missing``) drops out of it, so the planned shares are not
+    used and the subsample is read from the cache: the ranges equal the in-memory path's."""
+    data = tmp_path / "bad"
+    (data / "img").mkdir(parents=True)
+    df = pd.read_csv(manifest).head(60)
+    for cell in df["image"].dropna():
+        os.link(manifest.parent / cell, data / cell)
+    df.to_csv(data / "cases.csv", index=False)
+    spec = _spec(data / "cases.csv", True, workers=2)
+    spec["data"]["on_bad_row"] = "missing"
+    train_rows = load_spec_data(parse_spec(spec)).train.arrays["image"].rows
+    bad = data / df["image"][int(train_rows[3])]
+    bad.unlink()
+    bad.write_bytes(b"not a png")
+    reads = []
+    monkeypatch.setattr(
+        stream_mod, "_ranges", lambda *a, f=stream_mod._ranges: reads.append(1) or f(*a)
+    )
+    st = load_spec_data(parse_spec(spec))
+    mem = load_spec_data(parse_spec({**spec, "data": {**spec["data"], "stream": False}}))
+    assert len(st.info["bad_rows"]) == 1 and reads == [1]
+    a = fit_preprocessing(parse_spec(spec), mem.train, mem.info)["image"]["range"]
+    b = fit_preprocessing(parse_spec(spec), st.train, st.info)["image"]["range"]
+    assert a == pytest.approx(b, rel=1e-12)
+    plan = stream_mod.RangeSample.plan(st.train.arrays["image"], np.ones(len(st.train)))
+    assert plan is not None and plan.values(np.flatnonzero(st.train.masks["image"]), {}) is None
 
 
 # -- crashes, changed files and concurrent processes, with real processes ----------------------

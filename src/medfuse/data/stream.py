@@ -556,6 +556,8 @@ class Decoded(NamedTuple):
     summary: RowSummary | None = None  # None for an empty cell
     stored: str = ""  # how the worker stored it in the cache (STORED; decoded rows)
     key: str = ""  # the file's stat key (file_key) before it was read (decoded rows)
+    #: a row of the range subsample: its strided values (:class:`RangeSample`)
+    sample: np.ndarray | None = None
 
 
 class RowSummary(NamedTuple):
@@ -597,13 +599,51 @@ def _summarise_bytes(x: np.ndarray, axis: int) -> RowSummary:
     return RowSummary(True, float(x.min()), float(x.max()), whole, cm, m2)
 
 
+class RangeSample(NamedTuple):
+    """The training rows whose values give the value percentiles (``_ranges``), as far as the
+    pass can tell before it runs: :func:`~medfuse.core.preprocess.range_subsample` of the rows
+    present in the manifest. Each row's worker returns that row's share of the subsample's
+    stride (``offsets``: row -> first value), so the values need not be read again; a training
+    row found unreadable changes the subsample, and the pass reads it from the cache instead."""
+
+    positions: np.ndarray  # present training positions the subsample was drawn from
+    offsets: dict[int, int]  # source row -> offset of its first strided value
+    step: int
+
+    @classmethod
+    def plan(cls, col: LazyColumn, mask: np.ndarray) -> RangeSample | None:
+        present = np.flatnonzero(np.asarray(mask) > 0)
+        sub = col.rows[present[range_subsample(len(present))]].tolist() if len(present) else []
+        if not sub or len(set(sub)) != len(sub):
+            return None
+        size = math.prod(col.shape[1:])
+        step = range_step(len(sub) * size)
+        # the k-th row's values continue the subsample's stride (as _ranges reads it)
+        return cls(present, {r: (-k * size) % step for k, r in enumerate(sub)}, step)
+
+    def take(self, row: int, flat: np.ndarray) -> np.ndarray | None:
+        """In a worker: ``row``'s strided values (``flat``: its values, as stored or float32)."""
+        off = self.offsets.get(row)
+        return None if off is None else np.array(flat[off :: self.step], np.float32)
+
+    def values(self, present: np.ndarray, taken: dict[int, np.ndarray]) -> np.ndarray | None:
+        """The subsample's strided values from the workers' shares (``taken``: row -> values),
+        in its order; ``None`` when the pass found other rows present than planned."""
+        if not np.array_equal(present, self.positions) or not taken.keys() >= self.offsets.keys():
+            return None
+        return np.concatenate([taken[r] for r in self.offsets])
+
+
 class _PassItems(Dataset[Any]):
     """One row of a streamed modality for the pass: decoded (a stale or new cache entry, which
     the worker writes to the cache) or read from the cache, and summarised. Runs in DataLoader
-    workers; only the records reach the main process, never the values."""
+    workers; only the records reach the main process, never the values (but a row of the range
+    subsample's strided share, :class:`RangeSample`)."""
 
-    def __init__(self, source: Source, need: np.ndarray, values_dir: Path) -> None:
-        self.source, self.need, self.values_dir = source, need, values_dir
+    def __init__(
+        self, source: Source, need: np.ndarray, values_dir: Path, sample: RangeSample | None
+    ) -> None:
+        self.source, self.need, self.values_dir, self.sample = source, need, values_dir, sample
         self.axis = 1 if source.spec.sequence else 0
         self._writer: RowFile | None = None
         self._pid = -1
@@ -635,7 +675,8 @@ class _PassItems(Dataset[Any]):
                 x = s.read(np.array([row]))[0]  # verified against its digest
             except DataError as refused:  # raised again, as it is, by the pass (main process)
                 return Refused(str(refused))
-            return Decoded(row, "", summary=summarise(compact(x)[1], self.axis))
+            take = self.sample.take(row, x.reshape(-1)) if self.sample else None
+            return Decoded(row, "", summary=summarise(compact(x)[1], self.axis), sample=take)
         # the stat key and the bytes' digest before reading: a file changing meanwhile is caught
         # by the next run
         key, file = file_key(cell), file_digest(cell)
@@ -649,7 +690,8 @@ class _PassItems(Dataset[Any]):
         self._write(row, small)
         summary = summarise(small, self.axis)  # from the bytes of an 8-bit row
         digest = stored_digest(stored, small)
-        return Decoded(row, state, scale, error, True, file, digest, summary, stored, key)
+        take = self.sample.take(row, small.reshape(-1)) if self.sample and state == "ok" else None
+        return Decoded(row, state, scale, error, True, file, digest, summary, stored, key, take)
 
 
 #: seconds between flushes of a cache's values while the pass writes them (:func:`_flushing`)
@@ -738,7 +780,8 @@ class _Welford:
 def _ranges(col: LazyColumn, present_pos: np.ndarray, means: np.ndarray) -> dict[str, Any] | None:
     """``fit_ranges`` of an image/signal modality, from the cache: the same deterministic
     subsample of at most 512 present samples, the same value stride (read a few rows at a time:
-    the subsample is never held whole)."""
+    the subsample is never held whole). The pass's workers return the strided values when the
+    subsample is the one planned (:class:`RangeSample`); this reads them otherwise."""
     n = len(present_pos)
     if n == 0:
         return None
@@ -941,7 +984,13 @@ def _full_pass(
         need = np.array([cache.needs(i) for i in range(len(src.paths))], bool)
         parts = [(n, s, len(s.arrays[m])) for n, s in splits if is_lazy(s.arrays.get(m))]
         rows = np.concatenate([s.arrays[m].rows for _, s, _ in parts])
-        items = _PassItems(src, need, cache.dir)
+        plan = (
+            RangeSample.plan(train.arrays[m], train.masks[m])
+            if is_lazy(train.arrays.get(m))
+            else None
+        )
+        items = _PassItems(src, need, cache.dir, plan)
+        taken: dict[int, np.ndarray] = {}  # source row -> its strided subsample values
         loader = DataLoader(
             items,
             batch_size=batch,
@@ -980,6 +1029,8 @@ def _full_pass(
                         present[j] = True
                         if scale:
                             scales[m].setdefault(scale, []).append(row)
+                        if name == "train" and item.sample is not None:
+                            taken[row] = item.sample
                 kept = [g.summary for g, p in zip(got, present, strict=True) if p]
                 bad = [j for j, g in enumerate(got) if present[j] and not g.summary.finite]
                 if bad:
@@ -1006,7 +1057,11 @@ def _full_pass(
         stat = welford.result(src.spec.shape[axis])
         present_pos = np.flatnonzero(np.asarray(train.masks[m]) > 0)
         means_a = np.concatenate(means) if means else np.zeros(0)
-        rng = _ranges(train.arrays[m], present_pos, means_a)
+        strided = plan.values(present_pos, taken) if plan is not None else None
+        if strided is not None:
+            rng = ranges_of(strided, means_a)
+        else:  # no plan, or a training row was unreadable: the subsample read from the cache
+            rng = _ranges(train.arrays[m], present_pos, means_a)
         if rng is not None:
             stat["range"] = rng
         info["stats"][m] = stat
