@@ -13,7 +13,8 @@ which write them to the cache and summarise each row (:class:`RowSummary`); the 
 checked (non-finite, one intensity scale), and the training split's normalisation statistics
 (the rows' summaries merged), per-sample means, value ranges and each split's values hash (the
 fingerprint, from the rows' digests) are computed from the same pass, equal to the in-memory
-ones; no value travels back to the main process.
+ones; of the values, only the range subsample's strided share (:class:`RangeSample`, about 2M
+values in all) travels back to the main process.
 
 The cache (``MEDFUSE_CACHE_DIR``, default ``~/.cache/medfuse/decoded``): one directory per
 (modality spec, list of files), ``values.npy`` (a ``(rows, *shape)`` float32 array, its rows
