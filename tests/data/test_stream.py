@@ -95,6 +95,18 @@ def _load(csv: Path, stream: Any, **kw: Any):
     return load_spec_data(parse_spec(_spec(csv, stream, **kw)))
 
 
+def _copy(manifest: Path, to: Path, rows: int | None = None) -> Path:
+    """The manifest (its first ``rows`` rows) with hard links to its images: files of its own to
+    change."""
+    (to / "img").mkdir(parents=True)
+    df = pd.read_csv(manifest)
+    df = df if rows is None else df.head(rows)
+    for cell in df["image"].dropna():
+        os.link(manifest.parent / cell, to / cell)
+    df.to_csv(to / "cases.csv", index=False)
+    return to / "cases.csv"
+
+
 def _valid_caches(root: Path) -> list[Path]:
     return [p for p in root.glob("*") if (p / stream_mod.INDEX).exists()] if root.exists() else []
 
@@ -225,12 +237,7 @@ def test_the_cache_is_reused_and_invalidated_per_file_and_per_spec(
     assert len(_valid_caches(cache_dir)) == 1
 
     # one changed file: its entry alone is decoded again, and its new values are used
-    data = tmp_path / "copy"
-    (data / "img").mkdir(parents=True)
-    df = pd.read_csv(manifest)
-    for cell in df["image"].dropna():
-        os.link(manifest.parent / cell, data / cell)
-    df.to_csv(data / "cases.csv", index=False)
+    data = _copy(manifest, tmp_path / "copy").parent
     _load(data / "cases.csv", True)  # the copy's own cache (other files: other paths)
     changed = data / "img" / "3.png"
     changed.unlink()
@@ -431,12 +438,7 @@ def test_a_crash_mid_write_leaves_no_valid_looking_cache(
 def test_a_crash_while_updating_a_changed_file_re_decodes_it(
     manifest: Path, tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    data = tmp_path / "copy"
-    (data / "img").mkdir(parents=True)
-    df = pd.read_csv(manifest)
-    for cell in df["image"].dropna():
-        os.link(manifest.parent / cell, data / cell)
-    df.to_csv(data / "cases.csv", index=False)
+    data = _copy(manifest, tmp_path / "copy").parent
     _load(data / "cases.csv", True)
     changed = data / "img" / "5.png"
     changed.unlink()
@@ -465,14 +467,9 @@ def test_auto_streams_only_data_too_large_for_memory(
 def test_unreadable_files_fail_or_become_missing_as_in_memory(
     manifest: Path, tmp_path: Path
 ) -> None:
-    data = tmp_path / "bad"
-    (data / "img").mkdir(parents=True)
-    df = pd.read_csv(manifest).head(60)
-    for cell in df["image"].dropna():
-        os.link(manifest.parent / cell, data / cell)
+    data = _copy(manifest, tmp_path / "bad", rows=60).parent
     (data / "img" / "9.png").unlink()
     (data / "img" / "9.png").write_bytes(b"not a png")
-    df.to_csv(data / "cases.csv", index=False)
     with pytest.raises(DataError, match=r"row 11 \(image\)"):
         _load(data / "cases.csv", True)
     import multiprocessing
@@ -497,36 +494,85 @@ def test_unreadable_files_fail_or_become_missing_as_in_memory(
     assert again.info["fingerprint"] == st.info["fingerprint"]
 
 
-def test_an_unreadable_training_row_changes_the_range_subsample_as_in_memory(
+def _image_ranges(spec: dict[str, Any], bundle: Any) -> dict[str, float]:
+    return fit_preprocessing(parse_spec(spec), bundle.train, bundle.info)["image"]["range"]
+
+
+def _in_memory(spec: dict[str, Any]) -> Any:
+    return load_spec_data(parse_spec({**spec, "data": {**spec["data"], "stream": False}}))
+
+
+def _counting_ranges(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the pass's reads of the range subsample from the cache (``_ranges``)."""
+    reads: list[int] = []
+    real = stream_mod._ranges
+    monkeypatch.setattr(stream_mod, "_ranges", lambda *a: reads.append(1) or real(*a))
+    return reads
+
+
+def test_the_workers_shares_give_the_ranges_for_decoded_and_cached_rows(
     manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The pass plans the range subsample from the manifest's present rows; a training file
-    found unreadable (``on_bad_row: missing``) drops out of it, so the planned shares are not
-    used and the subsample is read from the cache: the ranges equal the in-memory path's."""
-    data = tmp_path / "bad"
-    (data / "img").mkdir(parents=True)
-    df = pd.read_csv(manifest).head(60)
-    for cell in df["image"].dropna():
-        os.link(manifest.parent / cell, data / cell)
-    df.to_csv(data / "cases.csv", index=False)
-    spec = _spec(data / "cases.csv", True, workers=2)
-    spec["data"]["on_bad_row"] = "missing"
-    train_rows = load_spec_data(parse_spec(spec)).train.arrays["image"].rows
-    bad = data / df["image"][int(train_rows[3])]
-    bad.unlink()
-    bad.write_bytes(b"not a png")
-    reads = []
-    monkeypatch.setattr(
-        stream_mod, "_ranges", lambda *a, f=stream_mod._ranges: reads.append(1) or f(*a)
+    """Real worker processes: a first pass decodes every file, a second after one file changed
+    decodes it and reads the rest from the cache; both take the range subsample from the
+    workers' shares (no read from the cache), equal to the in-memory path's."""
+    csv = _copy(manifest, tmp_path / "data", rows=60)
+    spec = _spec(csv, True, workers=2)
+    reads = _counting_ranges(monkeypatch)
+    first = load_spec_data(parse_spec(spec))
+    assert first.info["stream"]["decoded"]["image"] == 59 and reads == []
+    assert _image_ranges(spec, first) == pytest.approx(
+        _image_ranges(spec, _in_memory(spec)), rel=1e-12
     )
+    row = int(first.train.arrays["image"].rows[np.flatnonzero(first.train.masks["image"])[0]])
+    cell = tmp_path / "data" / pd.read_csv(csv)["image"][row]
+    cell.unlink()
+    write_png(cell, np.full((SIZE, SIZE), 255, np.uint8))  # a new extreme for the percentiles
+    again = load_spec_data(parse_spec(spec))
+    stream = again.info["stream"]
+    assert stream["decoded"]["image"] == 1 and stream["cached"]["image"] == 58 and reads == []
+    got, want = _image_ranges(spec, again), _image_ranges(spec, _in_memory(spec))
+    assert got == pytest.approx(want, rel=1e-12) and got != _image_ranges(spec, first)
+
+
+@pytest.mark.parametrize("in_subsample", [True, False])
+def test_an_unreadable_training_row_changes_the_range_subsample_as_in_memory(
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_subsample: bool
+) -> None:
+    """The pass plans the range subsample from the manifest's present rows. A training file
+    found unreadable (``on_bad_row: missing``) leaves the rows present another subsample: the
+    planned shares are not used, the subsample is read from the cache, and the ranges equal the
+    in-memory path's. ``in_subsample``: the unreadable row was one of the planned rows (its share
+    is missing), or not (every planned share came back; the present rows differ), with a
+    subsample of every other present row."""
+    import medfuse.core.preprocess as pre
+
+    if not in_subsample:
+
+        def every_other(n: int) -> np.ndarray:
+            return np.arange(0, n, 2)
+
+        monkeypatch.setattr(pre, "range_subsample", every_other)
+        monkeypatch.setattr(stream_mod, "range_subsample", every_other)
+    csv = _copy(manifest, tmp_path / "data", rows=60)
+    spec = _spec(csv, True, workers=2)
+    spec["data"]["on_bad_row"] = "missing"
+    good = load_spec_data(parse_spec(spec))
+    present = np.flatnonzero(good.train.masks["image"])
+    row = int(good.train.arrays["image"].rows[present[3]])  # odd: outside every other row
+    cell = tmp_path / "data" / pd.read_csv(csv)["image"][row]
+    cell.unlink()
+    cell.write_bytes(b"not a png")
+    reads = _counting_ranges(monkeypatch)
     st = load_spec_data(parse_spec(spec))
-    mem = load_spec_data(parse_spec({**spec, "data": {**spec["data"], "stream": False}}))
     assert len(st.info["bad_rows"]) == 1 and reads == [1]
-    a = fit_preprocessing(parse_spec(spec), mem.train, mem.info)["image"]["range"]
-    b = fit_preprocessing(parse_spec(spec), st.train, st.info)["image"]["range"]
-    assert a == pytest.approx(b, rel=1e-12)
-    plan = stream_mod.RangeSample.plan(st.train.arrays["image"], np.ones(len(st.train)))
-    assert plan is not None and plan.values(np.flatnonzero(st.train.masks["image"]), {}) is None
+    mem = _in_memory(spec)
+    assert _image_ranges(spec, st) == pytest.approx(_image_ranges(spec, mem), rel=1e-12)
+    plan = stream_mod.RangeSample.plan(good.train.arrays["image"], good.train.masks["image"])
+    assert plan is not None
+    shares = {r: np.zeros(1, np.float32) for r in plan.rows}
+    assert plan.values(present, shares) is not None  # the plan as it was: served
+    assert plan.values(np.flatnonzero(st.train.masks["image"]), shares) is None
 
 
 # -- crashes, changed files and concurrent processes, with real processes ----------------------
@@ -549,16 +595,6 @@ def _counts(p: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     assert p.returncode == 0, p.stderr[-3000:]
     line = [x for x in p.stdout.splitlines() if x.startswith("STREAM ")]
     return json.loads(line[-1][7:])
-
-
-def _copy(manifest: Path, to: Path) -> Path:
-    """The manifest with hard links to its images: files of its own to change."""
-    (to / "img").mkdir(parents=True)
-    df = pd.read_csv(manifest)
-    for cell in df["image"].dropna():
-        os.link(manifest.parent / cell, to / cell)
-    df.to_csv(to / "cases.csv", index=False)
-    return to / "cases.csv"
 
 
 def test_a_process_killed_while_writing_the_cache_leaves_nothing_half_valid(

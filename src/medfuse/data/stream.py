@@ -13,8 +13,8 @@ which write them to the cache and summarise each row (:class:`RowSummary`); the 
 checked (non-finite, one intensity scale), and the training split's normalisation statistics
 (the rows' summaries merged), per-sample means, value ranges and each split's values hash (the
 fingerprint, from the rows' digests) are computed from the same pass, equal to the in-memory
-ones; of the values, only the range subsample's strided share (:class:`RangeSample`, about 2M
-values in all) travels back to the main process.
+ones; of the values, only the range subsample's strided shares (:class:`RangeSample`, at most
+about 4M values in all) travel back to the main process.
 
 The cache (``MEDFUSE_CACHE_DIR``, default ``~/.cache/medfuse/decoded``): one directory per
 (modality spec, list of files), ``values.npy`` (a ``(rows, *shape)`` float32 array, its rows
@@ -600,39 +600,56 @@ def _summarise_bytes(x: np.ndarray, axis: int) -> RowSummary:
     return RowSummary(True, float(x.min()), float(x.max()), whole, cm, m2)
 
 
-class RangeSample(NamedTuple):
-    """The training rows whose values give the value percentiles (``_ranges``), as far as the
-    pass can tell before it runs: :func:`~medfuse.core.preprocess.range_subsample` of the rows
-    present in the manifest. Each row's worker returns that row's share of the subsample's
-    stride (``offsets``: row -> first value), so the values need not be read again; a training
-    row found unreadable changes the subsample, and the pass reads it from the cache instead."""
+@dataclass(frozen=True)
+class RangeSample:
+    """The rows whose values give an image/signal modality's value percentiles (``fit_ranges``):
+    :func:`~medfuse.core.preprocess.range_subsample` of a split's present positions, and where
+    each row's share of the subsample's value stride begins, so that the rows' shares, joined in
+    order, are the values the in-memory path strides through the joined subsample."""
 
-    positions: np.ndarray  # present training positions the subsample was drawn from
-    offsets: dict[int, int]  # source row -> offset of its first strided value
+    positions: np.ndarray  # the present positions the subsample is drawn from
+    rows: list[int]  # its source rows, in order
+    offsets: list[int]  # each row's first strided value
     step: int
+    by_row: dict[int, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_row", {r: k for k, r in enumerate(self.rows)})
+
+    @classmethod
+    def of(cls, col: LazyColumn, present: np.ndarray) -> RangeSample | None:
+        if not len(present):
+            return None
+        rows = col.rows[present[range_subsample(len(present))]].tolist()
+        size = math.prod(col.shape[1:])
+        step = range_step(len(rows) * size)
+        # the k-th row's values continue the joined subsample's stride
+        return cls(present, rows, [(-k * size) % step for k in range(len(rows))], step)
 
     @classmethod
     def plan(cls, col: LazyColumn, mask: np.ndarray) -> RangeSample | None:
-        present = np.flatnonzero(np.asarray(mask) > 0)
-        sub = col.rows[present[range_subsample(len(present))]].tolist() if len(present) else []
-        if not sub or len(set(sub)) != len(sub):
-            return None
-        size = math.prod(col.shape[1:])
-        step = range_step(len(sub) * size)
-        # the k-th row's values continue the subsample's stride (as _ranges reads it)
-        return cls(present, {r: (-k * size) % step for k, r in enumerate(sub)}, step)
+        """The subsample as far as the pass can tell before it runs (the rows present in the
+        manifest), for its workers to return each row's share (:meth:`take`); ``None`` when a
+        row repeats (a worker sees a row, not its position)."""
+        plan = cls.of(col, np.flatnonzero(np.asarray(mask) > 0))
+        return plan if plan is not None and len(plan.by_row) == len(plan.rows) else None
+
+    def share(self, k: int, flat: np.ndarray) -> np.ndarray:
+        """The k-th row's strided values (``flat``: its values, as stored or float32)."""
+        return np.array(flat[self.offsets[k] :: self.step], np.float32)
 
     def take(self, row: int, flat: np.ndarray) -> np.ndarray | None:
-        """In a worker: ``row``'s strided values (``flat``: its values, as stored or float32)."""
-        off = self.offsets.get(row)
-        return None if off is None else np.array(flat[off :: self.step], np.float32)
+        """In a worker: ``row``'s share, ``None`` for a row outside the subsample."""
+        k = self.by_row.get(row)
+        return None if k is None else self.share(k, flat)
 
     def values(self, present: np.ndarray, taken: dict[int, np.ndarray]) -> np.ndarray | None:
         """The subsample's strided values from the workers' shares (``taken``: row -> values),
-        in its order; ``None`` when the pass found other rows present than planned."""
-        if not np.array_equal(present, self.positions) or not taken.keys() >= self.offsets.keys():
+        in its order; ``None`` when the pass found other rows present than planned (a training
+        file found unreadable): the subsample is then another one."""
+        if not np.array_equal(present, self.positions) or not taken.keys() >= self.by_row.keys():
             return None
-        return np.concatenate([taken[r] for r in self.offsets])
+        return np.concatenate([taken[r] for r in self.rows])
 
 
 class _PassItems(Dataset[Any]):
@@ -780,19 +797,16 @@ class _Welford:
 
 def _ranges(col: LazyColumn, present_pos: np.ndarray, means: np.ndarray) -> dict[str, Any] | None:
     """``fit_ranges`` of an image/signal modality, from the cache: the same deterministic
-    subsample of at most 512 present samples, the same value stride (read a few rows at a time:
-    the subsample is never held whole). The pass's workers return the strided values when the
-    subsample is the one planned (:class:`RangeSample`); this reads them otherwise."""
-    n = len(present_pos)
-    if n == 0:
+    subsample of at most 512 present samples, the same value stride (:class:`RangeSample`; read
+    a few rows at a time: the subsample is never held whole). The pass needs this only when its
+    workers could not return the shares (a training row found unreadable, a repeated row)."""
+    sub = RangeSample.of(col, present_pos)
+    if sub is None:
         return None
-    pos = present_pos[range_subsample(n)]
-    size = math.prod(col.shape[1:])
-    step = range_step(len(pos) * size)
     parts = []
-    for start in range(0, len(pos), RANGE_ROWS):
-        flat = col.read(pos[start : start + RANGE_ROWS]).reshape(-1)
-        parts.append(flat[(-start * size) % step :: step])  # the whole subsample's stride
+    for start in range(0, len(sub.rows), RANGE_ROWS):
+        got = col.source.read(np.array(sub.rows[start : start + RANGE_ROWS]))
+        parts += [sub.share(start + i, x.reshape(-1)) for i, x in enumerate(got)]
     return ranges_of(np.concatenate(parts), means)
 
 
