@@ -130,10 +130,9 @@ def test_timm_reads_a_local_file_records_it_and_the_package_needs_it_no_more(tmp
     assert rec["weights"]["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
     import timm
 
-    # the registry's license (timm 1.0.20's registry gives none for this model)
+    # the registry's license (apache-2.0; timm 1.0.20's registry gives none for this model)
     registry = timm.create_model(TIMM["model"], pretrained=False, **TIMM["model_args"])
-    lic = rec["weights"]["license"]
-    assert lic == "apache-2.0" or (lic is None and registry.pretrained_cfg.get("license") is None)
+    assert rec["weights"]["license"] == registry.pretrained_cfg.get("license")
     assert "model.safetensors" in rec["weights"]["origin"]
     assert rec["preprocess"] == {
         "channels": 3,

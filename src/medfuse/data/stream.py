@@ -693,8 +693,8 @@ class _PassItems(Dataset[Any]):
                 x = s.read(np.array([row]))[0]  # verified against its digest
             except DataError as refused:  # raised again, as it is, by the pass (main process)
                 return Refused(str(refused))
-            take = self.sample.take(row, x.reshape(-1)) if self.sample else None
-            return Decoded(row, "", summary=summarise(compact(x)[1], self.axis), sample=take)
+            share = self._share(row, x)
+            return Decoded(row, "", summary=summarise(compact(x)[1], self.axis), sample=share)
         # the stat key and the bytes' digest before reading: a file changing meanwhile is caught
         # by the next run
         key, file = file_key(cell), file_digest(cell)
@@ -708,8 +708,13 @@ class _PassItems(Dataset[Any]):
         self._write(row, small)
         summary = summarise(small, self.axis)  # from the bytes of an 8-bit row
         digest = stored_digest(stored, small)
-        take = self.sample.take(row, small.reshape(-1)) if self.sample and state == "ok" else None
-        return Decoded(row, state, scale, error, True, file, digest, summary, stored, key, take)
+        share = self._share(row, small)
+        return Decoded(row, state, scale, error, True, file, digest, summary, stored, key, share)
+
+    def _share(self, row: int, x: np.ndarray) -> np.ndarray | None:
+        """``row``'s share of the planned range subsample (the pass keeps it for a row it finds
+        present; an unreadable row's zeros are dropped there)."""
+        return self.sample.take(row, x.reshape(-1)) if self.sample is not None else None
 
 
 #: seconds between flushes of a cache's values while the pass writes them (:func:`_flushing`)
