@@ -431,6 +431,70 @@ def test_zero_epochs_is_refused_unless_a_package_is_copied() -> None:
 # ---- one intensity scale ----------------------------------------------------------------------
 
 
+def test_a_package_refuses_files_on_another_scale_than_its_training_files(
+    trained, tmp_path: Path
+) -> None:
+    """The package records its files' scale (8-bit PNGs, no window): the same pictures as 16-bit
+    PNGs (x257) are refused by evaluate, calibrate and prediction, which would otherwise score
+    values 257 times off; the 8-bit copy is evaluated as usual."""
+    from PIL import Image
+
+    from medfuse.api import evaluate
+    from medfuse.core.inputs import InputError
+    from medfuse.inference.predictor import load
+    from medfuse.report.calibration import calibrate_package
+
+    pkg, data = trained
+    shutil.copytree(data, tmp_path / "d16")
+    for png in (tmp_path / "d16" / "img").glob("*.png"):
+        write_png(png, np.asarray(Image.open(png)).astype(np.uint16) * 257)
+    csv16 = tmp_path / "d16" / "cases.csv"
+    scales = r"trained on files on 8-bit display levels \(0-255\).*found 16-bit display levels"
+    with pytest.raises(DataError, match=f"cases.csv: image modality 'image' was {scales}"):
+        evaluate(pkg, data=csv16, device="cpu")
+    with pytest.raises(DataError, match=scales):
+        calibrate_package(pkg, data=csv16, out=tmp_path / "calibrated", device="cpu")
+    assert not (tmp_path / "calibrated").exists()
+    pred = load(pkg, device="cpu")
+    row = {"clinical": {"marker": 3.0, "age": 50}}
+    with pytest.raises(InputError, match=f"c0.png: image modality 'image' was {scales}"):
+        pred.predict_proba([{**row, "image": str(tmp_path / "d16" / "img" / "c0.png")}])
+    p8 = pred.predict_proba([{**row, "image": str(data / "img" / "c0.png")}])
+    assert np.isfinite(p8).all()
+    assert evaluate(pkg, data=data / "cases.csv", device="cpu")["data_check"]["same"]
+
+
+def test_a_dicoms_scale_is_its_modality_and_bit_depth_except_ct_in_hu(tmp_path: Path) -> None:
+    """8-bit and 12-bit MR DICOMs of the same pictures are two scales (refused together); CT is
+    in Hounsfield units at any bit depth; a package of an older medfuse, which recorded one
+    scale for every DICOM, still accepts DICOMs."""
+    from medfuse.core.readers.base import LEGACY_DICOM_SCALE, native_scale, same_scale
+    from medfuse.data.examples import write_dicom
+
+    px = np.random.default_rng(0).integers(0, 255, (8, 8)).astype(np.uint16)
+    mr8 = write_dicom(tmp_path / "mr8.dcm", px.astype(np.uint8), bits=8, modality="MR")
+    mr12 = write_dicom(tmp_path / "mr12.dcm", px * 16, bits=12, modality="MR")
+    ct12 = write_dicom(tmp_path / "ct12.dcm", px * 16, bits=12, intercept=-1024)
+    ct16 = write_dicom(tmp_path / "ct16.dcm", px * 16, bits=16, intercept=-1024)
+    assert native_scale(mr8) == "DICOM MR values (8-bit unsigned stored)"
+    assert native_scale(mr12) == "DICOM MR values (12-bit unsigned stored)"
+    assert native_scale(ct12) == native_scale(ct16) == "DICOM CT values (HU)"
+    assert same_scale(LEGACY_DICOM_SCALE, native_scale(mr12))
+    assert not same_scale(native_scale(mr8), native_scale(mr12))
+    assert not same_scale(LEGACY_DICOM_SCALE, "8-bit display levels (0-255)")
+
+    csv = _hospital(tmp_path)
+    df = pd.read_csv(csv)
+    for i in range(len(df)):
+        bits = 8 if i % 2 else 12
+        stored = px.astype(np.uint8) if bits == 8 else px * 16
+        write_dicom(tmp_path / f"d{i}.dcm", stored, bits=bits, modality="MR")
+        df.loc[i, "image"] = f"d{i}.dcm"
+    df.to_csv(csv, index=False)
+    with pytest.raises(DataError, match=r"different intensity scales: DICOM MR values \(12-bit"):
+        load_data(f"manifest:{csv}", OPTS, modalities=MODS, positive="abnormal")
+
+
 def test_a_manifest_mixing_png_and_dicom_trains_on_one_scale_or_is_refused(tmp_path: Path) -> None:
     """8-bit PNGs (0-255) and 12-bit DICOMs (0-4095) of the same pictures: refused as they are,
     read on one [0, 1] scale with window: unit."""

@@ -238,7 +238,7 @@ def test_the_cache_is_reused_and_invalidated_per_file_and_per_spec(
 
     # one changed file: its entry alone is decoded again, and its new values are used
     data = _copy(manifest, tmp_path / "copy").parent
-    _load(data / "cases.csv", True)  # the copy's own cache (other files: other paths)
+    before = _load(data / "cases.csv", True)  # the copy's own cache (other files: other paths)
     changed = data / "img" / "3.png"
     changed.unlink()
     write_png(changed, np.full((SIZE, SIZE), 200, np.uint8))
@@ -249,6 +249,10 @@ def test_the_cache_is_reused_and_invalidated_per_file_and_per_spec(
     want = read_modality(changed, spec.modalities["image"])
     src = bundle.train.arrays["image"].source
     np.testing.assert_array_equal(src.read(np.array([3]))[0], want)  # verified, as stored
+    # a run that loaded before the change and reads on: refused, never given values other than
+    # those its statistics and fingerprint came from; the message says why
+    with pytest.raises(DataError, match=r"row 5 \(image\).*another run decoded the file anew"):
+        before.train.arrays["image"].source.read(np.array([3]))
     assert bundle.info["fingerprint"] == _load(data / "cases.csv", False).info["fingerprint"]
 
     # another preprocessing spec (size): another cache, every file decoded

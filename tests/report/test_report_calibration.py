@@ -15,6 +15,7 @@ from medfuse.report.calibration import (
     fit_temperature,
     map_threshold,
     reliability,
+    temperature_bound,
 )
 from medfuse.report.clinical import load_bundle
 from medfuse.training.metrics import probabilities
@@ -40,6 +41,19 @@ def test_fit_temperature_multiclass() -> None:
     p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
     y = np.array([rng.choice(3, p=row) for row in p])
     assert fit_temperature("multiclass", 0.5 * z, y) == pytest.approx(0.5, rel=0.15)
+
+
+def test_a_temperature_at_the_search_bound_says_what_it_means() -> None:
+    """Scores unrelated to the labels drive the fit to the upper bound (every probability pulled
+    to chance); perfectly separated scores to the lower; either is named, a usual fit is not."""
+    rng = np.random.default_rng(3)
+    y = (rng.random(400) < 0.5).astype(float)
+    unrelated = rng.normal(0, 8, (400, 1))
+    t_hi = fit_temperature("binary", unrelated, y)
+    assert "upper bound (20)" in temperature_bound(t_hi)
+    separated = np.where(y == 1, 6.0, -6.0)[:, None] + rng.normal(0, 0.1, (400, 1))
+    assert "lower bound (0.05)" in temperature_bound(fit_temperature("binary", separated, y))
+    assert temperature_bound(1.0) == "" and temperature_bound(3.0) == ""
 
 
 def test_map_threshold_keeps_decisions() -> None:

@@ -85,6 +85,9 @@ class Modality:
     #: (the package's preprocessing), and what is added to its ids (``medfuse.core.text``)
     tokenizer: str | None = None
     token_offset: int = 0
+    #: image read without a window: the scale the training files came on (``data.scales``,
+    #: ``medfuse.core.readers.base.native_scale``); a file on another is refused
+    scale: str | None = None
 
     @property
     def missing_value(self) -> float:
@@ -96,6 +99,7 @@ def modalities_from_meta(meta: dict[str, Any]) -> dict[str, Modality]:
     """The spec's modalities, in model input order, with their per-sample shapes."""
     out: dict[str, Modality] = {}
     stats = meta.get("preprocessing", {})
+    scales = (meta.get("data") or {}).get("scales") or {}
     for name, m in meta["spec"]["modalities"].items():
         kind = m["kind"]
         lead = (int(m["sequence"]),) if m.get("sequence") else ()
@@ -122,6 +126,7 @@ def modalities_from_meta(meta: dict[str, Any]) -> dict[str, Modality]:
             rate=m.get("rate"),
             tokenizer=stats.get(name, {}).get("tokenizer"),
             token_offset=int(stats.get(name, {}).get("token_offset", 0)),
+            scale=scales.get(name) if kind == "image" and m.get("window") is None else None,
         )
     return out
 
@@ -351,9 +356,13 @@ def _fit(x: np.ndarray, m: Modality) -> np.ndarray:
 def _read_path(path: Path, m: Modality) -> np.ndarray:
     # lazy: keeps the torch-free core's import light
     from medfuse.core.readers import read_modality
+    from medfuse.core.readers.base import native_scale, same_scale, scale_refusal
 
     try:
-        return np.asarray(read_modality(path, m), np.float32)  # type: ignore[arg-type]
+        x = np.asarray(read_modality(path, m), np.float32)  # type: ignore[arg-type]
+        if m.scale and not same_scale(m.scale, found := native_scale(path)):
+            raise _Bad(scale_refusal(str(path), m.name, m.scale, found))
+        return x
     except DataError as err:
         raise _Bad(str(err)) from None
     except MemoryError:

@@ -22,6 +22,7 @@ from medfuse.core.errors import DataError, PackageError, SpecError, did_you_mean
 from medfuse.core.package import read_meta
 from medfuse.core.paths import default_data_root as default_data_root
 from medfuse.core.paths import resolve_data_root as resolve_data_root
+from medfuse.core.readers.base import same_scale, scale_refusal
 from medfuse.core.registry import Registry
 from medfuse.core.spec import ModalitySpec
 from medfuse.core.text import encode, model_tokenizer, train_tokenizer
@@ -362,11 +363,23 @@ def load_spec_data(
         workers=spec.data.workers,
         preprocessing=preprocessing if preprocessing is not None else training_reading(spec),
     )
+    check_scales(recorded, bundle.info.get("scales") or {}, str(bundle.info.get("file", source)))
     if recorded and recorded.get("fingerprint"):
         bundle.info["fingerprint_check"] = compare_fingerprints(
             recorded["fingerprint"], bundle.info["fingerprint"]
         )
     return bundle
+
+
+def check_scales(recorded: dict[str, Any] | None, found: dict[str, str], where: str) -> None:
+    """Data read for an existing package: each image modality's files must come on the scale
+    the package recorded for its training files (``data.scales``, files read without a window),
+    else evaluation, calibration and compression would score a model on values it was never
+    given: refused (:func:`~medfuse.core.readers.base.scale_refusal`)."""
+    for m, was in ((recorded or {}).get("scales") or {}).items():
+        now = found.get(m)
+        if now and not same_scale(was, now):
+            raise DataError(scale_refusal(where, m, was, now))
 
 
 def manifest_record(path: Path, as_written: str, root: Path) -> dict[str, Any]:

@@ -37,9 +37,11 @@ def write_dicom(
     bits: int = 16,
     signed: bool = False,
     patient_id: str = "anon",
+    modality: str = "CT",
 ) -> Path:
     """A CT-like DICOM file from stored values ``(H, W)``, ``(F, H, W)`` (multi-frame) or
-    ``(H, W, 3)`` (RGB); modality value = ``slope * stored + intercept``. The UIDs derive from
+    ``(H, W, 3)`` (RGB); modality value = ``slope * stored + intercept``; ``modality``: the
+    Modality attribute (an RGB file's is ``OT``). The UIDs derive from
     the file name, the patient and the values, so the same call writes the same bytes."""
     # lazy: pydicom (medfuse[medical]), only for DICOM
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -70,7 +72,7 @@ def write_dicom(
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = sop, meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID = uid("study"), uid("series")
-    ds.PatientID, ds.Modality = patient_id, "OT" if rgb else "CT"
+    ds.PatientID, ds.Modality = patient_id, "OT" if rgb else modality
     h, w = (stored.shape[-3], stored.shape[-2]) if rgb else stored.shape[-2:]
     ds.Rows, ds.Columns = int(h), int(w)
     ds.SamplesPerPixel = 3 if rgb else 1

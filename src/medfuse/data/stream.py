@@ -76,7 +76,7 @@ log = logging.getLogger("medfuse.data")
 
 #: part of every cache's and recorded pass's key: raise it when what the readers decode or what
 #: the pass computes (statistics, ranges, hashes, checks) changes, so nothing older is reused
-CACHE_VERSION = 5
+CACHE_VERSION = 6  # 6: a DICOM's scale names its modality and bit depth
 VALUES = "values.npy"
 INDEX = "index.json"
 #: the recorded results of passes (statistics, values hashes), by :func:`pass_key`
@@ -250,16 +250,19 @@ class Source:
         return self.values().read(rows, self.stored, self._verify if self.digests else None)
 
     def _verify(self, row: int, kind: str, stored: memoryview) -> None:
-        """Refuse a row read from the cache that is not the one the pass wrote (a cache changed
-        or damaged on disk): never train or predict on it. Checked as stored
+        """Refuse a row read from the cache that is not the one this run's pass wrote or read
+        (another run updated it in place after its file changed, or the cache was damaged on
+        disk): never train or predict on it. Checked as stored
         (:func:`stored_digest`), before it is widened."""
         want = self.digests[row] if self.digests else ""
         if want and stored_digest(kind, stored) != want:
             raise DataError(
                 f"{self.where} row {row + 2} ({self.name}): the decoded-data cache "
-                f"{self.cache_dir} holds other values for {self.paths[row]} than were written "
-                "there (changed or damaged on disk); delete that folder and run again: its "
-                "files are decoded anew"
+                f"{self.cache_dir} holds other values for {self.paths[row]} than this run "
+                "loaded: another run decoded the file anew after it changed (the cache is "
+                "updated in place), or the cache was damaged on disk. Run again: its pass "
+                "decodes changed files anew; if this recurs with files unchanged, delete that "
+                "folder"
             )
 
     def reopen(self, cache_dir: Path) -> None:

@@ -11,6 +11,7 @@ probabilities honest. ECE uses ``ECE_BINS`` (10) equal-width bins over [0, 1] of
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -46,6 +47,8 @@ def load_bundle(
 T_BOUNDS = (0.05, 20.0)
 BINNING = f"{ECE_BINS} equal-width bins over [0, 1]"
 
+log = logging.getLogger("medfuse.report")
+
 
 def nll(task: str, logits: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of the labels under ``logits / temperature``."""
@@ -74,6 +77,27 @@ def fit_temperature(task: str, logits: np.ndarray, y: np.ndarray) -> float:
     t = float(math.exp(res.x))
     # never worse than leaving it alone
     return t if nll(task, logits, y, t) <= nll(task, logits, y, 1.0) else 1.0
+
+
+def temperature_bound(t: float) -> str:
+    """What a fitted temperature at the search's bound (:data:`T_BOUNDS`) means, ``""`` inside:
+    at the upper bound the scores barely predict the labels (every probability is pulled to
+    chance: data on another scale, other labels?); at the lower, every validation sample was
+    scored on the right side with room to spare (few samples: sharper than it can know)."""
+    lo, hi = T_BOUNDS
+    if t >= hi * 0.99:
+        return (
+            f"the fitted temperature is the search's upper bound ({hi:g}): the model's scores "
+            "barely predict these labels, so the calibrated probabilities sit near chance; "
+            "check the data (medfuse evaluate: another scale, other labels?) before using them"
+        )
+    if t <= lo * 1.01:
+        return (
+            f"the fitted temperature is the search's lower bound ({lo:g}): the validation "
+            "samples are all separated with room to spare, so the calibrated probabilities "
+            "are as sharp as allowed; with few validation samples they are overconfident"
+        )
+    return ""
 
 
 def calibration_error(task: str, y: np.ndarray, p: np.ndarray) -> float:
@@ -182,6 +206,10 @@ def calibrate_package(
         **calibration_summary(task, val_logits, bundle.val.y, t_new),
         "previous_temperature": t_old,
     }
+    bound = temperature_bound(t_new)
+    if bound:
+        record["note"] = bound
+        log.warning("%s: %s", package, bound)
     if bundle.test is not None:
         test = calibration_summary(task, pred.logits(bundle.test), bundle.test.y, t_new)
         record.update({f"test_{k}": v for k, v in test.items() if k != "n"})

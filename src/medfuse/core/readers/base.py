@@ -161,10 +161,22 @@ def read_modality(path: str | Path, m: ModalitySpec) -> np.ndarray:
     raise DataError(f"{p}: a {m.kind} modality is not read from files (use manifest columns)")
 
 
+#: an image file type's own scale, for types whose scale the file's header declares:
+#: ``fn(path) -> str`` (header only), e.g. DICOM's in ``medfuse.core.readers.medical``
+NATIVE_SCALES: Registry[Callable[[Path], str]] = Registry("image scale file type")
+
+#: what packages trained before the DICOM scale named the modality and bit depth recorded for
+#: every DICOM file: any DICOM scale matches it (:func:`same_scale`)
+LEGACY_DICOM_SCALE = "DICOM modality values (e.g. HU)"
+
+
 def native_scale(path: str | Path) -> str:
     """What the values an image file gives without a window mean (header only): files of one
-    modality must agree, or be read with a window."""
+    modality must agree, or be read with a window; a package records its files' scale and
+    refuses files on another (:func:`same_scale`)."""
     suf = suffix_of(path)
+    if suf in NATIVE_SCALES:
+        return NATIVE_SCALES.get(suf)(Path(path))
     if suf in PILLOW_SUFFIXES:
         # lazy: Pillow, only when an image file is read
         from PIL import Image
@@ -177,12 +189,28 @@ def native_scale(path: str | Path) -> str:
             return "16-bit display levels (0-65535)"
         return f"{mode} values (no bit depth)"
     return {
-        ".dcm": "DICOM modality values (e.g. HU)",
-        ".dicom": "DICOM modality values (e.g. HU)",
         ".npy": "stored array values",
         ".nii": "NIfTI stored values",
         ".nii.gz": "NIfTI stored values",
     }.get(suf, f"{suf} values")
+
+
+def same_scale(recorded: str, found: str) -> bool:
+    """Whether a file on scale ``found`` (:func:`native_scale`) may be given to a model trained
+    on files of scale ``recorded``: the same scale; a package of an older medfuse recorded
+    :data:`LEGACY_DICOM_SCALE` for every DICOM, which any DICOM scale matches."""
+    return found == recorded or (recorded == LEGACY_DICOM_SCALE and found.startswith("DICOM"))
+
+
+def scale_refusal(where: str, modality: str, recorded: str, found: str) -> str:
+    """The one message for files on another scale than a package's training files."""
+    return (
+        f"{where}: image modality {modality!r} was trained on files on {recorded} (read "
+        f"without a window); found {found}: a model given values on another scale predicts "
+        "nonsense. Give files on the training scale (convert them), or train a model that reads "
+        f"both on one scale (modalities.{modality}.window: 'unit', 'file' or [centre, width]; "
+        "docs/data.md)"
+    )
 
 
 def require_unit(x: np.ndarray, path: Path, window: Window) -> np.ndarray:

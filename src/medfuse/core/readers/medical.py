@@ -32,6 +32,7 @@ from medfuse.core.errors import DataError
 from medfuse.core.readers.base import (
     COMPANION_FILES,
     IMAGE_READERS,
+    NATIVE_SCALES,
     SIGNAL_READERS,
     Window,
     apply_window,
@@ -157,6 +158,38 @@ def _dicom(path: Path, *, window: Window = None) -> np.ndarray:
 
 for _ext in (".dcm", ".dicom"):
     IMAGE_READERS.register(_ext, doc="DICOM: rescale, window, MONOCHROME1, multi-frame")(_dicom)
+
+
+def _dicom_scale(path: Path) -> str:
+    """A DICOM's values without a window (header only): CT in Hounsfield units whatever its bit
+    depth (the rescale maps stored values to HU); other modalities' values carry no physical
+    unit, so their scale is the modality, the stored bit depth and sign, and a declared rescale
+    type (8-bit and 12-bit MR are two scales); colour images are display levels."""
+    import pydicom  # lazy: [medical] extra, only for DICOM files
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as err:  # the reader read it; a header that fails now: say which file
+        raise DataError(
+            f"{path}: cannot read the DICOM header ({type(err).__name__}: {err})"
+        ) from None
+    modality = str(ds.get("Modality", "") or "").strip().upper() or "unknown-modality"
+    bits = int(ds.get("BitsStored", 0) or ds.get("BitsAllocated", 0) or 16)
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    if int(ds.get("SamplesPerPixel", 1) or 1) == 3 or photometric == "PALETTE COLOR":
+        return f"DICOM colour display levels ({bits}-bit)"
+    rescale = str(ds.get("RescaleType", "") or "").strip().upper()
+    if modality == "CT" and rescale in ("", "HU"):
+        return "DICOM CT values (HU)"
+    sign = "signed" if int(ds.get("PixelRepresentation", 0) or 0) == 1 else "unsigned"
+    unit = f", rescale type {rescale}" if rescale and rescale != "US" else ""
+    return f"DICOM {modality} values ({bits}-bit {sign} stored{unit})"
+
+
+for _ext in (".dcm", ".dicom"):
+    NATIVE_SCALES.register(_ext, doc="DICOM: CT in HU; else modality, bit depth, sign")(
+        _dicom_scale
+    )
 
 
 # ---- NIfTI ---------------------------------------------------------------------------------
