@@ -26,10 +26,11 @@ from torch import nn
 
 from medfuse.core.errors import SpecError
 from medfuse.core.package import META
-from medfuse.core.paths import output_dir
+from medfuse.core.paths import output_dir, write_output
 from medfuse.core.preprocess import channel_axis, fit_stats
 from medfuse.core.spec import Spec, complete_spec, parse_spec
 from medfuse.data import DataBundle, Split, load_spec_data
+from medfuse.data.validate import compare_fingerprints
 from medfuse.inference.helpers import Tensors, predict_logits, to_tensors
 from medfuse.models import build_model, member_spec
 from medfuse.models.branches.pretrained import RAW_INPUT
@@ -45,6 +46,9 @@ log = logging.getLogger("medfuse")
 
 #: the spec a run started with, kept in its work directory so ``--resume`` can compare
 RUN_SPEC = "spec.json"
+#: the fingerprint of the data a run started with (``medfuse.data.validate.fingerprint``), kept
+#: beside :data:`RUN_SPEC` so ``--resume`` can refuse a checkpoint trained on other data
+RUN_DATA = "data.json"
 #: a finished ensemble member in the work directory: its weights, its record in the metadata
 MEMBER_DONE = "member{k}.safetensors"
 
@@ -220,12 +224,60 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 RESUMABLE = ("train.", "threshold.", "name", "data.stream", "data.workers")
 
 
+def _has_checkpoint(workdir: Path) -> bool:
+    """Whether ``workdir`` holds something a resume continues (a checkpoint, ensemble members)."""
+    return (workdir / CHECKPOINT).exists() or bool(list(workdir.glob("member*")))
+
+
+def data_problem(workdir: Path, now: dict[str, Any] | None) -> str | None:
+    """Why a resume must not continue on the data whose fingerprint is ``now``: the checkpoint's
+    weights were trained on the data recorded in ``workdir`` (:data:`RUN_DATA`), normalised with
+    statistics fitted on it, and a resume refits them on the data loaded now. ``None`` when every
+    recorded split is the same; a work directory without the record (an older medfuse) is not
+    refused, it is logged as unchecked."""
+    saved = workdir / RUN_DATA
+    if not saved.exists() or now is None:
+        if _has_checkpoint(workdir):
+            why = "it records no data fingerprint (an older medfuse wrote it)"
+            if now is None:
+                why = "the data loaded now carries no fingerprint"
+            log.warning(
+                "the data could not be checked against the checkpoint in %s: %s; resuming on "
+                "the data as loaded now, which must be the data the checkpoint was trained on",
+                workdir,
+                why,
+            )
+        return None
+    recorded = json.loads(saved.read_text())
+    check = compare_fingerprints(recorded, json.loads(json.dumps(now)))  # as recorded: JSON
+    # the splits the weights and the epoch's choice depend on (the test split only scores)
+    changed = {
+        n: c["differences"] for n, c in check.items() if not c["same"] and n in ("train", "val")
+    }
+    if not changed:
+        return None
+    shown = "; ".join(f"the {n} split: {', '.join(d)}" for n, d in changed.items())
+    return (
+        f"the data differs from the data the checkpoint in {workdir} was trained on, in "
+        f"{shown}. The checkpoint's weights were trained on the recorded data and normalised "
+        "with statistics fitted on it; resuming would train them on other data under another "
+        "normalisation. Start without "
+        "--resume, or point the spec back at the data the checkpoint was trained on"
+    )
+
+
 def check_resume(
-    spec: Spec, workdir: Path, allowed: list[str] | None, session: FitSession
+    spec: Spec,
+    workdir: Path,
+    allowed: list[str] | None,
+    session: FitSession,
+    data: dict[str, Any] | None = None,
 ) -> list[str]:
     """On ``--resume``: the spec must be the one the checkpoint was trained with, except the
-    fields in ``allowed`` (``train.*`` and ``threshold.*`` only). Returns the fields that
-    differ and were allowed (recorded in the package); raises SpecError naming the others."""
+    fields in ``allowed`` (``train.*`` and ``threshold.*`` only), and the data (its fingerprint
+    ``data``) the one it was trained on (:func:`data_problem`). Returns the fields that differ
+    and were allowed (recorded in the package); raises SpecError naming the others or the data's
+    changed splits. Rank 0 decides (its disk); every rank follows."""
     allowed = list(allowed or [])
     for a in allowed:
         if not a.startswith(RESUMABLE):
@@ -239,7 +291,7 @@ def check_resume(
     changed: list[str] = []
     if session.rank == 0:
         if not saved.exists():
-            if (workdir / CHECKPOINT).exists() or list(workdir.glob("member*")):
+            if _has_checkpoint(workdir):
                 problem = (
                     f"the checkpoint in {workdir} records no spec (an older medfuse wrote it), so "
                     "it cannot be checked against this one; start without --resume"
@@ -264,6 +316,8 @@ def check_resume(
                     f"the spec differs from the checkpoint's in {workdir}: {shown}{more}{hint}"
                 )
             changed = sorted(ok)
+        if problem is None:
+            problem = data_problem(workdir, data)
     problem, changed = session.agree((problem, changed))
     if problem:
         raise SpecError("--resume", problem)
@@ -589,12 +643,19 @@ def run_fit(
     changed: list[str] = []
     if workdir is not None:
         if resume:
-            changed = check_resume(spec, workdir, resume_overrides, session)
+            changed = check_resume(
+                spec, workdir, resume_overrides, session, bundle.info.get("fingerprint")
+            )
         elif resume_overrides:
             raise SpecError("--resume-override", "is for --resume only")
         if session.rank == 0:
             workdir.mkdir(parents=True, exist_ok=True)
             (workdir / RUN_SPEC).write_text(json.dumps(spec.to_dict()))
+            data = bundle.info.get("fingerprint")
+            if data is not None:  # what the checkpoints of this run are trained on
+                write_output(workdir / RUN_DATA, json.dumps(data), "--out")
+            else:  # never another run's record
+                (workdir / RUN_DATA).unlink(missing_ok=True)
     if stats is None:
         stats = fit_preprocessing(spec, bundle.train, bundle.info)
     w = spec.data.workers
