@@ -17,6 +17,7 @@ from typing import Any
 from medfuse.core.package import read_meta
 from medfuse.core.spec import Spec, load_spec, parse_spec
 from medfuse.data import load_spec_data
+from medfuse.data.manifest import reading_split
 from medfuse.data.table import write_table_spec
 from medfuse.distributed.strategies import start_session
 from medfuse.inference.helpers import to_tensors
@@ -177,15 +178,19 @@ def evaluate(
     data: str | Path | None = None,
 ) -> dict[str, Any]:
     """Metrics of a package on a split of its own data source (threshold and calibration applied).
-    ``data``: a manifest CSV to use instead (the data moved); ``data_check`` in the result says
-    whether the data matches the fingerprint recorded at training."""
+    ``data``: a manifest CSV to use instead (the data moved, or an external test set: with every
+    row's split ``test`` all of it is evaluated, train and val may be empty); ``data_check`` in
+    the result says whether the data matches the fingerprint recorded at training, and
+    ``data_rows`` (manifests) how many of the manifest's rows were evaluated and how they were
+    split."""
 
     pred = load(package, device=device)
     spec = pred.spec
     stats = pred.meta["preprocessing"]
-    bundle = load_spec_data(
-        spec, data_dir, data=data, recorded=pred.meta.get("data"), preprocessing=stats
-    )
+    with reading_split(split):  # an external test set: train and val may be empty
+        bundle = load_spec_data(
+            spec, data_dir, data=data, recorded=pred.meta.get("data"), preprocessing=stats
+        )
     data_split = bundle.split(split)
     t = to_tensors(data_split, stats)
     out = split_metrics(pred.model, spec, t, pred.threshold, pred.device)
@@ -201,7 +206,34 @@ def evaluate(
     out["data_check"] = (bundle.info.get("fingerprint_check") or {}).get(
         split, {"same": None, "differences": ["no fingerprint recorded in this package"]}
     )
+    rows = rows_evaluated(bundle.info.get("splits"), split, len(data_split))
+    if rows is not None:
+        rows["empty_splits"] = list(bundle.info.get("empty_splits") or [])
+        out["data_rows"] = rows
     return out
+
+
+def rows_evaluated(splits: dict[str, Any] | None, split: str, n: int) -> dict[str, Any] | None:
+    """How many rows of a manifest (its ``info["splits"]``) the ``split`` evaluated (``n``), how
+    they were chosen, in words (``text``); with a split drawn by the seed, how to evaluate every
+    row. None for a source that is not a manifest."""
+    if not splits:
+        return None
+    total, col = int(splits["rows"]), splits.get("column")
+    rec: dict[str, Any] = {"evaluated": n, "rows": total, "split": split, "column": col}
+    if col is not None:
+        rec["text"] = (
+            f"{n} of {total} manifest rows evaluated: those marked {split!r} in column {col!r}"
+        )
+        return rec
+    rec["seed"] = splits.get("seed")
+    name = splits.get("split_column") or "split"
+    rec["text"] = (
+        f"{n} of {total} manifest rows evaluated: the manifest has no column {name!r}, so its "
+        f"rows were split by the training seed ({rec['seed']}) and only its {split} split is "
+        f"evaluated. To evaluate every row, add a column {name!r} holding {split!r} in every row"
+    )
+    return rec
 
 
 def package_summary(path: str | Path) -> dict[str, Any]:

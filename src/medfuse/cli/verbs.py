@@ -183,7 +183,19 @@ def setup_evaluate(p: argparse.ArgumentParser) -> Handler:
         m = evaluate(a.package, split=a.split, data_dir=a.data_dir, device=a.device, data=a.data)
         _data_lines(m)
         if clinical_requested(a):  # CIs, operating point, subgroups (medfuse.report)
-            rc = run_clinical_evaluate(a, m)
+            from medfuse.core.errors import SpecError
+            from medfuse.data.manifest import reading_split  # lazy: as evaluate
+
+            empty = (m.get("data_rows") or {}).get("empty_splits") or []
+            if a.threshold_method and "val" in empty:
+                raise SpecError(
+                    "--threshold-method",
+                    f"re-chooses the operating point on the val split, and {a.data or 'the data'} "
+                    "has no val rows; leave --threshold-method out to apply the package's stored "
+                    "threshold, or mark the rows to choose it on with 'val' in the split column",
+                )
+            with reading_split(a.split):  # as evaluate read it: train and val may be empty
+                rc = run_clinical_evaluate(a, m)
             if not a.json and "paired" in m:  # some samples miss a modality
                 rows = {"all": m, **{f"{k} (n={m[k]['n']})": m[k] for k in ("paired", "partial")}}
                 console().print(
@@ -215,7 +227,8 @@ def setup_evaluate(p: argparse.ArgumentParser) -> Handler:
 
 
 def _data_lines(m: dict[str, Any]) -> None:
-    """The positive class and whether the data is the one the package recorded (stderr)."""
+    """The positive class, whether the data is the one the package recorded, and how many of a
+    manifest's rows were evaluated (stderr)."""
     c = console()
     c.stderr = True
     if m.get("positive"):
@@ -228,6 +241,12 @@ def _data_lines(m: dict[str, Any]) -> None:
             "[bold yellow]data DIFFERS from what the package recorded for this split:[/] "
             + "; ".join(chk.get("differences", []))
         )
+    rows = m.get("data_rows") or {}
+    if rows.get("text"):  # a manifest: how many of its rows, chosen how
+        from rich.markup import escape  # lazy: as console()
+
+        seeded = rows.get("column") is None
+        c.print(("[bold yellow]data:[/] " if seeded else "data: ") + escape(rows["text"]))
 
 
 def setup_predict(p: argparse.ArgumentParser) -> Handler:

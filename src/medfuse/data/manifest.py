@@ -6,7 +6,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
+import os
 import warnings
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -379,6 +382,151 @@ def _isnum(v: str) -> bool:
         return False
 
 
+#: while an existing package's data is read for one split (:func:`reading_split`): its name
+_READING: ContextVar[str | None] = ContextVar("_READING", default=None)
+
+
+@contextlib.contextmanager
+def reading_split(name: str | None) -> Iterator[None]:
+    """Manifests loaded inside this block are read for the one split ``name`` (``medfuse
+    evaluate --split``): it must have rows, and train and val may be empty (an external test set
+    whose every row is ``test``); outside it, training's rule holds (train and val need rows)."""
+    token = _READING.set(name)
+    try:
+        yield
+    finally:
+        _READING.reset(token)
+
+
+#: the pairs of splits checked for shared samples: (the earlier split, the held-out one)
+SPLIT_PAIRS = (("train", "val"), ("train", "test"), ("val", "test"))
+
+#: how many shared rows a warning (and ``info["overlap"]``) shows per split pair
+SHOWN = 3
+
+
+def _file_keys(cells: list[str], base: Path) -> list[str]:
+    """Each cell's file as one key: absolute, ``..`` and links resolved ("" for an empty cell).
+    Cheap: each folder is resolved once; a file is only looked at to see if it is a link (never
+    opened)."""
+    folders: dict[str, str] = {}
+    out = []
+    for cell in cells:
+        if not cell:
+            out.append("")
+            continue
+        full = os.path.join(base, cell)  # an absolute cell stays as written
+        if os.path.islink(full):
+            out.append(os.path.realpath(full))
+            continue
+        head, tail = os.path.split(full)
+        if head not in folders:
+            folders[head] = os.path.realpath(head)
+        out.append(os.path.join(folders[head], tail))
+    return out
+
+
+def _keys(values: pd.Series) -> list[str]:
+    return ["" if _empty(v) else str(v).strip() for v in values.tolist()]
+
+
+def find_overlap(
+    df: pd.DataFrame,
+    assign: np.ndarray,
+    paths: dict[str, list[str]],
+    columns: dict[str, str],
+    base: Path,
+    *,
+    id_col: str | None,
+    patient_col: str | None,
+    split_col: str | None,
+    where: str,
+) -> list[dict[str, Any]]:
+    """Held-out rows (val, test) that share a file (per file modality column, resolved), an id
+    (``id_col``) or a patient (``patient_col``) with a row of an earlier split (train; val for
+    test): their metrics would be partly measured on samples the model was trained (or
+    selected) on. One warning per kind, naming the split pairs, the row count and the first rows
+    (CSV rows) with what they share; returned as JSON-able records (``info["overlap"]``).
+    A warning, not a refusal: some tables legitimately name one file in several rows."""
+    checks: list[tuple[str, str, list[str]]] = [
+        ("file", columns.get(m, m), _file_keys(cells, base)) for m, cells in paths.items()
+    ]
+    if id_col is not None:
+        checks.append(("id", id_col, _keys(df[id_col])))
+    if patient_col is not None:
+        checks.append(("patient", patient_col, _keys(df[patient_col])))
+    found: list[dict[str, Any]] = []
+    for kind, col, keys in checks:
+        for early, held in SPLIT_PAIRS:
+            first: dict[str, int] = {}
+            for i in np.flatnonzero(assign == early):
+                if keys[i]:
+                    first.setdefault(keys[i], int(i))
+            hits = [
+                (int(i), first[keys[i]]) for i in np.flatnonzero(assign == held) if keys[i] in first
+            ]
+            if not hits:
+                continue
+            found.append(
+                {
+                    "kind": kind,
+                    "column": col,
+                    "splits": [early, held],
+                    "rows": len(hits),
+                    "shared": len({keys[i] for i, _ in hits}),
+                    "first": [
+                        {"row": i + 2, f"{early}_row": j + 2, kind: keys[i]}
+                        for i, j in hits[:SHOWN]
+                    ],
+                }
+            )
+    for kind in ("file", "id", "patient"):
+        recs = [r for r in found if r["kind"] == kind]
+        if recs:
+            log.warning("%s", _overlap_message(kind, recs, split_col, where))
+    return found
+
+
+def _overlap_message(
+    kind: str, recs: list[dict[str, Any]], split_col: str | None, where: str
+) -> str:
+    """One warning for one kind of overlap: what, where (per split pair), what to do."""
+    what = {"file": "file", "id": "sample id", "patient": "patient"}[kind]
+    parts = []
+    for r in recs:
+        early, held = r["splits"]
+        shown = ", ".join(
+            f"row {x['row']} ({early} row {x[f'{early}_row']}: {x[kind]})" for x in r["first"]
+        )
+        more = f" and {r['rows'] - len(r['first'])} more" if r["rows"] > len(r["first"]) else ""
+        parts.append(
+            f"{r['rows']} {held} row{'s' if r['rows'] > 1 else ''} share{'' if r['rows'] > 1 else 's'} "
+            f"a {what} (column {r['column']!r}) with {early} rows: {shown}{more}"
+        )
+    seen = sorted({r["splits"][0] for r in recs}, key=("train", "val").index)
+    on = " and ".join(
+        {
+            "train": "training samples",
+            "val": "the validation samples that chose the epoch and threshold",
+        }[s]
+        for s in seen
+    )
+    held = sorted({r["splits"][1] for r in recs}, key=("val", "test").index)
+    if split_col is not None:
+        fix = f"give each {what} to one split in column {split_col!r}"
+    else:
+        fix = (
+            "the split was drawn by the seed: name the column that groups a sample's rows in "
+            "data.options.patient_column (a patient's rows then stay in one split)"
+        )
+    if kind == "file":
+        fix += ", or, if these rows are meant to share a file, read this as a note"
+    return (
+        f"{where}: the same {what} in two splits: {'; '.join(parts)}. The "
+        f"{'/'.join(held)} metrics are then partly measured on {on}; {fix}"
+    )
+
+
 @DATASETS.register("manifest")
 def load_manifest(
     arg: str,
@@ -391,13 +539,22 @@ def load_manifest(
     seed: int,
     stream: bool | str = False,
     categories: dict[str, dict[str, list[str]]] | None = None,
+    split: str | None = None,
 ) -> DataBundle:
     """A CSV manifest: per-modality file columns, tabular columns, label(s), optional split column.
     ``stream`` (``data.stream``): true or ``auto`` on large data leaves file modalities unread
     (``medfuse.data.stream``). ``categories``: a package's category codes per tabular modality
     and column (a value outside them is refused, naming it); without them, codes are fit on this
-    file."""
+    file. ``split`` (default: the one :func:`reading_split` names): the one split the caller
+    reads (an existing package's ``evaluate``): it must have rows, and train and val may then be
+    empty (an external test set, every row ``test``; ``info["empty_splits"]``). Without it,
+    train and val must have rows (training).
 
+    ``info["splits"]`` records how the rows were split (rows, counts, the split column or the
+    seed); ``info["overlap"]`` the held-out rows that share a file, id or patient with an earlier
+    split (:func:`find_overlap`, one warning per kind)."""
+
+    split = split if split is not None else _READING.get()
     for k in options:
         if k not in OPTIONS:
             raise SpecError(
@@ -460,10 +617,36 @@ def load_manifest(
         meta["patient_id"] = meta[patient_col]
     full = Split(arrays, masks, y, meta)
     parts = {s: full.subset(np.flatnonzero(assign == s)) for s in ("train", "val", "test")}
-    if len(parts["train"]) == 0 or len(parts["val"]) == 0:
+    counts = {s: len(p) for s, p in parts.items()}
+    how = (
+        f"by column {split_col!r}"
+        if split_col in df.columns
+        else f"drawn by seed {seed} (no column {split_col!r})"
+    )
+    empty = [s for s in ("train", "val") if counts[s] == 0]
+    if split is not None and counts.get(split, 0) == 0:
         raise DataError(
-            f"{where}: the split leaves train or val empty ({ {s: len(p) for s, p in parts.items()} })"
+            f"{where}: no row of the {split} split to read ({counts}, {how}); mark the rows to "
+            f"read with {split!r} in column {split_col!r}"
         )
+    if split is None and empty:
+        raise DataError(
+            f"{where}: the split leaves train or val empty ({counts}, {how}); training needs "
+            f"rows in both (calibration: val rows): mark some rows 'train' and some 'val' in "
+            f"column {split_col!r}, or leave the column out to have them drawn by the seed. A "
+            "set with test rows only (an external test set) is read by `medfuse evaluate`"
+        )
+    overlap = find_overlap(
+        df,
+        assign,
+        report["paths"],
+        dict(options.get("columns", {})),
+        base,
+        id_col=id_col if id_col in df.columns else None,
+        patient_col=patient_col if patient_col in df.columns else None,
+        split_col=split_col if split_col in df.columns else None,
+        where=where,
+    )
     return DataBundle(
         parts["train"],
         parts["val"],
@@ -488,6 +671,16 @@ def load_manifest(
             "paths": report["paths"],
             # per image modality read without a window: the files' one native scale
             "scales": {k: v for k, v in report.get("scales", {}).items() if v},
+            # how the rows were split: what `medfuse evaluate` says of the rows it evaluated
+            "splits": {
+                "rows": len(df),
+                "counts": counts,
+                "column": split_col if split_col in df.columns else None,
+                "split_column": split_col,
+                "seed": None if split_col in df.columns else seed,
+            },
+            "empty_splits": empty,
+            "overlap": overlap,
         },
         positive=declared_positive(labels, "labels" in options) if kind == "binary" else None,
     )

@@ -45,13 +45,18 @@ def _where(split: str, meta: Any, rows: np.ndarray) -> str:
 
 
 def validate_bundle(bundle: Any) -> None:
-    """Check every split of a loaded ``DataBundle``; raises DataError naming what and where."""
+    """Check every split of a loaded ``DataBundle``; raises DataError naming what and where.
+    An empty train or val split is refused unless the source allowed it
+    (``info["empty_splits"]``: data read for an existing package's evaluation, which needs
+    neither); the constant-input checks, about training values, are then skipped with no
+    training rows."""
     task, k = bundle.task, len(bundle.labels)
+    may_be_empty = set(bundle.info.get("empty_splits") or ())
     for name in SPLITS:
         split = getattr(bundle, name, None)
         if split is None:
             continue
-        if name in ("train", "val") and len(split.y) == 0:
+        if name in ("train", "val") and len(split.y) == 0 and name not in may_be_empty:
             raise DataError(f"the {name} split is empty")
         _check_labels(name, split, task, k, bundle.labels)
         n = len(split.y)
@@ -75,9 +80,10 @@ def validate_bundle(bundle: Any) -> None:
                 )
             if not np.isin(mask, (0, 1)).all():
                 raise DataError(f"{name} split: the mask of {m!r} must hold 0/1")
-            if not lazy:
+            if not lazy and n:  # an empty split (``empty_splits``) has no values to check
                 _check_values(name, split.meta, m, spec, x, mask)
-    _check_constant(bundle)
+    if len(bundle.train.y) or "train" not in may_be_empty:
+        _check_constant(bundle)
 
 
 def _check_labels(name: str, split: Any, task: str, k: int, labels: list[str]) -> None:

@@ -127,7 +127,17 @@ def fit_preprocessing(spec: Spec, train: Split, info: dict[str, Any]) -> dict[st
 
 def package_data_info(bundle: DataBundle) -> dict[str, Any]:
     """What a package records of its data source: name, synthetic or not, file, options."""
-    keep = ("name", "synthetic", "file", "options", "manifest", "fingerprint", "scales", "layout")
+    keep = (
+        "name",
+        "synthetic",
+        "file",
+        "options",
+        "manifest",
+        "fingerprint",
+        "scales",
+        "layout",
+        "overlap",
+    )
     return {k: v for k, v in bundle.info.items() if k in keep}
 
 
