@@ -105,6 +105,32 @@ def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train(copy.deepcopy(TINY_SYNTHETIC), out=out, device="cpu", progress=False).package
 
 
+def _image_age_spec(csv: Path, name: str, epochs: int, **data: Any) -> dict[str, Any]:
+    """A binary model of a manifest with an 8x8 grey ``image`` column and an ``age`` column:
+    tiny branches, batch 8, seed 0; ``data``: more of the spec's ``data`` section."""
+    return {
+        "name": name,
+        "task": {"type": "binary"},
+        "data": {"source": f"manifest:{csv}", **data},
+        "modalities": {
+            "image": {"kind": "image", "channels": 1, "size": [8, 8]},
+            "clinical": {"kind": "tabular", "columns": ["age"]},
+        },
+        "branches": {
+            "image": {"type": "cnn", "width": 4, "depth": 1, "out_features": 4},
+            "clinical": {"type": "mlp", "hidden": 4, "out_features": 4},
+        },
+        "head": {"hidden": 8},
+        "train": {"epochs": epochs, "batch_size": 8, "lr": 0.01, "early_stopping": None, "seed": 0},
+    }
+
+
+@pytest.fixture(scope="session")
+def image_age_spec() -> Any:
+    """``(csv, name, epochs, **data) -> spec``: a tiny image + age manifest model's spec."""
+    return _image_age_spec
+
+
 # ---- headless Chromium (browser tests: HTML report, explanation pages) ------------------------
 
 CHROMIUM_ARGS = [

@@ -154,27 +154,13 @@ def test_training_still_needs_train_and_val(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def package(tmp_path_factory: pytest.TempPathFactory, image_age_spec: Any) -> Path:
     """A tiny image + tabular package trained on a 20-row manifest (in memory)."""
     from medfuse.api import train
 
     root = tmp_path_factory.mktemp("overlap_train")
     csv = _manifest(root, n=20)
-    spec = {
-        "name": "overlap",
-        "task": {"type": "binary"},
-        "data": {"source": f"manifest:{csv}"},
-        "modalities": {
-            "image": {"kind": "image", "channels": 1, "size": [8, 8]},
-            "clinical": {"kind": "tabular", "columns": ["age"]},
-        },
-        "branches": {
-            "image": {"type": "cnn", "width": 4, "depth": 1, "out_features": 4},
-            "clinical": {"type": "mlp", "hidden": 4, "out_features": 4},
-        },
-        "head": {"hidden": 8},
-        "train": {"epochs": 1, "batch_size": 8, "lr": 0.01, "early_stopping": None, "seed": 0},
-    }
+    spec = image_age_spec(csv, "overlap", 1)
     return train(spec, out=root / "pkg", device="cpu", progress=False).package
 
 

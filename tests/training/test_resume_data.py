@@ -42,24 +42,6 @@ def _manifest(root: Path) -> Path:
     return csv
 
 
-def _spec(csv: Path) -> dict[str, Any]:
-    return {
-        "name": "resume-data",
-        "task": {"type": "binary"},
-        "data": {"source": f"manifest:{csv}", "stream": False},
-        "modalities": {
-            "image": {"kind": "image", "channels": 1, "size": [8, 8]},
-            "clinical": {"kind": "tabular", "columns": ["age"]},
-        },
-        "branches": {
-            "image": {"type": "cnn", "width": 4, "depth": 1, "out_features": 4},
-            "clinical": {"type": "mlp", "hidden": 4, "out_features": 4},
-        },
-        "head": {"hidden": 8},
-        "train": {"epochs": 3, "batch_size": 8, "lr": 0.01, "early_stopping": None, "seed": 0},
-    }
-
-
 def _crash_in_epoch_2(record: dict[str, Any]) -> None:
     """Stop the run at the end of its second epoch: after the first epoch's checkpoint."""
     if record["epoch"] == 2:
@@ -71,10 +53,10 @@ def _epochs(package: Path) -> list[int]:
 
 
 @pytest.fixture
-def interrupted(tmp_path: Path) -> tuple[dict[str, Any], Path, Path]:
+def interrupted(tmp_path: Path, image_age_spec: Any) -> tuple[dict[str, Any], Path, Path]:
     """(spec, manifest, out): a run of 3 epochs stopped after its first epoch's checkpoint."""
     csv = _manifest(tmp_path / "data")
-    spec, out = _spec(csv), tmp_path / "pkg"
+    spec, out = image_age_spec(csv, "resume-data", 3, stream=False), tmp_path / "pkg"
     with pytest.raises(KeyboardInterrupt):
         train(spec, out=out, device="cpu", progress=False, on_epoch=_crash_in_epoch_2)
     work = out.with_name(out.name + ".train")
