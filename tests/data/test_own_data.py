@@ -449,7 +449,7 @@ def test_a_package_refuses_files_on_another_scale_than_its_training_files(
     for png in (tmp_path / "d16" / "img").glob("*.png"):
         write_png(png, np.asarray(Image.open(png)).astype(np.uint16) * 257)
     csv16 = tmp_path / "d16" / "cases.csv"
-    scales = r"trained on files on 8-bit display levels \(0-255\).*found 16-bit display levels"
+    scales = r"trained on files with 8-bit display levels \(0-255\); these have 16-bit display"
     with pytest.raises(DataError, match=f"cases.csv: image modality 'image' was {scales}"):
         evaluate(pkg, data=csv16, device="cpu")
     with pytest.raises(DataError, match=scales):
@@ -493,6 +493,145 @@ def test_a_dicoms_scale_is_its_modality_and_bit_depth_except_ct_in_hu(tmp_path: 
     df.to_csv(csv, index=False)
     with pytest.raises(DataError, match=r"different intensity scales: DICOM MR values \(12-bit"):
         load_data(f"manifest:{csv}", OPTS, modalities=MODS, positive="abnormal")
+
+
+def _ecg(y: int, fs: float, rng: np.random.Generator) -> np.ndarray:
+    """Two leads, 1.28 s: the class in lead I's frequency, lead II small."""
+    t = np.arange(int(fs * 1.28)) / fs
+    sig = np.stack([np.sin(2 * np.pi * (2 + 6 * y) * t), 0.2 * np.cos(2 * np.pi * t)])
+    return sig + 0.05 * rng.normal(size=sig.shape)
+
+
+def _ecg_manifest(root: Path, n: int = 30) -> Path:
+    from medfuse.data.examples import write_wfdb
+
+    rng, rows = np.random.default_rng(0), []
+    for i in range(n):
+        hea = write_wfdb(root / f"r{i}", _ecg(i % 2, 100, rng), 100, ["I", "II"])
+        split = ["train", "train", "train", "val", "test"][i % 5]
+        rows.append({"id": f"c{i}", "ecg": hea.name, "label": i % 2, "split": split})
+    pd.DataFrame(rows).to_csv(root / "m.csv", index=False)
+    return root / "m.csv"
+
+
+ECG = ModalitySpec(kind="signal", channels=2, length=128)
+
+
+def test_a_signals_scale_is_its_rate_and_lead_order_unless_the_modality_fixes_them(
+    tmp_path: Path,
+) -> None:
+    from medfuse.core.readers.base import file_scale
+    from medfuse.data.examples import write_csv_signal, write_wfdb
+
+    sig = _ecg(1, 100, np.random.default_rng(0))
+    hea = write_wfdb(tmp_path / "r", sig, 100, ["I", "II"])
+    csv = write_csv_signal(tmp_path / "s.csv", sig, 250, ["I", "II"])
+    untimed = write_csv_signal(tmp_path / "u.csv", sig, 250, ["I", "II"], time=False)
+    assert file_scale(hea, ECG) == "100 Hz sampling and leads I, II"
+    assert file_scale(csv, ECG) == "250 Hz sampling and leads I, II"
+    assert file_scale(untimed, ECG) == "no stated sampling rate and leads I, II"
+    rate = ECG.model_copy(update={"rate": 100.0})
+    both = rate.model_copy(update={"leads": ["I", "II"]})
+    assert file_scale(hea, rate) == "leads I, II" and file_scale(hea, both) == ""
+    # the table spec sets what every sampled record states alike, nothing the records disagree on
+    from medfuse.data.table import _fixed_layout
+
+    i_ii = ["I", "II"]
+    assert _fixed_layout([(100.0, i_ii), (100.0, i_ii)], 2) == {"rate": 100.0, "leads": i_ii}
+    assert _fixed_layout([(100.0, i_ii), (400.0, i_ii)], 2) == {"leads": i_ii}
+    assert _fixed_layout([(100.0, i_ii), (100.0, ["II", "I"])], 2) == {"rate": 100.0}
+    assert _fixed_layout([(100.0, i_ii), None], 2) == {}  # an .npy states neither
+
+
+def test_invalid_samples_are_interpolated_with_rate_whatever_the_records_own_rate(
+    tmp_path: Path,
+) -> None:
+    """A gap (NaN) in a record read with ``rate``: interpolated at 100 Hz stored (no resampling
+    needed) as at 400 Hz; without ``rate`` the reader keeps it (refused later as non-finite)."""
+    from medfuse.core.readers import read_modality
+    from medfuse.data.examples import write_csv_signal
+
+    rng = np.random.default_rng(0)
+    at = ECG.model_copy(update={"rate": 100.0})
+    for fs in (100, 400):
+        sig = _ecg(1, fs, rng)
+        sig[0, 10:14] = np.nan
+        path = write_csv_signal(tmp_path / f"gap{fs}.csv", sig, fs, ["I", "II"])
+        assert np.isfinite(read_modality(path, at)).all(), fs
+    assert np.isnan(read_modality(tmp_path / "gap100.csv", ECG)).any()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_manifest_mixing_rates_or_lead_orders_is_refused_unless_rate_and_leads_are_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    """100 and 400 Hz records, or leads I, II and II, I, without rate / leads: the reader would
+    keep each file's own, so they are refused with the rows of each; rate and leads read them
+    all alike."""
+    from medfuse.data.examples import write_wfdb
+
+    monkeypatch.setenv("MEDFUSE_CACHE_DIR", str(tmp_path / "cache"))
+    csv = _ecg_manifest(tmp_path)
+    rng = np.random.default_rng(1)
+    write_wfdb(tmp_path / "fast", _ecg(1, 400, rng), 400, ["I", "II"])
+    write_wfdb(tmp_path / "swap", _ecg(1, 100, rng)[::-1], 100, ["II", "I"])
+    df = pd.read_csv(csv)
+    df.loc[0, "ecg"], df.loc[1, "ecg"] = "fast.hea", "swap.hea"
+    df.to_csv(csv, index=False)
+    opts = {"label": "label", "split_column": "split"}
+    kw = {"task": "binary", "stream": stream}
+    with pytest.raises(DataError, match=r"different sampling rates or lead orders: 400 Hz samp"):
+        load_data(f"manifest:{csv}", opts, modalities={"ecg": ECG}, **kw)
+    fixed = ECG.model_copy(update={"rate": 100.0, "leads": ["I", "II"]})
+    b = load_data(f"manifest:{csv}", opts, modalities={"ecg": fixed}, **kw)
+    assert "ecg" not in b.info.get("scales", {})
+
+
+def test_a_package_refuses_a_record_of_another_rate_or_lead_order(tmp_path: Path) -> None:
+    """Trained on 100 Hz records with leads I, II and no rate / leads: the same recording from a
+    400 Hz device, or stored II, I, is refused at prediction (it was scored silently, its
+    decision flipped); with rate and leads the package reads all three alike."""
+    from scipy.signal import resample_poly
+
+    from medfuse.api import train
+    from medfuse.core.inputs import InputError
+    from medfuse.data.examples import write_wfdb
+    from medfuse.inference.predictor import load
+
+    csv = _ecg_manifest(tmp_path)
+    sig = _ecg(1, 100, np.random.default_rng(2))
+    q = {
+        "100": write_wfdb(tmp_path / "q100", sig, 100, ["I", "II"]),
+        "400": write_wfdb(tmp_path / "q400", resample_poly(sig, 4, 1, axis=1), 400, ["I", "II"]),
+        "swap": write_wfdb(tmp_path / "qswap", sig[::-1], 100, ["II", "I"]),
+    }
+    for extra in ({}, {"rate": 100, "leads": ["I", "II"]}):
+        spec = {
+            "name": "ecg",
+            "task": {"type": "binary"},
+            "data": {"source": f"manifest:{csv}", "options": {"split_column": "split"}},
+            "modalities": {"ecg": {"kind": "signal", "channels": 2, "length": 128, **extra}},
+            "branches": {"ecg": {"type": "cnn1d", "width": 4, "depth": 1, "out_features": 4}},
+            "head": {"hidden": 8},
+            "train": {"epochs": 1, "batch_size": 8, "early_stopping": None},
+        }
+        pkg = train(spec, out=tmp_path / f"pkg{len(extra)}", device="cpu", progress=False)
+        meta = json.loads((pkg.package / "medfuse.json").read_text())
+        pred = load(pkg.package, device="cpu")
+        p100 = pred.predict_proba([{"ecg": str(q["100"])}])
+        if extra:
+            assert "ecg" not in meta["data"].get("scales", {})
+            for k in ("400", "swap"):
+                np.testing.assert_allclose(
+                    pred.predict_proba([{"ecg": str(q[k])}]), p100, atol=0.05
+                )
+            continue
+        assert meta["data"]["scales"] == {"ecg": "100 Hz sampling and leads I, II"}
+        for k, found in (("400", "400 Hz sampling and leads I, II"), ("swap", "leads II, I")):
+            with pytest.raises(InputError, match=f"q{k}.hea: signal modality 'ecg' was trained"):
+                pred.predict_proba([{"ecg": str(q[k])}])
+            with pytest.raises(InputError, match=found):
+                pred.predict_proba([{"ecg": str(q[k])}])
 
 
 def test_a_manifest_mixing_png_and_dicom_trains_on_one_scale_or_is_refused(tmp_path: Path) -> None:

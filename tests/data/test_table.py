@@ -94,7 +94,15 @@ def test_columns_are_typed_and_shapes_read_from_files(export: Path) -> None:
         "size": [20, 24],
         "window": "file",  # DICOM mixed with PNG: one scale through the DICOM's window
     }
-    assert spec["modalities"]["signal"] == {"kind": "signal", "channels": 2, "length": 100}
+    # every sampled record states 100 Hz and leads I, II: set, so that a record from another
+    # device is resampled and picked by lead name at prediction instead of being refused
+    assert spec["modalities"]["signal"] == {
+        "kind": "signal",
+        "channels": 2,
+        "length": 100,
+        "rate": 100.0,
+        "leads": ["I", "II"],
+    }
     assert spec["modalities"]["clinical"] == {"kind": "tabular", "columns": ["age", "sex"]}
     assert spec["data"]["options"]["columns"] == {"image": "image", "signal": "ecg"}
     assert spec["data"]["options"]["patient_column"] == "patient_id"

@@ -85,8 +85,9 @@ class Modality:
     #: (the package's preprocessing), and what is added to its ids (``medfuse.core.text``)
     tokenizer: str | None = None
     token_offset: int = 0
-    #: image read without a window: the scale the training files came on (``data.scales``,
-    #: ``medfuse.core.readers.base.native_scale``); a file on another is refused
+    #: the scale the training files came on (``data.scales``: an image read without a window,
+    #: a signal's rate and leads without ``rate`` / ``leads``;
+    #: ``medfuse.core.readers.base.file_scale``); a file on another is refused
     scale: str | None = None
 
     @property
@@ -126,7 +127,7 @@ def modalities_from_meta(meta: dict[str, Any]) -> dict[str, Modality]:
             rate=m.get("rate"),
             tokenizer=stats.get(name, {}).get("tokenizer"),
             token_offset=int(stats.get(name, {}).get("token_offset", 0)),
-            scale=scales.get(name) if kind == "image" and m.get("window") is None else None,
+            scale=scales.get(name),
         )
     return out
 
@@ -283,7 +284,7 @@ def _tab_value(v: Any, col: str, cats: list[str] | None, policy: str) -> tuple[f
     """One tabular cell as a float (NaN = missing) and a flag ("" if none)."""
     if _empty(v):
         return float("nan"), ""
-    if isinstance(v, bool | np.bool_):
+    if isinstance(v, bool | np.bool_) and str(bool(v)) not in (cats or []):
         raise InputError(
             f"{v!r} is a boolean; give a number" + (f" or one of {cats}" if cats else "")
         )
@@ -291,12 +292,17 @@ def _tab_value(v: Any, col: str, cats: list[str] | None, policy: str) -> tuple[f
         key = str(v).strip()
         if isinstance(v, float | np.floating) and float(v).is_integer():
             key = str(int(v))
+        if key not in cats and key.lower() in ("true", "false"):
+            key = key.capitalize()  # as pandas read the training CSV: a boolean column's cell
         if key in cats:
             return float(cats.index(key)), ""
         msg = f"{v!r} was never seen in training{did_you_mean(key, cats)} Allowed: {cats}"
         if policy == "flag":
             return float("nan"), f"{col}: {msg} (used as missing)"
-        raise InputError(msg + " (set data.unseen_category: flag to flag such values instead)")
+        raise InputError(
+            msg + " (this package refuses unseen categories; one trained with "
+            "data.unseen_category: flag reads them as missing values, flagged)"
+        )
     if isinstance(v, str):
         try:
             x = float(v.strip())
@@ -356,12 +362,12 @@ def _fit(x: np.ndarray, m: Modality) -> np.ndarray:
 def _read_path(path: Path, m: Modality) -> np.ndarray:
     # lazy: keeps the torch-free core's import light
     from medfuse.core.readers import read_modality
-    from medfuse.core.readers.base import native_scale, same_scale, scale_refusal
+    from medfuse.core.readers.base import file_scale, same_scale, scale_refusal
 
     try:
         x = np.asarray(read_modality(path, m), np.float32)  # type: ignore[arg-type]
-        if m.scale and not same_scale(m.scale, found := native_scale(path)):
-            raise _Bad(scale_refusal(str(path), m.name, m.scale, found))
+        if m.scale and not same_scale(m.scale, found := file_scale(path, m)):
+            raise _Bad(scale_refusal(str(path), m.name, m.scale, found, m.kind))
         return x
     except DataError as err:
         raise _Bad(str(err)) from None

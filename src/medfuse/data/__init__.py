@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,9 +267,15 @@ def _known_labels(bundle: DataBundle, labels: list[str], source: str) -> None:
         bundle.positive = labels[1]
 
 
-def _yaml_word(v: str) -> str:
+#: words YAML 1.1 or 1.2 reads as a boolean or null, not as the text (any case)
+_YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "y", "n", "null", "~"}
 
-    return v if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_ ./+-]*", v) else json.dumps(v)
+
+def _yaml_word(v: str) -> str:
+    """``v`` as YAML reads it back as that text: quoted if it would read as a number, a
+    boolean or null, or holds characters outside plain words."""
+    plain = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_ ./+-]*", v) and v.lower() not in _YAML_WORDS
+    return v if plain else json.dumps(v)
 
 
 def order_binary(bundle: DataBundle, positive: str | None) -> None:
@@ -291,7 +298,7 @@ def order_binary(bundle: DataBundle, positive: str | None) -> None:
             "about it). Add to the spec one of:\n"
             f"  task: {{type: binary, positive: {_yaml_word(b)}}}\n"
             f"  task: {{type: binary, positive: {_yaml_word(a)}}}\n"
-            f"(or on the command line: --set task.positive={b})",
+            f"(or on the command line: --set {shlex.quote(f'task.positive={_yaml_word(b)}')})",
         )
     if want not in bundle.labels:
         raise SpecError(
@@ -363,7 +370,8 @@ def load_spec_data(
         workers=spec.data.workers,
         preprocessing=preprocessing if preprocessing is not None else training_reading(spec),
     )
-    check_scales(recorded, bundle.info.get("scales") or {}, str(bundle.info.get("file", source)))
+    where = str(bundle.info.get("file", source))
+    check_scales(recorded, bundle.info.get("scales") or {}, where, bundle.modalities)
     if recorded and recorded.get("fingerprint"):
         bundle.info["fingerprint_check"] = compare_fingerprints(
             recorded["fingerprint"], bundle.info["fingerprint"]
@@ -371,15 +379,22 @@ def load_spec_data(
     return bundle
 
 
-def check_scales(recorded: dict[str, Any] | None, found: dict[str, str], where: str) -> None:
-    """Data read for an existing package: each image modality's files must come on the scale
-    the package recorded for its training files (``data.scales``, files read without a window),
-    else evaluation, calibration and compression would score a model on values it was never
-    given: refused (:func:`~medfuse.core.readers.base.scale_refusal`)."""
+def check_scales(
+    recorded: dict[str, Any] | None,
+    found: dict[str, str],
+    where: str,
+    modalities: dict[str, ModalitySpec],
+) -> None:
+    """Data read for an existing package: each file modality's files must come on the scale the
+    package recorded for its training files (``data.scales``: an image's without a window, a
+    signal's rate and leads without ``rate`` / ``leads``; ``file_scale``), else evaluation,
+    calibration and compression would score a model on values it was never given: refused
+    (:func:`~medfuse.core.readers.base.scale_refusal`)."""
     for m, was in ((recorded or {}).get("scales") or {}).items():
         now = found.get(m)
         if now and not same_scale(was, now):
-            raise DataError(scale_refusal(where, m, was, now))
+            kind = modalities[m].kind if m in modalities else "image"
+            raise DataError(scale_refusal(where, m, was, now, kind))
 
 
 def manifest_record(path: Path, as_written: str, root: Path) -> dict[str, Any]:

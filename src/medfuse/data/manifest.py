@@ -19,7 +19,7 @@ import pandas as pd
 from medfuse.core.errors import DataError, SpecError, did_you_mean
 from medfuse.core.paths import require_contained
 from medfuse.core.readers import read_modality
-from medfuse.core.readers.base import native_scale
+from medfuse.core.readers.base import file_scale, mixed_scales_refusal
 from medfuse.core.spec import ModalitySpec
 from medfuse.data import DATASETS, DataBundle, Split, manifest_record
 from medfuse.data.splits import group_stratified_split
@@ -114,6 +114,8 @@ def encode_tabular(
         s = df[col]
         num = pd.to_numeric(s, errors="coerce")
         text = s[num.isna() & s.notna() & (s.astype(str).str.strip() != "")]
+        if col not in categories and _boolean(s):  # True/False cells (any case): two categories
+            categories[col] = ["False", "True"]
         if len(text) and col not in categories:
             _refuse_text_in_numeric(s, num, text, col, where)
             categories[col] = sorted(map(str, s.dropna().astype(str).str.strip().unique()))
@@ -133,6 +135,14 @@ def encode_tabular(
                 )
         out[:, j] = num.to_numpy(dtype=np.float32)
     return out, categories
+
+
+def _boolean(s: pd.Series) -> bool:
+    """A column pandas read as booleans (every non-empty cell True or False in any case)."""
+    if s.dtype == bool:
+        return len(s) > 0
+    cells = s.dropna()
+    return s.dtype == object and len(cells) > 0 and all(type(v) in (bool, np.bool_) for v in cells)
 
 
 #: a cell that starts with a number ("12.3 mg/dL", "<5", "7,2"): a measurement written as text
@@ -235,7 +245,7 @@ def read_rows(
             continue
         x = np.zeros((n, *m.shape), np.float32)
         mask = np.zeros(n, np.float32)
-        scales: dict[str, list[int]] = {}  # without a window: each file's own scale, one allowed
+        scales: dict[str, list[int]] = {}  # each file's own scale (file_scale), one allowed
         for i, cell in enumerate(df[col].tolist()):
             if _empty(cell):
                 continue
@@ -243,8 +253,9 @@ def read_rows(
             try:
                 x[i] = read_modality(path, m)  # reader by file type, fitted to m.shape
                 mask[i] = 1.0
-                if m.kind == "image" and m.window is None:
-                    scales.setdefault(native_scale(path), []).append(i)
+                scale = file_scale(path, m)  # an image's scale, a signal's rate and leads
+                if scale:
+                    scales.setdefault(scale, []).append(i)
             except DataError as err:
                 msg = f"{where} row {i + 2} ({name}): {err}"
                 if on_bad_row == "fail":
@@ -254,13 +265,7 @@ def read_rows(
                     ) from None
                 report["bad_rows"].append(msg)
         if len(scales) > 1:
-            mixed = "; ".join(f"{k} ({_rows(v)})" for k, v in scales.items())
-            raise DataError(
-                f"{where}: the files of image modality {name!r} come on different intensity "
-                f"scales: {mixed}. They cannot be trained on together as they are: set "
-                f"modalities.{name}.window to 'unit' (every file on [0, 1] by its bit depth or "
-                "stored range), 'file' (DICOM windows) or [centre, width] (docs/data.md)"
-            )
+            raise DataError(mixed_scales_refusal(where, name, m.kind, scales))
         report.setdefault("scales", {})[name] = next(iter(scales), None)
         arrays[name], masks[name] = x, mask
     if report["bad_rows"]:
@@ -328,6 +333,8 @@ def _labels(
             f"{where} row {int(np.argmax(values.isna().to_numpy())) + 2}: empty label in column {col!r}"
         )
     vals = values.astype(str).str.strip()
+    if names is not None:  # YAML numbers ([0, 1], [0.0, 1.0]) name the classes '0' and '1'
+        names = [v if isinstance(v, str) else _label_text(v) for v in names]
     if task == "multilabel":  # one column of ';'-separated labels
         sets = [{t.strip() for t in v.split(";") if t.strip()} for v in vals]
         names = names or sorted(set().union(*sets))
@@ -338,13 +345,12 @@ def _labels(
                 )
         y = np.array([[float(n in s) for n in names] for s in sets], np.float32)
         return y, list(names), "multilabel"
+    vals = vals.map(_label_text)  # 0/1, 0.0/1.0: one spelling per class, names given or not
     if names is None:
-        uniq = sorted(vals.unique(), key=lambda v: (float(v) if _isnum(v) else np.inf, v))
-        names = list(uniq)
-        if all(_isnum(v) for v in names):  # 0/1, 0.0/1.0: one spelling per class
-            vals = vals.map(lambda v: _canonical(v))
-            names = list(dict.fromkeys(_canonical(v) for v in names))
-    lut = {v: i for i, v in enumerate(names)}
+        names = sorted(vals.unique(), key=lambda v: (float(v) if _isnum(v) else np.inf, v))
+    lut = {_label_text(v): i for i, v in enumerate(names)}
+    if len(lut) < len(names):
+        raise DataError(f"{where}: data.options.labels {names} name a class twice")
     bad = ~vals.isin(list(lut))
     if bad.any():
         r = int(np.argmax(bad.to_numpy()))
@@ -362,6 +368,13 @@ def _labels(
 def _canonical(v: str) -> str:
     f = float(v)
     return str(int(f)) if f.is_integer() else v
+
+
+def _label_text(v: Any) -> str:
+    """A label cell or a given label name as a class name: a whole number in any spelling (1,
+    1.0, '1.0') is its integer's text ('1'); anything else its stripped text."""
+    s = str(v).strip()
+    return _canonical(s) if _isnum(s) else s
 
 
 def declared_positive(labels: list[str], explicit: bool) -> str | None:
@@ -669,7 +682,8 @@ def load_manifest(
             },
             "categories": report["categories"],
             "paths": report["paths"],
-            # per image modality read without a window: the files' one native scale
+            # per image modality read without a window, signal without rate or leads: the
+            # files' one scale (file_scale)
             "scales": {k: v for k, v in report.get("scales", {}).items() if v},
             # how the rows were split: what `medfuse evaluate` says of the rows it evaluated
             "splits": {

@@ -60,7 +60,7 @@ from medfuse.core.package import sha256_file
 from medfuse.core.paths import default_data_root, file_state
 from medfuse.core.preprocess import EPS, normalize, range_step, range_subsample, ranges_of
 from medfuse.core.readers import files_read, read_modality
-from medfuse.core.readers.base import native_scale, reader_versions
+from medfuse.core.readers.base import file_scale, mixed_scales_refusal, reader_versions
 from medfuse.core.spec import ModalitySpec
 from medfuse.data.validate import (
     SPLITS,
@@ -76,7 +76,7 @@ log = logging.getLogger("medfuse.data")
 
 #: part of every cache's and recorded pass's key: raise it when what the readers decode or what
 #: the pass computes (statistics, ranges, hashes, checks) changes, so nothing older is reused
-CACHE_VERSION = 6  # 6: a DICOM's scale names its modality and bit depth
+CACHE_VERSION = 7  # 6: a DICOM's scale names its modality and bit depth; 7: signals'
 VALUES = "values.npy"
 INDEX = "index.json"
 #: the recorded results of passes (statistics, values hashes), by :func:`pass_key`
@@ -703,7 +703,7 @@ class _PassItems(Dataset[Any]):
         key, file = file_key(cell), file_digest(cell)
         try:
             x = np.asarray(read_modality(cell, s.spec), np.float32)  # the one reader
-            scale = native_scale(cell) if s.spec.kind == "image" and s.spec.window is None else ""
+            scale = file_scale(cell, s.spec)  # an image's scale, a signal's rate and leads
             state, error = "ok", ""
         except DataError as bad:
             x, scale, state, error = np.zeros(s.spec.shape, np.float32), "", "bad", str(bad)
@@ -1102,15 +1102,8 @@ def _full_pass(
         info["values_sha256"][name] = v.hexdigest()
     for m in sources:
         if len(scales[m]) > 1:
-            mixed = "; ".join(
-                f"{k} (rows {', '.join(str(r + 2) for r in v[:5])})" for k, v in scales[m].items()
-            )
-            raise DataError(
-                f"{sources[m].where}: the files of image modality {m!r} come on different "
-                f"intensity scales: {mixed}. They cannot be trained on together as they are: "
-                f"set modalities.{m}.window to 'unit' (every file on [0, 1] by its bit depth "
-                "or stored range), 'file' (DICOM windows) or [centre, width] (docs/data.md)"
-            )
+            src = sources[m]
+            raise DataError(mixed_scales_refusal(src.where, m, src.spec.kind, scales[m]))
     return {m: next(iter(scales[m])) for m in sources if scales[m]}
 
 

@@ -41,7 +41,7 @@ import yaml
 
 from medfuse.core.errors import DataError, SpecError, did_you_mean
 from medfuse.core.readers import read_image, read_signal
-from medfuse.core.readers.base import suffix_of
+from medfuse.core.readers.base import SIGNAL_LAYOUTS, suffix_of
 from medfuse.core.spec import DEFAULT_BRANCH, apply_overrides, parse_spec
 from medfuse.data.manifest import read_csv_frame
 
@@ -229,7 +229,7 @@ def _dicom_has_window(path: Path) -> bool:
 
 
 def _signal_modality(col: str, cells: list[str], base: Path) -> tuple[dict[str, Any], str]:
-    shapes, errors = [], []
+    shapes, errors, layouts = [], [], []
     for cell in cells:
         if len(shapes) >= SAMPLE_FILES:
             break
@@ -238,6 +238,8 @@ def _signal_modality(col: str, cells: list[str], base: Path) -> tuple[dict[str, 
             continue
         try:
             shapes.append(read_signal(path).shape)
+            suf = suffix_of(path)
+            layouts.append(SIGNAL_LAYOUTS.get(suf)(path) if suf in SIGNAL_LAYOUTS else None)
         except DataError as err:
             errors.append(str(err))
     if not shapes:
@@ -246,10 +248,31 @@ def _signal_modality(col: str, cells: list[str], base: Path) -> tuple[dict[str, 
     channels = int(_most_common([s[0] for s in shapes]))
     length = int(_most_common([s[-1] for s in shapes]))
     exts = sorted({suffix_of(c) for c in cells})
-    return (
-        {"kind": "signal", "channels": channels, "length": length},
-        f"{', '.join(exts)}; {channels} channel(s), {length} samples",
-    )
+    mod: dict[str, Any] = {"kind": "signal", "channels": channels, "length": length}
+    mod.update(_fixed_layout(layouts, channels))
+    said = f"; {mod['rate']:g} Hz" if "rate" in mod else ""
+    said += f"; leads {', '.join(mod['leads'])}" if "leads" in mod else ""
+    return mod, f"{', '.join(exts)}; {channels} channel(s), {length} samples{said}"
+
+
+def _fixed_layout(
+    layouts: list[tuple[float | None, list[str] | None] | None], channels: int
+) -> dict[str, Any]:
+    """``rate`` and ``leads`` for a signal column whose sampled files all state the same ones
+    (WFDB headers, CSV time and lead columns): set, a record from another device is resampled
+    and its leads picked by name at prediction instead of being refused (docs/data.md). Left
+    out when a file states neither (``.npy``) or the files disagree (training then refuses the
+    mix, naming the fix)."""
+    if not layouts or any(lay is None for lay in layouts):
+        return {}
+    rates = {lay[0] for lay in layouts if lay is not None}
+    names = {tuple(lay[1] or ()) for lay in layouts if lay is not None}
+    out: dict[str, Any] = {}
+    if len(rates) == 1 and None not in rates:
+        out["rate"] = float(next(iter(rates)))  # type: ignore[arg-type]
+    if len(names) == 1 and len(lead := list(next(iter(names)))) == channels:
+        out["leads"] = lead
+    return out
 
 
 def _npy_kind(cells: list[str], base: Path) -> str:

@@ -22,7 +22,7 @@ and ``native_scale`` names that scale so that a manifest mixing scales can be re
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -195,6 +195,34 @@ def native_scale(path: str | Path) -> str:
     }.get(suf, f"{suf} values")
 
 
+#: a signal file type's layout from its header where it can: ``fn(path) -> (sampling rate in
+#: Hz or None, lead names in file order or None)``; WFDB and CSV in ``...readers.medical``
+SIGNAL_LAYOUTS: Registry[Callable[[Path], tuple[float | None, list[str] | None]]] = Registry(
+    "signal layout file type"
+)
+
+
+def file_scale(path: str | Path, m: Any) -> str:
+    """What a file's values mean that its modality ``m`` does not fix, ``""`` when it fixes all:
+    an image read without a window, its :func:`native_scale`; a signal without ``rate``, its
+    sampling rate, and without ``leads``, its lead names in order (:data:`SIGNAL_LAYOUTS`), as
+    the reader then keeps them. The files of one modality must agree (a manifest mixing 100 and
+    400 Hz records, or leads I, II with II, I, is refused), and a package refuses files on
+    another than its training files' (:func:`same_scale`)."""
+    if m.kind == "image":
+        return native_scale(path) if m.window is None else ""
+    if m.kind != "signal" or (m.rate and m.leads):
+        return ""
+    suf = suffix_of(path)
+    fs, names = SIGNAL_LAYOUTS.get(suf)(Path(path)) if suf in SIGNAL_LAYOUTS else (None, None)
+    parts = []
+    if not m.rate:
+        parts.append(f"{fs:g} Hz sampling" if fs else "no stated sampling rate")
+    if not m.leads:
+        parts.append(f"leads {', '.join(names)}" if names else "unnamed leads")
+    return " and ".join(parts)
+
+
 def same_scale(recorded: str, found: str) -> bool:
     """Whether a file on scale ``found`` (:func:`native_scale`) may be given to a model trained
     on files of scale ``recorded``: the same scale; a package of an older medfuse recorded
@@ -202,14 +230,45 @@ def same_scale(recorded: str, found: str) -> bool:
     return found == recorded or (recorded == LEGACY_DICOM_SCALE and found.startswith("DICOM"))
 
 
-def scale_refusal(where: str, modality: str, recorded: str, found: str) -> str:
-    """The one message for files on another scale than a package's training files."""
+def _fix(kind: str, modality: str) -> str:
+    """The modality setting that reads files of any scale (or layout) as one."""
+    if kind == "signal":
+        return (
+            f"modalities.{modality}.rate (Hz: every record resampled to it) and "
+            f"modalities.{modality}.leads (names: picked in that order)"
+        )
     return (
-        f"{where}: image modality {modality!r} was trained on files on {recorded} (read "
-        f"without a window); found {found}: a model given values on another scale predicts "
-        "nonsense. Give files on the training scale (convert them), or train a model that reads "
-        f"both on one scale (modalities.{modality}.window: 'unit', 'file' or [centre, width]; "
-        "docs/data.md)"
+        f"modalities.{modality}.window: 'unit' (every file on [0, 1] by its bit depth or stored "
+        "range), 'file' (DICOM windows) or [centre, width]"
+    )
+
+
+def scale_refusal(where: str, modality: str, recorded: str, found: str, kind: str = "image") -> str:
+    """The one message for files on another scale (a signal: rate or leads) than a package's
+    training files (:func:`file_scale`)."""
+    return (
+        f"{where}: {kind} modality {modality!r} was trained on files with {recorded}; these "
+        f"have {found}: a model given values on another scale or layout predicts nonsense without an "
+        "error. Give files like the training ones (convert them), or train a model that reads "
+        f"them all alike ({_fix(kind, modality)}; docs/data.md)"
+    )
+
+
+def mixed_scales_refusal(where: str, modality: str, kind: str, scales: dict[str, list[int]]) -> str:
+    """The one message for a manifest whose files of one modality differ in :func:`file_scale`
+    (``scales``: each scale's rows, 0-based data rows)."""
+
+    def rows(v: list[int], limit: int = 5) -> str:
+        shown = ", ".join(str(r + 2) for r in v[:limit])
+        more = f" and {len(v) - limit} more" if len(v) > limit else ""
+        return f"row{'s' if len(v) > 1 else ''} {shown}{more}"
+
+    mixed = "; ".join(f"{k} ({rows(v)})" for k, v in scales.items())
+    what = "sampling rates or lead orders" if kind == "signal" else "intensity scales"
+    return (
+        f"{where}: the files of {kind} modality {modality!r} come on different {what}: "
+        f"{mixed}. They cannot be trained on together as they are: set {_fix(kind, modality)} "
+        "(docs/data.md)"
     )
 
 
@@ -306,29 +365,3 @@ def _npy_signal(path: Path, *, leads: list[str] | None = None, rate: float | Non
         )
     arr = arr.astype(np.float32)
     return arr[None] if arr.ndim == 1 else arr
-
-
-def read_one_file(
-    path: str | Path, modalities: Mapping[str, ModalitySpec]
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
-    """One image or signal file as a batch of one, for a model with exactly one modality of the
-    file's kind (the others absent: mask 0); None when the file fits no modality that way."""
-    p = Path(path)
-    suf = suffix_of(p)
-    for kind, reg in (("image", IMAGE_READERS), ("signal", SIGNAL_READERS)):
-        if suf in reg:
-            names = [m for m, s in modalities.items() if s.kind == kind]
-            if len(names) != 1:
-                continue
-            x = read_modality(p, modalities[names[0]])  # honours window / leads / rate
-            arrays = {
-                m: (
-                    x[None]
-                    if m == names[0]
-                    else np.full((1, *s.shape), np.nan if s.kind == "tabular" else 0.0, np.float32)
-                )
-                for m, s in modalities.items()
-            }
-            masks = {m: np.array([1.0 if m == names[0] else 0.0], np.float32) for m in modalities}
-            return arrays, masks
-    return None

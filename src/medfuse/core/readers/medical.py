@@ -33,6 +33,7 @@ from medfuse.core.readers.base import (
     COMPANION_FILES,
     IMAGE_READERS,
     NATIVE_SCALES,
+    SIGNAL_LAYOUTS,
     SIGNAL_READERS,
     Window,
     apply_window,
@@ -267,9 +268,11 @@ def _check_resampled_size(channels: int, samples: float, fs: float, rate: float)
 
 
 def resample(x: np.ndarray, fs: float, rate: float) -> np.ndarray:
-    """Polyphase resampling ``(C, T)`` from ``fs`` to ``rate`` Hz (anti-aliased)."""
+    """Polyphase resampling ``(C, T)`` from ``fs`` to ``rate`` Hz (anti-aliased); invalid
+    (NaN) samples are interpolated first, also when the record is already at ``rate``, so a
+    record's gaps do not depend on the rate it was stored at."""
     if abs(fs - rate) < 1e-9 * rate:
-        return x
+        return _fill_nan(x)
     _check_resampled_size(x.shape[0], x.shape[1], fs, rate)
     from scipy.signal import resample_poly  # lazy: scipy (with wfdb in [medical]), only to resample
 
@@ -372,6 +375,33 @@ def _wfdb(path: Path, *, leads: list[str] | None = None, rate: float | None = No
     if rate:
         x = resample(x, float(rec.fs), float(rate))
     return np.ascontiguousarray(x)
+
+
+@SIGNAL_LAYOUTS.register(".hea", doc="WFDB: the header's sampling rate and signal names")
+def _wfdb_layout(path: Path) -> tuple[float | None, list[str] | None]:
+    import wfdb  # lazy: [medical] extra, only for WFDB records
+
+    with warnings.catch_warnings():  # wfdb's own pandas deprecation noise
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        header = wfdb.rdheader(str(path)[: -len(".hea")])
+    return (float(header.fs) if header.fs else None), (list(header.sig_name or []) or None)
+
+
+@SIGNAL_LAYOUTS.register(".csv", doc="CSV signal: the lead columns; the rate from the time column")
+def _csv_layout(path: Path) -> tuple[float | None, list[str] | None]:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        table = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+    header = [c.strip() for c in table[0]] if table else []
+    tcol = next((i for i, c in enumerate(header) if c.lower() in TIME_COLUMNS), None)
+    names = [c for i, c in enumerate(header) if i != tcol] or None
+    if tcol is None or len(table) < 3:
+        return None, names
+    try:
+        step = float(np.median(np.diff([float(r[tcol]) for r in table[1:]])))
+    except (ValueError, IndexError):  # the reader reports a bad time column when it needs one
+        return None, names
+    return (float(f"{1.0 / step:.6g}") if step > 0 else None), names  # 100, not 99.99999
 
 
 @SIGNAL_READERS.register(".csv", doc="CSV signal: a time/t column (seconds) + one column per lead")
