@@ -186,6 +186,72 @@ def _check_constant(bundle: Any) -> None:
         )
 
 
+def check_trainable(bundle: Any) -> None:
+    """Training only (``prepare_data``), never data read for an existing package (whose train
+    split may be empty, or another one): refuses a tabular column empty in every training row
+    (its weights never see a value, its statistics fall back to mean 0 / std 1 and no range,
+    so a value given later would move the output unflagged) and a class (a multilabel label's
+    positives or negatives) without a training row (an output never learnt, yet evaluated)."""
+    train = bundle.train
+    for m, spec in bundle.modalities.items():
+        if spec.kind != "tabular" or m not in train.arrays:
+            continue
+        cols = list(spec.columns or [])
+        x = np.asarray(train.arrays[m], np.float64)
+        width = len(cols) or (x.shape[-1] if x.ndim > 1 else 1)
+        flat = x[np.asarray(train.masks[m]) > 0].reshape(-1, width)  # columns: the last axis
+        empty = [cols[j] if cols else str(j) for j in np.flatnonzero(np.isnan(flat).all(axis=0))]
+        if empty:
+            todo = f"from modalities.{m}.columns" if len(empty) < width else f"(or modality {m!r})"
+            raise DataError(
+                f"{m!r} (tabular): column{'s' if len(empty) > 1 else ''} "
+                f"{', '.join(map(repr, empty))} empty in every training row ({len(train.y)} rows): "
+                "the model would never see a value there, and a value given at evaluation or "
+                "prediction would go through weights that never learnt from one. Drop the "
+                f"column{'s' if len(empty) > 1 else ''} {todo}, or fill in values in the "
+                "training rows"
+            )
+    _check_classes(np.asarray(train.y), bundle.task, list(bundle.labels))
+
+
+def _check_classes(y: np.ndarray, task: str, labels: list[str]) -> None:
+    """Every class has a training row; every multilabel label positive and negative ones."""
+    never = "; the model would have an output it never learnt, and evaluation would score it"
+    if task == "multilabel":
+        pos = (y.reshape(len(y), -1) > 0.5).sum(axis=0)
+        parts = [
+            f"never {word} in the training split: {', '.join(repr(labels[j]) for j in idx)}"
+            for word, idx in (
+                ("positive", np.flatnonzero(pos == 0)),
+                ("negative", np.flatnonzero(pos == len(y))),
+            )
+            if len(idx)
+        ]
+        if parts:
+            per = ", ".join(f"{lab} {int(p)}" for lab, p in zip(labels, pos, strict=False))
+            raise DataError(
+                f"label(s) {'; '.join(parts)} (positives per label among the {len(y)} training "
+                f"rows: {per}){never}. Give each label positive and negative training rows "
+                "(more data, or another split), or drop the label from the label columns"
+            )
+        return
+    counts = np.bincount(y.astype(np.int64).ravel(), minlength=len(labels))
+    missing = [labels[j] for j in np.flatnonzero(counts[: len(labels)] == 0)]
+    if missing:
+        per = ", ".join(f"{lab} {int(c)}" for lab, c in zip(labels, counts, strict=False))
+        rows = "training rows (more data, or a split that puts some of its rows in training)"
+        todo = (
+            f"Give {'the class' if len(missing) == 1 else 'each class'} {rows}, or drop it (its "
+            "rows, and its name from the spec's labels)"
+            if task == "multiclass"
+            else f"A binary task learns from training rows of both classes: give it {rows}"
+        )
+        raise DataError(
+            f"no training row of class {', '.join(map(repr, missing))} (rows per class in the "
+            f"training split: {per}){never}. {todo}"
+        )
+
+
 # ---- fingerprint ------------------------------------------------------------------------------
 
 

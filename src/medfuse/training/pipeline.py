@@ -30,7 +30,7 @@ from medfuse.core.paths import output_dir, write_output
 from medfuse.core.preprocess import channel_axis, fit_stats
 from medfuse.core.spec import Spec, complete_spec, parse_spec
 from medfuse.data import DataBundle, Split, load_spec_data
-from medfuse.data.validate import compare_fingerprints
+from medfuse.data.validate import check_trainable, compare_fingerprints
 from medfuse.inference.helpers import Tensors, predict_logits, to_tensors
 from medfuse.models import build_model, member_spec
 from medfuse.models.branches.pretrained import RAW_INPUT
@@ -93,6 +93,7 @@ def prepare_data(spec: Spec, data_dir: str | Path | None = None) -> tuple[Spec, 
         raise SpecError(
             "task.type", f"the data is {bundle.task!r} but the spec says {spec.task.type!r}"
         )
+    check_trainable(bundle)  # training only: every class has training rows, every column values
     return complete_spec(spec, bundle.modalities, bundle.labels), bundle
 
 
