@@ -89,6 +89,23 @@ def test_label_names_given_as_text_or_yaml_numbers_match_labels_however_written(
         load_spec_data(spec)
 
 
+def test_labels_differing_only_in_letter_case_are_refused_unless_declared(tmp_path: Path) -> None:
+    """'Normal' and 'normal' would be two classes splitting one class's rows: refused with both
+    fixes; declared in data.options.labels they are the classes asked for."""
+    labels = [["AF", "Normal", "normal"][i % 3] for i in range(N)]
+    csv = _cases(tmp_path, label=labels)
+    spec = load_spec(_yaml_spec(tmp_path, csv, "{type: multiclass}"))
+    with pytest.raises(DataError, match=r"differ only in letter case: 'Normal' and 'normal'"):
+        load_spec_data(spec)
+    names = "data.options.labels=[AF, Normal, normal]"
+    declared = load_spec(_yaml_spec(tmp_path, csv, "{type: multiclass}"), [names])
+    assert load_spec_data(declared).labels == ["AF", "Normal", "normal"]
+    multi = [["MI;STTC", "mi", "STTC"][i % 3] for i in range(N)]
+    csv = _cases(tmp_path, label=multi)
+    with pytest.raises(DataError, match=r"'MI' and 'mi'"):
+        load_spec_data(load_spec(_yaml_spec(tmp_path, csv, "{type: multilabel}")))
+
+
 # ---- the suggested task.positive line, applied as written ----------------------------------------
 
 

@@ -337,7 +337,9 @@ def _labels(
         names = [v if isinstance(v, str) else _label_text(v) for v in names]
     if task == "multilabel":  # one column of ';'-separated labels
         sets = [{t.strip() for t in v.split(";") if t.strip()} for v in vals]
-        names = names or sorted(set().union(*sets))
+        if names is None:
+            names = sorted(set().union(*sets))
+            _refuse_case_variants(names, col, where)
         for r, s in enumerate(sets):
             if s - set(names):
                 raise DataError(
@@ -348,6 +350,7 @@ def _labels(
     vals = vals.map(_label_text)  # 0/1, 0.0/1.0: one spelling per class, names given or not
     if names is None:
         names = sorted(vals.unique(), key=lambda v: (float(v) if _isnum(v) else np.inf, v))
+        _refuse_case_variants(names, col, where)
     lut = {_label_text(v): i for i, v in enumerate(names)}
     if len(lut) < len(names):
         raise DataError(f"{where}: data.options.labels {names} name a class twice")
@@ -363,6 +366,23 @@ def _labels(
         )
     y = vals.map(lut).to_numpy()
     return (y.astype(np.float32) if kind == "binary" else y.astype(np.int64)), names, kind
+
+
+def _refuse_case_variants(names: list[str], col: str, where: str) -> None:
+    """Labels found in the data that differ only in letter case ('Normal', 'normal') would be
+    two classes, one class's rows split between them: refused, unless ``data.options.labels``
+    names both (then they are the classes declared)."""
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(n.casefold(), []).append(n)
+    twins = [g for g in groups.values() if len(g) > 1]
+    if twins:
+        shown = "; ".join(" and ".join(repr(v) for v in g) for g in twins)
+        raise DataError(
+            f"{where}: column {col!r} holds labels that differ only in letter case: {shown}. As "
+            "they are they would be separate classes; write each class one way in the CSV, or, "
+            f"if they are different classes, declare them: data.options.labels: {names}"
+        )
 
 
 def _canonical(v: str) -> str:
