@@ -119,3 +119,20 @@ def test_an_older_work_directory_without_the_record_resumes_with_a_warning(
     assert len(warned) == 1, caplog.text
     assert str(work) in warned[0] and "records no data fingerprint" in warned[0]
     assert _epochs(res.package) == [1, 2, 3]
+
+
+def test_a_torchrun_restart_checks_the_data_as_a_resume_does(
+    interrupted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted job resumes without --resume (Session.resume: restart > 0): its data is
+    checked against the checkpoint's the same way; here the training labels changed between
+    the attempts."""
+    from medfuse.distributed.strategies import Session
+
+    spec, csv, out = interrupted
+    df = pd.read_csv(csv)
+    df.loc[df.split == "train", "label"] = 1 - df.loc[df.split == "train", "label"]
+    df.to_csv(csv, index=False)
+    monkeypatch.setattr(Session, "resume", lambda self, asked: True)  # as after a restart
+    with pytest.raises(SpecError, match=r"the train split: other samples, labels or files"):
+        train(spec, out=out, device="cpu", progress=False)

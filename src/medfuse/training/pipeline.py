@@ -653,7 +653,7 @@ def run_fit(
         tune_malloc()
     changed: list[str] = []
     if workdir is not None:
-        if resume:
+        if session.resume(resume):  # asked, or a torchrun restart: its data checked as well
             changed = check_resume(
                 spec, workdir, resume_overrides, session, bundle.info.get("fingerprint")
             )
