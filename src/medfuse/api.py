@@ -23,7 +23,6 @@ from medfuse.distributed.strategies import start_session
 from medfuse.inference.helpers import to_tensors
 from medfuse.inference.package import save_package
 from medfuse.inference.predictor import load
-from medfuse.training.metrics import compute_metrics
 from medfuse.training.pipeline import (
     check_out,
     fit_preprocessing,
@@ -193,14 +192,11 @@ def evaluate(
         )
     data_split = bundle.split(split)
     t = to_tensors(data_split, stats)
-    out = split_metrics(pred.model, spec, t, pred.threshold, pred.device)
-    if pred.temperature != 1.0:
-        task = spec.task.type
-        p = pred.predict_proba(data_split)
-        cal = compute_metrics(task, data_split.y, p, pred.threshold, spec.task.labels)
-        # the stored threshold lives on the calibrated scale (medfuse calibrate maps it), so
-        # every threshold metric, not only ECE/Brier, comes from the calibrated probabilities
-        out.update({k: v for k, v in cal.items() if k in out})
+    # every row (fused, paired / partial, each branch, each modality removed) at the package's
+    # temperature: its stored threshold lives on the calibrated scale (medfuse calibrate maps it)
+    out = split_metrics(
+        pred.model, spec, t, pred.threshold, pred.device, temperature=pred.temperature
+    )
     out["split"] = split
     out["positive"] = spec.task.positive_class
     out["data_check"] = (bundle.info.get("fingerprint_check") or {}).get(

@@ -346,9 +346,18 @@ def distill(
     split_name = "test" if bundle.test is not None else "val"
     ev_split = getattr(bundle, split_name)
 
-    # the teacher (ensemble) scored the same way: mean probability, its own threshold(s)
+    # the teacher (ensemble) scored as it decides: each at its own temperature (a calibrated
+    # teacher's threshold lives on that scale), mean probability, its own threshold(s)
+    temps = [float(p.meta.get("calibration", {}).get("temperature", 1.0)) for p in pkgs]
+
     def ensemble_metrics(split: str) -> dict[str, Any]:
-        probs = np.mean([probabilities(task, lg, 1.0) for lg in teacher_logits[split]], axis=0)
+        probs = np.mean(
+            [
+                probabilities(task, lg, t)
+                for lg, t in zip(teacher_logits[split], temps, strict=True)
+            ],
+            axis=0,
+        )
         thr_t = float(np.mean([p.meta.get("threshold", {}).get("value", 0.5) for p in pkgs]))
         return compute_metrics(task, getattr(bundle, split).y, probs, thr_t, labels)
 

@@ -357,7 +357,9 @@ def _subgroups(
                 "MedMNIST, for one, provides none. Name a column with --subgroup "
                 "(a tabular input such as 'age' also works).",
             }
-    values, how = subgroup_values(column, data.meta, data.arrays, tab)
+    stats = ev.predictor.meta.get("preprocessing") or {}
+    cats = {m: (stats.get(m) or {}).get("categories") or {} for m in tab}
+    values, how = subgroup_values(column, data.meta, data.arrays, tab, cats)
     ev.subgroup_values = values
     res = subgroup_metrics(
         ev.predictor.task, ev.predictions.y, ev.predictions.p, values, thr, **common

@@ -86,14 +86,23 @@ def subgroup_values(
     meta: pd.DataFrame,
     arrays: dict[str, np.ndarray],
     tabular_columns: dict[str, list[str]],
+    categories: dict[str, dict[str, list[str]]] | None = None,
 ) -> tuple[np.ndarray, str]:
-    """The subgroup label of each sample for ``column`` (metadata first, then tabular inputs)."""
+    """The subgroup label of each sample for ``column`` (metadata first, then tabular inputs;
+    a text column of a tabular input by its category names, ``categories``: the package's per
+    modality and column, not by the codes the model reads)."""
     if len(meta) and column in meta.columns:
         vals, how = band(meta[column])
         return vals, f"metadata column '{column}' ({how})"
     for mod, cols in tabular_columns.items():
         if column in cols:
             raw = arrays[mod][:, cols.index(column)]
+            names = ((categories or {}).get(mod) or {}).get(column)
+            if names:
+                vals = np.array(
+                    ["missing" if not np.isfinite(c) else names[int(c)] for c in raw], object
+                ).astype(str)
+                return vals, f"tabular input '{mod}.{column}' (categories)"
             vals, how = band(pd.Series(raw))
             return vals, f"tabular input '{mod}.{column}' ({how})"
     avail = available_columns(meta, tabular_columns)

@@ -502,18 +502,25 @@ def split_metrics(
     device: torch.device,
     *,
     branches: bool = True,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
-    """Fused metrics, plus each branch alone (its auxiliary head) and each modality removed."""
+    """Fused metrics, plus each branch alone (its auxiliary head) and each modality removed;
+    every probability at ``temperature`` (a calibrated package's: its threshold lives on that
+    scale, so every row, not only the fused one, is scored as the package decides)."""
     task, labels = spec.task.type, spec.task.labels
     y = data.y.numpy()
     logits, per = predict_logits(model, data, device, bf16=spec.train.bf16, branches=branches)
-    out = compute_metrics(task, y, probabilities(task, logits), threshold, labels)
+
+    def probs(lg: np.ndarray) -> np.ndarray:
+        return probabilities(task, lg, temperature)
+
+    out = compute_metrics(task, y, probs(logits), threshold, labels)
     paired = np.all([data.masks[m].numpy() > 0 for m in spec.modalities], axis=0)
     if not paired.all():  # some samples miss a modality: fully paired subset vs the others
         for key, sel in (("paired", paired), ("partial", ~paired)):
             out[key] = {"n": int(sel.sum())}
             if sel.any():
-                p_sel = probabilities(task, logits[sel])
+                p_sel = probs(logits[sel])
                 mm = compute_metrics(task, y[sel], p_sel, threshold, labels)
                 out[key].update({k: mm[k] for k in SUMMARY_KEYS if k in mm})
     if branches:
@@ -521,15 +528,13 @@ def split_metrics(
         for m, lg in per.items():
             present = data.masks[m].numpy() > 0
             if present.sum() >= 2:
-                mm = compute_metrics(
-                    task, y[present], probabilities(task, lg[present]), threshold, labels
-                )
+                mm = compute_metrics(task, y[present], probs(lg[present]), threshold, labels)
                 out["branches"][m] = {k: mm[k] for k in SUMMARY_KEYS if k in mm}
         if len(spec.modalities) > 1:
             out["without"] = {}
             for m in spec.modalities:
                 lg, _ = predict_logits(model, data.without(m), device, bf16=spec.train.bf16)
-                mm = compute_metrics(task, y, probabilities(task, lg), threshold, labels)
+                mm = compute_metrics(task, y, probs(lg), threshold, labels)
                 out["without"][m] = {k: mm[k] for k in SUMMARY_KEYS if k in mm}
     return out
 
