@@ -627,6 +627,17 @@ def test_a_package_refuses_a_record_of_another_rate_or_lead_order(tmp_path: Path
                 )
             continue
         assert meta["data"]["scales"] == {"ecg": "100 Hz sampling and leads I, II"}
+        from fastapi.testclient import TestClient
+
+        from medfuse.serve.app import create_app
+
+        app = TestClient(create_app(pkg.package, runtime="torch"))
+        shown = app.get("/v1/model").json()["modalities"]["ecg"]
+        assert (shown["scale"], shown["rate"], shown["leads"]) == (
+            "100 Hz sampling and leads I, II",
+            None,
+            None,
+        )
         for k, found in (("400", "400 Hz sampling and leads I, II"), ("swap", "leads II, I")):
             with pytest.raises(InputError, match=f"q{k}.hea: signal modality 'ecg' was trained"):
                 pred.predict_proba([{"ecg": str(q[k])}])

@@ -187,6 +187,12 @@ class ModalityDescription(_Closed):
         default=None, description="signal: the leads the model reads, in order"
     )
     rate: float | None = Field(default=None, description="signal: the model's sampling rate, Hz")
+    scale: str | None = Field(
+        default=None,
+        description="what the training files were on where the modality does not fix it (an "
+        "image's scale without a window, a signal's rate and leads without rate / leads); a file "
+        "on another is refused",
+    )
     columns: list[str] | None = None
     categories: dict[str, list[str]] | None = Field(
         default=None, description="tabular text columns and their allowed values"

@@ -271,6 +271,9 @@ class Service:
                 "files": {k: list(v) for k, v in files.items()} or None,
                 "leads": list(info.leads) if info.leads else None,
                 "rate": float(info.rate) if info.rate else None,
+                # what files must be on where the modality does not fix it (data.scales: an
+                # image's scale without a window, a signal's rate and leads without them)
+                "scale": info.scale,
                 "columns": list(info.columns) or None,
                 "categories": info.categories or None,
             }
