@@ -106,6 +106,23 @@ def test_labels_differing_only_in_letter_case_are_refused_unless_declared(tmp_pa
         load_spec_data(load_spec(_yaml_spec(tmp_path, csv, "{type: multilabel}")))
 
 
+def test_categories_differing_only_in_letter_case_are_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """'F' and 'f' in a text feature column stay two categories (a column may mean them apart),
+    with one warning naming the column and the values."""
+    import logging
+
+    csv = _cases(tmp_path, sex=[["F", "M", "f"][i % 3] for i in range(N)])
+    path = _yaml_spec(tmp_path, csv)
+    path.write_text(path.read_text().replace("columns: [age]", "columns: [age, sex]"))
+    with caplog.at_level(logging.WARNING, logger="medfuse.data"):
+        b = load_spec_data(load_spec(path))
+    assert b.info["categories"]["clinical"]["sex"] == ["F", "M", "f"]
+    said = [r.getMessage() for r in caplog.records if "letter case" in r.getMessage()]
+    assert len(said) == 1 and "column 'sex'" in said[0] and "(F/f)" in said[0]
+
+
 # ---- the suggested task.positive line, applied as written ----------------------------------------
 
 

@@ -119,6 +119,7 @@ def encode_tabular(
         if len(text) and col not in categories:
             _refuse_text_in_numeric(s, num, text, col, where)
             categories[col] = sorted(map(str, s.dropna().astype(str).str.strip().unique()))
+            _warn_case_variants(categories[col], col, where)
         if col in categories:
             lut = {v: i for i, v in enumerate(categories[col])}
             num = s.map(
@@ -135,6 +136,24 @@ def encode_tabular(
                 )
         out[:, j] = num.to_numpy(dtype=np.float32)
     return out, categories
+
+
+def _warn_case_variants(values: list[str], col: str, where: str) -> None:
+    """Categories fit on the data that differ only in letter case ('F', 'f') stay separate
+    categories (a column may mean them apart); said once, since most often one value is
+    written two ways and the model then learns it as two."""
+    groups: dict[str, list[str]] = {}
+    for v in values:
+        groups.setdefault(v.casefold(), []).append(v)
+    twins = ["/".join(g) for g in groups.values() if len(g) > 1]
+    if twins:
+        log.warning(
+            "%s: column %r holds values that differ only in letter case (%s); they are separate "
+            "categories as they are: write each value one way in the CSV if they mean the same",
+            where,
+            col,
+            ", ".join(twins),
+        )
 
 
 def _boolean(s: pd.Series) -> bool:
