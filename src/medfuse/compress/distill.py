@@ -348,7 +348,7 @@ def distill(
 
     # the teacher (ensemble) scored as it decides: each at its own temperature (a calibrated
     # teacher's threshold lives on that scale), mean probability, its own threshold(s)
-    temps = [float(p.meta.get("calibration", {}).get("temperature", 1.0)) for p in pkgs]
+    temps = [p.info.calibration.temperature for p in pkgs]
 
     def ensemble_metrics(split: str) -> dict[str, Any]:
         probs = np.mean(

@@ -327,7 +327,7 @@ def prune(
     split_name, split = eval_split(bundle)
     eval_t = to_tensors(split, stats)
     thr0 = float(meta.get("threshold", {}).get("value", 0.5))
-    temp0 = float(meta.get("calibration", {}).get("temperature", 1.0))  # thr0 lives on its scale
+    temp0 = pkg.info.calibration.temperature  # thr0 lives on its scale
     before = summary(
         split_metrics(pkg.model, spec, eval_t, thr0, dev, branches=False, temperature=temp0)
     )

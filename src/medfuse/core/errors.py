@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Any
 
 
 class MedfuseError(Exception):
@@ -41,6 +42,14 @@ class PackageError(MedfuseError):
     """A model package is incomplete, tampered with or inconsistent."""
 
     exit_code = 4
+
+
+def csv_rows(index: Iterable[Any], limit: int = 5) -> str:
+    """'rows 2, 4, 7 and 3 more': 0-based data rows as a CSV's line numbers (the header is 1)."""
+    rows = [int(i) for i in index]
+    shown = ", ".join(str(r + 2) for r in rows[:limit])
+    more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
+    return f"row{'s' if len(rows) > 1 else ''} {shown}{more}"
 
 
 def did_you_mean(value: str, allowed: Iterable[str]) -> str:

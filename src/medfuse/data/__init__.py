@@ -393,8 +393,7 @@ def check_scales(
     for m, was in ((recorded or {}).get("scales") or {}).items():
         now = found.get(m)
         if now and not same_scale(was, now):
-            kind = modalities[m].kind if m in modalities else "image"
-            raise DataError(scale_refusal(where, m, was, now, kind))
+            raise DataError(scale_refusal(where, m, was, now, modalities[m].kind))
 
 
 def manifest_record(path: Path, as_written: str, root: Path) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medfuse.core.errors import DataError, SpecError, did_you_mean
+from medfuse.core.errors import DataError, SpecError, csv_rows, did_you_mean
 from medfuse.core.paths import require_contained
 from medfuse.core.readers import read_modality
 from medfuse.core.readers.base import file_scale, mixed_scales_refusal
@@ -138,14 +138,19 @@ def encode_tabular(
     return out, categories
 
 
+def _case_twins(values: list[str]) -> list[list[str]]:
+    """The groups of ``values`` that differ only in letter case ('F', 'f'), in order."""
+    groups: dict[str, list[str]] = {}
+    for v in values:
+        groups.setdefault(v.casefold(), []).append(v)
+    return [g for g in groups.values() if len(g) > 1]
+
+
 def _warn_case_variants(values: list[str], col: str, where: str) -> None:
     """Categories fit on the data that differ only in letter case ('F', 'f') stay separate
     categories (a column may mean them apart); said once, since most often one value is
     written two ways and the model then learns it as two."""
-    groups: dict[str, list[str]] = {}
-    for v in values:
-        groups.setdefault(v.casefold(), []).append(v)
-    twins = ["/".join(g) for g in groups.values() if len(g) > 1]
+    twins = ["/".join(g) for g in _case_twins(values)]
     if twins:
         log.warning(
             "%s: column %r holds values that differ only in letter case (%s); they are separate "
@@ -168,12 +173,6 @@ def _boolean(s: pd.Series) -> bool:
 _NUMBER_LIKE = r"^\s*[<>~≤≥]?\s*[-+]?\d"
 
 
-def _rows(index: Any, limit: int = 5) -> str:
-    rows = [int(i) + 2 for i in list(index)[:limit]]
-    more = f" and {len(index) - limit} more" if len(index) > limit else ""
-    return f"row{'s' if len(index) > 1 else ''} {', '.join(map(str, rows))}{more}"
-
-
 def _refuse_text_in_numeric(
     s: pd.Series, num: pd.Series, text: pd.Series, col: str, where: str
 ) -> None:
@@ -183,13 +182,13 @@ def _refuse_text_in_numeric(
     examples = ", ".join(repr(str(v)) for v in text.astype(str).unique()[:3])
     if num.notna().any():
         raise DataError(
-            f"{where}: column {col!r} holds numbers and text ({_rows(text.index)}: {examples}); "
+            f"{where}: column {col!r} holds numbers and text ({csv_rows(text.index)}: {examples}); "
             "write the numbers alone (units in the column name) and leave a missing value empty"
         )
     looks = text.astype(str).str.contains(_NUMBER_LIKE, regex=True)
     if looks.mean() >= 0.5:
         raise DataError(
-            f"{where}: column {col!r} holds numbers written as text ({_rows(text.index)}: "
+            f"{where}: column {col!r} holds numbers written as text ({csv_rows(text.index)}: "
             f"{examples}); it would be read as {text.nunique()} unrelated categories. Write the "
             "numbers alone (units in the column name)"
         )
@@ -391,10 +390,7 @@ def _refuse_case_variants(names: list[str], col: str, where: str) -> None:
     """Labels found in the data that differ only in letter case ('Normal', 'normal') would be
     two classes, one class's rows split between them: refused, unless ``data.options.labels``
     names both (then they are the classes declared)."""
-    groups: dict[str, list[str]] = {}
-    for n in names:
-        groups.setdefault(n.casefold(), []).append(n)
-    twins = [g for g in groups.values() if len(g) > 1]
+    twins = _case_twins(names)
     if twins:
         shown = "; ".join(" and ".join(repr(v) for v in g) for g in twins)
         raise DataError(
@@ -591,13 +587,12 @@ def load_manifest(
     seed: int,
     stream: bool | str = False,
     categories: dict[str, dict[str, list[str]]] | None = None,
-    split: str | None = None,
 ) -> DataBundle:
     """A CSV manifest: per-modality file columns, tabular columns, label(s), optional split column.
     ``stream`` (``data.stream``): true or ``auto`` on large data leaves file modalities unread
     (``medfuse.data.stream``). ``categories``: a package's category codes per tabular modality
     and column (a value outside them is refused, naming it); without them, codes are fit on this
-    file. ``split`` (default: the one :func:`reading_split` names): the one split the caller
+    file. Inside :func:`reading_split` the one split named there is the one the caller
     reads (an existing package's ``evaluate``): it must have rows, and train and val may then be
     empty (an external test set, every row ``test``; ``info["empty_splits"]``). Without it,
     train and val must have rows (training).
@@ -606,7 +601,7 @@ def load_manifest(
     seed); ``info["overlap"]`` the held-out rows that share a file, id or patient with an earlier
     split (:func:`find_overlap`, one warning per kind)."""
 
-    split = split if split is not None else _READING.get()
+    split = _READING.get()
     for k in options:
         if k not in OPTIONS:
             raise SpecError(

@@ -272,8 +272,8 @@ def data_problem(workdir: Path, now: dict[str, Any] | None) -> str | None:
         f"the data differs from the data the checkpoint in {workdir} was trained on, in "
         f"{shown}. The checkpoint's weights were trained on the recorded data and normalised "
         "with statistics fitted on it; resuming would train them on other data under another "
-        "normalisation. Start without "
-        "--resume, or point the spec back at the data the checkpoint was trained on"
+        "normalisation. Start without --resume, or point the spec back at the data the "
+        "checkpoint was trained on"
     )
 
 

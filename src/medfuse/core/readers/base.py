@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medfuse.core.errors import DataError
+from medfuse.core.errors import DataError, csv_rows
 from medfuse.core.readers.image_math import fit_image, fit_signal, fit_signal_windows
 from medfuse.core.registry import Registry
 
@@ -224,7 +224,7 @@ def file_scale(path: str | Path, m: Any) -> str:
 
 
 def same_scale(recorded: str, found: str) -> bool:
-    """Whether a file on scale ``found`` (:func:`native_scale`) may be given to a model trained
+    """Whether a file on scale ``found`` (:func:`file_scale`) may be given to a model trained
     on files of scale ``recorded``: the same scale; a package of an older medfuse recorded
     :data:`LEGACY_DICOM_SCALE` for every DICOM, which any DICOM scale matches."""
     return found == recorded or (recorded == LEGACY_DICOM_SCALE and found.startswith("DICOM"))
@@ -248,8 +248,8 @@ def scale_refusal(where: str, modality: str, recorded: str, found: str, kind: st
     training files (:func:`file_scale`)."""
     return (
         f"{where}: {kind} modality {modality!r} was trained on files with {recorded}; these "
-        f"have {found}: a model given values on another scale or layout predicts nonsense without an "
-        "error. Give files like the training ones (convert them), or train a model that reads "
+        f"have {found}: a model given values on another scale or layout predicts nonsense "
+        "without an error. Give files like the training ones (convert them), or train a model that reads "
         f"them all alike ({_fix(kind, modality)}; docs/data.md)"
     )
 
@@ -258,12 +258,7 @@ def mixed_scales_refusal(where: str, modality: str, kind: str, scales: dict[str,
     """The one message for a manifest whose files of one modality differ in :func:`file_scale`
     (``scales``: each scale's rows, 0-based data rows)."""
 
-    def rows(v: list[int], limit: int = 5) -> str:
-        shown = ", ".join(str(r + 2) for r in v[:limit])
-        more = f" and {len(v) - limit} more" if len(v) > limit else ""
-        return f"row{'s' if len(v) > 1 else ''} {shown}{more}"
-
-    mixed = "; ".join(f"{k} ({rows(v)})" for k, v in scales.items())
+    mixed = "; ".join(f"{k} ({csv_rows(v)})" for k, v in scales.items())
     what = "sampling rates or lead orders" if kind == "signal" else "intensity scales"
     return (
         f"{where}: the files of {kind} modality {modality!r} come on different {what}: "
