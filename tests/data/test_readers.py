@@ -326,6 +326,41 @@ def test_csv_signal_time_column_leads_and_rate(tmp_path: Path) -> None:
         read_signal(nt, rate=100.0)
 
 
+def test_csv_signal_time_in_milliseconds(tmp_path: Path) -> None:
+    """A time column in milliseconds is read as such when its name says so (time_ms, time (ms));
+    named plain 'time', it reads as seconds, a thousandfold too slow: resampling it is refused
+    with the fix, never a record stretched a thousandfold."""
+    import pandas as pd
+
+    from medfuse.core.readers.base import file_scale
+
+    sig = _sines(200.0)
+    secs = write_csv_signal(tmp_path / "s.csv", sig, 200.0, ["I", "II", "V1"])
+    want = read_signal(secs, rate=100.0)
+    ms = np.arange(sig.shape[1]) * 5.0  # 200 Hz: a sample every 5 ms
+    for name in ("time_ms", "Time (ms)", "t[ms]"):
+        p = tmp_path / (re.sub(r"\W", "", name) + ".csv")
+        pd.DataFrame({name: ms, **{k: sig[i] for i, k in enumerate(["I", "II", "V1"])}}).to_csv(
+            p, index=False, float_format="%.6g"
+        )
+        np.testing.assert_allclose(read_signal(p, rate=100.0), want, atol=1e-5)
+        assert read_signal(p).shape == (3, 400)  # the time column is not a lead
+        spec = ModalitySpec(kind="signal", channels=3, length=400)
+        assert file_scale(p, spec) == "200 Hz sampling and leads I, II, V1"
+    wrong = tmp_path / "wrong.csv"
+    pd.DataFrame({"time": ms, "I": sig[0]}).to_csv(wrong, index=False)
+    with pytest.raises(DataError, match=r"wrong\.csv: .*upsampled 500-fold.*name it time_ms"):
+        read_signal(wrong, rate=100.0)
+    # irregular sampling in milliseconds: interpolated on the seconds grid
+    ti = np.sort(np.random.default_rng(0).uniform(0, 2, 2000))
+    pd.DataFrame({"time_ms": ti * 1000, "I": np.sin(2 * np.pi * 3 * ti)}).to_csv(
+        tmp_path / "irr.csv", index=False
+    )
+    xi = read_signal(tmp_path / "irr.csv", rate=50.0)
+    g = ti[0] + np.arange(xi.shape[1]) / 50.0
+    np.testing.assert_allclose(xi[0], np.sin(2 * np.pi * 3 * g), atol=0.05)
+
+
 def test_csv_signal_corrupt(tmp_path: Path) -> None:
     (tmp_path / "bad.csv").write_text("time,I,II\n0,1,2\n0.01,abc,3\n")
     with pytest.raises(DataError, match=r"bad\.csv row 3, column 'I': 'abc' is not a number"):

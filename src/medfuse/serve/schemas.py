@@ -60,8 +60,8 @@ FILE_FORMATS: dict[str, dict[str, FileFormat]] = {
         ),
         "csv": FileFormat(
             (".csv",),
-            "base64 of a CSV signal: a header line, a time (or t) column in seconds and one "
-            "column per lead; leads picked by name and resampled to the model's rate as in "
+            "base64 of a CSV signal: a header line, a time column (time or t in seconds, "
+            "time_ms in milliseconds) and one column per lead; leads picked by name and resampled to the model's rate as in "
             "training",
         ),
         "wfdb": FileFormat(

@@ -13,7 +13,8 @@ Registered on import (``medfuse.data.readers`` imports this module):
   from the patient's right to left (axial slices as a radiologist views them); a 4th axis
   (time, echoes) becomes channels.
 - ``.hea`` (wfdb): physical units (voltages in millivolts), leads chosen by name, resampled.
-- ``.csv`` signals: a ``time`` (or ``t``) column in seconds and one column per lead.
+- ``.csv`` signals: a time column (``time`` or ``t`` in seconds; ``time_ms``, ``time (ms)`` in
+  milliseconds: :data:`TIME_UNITS`) and one column per lead.
 """
 
 from __future__ import annotations
@@ -45,7 +46,15 @@ from medfuse.core.readers.base import (
 MAX_RESAMPLED_VALUES = 2**24
 #: voltage units converted to millivolts, so records written in uV and mV agree
 _TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3, "nv": 1e-6}
-TIME_COLUMNS = ("time", "t")
+#: a CSV signal's time column by its name (lower case, without spaces, ``_``, ``-`` or brackets:
+#: ``time (ms)`` and ``time_ms`` are ``timems``) -> seconds per unit of its values
+TIME_UNITS = {
+    **dict.fromkeys(("time", "t", "times", "ts", "timesec", "timeseconds", "sec", "seconds"), 1.0),
+    **dict.fromkeys(("timems", "tms", "timemsec", "ms", "msec", "milliseconds"), 1e-3),
+}
+#: the most a record may be upsampled: further, resampling invents the record's samples; a CSV
+#: time column in milliseconds read as seconds (named ``time``) is a thousandfold
+MAX_UPSAMPLE = 20.0
 #: cells of a CSV read as missing: a CSV signal's missing sample, a prediction manifest's missing
 #: value (pandas' default NA strings, what training's manifest reader reads as missing)
 CSV_MISSING = frozenset(
@@ -256,7 +265,8 @@ def _fill_nan(x: np.ndarray) -> np.ndarray:
 
 def _check_resampled_size(channels: int, samples: float, fs: float, rate: float) -> None:
     """Refuse a resampling whose output would exceed ``MAX_RESAMPLED_VALUES`` (a header or time
-    column declaring an absurd rate must not allocate gigabytes)."""
+    column declaring an absurd rate must not allocate gigabytes), or that would upsample more than
+    ``MAX_UPSAMPLE``-fold (a time column in the wrong unit)."""
     if not (math.isfinite(fs) and fs > 0):
         raise DataError(f"the sampling rate {fs:g} Hz is not a positive number")
     out = channels * samples * (rate / fs)
@@ -264,6 +274,14 @@ def _check_resampled_size(channels: int, samples: float, fs: float, rate: float)
         raise DataError(
             f"resampling {channels} x {samples:.0f} samples from {fs:g} Hz to {rate:g} Hz would "
             f"give {out:.3g} values, over the limit of {MAX_RESAMPLED_VALUES}"
+        )
+    if rate > MAX_UPSAMPLE * fs:
+        raise DataError(
+            f"a record sampled at {fs:g} Hz would be upsampled {rate / fs:.3g}-fold to "
+            f"{rate:g} Hz, over the limit of {MAX_UPSAMPLE:g}-fold: its samples would be "
+            "invented. A CSV time column in milliseconds named 'time' is read as seconds: name "
+            "it time_ms; else give records sampled at "
+            f"{rate / MAX_UPSAMPLE:g} Hz or more"
         )
 
 
@@ -388,23 +406,34 @@ def _wfdb_layout(path: Path) -> tuple[float | None, list[str] | None]:
     return (float(header.fs) if header.fs else None), (list(header.sig_name or []) or None)
 
 
+def _time_column(header: list[str]) -> tuple[int | None, float]:
+    """A CSV signal's time column (:data:`TIME_UNITS`; ``None``: none) and its unit in seconds."""
+    for i, c in enumerate(header):
+        unit = TIME_UNITS.get(re.sub(r"[\s_\-\[\]()]", "", c.lower()))
+        if unit is not None:
+            return i, unit
+    return None, 1.0
+
+
 @SIGNAL_LAYOUTS.register(".csv", doc="CSV signal: the lead columns; the rate from the time column")
 def _csv_layout(path: Path) -> tuple[float | None, list[str] | None]:
     with open(path, newline="", encoding="utf-8-sig") as f:
         table = [r for r in csv.reader(f) if any(c.strip() for c in r)]
     header = [c.strip() for c in table[0]] if table else []
-    tcol = next((i for i, c in enumerate(header) if c.lower() in TIME_COLUMNS), None)
+    tcol, unit = _time_column(header)
     names = [c for i, c in enumerate(header) if i != tcol] or None
     if tcol is None or len(table) < 3:
         return None, names
     try:
-        step = float(np.median(np.diff([float(r[tcol]) for r in table[1:]])))
+        step = unit * float(np.median(np.diff([float(r[tcol]) for r in table[1:]])))
     except (ValueError, IndexError):  # the reader reports a bad time column when it needs one
         return None, names
     return (float(f"{1.0 / step:.6g}") if step > 0 else None), names  # 100, not 99.99999
 
 
-@SIGNAL_READERS.register(".csv", doc="CSV signal: a time/t column (seconds) + one column per lead")
+@SIGNAL_READERS.register(
+    ".csv", doc="CSV signal: a time column (time/t: seconds, time_ms: ms) + one column per lead"
+)
 def _csv_signal(
     path: Path, *, leads: list[str] | None = None, rate: float | None = None
 ) -> np.ndarray:
@@ -413,7 +442,7 @@ def _csv_signal(
     if len(table) < 2:
         raise DataError(f"{path}: CSV signal has no rows")
     header, body = [c.strip() for c in table[0]], table[1:]
-    tcol = next((i for i, c in enumerate(header) if c.lower() in TIME_COLUMNS), None)
+    tcol, unit = _time_column(header)
     cols = [i for i in range(len(header)) if i != tcol]
     names = [header[i] for i in cols]
     if not cols:
@@ -438,17 +467,17 @@ def _csv_signal(
         return np.ascontiguousarray(x)
     if tcol is None:
         raise DataError(
-            f"{path}: resampling to {rate} Hz needs a time column named "
-            f"{' or '.join(TIME_COLUMNS)} (seconds)"
+            f"{path}: resampling to {rate} Hz needs a time column named time or t "
+            "(seconds), or time_ms (milliseconds)"
         )
-    t = values[:, tcol]
+    t = values[:, tcol] * unit
     dt = np.diff(t)
     if len(t) < 2 or not (dt > 0).all():
         raise DataError(f"{path}: the time column must increase strictly")
     step = float(np.median(dt))
     if np.abs(dt - step).max() <= 0.01 * step:  # regular: proper anti-aliased resampling
         return resample(x, 1.0 / step, float(rate))
-    _check_resampled_size(x.shape[0], (t[-1] - t[0]) * rate, rate, rate)  # irregular
+    _check_resampled_size(x.shape[0], len(t), (len(t) - 1) / (t[-1] - t[0]), rate)  # irregular
     grid = t[0] + np.arange(int(np.floor((t[-1] - t[0]) * rate)) + 1) / rate
     x = _fill_nan(x)
     return np.stack([np.interp(grid, t, ch) for ch in x]).astype(np.float32)
