@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -239,6 +240,34 @@ def test_train_on_synthetic_notes_then_predict_from_raw_text(tmp_path: Path) -> 
     pred = load_torch(pkg)
     p = pred.predict_proba(rows)
     assert np.isfinite(p).all() and pred.inputs(rows).masks["text"].tolist() == [1, 0, 1, 1]
+    # every prediction says what its text was read as: cut at the model's length, or mostly
+    # words the vocabulary does not hold (the training texts' share is in the package)
+    assert 0.0 <= st["unknown_p99"] < 0.25
+    words = str(s.arrays["text"][0]).split()
+    texts = [
+        " ".join(words[:5]),
+        " ".join(words * 4),
+        "Der Kranke klagt seit gestern Abend über Schwindel und Übelkeit",
+    ]
+    flags = [r["flags"] for r in pred.predict_table([dict(rows[0], text=t) for t in texts])]
+    assert "text:" not in flags[0]
+    assert "text: the text fills all 16 tokens the model reads" in flags[1]
+    assert "vocabulary does not hold" not in flags[1]
+    assert re.search(r"text: 1\d of 1\d tokens are words the model's vocabulary does not", flags[2])
+
+
+def test_text_reading_cut_and_unknown_shares() -> None:
+    """``filled``: a text that fills every position (cut there); ``unknown_shares``: the share
+    of a text's tokens that are the unknown token."""
+    if reason := unusable(("tokenizers",)):
+        pytest.skip(reason)
+    from medfuse.core.text import encode, filled, train_tokenizer, unknown_shares, unknown_value
+
+    tok = train_tokenizer(_texts(40), vocab=64)
+    ids = encode(["fever cough", "fever zzz qqq www", " ".join(["pain"] * 20), ""], tok, 12)
+    assert filled(ids).tolist() == [False, False, True, False]
+    np.testing.assert_allclose(unknown_shares(ids, tok), [0.0, 0.75, 0.0, 0.0])
+    assert unknown_value(tok) == 1 and unknown_value(tok, 1) == 2
 
 
 @pytest.mark.slow  # about 15 s each: an ONNX export and the HTTP app

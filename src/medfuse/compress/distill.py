@@ -358,7 +358,7 @@ def distill(
             ],
             axis=0,
         )
-        thr_t = float(np.mean([p.meta.get("threshold", {}).get("value", 0.5) for p in pkgs]))
+        thr_t = float(np.mean([p.info.threshold.value for p in pkgs]))
         return compute_metrics(task, getattr(bundle, split).y, probs, thr_t, labels)
 
     teacher_eval = summary(ensemble_metrics(split_name))

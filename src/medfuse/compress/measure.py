@@ -216,8 +216,8 @@ def benchmark(
                 logits, engine = ort_logits(session, mods, data), "onnxruntime"
             else:
                 logits, engine = predict_logits(pkg.model, data, torch.device("cpu"))[0], "torch"
-            temp = float(meta.get("calibration", {}).get("temperature", 1.0))
-            thr = float(meta.get("threshold", {}).get("value", 0.5))
+            temp = pkg.info.calibration.temperature
+            thr = pkg.info.threshold.value
             m = compute_metrics(
                 task, data.y.numpy(), probabilities(task, logits, temp), thr, labels
             )

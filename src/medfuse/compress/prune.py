@@ -326,7 +326,7 @@ def prune(
     stats = meta["preprocessing"]
     split_name, split = eval_split(bundle)
     eval_t = to_tensors(split, stats)
-    thr0 = float(meta.get("threshold", {}).get("value", 0.5))
+    thr0 = pkg.info.threshold.value
     temp0 = pkg.info.calibration.temperature  # thr0 lives on its scale
     before = summary(
         split_metrics(pkg.model, spec, eval_t, thr0, dev, branches=False, temperature=temp0)
@@ -427,7 +427,7 @@ def prune(
         calibration={"method": "none", "temperature": 1.0},
         compression=[*list(meta.get("compression") or []), record],
     )
-    if meta.get("calibration", {}).get("temperature", 1.0) != 1.0:
+    if temp0 != 1.0:
         record["calibration_reset"] = "the source's temperature no longer applies; reset to 1.0"
     path = write_derived(
         pkg,

@@ -350,8 +350,8 @@ def quantize(
 
     # the same metrics as the original, by ONNX Runtime on the same preprocessed inputs
     task, labels = spec.task.type, spec.task.labels
-    thr = float(meta.get("threshold", {}).get("value", 0.5))
-    temp = float(meta.get("calibration", {}).get("temperature", 1.0))
+    thr = pkg.info.threshold.value
+    temp = pkg.info.calibration.temperature
     s_fp32, s_int8 = ort_session(fp32), ort_session(int8)
     metrics: dict[str, Any] = {}
     split_name, _ = eval_split(bundle)

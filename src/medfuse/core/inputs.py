@@ -1217,10 +1217,14 @@ def plausibility(
     flags). Tabular: a value below the training minimum or above its maximum. Images and
     signals: the sample's 1st/99th percentile beyond the training 0.5/99.5 percentiles by more
     than half their span, or its mean beyond the training means by as much (a 0-255 image for
-    a model trained on 0-1)."""
+    a model trained on 0-1). Text: one that fills every token the model reads (a longer one is
+    cut there), or with a larger share of unknown words than the training texts had."""
     n = len(next(iter(masks.values()))) if masks else 0
     out: list[list[str]] = [[] for _ in range(n)]
     for m, mod in schema.modalities.items():
+        if mod.kind == "text" and m in arrays:
+            _text_flags(out, m, mod, arrays[m], masks[m], schema.stats.get(m) or {})
+            continue
         rng = (schema.stats.get(m) or {}).get("range")
         if not rng or m not in arrays:
             continue
@@ -1266,3 +1270,41 @@ def plausibility(
                 "scale or kind of input?"
             )
     return out
+
+
+#: how far a text's share of unknown tokens may exceed the training texts' 99th percentile
+#: before it is flagged (another language, or another kind of text than the model read)
+UNKNOWN_MARGIN = 0.25
+
+
+def _text_flags(
+    out: list[list[str]],
+    m: str,
+    mod: Modality,
+    ids: np.ndarray,
+    mask: np.ndarray,
+    stat: dict[str, Any],
+) -> None:
+    """:func:`plausibility`'s flags of a text modality (``medfuse.core.text``)."""
+    from medfuse.core.text import filled, unknown_shares  # lazy: tokenizers, for text only
+
+    present = np.flatnonzero(np.asarray(mask) > 0)
+    if not len(present):
+        return
+    x = np.asarray(ids)[present].reshape(len(present), -1)
+    for k in np.flatnonzero(filled(x)):
+        out[present[k]].append(
+            f"{m}: the text fills all {x.shape[1]} tokens the model reads; a longer one is cut "
+            "there"
+        )
+    p99 = stat.get("unknown_p99")
+    if p99 is None or mod.tokenizer is None or float(p99) + UNKNOWN_MARGIN >= 1.0:
+        return  # a package before this record, or a vocabulary too small to tell
+    shares = unknown_shares(x, mod.tokenizer, mod.token_offset)
+    for k in np.flatnonzero(shares > float(p99) + UNKNOWN_MARGIN):
+        n = int((x[k] != 0).sum())
+        out[present[k]].append(
+            f"{m}: {round(shares[k] * n)} of {n} tokens are words the model's vocabulary does "
+            f"not hold ({shares[k]:.0%}; training texts: {float(p99):.0%} at the 99th "
+            "percentile); another language or kind of text?"
+        )

@@ -100,6 +100,33 @@ def encode(texts: Sequence[str], tokenizer_json: str, length: int, offset: int =
     return out
 
 
+def unknown_value(tokenizer_json: str, offset: int = 0) -> int | None:
+    """The value ``encode`` writes for the tokenizer's unknown token (its id + ``offset``);
+    ``None`` for a tokenizer without one (byte-level BPE reads every text)."""
+    tok = _load(tokenizer_json)
+    name = getattr(tok.model, "unk_token", None)
+    i = tok.token_to_id(name) if isinstance(name, str) else None
+    return None if i is None else int(i) + int(offset)
+
+
+def unknown_shares(ids: np.ndarray, tokenizer_json: str, offset: int = 0) -> np.ndarray:
+    """Per encoded text (``encode``'s rows), the share of its tokens that are the unknown token:
+    words outside the vocabulary (0 for an empty text or a tokenizer without one)."""
+    ids = np.asarray(ids).reshape(len(ids), -1)
+    unk = unknown_value(tokenizer_json, offset)
+    if unk is None or not len(ids):
+        return np.zeros(len(ids))
+    n = (ids != 0).sum(axis=1)
+    return np.asarray((ids == unk).sum(axis=1) / np.maximum(n, 1), np.float64)
+
+
+def filled(ids: np.ndarray) -> np.ndarray:
+    """Per encoded text, whether it fills every position the model reads: a longer text was cut
+    there (``encode`` keeps the first ``length`` tokens)."""
+    ids = np.asarray(ids).reshape(len(ids), -1)
+    return ids[:, -1] != 0 if ids.shape[1] else np.zeros(len(ids), bool)
+
+
 #: the file a Hugging Face model directory keeps its (fast) tokenizer in
 TOKENIZER_FILE = "tokenizer.json"
 

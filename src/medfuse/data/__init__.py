@@ -26,7 +26,7 @@ from medfuse.core.paths import resolve_data_root as resolve_data_root
 from medfuse.core.readers.base import same_scale, scale_refusal
 from medfuse.core.registry import Registry
 from medfuse.core.spec import ModalitySpec
-from medfuse.core.text import encode, model_tokenizer, train_tokenizer
+from medfuse.core.text import encode, filled, model_tokenizer, train_tokenizer
 from medfuse.data.validate import compare_fingerprints, fingerprint, validate_bundle
 
 DATASETS: Registry = Registry("data source")
@@ -182,10 +182,29 @@ def tokenize_text(
             split.masks[m] = (np.asarray(split.masks[m]) * (ids != 0).any(axis=1)).astype(
                 np.float32
             )
+            if split is train:
+                _note_cut_texts(m, ids[split.masks[m] > 0], int(ms.length or 0))
         bundle.info.setdefault("tokenizers", {})[m] = tok
         if offset:
             bundle.info.setdefault("token_offsets", {})[m] = offset
     return bundle
+
+
+def _note_cut_texts(m: str, ids: np.ndarray, length: int) -> None:
+    """Say how many training texts fill all ``length`` tokens (a longer one is cut there): a
+    warning from a tenth of them on, when reading more may change what the model learns."""
+    cut = int(filled(ids).sum())
+    if not cut:
+        return
+    (log.warning if cut >= 0.1 * len(ids) else log.info)(
+        "text modality %r: %d of %d training texts fill all %d tokens the model reads; longer "
+        "ones are cut there (modalities.%s.length reads more)",
+        m,
+        cut,
+        len(ids),
+        length,
+        m,
+    )
 
 
 def training_reading(spec: Any) -> dict[str, dict[str, Any]]:

@@ -29,6 +29,7 @@ from medfuse.core.package import META
 from medfuse.core.paths import output_dir, write_output
 from medfuse.core.preprocess import channel_axis, fit_stats
 from medfuse.core.spec import Spec, complete_spec, parse_spec
+from medfuse.core.text import unknown_shares
 from medfuse.data import DataBundle, Split, load_spec_data
 from medfuse.data.validate import check_trainable, compare_fingerprints
 from medfuse.inference.helpers import Tensors, predict_logits, to_tensors
@@ -120,6 +121,10 @@ def fit_preprocessing(spec: Spec, train: Split, info: dict[str, Any]) -> dict[st
         stats[m] = {"mean": [0.0], "std": [1.0], "channel_axis": 0, "tokenizer": tok}
         if offsets.get(m):  # a pretrained model's own tokenizer (medfuse.core.text)
             stats[m]["token_offset"] = int(offsets[m])
+        ids = np.asarray(train.arrays[m])[np.asarray(train.masks[m]) > 0]
+        if len(ids):  # what a text at prediction is compared with (unknown words)
+            shares = unknown_shares(ids, tok, int(offsets.get(m, 0)))
+            stats[m]["unknown_p99"] = round(float(np.percentile(shares, 99)), 4)
     for m, cats in (info.get("categories") or {}).items():
         if cats:
             stats[m]["categories"] = cats
