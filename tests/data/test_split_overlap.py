@@ -223,3 +223,82 @@ def test_cli_evaluate_external_set(
     assert main([*argv, "--threshold-method", "youden"]) != 0
     err = capsys.readouterr().err
     assert "--threshold-method" in err and "has no val rows" in err
+
+
+# ---- the patient column -------------------------------------------------------------------------
+
+
+def _by_subject(csv: Path, column: str = "subject_id", empty: int = 0) -> Path:
+    """The manifest without its split column, 4 rows per subject (its first ``empty`` rows with
+    an empty patient cell)."""
+    df = pd.read_csv(csv).drop(columns="split")
+    df[column] = [f"p{i // 4}" for i in range(len(df))]
+    df.loc[: empty - 1, column] = None
+    df.to_csv(csv, index=False)
+    return csv
+
+
+def _spans(bundle: Any, csv: Path, column: str) -> set[str]:
+    """The patients (``column`` of the CSV) whose rows lie in more than one split."""
+    patients = pd.read_csv(csv)[column]
+    seen: dict[str, set[str]] = {}
+    for name in ("train", "val", "test"):
+        split = getattr(bundle, name)
+        for r in [] if split is None else split.meta["row"]:
+            if pd.notna(patients.iloc[r - 2]):
+                seen.setdefault(str(patients.iloc[r - 2]), set()).add(name)
+    return {p for p, s in seen.items() if len(s) > 1}
+
+
+def test_a_column_named_like_a_patient_id_groups_the_drawn_split(tmp_path: Path) -> None:
+    """Without data.options.patient_column, a column named like a patient identifier
+    (subject_id) keeps each patient's rows in one split, as medfuse train --table does; the
+    layout records it. patient_column: null splits the rows apart (the check could fail)."""
+    csv = _by_subject(_manifest(tmp_path, n=80))
+    b = _load(csv)
+    assert not _spans(b, csv, "subject_id")
+    assert b.info["layout"]["patient_column"] == "subject_id"
+    apart = load_data(f"manifest:{csv}", {"patient_column": None}, modalities=MODS, task="binary")
+    assert _spans(apart, csv, "subject_id")  # 80 rows of 20 patients, split row by row
+
+
+def test_a_missing_patient_column_is_refused_when_the_split_is_drawn(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    csv = _by_subject(_manifest(tmp_path, n=40))
+    with pytest.raises(
+        DataError, match=r"no patient column 'subjectid'; did you mean 'subject_id'"
+    ):
+        load_data(
+            f"manifest:{csv}", {"patient_column": "subjectid"}, modalities=MODS, task="binary"
+        )
+    # with a split column the name only feeds the overlap check: said, not refused
+    csv2 = _manifest(tmp_path / "s", n=20)
+    with caplog.at_level(logging.WARNING, logger="medfuse.data"):
+        load_data(f"manifest:{csv2}", {"patient_column": "mrn"}, modalities=MODS, task="binary")
+    assert any("no patient column 'mrn'" in w and "not checked" in w for w in _warnings(caplog))
+
+
+def test_rows_without_a_patient_are_each_their_own(tmp_path: Path) -> None:
+    """Half the rows have an empty patient cell: each is its own patient, never one group of
+    every empty cell (which would put all of them in one split)."""
+    csv = _by_subject(_manifest(tmp_path, n=80), column="patient_id", empty=40)
+    b = _load(csv)
+    unnamed = {
+        name: int(getattr(b, name).meta["patient_id"].isna().sum()) for name in ("train", "val")
+    }
+    assert unnamed["train"] > 0 and unnamed["val"] > 0, unnamed
+    assert not _spans(b, csv, "patient_id")
+
+
+def test_a_patient_column_with_too_few_patients_is_refused_by_name(tmp_path: Path) -> None:
+    """A column named like a patient id that holds 3 values for 40 rows (e.g. a body part)
+    cannot group a drawn split: refused with the column and the way out, not a library error."""
+    csv = _manifest(tmp_path, n=40, splits=False)
+    df = pd.read_csv(csv)
+    df["subject"] = ["chest", "head", "abdomen", "chest"] * 10
+    df.to_csv(csv, index=False)
+    with pytest.raises(DataError, match=r"column 'subject' holds 3 distinct patients for 40 rows"):
+        _load(csv)
+    b = load_data(f"manifest:{csv}", {"patient_column": None}, modalities=MODS, task="binary")
+    assert len(b.val) and len(b.test)

@@ -42,6 +42,58 @@ OPTIONS = (
 )
 
 
+#: column names that identify a patient (case and surrounding spaces aside): without
+#: ``data.options.patient_column`` a manifest's split groups rows by the first such column
+PATIENT_NAMES = ("patient_id", "patientid", "patient", "subject_id", "subjectid", "subject",
+                 "mrn", "pid", "participant_id", "participant")  # fmt: skip
+
+
+def named_column(df: pd.DataFrame, names: tuple[str, ...]) -> str | None:
+    """The first column of ``df`` whose name (lower case, stripped) is one of ``names``."""
+    return next((str(c) for c in df.columns if str(c).strip().lower() in names), None)
+
+
+def patient_column(
+    df: pd.DataFrame, options: dict[str, Any], where: str, drawn: bool
+) -> str | None:
+    """The column holding each row's patient: ``data.options.patient_column`` (``null``: none),
+    else the first column named like one (:data:`PATIENT_NAMES`), so that a split drawn by the
+    seed (``drawn``) keeps a patient's rows together. A named column that is missing is refused
+    when the split is drawn (its rows would be split apart silently); with a split column it
+    only feeds the overlap check (:func:`find_overlap`), which then says it is skipped."""
+    if "patient_column" not in options:
+        found = named_column(df, PATIENT_NAMES)
+        if found is not None and found != "patient_id":
+            log.info(
+                "%s: rows are grouped by patient with column %r (named like a patient "
+                "identifier; data.options.patient_column chooses another, null none)",
+                where,
+                found,
+            )
+        return found
+    given = options["patient_column"]
+    if given is None or given in df.columns:
+        return None if given is None else str(given)
+    msg = (
+        f"{where}: no patient column {given!r}{did_you_mean(str(given), df.columns)} Columns: "
+        f"{', '.join(map(str, df.columns))}"
+    )
+    if drawn:
+        raise DataError(
+            f"{msg}. The split is drawn by the seed and would part a patient's rows: name the "
+            "column in data.options.patient_column, or set it to null when each row is its own "
+            "patient"
+        )
+    log.warning("%s; held-out rows are not checked for patients seen in training", msg)
+    return None
+
+
+def patient_groups(values: pd.Series) -> np.ndarray:
+    """Each row's patient for a drawn split: a row without one is its own (never one group of
+    every empty cell)."""
+    return np.array([k or f"\0row {i}" for i, k in enumerate(_keys(values))], dtype=object)
+
+
 def read_csv_frame(path: Path) -> pd.DataFrame:
     """A manifest or table CSV as a DataFrame; a file pandas cannot read as one table is a
     DataError naming it and, where known, the line: empty (no header line), an unclosed quote,
@@ -638,9 +690,9 @@ def load_manifest(
         contain=[base, root] if options.get("contain_paths", False) else None,
         lazy=choose_stream(stream, len(df), modalities),
     )
-    patient_col = options.get("patient_column", "patient_id")
-    groups = df[patient_col].astype(str).to_numpy() if patient_col in df.columns else None
     split_col = options.get("split_column", "split")
+    patient_col = patient_column(df, options, where, drawn=split_col not in df.columns)
+    groups = patient_groups(df[patient_col]) if patient_col else None
     if split_col in df.columns:
         assign = df[split_col].astype(str).str.strip().str.lower().to_numpy()
         bad = ~np.isin(assign, ["train", "val", "test"])
@@ -649,7 +701,14 @@ def load_manifest(
             raise DataError(f"{where} row {r + 2}: split {assign[r]!r} must be train, val or test")
     else:
         fr = (float(options.get("val_fraction", 0.15)), float(options.get("test_fraction", 0.15)))
-        assign = group_stratified_split(y, groups, fr, seed)
+        try:
+            assign = group_stratified_split(y, groups, fr, seed)
+        except DataError as few:  # grouped by a column that holds too few patients
+            raise DataError(
+                f"{where}: column {patient_col!r} holds {few}. If it does not identify patients, "
+                "set data.options.patient_column: null (each row its own patient) or name the "
+                "column that does; else give the rows a split column"
+            ) from None
     id_col = options.get("id_column", "id")
     if id_col not in df.columns and "id_column" in options:
         raise DataError(f"{where}: no id column {id_col!r}{did_you_mean(id_col, df.columns)}")
@@ -711,7 +770,8 @@ def load_manifest(
             "layout": {
                 "columns": dict(options.get("columns", {})),
                 "id_column": id_col,
-                "patient_column": patient_col,
+                # the column found, else the option (prediction accepts it as a key)
+                "patient_column": patient_col or options.get("patient_column", "patient_id"),
                 "base_dir": str(base.resolve()),
             },
             "categories": report["categories"],

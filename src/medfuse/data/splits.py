@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from medfuse.core.errors import DataError
+
 
 def group_stratified_split(
     labels: np.ndarray, groups: np.ndarray | None, fractions: tuple[float, float], seed: int
@@ -29,6 +31,12 @@ def group_stratified_split(
         ys = y[remaining]
         min_class = np.bincount(ys).min() if len(np.unique(ys)) > 1 else len(ys)
         if groups is not None:
+            have = len(np.unique(groups[remaining]))
+            if have < k:
+                raise DataError(
+                    f"{have} distinct patients for {len(remaining)} rows: drawing a {name} "
+                    f"split of {frac:.0%} of them by patient needs at least {k}"
+                )
             cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
             parts = cv.split(remaining, ys, groups[remaining])
         elif min_class >= k:

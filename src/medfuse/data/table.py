@@ -43,7 +43,7 @@ from medfuse.core.errors import DataError, SpecError, did_you_mean
 from medfuse.core.readers import read_image, read_signal
 from medfuse.core.readers.base import SIGNAL_LAYOUTS, suffix_of
 from medfuse.core.spec import DEFAULT_BRANCH, apply_overrides, parse_spec
-from medfuse.data.manifest import read_csv_frame
+from medfuse.data.manifest import PATIENT_NAMES, named_column, read_csv_frame
 
 #: what ``medfuse train --table`` / ``medfuse.fit`` train with when nothing is set; chosen by
 #: ``benchmarks/table_defaults.py`` (cross-validation over train + val, never a test split)
@@ -67,8 +67,6 @@ SIGNAL_EXTS = (".hea", ".csv")
 DISPLAY_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 ID_NAMES = ("id", "case_id", "caseid", "sample_id", "sampleid", "study_id", "studyid", "exam_id",
             "accession", "accession_number", "record_id", "image_id", "uid")  # fmt: skip
-PATIENT_NAMES = ("patient_id", "patientid", "patient", "subject_id", "subjectid", "subject",
-                 "mrn", "pid", "participant_id", "participant")  # fmt: skip
 SPLIT_NAME = "split"
 MAX_CATEGORIES = 20
 FILE_SHARE = 0.8  # share of non-empty cells with a known extension that makes a file column
@@ -160,10 +158,7 @@ def _by_name(df: pd.DataFrame, names: tuple[str, ...], given: str | None, what: 
                 f"Columns: {', '.join(map(str, df.columns))}"
             )
         return given
-    for c in df.columns:
-        if str(c).strip().lower() in names:
-            return str(c)
-    return None
+    return named_column(df, names)
 
 
 def _name(text: str) -> str:
