@@ -485,6 +485,37 @@ def test_a_recording_for_a_signal_sequence_is_cut_into_windows_as_in_training(
     np.testing.assert_array_equal(coerce([{"ecg": want}], schema).arrays["ecg"][0], want)
 
 
+def test_a_signal_mostly_zero_padding_is_flagged(tmp_path: Path) -> None:
+    """A record shorter than the model reads is zero-padded at its end: a prediction says so when
+    the padding is over half (with the seconds at the model's rate), and names a record that is
+    0 throughout; a record that fills the length, or a sequence modality's, is judged alike."""
+    from medfuse.data.examples import write_csv_signal
+
+    mod = Modality("ecg", "signal", (2, 500), channels=2, length=500, rate=100.0)
+    schema = Schema({"ecg": mod})
+    rng = np.random.default_rng(0)
+    short = write_csv_signal(tmp_path / "s.csv", rng.normal(0, 1, (2, 120)), 100.0, ["I", "II"])
+    half = write_csv_signal(tmp_path / "h.csv", rng.normal(0, 1, (2, 300)), 100.0, ["I", "II"])
+    b = coerce(
+        [{"ecg": str(short)}, {"ecg": str(half)}, {"ecg": np.zeros((2, 500), np.float32)}],
+        schema,
+        base_dir=tmp_path,
+    )
+    assert b.flags[0] == [
+        "ecg: the record fills 120 of the 500 samples the model reads (1.2 s of 5 s); the rest "
+        "is zero padding"
+    ]
+    assert b.flags[1] == []  # 300 of 500: padding under half
+    assert b.flags[2] == ["ecg: every sample is 0 in every lead (no signal)"]
+    seq = Modality("ecg", "signal", (4, 2, 50), channels=2, length=50, sequence=4)
+    x = np.zeros((4, 2, 50), np.float32)
+    x[0, 1, :30] = 1.0  # 30 of 200 samples, in the first window
+    got = coerce([{"ecg": x}], Schema({"ecg": seq})).flags[0]
+    assert got == [
+        "ecg: the record fills 30 of the 200 samples the model reads; the rest is zero padding"
+    ]
+
+
 def test_all_nan_image_is_not_present() -> None:
     mod = Modality("image", "image", (1, 4, 4), channels=1, size=(4, 4))
     tab = Modality("t", "tabular", (1,), columns=("age",))

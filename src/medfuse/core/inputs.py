@@ -1218,13 +1218,16 @@ def plausibility(
     signals: the sample's 1st/99th percentile beyond the training 0.5/99.5 percentiles by more
     than half their span, or its mean beyond the training means by as much (a 0-255 image for
     a model trained on 0-1). Text: one that fills every token the model reads (a longer one is
-    cut there), or with a larger share of unknown words than the training texts had."""
+    cut there), or with a larger share of unknown words than the training texts had. Signals: a
+    record mostly zero padding (shorter than the model reads), or zero throughout."""
     n = len(next(iter(masks.values()))) if masks else 0
     out: list[list[str]] = [[] for _ in range(n)]
     for m, mod in schema.modalities.items():
         if mod.kind == "text" and m in arrays:
             _text_flags(out, m, mod, arrays[m], masks[m], schema.stats.get(m) or {})
             continue
+        if mod.kind == "signal" and m in arrays:
+            _padding_flags(out, m, mod, arrays[m], masks[m])
         rng = (schema.stats.get(m) or {}).get("range")
         if not rng or m not in arrays:
             continue
@@ -1307,4 +1310,35 @@ def _text_flags(
             f"{m}: {round(shares[k] * n)} of {n} tokens are words the model's vocabulary does "
             f"not hold ({shares[k]:.0%}; training texts: {float(p99):.0%} at the 99th "
             "percentile); another language or kind of text?"
+        )
+
+
+#: the share of what a signal modality reads that may be zero padding before a prediction says so
+PADDED_SHARE = 0.5
+
+
+def _padding_flags(
+    out: list[list[str]], m: str, mod: Modality, x: np.ndarray, mask: np.ndarray
+) -> None:
+    """:func:`plausibility`'s flags of a signal modality: a record shorter than the model reads
+    is zero-padded at its end (``fit_signal``); one whose padding is over
+    :data:`PADDED_SHARE` of it, or that is zero in every lead throughout, is named."""
+    present = np.flatnonzero(np.asarray(mask) > 0)
+    if not len(present):
+        return
+    v = np.asarray(x)[present]
+    if mod.sequence:  # (N, S, C, T): the windows of one record, in order
+        v = np.moveaxis(v, 1, 2).reshape(len(present), v.shape[2], -1)
+    total = v.shape[-1]
+    live = (v != 0).any(axis=1)  # (N, T): a sample where some lead is not 0
+    held = np.where(live.any(axis=1), total - np.argmax(live[:, ::-1], axis=1), 0)
+    rate = float(mod.rate) if mod.rate else None
+    for k in np.flatnonzero(total - held > PADDED_SHARE * total):
+        if not held[k]:
+            out[present[k]].append(f"{m}: every sample is 0 in every lead (no signal)")
+            continue
+        secs = f" ({held[k] / rate:.3g} s of {total / rate:.3g} s)" if rate else ""
+        out[present[k]].append(
+            f"{m}: the record fills {held[k]} of the {total} samples the model reads{secs}; "
+            "the rest is zero padding"
         )
