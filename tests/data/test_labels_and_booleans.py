@@ -197,3 +197,41 @@ def test_a_boolean_column_gives_the_same_probabilities_in_evaluate_and_predict(
     # a number column still refuses a boolean
     with pytest.raises(InputError, match="True is a boolean; give a number"):
         pred.predict_proba([{"smoker": True, "age": True}])
+
+
+# ---- multiclass and multilabel labels (found by an audit) ---------------------------------------
+
+
+def test_table_route_refuses_labels_that_differ_only_in_case(tmp_path: Path) -> None:
+    """medfuse train --table declares the labels it finds: 'normal' also written 'Normal' (or a
+    multilabel 'STTC' / 'sttc') must be refused there too, not trained as two classes."""
+    from medfuse.data.table import infer_table_spec
+
+    mc = ["normal", "Normal", "benign", "malignant", "normal", "benign"] * 5
+    with pytest.raises(
+        DataError, match=r"'label'.*differ only in letter case: 'Normal' and 'normal'"
+    ):
+        infer_table_spec(
+            pd.read_csv(_cases(tmp_path, label=mc)), label="label", csv_path=tmp_path / "t.csv"
+        )
+    ml = ["MI;STTC", "NORM", "sttc", "MI", "CD;MI", "NORM"] * 5
+    with pytest.raises(DataError, match=r"differ only in letter case: 'STTC' and 'sttc'"):
+        infer_table_spec(
+            pd.read_csv(_cases(tmp_path, label=ml)), label="label", csv_path=tmp_path / "t.csv"
+        )
+
+
+@pytest.mark.parametrize("task", ["{type: multilabel}", "{type: multiclass}", "{type: binary}"])
+def test_a_label_cell_of_spaces_is_an_empty_label(tmp_path: Path, task: str) -> None:
+    """A label cell holding only spaces is no label, refused like an empty one: not a multilabel
+    row with every label negative, nor a class named ''."""
+    labels = {
+        "{type: multilabel}": ["MI;STTC", "NORM", "MI", "CD;MI", "NORM", "STTC"],
+        "{type: multiclass}": ["normal", "benign", "malignant"] * 2,
+        "{type: binary}": ["0", "1"] * 3,
+    }[task]
+    cells = (labels * N)[:N]
+    cells[7] = "   "
+    csv = _cases(tmp_path, label=cells)
+    with pytest.raises(DataError, match=r"cases\.csv row 9: empty label in column 'label'"):
+        load_spec_data(load_spec(_yaml_spec(tmp_path, csv, task)))

@@ -47,6 +47,49 @@ def test_multiclass_and_multilabel() -> None:
     assert np.isclose(mm["auroc"], skm.roc_auc_score(ym, pm, average="macro"))
 
 
+def test_multiclass_with_two_classes_has_its_auroc() -> None:
+    """A multiclass task of two classes: its AUROC is the binary one (scikit-learn's
+    multi_class="ovr" raises there, which once left it NaN beside a finite CI)."""
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 120)
+    p = probabilities("multiclass", rng.standard_normal((120, 2)) + 1.5 * np.eye(2)[y])
+    m = compute_metrics("multiclass", y, p, labels=["a", "b"])
+    assert np.isclose(m["auroc"], skm.roc_auc_score(y, p[:, 1])) and m["auroc"] > 0.7
+
+
+def _completed(task: str, threshold: dict) -> object:
+    from medfuse.core.spec import ModalitySpec, complete_spec, parse_spec
+
+    labels = ["a", "b", "c"]
+    spec = parse_spec(
+        {
+            "data": {"source": "synthetic"},
+            "task": {"type": task, "labels": labels},
+            "modalities": {"t": {"kind": "tabular", "columns": ["x"]}},
+            **({"threshold": threshold} if threshold else {}),
+        }
+    )
+    return complete_spec(spec, {"t": ModalitySpec(kind="tabular", columns=["x"])}, labels)
+
+
+def test_thresholds_of_multiclass_and_multilabel_tasks_are_applied_or_refused() -> None:
+    """A multilabel task decides every label at its spec's fixed threshold (it was replaced by
+    0.5 without a word); an operating point chosen on validation, or any threshold of a
+    multiclass task (argmax), is refused at training instead of being ignored."""
+    from medfuse.core.errors import SpecError
+    from medfuse.training.pipeline import threshold_for
+
+    y, p = np.zeros((4, 3)), np.full((4, 3), 0.5)
+    spec = _completed("multilabel", {"method": "fixed", "value": 0.3})
+    assert threshold_for(spec, y, p) == {"method": "fixed", "value": 0.3}
+    assert threshold_for(_completed("multilabel", {}), y, p)["value"] == 0.5
+    with pytest.raises(SpecError, match=r"'threshold\.method': 'sensitivity' chooses an operating"):
+        _completed("multilabel", {"method": "sensitivity", "target": 0.95})
+    with pytest.raises(SpecError, match=r"'threshold': a multiclass task decides by argmax"):
+        _completed("multiclass", {"method": "fixed", "value": 0.3})
+    assert threshold_for(_completed("multiclass", {}), y[:, 0], p)["method"] == "argmax"
+
+
 def test_ece_known_cases() -> None:
     y = np.array([0, 1] * 50)
     assert ece(y, y.astype(float)) == 0.0  # perfectly confident and right

@@ -65,7 +65,8 @@ def model_card(meta: dict[str, Any], metrics: dict[str, Any]) -> str:
         f"- Fusion: {text(spec['fusion']['type'])}; parameters: {meta.get('parameters', '?'):,}"
         + _ensemble_note(spec, meta),
         f"- Decision threshold: {meta['threshold']['value']:.4f} "
-        f"({text(meta['threshold'].get('method'))}, chosen on validation)",
+        f"({text(meta['threshold'].get('method'))}"
+        + (", chosen on validation)" if meta["threshold"].get("chosen_on") else ")"),
         _calibration_line(meta.get("calibration") or {}),
         "- Versions: "
         + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items() if k != "platform"),

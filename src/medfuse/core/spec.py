@@ -616,10 +616,30 @@ def complete_spec(spec: Spec, modalities: dict[str, ModalitySpec], labels: list[
                 "[negative, positive] and flips the targets) or code the targets that way",
             )
         d["task"]["positive"] = labs[1]  # labels are [negative, positive]
+    _check_threshold(spec)
     for name, m in d["modalities"].items():
         d["branches"].setdefault(name, {"type": DEFAULT_BRANCH[m["kind"]]})
     d["branches"] = {n: b for n, b in d["branches"].items() if n in d["modalities"]}
     return parse_spec(d)
+
+
+def _check_threshold(spec: Spec) -> None:
+    """A multiclass task decides by argmax, a multilabel one each label at one fixed threshold
+    (``value``, default 0.5): an operating point chosen on validation (youden, sensitivity,
+    specificity) is for binary tasks, and a setting that would not be applied is refused."""
+    t, task = spec.threshold, spec.task.type
+    given = t.model_fields_set
+    if task == "multiclass" and given:
+        raise SpecError(
+            "threshold", "a multiclass task decides by argmax: no threshold applies; remove it"
+        )
+    if task == "multilabel" and ((t.method != "fixed" and "method" in given) or t.target):
+        raise SpecError(
+            "threshold.method",
+            f"{t.method!r} chooses an operating point on validation, for binary tasks; a "
+            "multilabel task decides every label at one fixed threshold: "
+            "threshold: {method: fixed, value: 0.5}",
+        )
 
 
 def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -398,9 +398,11 @@ def _labels(
             f"{where}: no label column {col!r}{did_you_mean(col, df.columns)} (set data.options.label)"
         )
     values = df[col]
-    if values.isna().any():
+    blank = values.map(_empty).to_numpy(bool)  # NaN, or only spaces: no label
+    if blank.any():
         raise DataError(
-            f"{where} row {int(np.argmax(values.isna().to_numpy())) + 2}: empty label in column {col!r}"
+            f"{where} row {int(np.argmax(blank)) + 2}: empty label in column {col!r} (every "
+            "row needs a label; drop unlabelled rows, or predict them)"
         )
     vals = values.astype(str).str.strip()
     if names is not None:  # YAML numbers ([0, 1], [0.0, 1.0]) name the classes '0' and '1'
@@ -409,7 +411,7 @@ def _labels(
         sets = [{t.strip() for t in v.split(";") if t.strip()} for v in vals]
         if names is None:
             names = sorted(set().union(*sets))
-            _refuse_case_variants(names, col, where)
+            refuse_case_variants(names, col, where)
         for r, s in enumerate(sets):
             if s - set(names):
                 raise DataError(
@@ -420,7 +422,7 @@ def _labels(
     vals = vals.map(_label_text)  # 0/1, 0.0/1.0: one spelling per class, names given or not
     if names is None:
         names = sorted(vals.unique(), key=lambda v: (float(v) if _isnum(v) else np.inf, v))
-        _refuse_case_variants(names, col, where)
+        refuse_case_variants(names, col, where)
     lut = {_label_text(v): i for i, v in enumerate(names)}
     if len(lut) < len(names):
         raise DataError(f"{where}: data.options.labels {names} name a class twice")
@@ -438,10 +440,11 @@ def _labels(
     return (y.astype(np.float32) if kind == "binary" else y.astype(np.int64)), names, kind
 
 
-def _refuse_case_variants(names: list[str], col: str, where: str) -> None:
+def refuse_case_variants(names: list[str], col: str, where: str) -> None:
     """Labels found in the data that differ only in letter case ('Normal', 'normal') would be
     two classes, one class's rows split between them: refused, unless ``data.options.labels``
-    names both (then they are the classes declared)."""
+    names both (then they are the classes declared); ``medfuse train --table`` refuses them
+    before it declares the labels it found."""
     twins = _case_twins(names)
     if twins:
         shown = "; ".join(" and ".join(repr(v) for v in g) for g in twins)

@@ -43,7 +43,12 @@ from medfuse.core.errors import DataError, SpecError, did_you_mean
 from medfuse.core.readers import read_image, read_signal
 from medfuse.core.readers.base import SIGNAL_LAYOUTS, suffix_of
 from medfuse.core.spec import DEFAULT_BRANCH, apply_overrides, parse_spec
-from medfuse.data.manifest import PATIENT_NAMES, named_column, read_csv_frame
+from medfuse.data.manifest import (
+    PATIENT_NAMES,
+    named_column,
+    read_csv_frame,
+    refuse_case_variants,
+)
 
 #: what ``medfuse train --table`` / ``medfuse.fit`` train with when nothing is set; chosen by
 #: ``benchmarks/table_defaults.py`` (cross-validation over train + val, never a test split)
@@ -301,10 +306,12 @@ def _task(
     cells = s.astype(str).str.strip()
     if cells.str.contains(";").any():
         names = sorted({t.strip() for c in cells for t in c.split(";") if t.strip()})
+        refuse_case_variants(names, label, where)  # the spec then declares these labels
         if positive is not None:
             raise SpecError("positive", f"applies to binary tasks; {label!r} is multilabel")
         return "multilabel", names, f"multilabel ({len(names)} labels, ';'-separated)"
     values = sorted(cells.unique(), key=lambda v: (float(v) if _isnum(v) else math.inf, v))
+    refuse_case_variants(values, label, where)
     counts = cells.value_counts()
     if len(values) < 2:
         raise DataError(f"{where}: label column {label!r} holds one value only ({values})")

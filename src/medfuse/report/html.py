@@ -239,7 +239,7 @@ def _model_card(ev: Any, ctx: dict[str, Any]) -> Section:
             "decision threshold",
             f"{num(thr.get('value'), 4)} ({esc(thr.get('method'))}"
             + (f", target {esc(thr['target'])}" if thr.get("target") else "")
-            + f", chosen on {esc(thr.get('chosen_on', 'val'))})",
+            + (f", chosen on {esc(thr['chosen_on'])})" if thr.get("chosen_on") else ")"),
         ),
         (
             "calibration",

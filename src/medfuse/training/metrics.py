@@ -126,11 +126,9 @@ def multiclass_metrics(
             ]
         )
     onehot = np.eye(k)[y]
-    auroc = (
-        _safe(skm.roc_auc_score, y, p, multi_class="ovr", average="macro", labels=list(range(k)))
-        if len(present) == k
-        else float(np.nanmean([_safe(skm.roc_auc_score, onehot[:, i], p[:, i]) for i in present]))
-    )
+    # macro one-vs-rest over the classes present: scikit-learn's multi_class="ovr" when all are,
+    # and defined with two classes too (where that raises)
+    auroc = float(np.nanmean([_safe(skm.roc_auc_score, onehot[:, i], p[:, i]) for i in present]))
     names = labels or [str(i) for i in range(k)]
     return {
         "auroc": auroc,

@@ -493,8 +493,10 @@ def merge_history(merged: Path, member_file: Path, k: int) -> None:
 
 def threshold_for(spec: Spec, y_val: np.ndarray, p_val: np.ndarray) -> dict[str, Any]:
     t = spec.threshold
-    if spec.task.type != "binary":
-        return {"method": "argmax" if spec.task.type == "multiclass" else "fixed", "value": 0.5}
+    if spec.task.type == "multiclass":
+        return {"method": "argmax", "value": 0.5}
+    if spec.task.type == "multilabel":  # one fixed threshold for every label (complete_spec)
+        return {"method": "fixed", "value": 0.5 if t.value is None else float(t.value)}
     value = choose_threshold(y_val, p_val, t.method, t.target, t.value)
     return {"method": t.method, "target": t.target, "value": value, "chosen_on": "val"}
 
