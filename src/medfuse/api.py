@@ -175,8 +175,11 @@ def evaluate(
     data_dir: str | Path | None = None,
     device: str = "auto",
     data: str | Path | None = None,
+    threshold: float | None = None,
 ) -> dict[str, Any]:
-    """Metrics of a package on a split of its own data source (threshold and calibration applied).
+    """Metrics of a package on a split of its own data source (threshold and calibration applied;
+    ``threshold``: another operating point for every row, e.g. one re-chosen on validation by
+    ``medfuse evaluate --threshold-method``, on the package's calibrated scale).
     ``data``: a manifest CSV to use instead (the data moved, or an external test set: with every
     row's split ``test`` all of it is evaluated, train and val may be empty); ``data_check`` in
     the result says whether the data matches the fingerprint recorded at training, and
@@ -194,9 +197,8 @@ def evaluate(
     t = to_tensors(data_split, stats)
     # every row (fused, paired / partial, each branch, each modality removed) at the package's
     # temperature: its stored threshold lives on the calibrated scale (medfuse calibrate maps it)
-    out = split_metrics(
-        pred.model, spec, t, pred.threshold, pred.device, temperature=pred.temperature
-    )
+    thr = pred.threshold if threshold is None else float(threshold)
+    out = split_metrics(pred.model, spec, t, thr, pred.device, temperature=pred.temperature)
     out["split"] = split
     out["positive"] = spec.task.positive_class
     out["data_check"] = (bundle.info.get("fingerprint_check") or {}).get(

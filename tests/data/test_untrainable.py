@@ -172,3 +172,19 @@ def test_a_multilabel_label_never_positive_or_negative_in_training_is_refused(
         "positives per label among the 18 training rows: a 9, b 0, c 18",
         "Give each label positive and negative training rows",
     )
+
+
+def test_a_validation_split_of_one_class_cannot_choose_the_threshold(tmp_path: Path) -> None:
+    """The threshold is chosen on validation: val rows of one class would make any threshold
+    'optimal' (Youden's fell back to 0.5, recorded as chosen on val). Refused before training,
+    with the fix; a fixed threshold needs no choice and trains."""
+    csv = _manifest(
+        tmp_path / "m.csv",
+        crp=[1.0] * 30,
+        label=lambda i, s: 0 if s == "val" else i % 2,  # every val row negative
+    )
+    spec = _spec(csv, clinical=["age"])
+    _refused(spec, tmp_path / "out", "validation split, which holds '0' samples only (6 rows)")
+    spec["threshold"] = {"method": "fixed", "value": 0.5}
+    pkg = train(spec, out=tmp_path / "fixed", device="cpu", progress=False).package
+    assert (pkg / "medfuse.json").exists()

@@ -232,3 +232,19 @@ def test_multiclass_target_by_name(tmp_path, untrained) -> None:
         )
         == 2
     )
+
+
+def test_a_binary_target_is_read_as_a_class_name_before_an_index() -> None:
+    """Labels ['1', '0'] (positive '0'): '--target 1' names the negative class and is refused,
+    not read as index 1 and explained for '0'; the positive's name, and '1' where no class is
+    named '1', select the positive class."""
+    from medfuse.core.errors import SpecError
+    from medfuse.explain.explainer import Explainer
+
+    ex = Explainer.__new__(Explainer)
+    ex.task, ex.labels = "binary", ["1", "0"]
+    assert ex._target_index("0") is None
+    with pytest.raises(SpecError, match="positive class '0'; got '1'"):
+        ex._target_index("1")
+    ex.labels = ["benign", "malignant"]
+    assert ex._target_index("1") is None and ex._target_index("malignant") is None

@@ -90,6 +90,18 @@ def test_thresholds_of_multiclass_and_multilabel_tasks_are_applied_or_refused() 
     assert threshold_for(_completed("multiclass", {}), y[:, 0], p)["method"] == "argmax"
 
 
+def test_no_threshold_is_chosen_on_one_class_and_auprc_needs_a_positive() -> None:
+    from medfuse.core.errors import DataError
+
+    y, p = np.zeros(8, int), np.linspace(0.1, 0.9, 8)
+    for method, target in (("youden", None), ("sensitivity", 0.95), ("specificity", 0.9)):
+        with pytest.raises(DataError, match=rf"threshold method '{method}'.*class 0 samples only"):
+            choose_threshold(y, p, method, target)
+    assert choose_threshold(y, p, "fixed", value=0.3) == 0.3
+    m = compute_metrics("binary", y, p, 0.5)
+    assert np.isnan(m["auprc"]) and np.isnan(m["auroc"])  # undefined, never 0.0
+
+
 def test_ece_known_cases() -> None:
     y = np.array([0, 1] * 50)
     assert ece(y, y.astype(float)) == 0.0  # perfectly confident and right

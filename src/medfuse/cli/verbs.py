@@ -195,13 +195,15 @@ def setup_evaluate(p: argparse.ArgumentParser) -> Handler:
                     "threshold, or mark the rows to choose it on with 'val' in the split column",
                 )
             with reading_split(a.split):  # as evaluate read it: train and val may be empty
-                rc = run_clinical_evaluate(a, m)
+                m = run_clinical_evaluate(a, m)  # at a re-chosen threshold: every row again
             if not a.json and "paired" in m:  # some samples miss a modality
                 rows = {"all": m, **{f"{k} (n={m[k]['n']})": m[k] for k in ("paired", "partial")}}
-                console().print(
-                    metrics_table("fully paired vs partial samples", rows, SUMMARY_KEYS)
+                thr = m.get("threshold")
+                title = "fully paired vs partial samples" + (
+                    f" (threshold {thr:.4g})" if isinstance(thr, float) else ""
                 )
-            return rc
+                console().print(metrics_table(title, rows, SUMMARY_KEYS))
+            return 0
         text = json.dumps(m, indent=2, default=str)
         if a.output:
             write_output(a.output, text, "--output")
@@ -209,8 +211,8 @@ def setup_evaluate(p: argparse.ArgumentParser) -> Handler:
             print(text)
             return 0
         rows = {
-            "fused": m,
-            **{f"{k} only": v for k, v in m.get("branches", {}).items()},
+            f"fused (n={m.get('n')})": m,
+            **{f"{k} only (n={v['n']})": v for k, v in m.get("branches", {}).items()},
             **{f"without {k}": v for k, v in m.get("without", {}).items()},
             **{
                 f"{k} (n={m[k]['n']})": m[k]

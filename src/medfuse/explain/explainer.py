@@ -133,7 +133,8 @@ class Explainer:
         if target is None:
             return None
         if self.task == "binary":
-            if str(target) in (self.labels[1], "1"):
+            # a class name first: with labels ['1', '0'], '1' names the negative class
+            if str(target) == self.labels[1] or (str(target) == "1" and "1" not in self.labels):
                 return None
             raise SpecError(
                 "--target",

@@ -25,7 +25,14 @@ from medfuse.core.errors import SpecError
 from medfuse.core.package import package_out, read_meta, update_package
 from medfuse.data import DataBundle, load_spec_data
 from medfuse.inference.predictor import Predictor, load
-from medfuse.training.metrics import ECE_BINS, choose_threshold, ece, probabilities, top_label_ece
+from medfuse.training.metrics import (
+    ECE_BINS,
+    choose_threshold,
+    compute_metrics,
+    ece,
+    probabilities,
+    top_label_ece,
+)
 
 
 def load_bundle(
@@ -82,8 +89,10 @@ def fit_temperature(task: str, logits: np.ndarray, y: np.ndarray) -> float:
 def temperature_bound(t: float) -> str:
     """What a fitted temperature at the search's bound (:data:`T_BOUNDS`) means, ``""`` inside:
     at the upper bound the scores barely predict the labels (every probability is pulled to
-    chance: data on another scale, other labels?); at the lower, every validation sample was
-    scored on the right side with room to spare (few samples: sharper than it can know)."""
+    chance: data on another scale, other labels?); at the lower, the likelihood wanted the
+    scores sharpened further still: they are small next to what separates the validation
+    samples (an under-trained model's near-zero logits, or few samples), so the calibrated
+    probabilities are only as sharp as the bound allows and rest on few samples' evidence."""
     lo, hi = T_BOUNDS
     if t >= hi * 0.99:
         return (
@@ -93,9 +102,11 @@ def temperature_bound(t: float) -> str:
         )
     if t <= lo * 1.01:
         return (
-            f"the fitted temperature is the search's lower bound ({lo:g}): the validation "
-            "samples are all separated with room to spare, so the calibrated probabilities "
-            "are as sharp as allowed; with few validation samples they are overconfident"
+            f"the fitted temperature is the search's lower bound ({lo:g}): the fit wanted the "
+            "model's scores sharpened further still (its scores are small next to what "
+            "separates the validation samples: an under-trained model, or few validation "
+            "samples), so the calibrated probabilities are as sharp as the bound allows; "
+            "check medfuse evaluate's validation numbers before trusting them"
         )
     return ""
 
@@ -210,8 +221,9 @@ def calibrate_package(
     if bound:
         record["note"] = bound
         log.warning("%s: %s", package, bound)
+    test_logits = pred.logits(bundle.test) if bundle.test is not None else None
     if bundle.test is not None:
-        test = calibration_summary(task, pred.logits(bundle.test), bundle.test.y, t_new)
+        test = calibration_summary(task, test_logits, bundle.test.y, t_new)
         record.update({f"test_{k}": v for k, v in test.items() if k != "n"})
     record["fitted"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if command:
@@ -236,6 +248,14 @@ def calibrate_package(
     meta_new = {**meta, "calibration": record, "threshold": thr}
     mfile = Path(package) / "metrics.json"
     metrics = json.loads(mfile.read_text()) if mfile.exists() else {}
+    # the card's table as the package now decides: at the new temperature and threshold (the
+    # training record, metrics.json, keeps what training measured)
+    labels = list(pred.meta["labels"])
+    for name, lg, split in (("val", val_logits, bundle.val), ("test", test_logits, bundle.test)):
+        if lg is not None and split is not None:
+            p_now = probabilities(task, lg, t_new)
+            at = float(thr.get("value", 0.5))
+            metrics = {**metrics, name: compute_metrics(task, split.y, p_now, at, labels)}
     path = update_package(
         package,
         out,

@@ -73,9 +73,12 @@ def check_evaluate_options(a: argparse.Namespace) -> None:
         check_options(a.bootstrap, a.threshold_method, a.target, a.value)
 
 
-def run_clinical_evaluate(a: argparse.Namespace, core: dict[str, Any]) -> int:
+def run_clinical_evaluate(a: argparse.Namespace, core: dict[str, Any]) -> dict[str, Any]:
     """``medfuse evaluate`` with CIs: the core metrics dict (same keys as before) plus ``ci``,
-    ``bootstrap``, ``threshold``, ``subgroups``, ``per_modality`` and ``calibration``."""
+    ``bootstrap``, ``threshold``, ``subgroups``, ``per_modality`` and ``calibration``; returned.
+    With ``--threshold-method`` every row (fused, each branch, each modality removed, paired and
+    partial) is evaluated again at the re-chosen operating point, so no row of the output is at
+    another threshold than the one it reports."""
     from medfuse.report.clinical import (  # lazy: torch and the data stack, only when the verb runs
         clinical_evaluation,
         jsonable,
@@ -96,7 +99,17 @@ def run_clinical_evaluate(a: argparse.Namespace, core: dict[str, Any]) -> int:
     )
     s = ev.summary
     out = dict(core)
-    if a.threshold_method:  # point metrics at the re-chosen operating point
+    if a.threshold_method:  # every row at the re-chosen operating point
+        from medfuse.api import evaluate  # lazy: as the verb's own evaluation
+
+        out = evaluate(
+            a.package,
+            split=a.split,
+            data_dir=a.data_dir,
+            device=a.device,
+            data=a.data,
+            threshold=s["threshold"]["value"],
+        )
         out.update({k: v["value"] for k, v in s["metrics"].items()})
         out["confusion_matrix"] = s["confusion_matrix"]
         out["threshold"] = s["threshold"]["value"]
@@ -114,9 +127,9 @@ def run_clinical_evaluate(a: argparse.Namespace, core: dict[str, Any]) -> int:
         write_output(a.output, text, "--output")
     if a.json:
         print(text)
-        return 0
+        return out
     print_evaluation(ev)
-    return 0
+    return out
 
 
 def print_evaluation(ev: Evaluation) -> None:

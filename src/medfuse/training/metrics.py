@@ -9,6 +9,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from medfuse.core.decision import SUMMARY_KEYS, probabilities  # noqa: F401  (one implementation, torch-free)
+from medfuse.core.errors import DataError
 
 ECE_BINS = 10
 
@@ -59,9 +60,11 @@ def choose_threshold(
     target: float | None = None,
     value: float | None = None,
 ) -> float:
-    """Operating point on validation: Youden's J, a target sensitivity/specificity, or fixed."""
+    """Operating point on validation: Youden's J, a target sensitivity/specificity, or fixed.
+    A chosen one needs validation samples of both classes (:func:`check_operating_data`)."""
     if method == "fixed":
         return float(0.5 if value is None else value)
+    check_operating_data(y, method)
     if method == "youden":
         return youden_threshold(y, p)
     fpr, tpr, thr = skm.roc_curve(y, p)
@@ -71,6 +74,25 @@ def choose_threshold(
         return float(thr[ok[0]]) if len(ok) else float(thr[-1])
     ok = np.flatnonzero(1 - fpr >= float(target))  # specificity: lowest threshold keeping it
     return float(thr[ok[-1]]) if len(ok) else float(thr[0])
+
+
+def check_operating_data(y: np.ndarray, method: str, labels: list[str] | None = None) -> None:
+    """Refuse to choose an operating point (``method``: youden, sensitivity, specificity) on
+    validation samples of one class: any threshold would be as good on them, and the one
+    recorded as chosen would be arbitrary (Youden's fell back to 0.5, a target sensitivity to a
+    threshold that calls every case positive)."""
+    classes = np.unique(np.asarray(y).astype(int).ravel())
+    if len(classes) >= 2:
+        return
+    only = (
+        "no" if not len(classes) else repr(labels[classes[0]]) if labels else f"class {classes[0]}"
+    )
+    raise DataError(
+        f"the operating point (threshold method {method!r}) is chosen on the validation split, "
+        f"which holds {only} samples only ({len(np.ravel(y))} rows): it needs both classes. Give "
+        "the validation split rows of both classes, or set the threshold yourself "
+        "(threshold: {method: fixed, value: 0.5})"
+    )
 
 
 def _safe(fn, *a, **k) -> float:
@@ -92,7 +114,8 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict
     spec = tn / (tn + fp) if tn + fp else float("nan")
     return {
         "auroc": _safe(skm.roc_auc_score, y, p),
-        "auprc": _safe(skm.average_precision_score, y, p),
+        # undefined without a positive (scikit-learn warns and gives 0.0)
+        "auprc": _safe(skm.average_precision_score, y, p) if y.any() else float("nan"),
         "accuracy": float((pred == y).mean()),
         "balanced_accuracy": _safe(skm.balanced_accuracy_score, y, pred),
         "sensitivity": float(sens),

@@ -40,7 +40,13 @@ from medfuse.training.callbacks import Callback
 from medfuse.training.finetune import adapter_state, apply_finetune, merge_finetune
 from medfuse.training.init import INIT_RECORD, init_from_package
 from medfuse.training.malloc import tune_malloc
-from medfuse.training.metrics import SUMMARY_KEYS, choose_threshold, compute_metrics, probabilities
+from medfuse.training.metrics import (
+    SUMMARY_KEYS,
+    check_operating_data,
+    choose_threshold,
+    compute_metrics,
+    probabilities,
+)
 from medfuse.training.trainer import CHECKPOINT, HISTORY, Trainer
 
 log = logging.getLogger("medfuse")
@@ -95,6 +101,9 @@ def prepare_data(spec: Spec, data_dir: str | Path | None = None) -> tuple[Spec, 
             "task.type", f"the data is {bundle.task!r} but the spec says {spec.task.type!r}"
         )
     check_trainable(bundle)  # training only: every class has training rows, every column values
+    if spec.task.type == "binary" and spec.threshold.method != "fixed" and bundle.val is not None:
+        # before training, not after it: the threshold is chosen on validation
+        check_operating_data(bundle.val.y, spec.threshold.method, list(bundle.labels))
     return complete_spec(spec, bundle.modalities, bundle.labels), bundle
 
 
@@ -536,7 +545,9 @@ def split_metrics(
             present = data.masks[m].numpy() > 0
             if present.sum() >= 2:
                 mm = compute_metrics(task, y[present], probs(lg[present]), threshold, labels)
-                out["branches"][m] = {k: mm[k] for k in SUMMARY_KEYS if k in mm}
+                # on the rows that have the modality: n says how many (the fused row's are all)
+                out["branches"][m] = {"n": int(present.sum())}
+                out["branches"][m].update({k: mm[k] for k in SUMMARY_KEYS if k in mm})
         if len(spec.modalities) > 1:
             out["without"] = {}
             for m in spec.modalities:
