@@ -58,12 +58,20 @@ def test_weighted_point_metrics_equal_sklearn_multiclass_and_multilabel() -> Non
         assert mine[key] == pytest.approx(ref[key], abs=1e-12), key
 
 
-def test_perfect_classifier_has_a_degenerate_interval() -> None:
+def test_perfect_classifier_intervals() -> None:
+    from scipy import stats
+
     y = np.r_[np.zeros(60), np.ones(40)]
     p = np.r_[np.linspace(0.0, 0.4, 60), np.linspace(0.6, 1.0, 40)]
     iv = metric_intervals("binary", y, p, 0.5, n_boot=300, seed=0)
-    for k in ("auroc", "auprc", "sensitivity", "specificity", "accuracy"):
+    # the bootstrap of a ranking metric cannot leave 1 when every resample is separated
+    for k in ("auroc", "auprc"):
         assert iv[k]["value"] == iv[k]["lo"] == iv[k]["hi"] == 1.0, k
+    # proportions: the exact interval of k/k, not [1, 1]
+    for k, n in (("sensitivity", 40), ("specificity", 60), ("accuracy", 100)):
+        lo = stats.binomtest(n, n).proportion_ci(0.95, method="exact").low
+        assert iv[k]["value"] == iv[k]["hi"] == 1.0, k
+        assert iv[k]["lo"] == pytest.approx(lo) and iv[k]["lo"] < 1.0, k
 
 
 def test_random_classifier_interval_matches_theory() -> None:

@@ -1,4 +1,22 @@
-"""Bootstrap confidence intervals for every clinical metric, vectorised over resamples.
+"""Confidence intervals for every clinical metric: exact intervals for proportions, a bootstrap
+(vectorised over resamples) for everything else.
+
+**Proportions** (accuracy, sensitivity, specificity, PPV, NPV, prevalence: a count of successes
+over a count of samples) get the exact Clopper-Pearson interval computed from the counts, never
+a percentile bootstrap: a bootstrap of 1/1 detected positives is [1, 1] in every resample, while
+the exact 95% interval for 1/1 is 0.025-1. When patients are resampled (several samples per
+patient), the counts are replaced by effective counts (Korn & Graubard 1998): ``n_eff =
+p(1-p) / var``, ``var`` the patient-clustered (linearised ratio) variance, capped at ``n``; at
+``p`` = 0 or 1, where within-patient correlation cannot be estimated, ``n_eff`` is the number of
+patients in the denominator (conservative).
+
+**Everything else** (AUROC, AUPRC, balanced accuracy, F1, kappa, ECE, Brier, differences and
+gaps) gets the percentile bootstrap. A ranking metric or one that averages over both classes
+(AUROC, AUPRC, balanced accuracy, F1; macro sensitivity/specificity for multiclass and
+multilabel tasks) gets **no interval** (NaN, printed ``n/a``) when a class has fewer than
+:data:`MIN_CLASS_COUNT` resampling units (samples, or patients when patients are resampled): with
+so few, the resamples take a handful of distinct values and the percentile interval collapses
+towards the point (to it exactly with one positive). Each interval says which ``method`` gave it.
 
 A bootstrap resample is a vector of integer *weights* (how often each sample was drawn), so one
 ``(B, N)`` weight matrix scores ``B`` resamples at once: AUROC and average precision come from
@@ -16,6 +34,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from scipy import stats
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,6 +48,12 @@ RESAMPLES = 1000
 LEVEL = 0.95
 #: weight-matrix cells scored at once (bounds memory: ~8 bytes x a few temporaries each)
 CHUNK_CELLS = 2_000_000
+#: fewest positives and negatives (resampling units: samples, or patients) for a bootstrap
+#: interval of a ranking or both-class metric; below it the interval is withheld (NaN, "n/a")
+MIN_CLASS_COUNT = 5
+#: metrics whose bootstrap needs both classes well represented (binary; for multiclass and
+#: multilabel tasks sensitivity and specificity are macro averages over classes and join them)
+BOTH_CLASS_METRICS = ("auroc", "auprc", "balanced_accuracy", "f1")
 
 Metrics = dict[str, np.ndarray]
 
@@ -265,6 +290,7 @@ def point_rows(task: str, y: np.ndarray, p: np.ndarray, threshold: float = 0.5) 
 
 
 def interval(value: float, dist: np.ndarray, level: float = LEVEL) -> dict[str, float]:
+    """The percentile bootstrap interval of ``dist`` around the point ``value``."""
     lo, hi = percentile_interval(dist, level)
     return {
         "value": float(value),
@@ -272,6 +298,170 @@ def interval(value: float, dist: np.ndarray, level: float = LEVEL) -> dict[str, 
         "hi": hi,
         "valid_resamples": int(np.isfinite(dist).sum()),
     }
+
+
+def clopper_pearson(k: float, n: float, level: float = LEVEL) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) interval of ``k`` successes in ``n`` trials; NaN for ``n = 0``.
+
+    ``k`` and ``n`` may be fractional (effective counts of clustered data)."""
+    if not n > 0:
+        return float("nan"), float("nan")
+    a = (1 - level) / 2
+    lo = 0.0 if k <= 0 else float(stats.beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k >= n else float(stats.beta.ppf(1 - a, k + 1, n - k))
+    return lo, hi
+
+
+def effective_counts(
+    success: np.ndarray, denom: np.ndarray, groups: Any = None
+) -> tuple[float, float, str]:
+    """``(k, n, how)`` for the proportion ``sum(success) / sum(denom)`` (0/1 per sample, success
+    only where denom). Without clusters (or one denominator sample per patient) the raw counts;
+    with patients, effective counts (Korn & Graubard): ``n_eff = p(1-p) / var`` with the
+    patient-clustered variance of the ratio, at most ``n``; at ``p`` = 0 or 1 the number of
+    patients in the denominator."""
+    s = np.asarray(success, float).ravel()
+    d = np.asarray(denom, float).ravel()
+    k, n = float(s.sum()), float(d.sum())
+    if groups is None or n == 0:
+        return k, n, "clopper-pearson"
+    codes, units = cluster_codes(groups, len(d))
+    a = np.bincount(codes, s, minlength=units)
+    b = np.bincount(codes, d, minlength=units)
+    used = b > 0
+    c = int(used.sum())
+    if c == n:  # one sample of the denominator per patient: the samples are independent
+        return k, n, "clopper-pearson"
+    p = k / n
+    if p <= 0 or p >= 1 or c < 2:
+        n_eff = float(c)
+    else:
+        var = c / (c - 1) * float(np.sum((a[used] - p * b[used]) ** 2)) / n**2
+        n_eff = min(n, p * (1 - p) / var) if var > 0 else n
+    return p * n_eff, n_eff, "clopper-pearson (effective n, patients)"
+
+
+def count_interval(
+    value: float,
+    success: np.ndarray,
+    denom: np.ndarray,
+    *,
+    groups: Any = None,
+    level: float = LEVEL,
+) -> dict[str, Any]:
+    """A proportion's exact interval from its counts (see :func:`effective_counts`)."""
+    k, n, how = effective_counts(success, denom, groups)
+    lo, hi = clopper_pearson(k, n, level)
+    return {
+        "value": float(value),
+        "lo": lo,
+        "hi": hi,
+        "valid_resamples": 0,
+        "method": how,
+    }
+
+
+def proportion_counts(
+    task: str, y: np.ndarray, p: np.ndarray, threshold: float = 0.5
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{metric: (success, denominator)}`` 0/1 per sample, for the metrics that are proportions
+    (binary: accuracy, sensitivity, specificity, PPV, NPV, prevalence; multiclass: accuracy)."""
+    if task == "binary":
+        yy = np.asarray(y, float).ravel() > 0.5
+        pred = np.asarray(p, float).ravel() >= threshold
+        one = np.ones(len(yy), bool)
+        return {
+            "accuracy": (pred == yy, one),
+            "sensitivity": (pred & yy, yy),
+            "specificity": (~pred & ~yy, ~yy),
+            "ppv": (pred & yy, pred),
+            "npv": (~pred & ~yy, ~pred),
+            "prevalence": (yy, one),
+        }
+    if task == "multiclass":
+        yi = np.asarray(y).astype(int).ravel()
+        correct = np.asarray(p, float).argmax(axis=1) == yi
+        return {"accuracy": (correct, np.ones(len(yi), bool))}
+    return {}
+
+
+def class_counts(task: str, y: np.ndarray, groups: Any = None) -> list[tuple[str, int, int]]:
+    """``(class, positives, negatives)`` in resampling units (patients with a sample of that
+    class when ``groups`` is given) for each class a ranking metric averages over: binary, the
+    positive class; multiclass, each class present; multilabel, each label with a positive."""
+    y = np.asarray(y)
+    n = len(y)
+    if task == "multiclass":
+        yi = y.astype(int).ravel()
+        cols = [(str(c), yi == c) for c in np.unique(yi)]
+    elif task == "multilabel":
+        ym = np.asarray(y, float).reshape(n, -1) > 0.5
+        cols = [(str(j), ym[:, j]) for j in range(ym.shape[1]) if ym[:, j].any()]
+    else:
+        cols = [("positive", np.asarray(y, float).ravel() > 0.5)]
+    codes, _ = cluster_codes(groups, n)
+
+    def units(sel: np.ndarray) -> int:
+        return int(len(np.unique(codes[sel]))) if groups is not None else int(sel.sum())
+
+    return [(name, units(sel), units(~sel)) for name, sel in cols]
+
+
+def too_few(task: str, y: np.ndarray, groups: Any = None) -> str | None:
+    """Why a ranking/both-class bootstrap interval is withheld, or None when it is not: some
+    class has fewer than :data:`MIN_CLASS_COUNT` positive or negative units."""
+    unit = "patient" if groups is not None else "sample"
+    counts = class_counts(task, y, groups)
+    if not counts:
+        return f"no interval: no positive {unit}"
+    for name, pos, neg in counts:
+        for count, what in ((pos, "positive"), (neg, "negative")):
+            if count < MIN_CLASS_COUNT:
+                cls = "" if task == "binary" else f" of class {name}"
+                return (
+                    f"no interval: {count} {what} {unit}{'s' if count != 1 else ''}{cls} "
+                    f"(fewer than {MIN_CLASS_COUNT})"
+                )
+    return None
+
+
+def both_class_metrics(task: str) -> tuple[str, ...]:
+    """The metrics whose bootstrap interval :func:`too_few` can withhold for ``task``."""
+    if task == "binary":
+        return BOTH_CLASS_METRICS
+    return (*BOTH_CLASS_METRICS, "sensitivity", "specificity")
+
+
+def finish_intervals(
+    task: str,
+    y: np.ndarray,
+    p: np.ndarray,
+    threshold: float,
+    values: dict[str, float],
+    dist: Metrics,
+    *,
+    groups: Any = None,
+    level: float = LEVEL,
+) -> dict[str, dict[str, Any]]:
+    """``{metric: {value, lo, hi, valid_resamples, method}}`` for every metric in ``dist`` (the
+    bootstrap distributions of one set of samples): proportions by their exact interval, the
+    rest by the percentile bootstrap, withheld (NaN) when :func:`too_few` says so."""
+    counts = proportion_counts(task, y, p, threshold)
+    withheld = too_few(task, y, groups)
+    guarded = both_class_metrics(task)
+    out: dict[str, dict[str, Any]] = {}
+    for k, d in dist.items():
+        if k in counts:
+            out[k] = count_interval(values[k], *counts[k], groups=groups, level=level)
+            out[k]["valid_resamples"] = int(np.isfinite(d).sum())
+            continue
+        iv: dict[str, Any] = interval(values[k], d, level)
+        iv["method"] = "percentile bootstrap"
+        if withheld and k in guarded:
+            iv["lo"] = iv["hi"] = float("nan")
+            iv["method"] = withheld
+        out[k] = iv
+    return out
 
 
 def metric_intervals(
@@ -285,9 +475,11 @@ def metric_intervals(
     seed: int = 0,
     level: float = LEVEL,
     labels: list[str] | None = None,
-) -> dict[str, dict[str, float]]:
-    """``{metric: {value, lo, hi, valid_resamples}}``: point estimates as in ``metrics.json``
-    (scikit-learn), 95% percentile bootstrap intervals from ``n_boot`` seeded resamples."""
+) -> dict[str, dict[str, Any]]:
+    """``{metric: {value, lo, hi, valid_resamples, method}}``: point estimates as in
+    ``metrics.json`` (scikit-learn); exact intervals for proportions, percentile bootstrap
+    intervals from ``n_boot`` seeded resamples for the rest, none (NaN) for ranking metrics with
+    fewer than :data:`MIN_CLASS_COUNT` units of a class (see the module docstring)."""
     point = compute_metrics(task, y, p, threshold, labels)
     extra = point_rows(task, y, p, threshold)
     dist = bootstrap(
@@ -297,11 +489,11 @@ def metric_intervals(
         n_boot=n_boot,
         seed=seed,
     )
-    out = {}
-    for k, d in dist.items():
+    values = {}
+    for k in dist:
         v = point.get(k, extra.get(k))
-        out[k] = interval(v if isinstance(v, float) else extra[k], d, level)
-    return out
+        values[k] = v if isinstance(v, float) else extra[k]
+    return finish_intervals(task, y, p, threshold, values, dist, groups=groups, level=level)
 
 
 def resampling_unit(meta: pd.DataFrame | None, n: int) -> tuple[np.ndarray | None, str, int]:

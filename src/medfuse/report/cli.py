@@ -149,7 +149,8 @@ def print_evaluation(ev: Evaluation) -> None:
     b = s["bootstrap"]
     thr = s["threshold"]
     c.print(
-        f"CIs: {b['resamples']} percentile bootstrap resamples of {b['unit']} (seed {b['seed']}); "
+        f"CIs: exact (Clopper-Pearson) for proportions, else {b['resamples']} percentile "
+        f"bootstrap resamples of {b['unit']} (seed {b['seed']}); n/a: too few of a class; "
         f"threshold {thr['value']:.4f} ({thr.get('method')}, {thr.get('source', 'package')})"
     )
     pm = s.get("per_modality")

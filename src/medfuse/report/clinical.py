@@ -251,7 +251,8 @@ def clinical_evaluation(
     curves: bool = False,
     data: str | Path | None = None,
 ) -> Evaluation:
-    """Evaluate a package on ``split`` of its data with percentile bootstrap CIs.
+    """Evaluate a package on ``split`` of its data with CIs (``medfuse.report.ci``: exact for
+    proportions, percentile bootstrap otherwise, none from too few of a class).
 
     ``subgroup``: a metadata or tabular column, ``"auto"`` (a sensible one if the data has one),
     or None. ``threshold_method``: re-choose the operating point on validation for this
@@ -283,7 +284,8 @@ def clinical_evaluation(
             "resamples": n_boot,
             "seed": seed,
             "level": level,
-            "method": "percentile",
+            # proportions get exact intervals from their counts, each interval names its method
+            "method": "percentile; exact (Clopper-Pearson) for proportions",
             "unit": unit,
             "units": n_units,
         },
@@ -348,12 +350,13 @@ def _subgroups(
     if column is None:
         return {"column": None, "note": "subgroup analysis not requested"}
     if column == "auto":
-        column = auto_column(data.meta)
+        column = auto_column(data.meta, tab)  # metadata, else a tabular input (sex, site, ...)
         if column is None:
             name = ev.predictor.meta.get("data", {}).get("name") or spec.data.source
             return {
                 "column": None,
-                "note": f"{name}: the metadata has no subgroup column (sex, age band, site, ...); "
+                "note": f"{name}: neither the metadata nor the tabular inputs have a subgroup "
+                "column (sex, age band, site, ...); "
                 "MedMNIST, for one, provides none. Name a column with --subgroup "
                 "(a tabular input such as 'age' also works).",
             }

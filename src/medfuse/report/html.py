@@ -191,8 +191,9 @@ def _summary(ev: Any, ctx: dict[str, Any]) -> Section:
     body += (
         f'<p class="headline">{esc(s["split"])} AUROC {ci(a)} '
         f'<span class="note">(95% CI)</span></p>'
-        f"<p>{esc(s['n'])} {esc(s['split'])} samples; CIs: {esc(s['bootstrap']['resamples'])} "
-        f"percentile bootstrap resamples of {esc(s['bootstrap']['unit'])}, seed "
+        f"<p>{esc(s['n'])} {esc(s['split'])} samples; CIs: exact (Clopper-Pearson) for "
+        f"proportions, else {esc(s['bootstrap']['resamples'])} percentile bootstrap resamples "
+        f"of {esc(s['bootstrap']['unit'])} (n/a: too few of a class), seed "
         f"{esc(s['bootstrap']['seed'])}. Operating point: threshold "
         f"{num(s['threshold'].get('value'), 4)} ({esc(s['threshold'].get('method'))}).</p>"
     )

@@ -1,8 +1,12 @@
-"""Metrics per subgroup (sex, age band, site, ...) with bootstrap CIs and the best-worst gap.
+"""Metrics per subgroup (sex, age band, site, ...) with CIs and the best-worst gap.
 
 The groups are resampled *jointly*: one resample of patients from the whole split is cut into
 groups, so group sizes vary from resample to resample as they would in a new cohort, and the gap
-between the best and the worst group gets an honest interval of its own.
+between the best and the worst group gets an honest interval of its own. Each group's intervals
+follow :mod:`medfuse.report.ci`: exact intervals for proportions, the bootstrap for the rest,
+none for AUROC and the like when the group has too few positives or negatives (and then none for
+the gap either, when such a group is ranked). Empty cells of a subgroup column form a group of
+their own, ``missing``.
 """
 
 from __future__ import annotations
@@ -13,7 +17,17 @@ import numpy as np
 import pandas as pd
 
 from medfuse.core.errors import DataError, did_you_mean
-from medfuse.report.ci import LEVEL, RESAMPLES, bootstrap, interval, metric_rows, point_rows
+from medfuse.report.ci import (
+    LEVEL,
+    RESAMPLES,
+    bootstrap,
+    both_class_metrics,
+    finish_intervals,
+    interval,
+    metric_rows,
+    point_rows,
+    too_few,
+)
 
 #: columns tried, in order, when no column is named
 CANDIDATES = (
@@ -53,31 +67,43 @@ def available_columns(meta: pd.DataFrame, tabular_columns: dict[str, list[str]])
     return out
 
 
-def auto_column(meta: pd.DataFrame) -> str | None:
-    """A sensible default subgroup column from the metadata, or None (e.g. MedMNIST has none)."""
-    if not len(meta):
-        return None
-    usable = _usable_meta_columns(meta)
+def auto_column(
+    meta: pd.DataFrame, tabular_columns: dict[str, list[str]] | None = None
+) -> str | None:
+    """A sensible default subgroup column among those ``--subgroup`` accepts, or None (MedMNIST,
+    for one, has none): the first of :data:`CANDIDATES` found in the metadata or among the
+    columns of a tabular input (``tabular_columns``: per tabular modality, as for
+    :func:`subgroup_values`), else a metadata column with 2 to :data:`MAX_LEVELS` values shared
+    by several rows. A tabular input is picked only by a candidate name: its other columns are
+    model features, not groupings."""
+    usable = _usable_meta_columns(meta) if len(meta) else []
+    tabular = [c for cols in (tabular_columns or {}).values() for c in cols]
     for c in CANDIDATES:
-        if c in usable:
+        if c in usable or c in tabular:
             return c
-    for c in usable:
-        if 2 <= meta[c].nunique() <= MAX_LEVELS:
+    for c in usable:  # a column of shared values (not an identifier, unique per row)
+        if 2 <= meta[c].nunique() <= min(MAX_LEVELS, len(meta) - 1):
             return c
     return None
 
 
 def band(values: pd.Series) -> tuple[np.ndarray, str]:
-    """Categorical values as strings; numeric columns with many values cut into quartile bands."""
+    """Categorical values as strings; numeric columns with many values cut into quartile bands.
+    Empty cells (NaN, None) are the group ``missing``, whichever the column's type."""
     s = pd.Series(values)
     numeric = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
     if numeric and s.nunique(dropna=True) > MAX_LEVELS:
         q = s.quantile([0, 0.25, 0.5, 0.75, 1.0]).to_numpy()
         edges = np.unique(q)
         cats = pd.cut(s, edges, include_lowest=True, duplicates="drop")
-        labels = cats.map(lambda iv: f"{iv.left:.4g}-{iv.right:.4g}").astype(object)
-        out = labels.where(cats.notna(), "missing").astype(str).to_numpy()
-        return out, "quartile bands"
+        bands = cats.cat.categories
+        for digits in (4, 6, 10, 17):  # enough digits for distinct band names
+            names = [f"{iv.left:.{digits}g}-{iv.right:.{digits}g}" for iv in bands]
+            if len(set(names)) == len(names):
+                break
+        codes = cats.cat.codes.to_numpy()  # -1: an empty cell
+        out = np.where(codes >= 0, np.array(names, object)[np.maximum(codes, 0)], "missing")
+        return out.astype(str), "quartile bands"
     return s.astype(object).where(s.notna(), "missing").astype(str).to_numpy(), "values"
 
 
@@ -130,7 +156,10 @@ def subgroup_metrics(
     level: float = LEVEL,
     gap_metric: str = "auroc",
 ) -> dict[str, Any]:
-    """``{groups: {value: {n, positives, metrics}}, gap: {...}}`` with percentile bootstrap CIs."""
+    """``{groups: {value: {n, positives, metrics}}, gap: {...}}``; each group's intervals as
+    :func:`medfuse.report.ci.metric_intervals` gives them (exact for proportions, bootstrap for
+    the rest, none with too few of a class), the gap's by the joint bootstrap (none when a ranked
+    group has too few of a class for ``gap_metric``)."""
     values = np.asarray(values).astype(str)
     names = sorted(np.unique(values))
     sel = {g: values == g for g in names}
@@ -160,28 +189,48 @@ def subgroup_metrics(
     dist = bootstrap(rows, len(y), groups=groups, n_boot=n_boot, seed=seed)
     result: dict[str, Any] = {"groups": {}, "gap": None, "metric": gap_metric}
     points = {}
+    few: dict[str, str] = {}
     for g in names:
-        pt = point_rows(task, y[sel[g]], p[sel[g]], threshold)
+        yy, pp = y[sel[g]], p[sel[g]]
+        gg = None if groups is None else np.asarray(groups)[sel[g]]
+        pt = point_rows(task, yy, pp, threshold)
         points[g] = pt
-        yy = y[sel[g]]
+        reason = too_few(task, yy, gg)
+        if reason:
+            few[g] = reason
         result["groups"][g] = {
             "n": int(sel[g].sum()),
             "positives": int(np.asarray(yy).sum()) if task == "binary" else None,
             "ranked": g in rankable,
-            "metrics": {
-                k: interval(pt[k], dist[f"{g}\0{k}"], level) for k in KEYS if f"{g}\0{k}" in dist
-            },
+            "metrics": finish_intervals(
+                task,
+                yy,
+                pp,
+                threshold,
+                pt,
+                {k: dist[f"{g}\0{k}"] for k in KEYS if f"{g}\0{k}" in dist},
+                groups=gg,
+                level=level,
+            ),
         }
     if "\0gap" in dist:
         vals = {g: points[g][gap_metric] for g in rankable}
         best = max(vals, key=lambda g: vals[g])
         worst = min(vals, key=lambda g: vals[g])
-        result["gap"] = {
+        gap: dict[str, Any] = {
             "metric": gap_metric,
             "best": best,
             "worst": worst,
             **interval(vals[best] - vals[worst], dist["\0gap"], level),
+            "method": "percentile bootstrap",
         }
+        thin = [g for g in rankable if g in few]
+        if thin and gap_metric in both_class_metrics(task):
+            gap["lo"] = gap["hi"] = float("nan")
+            gap["method"] = "no interval: " + "; ".join(
+                f"{g}: {few[g].removeprefix('no interval: ')}" for g in thin
+            )
+        result["gap"] = gap
     small = [g for g in names if g not in rankable]
     if small:
         result["note"] = (
