@@ -84,32 +84,23 @@ def run_clinical_evaluate(a: argparse.Namespace, core: dict[str, Any]) -> dict[s
         jsonable,
     )
 
+    reading = {"split": a.split, "data_dir": a.data_dir, "device": a.device, "data": a.data}
     ev = clinical_evaluation(
         a.package,
-        split=a.split,
-        data_dir=a.data_dir,
-        device=a.device,
+        **reading,
         n_boot=a.bootstrap,
         seed=a.seed,
         subgroup=a.subgroup,
         threshold_method=a.threshold_method,
         target=a.target,
         threshold_value=a.value,
-        data=a.data,
     )
     s = ev.summary
     out = dict(core)
     if a.threshold_method:  # every row at the re-chosen operating point
         from medfuse.api import evaluate  # lazy: as the verb's own evaluation
 
-        out = evaluate(
-            a.package,
-            split=a.split,
-            data_dir=a.data_dir,
-            device=a.device,
-            data=a.data,
-            threshold=s["threshold"]["value"],
-        )
+        out = evaluate(a.package, **reading, threshold=s["threshold"]["value"])
         out.update({k: v["value"] for k, v in s["metrics"].items()})
         out["confusion_matrix"] = s["confusion_matrix"]
         out["threshold"] = s["threshold"]["value"]
