@@ -88,6 +88,10 @@ def test_thresholds_of_multiclass_and_multilabel_tasks_are_applied_or_refused() 
     with pytest.raises(SpecError, match=r"'threshold': a multiclass task decides by argmax"):
         _completed("multiclass", {"method": "fixed", "value": 0.3})
     assert threshold_for(_completed("multiclass", {}), y[:, 0], p)["method"] == "argmax"
+    # a stored spec (a package's, a resumed run's) holds the default written out: it passes
+    dumped = {"method": "youden", "target": None, "value": None}
+    assert threshold_for(_completed("multilabel", dumped), y, p)["value"] == 0.5
+    assert threshold_for(_completed("multiclass", dumped), y[:, 0], p)["method"] == "argmax"
 
 
 def test_no_threshold_is_chosen_on_one_class_and_auprc_needs_a_positive() -> None:

@@ -625,15 +625,16 @@ def complete_spec(spec: Spec, modalities: dict[str, ModalitySpec], labels: list[
 
 def _check_threshold(spec: Spec) -> None:
     """A multiclass task decides by argmax, a multilabel one each label at one fixed threshold
-    (``value``, default 0.5): an operating point chosen on validation (youden, sensitivity,
-    specificity) is for binary tasks, and a setting that would not be applied is refused."""
+    (``value``, default 0.5): a target sensitivity or specificity (chosen on validation, for
+    binary tasks), or a fixed threshold for a multiclass task, would not be applied and is
+    refused. ``youden``, the default, is what every stored spec holds, so it stands for "none"
+    (multiclass) or 0.5 (multilabel)."""
     t, task = spec.threshold, spec.task.type
-    given = t.model_fields_set
-    if task == "multiclass" and given:
+    if task == "multiclass" and (t.method != "youden" or t.value is not None or t.target):
         raise SpecError(
             "threshold", "a multiclass task decides by argmax: no threshold applies; remove it"
         )
-    if task == "multilabel" and ((t.method != "fixed" and "method" in given) or t.target):
+    if task == "multilabel" and (t.method in ("sensitivity", "specificity") or t.target):
         raise SpecError(
             "threshold.method",
             f"{t.method!r} chooses an operating point on validation, for binary tasks; a "

@@ -505,7 +505,8 @@ def threshold_for(spec: Spec, y_val: np.ndarray, p_val: np.ndarray) -> dict[str,
     if spec.task.type == "multiclass":
         return {"method": "argmax", "value": 0.5}
     if spec.task.type == "multilabel":  # one fixed threshold for every label (complete_spec)
-        return {"method": "fixed", "value": 0.5 if t.value is None else float(t.value)}
+        fixed = t.method == "fixed" and t.value is not None
+        return {"method": "fixed", "value": float(t.value) if fixed else 0.5}
     value = choose_threshold(y_val, p_val, t.method, t.target, t.value)
     return {"method": t.method, "target": t.target, "value": value, "chosen_on": "val"}
 
