@@ -455,7 +455,7 @@ def test_hf_text_branch_trains_with_its_own_tokenizer_and_predicts_raw_text_ever
         words = [*rng.choice(pos if y else neg, 3), "patient", "reports"]
         note = "" if i % 9 == 4 else " ".join(rng.permutation(words))
         rows.append({"id": i, "note": note, "hr": 70 + 10 * y + float(rng.normal(0, 5)),
-                     "label": y, "split": ("train", "train", "val", "test")[i % 4]})  # fmt: skip
+                     "label": y, "split": ("train", "train", "val", "test")[i // 2 % 4]})  # fmt: skip
     data = _write_csv(tmp_path / "notes.csv", rows)
     spec = {
         "name": "bert-notes",
