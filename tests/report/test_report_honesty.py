@@ -180,3 +180,25 @@ def test_numeric_column_with_empty_cells_gets_a_missing_group() -> None:
     res = subgroup_metrics("binary", y, rng.random(60), vals, 0.5, n_boot=20)
     assert res["groups"]["missing"]["n"] == 9
     assert sum(g["n"] for g in res["groups"].values()) == 60
+
+
+def test_paired_differences_follow_the_same_minimum_count() -> None:
+    """A paired AUROC difference (compare, the drop without a modality) from 3 positives gets
+    no interval and no p-value (the p of a collapsed bootstrap is no evidence), and Holm's
+    adjustment leaves such a comparison out of the family; with enough of both it has both."""
+    from medfuse.report.ci import difference_interval
+    from medfuse.report.compare import holm, paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(3), np.zeros(40)]
+    pa, pb = rng.random(43) * 0.5 + 0.5 * y, rng.random(43)
+    thin = paired_bootstrap("binary", y, pa, pb, n_boot=200)
+    assert np.isnan(thin["lo"]) and np.isnan(thin["hi"]) and np.isnan(thin["p"])
+    assert "3 positive samples" in thin["method"] and np.isfinite(thin["diff"])
+    y2 = np.r_[np.ones(20), np.zeros(23)]
+    ok = paired_bootstrap("binary", y2, pa, pb, n_boot=200)
+    assert ok["lo"] <= ok["diff"] <= ok["hi"] and np.isfinite(ok["p"])
+    adj = holm([0.01, float("nan"), 0.04])
+    assert np.isnan(adj[1]) and adj[0] == 0.02 and adj[2] == 0.04  # a family of two
+    iv = difference_interval("binary", "brier", y, 0.1, np.linspace(0, 0.2, 50))
+    assert np.isfinite(iv["lo"])  # not a ranking metric: the bootstrap interval stands

@@ -425,6 +425,27 @@ def too_few(task: str, y: np.ndarray, groups: Any = None) -> str | None:
     return None
 
 
+def difference_interval(
+    task: str,
+    metric: str,
+    y: np.ndarray,
+    value: float,
+    dist: np.ndarray,
+    *,
+    groups: Any = None,
+    level: float = LEVEL,
+) -> dict[str, Any]:
+    """The percentile interval of a paired difference of ``metric`` (two models, or a model with
+    and without a modality, on the same resamples), withheld as :func:`too_few` says for a
+    ranking or both-class metric: a difference of two collapsed intervals is no better."""
+    iv: dict[str, Any] = interval(value, dist, level)
+    iv["method"] = "percentile bootstrap"
+    why = too_few(task, y, groups) if metric in both_class_metrics(task) else None
+    if why:
+        iv.update(lo=float("nan"), hi=float("nan"), method=why)
+    return iv
+
+
 def both_class_metrics(task: str) -> tuple[str, ...]:
     """The metrics whose bootstrap interval :func:`too_few` can withhold for ``task``."""
     if task == "binary":

@@ -28,7 +28,7 @@ from medfuse.report.ci import (
     RESAMPLES,
     bootstrap,
     curve_bands,
-    interval,
+    difference_interval,
     metric_intervals,
     ranking_metrics,
     resampling_unit,
@@ -196,7 +196,10 @@ def _modality_rows(
                 return {"d": a - b}
 
             d = bootstrap(diff, len(pr.y), groups=groups, n_boot=n_boot, seed=seed)["d"]
-            deltas[m] = interval(full["auroc"]["value"] - iv["auroc"]["value"], d, level)
+            drop = full["auroc"]["value"] - iv["auroc"]["value"]
+            deltas[m] = difference_interval(
+                task, "auroc", pr.y, drop, d, groups=groups, level=level
+            )
     for m, p in pr.branches.items():
         sel = pr.branch_present[m]
         if sel.sum() < 2:

@@ -23,7 +23,7 @@ from medfuse.report.ci import (
     LEVEL,
     RESAMPLES,
     bootstrap,
-    interval,
+    difference_interval,
     metric_intervals,
     metric_rows,
     resampling_unit,
@@ -126,21 +126,22 @@ def paired_bootstrap(
     else:
         p = float(min(1.0, 2 * min(np.mean(ok <= 0), np.mean(ok >= 0))))
         p = max(p, 1.0 / ok.size)  # a bootstrap cannot resolve smaller p-values
-    return {
-        "diff": point,
-        **{k: v for k, v in interval(point, d, level).items() if k != "value"},
-        "p": p,
-    }
+    iv = difference_interval(task, metric, y, point, d, groups=groups, level=level)
+    if not np.isfinite(iv["lo"]):  # too few of a class: no interval, and no p-value either
+        p = float("nan")
+    return {"diff": point, **{k: v for k, v in iv.items() if k != "value"}, "p": p}
 
 
 def holm(pvalues: list[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values (family-wise error over the comparisons)."""
-    order = np.argsort(pvalues)
-    m = len(pvalues)
-    adj = np.empty(m)
+    """Holm-Bonferroni adjusted p-values (family-wise error over the comparisons); a NaN p-value
+    (no test: too few of a class) stays NaN and is not counted in the family."""
+    pv = np.asarray(pvalues, float)
+    adj = np.full(len(pv), np.nan)
+    valid = np.flatnonzero(np.isfinite(pv))
+    m = len(valid)
     running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+    for rank, i in enumerate(valid[np.argsort(pv[valid])]):
+        running = max(running, min(1.0, (m - rank) * pv[i]))
         adj[i] = running
     return adj.tolist()
 
