@@ -188,3 +188,36 @@ def test_a_validation_split_of_one_class_cannot_choose_the_threshold(tmp_path: P
     spec["threshold"] = {"method": "fixed", "value": 0.5}
     pkg = train(spec, out=tmp_path / "fixed", device="cpu", progress=False).package
     assert (pkg / "medfuse.json").exists()
+
+
+def test_training_says_how_many_signal_records_are_mostly_padding(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Records shorter than the modality's length are zero-padded at their end: training says
+    how many fill under half of it (the prediction flag's rule, said once for the data)."""
+    from medfuse.core.spec import ModalitySpec
+    from medfuse.data import load_data
+    from medfuse.data.examples import write_csv_signal
+    from medfuse.data.validate import check_trainable
+
+    rng = np.random.default_rng(0)
+    csv = _manifest(tmp_path / "m.csv", ecg=[f"s{i}.csv" for i in range(30)])
+    for i in range(30):  # every third record 100 samples long, the others 450 of 500
+        write_csv_signal(
+            tmp_path / f"s{i}.csv",
+            rng.normal(0, 1, (2, 100 if i % 3 == 0 else 450)),
+            100.0,
+            ["I", "II"],
+        )
+    mods = {"ecg": ModalitySpec(kind="signal", channels=2, length=500)}
+    bundle = load_data(f"manifest:{csv}", {}, modalities=mods, task="binary")
+    with caplog.at_level(logging.INFO, logger="medfuse.data"):
+        check_trainable(bundle)
+    said = [r for r in caplog.records if "zero padding" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING
+    short = sum(1 for i in range(30) if i % 3 == 0 and SPLITS[i % 5] == "train")
+    train_n = sum(1 for i in range(30) if SPLITS[i % 5] == "train")
+    assert (
+        f"'ecg': {short} of {train_n} training records fill under half of the 500"
+        in said[0].getMessage()
+    )

@@ -1317,6 +1317,19 @@ def _text_flags(
 PADDED_SHARE = 0.5
 
 
+def signal_fill(x: np.ndarray, sequence: bool = False) -> tuple[np.ndarray, int]:
+    """Per signal record (``(N, C, T)``, or ``(N, S, C, T)`` with ``sequence``: the windows of
+    one record, in order): how many samples it fills before the zero padding at its end
+    (``fit_signal`` pads a shorter record there), and how many the model reads."""
+    v = np.asarray(x)
+    if sequence:
+        v = np.moveaxis(v, 1, 2).reshape(len(v), v.shape[2], -1)
+    total = int(v.shape[-1])
+    live = (v != 0).any(axis=1)  # (N, T): a sample where some lead is not 0
+    held = np.where(live.any(axis=1), total - np.argmax(live[:, ::-1], axis=1), 0)
+    return held, total
+
+
 def _padding_flags(
     out: list[list[str]], m: str, mod: Modality, x: np.ndarray, mask: np.ndarray
 ) -> None:
@@ -1326,12 +1339,7 @@ def _padding_flags(
     present = np.flatnonzero(np.asarray(mask) > 0)
     if not len(present):
         return
-    v = np.asarray(x)[present]
-    if mod.sequence:  # (N, S, C, T): the windows of one record, in order
-        v = np.moveaxis(v, 1, 2).reshape(len(present), v.shape[2], -1)
-    total = v.shape[-1]
-    live = (v != 0).any(axis=1)  # (N, T): a sample where some lead is not 0
-    held = np.where(live.any(axis=1), total - np.argmax(live[:, ::-1], axis=1), 0)
+    held, total = signal_fill(np.asarray(x)[present], bool(mod.sequence))
     rate = float(mod.rate) if mod.rate else None
     for k in np.flatnonzero(total - held > PADDED_SHARE * total):
         if not held[k]:

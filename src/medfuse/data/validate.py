@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from medfuse.core.errors import DataError
+from medfuse.core.inputs import PADDED_SHARE, signal_fill
+from medfuse.core.preprocess import range_subsample
 
 log = logging.getLogger("medfuse.data")
 
@@ -212,6 +214,35 @@ def check_trainable(bundle: Any) -> None:
                 "training rows"
             )
     _check_classes(np.asarray(train.y), bundle.task, list(bundle.labels))
+    for m, spec in bundle.modalities.items():
+        if spec.kind == "signal" and m in train.arrays:
+            _note_padding(m, spec, train.arrays[m], train.masks[m])
+
+
+def _note_padding(m: str, spec: Any, x: Any, mask: np.ndarray) -> None:
+    """Say how many training records (of at most 512 spread over the split, the range
+    subsample) fill under half of what the model reads, the rest zero padding: the prediction
+    flag's rule (``medfuse.core.inputs.signal_fill``), said once for the training data; a
+    warning from a tenth of them on."""
+    present = np.flatnonzero(np.asarray(mask) > 0)
+    if not len(present):
+        return
+    rows = present[range_subsample(len(present))]
+    held, total = signal_fill(np.asarray(x[rows]), bool(spec.sequence))
+    short = int((total - held > PADDED_SHARE * total).sum())
+    if not short:
+        return
+    (log.warning if short >= 0.1 * len(rows) else log.info)(
+        "signal modality %r: %d of %d training records%s fill under half of the %d samples the "
+        "model reads, the rest zero padding; a length nearer theirs "
+        "(modalities.%s.length) reads less padding",
+        m,
+        short,
+        len(rows),
+        " (sampled)" if len(rows) < len(present) else "",
+        total,
+        m,
+    )
 
 
 def _check_classes(y: np.ndarray, task: str, labels: list[str]) -> None:
