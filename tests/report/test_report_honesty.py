@@ -202,3 +202,18 @@ def test_paired_differences_follow_the_same_minimum_count() -> None:
     assert np.isnan(adj[1]) and adj[0] == 0.02 and adj[2] == 0.04  # a family of two
     iv = difference_interval("binary", "brier", y, 0.1, np.linspace(0, 0.2, 50))
     assert np.isfinite(iv["lo"])  # not a ranking metric: the bootstrap interval stands
+
+
+def test_delong_makes_no_test_from_a_handful_of_one_class() -> None:
+    """DeLong's variance from 2 positives can be 0 and call any AUROC difference significant
+    (p = 0): no test is made (p and interval NaN, a note saying why); the AUROCs stay."""
+    from sklearn import metrics as skm
+
+    from medfuse.report.compare import delong_test
+
+    y = np.r_[np.ones(2), np.zeros(30)]
+    a = np.r_[0.9, 0.8, np.linspace(0.0, 0.5, 30)]  # both positives on top
+    b = np.r_[0.9, 0.3, np.linspace(0.0, 0.5, 30)]
+    t = delong_test(y, a, b)
+    assert np.isnan(t["p"]) and np.isnan(t["lo"]) and "2 positive samples" in t["note"]
+    assert t["auroc_a"] == pytest.approx(skm.roc_auc_score(y, a)) and t["diff"] > 0

@@ -26,7 +26,9 @@ from medfuse.report.ci import (
     difference_interval,
     metric_intervals,
     metric_rows,
+    ranking_metrics,
     resampling_unit,
+    too_few,
 )
 from medfuse.report.clinical import SUMMARY
 
@@ -59,8 +61,18 @@ def delong_covariance(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np
     return aucs, cov
 
 
-def delong_test(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray) -> dict[str, float]:
-    """Two-sided DeLong test of AUROC(a) == AUROC(b) on the same samples."""
+def delong_test(
+    y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, *, groups: Any = None
+) -> dict[str, Any]:
+    """Two-sided DeLong test of AUROC(a) == AUROC(b) on the same samples; no test (interval and
+    p NaN, ``note`` says why) from fewer than 5 of a class (``too_few``, as every interval):
+    its variance from a handful of one class can be 0 and call any difference significant."""
+    why = too_few("binary", y, groups)
+    if why:
+        ones = np.ones((1, len(y)))
+        a, b = (float(ranking_metrics(y, q, ones)["auroc"][0]) for q in (p_a, p_b))
+        out: dict[str, Any] = {"auroc_a": a, "auroc_b": b, "diff": a - b}
+        return {**out, **dict.fromkeys(("se", "lo", "hi", "z", "p"), float("nan")), "note": why}
     aucs, cov = delong_covariance(y, np.stack([p_a, p_b]))
     diff = float(aucs[0] - aucs[1])
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
@@ -240,7 +252,7 @@ def compare_packages(
             ),
         }
         if task == "binary" and metric == "auroc" and independent:
-            c["delong"] = delong_test(y, p, scored[0][3])
+            c["delong"] = delong_test(y, p, scored[0][3], groups=groups)
             c["test"], c["p"] = "DeLong", c["delong"]["p"]
         else:
             c["test"], c["p"] = "paired bootstrap", c["bootstrap"]["p"]
