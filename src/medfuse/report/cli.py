@@ -238,12 +238,16 @@ def setup_compare(p: argparse.ArgumentParser) -> Handler:
         c.print(t)
         for cmp in res["comparisons"]:
             b = cmp["bootstrap"]
+            head = f"{cmp['a']} - {cmp['b']}: {a.metric} difference {b['diff']:+.4f}"
+            if cmp["p"] != cmp["p"]:  # NaN: too few of a class for an interval or a test
+                why = (cmp.get("delong") or {}).get("note") or b.get("method", "")
+                c.print(f"{head}; no {cmp['test']} test ({why})")
+                continue
             verdict = "SIGNIFICANT" if cmp["significant"] else "not significant"
             holm = f", Holm-adjusted p={cmp['p_holm']:.4g}" if "p_holm" in cmp else ""
             c.print(
-                f"{cmp['a']} - {cmp['b']}: {a.metric} difference {b['diff']:+.4f} "
-                f"(95% CI {b['lo']:+.4f} to {b['hi']:+.4f}); {cmp['test']} p={cmp['p']:.4g}"
-                f"{holm} -> {verdict} at alpha={a.alpha}"
+                f"{head} (95% CI {b['lo']:+.4f} to {b['hi']:+.4f}); {cmp['test']} "
+                f"p={cmp['p']:.4g}{holm} -> {verdict} at alpha={a.alpha}"
             )
         c.print(f"resampling: {res['bootstrap']['unit']}, {a.bootstrap} resamples, seed {a.seed}")
         return 0
