@@ -27,7 +27,12 @@ from medfuse.core.readers.base import same_scale, scale_refusal
 from medfuse.core.registry import Registry
 from medfuse.core.spec import ModalitySpec
 from medfuse.core.text import encode, filled, model_tokenizer, train_tokenizer
-from medfuse.data.validate import compare_fingerprints, fingerprint, validate_bundle
+from medfuse.data.validate import (
+    compare_fingerprints,
+    fingerprint,
+    note_share,
+    validate_bundle,
+)
 
 DATASETS: Registry = Registry("data source")
 log = logging.getLogger("medfuse.data")
@@ -196,7 +201,9 @@ def _note_cut_texts(m: str, ids: np.ndarray, length: int) -> None:
     cut = int(filled(ids).sum())
     if not cut:
         return
-    (log.warning if cut >= 0.1 * len(ids) else log.info)(
+    note_share(
+        cut,
+        len(ids),
         "text modality %r: %d of %d training texts fill all %d tokens the model reads; longer "
         "ones are cut there (modalities.%s.length reads more)",
         m,

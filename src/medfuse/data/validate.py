@@ -219,6 +219,12 @@ def check_trainable(bundle: Any) -> None:
             _note_padding(m, spec, train.arrays[m], train.masks[m])
 
 
+def note_share(count: int, of: int, msg: str, *args: Any) -> None:
+    """Say of the training data that ``count`` of ``of`` rows have some property (a cut text, a
+    padded record): a warning from a tenth of them on, else for information."""
+    (log.warning if count >= 0.1 * of else log.info)(msg, *args)
+
+
 def _note_padding(m: str, spec: Any, x: Any, mask: np.ndarray) -> None:
     """Say how many training records (of at most 512 spread over the split, the range
     subsample) fill under half of what the model reads, the rest zero padding: the prediction
@@ -232,7 +238,9 @@ def _note_padding(m: str, spec: Any, x: Any, mask: np.ndarray) -> None:
     short = int((total - held > PADDED_SHARE * total).sum())
     if not short:
         return
-    (log.warning if short >= 0.1 * len(rows) else log.info)(
+    note_share(
+        short,
+        len(rows),
         "signal modality %r: %d of %d training records%s fill under half of the %d samples the "
         "model reads, the rest zero padding; a length nearer theirs "
         "(modalities.%s.length) reads less padding",

@@ -254,7 +254,7 @@ def calibrate_package(
     for name, lg, split in (("val", val_logits, bundle.val), ("test", test_logits, bundle.test)):
         if lg is not None and split is not None:
             p_now = probabilities(task, lg, t_new)
-            at = float(thr.get("value", 0.5))
+            at = float(thr["value"])  # read_meta checked it is there
             metrics = {**metrics, name: compute_metrics(task, split.y, p_now, at, labels)}
     path = update_package(
         package,

@@ -438,11 +438,18 @@ def difference_interval(
     """The percentile interval of a paired difference of ``metric`` (two models, or a model with
     and without a modality, on the same resamples), withheld as :func:`too_few` says for a
     ranking or both-class metric: a difference of two collapsed intervals is no better."""
-    iv: dict[str, Any] = interval(value, dist, level)
-    iv["method"] = "percentile bootstrap"
     why = too_few(task, y, groups) if metric in both_class_metrics(task) else None
-    if why:
-        iv.update(lo=float("nan"), hi=float("nan"), method=why)
+    return bootstrap_interval(value, dist, why, level)
+
+
+def bootstrap_interval(
+    value: float, dist: np.ndarray, withheld: str | None = None, level: float = LEVEL
+) -> dict[str, Any]:
+    """The percentile bootstrap interval with its ``method``; ``withheld``: why there is none
+    (:func:`too_few`), which then stands as the method, with NaN bounds."""
+    iv: dict[str, Any] = {**interval(value, dist, level), "method": "percentile bootstrap"}
+    if withheld:
+        iv.update(lo=float("nan"), hi=float("nan"), method=withheld)
     return iv
 
 
@@ -476,12 +483,7 @@ def finish_intervals(
             out[k] = count_interval(values[k], *counts[k], groups=groups, level=level)
             out[k]["valid_resamples"] = int(np.isfinite(d).sum())
             continue
-        iv: dict[str, Any] = interval(values[k], d, level)
-        iv["method"] = "percentile bootstrap"
-        if withheld and k in guarded:
-            iv["lo"] = iv["hi"] = float("nan")
-            iv["method"] = withheld
-        out[k] = iv
+        out[k] = bootstrap_interval(values[k], d, withheld if k in guarded else None, level)
     return out
 
 

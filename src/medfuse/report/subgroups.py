@@ -21,9 +21,9 @@ from medfuse.report.ci import (
     LEVEL,
     RESAMPLES,
     bootstrap,
+    bootstrap_interval,
     both_class_metrics,
     finish_intervals,
-    interval,
     metric_rows,
     point_rows,
     too_few,
@@ -217,20 +217,18 @@ def subgroup_metrics(
         vals = {g: points[g][gap_metric] for g in rankable}
         best = max(vals, key=lambda g: vals[g])
         worst = min(vals, key=lambda g: vals[g])
-        gap: dict[str, Any] = {
+        thin = [g for g in rankable if g in few] if gap_metric in both_class_metrics(task) else []
+        why = "no interval: " + "; ".join(
+            f"{g}: {few[g].removeprefix('no interval: ')}" for g in thin
+        )
+        result["gap"] = {
             "metric": gap_metric,
             "best": best,
             "worst": worst,
-            **interval(vals[best] - vals[worst], dist["\0gap"], level),
-            "method": "percentile bootstrap",
+            **bootstrap_interval(
+                vals[best] - vals[worst], dist["\0gap"], why if thin else None, level
+            ),
         }
-        thin = [g for g in rankable if g in few]
-        if thin and gap_metric in both_class_metrics(task):
-            gap["lo"] = gap["hi"] = float("nan")
-            gap["method"] = "no interval: " + "; ".join(
-                f"{g}: {few[g].removeprefix('no interval: ')}" for g in thin
-            )
-        result["gap"] = gap
     small = [g for g in names if g not in rankable]
     if small:
         result["note"] = (
