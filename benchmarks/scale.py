@@ -27,8 +27,10 @@ loader too: the loaders are compared, not glibc's defaults.
 2-core machine; 1 leaves the second core to the plain loader's decoding workers, its best setting
 here). With several sizes a summary prints, per setting, each size's epoch wall time (loading +
 training pass; the cold run's includes the decode-once pass) over the plain loader's at the same
-setting, the cached epoch over the cold one, and peak RSS over the smallest size's; then each of
-medfuse and the plain loader at its own fastest setting. ``stream: false`` runs only up to
+setting, the cached epoch over the cold one, the same two ratios with each epoch's validation
+pass added (``+val``: medfuse's reads the cache, the plain loader's decodes the split's files), and
+peak RSS over the smallest size's; then each of medfuse and the plain loader at its own fastest
+setting. ``stream: false`` runs only up to
 ``--memory-max`` (5000) images, the plain loader up to ``--plain-max`` (20000).
 
 ``--device cuda`` trains every variant on a GPU (both loaders pin their batches and copy them
@@ -154,6 +156,7 @@ def run_medfuse(
         "epoch_s": rec["data_wait_s"] + rec["compute_s"],
         "data_wait_s": rec["data_wait_s"],
         "samples_per_s": rec["samples_per_s"],
+        "val_s": rec["val_s"],
         "total_s": time.perf_counter() - t0,
         "decoded": sum((info.get("decoded") or {}).values()),
         "cached": sum((info.get("cached") or {}).values()),
@@ -233,6 +236,7 @@ def run_plain(csv: Path, workers: int, stem: int, device: str = "cpu") -> dict:
     if cuda:
         torch.cuda.synchronize(dev)
     epoch = time.perf_counter() - t1
+    t2 = time.perf_counter()
     model.eval()
     with torch.no_grad():
         val = DataLoader(Lazy(val_idx), batch_size=256, num_workers=workers, pin_memory=cuda)
@@ -240,11 +244,13 @@ def run_plain(csv: Path, workers: int, stem: int, device: str = "cpu") -> dict:
             x, c = x.to(dev, non_blocking=cuda), c.to(dev, non_blocking=cuda)
             ones = torch.ones(len(x), device=dev)
             model({"image": x, "clinical": c}, {"image": ones, "clinical": ones})
+    val_s = time.perf_counter() - t2
     return {
         "prepare_s": prepare,
         "epoch_s": epoch,
         "data_wait_s": wait,
         "samples_per_s": n / epoch,
+        "val_s": val_s,
         "total_s": time.perf_counter() - t0,
     }
 
@@ -490,6 +496,7 @@ def size_table(n: int, tmp: Path, args: argparse.Namespace) -> dict[str, dict]:
         rows[k] = best
     head = (
         f"{'variant':38s} {'threads':>7s} {'prepare s':>9s} {'epoch s':>8s} {'wait s':>7s} "
+        f"{'val s':>6s} "
         f"{'img/s':>6s} {'total s':>8s} {'RSS main MiB':>12s} {'RSS worker MiB':>14s} "
         f"{'decoded':>7s}"
     )
@@ -505,7 +512,7 @@ def size_table(n: int, tmp: Path, args: argparse.Namespace) -> dict[str, dict]:
         v, t = k.split("@")
         print(
             f"{NAMES[v]:38s} {t:>7s} {r['prepare_s']:9.1f} {r['epoch_s']:8.1f} "
-            f"{r['data_wait_s']:7.1f} {r['samples_per_s']:6.0f} {r['total_s']:8.1f} "
+            f"{r['data_wait_s']:7.1f} {r['val_s']:6.2f} {r['samples_per_s']:6.0f} {r['total_s']:8.1f} "
             f"{r['rss_main_mib']:12.0f} {r['rss_workers_mib']:14.0f} "
             f"{r.get('decoded', '-')!s:>7s}  walls s {', '.join(map(str, r['walls_s']))}",
             flush=True,
@@ -519,6 +526,13 @@ def wall(r: dict) -> float:
     return float(r["prepare_s"] + r["epoch_s"])
 
 
+def wall_val(r: dict) -> float:
+    """An epoch's wall with its validation pass: :func:`wall` + reading the validation split
+    and the model on it (medfuse: the trainer's ``val_s``, metrics included; the plain loader:
+    its validation loop, which decodes the split's files)."""
+    return wall(r) + float(r["val_s"])
+
+
 def summary(results: dict[int, dict[str, dict]], threads: list[int]) -> None:
     """Side by side over N, per torch thread setting: an epoch's wall against the plain loader's
     at the same setting, and peak RSS against the smallest N's; then each loader at its own best
@@ -527,9 +541,13 @@ def summary(results: dict[int, dict[str, dict]], threads: list[int]) -> None:
     head = (
         f"{'images':>7s} {'threads':>7s} {'cold epoch s':>12s} {'cached s':>9s} {'plain s':>8s} "
         f"{'cold/plain':>10s} {'cached/plain':>12s} {'cached/cold':>11s} "
+        f"{'+val: cold/plain':>16s} {'cached/plain':>12s} "
         f"{'RSS main MiB':>12s} {'worker MiB':>10s} {'RSS vs ' + str(first):>12s}"
     )
-    print("\nmedfuse stream vs plain, one epoch each (epoch s = loading + training pass)")
+    print(
+        "\nmedfuse stream vs plain, one epoch each (epoch s = loading + training pass; +val: "
+        "with the epoch's validation pass)"
+    )
     print(head)
     print("-" * len(head))
 
@@ -550,7 +568,10 @@ def summary(results: dict[int, dict[str, dict]], threads: list[int]) -> None:
                 f"{(f'{wall(plain):.1f}' if plain else '-'):>8s} "
                 f"{(ratio(wall(cold), wall(plain)) if plain else '-'):>10s} "
                 f"{(ratio(wall(cached), wall(plain)) if plain else '-'):>12s} "
-                f"{ratio(wall(cached), wall(cold)):>11s} {rss:12.0f} {work:10.0f} "
+                f"{ratio(wall(cached), wall(cold)):>11s} "
+                f"{(ratio(wall_val(cold), wall_val(plain)) if plain else '-'):>16s} "
+                f"{(ratio(wall_val(cached), wall_val(plain)) if plain else '-'):>12s} "
+                f"{rss:12.0f} {work:10.0f} "
                 f"{ratio(rss, rss0) + ' / ' + ratio(work, work0):>12s}"
             )
     print("RSS vs: the largest main / worker peak RSS of the two stream runs over the smallest N's")
@@ -559,22 +580,29 @@ def summary(results: dict[int, dict[str, dict]], threads: list[int]) -> None:
     print("\neach at its best thread setting (the fastest epoch of each over --threads)")
     head = (
         f"{'images':>7s} {'cold s (threads)':>16s} {'cached s (threads)':>18s} "
-        f"{'plain s (threads)':>17s} {'cold/plain':>10s} {'cached/plain':>12s}"
+        f"{'plain s (threads)':>17s} {'cold/plain':>10s} {'cached/plain':>12s} "
+        f"{'+val: cold/plain':>16s} {'cached/plain':>12s}"
     )
     print(head)
     print("-" * len(head))
     for n, rows in sorted(results.items()):
-        best = {}
+        best, best_val = {}, {}
         for v in ("cold", "cached", "plain"):
             got = [(wall(rows[f"{v}@{t}"]), t) for t in threads if f"{v}@{t}" in rows]
             best[v] = min(got) if got else None
+            got = [(wall_val(rows[f"{v}@{t}"]), t) for t in threads if f"{v}@{t}" in rows]
+            best_val[v] = min(got) if got else None
         cold, cached, plain = best["cold"], best["cached"], best["plain"]
+        cold_v, cached_v, plain_v = best_val["cold"], best_val["cached"], best_val["plain"]
         assert cold is not None and cached is not None
+        assert cold_v is not None and cached_v is not None
         print(
             f"{n:7d} {f'{cold[0]:.1f} ({cold[1]})':>16s} {f'{cached[0]:.1f} ({cached[1]})':>18s} "
             f"{(f'{plain[0]:.1f} ({plain[1]})' if plain else '-'):>17s} "
             f"{(ratio(cold[0], plain[0]) if plain else '-'):>10s} "
-            f"{(ratio(cached[0], plain[0]) if plain else '-'):>12s}"
+            f"{(ratio(cached[0], plain[0]) if plain else '-'):>12s} "
+            f"{(ratio(cold_v[0], plain_v[0]) if plain_v else '-'):>16s} "
+            f"{(ratio(cached_v[0], plain_v[0]) if plain_v else '-'):>12s}"
         )
 
 

@@ -241,7 +241,7 @@ MEASURED = ("peak_rss_mib", "workers_peak_rss_mib")
 def _jsonl(path: Path) -> list[dict[str, Any]]:
     """metrics.jsonl without the timings of each epoch (wall time, throughput, data wait)."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    timings = ("seconds", "samples_per_s", "data_wait_s", "compute_s")
+    timings = ("seconds", "samples_per_s", "data_wait_s", "compute_s", "val_s")
     return [{k: v for k, v in r.items() if k not in timings} for r in rows]
 
 

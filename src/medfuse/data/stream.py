@@ -720,40 +720,60 @@ class _PassItems(Dataset[Any]):
         return self.sample.take(row, x.reshape(-1)) if self.sample is not None else None
 
 
-#: seconds between flushes of a cache's values while the pass writes them (:func:`_flushing`)
+#: seconds between flushes of a cache's values while the pass writes them (:class:`_Flusher`)
 FLUSH_EVERY = 0.5
 
 
-@contextlib.contextmanager
-def _flushing(path: Path, active: bool) -> Iterator[None]:
+class _Flusher:
     """While the pass's workers write rows to ``path``, a thread flushes them to disk every
-    :data:`FLUSH_EVERY` seconds, so the disk writes overlap the decoding and the flush before the
-    cache is marked complete (:meth:`Cache.commit`) finds little left to write."""
-    if not active:
-        yield
-        return
-    sync = getattr(os, "fdatasync", os.fsync)
-    stop = threading.Event()
-    with open(path, "rb") as f:
+    :data:`FLUSH_EVERY` seconds, so the disk writes overlap the decoding; once the workers have
+    stopped, :meth:`finish` asks for a last flush that runs while the pass computes its statistics,
+    and the flush before the cache is marked complete (:meth:`Cache.commit`) finds little left to
+    write. :meth:`start` only after the workers are forked (a fork beside a running thread can
+    deadlock the child); :meth:`join` always (it closes the file)."""
+
+    def __init__(self, path: Path, active: bool) -> None:
+        self.path, self.active = path, active
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.f: Any = None
+
+    def start(self) -> None:
+        if not self.active:
+            return
+        sync = getattr(os, "fdatasync", os.fsync)
+        self.f = open(self.path, "rb")  # noqa: SIM115 (closed by join)
+        fd = self.f.fileno()
 
         def flush() -> None:
-            while not stop.wait(FLUSH_EVERY):
+            while True:
+                last = self.stop.wait(FLUSH_EVERY)
                 with contextlib.suppress(OSError):  # commit's own sync reports a failure
-                    sync(f.fileno())
+                    sync(fd)
+                if last:
+                    return
 
-        t = threading.Thread(target=flush, name="medfuse-cache-flush", daemon=True)
-        t.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            t.join()
+        self.thread = threading.Thread(target=flush, name="medfuse-cache-flush", daemon=True)
+        self.thread.start()
+
+    def finish(self) -> None:
+        """The rows are written: one last flush now, in the background."""
+        self.stop.set()
+
+    def join(self) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        if self.f is not None:
+            self.f.close()
+            self.f = None
 
 
 @contextlib.contextmanager
 def _running(loader: DataLoader[Any]) -> Iterator[Iterator[list[Any]]]:
     """The loader's batches; its workers are forked on entry (before a thread such as
-    :func:`_flushing`'s starts: a fork beside a running thread can deadlock the child) and
+    :class:`_Flusher`'s starts: a fork beside a running thread can deadlock the child) and
     stopped on exit, also on an error, when a traceback would keep them alive until collected
     (the caller then removes a new cache's folder). The dataset's own writer is closed too."""
     batches = iter(loader)
@@ -1026,69 +1046,75 @@ def _full_pass(
         per_row = math.prod(src.spec.shape) // src.spec.shape[axis]
         welford = _Welford(axis)
         lo, hi, means = math.inf, -math.inf, []
-        with _running(loader) as batches, _flushing(cache.dir / VALUES, bool(need[rows].any())):
-            for name, split, pos, got in _segments(batches, parts):
-                mask = split.masks[m]
-                present = np.zeros(len(got), bool)
-                for j, item in enumerate(got):
-                    row, state, scale, err = item.row, item.state, item.scale, item.error
-                    if item.decoded:
-                        cache.put(row, item)
-                        info["decoded"][m] += 1
-                    elif state != "empty":
-                        info["cached"][m] += 1
-                        state = cache.index["state"][row]
-                        scale, err = cache.index["scale"][row], cache.index["error"][row]
-                    if state == "bad":
-                        msg = f"{src.where} row {row + 2} ({m}): {err}"
-                        if on_bad_row == "fail":
-                            raise DataError(
-                                msg + " (use data.on_bad_row=missing to treat such rows as "
-                                "a missing modality)"
-                            )
-                        found.append((order[name], m, pos + j, msg))
-                        mask[pos + j] = 0.0
-                    elif state == "ok":
-                        present[j] = True
-                        if scale:
-                            scales[m].setdefault(scale, []).append(row)
-                        if name == "train" and item.sample is not None:
-                            taken[row] = item.sample
-                kept = [g.summary for g, p in zip(got, present, strict=True) if p]
-                bad = [j for j, g in enumerate(got) if present[j] and not g.summary.finite]
-                if bad:
-                    raise DataError(
-                        f"array {m!r} ({src.spec.kind}): NaN or infinite values at "
-                        f"{_where(name, split.meta, np.array(bad) + pos)}; fix or drop "
-                        "those samples (an unreadable file can be marked missing: leave its "
-                        "cell empty)"
-                    )
-                out = digests.setdefault((name, m), [])
-                for g in got:  # each row's values digest, in order (VALUES_SCHEME)
-                    if g.decoded:
-                        out.append(g.digest)
-                    elif g.state == "empty":
-                        out.append(empty)
-                    else:  # the row read and verified against this digest by the worker
-                        out.append(cache.index["values"][g.row])
-                if name == "train":
-                    welford.add(kept, per_row)
-                    if kept:
-                        lo = min(lo, min(r.lo for r in kept))
-                        hi = max(hi, max(r.hi for r in kept))
-                        means.append(np.array([r.mean for r in kept], np.float64))
-        stat = welford.result(src.spec.shape[axis])
-        present_pos = np.flatnonzero(np.asarray(train.masks[m]) > 0)
-        means_a = np.concatenate(means) if means else np.zeros(0)
-        strided = plan.values(present_pos, taken) if plan is not None else None
-        if strided is not None:
-            rng = ranges_of(strided, means_a)
-        else:  # no plan, or a training row was unreadable: the subsample read from the cache
-            rng = _ranges(train.arrays[m], present_pos, means_a)
-        if rng is not None:
-            stat["range"] = rng
-        info["stats"][m] = stat
-        info["constant"][m] = None if not len(present_pos) else ([m] if lo == hi else [])
+        flusher = _Flusher(cache.dir / VALUES, bool(need[rows].any()))
+        try:
+            with _running(loader) as batches:
+                flusher.start()
+                for name, split, pos, got in _segments(batches, parts):
+                    mask = split.masks[m]
+                    present = np.zeros(len(got), bool)
+                    for j, item in enumerate(got):
+                        row, state, scale, err = item.row, item.state, item.scale, item.error
+                        if item.decoded:
+                            cache.put(row, item)
+                            info["decoded"][m] += 1
+                        elif state != "empty":
+                            info["cached"][m] += 1
+                            state = cache.index["state"][row]
+                            scale, err = cache.index["scale"][row], cache.index["error"][row]
+                        if state == "bad":
+                            msg = f"{src.where} row {row + 2} ({m}): {err}"
+                            if on_bad_row == "fail":
+                                raise DataError(
+                                    msg + " (use data.on_bad_row=missing to treat such rows as "
+                                    "a missing modality)"
+                                )
+                            found.append((order[name], m, pos + j, msg))
+                            mask[pos + j] = 0.0
+                        elif state == "ok":
+                            present[j] = True
+                            if scale:
+                                scales[m].setdefault(scale, []).append(row)
+                            if name == "train" and item.sample is not None:
+                                taken[row] = item.sample
+                    kept = [g.summary for g, p in zip(got, present, strict=True) if p]
+                    bad = [j for j, g in enumerate(got) if present[j] and not g.summary.finite]
+                    if bad:
+                        raise DataError(
+                            f"array {m!r} ({src.spec.kind}): NaN or infinite values at "
+                            f"{_where(name, split.meta, np.array(bad) + pos)}; fix or drop "
+                            "those samples (an unreadable file can be marked missing: leave its "
+                            "cell empty)"
+                        )
+                    out = digests.setdefault((name, m), [])
+                    for g in got:  # each row's values digest, in order (VALUES_SCHEME)
+                        if g.decoded:
+                            out.append(g.digest)
+                        elif g.state == "empty":
+                            out.append(empty)
+                        else:  # the row read and verified against this digest by the worker
+                            out.append(cache.index["values"][g.row])
+                    if name == "train":
+                        welford.add(kept, per_row)
+                        if kept:
+                            lo = min(lo, min(r.lo for r in kept))
+                            hi = max(hi, max(r.hi for r in kept))
+                            means.append(np.array([r.mean for r in kept], np.float64))
+            flusher.finish()  # the workers have stopped: every row is written
+            stat = welford.result(src.spec.shape[axis])
+            present_pos = np.flatnonzero(np.asarray(train.masks[m]) > 0)
+            means_a = np.concatenate(means) if means else np.zeros(0)
+            strided = plan.values(present_pos, taken) if plan is not None else None
+            if strided is not None:
+                rng = ranges_of(strided, means_a)
+            else:  # no plan, or a training row was unreadable: the subsample read from the cache
+                rng = _ranges(train.arrays[m], present_pos, means_a)
+            if rng is not None:
+                stat["range"] = rng
+            info["stats"][m] = stat
+            info["constant"][m] = None if not len(present_pos) else ([m] if lo == hi else [])
+        finally:
+            flusher.join()
     # in split order, then modality, then row: as a split-by-split pass would find them
     missing.extend((splits[k][0], m, pos, msg) for k, m, pos, msg in sorted(found))
     for name, split in splits:

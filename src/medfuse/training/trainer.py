@@ -717,7 +717,9 @@ class Trainer:
         if run.ema is not None:  # validate (and keep as best) the averaged weights
             raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             self.model.load_state_dict(run.ema.module.state_dict())
+        t_val = time.perf_counter()
         metrics = self.evaluate_val(run.name)
+        val_s = time.perf_counter() - t_val
         score, metric = self.score(run.name, metrics)
         if t.keep == "best" and (run.best_epoch >= 0 or run.best_state is not None):
             improved = sign * score > sign * run.best_score
@@ -748,6 +750,7 @@ class Trainer:
             "best": improved,
             "seconds": seconds,
             **self._throughput(),
+            "val_s": round(val_s, 4),  # validating the epoch: this rank's reads, model, metrics
             # the epoch's global batches in order: equal for any number of processes
             "order_sha256": self.epoch_order,
             # each rank's samples and the digest of their order (DistributedCallback gathers them)
