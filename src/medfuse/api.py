@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medfuse.core.inputs import missing_summary
 from medfuse.core.package import read_meta
 from medfuse.core.spec import Spec, load_spec, parse_spec
 from medfuse.data import load_spec_data
@@ -186,7 +187,7 @@ def evaluate(
     ``data_rows`` (manifests) how many of the manifest's rows were evaluated and how they were
     split."""
 
-    pred = load(package, device=device)
+    pred = load(package, device=device, deployed=True)  # an INT8 package: its INT8 model
     spec = pred.spec
     stats = pred.meta["preprocessing"]
     with reading_split(split):  # an external test set: train and val may be empty
@@ -200,6 +201,9 @@ def evaluate(
     thr = pred.threshold if threshold is None else float(threshold)
     out = split_metrics(pred.model, spec, t, thr, pred.device, temperature=pred.temperature)
     out["split"] = split
+    out["model"] = pred.scored
+    # the rows evaluated with a tabular value imputed (the training mean), as a prediction says
+    out["missing_values"] = missing_summary(data_split.arrays, data_split.masks, pred.schema)
     out["positive"] = spec.task.positive_class
     out["data_check"] = (bundle.info.get("fingerprint_check") or {}).get(
         split, {"same": None, "differences": ["no fingerprint recorded in this package"]}

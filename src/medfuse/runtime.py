@@ -43,14 +43,21 @@ __all__ = ["OnnxPredictor", "choose_runtime", "load", "main", "predict_file", "w
 
 
 def choose_runtime(package: str | Path, runtime: str = "auto") -> str:
-    """The runtime ``auto`` means for ``package`` here: ``torch`` when PyTorch is installed and
-    the package has its weights (the full install's behaviour), else ``onnx`` (``model.onnx``
-    through ONNX Runtime, what the base install runs). Other names are returned as given."""
+    """The runtime ``auto`` means for ``package`` here: ``onnx`` for a package that deploys an
+    INT8 ``model.onnx`` (``medfuse quantize``: its weights are the fp32 source, kept to
+    re-export), so that ``medfuse predict`` gives the INT8 model's predictions, as ``medfuse
+    serve`` does; otherwise ``torch`` when PyTorch is installed and the package has its weights
+    (the full install's behaviour), else ``onnx`` (``model.onnx`` through ONNX Runtime, what the
+    base install runs). Other names are returned as given."""
     if runtime not in RUNTIMES:
         raise MedfuseError(f"unknown runtime {runtime!r}; allowed: {', '.join(RUNTIMES)}")
     if runtime != "auto":
         return runtime
-    files = read_meta(package, verify=False).get("files", {})
+    meta = read_meta(package, verify=False)
+    files = meta.get("files", {})
+    rt = meta.get("runtime") or {}
+    if rt.get("precision") == "int8" and rt.get("onnx_file", "model.onnx") in files:
+        return "onnx"
     if installed("torch") and WEIGHTS in files:
         return "torch"
     if "model.onnx" not in files and WEIGHTS in files:

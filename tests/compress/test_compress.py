@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pandas as pd
 import pytest
 import torch
 
@@ -130,6 +131,72 @@ def test_quantize_auto_writes_an_int8_package_that_still_loads(tiny_package, qua
     metrics = json.loads((quantized / "metrics.json").read_text())
     assert metrics["runtime"]["precision"] == "int8" and "fp32" in metrics
     assert "runtime" not in read_meta(tiny_package)
+
+
+def test_an_int8_package_is_evaluated_and_predicted_as_it_is_deployed(
+    tiny_package, quantized, tmp_path, capsys
+):
+    """evaluate, the clinical evaluation, calibrate and predict score the INT8 model.onnx that
+    an INT8 package deploys (as medfuse serve runs it), not its kept fp32 weights, and say so;
+    the branch rows come from the fp32 auxiliary heads, and say so too."""
+    from medfuse.api import evaluate
+    from medfuse.core.onnx import OnnxPredictor
+    from medfuse.inference.predictor import load
+    from medfuse.report.calibration import calibrate_package, load_bundle
+    from medfuse.report.clinical import clinical_evaluation
+    from medfuse.runtime import choose_runtime
+
+    deployed, weights = load(quantized, deployed=True), load(quantized)
+    assert deployed.scored["precision"] == "int8" and deployed.scored["file"] == "model.onnx"
+    assert "fp32" in deployed.scored["branches"]
+    assert weights.scored == {"runtime": "torch", "file": "model.safetensors", "precision": "fp32"}
+    test = load_bundle(deployed).test
+    ort_logits = OnnxPredictor(quantized).logits(test)
+    got = deployed.logits(test)
+    np.testing.assert_allclose(got, ort_logits, rtol=0, atol=1e-6)
+    assert np.abs(got - weights.logits(test)).max() > 1e-4  # INT8 is not the fp32 model
+    # the verbs' metrics are the INT8 model's (dynamic INT8 scales activations by their batch's
+    # range: the same batches as the verb's, 64 samples for evaluate on a CPU, 256 for the rest)
+    from sklearn.metrics import roc_auc_score
+
+    m = evaluate(quantized, device="cpu")
+    assert m["model"]["precision"] == "int8"
+    y = np.asarray(test.y)
+    int8_64 = roc_auc_score(y, OnnxPredictor(quantized).logits(test, batch_size=64)[:, 0])
+    assert m["auroc"] == pytest.approx(int8_64, abs=1e-12)
+    assert set(m["branches"]) == set(deployed.spec.modalities)
+    assert evaluate(tiny_package, device="cpu")["model"]["precision"] == "fp32"
+    ev = clinical_evaluation(quantized, n_boot=20, subgroup=None)
+    assert ev.summary["package"]["model"]["precision"] == "int8"
+    assert ev.auroc["value"] == pytest.approx(roc_auc_score(y, ort_logits[:, 0]), abs=1e-12)
+    rec = calibrate_package(quantized, out=tmp_path / "cal")["calibration"]
+    assert rec["model"]["precision"] == "int8"
+    # medfuse predict's auto runtime is the one the package deploys; the CLI says which
+    assert choose_runtime(quantized) == "onnx" and choose_runtime(tiny_package) == "torch"
+    assert main(["evaluate", str(quantized), "--no-ci"]) == 0
+    assert "scored: INT8 model.onnx (ONNX Runtime)" in capsys.readouterr().err
+    rng = np.random.default_rng(0)
+    x = {
+        m: rng.random((3, *s.shape), dtype=np.float32) for m, s in deployed.spec.modalities.items()
+    }
+    np.savez(tmp_path / "x.npz", **x)
+    assert (
+        main(
+            [
+                "predict",
+                str(quantized),
+                "--input",
+                str(tmp_path / "x.npz"),
+                "--out",
+                str(tmp_path / "p.csv"),
+            ]
+        )
+        == 0
+    )
+    assert "predictions of: INT8 model.onnx (ONNX Runtime)" in capsys.readouterr().err
+    col = f"prob_{deployed.labels[1]}"
+    got_p = pd.read_csv(tmp_path / "p.csv")[col].to_numpy()
+    np.testing.assert_allclose(got_p, OnnxPredictor(quantized).predict_proba(x), atol=1e-6)
 
 
 def test_quantize_forced_methods(tiny_package, tmp_path):

@@ -415,15 +415,15 @@ def test_a_crash_mid_write_leaves_no_valid_looking_cache(
     manifest: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = {"n": 0}
-    real = stream_mod.read_modality
+    real = stream_mod.read_fitted
 
-    def dying(path: Any, m: Any) -> np.ndarray:
+    def dying(path: Any, m: Any) -> tuple[np.ndarray, tuple[int, ...]]:
         calls["n"] += 1
         if calls["n"] > 50:
             raise KeyboardInterrupt  # killed mid-pass
         return real(path, m)
 
-    monkeypatch.setattr(stream_mod, "read_modality", dying)
+    monkeypatch.setattr(stream_mod, "read_fitted", dying)
     with pytest.raises(KeyboardInterrupt):
         _load(manifest, True)
     assert _valid_caches(cache_dir) == [] and not list(cache_dir.glob(".tmp-*"))
@@ -434,7 +434,7 @@ def test_a_crash_mid_write_leaves_no_valid_looking_cache(
     with pytest.raises(KeyboardInterrupt):
         _load(manifest, True)
     assert _valid_caches(cache_dir) == [] and len(list(cache_dir.glob(".tmp-*"))) == 1
-    monkeypatch.setattr(stream_mod, "read_modality", real)
+    monkeypatch.setattr(stream_mod, "read_fitted", real)
     info = _load(manifest, True).info["stream"]
     assert info["decoded"]["image"] == N - 1 and len(_valid_caches(cache_dir)) == 1
 
@@ -448,10 +448,10 @@ def test_a_crash_while_updating_a_changed_file_re_decodes_it(
     changed.unlink()
     write_png(changed, np.full((SIZE, SIZE), 10, np.uint8))
 
-    def dying(path: Any, m: Any) -> np.ndarray:
+    def dying(path: Any, m: Any) -> tuple[np.ndarray, tuple[int, ...]]:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(stream_mod, "read_modality", dying)
+    monkeypatch.setattr(stream_mod, "read_fitted", dying)
     with pytest.raises(KeyboardInterrupt):
         _load(data / "cases.csv", True)
     monkeypatch.undo()

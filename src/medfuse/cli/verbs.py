@@ -235,6 +235,13 @@ def _data_lines(m: dict[str, Any]) -> None:
     c.stderr = True
     if m.get("positive"):
         c.print(f"positive class: {m['positive']!r} (probabilities are P({m['positive']}))")
+    if m.get("model"):
+        from medfuse.core.inputs import missing_text  # lazy: numpy, not for --help
+        from medfuse.core.predictor import scored_text
+
+        c.print(scored_text(m["model"]))
+        if (m.get("missing_values") or {}).get("rows"):
+            c.print(f"data: {missing_text(m['missing_values'])}")
     chk = m.get("data_check") or {}
     if chk.get("same") is True:
         c.print("data: the same as recorded in the package for this split")
@@ -266,7 +273,8 @@ def setup_predict(p: argparse.ArgumentParser) -> Handler:
         default="auto",
         choices=list(RUNTIMES),
         help="torch (the weights), onnx (model.onnx via ONNX Runtime; run medfuse export first) "
-        "or auto (default): torch when PyTorch is installed and the package has weights, else onnx",
+        "or auto (default): onnx for an INT8 package (its INT8 model.onnx, as medfuse serve), "
+        "else torch when PyTorch is installed and the package has weights, else onnx",
     )
     p.add_argument(
         "--on-bad-row",
@@ -289,6 +297,11 @@ def setup_predict(p: argparse.ArgumentParser) -> Handler:
         from medfuse.runtime import choose_runtime, predict_file  # lazy: numpy, not for --help
 
         runtime = choose_runtime(a.package, a.runtime)
+        from medfuse.core.package import read_meta  # lazy: as choose_runtime
+        from medfuse.core.predictor import scored_model, scored_text
+
+        model = scored_model(read_meta(a.package, verify=False), runtime)
+        print(scored_text(model, "predictions of"), file=sys.stderr)
         try:
             # lazy: pandas (absent in the base install); streams manifests, Parquet out
             from medfuse.serve.batch import predict_stream

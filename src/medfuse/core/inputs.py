@@ -89,6 +89,9 @@ class Modality:
     #: a signal's rate and leads without ``rate`` / ``leads``;
     #: ``medfuse.core.readers.base.file_scale``); a file on another is refused
     scale: str | None = None
+    #: an image modality's least and largest width / height of its training files before they
+    #: were fitted (``data.aspects``); an input resized from far outside is flagged
+    aspect: tuple[float, float] | None = None
 
     @property
     def missing_value(self) -> float:
@@ -96,11 +99,17 @@ class Modality:
         return float("nan") if self.kind == "tabular" else 0.0
 
 
+def _aspect(rec: Any) -> tuple[float, float] | None:
+    """``data.aspects[m]`` as :attr:`Modality.aspect` (``None``: not recorded)."""
+    return (float(rec[0]), float(rec[1])) if rec else None
+
+
 def modalities_from_meta(meta: dict[str, Any]) -> dict[str, Modality]:
     """The spec's modalities, in model input order, with their per-sample shapes."""
     out: dict[str, Modality] = {}
     stats = meta.get("preprocessing", {})
     scales = (meta.get("data") or {}).get("scales") or {}
+    aspects = (meta.get("data") or {}).get("aspects") or {}
     for name, m in meta["spec"]["modalities"].items():
         kind = m["kind"]
         lead = (int(m["sequence"]),) if m.get("sequence") else ()
@@ -128,6 +137,7 @@ def modalities_from_meta(meta: dict[str, Any]) -> dict[str, Modality]:
             tokenizer=stats.get(name, {}).get("tokenizer"),
             token_offset=int(stats.get(name, {}).get("token_offset", 0)),
             scale=scales.get(name),
+            aspect=_aspect(aspects.get(name)),
         )
     return out
 
@@ -359,16 +369,44 @@ def _fit(x: np.ndarray, m: Modality) -> np.ndarray:
     raise InputError(f"shape {x.shape}; expected {exp}")
 
 
-def _read_path(path: Path, m: Modality) -> np.ndarray:
+#: how far (a factor) an image's width / height may lie beyond its training files' before a
+#: prediction says that resizing it to the model's size distorts it
+ASPECT_MARGIN = 1.25
+
+
+def aspect_note(shape: tuple[int, ...], m: Modality) -> str:
+    """Why an image of ``shape`` (before it was fitted) is distorted by its resizing to the
+    model's size: its width / height lies beyond the training files' (``Modality.aspect``) by
+    more than :data:`ASPECT_MARGIN`; ``""`` when it does not, was not resized, or the package
+    recorded no proportions (not a manifest of files, or trained before this)."""
+    if m.kind != "image" or not m.aspect or not m.size or len(shape) < 2:
+        return ""
+    h, w = int(shape[-2]), int(shape[-1])
+    size = tuple(int(v) for v in m.size[-2:])
+    if (h, w) == size or not h or not w:
+        return ""
+    ratio, (lo, hi) = w / h, m.aspect
+    if lo / ASPECT_MARGIN <= ratio <= hi * ASPECT_MARGIN:
+        return ""
+    held = f"{lo:.2f}" if lo == hi else f"{lo:.2f}..{hi:.2f}"
+    return (
+        f"{m.name}: a {w}x{h} image (width/height {ratio:.2f}) resized to {size[1]}x{size[0]}; "
+        f"the training images' width/height was {held}, so its content is stretched: crop or "
+        "pad it to their proportions"
+    )
+
+
+def _read_path(path: Path, m: Modality) -> tuple[np.ndarray, str]:
+    """A file's sample, fitted, and :func:`aspect_note` of what it held."""
     # lazy: keeps the torch-free core's import light
-    from medfuse.core.readers import read_modality
+    from medfuse.core.readers import read_fitted
     from medfuse.core.readers.base import file_scale, same_scale, scale_refusal
 
     try:
-        x = np.asarray(read_modality(path, m), np.float32)  # type: ignore[arg-type]
+        x, raw = read_fitted(path, m)  # type: ignore[arg-type]
         if m.scale and not same_scale(m.scale, found := file_scale(path, m)):
             raise _Bad(scale_refusal(str(path), m.name, m.scale, found, m.kind))
-        return x
+        return np.asarray(x, np.float32), aspect_note(raw, m)
     except DataError as err:
         raise _Bad(str(err)) from None
     except MemoryError:
@@ -397,9 +435,9 @@ def _plain_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and Path(name).name == name and "\\" not in name
 
 
-def _read_upload(up: Upload, m: Modality) -> np.ndarray:
+def _read_upload(up: Upload, m: Modality) -> tuple[np.ndarray, str]:
     if up.suffix == ".npy" and m.kind == "signal":
-        return _npy_signal(up.data, "the uploaded .npy file", m)
+        return _npy_signal(up.data, "the uploaded .npy file", m), ""
     name = up.name or f"upload{up.suffix}"
     for n in (name, *(c for c, _ in up.companions)):
         if not _plain_name(n):
@@ -434,13 +472,15 @@ def _sniff(data: bytes) -> str:
 
 def _tensor_value(
     v: Any, m: Modality, base: Path, roots: tuple[Path, ...] | None = None
-) -> np.ndarray:
-    """An image/signal value (path, upload, bytes or array) as one fitted, finite sample.
-    ``roots``: the folders a file path must lie in (a manifest's paths), None for no limit."""
+) -> tuple[np.ndarray, str]:
+    """An image/signal value (path, upload, bytes or array) as one fitted, finite sample, and
+    :func:`aspect_note` of what it held before it was fitted. ``roots``: the folders a file path
+    must lie in (a manifest's paths), None for no limit."""
+    note = ""
     if isinstance(v, bytes | bytearray):
         v = Upload(bytes(v), _sniff(bytes(v)))
     if isinstance(v, Upload):
-        x = _read_upload(v, m)
+        x, note = _read_upload(v, m)
     elif isinstance(v, str | os.PathLike):
         p = _input_path(v, base, roots)
         if m.kind == "signal" and p.suffix.lower() == ".npy":
@@ -450,11 +490,13 @@ def _tensor_value(
                 raise _Bad(f"{p}: cannot be read ({err.strerror})") from None
             x = _npy_signal(data, str(p), m)
         else:
-            x = _read_path(p, m)
+            x, note = _read_path(p, m)
     elif isinstance(v, Mapping):
         raise InputError(f"a mapping is not an {m.kind}; give an array, a file path or file bytes")
     else:
-        x = _fit(_as_array(v, m.kind), m)
+        given = _as_array(v, m.kind)
+        x = _fit(given, m)
+        note = aspect_note(given.shape, m)
         unwindowed = _unwindowed(x, m)
         if unwindowed:
             raise _Bad(unwindowed)
@@ -463,7 +505,7 @@ def _tensor_value(
         raise _Bad(f"all {x.size} values are NaN or infinite (or beyond float32)")
     if bad:
         raise _Bad(f"{bad} of {x.size} values are NaN or infinite (or beyond float32)")
-    return x
+    return x, note
 
 
 def _unwindowed(x: np.ndarray, m: Modality) -> str:
@@ -779,6 +821,7 @@ def _from_batched(d: Mapping[str, Any], ctx: _Ctx, default_id: str) -> Batch:
                     f"arrays of shape {x.shape}; expected (N, {', '.join(map(str, mod.shape))})",
                     (None, m),
                 )
+            note = aspect_note(x.shape[1:], mod)
             try:
                 x = (
                     np.stack([_fit(s, mod) for s in x])
@@ -787,6 +830,8 @@ def _from_batched(d: Mapping[str, Any], ctx: _Ctx, default_id: str) -> Batch:
                 )
             except InputError as err:
                 raise ctx.error(err.msg, (None, m)) from None
+            for i in np.flatnonzero(mask > 0) if note else []:
+                b.flags[int(i)].append(note)
         b.arrays[m] = np.ascontiguousarray(x, np.float32)
         b.masks[m] = mask
         flat = x.reshape(n, -1)
@@ -883,8 +928,10 @@ def _from_rows(
                     b.arrays[m][i] = _text_value(v, mod, ctx.base, ctx.roots)[0]
                     b.masks[m][i] = float(b.arrays[m][i].any())  # no word: missing
                     continue
-                b.arrays[m][i] = _tensor_value(v, mod, ctx.base, ctx.roots)
+                b.arrays[m][i], note = _tensor_value(v, mod, ctx.base, ctx.roots)
                 b.masks[m][i] = 1.0
+                if note:
+                    b.flags[i].append(note)
             except _Bad as err:
                 ctx.bad(b, i, m, str(err))
             except InputError as err:
@@ -1210,6 +1257,31 @@ def missing_values(
     return out
 
 
+def missing_summary(
+    arrays: dict[str, Any], masks: dict[str, np.ndarray], schema: Schema
+) -> dict[str, Any]:
+    """How many rows hold a missing tabular value (:func:`missing_values`: each standardised to
+    the training mean) and how many of each column: ``{"rows", "n", "columns"}``."""
+    per_row = missing_values(arrays, masks, schema)
+    columns: dict[str, int] = {}
+    for cols in per_row:
+        for c in cols:
+            columns[c] = columns.get(c, 0) + 1
+    ranked = dict(sorted(columns.items(), key=lambda kv: (-kv[1], kv[0])))
+    return {"rows": sum(1 for c in per_row if c), "n": len(per_row), "columns": ranked}
+
+
+def missing_text(summary: dict[str, Any]) -> str:
+    """:func:`missing_summary` in words."""
+    if not summary["rows"]:
+        return "no tabular value missing"
+    cols = ", ".join(f"{c} {k}" for c, k in summary["columns"].items())
+    return (
+        f"{summary['rows']} of {summary['n']} rows miss a tabular value, each standardised to "
+        f"the training mean ({cols})"
+    )
+
+
 def plausibility(
     arrays: dict[str, np.ndarray], masks: dict[str, np.ndarray], schema: Schema
 ) -> list[list[str]]:
@@ -1219,7 +1291,9 @@ def plausibility(
     than half their span, or its mean beyond the training means by as much (a 0-255 image for
     a model trained on 0-1). Text: one that fills every token the model reads (a longer one is
     cut there), or with a larger share of unknown words than the training texts had. Signals: a
-    record mostly zero padding (shorter than the model reads), or zero throughout."""
+    record mostly zero padding (shorter than the model reads), or zero throughout. (An image
+    resized from other proportions than the training files' is flagged where it is read, the
+    only place that sees its shape: :func:`aspect_note`.)"""
     n = len(next(iter(masks.values()))) if masks else 0
     out: list[list[str]] = [[] for _ in range(n)]
     for m, mod in schema.modalities.items():

@@ -367,3 +367,25 @@ class PredictorBase:
     ) -> list[dict[str, Any]]:
         """One dict per row: id, probabilities, label, presence and reasons, flags, error."""
         return self.predict_rows(samples, batch_size=batch_size, on_bad_row=on_bad_row).rows()
+
+
+def scored_model(meta: dict[str, Any], runtime: str) -> dict[str, Any]:
+    """The model a package's outputs come from on ``runtime``: its file and precision (the
+    ``model.onnx`` of a ``medfuse quantize`` package is INT8; its weights stay fp32)."""
+    if runtime == "onnx":
+        rt = meta.get("runtime") or {}
+        name = str(rt.get("onnx_file") or "model.onnx")
+        return {"runtime": "onnx", "file": name, "precision": str(rt.get("precision", "fp32"))}
+    return {"runtime": "torch", "file": "model.safetensors", "precision": "fp32"}
+
+
+def scored_text(scored: dict[str, Any], head: str = "scored") -> str:
+    """One line naming the model an evaluation scored (:func:`scored_model`; with evaluation's
+    ``medfuse.inference.predictor.load``, also where its branch rows come from)."""
+    what = (
+        f"{str(scored['precision']).upper()} {scored['file']} (ONNX Runtime)"
+        if scored.get("runtime") == "onnx"
+        else f"{scored['precision']} weights {scored['file']} (PyTorch)"
+    )
+    branches = f"; branch rows: {scored['branches']}" if scored.get("branches") else ""
+    return f"{head}: {what}{branches}"

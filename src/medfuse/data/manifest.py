@@ -18,7 +18,7 @@ import pandas as pd
 
 from medfuse.core.errors import DataError, SpecError, csv_rows, did_you_mean
 from medfuse.core.paths import require_contained
-from medfuse.core.readers import read_modality
+from medfuse.core.readers import aspect_range, image_aspect, read_fitted
 from medfuse.core.readers.base import file_scale, mixed_scales_refusal
 from medfuse.core.spec import ModalitySpec
 from medfuse.data import DATASETS, DataBundle, Split, manifest_record
@@ -316,13 +316,16 @@ def read_rows(
         x = np.zeros((n, *m.shape), np.float32)
         mask = np.zeros(n, np.float32)
         scales: dict[str, list[int]] = {}  # each file's own scale (file_scale), one allowed
+        aspects: list[float] = []  # each image file's width / height before it was fitted
         for i, cell in enumerate(df[col].tolist()):
             if _empty(cell):
                 continue
             path = cell_path(str(cell).strip(), base, contain, f"{where} row {i + 2} ({name})")
             try:
-                x[i] = read_modality(path, m)  # reader by file type, fitted to m.shape
+                x[i], raw = read_fitted(path, m)  # reader by file type, fitted to m.shape
                 mask[i] = 1.0
+                if m.kind == "image":
+                    aspects.append(image_aspect(raw))
                 scale = file_scale(path, m)  # an image's scale, a signal's rate and leads
                 if scale:
                     scales.setdefault(scale, []).append(i)
@@ -337,6 +340,8 @@ def read_rows(
         if len(scales) > 1:
             raise DataError(mixed_scales_refusal(where, name, m.kind, scales))
         report.setdefault("scales", {})[name] = next(iter(scales), None)
+        if aspect_range(aspects):
+            report.setdefault("aspects", {})[name] = aspect_range(aspects)
         arrays[name], masks[name] = x, mask
     if report["bad_rows"]:
         log.warning(
@@ -782,6 +787,9 @@ def load_manifest(
             # per image modality read without a window, signal without rate or leads: the
             # files' one scale (file_scale)
             "scales": {k: v for k, v in report.get("scales", {}).items() if v},
+            # per image modality: the least and largest width / height of its files before they
+            # were fitted (a prediction input far outside is flagged: resizing distorts it)
+            "aspects": dict(report.get("aspects", {})),
             # how the rows were split: what `medfuse evaluate` says of the rows it evaluated
             "splits": {
                 "rows": len(df),

@@ -8,7 +8,7 @@ modality is a :class:`LazyColumn` in ``Split.arrays``: its rows point into a per
 
 One pass (:func:`stream_pass`, run by ``load_data``) goes over every split and streamed modality:
 files whose cache entry is missing or stale are decoded by the one per-file reader
-(``medfuse.core.readers.read_modality``, the in-memory path's) in DataLoader worker processes,
+(``medfuse.core.readers.read_fitted``, the in-memory path's) in DataLoader worker processes,
 which write them to the cache and summarise each row (:class:`RowSummary`); the values are
 checked (non-finite, one intensity scale), and the training split's normalisation statistics
 (the rows' summaries merged), per-sample means, value ranges and each split's values hash (the
@@ -21,7 +21,8 @@ The cache (``MEDFUSE_CACHE_DIR``, default ``~/.cache/medfuse/decoded``): one dir
 read and written by offset, never mapped, a row of integers stored compactly in its slot:
 :class:`RowFile`, :data:`STORED`) and ``index.json`` (per row: the stat key of the files its
 reader opens (:func:`file_key`: the cell's file, and a WFDB header's data files), the SHA-256 of
-their bytes and of its decoded values, its state; a completion mark). A pass holds each
+their bytes and of its decoded values, its state, an image's width/height before it was fitted
+(``data.aspects``); a completion mark). A pass holds each
 cache's build lock (:func:`cache_lock`), so concurrent processes (the ranks of a torchrun job)
 decode each file once and never read a half-written cache. A new cache is built in a temporary
 directory and renamed into place when whole; a temporary directory found under the lock is a
@@ -59,7 +60,7 @@ from medfuse.core.errors import DataError, SpecError
 from medfuse.core.package import sha256_file
 from medfuse.core.paths import default_data_root, file_state
 from medfuse.core.preprocess import EPS, normalize, range_step, range_subsample, ranges_of
-from medfuse.core.readers import files_read, read_modality
+from medfuse.core.readers import aspect_range, files_read, image_aspect, read_fitted
 from medfuse.core.readers.base import file_scale, mixed_scales_refusal, reader_versions
 from medfuse.core.spec import ModalitySpec
 from medfuse.data.validate import (
@@ -76,7 +77,7 @@ log = logging.getLogger("medfuse.data")
 
 #: part of every cache's and recorded pass's key: raise it when what the readers decode or what
 #: the pass computes (statistics, ranges, hashes, checks) changes, so nothing older is reused
-CACHE_VERSION = 7  # 6: a DICOM's scale names its modality and bit depth; 7: signals'
+CACHE_VERSION = 8  # 6: a DICOM's scale names its modality and bit depth; 7: signals'; 8: aspects
 VALUES = "values.npy"
 INDEX = "index.json"
 #: the recorded results of passes (statistics, values hashes), by :func:`pass_key`
@@ -484,6 +485,7 @@ class Cache:
                 "state": [""] * n,  # "" to decode; ok, empty, bad
                 "scale": [""] * n,
                 "error": [""] * n,
+                "aspect": [0.0] * n,  # an image file's width / height before it was fitted
             }
         source.reopen(self.dir)
         source.digests, source.stored = self.index["values"], self.index["stored"]
@@ -520,6 +522,7 @@ class Cache:
         self.index["state"][row] = item.state
         self.index["scale"][row] = item.scale
         self.index["error"][row] = item.error
+        self.index["aspect"][row] = item.aspect
 
     def commit(self) -> None:
         """Flush the values, then the index (with its completion mark); a new cache is renamed
@@ -562,6 +565,8 @@ class Decoded(NamedTuple):
     key: str = ""  # the file's stat key (file_key) before it was read (decoded rows)
     #: a row of the range subsample: its strided values (:class:`RangeSample`)
     sample: np.ndarray | None = None
+    #: an image file's width / height before it was fitted (decoded rows; ``image_aspect``)
+    aspect: float = 0.0
 
 
 class RowSummary(NamedTuple):
@@ -702,17 +707,22 @@ class _PassItems(Dataset[Any]):
         # by the next run
         key, file = file_key(cell), file_digest(cell)
         try:
-            x = np.asarray(read_modality(cell, s.spec), np.float32)  # the one reader
+            x, raw = read_fitted(cell, s.spec)  # the one reader
+            x = np.asarray(x, np.float32)
             scale = file_scale(cell, s.spec)  # an image's scale, a signal's rate and leads
             state, error = "ok", ""
+            aspect = image_aspect(raw) if s.spec.kind == "image" else 0.0
         except DataError as bad:
             x, scale, state, error = np.zeros(s.spec.shape, np.float32), "", "bad", str(bad)
+            aspect = 0.0
         stored, small = compact(x)
         self._write(row, small)
         summary = summarise(small, self.axis)  # from the bytes of an 8-bit row
         digest = stored_digest(stored, small)
         share = self._share(row, small)
-        return Decoded(row, state, scale, error, True, file, digest, summary, stored, key, share)
+        return Decoded(
+            row, state, scale, error, True, file, digest, summary, stored, key, share, aspect
+        )
 
     def _share(self, row: int, x: np.ndarray) -> np.ndarray | None:
         """``row``'s share of the planned range subsample (the pass keeps it for a row it finds
@@ -875,6 +885,7 @@ def stream_pass(
         "stats": {},
         "constant": {},
         "values_sha256": {},
+        "aspects": {},
         "decoded": {m: 0 for m in lazy},
         "cached": {m: 0 for m in lazy},
         "cache": {},
@@ -892,7 +903,7 @@ def stream_pass(
             done = _recorded_pass(root, pass_key(splits, masks, caches, on_bad_row))
             missing: list[tuple[str, str, int, str]] = []
             if done is not None:  # the same values, splits and masks: the same result
-                for k in ("stats", "constant", "values_sha256"):
+                for k in ("stats", "constant", "values_sha256", "aspects"):
                     info[k] = done[k]
                 missing = [tuple(x) for x in done["missing"]]  # type: ignore[misc]
                 for name, m, pos, _ in missing:
@@ -908,6 +919,7 @@ def stream_pass(
                 bundle.info.setdefault("bad_rows", []).extend(msg for *_, msg in missing)
             for m, scale in scales.items():
                 bundle.info.setdefault("scales", {})[m] = scale
+            bundle.info.setdefault("aspects", {}).update(info["aspects"])
         except BaseException:
             for c in caches.values():
                 c.abort()
@@ -916,7 +928,7 @@ def stream_pass(
             c.commit()
             info["cache"][m] = str(c.dir)
         if done is None:
-            result = {k: info[k] for k in ("stats", "constant", "values_sha256")}
+            result = {k: info[k] for k in ("stats", "constant", "values_sha256", "aspects")}
             result.update(missing=missing, scales=scales)
             (root / PASSES).mkdir(exist_ok=True)
             key = pass_key(splits, masks, caches, on_bad_row)  # the masks before the pass
@@ -1046,6 +1058,7 @@ def _full_pass(
         per_row = math.prod(src.spec.shape) // src.spec.shape[axis]
         welford = _Welford(axis)
         lo, hi, means = math.inf, -math.inf, []
+        aspects: list[float] = []  # each image file's width / height (aspect_range)
         flusher = _Flusher(cache.dir / VALUES, bool(need[rows].any()))
         try:
             with _running(loader) as batches:
@@ -1075,6 +1088,9 @@ def _full_pass(
                             present[j] = True
                             if scale:
                                 scales[m].setdefault(scale, []).append(row)
+                            aspects.append(
+                                item.aspect if item.decoded else cache.index["aspect"][row]
+                            )
                             if name == "train" and item.sample is not None:
                                 taken[row] = item.sample
                     kept = [g.summary for g, p in zip(got, present, strict=True) if p]
@@ -1113,6 +1129,8 @@ def _full_pass(
                 stat["range"] = rng
             info["stats"][m] = stat
             info["constant"][m] = None if not len(present_pos) else ([m] if lo == hi else [])
+            if aspect_range(aspects):
+                info["aspects"][m] = aspect_range(aspects)
         finally:
             flusher.join()
     # in split order, then modality, then row: as a split-by-split pass would find them

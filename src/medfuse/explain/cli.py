@@ -51,7 +51,7 @@ def setup_explain(p: argparse.ArgumentParser) -> Handler:
 
     def run(a: argparse.Namespace) -> int:
         # lazy: medfuse's heavier layers, off the --help and torch-free paths
-        from medfuse.core.predictor import MAX_LISTED, attention_summary
+        from medfuse.core.predictor import MAX_LISTED, attention_summary, scored_text
         from medfuse.explain.explainer import (  # lazy: torch and captum, only when the verb runs
             SHAPLEY_SCALE,
             explain_file,
@@ -78,6 +78,10 @@ def setup_explain(p: argparse.ArgumentParser) -> Handler:
         d = doc["dataset"]["shapley"][SHAPLEY_SCALE]
         shares = ", ".join(f"{m} {d['mean_abs'][m]:.3f}" for m in d["ranking"])
         c.print(f"explained {doc['explained']}; {len(doc['samples'])} samples with maps")
+        c.print(
+            scored_text(doc["model"], "model explained")
+            + (f" ({doc['model']['note']})" if doc["model"].get("note") else "")
+        )
         c.print(f"modality contributions (mean |Shapley|, {SHAPLEY_SCALE}, n={d['n']}): {shares}")
         c.print(f"-> {a.out}/explanation.json ({doc['seconds']:.2f} s)")
         return 0

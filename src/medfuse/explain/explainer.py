@@ -438,6 +438,19 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "sample"
 
 
+def _explained_model(pred: Any) -> dict[str, Any]:
+    """The model the attributions are of (they need its gradients: the weights, in PyTorch);
+    for an INT8 package, which deploys its INT8 ``model.onnx``, a note saying so."""
+    out = dict(pred.scored)
+    if (pred.meta.get("runtime") or {}).get("precision") == "int8":
+        out["note"] = (
+            "the package deploys its INT8 model.onnx, which has no gradients: these are the "
+            "explanations of its fp32 weights, whose outputs differ slightly from the INT8 "
+            "model's (medfuse quantize's record: label agreement, largest logit change)"
+        )
+    return out
+
+
 def explain_file(
     package: str | Path,
     input_path: str | Path,
@@ -549,6 +562,7 @@ def explain_file(
             "shapley": f"{SHAPLEY_SCALE} of the explained class (logit values beside)",
         },
         "modalities": {m: s.kind for m, s in ex.modalities.items()},
+        "model": _explained_model(pred),
         "on_bad_row": on_bad_row,
         "samples": samples,
         "not_explained": not_explained,

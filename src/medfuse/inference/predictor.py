@@ -8,12 +8,14 @@ implement ``medfuse.core.predictor.Predictor``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from medfuse.core.decision import decide, probabilities
-from medfuse.core.predictor import PredictorBase
+from medfuse.core.predictor import PredictorBase, scored_model
 from medfuse.core.preprocess import normalize
 from medfuse.inference.helpers import resolve_device
 from medfuse.inference.package import Package, load_package
@@ -30,11 +32,13 @@ class Predictor(PredictorBase):
     def __init__(self, package: Package, device: str | torch.device = "cpu") -> None:
         self.package = package
         self.path = package.path
-        self.model = package.model
+        self.model: nn.Module = package.model
         self.spec = package.spec
         self.meta = package.meta
         self.device = torch.device(device)
         self.model.to(self.device).eval()
+        #: the model whose outputs this predictor gives (:func:`load` with ``deployed``)
+        self.scored: dict[str, Any] = scored_model(self.meta, "torch")
 
     @torch.no_grad()
     def _batch_logits(
@@ -52,8 +56,51 @@ class Predictor(PredictorBase):
         return self.model(inputs, mk).float().cpu().numpy()
 
 
-def load(path: str | Path, *, device: str = "cpu") -> Predictor:
-    """Load a model package (checksums verified, weights loaded strictly) as a Predictor."""
+class Int8Scored(nn.Module):
+    """An INT8 package's model as evaluation scores it: the fused logits from its INT8
+    ``model.onnx`` through ONNX Runtime (the model ``medfuse serve`` and ``medfuse predict``
+    run), each branch's auxiliary head from the fp32 weights (the INT8 graph has the fused
+    output only). Called as the composite is: ``(inputs, masks[, aux])``, normalised inputs."""
+
+    def __init__(self, weights: nn.Module, onnx: Any) -> None:
+        super().__init__()
+        self.weights = weights
+        self.onnx = onnx  # medfuse.core.onnx.OnnxPredictor
+
+    def forward(
+        self, inputs: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], aux: str = "none"
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        feeds = {m: v.detach().cpu().numpy() for m, v in inputs.items()}
+        feeds.update({f"mask_{m}": v.detach().float().cpu().numpy() for m, v in masks.items()})
+        device = next(iter(inputs.values())).device
+        logits = torch.from_numpy(self.onnx.run(feeds)).to(device)
+        if aux == "none":
+            return logits
+        _, branches = self.weights(inputs, masks, aux=aux)
+        return logits, branches
+
+
+def load(path: str | Path, *, device: str = "cpu", deployed: bool = False) -> Predictor:
+    """Load a model package (checksums verified, weights loaded strictly) as a Predictor.
+
+    ``deployed``: the model the package deploys, as evaluation must score it. For most packages
+    that is the weights; an INT8 package (``medfuse quantize``: ``runtime.precision: int8``)
+    deploys its INT8 ``model.onnx``, whose fused logits then come from ONNX Runtime on the CPU
+    (:class:`Int8Scored`; ``scored`` says so). Without it, the weights (fp32) always, as
+    ``medfuse.load`` documents."""
 
     dev = resolve_device(device)
-    return Predictor(load_package(path, device=dev), dev)
+    pred = Predictor(load_package(path, device=dev), dev)
+    rt = pred.meta.get("runtime") or {}
+    if deployed and rt.get("precision") == "int8":
+        from medfuse.core.onnx import OnnxPredictor  # lazy: ONNX Runtime, for INT8 packages
+
+        onnx_file = str(rt.get("onnx_file") or "model.onnx")
+        # the package was verified above; INT8 kernels are CPU kernels
+        onnx = OnnxPredictor(pred.path, device="cpu", onnx_file=onnx_file, verify=False)
+        pred.model = Int8Scored(pred.model, onnx).eval()
+        pred.scored = {
+            **scored_model(pred.meta, "onnx"),
+            "branches": "model.safetensors (fp32: the INT8 graph has the fused output only)",
+        }
+    return pred

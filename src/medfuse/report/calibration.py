@@ -193,7 +193,7 @@ def calibrate_package(
         package_out(out)
     if value is not None and not 0 <= value <= 1:
         raise SpecError("threshold.value", f"must be in [0, 1]; got {value}")
-    pred = load(package, device=device)
+    pred = load(package, device=device, deployed=True)  # an INT8 package: its INT8 model
     task = pred.task
     if threshold_method is not None and task != "binary":
         raise SpecError(
@@ -216,6 +216,7 @@ def calibrate_package(
         "binning": BINNING,
         **calibration_summary(task, val_logits, bundle.val.y, t_new),
         "previous_temperature": t_old,
+        "model": pred.scored,  # the logits it was fitted on: the model the package deploys
     }
     bound = temperature_bound(t_new)
     if bound:

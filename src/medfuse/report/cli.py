@@ -227,12 +227,14 @@ def setup_compare(p: argparse.ArgumentParser) -> Handler:
         t = Table(title=f"{a.split} set, n={res['n']} (95% CI)")
         t.add_column("package")
         t.add_column("modalities")
+        t.add_column("model")
         for k in keys:
             t.add_column(k, justify="right")
         for m in res["models"]:
             t.add_row(
                 m["name"],
                 "+".join(m["modalities"]),
+                f"{m['model']['precision']} {m['model']['file']}",
                 *[fmt_interval(m["metrics"][k]) if k in m["metrics"] else "" for k in keys],
             )
         c.print(t)
@@ -338,7 +340,7 @@ def _calibration_figure(
     # lazy: medfuse's heavier layers, off the --help and torch-free paths
     from medfuse.report.plots import reliability_png
 
-    pred = load(package, device=device)
+    pred = load(package, device=device, deployed=True)
     bundle = load_bundle(pred, data_dir, data)
     lg = pred.logits(bundle.val)
     y = bundle.val.y

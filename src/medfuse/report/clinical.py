@@ -262,7 +262,9 @@ def clinical_evaluation(
     evaluation (binary only); default is the package's stored threshold.
     """
     check_options(n_boot, threshold_method, target, threshold_value, level)
-    pred = package if isinstance(package, Predictor) else load(package, device=device)
+    pred = (
+        package if isinstance(package, Predictor) else load(package, device=device, deployed=True)
+    )
     task = pred.task
     bundle = load_bundle(pred, data_dir, data)
     data = bundle.split(split)
@@ -280,6 +282,7 @@ def clinical_evaluation(
             "path": str(pred.package.path),
             "task": task,
             "labels": labels,
+            "model": pred.scored,
         },
         "split": split,
         "n": len(pr),

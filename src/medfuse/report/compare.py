@@ -184,7 +184,7 @@ def compare_packages(
         raise SpecError("--bootstrap", f"must be >= 1; got {n_boot}")
     scored = []
     for path in packages:
-        pred = load(path, device=device)
+        pred = load(path, device=device, deployed=True)  # an INT8 package: its INT8 model
         split_data = load_bundle(pred, data_dir, data).split(split)
         p = pred.predict_proba(split_data)
         scored.append((Path(path), pred, split_data, p))
@@ -225,6 +225,7 @@ def compare_packages(
                 "name": path.name,
                 "path": str(path),
                 "modalities": list(pred.spec.modalities),
+                "model": pred.scored,
                 "threshold": pred.threshold,
                 "metrics": {k: iv[k] for k in SUMMARY if k in iv},
             }

@@ -36,8 +36,10 @@ from typing import Any
 import numpy as np
 
 from medfuse.core.errors import MedfuseError
+from medfuse.core.inputs import missing_summary
 from medfuse.core.package import versions
 from medfuse.core.paths import output_file
+from medfuse.core.predictor import scored_text
 from medfuse.report import plots
 from medfuse.report.ci import fmt_interval
 from medfuse.report.clinical import clinical_evaluation
@@ -298,14 +300,26 @@ def _data(ev: Any, ctx: dict[str, Any]) -> Section:
             else "n/a"
         )
         present = ", ".join(f"{esc(m)} {float(np.mean(v)):.0%}" for m, v in s.masks.items())
-        rows.append((esc(name), str(len(y)), pats, dist, present))
+        miss = missing_summary(s.arrays, s.masks, ev.predictor.schema)
+        imputed = (
+            f"{miss['rows']} ({', '.join(f'{c} {k}' for c, k in miss['columns'].items())})"
+            if miss["rows"]
+            else "none"
+        )
+        rows.append((esc(name), str(len(y)), pats, dist, present, esc(imputed)))
     body = (
         f"<p>Source: <b>{esc(d.get('name') or meta['spec']['data']['source'])}</b> "
         f"(<code>{esc(meta['spec']['data']['source'])}</code>)"
         + (f"; file <code>{esc(d['file'])}</code>" if d.get("file") else "")
         + "</p>"
     )
-    body += table(("split", "samples", "patients", "labels", "modality present"), rows)
+    body += table(
+        ("split", "samples", "patients", "labels", "modality present", "rows imputed"), rows
+    )
+    body += (
+        '<p class="note">Rows imputed: rows with a tabular value missing, each standardised to '
+        "the training mean (the model saw the average there, not the patient's value).</p>"
+    )
     cols = [c for c in ev.predictions.meta.columns] if len(ev.predictions.meta) else []
     body += f'<p class="note">Metadata columns: {esc(", ".join(cols) or "none")}.</p>'
     return Section("data", "Data", body)
@@ -686,6 +700,7 @@ def build_report(
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
         f"<header><h1>{esc(title)}</h1><div class='sub'>{esc(meta.get('task'))} - "
         f"{esc(', '.join(meta.get('labels', [])))} - split {esc(ev.summary['split'])} - "
+        f"{esc(scored_text(ev.predictor.scored))} - "
         f"python {esc(platform.python_version())}</div></header><main>",
     ]
     for sec in order:

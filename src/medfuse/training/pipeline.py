@@ -150,6 +150,7 @@ def package_data_info(bundle: DataBundle) -> dict[str, Any]:
         "manifest",
         "fingerprint",
         "scales",
+        "aspects",
         "layout",
         "overlap",
     )

@@ -125,7 +125,27 @@ def read_signal(
 
 
 def read_modality(path: str | Path, m: ModalitySpec) -> np.ndarray:
-    """Read one file and fit it to ``m.shape`` (any failure is a DataError naming the file).
+    """Read one file and fit it to ``m.shape`` (:func:`read_fitted` without the file's shape)."""
+    return read_fitted(path, m)[0]
+
+
+def image_aspect(shape: tuple[int, ...]) -> float:
+    """An image's width over its height, from its shape (``(..., H, W)``); 0 for no image."""
+    if len(shape) < 2 or not shape[-2] or not shape[-1]:
+        return 0.0
+    return float(shape[-1]) / float(shape[-2])
+
+
+def aspect_range(aspects: list[float]) -> list[float] | None:
+    """What a package records of its image files' proportions (``data.aspects``): the least and
+    the largest width/height (:func:`image_aspect`), ``None`` for none."""
+    got = [a for a in aspects if a > 0]
+    return [round(min(got), 4), round(max(got), 4)] if got else None
+
+
+def read_fitted(path: str | Path, m: ModalitySpec) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Read one file and fit it to ``m.shape`` (any failure is a DataError naming the file); and
+    the shape the file held before it was fitted (an image's proportions: :func:`image_aspect`).
 
     Images: channels matched (grey <-> RGB) and resized to ``size``; a single-slice volume fits
     a 2D size. With ``sequence: S`` an image modality is ``(S, C, H, W)``: the frames (DICOM
@@ -143,16 +163,16 @@ def read_modality(path: str | Path, m: ModalitySpec) -> np.ndarray:
                     raise DataError(f"a sequence image modality needs size [H, W]; got {size}")
                 vol = raw[:, None] if raw.ndim == 3 else raw  # (C, D, H, W)
                 x = fit_image(vol, int(m.channels or 1), [m.sequence, *size])
-                return np.ascontiguousarray(x.transpose(1, 0, 2, 3))  # (S, C, H, W)
+                return np.ascontiguousarray(x.transpose(1, 0, 2, 3)), raw.shape  # (S, C, H, W)
             if len(size) == 2 and raw.ndim == 4 and raw.shape[1] == 1:
                 raw = raw[:, 0]  # one slice / one frame
-            return fit_image(raw, int(m.channels or 1), size)
+            return fit_image(raw, int(m.channels or 1), size), raw.shape
         if m.kind == "signal":
             raw = read_signal(p, leads=m.leads, rate=m.rate)
             c, t = int(m.channels or 1), int(m.length or 1)
             if m.sequence:
-                return fit_signal_windows(raw, c, t, m.sequence)  # (S, C, T)
-            return fit_signal(raw, c, t)
+                return fit_signal_windows(raw, c, t, m.sequence), raw.shape  # (S, C, T)
+            return fit_signal(raw, c, t), raw.shape
     except DataError as err:
         msg = str(err)
         raise DataError(msg if msg.startswith(str(p)) else f"{p}: {msg}") from None
