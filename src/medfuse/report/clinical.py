@@ -200,6 +200,17 @@ def _modality_rows(
             deltas[m] = difference_interval(
                 task, "auroc", pr.y, drop, d, groups=groups, level=level
             )
+    # the samples with every modality vs those missing one, at the package's operating point
+    paired = np.all([np.asarray(k) > 0 for k in pr.masks.values()], axis=0)
+    if len(pr.masks) > 1 and not paired.all():
+        for name, sel in (("fully paired", paired), ("partial (a modality missing)", ~paired)):
+            if sel.sum() < 2:
+                continue
+            g = None if groups is None else np.asarray(groups)[sel]
+            iv = metric_intervals(
+                task, pr.y[sel], pr.p[sel], thr, groups=g, n_boot=n_boot, seed=seed, level=level
+            )
+            rows[f"{name} (n={int(sel.sum())})"] = {k: iv[k] for k in keys if k in iv}
     for m, p in pr.branches.items():
         sel = pr.branch_present[m]
         if sel.sum() < 2:
@@ -213,6 +224,8 @@ def _modality_rows(
         "rows": rows,
         "auroc_drop_without": deltas,
         "note": "'without m': the fused model with modality m absent (inputs zeroed, mask 0). "
+        "'fully paired' / 'partial': the fused model on the samples with every modality / with "
+        "one missing (when some are). "
         "'m only': the branch's auxiliary head alone, uncalibrated (threshold-free metrics).",
     }
 
