@@ -37,7 +37,7 @@ from medfuse.core.onnx import OnnxPredictor, load
 from medfuse.core.optional import RUNTIMES, installed
 from medfuse.core.package import WEIGHTS, read_meta
 from medfuse.core.paths import output_file
-from medfuse.core.predictor import Predictions, RunResult, table_columns
+from medfuse.core.predictor import Predictions, RunResult, deployed_onnx, table_columns
 
 __all__ = ["OnnxPredictor", "choose_runtime", "load", "main", "predict_file", "write_predictions"]
 
@@ -55,8 +55,7 @@ def choose_runtime(package: str | Path, runtime: str = "auto") -> str:
         return runtime
     meta = read_meta(package, verify=False)
     files = meta.get("files", {})
-    rt = meta.get("runtime") or {}
-    if rt.get("precision") == "int8" and rt.get("onnx_file", "model.onnx") in files:
+    if deployed_onnx(meta):
         return "onnx"
     if installed("torch") and WEIGHTS in files:
         return "torch"

@@ -39,7 +39,7 @@ def wide_and_square(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "id": f"s{i}",
                 "label": y,
                 "image": f"img/{i}.png",
-                "age": age,
+                "age [y]": age,  # a unit in brackets: not markup to the console
                 "marker": y * 0.5,
                 "split": split,
             }
@@ -60,7 +60,7 @@ def _spec(csv: Path, stream: bool) -> dict[str, Any]:
         },
         "modalities": {
             "image": {"kind": "image", "channels": 1, "size": [16, 16]},
-            "clinical": {"kind": "tabular", "columns": ["age", "marker"]},
+            "clinical": {"kind": "tabular", "columns": ["age [y]", "marker"]},
         },
         "branches": {
             "image": {"type": "cnn", "width": 4, "depth": 1, "out_features": 4},
@@ -103,23 +103,26 @@ def test_an_input_resized_from_other_proportions_is_flagged(package: Path, tmp_p
         files[name] = write_png(tmp_path / f"{name}.png", rng.integers(0, 255, (h, w), np.uint8))
     rows = pred.predict_table(
         [
-            {"id": k, "image": str(p), "clinical": {"age": 50, "marker": 0.0}}
+            {"id": k, "image": str(p), "clinical": {"age [y]": 50, "marker": 0.0}}
             for k, p in files.items()
         ]
     )
     flags = {r["id"]: r["flags"] for r in rows}
     assert "a 64x16 image (width/height 4.00) resized to 16x16" in flags["strip"]
-    assert "training images' width/height was 1.00..1.25" in flags["strip"]
+    assert (
+        "the model's images (its training data's files) had width/height 1.00..1.25"
+        in (flags["strip"])
+    )
     assert "a 16x40 image (width/height 0.40)" in flags["tall"]
     assert "width/height" not in flags["big"]  # resized, same proportions
     assert "width/height" not in flags["same"]  # not resized
     # the same input as upload bytes, as one array, and as a batch of arrays
     up = pred.predict_table(
-        [{"image": files["strip"].read_bytes(), "clinical": {"age": 50, "marker": 0.0}}]
+        [{"image": files["strip"].read_bytes(), "clinical": {"age [y]": 50, "marker": 0.0}}]
     )
     assert "width/height 4.00" in up[0]["flags"]
     arr = rng.random((1, 16, 64)).astype(np.float32) * 255
-    one = pred.predict_table([{"image": arr, "clinical": {"age": 50, "marker": 0.0}}])
+    one = pred.predict_table([{"image": arr, "clinical": {"age [y]": 50, "marker": 0.0}}])
     assert "width/height 4.00" in one[0]["flags"]
     both = pred.predict_rows(
         {
@@ -148,9 +151,12 @@ def test_evaluate_counts_the_rows_with_an_imputed_value(package: Path, capsys) -
     from medfuse.report.html import write_report
 
     m = evaluate(package, device="cpu")
-    assert m["missing_values"] == {"rows": 2, "n": 8, "columns": {"age": 2}}
+    assert m["missing_values"] == {"rows": 2, "n": 8, "columns": {"age [y]": 2}}
     assert main(["evaluate", str(package), "--no-ci"]) == 0
     err = capsys.readouterr().err
-    assert "2 of 8 rows miss a tabular value, each standardised to the training mean (age 2)" in err
+    assert (
+        "2 of 8 rows miss a tabular value, each standardised to the training mean (age [y] 2)"
+        in (err)
+    )
     html = write_report(package, package.parent / "report.html", n_boot=10)[0].read_text()
-    assert "rows imputed" in html and "2 (age 2)" in html and "1 (age 1)" in html
+    assert "rows imputed" in html and "2 (age [y] 2)" in html and "1 (age [y] 1)" in html

@@ -30,8 +30,8 @@ def test_paired_and_partial_samples_get_their_own_rows(partial_package: Path) ->
     paired = np.all([np.asarray(k) > 0 for k in pr.masks.values()], axis=0)
     assert 2 <= paired.sum() < len(paired) - 2  # some samples of each kind
     rows = ev.summary["per_modality"]["rows"]
-    full = rows[f"fully paired (n={int(paired.sum())})"]
-    part = rows[f"partial (a modality missing) (n={int((~paired).sum())})"]
+    full, part = rows["fully paired"], rows["partial (a modality missing)"]
+    assert full["n"] == paired.sum() and part["n"] == (~paired).sum()
     for sel, row in ((paired, full), (~paired, part)):
         want = roc_auc_score(pr.y[sel], pr.p[sel])
         assert row["auroc"]["value"] == pytest.approx(want, abs=1e-12)

@@ -236,12 +236,14 @@ def _data_lines(m: dict[str, Any]) -> None:
     if m.get("positive"):
         c.print(f"positive class: {m['positive']!r} (probabilities are P({m['positive']}))")
     if m.get("model"):
+        from rich.markup import escape  # lazy: as console()
+
         from medfuse.core.inputs import missing_text  # lazy: numpy, not for --help
         from medfuse.core.predictor import scored_text
 
-        c.print(scored_text(m["model"]))
-        if (m.get("missing_values") or {}).get("rows"):
-            c.print(f"data: {missing_text(m['missing_values'])}")
+        c.print(escape(scored_text(m["model"])))
+        if (m.get("missing_values") or {}).get("rows"):  # column names: the user's words
+            c.print(escape(f"data: {missing_text(m['missing_values'])}"))
     chk = m.get("data_check") or {}
     if chk.get("same") is True:
         c.print("data: the same as recorded in the package for this split")
@@ -301,7 +303,11 @@ def setup_predict(p: argparse.ArgumentParser) -> Handler:
         from medfuse.core.predictor import scored_model, scored_text
 
         model = scored_model(read_meta(a.package, verify=False), runtime)
-        print(scored_text(model, "predictions of"), file=sys.stderr)
+        where = ""
+        if runtime == "onnx" and model["precision"] == "int8" and a.device != "cpu":
+            # INT8 kernels are ONNX Runtime's CPU kernels (as evaluation runs them)
+            where, a.device = f" on the CPU (not {a.device}: INT8 kernels are CPU kernels)", "cpu"
+        print(scored_text(model, "predictions of") + where, file=sys.stderr)
         try:
             # lazy: pandas (absent in the base install); streams manifests, Parquet out
             from medfuse.serve.batch import predict_stream

@@ -89,8 +89,9 @@ class Modality:
     #: a signal's rate and leads without ``rate`` / ``leads``;
     #: ``medfuse.core.readers.base.file_scale``); a file on another is refused
     scale: str | None = None
-    #: an image modality's least and largest width / height of its training files before they
-    #: were fitted (``data.aspects``); an input resized from far outside is flagged
+    #: an image modality's least and largest width / height of its data's files (every split of
+    #: the training manifest) before they were fitted (``data.aspects``); an input resized from
+    #: far outside is flagged
     aspect: tuple[float, float] | None = None
 
     @property
@@ -376,7 +377,7 @@ ASPECT_MARGIN = 1.25
 
 def aspect_note(shape: tuple[int, ...], m: Modality) -> str:
     """Why an image of ``shape`` (before it was fitted) is distorted by its resizing to the
-    model's size: its width / height lies beyond the training files' (``Modality.aspect``) by
+    model's size: its width / height lies beyond its data's files' (``Modality.aspect``) by
     more than :data:`ASPECT_MARGIN`; ``""`` when it does not, was not resized, or the package
     recorded no proportions (not a manifest of files, or trained before this)."""
     if m.kind != "image" or not m.aspect or not m.size or len(shape) < 2:
@@ -391,8 +392,8 @@ def aspect_note(shape: tuple[int, ...], m: Modality) -> str:
     held = f"{lo:.2f}" if lo == hi else f"{lo:.2f}..{hi:.2f}"
     return (
         f"{m.name}: a {w}x{h} image (width/height {ratio:.2f}) resized to {size[1]}x{size[0]}; "
-        f"the training images' width/height was {held}, so its content is stretched: crop or "
-        "pad it to their proportions"
+        f"the model's images (its training data's files) had width/height {held}, so its "
+        "content is stretched: crop or pad it to their proportions"
     )
 
 
@@ -1271,11 +1272,13 @@ def missing_summary(
     return {"rows": sum(1 for c in per_row if c), "n": len(per_row), "columns": ranked}
 
 
-def missing_text(summary: dict[str, Any]) -> str:
-    """:func:`missing_summary` in words."""
+def missing_text(summary: dict[str, Any], short: bool = False) -> str:
+    """:func:`missing_summary` in words (``short``: ``2 (age 2)``, or ``none``)."""
+    cols = ", ".join(f"{c} {k}" for c, k in summary["columns"].items())
+    if short:
+        return f"{summary['rows']} ({cols})" if summary["rows"] else "none"
     if not summary["rows"]:
         return "no tabular value missing"
-    cols = ", ".join(f"{c} {k}" for c, k in summary["columns"].items())
     return (
         f"{summary['rows']} of {summary['n']} rows miss a tabular value, each standardised to "
         f"the training mean ({cols})"

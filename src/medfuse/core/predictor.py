@@ -369,6 +369,17 @@ class PredictorBase:
         return self.predict_rows(samples, batch_size=batch_size, on_bad_row=on_bad_row).rows()
 
 
+def deployed_onnx(meta: dict[str, Any]) -> str | None:
+    """The INT8 ONNX file a package deploys (``medfuse quantize``: ``runtime.precision: int8``,
+    its weights the fp32 source kept to re-export), ``None`` for a package whose deployed model
+    is its weights."""
+    rt = meta.get("runtime") or {}
+    if rt.get("precision") != "int8":
+        return None
+    name = str(rt.get("onnx_file") or "model.onnx")
+    return name if name in (meta.get("files") or {}) else None
+
+
 def scored_model(meta: dict[str, Any], runtime: str) -> dict[str, Any]:
     """The model a package's outputs come from on ``runtime``: its file and precision (the
     ``model.onnx`` of a ``medfuse quantize`` package is INT8; its weights stay fp32)."""

@@ -323,10 +323,10 @@ def read_rows(
             path = cell_path(str(cell).strip(), base, contain, f"{where} row {i + 2} ({name})")
             try:
                 x[i], raw = read_fitted(path, m)  # reader by file type, fitted to m.shape
-                mask[i] = 1.0
+                scale = file_scale(path, m)  # an image's scale, a signal's rate and leads
+                mask[i] = 1.0  # read whole, as the stream pass counts a row
                 if m.kind == "image":
                     aspects.append(image_aspect(raw))
-                scale = file_scale(path, m)  # an image's scale, a signal's rate and leads
                 if scale:
                     scales.setdefault(scale, []).append(i)
             except DataError as err:

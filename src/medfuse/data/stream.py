@@ -763,8 +763,9 @@ class _Flusher:
                 if last:
                     return
 
-        self.thread = threading.Thread(target=flush, name="medfuse-cache-flush", daemon=True)
-        self.thread.start()
+        thread = threading.Thread(target=flush, name="medfuse-cache-flush", daemon=True)
+        thread.start()
+        self.thread = thread  # started: join() waits for it
 
     def finish(self) -> None:
         """The rows are written: one last flush now, in the background."""

@@ -22,7 +22,7 @@ import torch
 
 from medfuse.core.errors import DataError, SpecError, did_you_mean
 from medfuse.core.paths import output_dir
-from medfuse.core.predictor import affected_rows
+from medfuse.core.predictor import affected_rows, deployed_onnx
 from medfuse.core.preprocess import normalize
 from medfuse.core.text import tokens as text_tokens
 from medfuse.explain import gradcam, integrated
@@ -442,7 +442,7 @@ def _explained_model(pred: Any) -> dict[str, Any]:
     """The model the attributions are of (they need its gradients: the weights, in PyTorch);
     for an INT8 package, which deploys its INT8 ``model.onnx``, a note saying so."""
     out = dict(pred.scored)
-    if (pred.meta.get("runtime") or {}).get("precision") == "int8":
+    if deployed_onnx(pred.meta):
         out["note"] = (
             "the package deploys its INT8 model.onnx, which has no gradients: these are the "
             "explanations of its fp32 weights, whose outputs differ slightly from the INT8 "

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from medfuse.core.decision import decide, probabilities
-from medfuse.core.predictor import PredictorBase, scored_model
+from medfuse.core.predictor import PredictorBase, deployed_onnx, scored_model
 from medfuse.core.preprocess import normalize
 from medfuse.inference.helpers import resolve_device
 from medfuse.inference.package import Package, load_package
@@ -56,11 +56,18 @@ class Predictor(PredictorBase):
         return self.model(inputs, mk).float().cpu().numpy()
 
 
+#: the samples an INT8 model is run on at once in evaluation (:class:`Int8Scored`): dynamic INT8
+#: scales activations by their batch's range, so every evaluation row uses the same batches
+INT8_BATCH = 64
+
+
 class Int8Scored(nn.Module):
     """An INT8 package's model as evaluation scores it: the fused logits from its INT8
     ``model.onnx`` through ONNX Runtime (the model ``medfuse serve`` and ``medfuse predict``
-    run), each branch's auxiliary head from the fp32 weights (the INT8 graph has the fused
-    output only). Called as the composite is: ``(inputs, masks[, aux])``, normalised inputs."""
+    run), in consecutive batches of :data:`INT8_BATCH` samples whatever the caller's batch (its
+    batches start at multiples of it: every row of an evaluation then sees the same batches);
+    each branch's auxiliary head from the fp32 weights (the INT8 graph has the fused output
+    only). Called as the composite is: ``(inputs, masks[, aux])``, normalised inputs."""
 
     def __init__(self, weights: nn.Module, onnx: Any) -> None:
         super().__init__()
@@ -72,8 +79,12 @@ class Int8Scored(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         feeds = {m: v.detach().cpu().numpy() for m, v in inputs.items()}
         feeds.update({f"mask_{m}": v.detach().float().cpu().numpy() for m, v in masks.items()})
-        device = next(iter(inputs.values())).device
-        logits = torch.from_numpy(self.onnx.run(feeds)).to(device)
+        first = next(iter(inputs.values()))
+        parts = [
+            self.onnx.run({k: v[s : s + INT8_BATCH] for k, v in feeds.items()})
+            for s in range(0, len(first), INT8_BATCH)
+        ]
+        logits = torch.from_numpy(np.concatenate(parts)).to(first.device)
         if aux == "none":
             return logits
         _, branches = self.weights(inputs, masks, aux=aux)
@@ -91,11 +102,10 @@ def load(path: str | Path, *, device: str = "cpu", deployed: bool = False) -> Pr
 
     dev = resolve_device(device)
     pred = Predictor(load_package(path, device=dev), dev)
-    rt = pred.meta.get("runtime") or {}
-    if deployed and rt.get("precision") == "int8":
+    onnx_file = deployed_onnx(pred.meta) if deployed else None
+    if onnx_file:
         from medfuse.core.onnx import OnnxPredictor  # lazy: ONNX Runtime, for INT8 packages
 
-        onnx_file = str(rt.get("onnx_file") or "model.onnx")
         # the package was verified above; INT8 kernels are CPU kernels
         onnx = OnnxPredictor(pred.path, device="cpu", onnx_file=onnx_file, verify=False)
         pred.model = Int8Scored(pred.model, onnx).eval()

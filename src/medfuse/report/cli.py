@@ -151,7 +151,8 @@ def print_evaluation(ev: Evaluation) -> None:
         for k in ("auroc", "auprc"):
             t.add_column(k, justify="right")
         for name, m in pm["rows"].items():
-            t.add_row(name, *[fmt_interval(m[k]) if k in m else "" for k in ("auroc", "auprc")])
+            label = f"{name} (n={m['n']})" if "n" in m else name
+            t.add_row(label, *[fmt_interval(m[k]) if k in m else "" for k in ("auroc", "auprc")])
         c.print(t)
     sg = s.get("subgroups") or {}
     if sg.get("column"):
@@ -298,6 +299,12 @@ def setup_calibrate(p: argparse.ArgumentParser) -> Handler:
         r, thr = res["calibration"], res["threshold"]
         c = console()
         c.print(f"temperature T = {r['temperature']:.4f} (fitted on validation, NLL)")
+        if r.get("model"):  # the logits it was fitted on: the model the package deploys
+            from rich.markup import escape  # lazy: as console()
+
+            from medfuse.core.predictor import scored_text  # lazy: numpy, not for --help
+
+            c.print(escape(scored_text(r["model"], "fitted on the logits of")))
         c.print(
             f"val  ECE {r['ece_before']:.4f} -> {r['ece_after']:.4f}   Brier "
             f"{r['brier_before']:.4f} -> {r['brier_after']:.4f}   NLL {r['nll_before']:.4f} -> "

@@ -34,7 +34,12 @@ from medfuse.report.ci import (
     resampling_unit,
 )
 from medfuse.report.subgroups import auto_column, subgroup_metrics, subgroup_values
-from medfuse.training.metrics import choose_threshold, compute_metrics, probabilities
+from medfuse.training.metrics import (
+    choose_threshold,
+    compute_metrics,
+    paired_subsets,
+    probabilities,
+)
 
 THRESHOLD_METHODS = ("youden", "sensitivity", "specificity", "fixed")
 
@@ -201,16 +206,15 @@ def _modality_rows(
                 task, "auroc", pr.y, drop, d, groups=groups, level=level
             )
     # the samples with every modality vs those missing one, at the package's operating point
-    paired = np.all([np.asarray(k) > 0 for k in pr.masks.values()], axis=0)
-    if len(pr.masks) > 1 and not paired.all():
-        for name, sel in (("fully paired", paired), ("partial (a modality missing)", ~paired)):
-            if sel.sum() < 2:
-                continue
+    names = {"paired": "fully paired", "partial": "partial (a modality missing)"}
+    for key, sel in paired_subsets(list(pr.masks.values())):
+        rows[names[key]] = {"n": int(sel.sum())}
+        if sel.sum() >= 2:  # an interval needs a resample of more than one
             g = None if groups is None else np.asarray(groups)[sel]
             iv = metric_intervals(
                 task, pr.y[sel], pr.p[sel], thr, groups=g, n_boot=n_boot, seed=seed, level=level
             )
-            rows[f"{name} (n={int(sel.sum())})"] = {k: iv[k] for k in keys if k in iv}
+            rows[names[key]].update({k: iv[k] for k in keys if k in iv})
     for m, p in pr.branches.items():
         sel = pr.branch_present[m]
         if sel.sum() < 2:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from medfuse.core.errors import MedfuseError
-from medfuse.core.inputs import missing_summary
+from medfuse.core.inputs import missing_summary, missing_text
 from medfuse.core.package import versions
 from medfuse.core.paths import output_file
 from medfuse.core.predictor import scored_text
@@ -300,12 +300,7 @@ def _data(ev: Any, ctx: dict[str, Any]) -> Section:
             else "n/a"
         )
         present = ", ".join(f"{esc(m)} {float(np.mean(v)):.0%}" for m, v in s.masks.items())
-        miss = missing_summary(s.arrays, s.masks, ev.predictor.schema)
-        imputed = (
-            f"{miss['rows']} ({', '.join(f'{c} {k}' for c, k in miss['columns'].items())})"
-            if miss["rows"]
-            else "none"
-        )
+        imputed = missing_text(missing_summary(s.arrays, s.masks, ev.predictor.schema), short=True)
         rows.append((esc(name), str(len(y)), pats, dist, present, esc(imputed)))
     body = (
         f"<p>Source: <b>{esc(d.get('name') or meta['spec']['data']['source'])}</b> "
@@ -533,10 +528,11 @@ def _per_modality(ev: Any, ctx: dict[str, Any]) -> Section | None:
     keys = ("auroc", "auprc", "sensitivity", "specificity", "brier")
     rows, forest = [], []
     for name, m in pm["rows"].items():
-        rows.append((esc(name), *[ci(m.get(k)) for k in keys]))
+        label = f"{name} (n={m['n']})" if "n" in m else name
+        rows.append((esc(label), *[ci(m.get(k)) for k in keys]))
         a = m.get("auroc")
         if a:
-            forest.append((name, a["value"], a["lo"], a["hi"]))
+            forest.append((label, a["value"], a["lo"], a["hi"]))
     body = table(("model", *keys), rows)
     drops = pm.get("auroc_drop_without") or {}
     if drops:
@@ -551,7 +547,7 @@ def _per_modality(ev: Any, ctx: dict[str, Any]) -> Section | None:
             plots.forest_png(
                 forest,
                 xlabel="AUROC (95% CI)",
-                title="full model vs modality removed",
+                title="full model, modality removed, complete / incomplete samples",
                 reference=0.5,
             ),
             "forest plot of AUROC per modality",

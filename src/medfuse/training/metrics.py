@@ -199,6 +199,15 @@ def multilabel_metrics(
     return out
 
 
+def paired_subsets(masks: list[np.ndarray]) -> list[tuple[str, np.ndarray]]:
+    """The samples with every modality present and those missing one (``[("paired", sel),
+    ("partial", ~sel)]``, boolean), when some miss one; ``[]`` when every sample is complete.
+    Every evaluation reports the model on each (a pooled figure hides one that is poor on
+    incomplete cases)."""
+    paired = np.all([np.asarray(k) > 0 for k in masks], axis=0)
+    return [] if paired.all() else [("paired", paired), ("partial", ~paired)]
+
+
 def compute_metrics(
     task: str,
     y: np.ndarray,

@@ -45,6 +45,7 @@ from medfuse.training.metrics import (
     check_operating_data,
     choose_threshold,
     compute_metrics,
+    paired_subsets,
     probabilities,
 )
 from medfuse.training.trainer import CHECKPOINT, HISTORY, Trainer
@@ -533,14 +534,13 @@ def split_metrics(
         return probabilities(task, lg, temperature)
 
     out = compute_metrics(task, y, probs(logits), threshold, labels)
-    paired = np.all([data.masks[m].numpy() > 0 for m in spec.modalities], axis=0)
-    if not paired.all():  # some samples miss a modality: fully paired subset vs the others
-        for key, sel in (("paired", paired), ("partial", ~paired)):
-            out[key] = {"n": int(sel.sum())}
-            if sel.any():
-                p_sel = probs(logits[sel])
-                mm = compute_metrics(task, y[sel], p_sel, threshold, labels)
-                out[key].update({k: mm[k] for k in SUMMARY_KEYS if k in mm})
+    # some samples miss a modality: the fully paired subset vs the others
+    for key, sel in paired_subsets([data.masks[m].numpy() for m in spec.modalities]):
+        out[key] = {"n": int(sel.sum())}
+        if sel.any():
+            p_sel = probs(logits[sel])
+            mm = compute_metrics(task, y[sel], p_sel, threshold, labels)
+            out[key].update({k: mm[k] for k in SUMMARY_KEYS if k in mm})
     if branches:
         out["branches"] = {}
         for m, lg in per.items():
