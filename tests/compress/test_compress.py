@@ -199,6 +199,7 @@ def test_an_int8_package_is_evaluated_and_predicted_as_it_is_deployed(
     args = ["predict", str(quantized), "--input", str(tmp_path / "x.npz"), "--device", "cuda"]
     assert main([*args, "--out", str(tmp_path / "p2.csv")]) == 0
     assert "on the CPU (not cuda: INT8 kernels are CPU kernels)" in capsys.readouterr().err
+    assert OnnxPredictor(quantized, device="cuda").device == "cpu"  # serve, the runtime too
     col = f"prob_{deployed.labels[1]}"
     got_p = pd.read_csv(tmp_path / "p.csv")[col].to_numpy()
     np.testing.assert_allclose(got_p, OnnxPredictor(quantized).predict_proba(x), atol=1e-6)

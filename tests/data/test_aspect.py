@@ -160,3 +160,15 @@ def test_evaluate_counts_the_rows_with_an_imputed_value(package: Path, capsys) -
     )
     html = write_report(package, package.parent / "report.html", n_boot=10)[0].read_text()
     assert "rows imputed" in html and "2 (age [y] 2)" in html and "1 (age [y] 1)" in html
+
+
+def test_an_edited_record_of_proportions_is_refused_naming_the_field(package: Path) -> None:
+    from medfuse.core.errors import PackageError
+    from medfuse.core.inputs import modalities_from_meta
+
+    meta = read_meta(package)
+    assert modalities_from_meta(meta)["image"].aspect == (1.0, 1.25)
+    for bad in ("x", [1.25, 1.0], [0, 1], [1.0]):
+        meta["data"]["aspects"] = {"image": bad}
+        with pytest.raises(PackageError, match=r"data\.aspects\.image is .* \[least, largest\]"):
+            modalities_from_meta(meta)

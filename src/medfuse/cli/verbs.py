@@ -304,9 +304,11 @@ def setup_predict(p: argparse.ArgumentParser) -> Handler:
 
         model = scored_model(read_meta(a.package, verify=False), runtime)
         where = ""
-        if runtime == "onnx" and model["precision"] == "int8" and a.device != "cpu":
-            # INT8 kernels are ONNX Runtime's CPU kernels (as evaluation runs them)
-            where, a.device = f" on the CPU (not {a.device}: INT8 kernels are CPU kernels)", "cpu"
+        if runtime == "onnx" and a.device.startswith("cuda"):
+            from medfuse.core.onnx import onnx_device  # lazy: as choose_runtime
+
+            if onnx_device(model["precision"], a.device) == "cpu":  # OnnxPredictor's rule
+                where = f" on the CPU (not {a.device}: INT8 kernels are CPU kernels)"
         print(scored_text(model, "predictions of") + where, file=sys.stderr)
         try:
             # lazy: pandas (absent in the base install); streams manifests, Parquet out

@@ -45,7 +45,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from medfuse.core.errors import DataError, did_you_mean
+from medfuse.core.errors import DataError, PackageError, did_you_mean
 from medfuse.core.paths import contained, resolve_data_root
 from medfuse.core.readers.image_math import fit_image, fit_signal, fit_signal_windows
 from medfuse.core.readers.medical import CSV_MISSING
@@ -100,9 +100,22 @@ class Modality:
         return float("nan") if self.kind == "tabular" else 0.0
 
 
-def _aspect(rec: Any) -> tuple[float, float] | None:
-    """``data.aspects[m]`` as :attr:`Modality.aspect` (``None``: not recorded)."""
-    return (float(rec[0]), float(rec[1])) if rec else None
+def _aspect(rec: Any, name: str) -> tuple[float, float] | None:
+    """``data.aspects[name]`` as :attr:`Modality.aspect` (``None``: not recorded); anything but
+    two finite positive numbers, least first, is refused naming the field (an edited package)."""
+    if rec is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in rec)
+        ok = 0 < lo <= hi < math.inf
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise PackageError(
+            f"medfuse.json data.aspects.{name} is {rec!r}; it must be [least, largest] "
+            "width/height of the training images, two positive numbers"
+        )
+    return lo, hi
 
 
 def modalities_from_meta(meta: dict[str, Any]) -> dict[str, Modality]:
@@ -111,6 +124,8 @@ def modalities_from_meta(meta: dict[str, Any]) -> dict[str, Modality]:
     stats = meta.get("preprocessing", {})
     scales = (meta.get("data") or {}).get("scales") or {}
     aspects = (meta.get("data") or {}).get("aspects") or {}
+    if not isinstance(aspects, dict):
+        raise PackageError(f"medfuse.json data.aspects is {aspects!r}; it must map modalities")
     for name, m in meta["spec"]["modalities"].items():
         kind = m["kind"]
         lead = (int(m["sequence"]),) if m.get("sequence") else ()
@@ -138,7 +153,7 @@ def modalities_from_meta(meta: dict[str, Any]) -> dict[str, Modality]:
             tokenizer=stats.get(name, {}).get("tokenizer"),
             token_offset=int(stats.get(name, {}).get("token_offset", 0)),
             scale=scales.get(name),
-            aspect=_aspect(aspects.get(name)),
+            aspect=_aspect(aspects.get(name), name),
         )
     return out
 

@@ -32,6 +32,14 @@ def check_device(device: str) -> str:
     return device
 
 
+def onnx_device(precision: str, device: str) -> str:
+    """Where ONNX Runtime runs a model of ``precision`` when ``device`` is asked for: an INT8
+    model on the CPU whatever is asked (its kernels are ONNX Runtime's CPU kernels, and the
+    ``onnxruntime`` package has no CUDA provider), any other model where asked."""
+    check_device(device)
+    return "cpu" if precision == "int8" else device
+
+
 def _providers(device: str) -> list[str]:
     # lazy: ONNX Runtime, only when a session is created
     import onnxruntime as ort
@@ -113,8 +121,11 @@ class OnnxPredictor(PredictorBase):
         self.onnx_file = name
         self.precision = str(rt.get("precision", "fp32")) if name == rt.get("onnx_file") else "fp32"
         self.modalities = modalities_from_meta(self.meta)
-        self.device = device
-        self.session = open_session(self.path / name, session_options(threads), _providers(device))
+        #: where it runs (:func:`onnx_device`: an INT8 model on the CPU whatever is asked)
+        self.device = onnx_device(self.precision, device)
+        self.session = open_session(
+            self.path / name, session_options(threads), _providers(self.device)
+        )
         names = {i.name for i in self.session.get_inputs()}
         need = {*self.modalities, *(f"mask_{m}" for m in self.modalities)}
         if names != need:

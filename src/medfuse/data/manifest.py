@@ -340,8 +340,8 @@ def read_rows(
         if len(scales) > 1:
             raise DataError(mixed_scales_refusal(where, name, m.kind, scales))
         report.setdefault("scales", {})[name] = next(iter(scales), None)
-        if aspect_range(aspects):
-            report.setdefault("aspects", {})[name] = aspect_range(aspects)
+        if rec := aspect_range(aspects):
+            report.setdefault("aspects", {})[name] = rec
         arrays[name], masks[name] = x, mask
     if report["bad_rows"]:
         log.warning(

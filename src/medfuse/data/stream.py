@@ -1089,9 +1089,7 @@ def _full_pass(
                             present[j] = True
                             if scale:
                                 scales[m].setdefault(scale, []).append(row)
-                            aspects.append(
-                                item.aspect if item.decoded else cache.index["aspect"][row]
-                            )
+                            aspects.append(cache.index["aspect"][row])  # put above if decoded
                             if name == "train" and item.sample is not None:
                                 taken[row] = item.sample
                     kept = [g.summary for g, p in zip(got, present, strict=True) if p]
@@ -1130,8 +1128,8 @@ def _full_pass(
                 stat["range"] = rng
             info["stats"][m] = stat
             info["constant"][m] = None if not len(present_pos) else ([m] if lo == hi else [])
-            if aspect_range(aspects):
-                info["aspects"][m] = aspect_range(aspects)
+            if rec := aspect_range(aspects):
+                info["aspects"][m] = rec
         finally:
             flusher.join()
     # in split order, then modality, then row: as a split-by-split pass would find them

@@ -475,7 +475,7 @@ def verify_package(
                     has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
                     dev_name = "cuda" if has_cuda else "cpu"
                 pred = OnnxPredictor(root, device=dev_name, onnx_file=file, verify=False)
-                check.device = f"{dev_name} ({pred.session.get_providers()[0]})"
+                check.device = f"{pred.device} ({pred.session.get_providers()[0]})"
                 logits = pred.run(feeds)
                 if raw is not None and set(raw) == set(mods):  # the torch-free path end to end
                     # a sample with every modality absent (one of a single-modality package's)

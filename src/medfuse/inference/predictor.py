@@ -106,8 +106,8 @@ def load(path: str | Path, *, device: str = "cpu", deployed: bool = False) -> Pr
     if onnx_file:
         from medfuse.core.onnx import OnnxPredictor  # lazy: ONNX Runtime, for INT8 packages
 
-        # the package was verified above; INT8 kernels are CPU kernels
-        onnx = OnnxPredictor(pred.path, device="cpu", onnx_file=onnx_file, verify=False)
+        # the package was verified above; it runs on the CPU (OnnxPredictor: onnx_device)
+        onnx = OnnxPredictor(pred.path, device=str(dev), onnx_file=onnx_file, verify=False)
         pred.model = Int8Scored(pred.model, onnx).eval()
         pred.scored = {
             **scored_model(pred.meta, "onnx"),
