@@ -17,19 +17,21 @@ from typing import Any
 from medfuse.core.inputs import missing_summary
 from medfuse.core.package import read_meta
 from medfuse.core.spec import Spec, load_spec, parse_spec
-from medfuse.data import load_spec_data
-from medfuse.data.manifest import reading_split
+from medfuse.data import DataBundle, load_spec_data
 from medfuse.data.table import write_table_spec
 from medfuse.distributed.strategies import start_session
-from medfuse.inference.helpers import to_tensors
+from medfuse.inference.helpers import package_data, to_tensors
 from medfuse.inference.package import save_package
-from medfuse.inference.predictor import load
+from medfuse.inference.predictor import Predictor, load
 from medfuse.training.pipeline import (
+    SplitScores,
     check_out,
     fit_preprocessing,
     package_data_info,
     prepare_data,
     run_fit,
+    score_split,
+    scores_metrics,
     seed_everything,
     split_metrics,
     threshold_for,
@@ -188,23 +190,32 @@ def evaluate(
     split."""
 
     pred = load(package, device=device, deployed=True)  # an INT8 package: its INT8 model
-    spec = pred.spec
-    stats = pred.meta["preprocessing"]
-    with reading_split(split):  # an external test set: train and val may be empty
-        bundle = load_spec_data(
-            spec, data_dir, data=data, recorded=pred.meta.get("data"), preprocessing=stats
-        )
+    bundle = package_data(pred.spec, pred.meta, data_dir, data=data, split=split)
+    t = to_tensors(bundle.split(split), pred.meta["preprocessing"])
+    scores = score_split(pred.model, pred.spec, t, pred.device)
+    return evaluation_record(pred, bundle, split, scores, threshold)
+
+
+def evaluation_record(
+    pred: Predictor,
+    bundle: DataBundle,
+    split: str,
+    scores: SplitScores,
+    threshold: float | None = None,
+) -> dict[str, Any]:
+    """What :func:`evaluate` returns, from ``split`` of ``bundle`` scored by ``pred``
+    (``scores``, with its branches: ``medfuse evaluate`` with CIs scores the split once for
+    both its tables)."""
     data_split = bundle.split(split)
-    t = to_tensors(data_split, stats)
     # every row (fused, paired / partial, each branch, each modality removed) at the package's
     # temperature: its stored threshold lives on the calibrated scale (medfuse calibrate maps it)
     thr = pred.threshold if threshold is None else float(threshold)
-    out = split_metrics(pred.model, spec, t, thr, pred.device, temperature=pred.temperature)
+    out = scores_metrics(pred.spec, scores, thr, temperature=pred.temperature)
     out["split"] = split
     out["model"] = pred.scored
     # the rows evaluated with a tabular value imputed (the training mean), as a prediction says
     out["missing_values"] = missing_summary(data_split.arrays, data_split.masks, pred.schema)
-    out["positive"] = spec.task.positive_class
+    out["positive"] = pred.spec.task.positive_class
     out["data_check"] = (bundle.info.get("fingerprint_check") or {}).get(
         split, {"same": None, "differences": ["no fingerprint recorded in this package"]}
     )

@@ -141,8 +141,9 @@ def test_an_int8_package_is_evaluated_and_predicted_as_it_is_deployed(
     the branch rows come from the fp32 auxiliary heads, and say so too."""
     from medfuse.api import evaluate
     from medfuse.core.onnx import OnnxPredictor
+    from medfuse.inference.helpers import package_data
     from medfuse.inference.predictor import load
-    from medfuse.report.calibration import calibrate_package, load_bundle
+    from medfuse.report.calibration import calibrate_package
     from medfuse.report.clinical import clinical_evaluation
     from medfuse.runtime import choose_runtime
 
@@ -150,7 +151,7 @@ def test_an_int8_package_is_evaluated_and_predicted_as_it_is_deployed(
     assert deployed.scored["precision"] == "int8" and deployed.scored["file"] == "model.onnx"
     assert "fp32" in deployed.scored["branches"]
     assert weights.scored == {"runtime": "torch", "file": "model.safetensors", "precision": "fp32"}
-    test = load_bundle(deployed).test
+    test = package_data(deployed.spec, deployed.meta).test
     ort_logits = OnnxPredictor(quantized).logits(test)
     got = deployed.logits(test)
     np.testing.assert_allclose(got, ort_logits, rtol=0, atol=1e-6)

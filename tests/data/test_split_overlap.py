@@ -225,6 +225,21 @@ def test_cli_evaluate_external_set(
     assert "--threshold-method" in err and "has no val rows" in err
 
 
+def test_report_and_compare_read_an_external_set(
+    package: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``medfuse report`` and ``compare`` read the data as ``evaluate`` does: an external set
+    whose every row is ``test`` (they refused it: "the split leaves train or val empty")."""
+    from medfuse.cli import main
+
+    csv, out = _external(tmp_path), tmp_path / "report.html"
+    argv = ["--data", str(csv), "--device", "cpu", "--bootstrap", "20"]
+    assert main(["report", str(package), "-o", str(out), *argv]) == 0, capsys.readouterr().err
+    html = out.read_text()
+    assert "<td>train</td><td>0</td>" in html and "nan%" not in html
+    assert main(["compare", str(package), str(package), *argv]) == 0, capsys.readouterr().err
+
+
 # ---- the patient column -------------------------------------------------------------------------
 
 

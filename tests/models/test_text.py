@@ -404,10 +404,12 @@ def test_evaluate_reads_other_data_with_the_packages_tokenizer_and_categories(
     assert train_tokenizer([r["note"] for r in rows], 64) != tok  # refitting would differ
 
     pred = load_torch(pkg)
-    from medfuse.report.calibration import load_bundle
+    from medfuse.inference.helpers import package_data
 
     test_rows = [r for r in rows if r["split"] == "test"]
-    bundle = load_bundle(pred, data=csv_path)  # report, calibrate, compare, clinical
+    bundle = package_data(
+        pred.spec, pred.meta, data=csv_path
+    )  # report, calibrate, compare, clinical
     ids = bundle.test.arrays["note"]
     assert np.array_equal(ids, encode([r["note"] for r in test_rows], tok, 8))
     assert (bundle.test.arrays["vitals"][:, 1] == 1).all()  # "M" is the package's code 1

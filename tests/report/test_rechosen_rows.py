@@ -49,3 +49,42 @@ def test_the_card_after_calibrate_shows_the_package_as_it_now_decides(
     shown = dict(zip(SUMMARY_KEYS, cells, strict=True))
     for k in ("sensitivity", "specificity"):
         assert abs(float(shown[k]) - now[k]) < 1e-4, (k, shown[k], now[k])
+
+
+def test_evaluate_with_cis_reads_and_scores_the_split_once(
+    tiny_package: Path, capsys, monkeypatch
+) -> None:
+    """``medfuse evaluate`` with CIs read the data and scored the split twice (once for its
+    table, once for the CIs; three times with --threshold-method), and its fused model once more
+    for the branch rows: at scale, each is a pass over every file. Now one load, one scoring of
+    the split (one pass with the branch heads, one per modality removed) and one of val, and the
+    table is the one ``evaluate`` gives."""
+    import medfuse.inference.helpers as helpers
+    import medfuse.training.pipeline as pipeline
+    from medfuse.api import evaluate
+
+    loads: list[str | None] = []
+    passes: list[int] = []
+    load_real, logits_real = helpers.load_spec_data, pipeline.predict_logits
+
+    def counted_load(*a, **k):
+        loads.append(k.get("data"))
+        return load_real(*a, **k)
+
+    def counted_logits(model, data, *a, **k):
+        passes.append(len(data))
+        return logits_real(model, data, *a, **k)
+
+    monkeypatch.setattr(helpers, "load_spec_data", counted_load)
+    monkeypatch.setattr(pipeline, "predict_logits", counted_logits)
+    args = ["evaluate", str(tiny_package), "--json", "--bootstrap", "20"]
+    assert main([*args, "--threshold-method", "youden"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    modalities = read_meta(tiny_package)["spec"]["modalities"]
+    assert len(loads) == 1
+    # the test split: with the branch heads, then each modality removed; val: fused only
+    assert passes == [out["n"]] * (1 + len(modalities)) + [passes[-1]]
+    monkeypatch.undo()
+    alone = evaluate(tiny_package, threshold=out["threshold"])
+    for k in ("auroc", "sensitivity", "branches", "without"):
+        assert json.loads(json.dumps(alone[k])) == out[k], k

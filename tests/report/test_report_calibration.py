@@ -8,6 +8,7 @@ import pytest
 
 from medfuse.cli import main
 from medfuse.core.package import read_meta
+from medfuse.inference.helpers import package_data
 from medfuse.inference.predictor import load
 from medfuse.report.calibration import (
     calibrate_package,
@@ -17,7 +18,6 @@ from medfuse.report.calibration import (
     reliability,
     temperature_bound,
 )
-from medfuse.report.clinical import load_bundle
 from medfuse.training.metrics import probabilities
 
 
@@ -77,7 +77,7 @@ def test_calibrate_package_stores_and_predict_applies(tiny_package, tmp_path) ->
     assert {"ece_before", "ece_after", "binning"} <= set(c)
     assert read_meta(tiny_package)["calibration"]["temperature"] == 1.0  # source untouched
     src, dst = load(tiny_package), load(out)
-    test = load_bundle(src).test
+    test = package_data(src.spec, src.meta).test
     assert dst.temperature == pytest.approx(c["temperature"])
     assert np.allclose(
         dst.predict_proba(test), probabilities("binary", src.logits(test), dst.temperature)
@@ -93,7 +93,7 @@ def test_calibrate_rechooses_operating_point(tiny_package, tmp_path) -> None:
     assert thr["method"] == "sensitivity" and thr["target"] == 0.9
     assert thr["value"] == pytest.approx(res["threshold"]["value"])
     pred = load(out)
-    val = load_bundle(pred).val
+    val = package_data(pred.spec, pred.meta).val
     p = pred.predict_proba(val)
     sens = float(((p >= pred.threshold) & (val.y == 1)).sum() / (val.y == 1).sum())
     assert sens >= 0.9

@@ -180,22 +180,8 @@ def setup_evaluate(p: argparse.ArgumentParser) -> Handler:
         if a.output:  # before the evaluation: a folder that is missing or not writable
             output_file(a.output, "--output")
         check_evaluate_options(a)  # before the evaluation: --bootstrap, --target, --value
-        m = evaluate(a.package, split=a.split, data_dir=a.data_dir, device=a.device, data=a.data)
-        _data_lines(m)
         if clinical_requested(a):  # CIs, operating point, subgroups (medfuse.report)
-            from medfuse.core.errors import SpecError
-            from medfuse.data.manifest import reading_split  # lazy: as evaluate
-
-            empty = (m.get("data_rows") or {}).get("empty_splits") or []
-            if a.threshold_method and "val" in empty:
-                raise SpecError(
-                    "--threshold-method",
-                    f"re-chooses the operating point on the val split, and {a.data or 'the data'} "
-                    "has no val rows; leave --threshold-method out to apply the package's stored "
-                    "threshold, or mark the rows to choose it on with 'val' in the split column",
-                )
-            with reading_split(a.split):  # as evaluate read it: train and val may be empty
-                m = run_clinical_evaluate(a, m)  # at a re-chosen threshold: every row again
+            m = run_clinical_evaluate(a, _data_lines)  # the split scored once for every table
             if not a.json and "paired" in m:  # some samples miss a modality
                 rows = {"all": m, **{f"{k} (n={m[k]['n']})": m[k] for k in ("paired", "partial")}}
                 thr = m.get("threshold")
@@ -204,6 +190,8 @@ def setup_evaluate(p: argparse.ArgumentParser) -> Handler:
                 )
                 console().print(metrics_table(title, rows, SUMMARY_KEYS))
             return 0
+        m = evaluate(a.package, split=a.split, data_dir=a.data_dir, device=a.device, data=a.data)
+        _data_lines(m)
         text = json.dumps(m, indent=2, default=str)
         if a.output:
             write_output(a.output, text, "--output")

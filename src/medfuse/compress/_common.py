@@ -21,7 +21,8 @@ from medfuse.core.package import (
     package_out,
     write_package,
 )
-from medfuse.data import DataBundle, Split, load_spec_data
+from medfuse.data import DataBundle, Split
+from medfuse.inference import helpers
 from medfuse.inference.package import Package
 from medfuse.training.metrics import SUMMARY_KEYS
 
@@ -33,12 +34,7 @@ WEIGHT_BOUND_KEYS = ("runtime", "exports", "verification")
 
 def package_data(pkg: Package, data_dir: str | Path | None = None) -> DataBundle:
     """The package's own data source, loaded exactly as ``medfuse evaluate`` loads it."""
-    return load_spec_data(
-        pkg.spec,
-        data_dir,
-        recorded=pkg.meta.get("data"),
-        preprocessing=pkg.meta.get("preprocessing"),
-    )
+    return helpers.package_data(pkg.spec, pkg.meta, data_dir)
 
 
 def eval_split(bundle: DataBundle) -> tuple[str, Split]:

@@ -1,10 +1,12 @@
-"""Inference helpers every torch-side verb shares: a split as normalised tensors (in memory, or
-streamed from the decode-once cache), the device to run on, and batched logits from a model."""
+"""Inference helpers every torch-side verb shares: a package's data, a split as normalised tensors
+(in memory, or streamed from the decode-once cache), the device to run on, and batched logits from
+a model."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,7 +15,9 @@ from torch import nn
 
 from medfuse.core.errors import DataError, MedfuseError, SpecError
 from medfuse.core.preprocess import normalize
-from medfuse.data import Split, is_lazy
+from medfuse.core.spec import Spec
+from medfuse.data import DataBundle, Split, is_lazy, load_spec_data
+from medfuse.data.manifest import reading_split
 from medfuse.data.stream import StreamBatches, stream_loader
 
 Batch = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]
@@ -104,6 +108,29 @@ class StreamTensors:
 
     def without(self, m: str) -> StreamTensors:
         return StreamTensors(self.split, self.stats, workers=self.workers, zero=(*self.zero, m))
+
+
+def package_data(
+    spec: Spec,
+    meta: dict[str, Any],
+    data_dir: str | Path | None = None,
+    *,
+    data: str | Path | None = None,
+    split: str | None = None,
+) -> DataBundle:
+    """A package's own data source (or ``data``, a manifest CSV laid out like it), restricted to
+    the modalities it uses, read with its preprocessing, tokenizers and category codes, and
+    compared with the fingerprint it recorded (``info["fingerprint_check"]``). ``split``: read
+    for that one split, which must have rows (the others may be empty: an external test set whose
+    every row is ``test``); ``None``: training's rule (train and val need rows)."""
+    with reading_split(split):
+        return load_spec_data(
+            spec,
+            data_dir,
+            data=data,
+            recorded=meta.get("data"),
+            preprocessing=meta.get("preprocessing"),
+        )
 
 
 def to_tensors(split: Split, stats: dict[str, Any], *, workers: int = 2) -> Tensors:

@@ -23,8 +23,8 @@ from scipy.optimize import minimize_scalar
 from medfuse.core.card import model_card
 from medfuse.core.errors import SpecError
 from medfuse.core.package import package_out, read_meta, update_package
-from medfuse.data import DataBundle, load_spec_data
-from medfuse.inference.predictor import Predictor, load
+from medfuse.inference.helpers import package_data
+from medfuse.inference.predictor import load
 from medfuse.training.metrics import (
     ECE_BINS,
     choose_threshold,
@@ -33,22 +33,6 @@ from medfuse.training.metrics import (
     probabilities,
     top_label_ece,
 )
-
-
-def load_bundle(
-    pred: Predictor, data_dir: str | Path | None = None, data: str | Path | None = None
-) -> DataBundle:
-    """The package's own data source (or ``data``, a manifest CSV laid out like it), restricted
-    to the modalities it uses; compared with the fingerprint the package recorded; read with
-    the package's tokenizers and category codes."""
-    return load_spec_data(
-        pred.spec,
-        data_dir,
-        data=data,
-        recorded=pred.meta.get("data"),
-        preprocessing=pred.meta.get("preprocessing"),
-    )
-
 
 #: where T is searched (log-uniform bounds)
 T_BOUNDS = (0.05, 20.0)
@@ -204,7 +188,7 @@ def calibrate_package(
         raise SpecError("threshold.target", f"--threshold-method {threshold_method} needs --target")
     if target is not None and not 0 < target <= 1:
         raise SpecError("threshold.target", f"must be in (0, 1]; got {target}")
-    bundle = load_bundle(pred, data_dir, data)
+    bundle = package_data(pred.spec, pred.meta, data_dir, data=data, split="val")
     val_logits = pred.logits(bundle.val)
     t_old = pred.temperature
     t_new = fit_temperature(task, val_logits, bundle.val.y)

@@ -12,6 +12,8 @@ from medfuse.core.console import Handler, command_line, console, data_arg, data_
 from medfuse.core.paths import output_file, write_output
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from medfuse.report.clinical import Evaluation
 
 THRESHOLD_CHOICES = ["youden", "sensitivity", "specificity", "fixed"]
@@ -73,16 +75,19 @@ def check_evaluate_options(a: argparse.Namespace) -> None:
         check_options(a.bootstrap, a.threshold_method, a.target, a.value)
 
 
-def run_clinical_evaluate(a: argparse.Namespace, core: dict[str, Any]) -> dict[str, Any]:
-    """``medfuse evaluate`` with CIs: the core metrics dict (same keys as before) plus ``ci``,
-    ``bootstrap``, ``threshold``, ``subgroups``, ``per_modality`` and ``calibration``; returned.
-    With ``--threshold-method`` every row (fused, each branch, each modality removed, paired and
-    partial) is evaluated again at the re-chosen operating point, so no row of the output is at
-    another threshold than the one it reports."""
-    from medfuse.report.clinical import (  # lazy: torch and the data stack, only when the verb runs
-        clinical_evaluation,
-        jsonable,
-    )
+def run_clinical_evaluate(
+    a: argparse.Namespace, announce: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
+    """``medfuse evaluate`` with CIs: the core metrics dict (``medfuse.api.evaluate``'s keys)
+    plus ``ci``, ``bootstrap``, ``threshold``, ``subgroups``, ``per_modality`` and
+    ``calibration``; ``announce``d before it is printed, and returned. The split is scored once
+    for both (the core rows are computed from the clinical evaluation's scores). With
+    ``--threshold-method`` every row (fused, each branch, each modality removed, paired and
+    partial) is at the re-chosen operating point, so no row of the output is at another
+    threshold than the one it reports."""
+    # lazy: torch and the data stack, only when the verb runs
+    from medfuse.api import evaluation_record
+    from medfuse.report.clinical import clinical_evaluation, jsonable
 
     reading = {"split": a.split, "data_dir": a.data_dir, "device": a.device, "data": a.data}
     ev = clinical_evaluation(
@@ -96,11 +101,12 @@ def run_clinical_evaluate(a: argparse.Namespace, core: dict[str, Any]) -> dict[s
         threshold_value=a.value,
     )
     s = ev.summary
-    out = dict(core)
-    if a.threshold_method:  # every row at the re-chosen operating point
-        from medfuse.api import evaluate  # lazy: as the verb's own evaluation
-
-        out = evaluate(a.package, **reading, threshold=s["threshold"]["value"])
+    scores = ev.predictions.scores
+    assert scores is not None  # predict_split keeps them
+    # at the re-chosen operating point, when there is one: every row
+    thr = s["threshold"]["value"] if a.threshold_method else None
+    out = evaluation_record(ev.predictor, ev.bundle, a.split, scores, thr)
+    if a.threshold_method:
         out.update({k: v["value"] for k, v in s["metrics"].items()})
         out["confusion_matrix"] = s["confusion_matrix"]
         out["threshold"] = s["threshold"]["value"]
@@ -113,6 +119,7 @@ def run_clinical_evaluate(a: argparse.Namespace, core: dict[str, Any]) -> dict[s
         for k, v in out.get("calibration", {}).items()
         if k not in ("before_after", "reliability")
     }
+    announce(out)
     text = json.dumps(jsonable(out), indent=2)
     if a.output:
         write_output(a.output, text, "--output")
@@ -336,19 +343,19 @@ def _calibration_figure(
     from medfuse.core.decision import probabilities
 
     # lazy: medfuse's heavier layers, off the --help and torch-free paths
+    from medfuse.inference.helpers import package_data
+
+    # lazy: medfuse's heavier layers, off the --help and torch-free paths
     from medfuse.inference.predictor import load
 
     # lazy: medfuse's heavier layers, off the --help and torch-free paths
     from medfuse.report import calibration as cal
 
     # lazy: medfuse's heavier layers, off the --help and torch-free paths
-    from medfuse.report.calibration import load_bundle
-
-    # lazy: medfuse's heavier layers, off the --help and torch-free paths
     from medfuse.report.plots import reliability_png
 
     pred = load(package, device=device, deployed=True)
-    bundle = load_bundle(pred, data_dir, data)
+    bundle = package_data(pred.spec, pred.meta, data_dir, data=data, split="val")
     lg = pred.logits(bundle.val)
     y = bundle.val.y
     t = pred.temperature

@@ -19,10 +19,9 @@ import pandas as pd
 
 from medfuse.core.errors import SpecError, not_allowed
 from medfuse.data import DataBundle, Split
-from medfuse.inference.helpers import predict_logits, to_tensors
+from medfuse.inference.helpers import package_data, to_tensors
 from medfuse.inference.predictor import Predictor, load
 from medfuse.report import calibration as cal
-from medfuse.report.calibration import load_bundle
 from medfuse.report.ci import (
     LEVEL,
     RESAMPLES,
@@ -40,6 +39,7 @@ from medfuse.training.metrics import (
     paired_subsets,
     probabilities,
 )
+from medfuse.training.pipeline import SplitScores, score_split
 
 THRESHOLD_METHODS = ("youden", "sensitivity", "specificity", "fixed")
 
@@ -59,47 +59,34 @@ class Predictions:
     #: each branch's auxiliary head (uncalibrated) and where that modality is present
     branches: dict[str, np.ndarray] = field(default_factory=dict)
     branch_present: dict[str, np.ndarray] = field(default_factory=dict)
+    #: the logits these came from (``medfuse evaluate``'s table is computed from them too)
+    scores: SplitScores | None = None
 
     def __len__(self) -> int:
         return len(self.y)
 
 
-def remove_modality(split: Split, name: str) -> Split:
-    """A copy of ``split`` with modality ``name`` absent for every sample (zeros, mask 0); a
-    streamed column's zeros take no memory until a part of them is read."""
-    arrays = dict(split.arrays)
-    masks = dict(split.masks)
-    arrays[name] = np.zeros(split.arrays[name].shape, np.float32)  # calloc: pages as touched
-    masks[name] = np.zeros_like(split.masks[name])
-    return Split(arrays, masks, split.y, split.meta)
-
-
 def predict_split(
     pred: Predictor, split: Split, name: str, *, per_modality: bool = True
 ) -> Predictions:
-    """Score a split with the package (fused), and with each modality removed / each branch."""
+    """Score a split once with the package (:func:`~medfuse.training.pipeline.score_split`):
+    fused; with ``per_modality``, each branch alone and each modality removed."""
     task, temp = pred.task, pred.temperature
-    logits = pred.logits(split)
+    t = to_tensors(split, pred.meta["preprocessing"])
+    s = score_split(pred.model, pred.spec, t, pred.device, branches=per_modality)
     out = Predictions(
         name,
-        np.asarray(split.y),
-        logits,
-        probabilities(task, logits, temp),
+        s.y,
+        s.logits,
+        probabilities(task, s.logits, temp),
         split.meta,
-        dict(split.masks),
+        dict(s.masks),
+        scores=s,
     )
-    if not per_modality:
-        return out
-    mods = list(pred.spec.modalities)
-    if len(mods) > 1:
-        for m in mods:
-            out.without[m] = probabilities(task, pred.logits(remove_modality(split, m)), temp)
-
-    t = to_tensors(split, pred.meta["preprocessing"])
-    _, per = predict_logits(pred.model, t, pred.device, bf16=pred.spec.train.bf16, branches=True)
-    for m, lg in per.items():
+    out.without = {m: probabilities(task, lg, temp) for m, lg in s.without.items()}
+    for m, lg in (s.branches or {}).items():
         out.branches[m] = probabilities(task, lg)
-        out.branch_present[m] = np.asarray(split.masks[m]) > 0
+        out.branch_present[m] = s.masks[m] > 0
     return out
 
 
@@ -283,7 +270,14 @@ def clinical_evaluation(
         package if isinstance(package, Predictor) else load(package, device=device, deployed=True)
     )
     task = pred.task
-    bundle = load_bundle(pred, data_dir, data)
+    bundle = package_data(pred.spec, pred.meta, data_dir, data=data, split=split)
+    if threshold_method is not None and "val" in (bundle.info.get("empty_splits") or []):
+        raise SpecError(
+            "--threshold-method",
+            f"re-chooses the operating point on the val split, and {data or 'the data'} has no "
+            "val rows; leave --threshold-method out to apply the package's stored threshold, or "
+            "mark the rows to choose it on with 'val' in the split column",
+        )
     data = bundle.split(split)
     pr = predict_split(pred, data, split, per_modality=per_modality)
     val = pr if split == "val" else predict_split(pred, bundle.val, "val", per_modality=False)

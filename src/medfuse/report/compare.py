@@ -17,8 +17,8 @@ import numpy as np
 from scipy import stats
 
 from medfuse.core.errors import DataError, PackageError, SpecError, not_allowed
+from medfuse.inference.helpers import package_data
 from medfuse.inference.predictor import load
-from medfuse.report.calibration import load_bundle
 from medfuse.report.ci import (
     LEVEL,
     RESAMPLES,
@@ -185,7 +185,8 @@ def compare_packages(
     scored = []
     for path in packages:
         pred = load(path, device=device, deployed=True)  # an INT8 package: its INT8 model
-        split_data = load_bundle(pred, data_dir, data).split(split)
+        bundle = package_data(pred.spec, pred.meta, data_dir, data=data, split=split)
+        split_data = bundle.split(split)
         p = pred.predict_proba(split_data)
         scored.append((Path(path), pred, split_data, p))
     ref_path, ref_pred, ref, _ = scored[0]

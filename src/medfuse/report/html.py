@@ -287,6 +287,9 @@ def _data(ev: Any, ctx: dict[str, Any]) -> Section:
         if s is None:
             continue
         y = np.asarray(s.y)
+        if not len(y):  # e.g. an external test set's train and val
+            rows.append((esc(name), "0", "-", "-", "-", "-"))
+            continue
         if task == "binary":
             dist = f"{int(y.sum())} {esc(labels[1])} ({y.mean():.1%})"
         elif task == "multiclass":

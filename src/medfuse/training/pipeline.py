@@ -513,6 +513,76 @@ def threshold_for(spec: Spec, y_val: np.ndarray, p_val: np.ndarray) -> dict[str,
     return {"method": t.method, "target": t.target, "value": value, "chosen_on": "val"}
 
 
+@dataclass
+class SplitScores:
+    """One split scored once: what every evaluation row is computed from (``medfuse evaluate``'s
+    table, its CIs, the report, training's val/test metrics). Logits, not probabilities: each
+    consumer applies the package's temperature where it means to."""
+
+    y: np.ndarray
+    logits: np.ndarray  # fused, (N, K)
+    masks: dict[str, np.ndarray]  # per modality, (N,): 1 where present
+    #: each branch's auxiliary head alone (its logits); ``None``: scored without ``branches``
+    branches: dict[str, np.ndarray] | None = None
+    #: the fused logits with each modality absent (inputs zeroed, mask 0), with ``branches``
+    without: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def score_split(
+    model: nn.Module, spec: Spec, data: Tensors, device: torch.device, *, branches: bool = True
+) -> SplitScores:
+    """Score a split: the fused logits and, with ``branches``, each branch's auxiliary head (the
+    same forward pass) and, for a model of several modalities, the fused logits with each one
+    removed (one more pass each)."""
+    bf16 = spec.train.bf16
+    masks = {m: data.masks[m].numpy() for m in spec.modalities}
+    if not len(data):  # e.g. an external test set's empty val split: no batch to run
+        none = np.zeros((0, spec.num_outputs), np.float32)
+        per = {m: none for m in masks} if branches else None
+        return SplitScores(data.y.numpy(), none, masks, per)
+    logits, per = predict_logits(model, data, device, bf16=bf16, branches=branches)
+    out = SplitScores(data.y.numpy(), logits, masks, per if branches else None)
+    if branches and len(spec.modalities) > 1:
+        for m in spec.modalities:
+            out.without[m], _ = predict_logits(model, data.without(m), device, bf16=bf16)
+    return out
+
+
+def scores_metrics(
+    spec: Spec, s: SplitScores, threshold: float, *, temperature: float = 1.0
+) -> dict[str, Any]:
+    """Fused metrics, the fully paired and partial samples' (when some miss a modality), each
+    branch alone on the rows that have it, each modality removed; every probability at
+    ``temperature`` (a calibrated package's: its threshold lives on that scale, so every row,
+    not only the fused one, is scored as the package decides)."""
+    task, labels = spec.task.type, spec.task.labels
+    y = s.y
+
+    def probs(lg: np.ndarray) -> np.ndarray:
+        return probabilities(task, lg, temperature)
+
+    def summary(sel: np.ndarray | None, lg: np.ndarray) -> dict[str, Any]:
+        mm = compute_metrics(task, y if sel is None else y[sel], probs(lg), threshold, labels)
+        return {k: mm[k] for k in SUMMARY_KEYS if k in mm}
+
+    out = compute_metrics(task, y, probs(s.logits), threshold, labels)
+    # some samples miss a modality: the fully paired subset vs the others
+    for key, sel in paired_subsets([s.masks[m] for m in spec.modalities]):
+        out[key] = {"n": int(sel.sum())}
+        if sel.any():
+            out[key].update(summary(sel, s.logits[sel]))
+    if s.branches is not None:
+        out["branches"] = {}
+        for m, lg in s.branches.items():
+            present = s.masks[m] > 0
+            if present.sum() >= 2:
+                # on the rows that have the modality: n says how many (the fused row's are all)
+                out["branches"][m] = {"n": int(present.sum()), **summary(present, lg[present])}
+    if s.without:
+        out["without"] = {m: summary(None, lg) for m, lg in s.without.items()}
+    return out
+
+
 def split_metrics(
     model: nn.Module,
     spec: Spec,
@@ -523,40 +593,9 @@ def split_metrics(
     branches: bool = True,
     temperature: float = 1.0,
 ) -> dict[str, Any]:
-    """Fused metrics, plus each branch alone (its auxiliary head) and each modality removed;
-    every probability at ``temperature`` (a calibrated package's: its threshold lives on that
-    scale, so every row, not only the fused one, is scored as the package decides)."""
-    task, labels = spec.task.type, spec.task.labels
-    y = data.y.numpy()
-    logits, per = predict_logits(model, data, device, bf16=spec.train.bf16, branches=branches)
-
-    def probs(lg: np.ndarray) -> np.ndarray:
-        return probabilities(task, lg, temperature)
-
-    out = compute_metrics(task, y, probs(logits), threshold, labels)
-    # some samples miss a modality: the fully paired subset vs the others
-    for key, sel in paired_subsets([data.masks[m].numpy() for m in spec.modalities]):
-        out[key] = {"n": int(sel.sum())}
-        if sel.any():
-            p_sel = probs(logits[sel])
-            mm = compute_metrics(task, y[sel], p_sel, threshold, labels)
-            out[key].update({k: mm[k] for k in SUMMARY_KEYS if k in mm})
-    if branches:
-        out["branches"] = {}
-        for m, lg in per.items():
-            present = data.masks[m].numpy() > 0
-            if present.sum() >= 2:
-                mm = compute_metrics(task, y[present], probs(lg[present]), threshold, labels)
-                # on the rows that have the modality: n says how many (the fused row's are all)
-                out["branches"][m] = {"n": int(present.sum())}
-                out["branches"][m].update({k: mm[k] for k in SUMMARY_KEYS if k in mm})
-        if len(spec.modalities) > 1:
-            out["without"] = {}
-            for m in spec.modalities:
-                lg, _ = predict_logits(model, data.without(m), device, bf16=spec.train.bf16)
-                mm = compute_metrics(task, y, probs(lg), threshold, labels)
-                out["without"][m] = {k: mm[k] for k in SUMMARY_KEYS if k in mm}
-    return out
+    """:func:`scores_metrics` of the split scored by :func:`score_split`."""
+    scores = score_split(model, spec, data, device, branches=branches)
+    return scores_metrics(spec, scores, threshold, temperature=temperature)
 
 
 def threshold_and_metrics(
