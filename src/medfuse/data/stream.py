@@ -1016,6 +1016,104 @@ def _segments(
             start, pos = start + take, pos + take
 
 
+class _ModalityPass:
+    """One streamed modality's side of the pass: what its rows' records add up to, a segment of
+    one split at a time (:meth:`add`), and its statistics once every row is in (:meth:`fit`)."""
+
+    def __init__(
+        self, m: str, src: Source, cache: Cache, info: dict[str, Any], on_bad_row: str
+    ) -> None:
+        self.m, self.src, self.cache, self.info, self.on_bad_row = m, src, cache, info, on_bad_row
+        self.axis = 1 if src.spec.sequence else 0
+        self.per_row = math.prod(src.spec.shape) // src.spec.shape[self.axis]
+        self.empty = values_digest(np.zeros(src.spec.shape, np.float32))
+        self.welford = _Welford(self.axis)
+        self.lo, self.hi = math.inf, -math.inf
+        self.means: list[np.ndarray] = []  # the training rows' sample means, per segment
+        self.aspects: list[float] = []  # each image file's width / height (aspect_range)
+        self.taken: dict[int, np.ndarray] = {}  # source row -> its strided subsample values
+        self.scales: dict[str, list[int]] = {}  # each file scale found -> its rows
+        self.digests: dict[str, list[str]] = {}  # split -> each row's values digest, in order
+        self.found: list[tuple[str, int, str]] = []  # unreadable rows: (split, position, message)
+
+    def _record(self, item: Decoded) -> tuple[str, str, str]:
+        """A row's state, scale and error: as its worker decoded it (recorded in the cache's
+        index), or as the index has it."""
+        ix = self.cache.index
+        if item.decoded:
+            self.cache.put(item.row, item)
+            self.info["decoded"][self.m] += 1
+            return item.state, item.scale, item.error
+        if item.state == "empty":
+            return "empty", "", ""
+        self.info["cached"][self.m] += 1
+        return ix["state"][item.row], ix["scale"][item.row], ix["error"][item.row]
+
+    def add(self, name: str, split: Any, pos: int, got: list[Decoded]) -> None:
+        """The records of ``split``'s rows ``pos, pos + 1, ...``: an unreadable row refused (or
+        marked missing), the present ones checked and merged into the totals."""
+        present = np.zeros(len(got), bool)
+        for j, item in enumerate(got):
+            state, scale, err = self._record(item)
+            if state == "bad":
+                msg = f"{self.src.where} row {item.row + 2} ({self.m}): {err}"
+                if self.on_bad_row == "fail":
+                    raise DataError(
+                        msg + " (use data.on_bad_row=missing to treat such rows as a missing "
+                        "modality)"
+                    )
+                self.found.append((name, pos + j, msg))
+                split.masks[self.m][pos + j] = 0.0
+            elif state == "ok":
+                present[j] = True
+                if scale:
+                    self.scales.setdefault(scale, []).append(item.row)
+                self.aspects.append(self.cache.index["aspect"][item.row])  # put by _record
+                if name == "train" and item.sample is not None:
+                    self.taken[item.row] = item.sample
+        bad = [j for j, g in enumerate(got) if present[j] and not g.summary.finite]
+        if bad:
+            raise DataError(
+                f"array {self.m!r} ({self.src.spec.kind}): NaN or infinite values at "
+                f"{_where(name, split.meta, np.array(bad) + pos)}; fix or drop those samples "
+                "(an unreadable file can be marked missing: leave its cell empty)"
+            )
+        self.digests.setdefault(name, []).extend(self._digest(g) for g in got)
+        kept = [g.summary for g, p in zip(got, present, strict=True) if p]
+        if name == "train" and kept:
+            self.welford.add(kept, self.per_row)
+            self.lo = min(self.lo, min(r.lo for r in kept))
+            self.hi = max(self.hi, max(r.hi for r in kept))
+            self.means.append(np.array([r.mean for r in kept], np.float64))
+
+    def _digest(self, g: Decoded) -> str:
+        """A row's values digest (:data:`VALUES_SCHEME`)."""
+        if g.decoded:
+            return g.digest
+        if g.state == "empty":
+            return self.empty
+        return str(self.cache.index["values"][g.row])  # the worker read and verified it
+
+    def fit(self, train: Any, plan: RangeSample | None) -> None:
+        """The training split's statistics, constant flag and the files' aspect range, into
+        ``info``."""
+        m, info = self.m, self.info
+        stat = self.welford.result(self.src.spec.shape[self.axis])
+        present_pos = np.flatnonzero(np.asarray(train.masks[m]) > 0)
+        means = np.concatenate(self.means) if self.means else np.zeros(0)
+        strided = plan.values(present_pos, self.taken) if plan is not None else None
+        if strided is not None:
+            rng = ranges_of(strided, means)
+        else:  # no plan, or a training row was unreadable: the subsample read from the cache
+            rng = _ranges(train.arrays[m], present_pos, means)
+        if rng is not None:
+            stat["range"] = rng
+        info["stats"][m] = stat
+        info["constant"][m] = None if not len(present_pos) else ([m] if self.lo == self.hi else [])
+        if rec := aspect_range(self.aspects):
+            info["aspects"][m] = rec
+
+
 def _full_pass(
     splits: list[tuple[str, Any]],
     sources: dict[str, Source],
@@ -1029,125 +1127,52 @@ def _full_pass(
     """The pass itself: decode what the caches need, read the rest, check and fit; the scale
     of each image modality's files. One loader per streamed modality goes over every split's
     rows in split order (its workers start once)."""
-    scales: dict[str, dict[str, list[int]]] = {m: {} for m in sources}
-    digests: dict[tuple[str, str], list[str]] = {}  # (split, modality): each row's, in order
-    found: list[tuple[int, str, int, str]] = []
-    order = {name: k for k, (name, _) in enumerate(splits)}
+    done: dict[str, _ModalityPass] = {}
     train = dict(splits)["train"]
     for m in sorted(sources):
         src, cache = sources[m], caches[m]
-        empty = values_digest(np.zeros(src.spec.shape, np.float32))
         need = np.array([cache.needs(i) for i in range(len(src.paths))], bool)
         parts = [(n, s, len(s.arrays[m])) for n, s in splits if is_lazy(s.arrays.get(m))]
         rows = np.concatenate([s.arrays[m].rows for _, s, _ in parts])
-        plan = (
-            RangeSample.plan(train.arrays[m], train.masks[m])
-            if is_lazy(train.arrays.get(m))
-            else None
-        )
-        items = _PassItems(src, need, cache.dir, plan)
-        taken: dict[int, np.ndarray] = {}  # source row -> its strided subsample values
+        lazy_train = is_lazy(train.arrays.get(m))
+        plan = RangeSample.plan(train.arrays[m], train.masks[m]) if lazy_train else None
         loader = DataLoader(
-            items,
+            _PassItems(src, need, cache.dir, plan),
             batch_size=batch,
             sampler=rows.tolist(),
             num_workers=workers,
             collate_fn=_collate,
             generator=torch.Generator(),
         )
-        axis = 1 if src.spec.sequence else 0
-        per_row = math.prod(src.spec.shape) // src.spec.shape[axis]
-        welford = _Welford(axis)
-        lo, hi, means = math.inf, -math.inf, []
-        aspects: list[float] = []  # each image file's width / height (aspect_range)
+        done[m] = mp = _ModalityPass(m, src, cache, info, on_bad_row)
         flusher = _Flusher(cache.dir / VALUES, bool(need[rows].any()))
         try:
             with _running(loader) as batches:
                 flusher.start()
                 for name, split, pos, got in _segments(batches, parts):
-                    mask = split.masks[m]
-                    present = np.zeros(len(got), bool)
-                    for j, item in enumerate(got):
-                        row, state, scale, err = item.row, item.state, item.scale, item.error
-                        if item.decoded:
-                            cache.put(row, item)
-                            info["decoded"][m] += 1
-                        elif state != "empty":
-                            info["cached"][m] += 1
-                            state = cache.index["state"][row]
-                            scale, err = cache.index["scale"][row], cache.index["error"][row]
-                        if state == "bad":
-                            msg = f"{src.where} row {row + 2} ({m}): {err}"
-                            if on_bad_row == "fail":
-                                raise DataError(
-                                    msg + " (use data.on_bad_row=missing to treat such rows as "
-                                    "a missing modality)"
-                                )
-                            found.append((order[name], m, pos + j, msg))
-                            mask[pos + j] = 0.0
-                        elif state == "ok":
-                            present[j] = True
-                            if scale:
-                                scales[m].setdefault(scale, []).append(row)
-                            aspects.append(cache.index["aspect"][row])  # put above if decoded
-                            if name == "train" and item.sample is not None:
-                                taken[row] = item.sample
-                    kept = [g.summary for g, p in zip(got, present, strict=True) if p]
-                    bad = [j for j, g in enumerate(got) if present[j] and not g.summary.finite]
-                    if bad:
-                        raise DataError(
-                            f"array {m!r} ({src.spec.kind}): NaN or infinite values at "
-                            f"{_where(name, split.meta, np.array(bad) + pos)}; fix or drop "
-                            "those samples (an unreadable file can be marked missing: leave its "
-                            "cell empty)"
-                        )
-                    out = digests.setdefault((name, m), [])
-                    for g in got:  # each row's values digest, in order (VALUES_SCHEME)
-                        if g.decoded:
-                            out.append(g.digest)
-                        elif g.state == "empty":
-                            out.append(empty)
-                        else:  # the row read and verified against this digest by the worker
-                            out.append(cache.index["values"][g.row])
-                    if name == "train":
-                        welford.add(kept, per_row)
-                        if kept:
-                            lo = min(lo, min(r.lo for r in kept))
-                            hi = max(hi, max(r.hi for r in kept))
-                            means.append(np.array([r.mean for r in kept], np.float64))
+                    mp.add(name, split, pos, got)
             flusher.finish()  # the workers have stopped: every row is written
-            stat = welford.result(src.spec.shape[axis])
-            present_pos = np.flatnonzero(np.asarray(train.masks[m]) > 0)
-            means_a = np.concatenate(means) if means else np.zeros(0)
-            strided = plan.values(present_pos, taken) if plan is not None else None
-            if strided is not None:
-                rng = ranges_of(strided, means_a)
-            else:  # no plan, or a training row was unreadable: the subsample read from the cache
-                rng = _ranges(train.arrays[m], present_pos, means_a)
-            if rng is not None:
-                stat["range"] = rng
-            info["stats"][m] = stat
-            info["constant"][m] = None if not len(present_pos) else ([m] if lo == hi else [])
-            if rec := aspect_range(aspects):
-                info["aspects"][m] = rec
+            mp.fit(train, plan)
         finally:
             flusher.join()
     # in split order, then modality, then row: as a split-by-split pass would find them
-    missing.extend((splits[k][0], m, pos, msg) for k, m, pos, msg in sorted(found))
+    order = {name: k for k, (name, _) in enumerate(splits)}
+    found = sorted((order[n], m, pos, msg) for m, mp in done.items() for n, pos, msg in mp.found)
+    missing.extend((splits[k][0], m, pos, msg) for k, m, pos, msg in found)
     for name, split in splits:
         v = hashlib.sha256()
         for m in sorted(split.arrays):
             x = split.arrays[m]
             if is_lazy(x):
-                v.update("".join(digests.get((name, m), [])).encode())
+                v.update("".join(done[m].digests.get(name, [])).encode())
             else:
                 hash_rows(v, x)
         info["values_sha256"][name] = v.hexdigest()
-    for m in sources:
-        if len(scales[m]) > 1:
+    for m, mp in done.items():
+        if len(mp.scales) > 1:
             src = sources[m]
-            raise DataError(mixed_scales_refusal(src.where, m, src.spec.kind, scales[m]))
-    return {m: next(iter(scales[m])) for m in sources if scales[m]}
+            raise DataError(mixed_scales_refusal(src.where, m, src.spec.kind, mp.scales))
+    return {m: next(iter(mp.scales)) for m, mp in done.items() if mp.scales}
 
 
 # ---- batches for training and evaluation ----------------------------------------------------------
