@@ -12,6 +12,7 @@ with ``-v`` for the traceback. Every failure a user's input can cause is one of 
 from __future__ import annotations
 
 import difflib
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -68,6 +69,19 @@ def not_allowed(what: str, value: object, allowed: Iterable[str]) -> str:
 
 #: exit status of an unexpected exception (sysexits' EX_SOFTWARE): a defect, not the input's
 INTERNAL_ERROR = 70
+
+
+def refuse_duplicate_columns(where: str, columns: Iterable[Any]) -> None:
+    """A table whose header names a column twice is refused: readers disagree on which one a
+    name means (pandas, training's, reads the first; a CSV row dict the last), so the same file
+    was scored on two different columns by two verbs."""
+    counts = Counter(map(str, columns))
+    twice = [c for c, n in counts.items() if n > 1]
+    if twice:
+        raise DataError(
+            f"{where}: the header names column(s) {', '.join(map(repr, twice))} "
+            "more than once; which one is meant is ambiguous: rename or drop the duplicates"
+        )
 
 
 def one_line(err: BaseException) -> str:

@@ -45,7 +45,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from medfuse.core.errors import DataError, PackageError, did_you_mean
+from medfuse.core.errors import DataError, PackageError, did_you_mean, refuse_duplicate_columns
 from medfuse.core.paths import contained, resolve_data_root
 from medfuse.core.readers.image_math import fit_image, fit_signal, fit_signal_windows
 from medfuse.core.readers.medical import CSV_MISSING
@@ -420,8 +420,11 @@ def _read_path(path: Path, m: Modality) -> tuple[np.ndarray, str]:
 
     try:
         x, raw = read_fitted(path, m)  # type: ignore[arg-type]
-        if m.scale and not same_scale(m.scale, found := file_scale(path, m)):
-            raise _Bad(scale_refusal(str(path), m.name, m.scale, found, m.kind))
+        # "": a file whose type the modality's window reads alike (a PNG under window 'file')
+        was = m.scale or ""
+        found = file_scale(path, m) if was else ""
+        if found and not same_scale(was, found):
+            raise _Bad(scale_refusal(str(path), m.name, was, found, m.kind))
         return np.asarray(x, np.float32), aspect_note(raw, m)
     except DataError as err:
         raise _Bad(str(err)) from None
@@ -1178,6 +1181,7 @@ def _table_chunks(p: Path, chunk: int) -> Iterator[tuple[list[str], list[dict[st
                 raise DataError(f"{p}: not a readable CSV ({err})") from None
             if not cols:
                 raise DataError(f"{p}: an empty manifest (no header line)")
+            refuse_duplicate_columns(str(p), cols)
             rows: list[dict[str, Any]] = []
             try:
                 for r in reader:
@@ -1205,6 +1209,7 @@ def _table_chunks(p: Path, chunk: int) -> Iterator[tuple[list[str], list[dict[st
     except Exception as err:
         raise DataError(f"{p}: not a readable Parquet file ({type(err).__name__}: {err})") from None
     cols = list(pf.schema_arrow.names)
+    refuse_duplicate_columns(str(p), cols)
     for rb in pf.iter_batches(batch_size=chunk):
         yield cols, rb.to_pylist()
 
@@ -1307,7 +1312,8 @@ def plausibility(
     flags). Tabular: a value below the training minimum or above its maximum. Images and
     signals: the sample's 1st/99th percentile beyond the training 0.5/99.5 percentiles by more
     than half their span, or its mean beyond the training means by as much (a 0-255 image for
-    a model trained on 0-1). Text: one that fills every token the model reads (a longer one is
+    a model trained on 0-1); or its span (largest less least value) under half the least span
+    of a training sample (a blank image, 8-bit values in a 16-bit file). Text: one that fills every token the model reads (a longer one is
     cut there), or with a larger share of unknown words than the training texts had. Signals: a
     record mostly zero padding (shorter than the model reads), or zero throughout. (An image
     resized from other proportions than the training files' is flagged where it is read, the
@@ -1363,6 +1369,18 @@ def plausibility(
                 f"{m}: intensities {q[0][k]:.4g}..{q[1][k]:.4g} (mean {means[k]:.4g}) outside "
                 f"the training range {lo:.4g}..{hi:.4g} (means {mlo:.4g}..{mhi:.4g}); a different "
                 "scale or kind of input?"
+            )
+        # a blank or near-constant sample, or one on a compressed scale (8-bit values stored in a
+        # 16-bit file, read / 65535): within the range, so never flagged above
+        least = float(rng.get("contrast_min") or 0.0)  # none in packages of older releases
+        with np.errstate(all="ignore"):
+            contrast = np.nanmax(flat2, axis=1) - np.nanmin(flat2, axis=1)
+        for k in np.flatnonzero(~off & (contrast < least / 2)):
+            out[present[k]].append(
+                f"{m}: values {np.nanmin(flat2[k]):.4g}..{np.nanmax(flat2[k]):.4g} span "
+                f"{contrast[k]:.4g}, under half the least span of a training sample "
+                f"({least:.4g}): blank, or values on another scale (e.g. 8-bit values in a 16-bit "
+                "file)?"
             )
     return out
 

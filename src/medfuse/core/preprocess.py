@@ -78,7 +78,8 @@ def fit_stats(
 
 def fit_ranges(x: np.ndarray, mask: np.ndarray, kind: str) -> dict[str, Any] | None:
     """What plausibility checks compare against, from the training split: tabular per-column
-    min/max; images and signals value percentiles (0.5, 99.5) and the range of sample means."""
+    min/max; images and signals value percentiles (0.5, 99.5), the range of sample means and
+    the least sample contrast (its largest value less its least)."""
     present = np.asarray(x)[np.asarray(mask) > 0]
     if present.shape[0] == 0:
         return None
@@ -93,7 +94,8 @@ def fit_ranges(x: np.ndarray, mask: np.ndarray, kind: str) -> dict[str, Any] | N
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         means = np.asarray(np.nanmean(flat, axis=1, dtype=np.float64))
-    return value_ranges(flat[range_subsample(n)], means)
+        contrasts = np.nanmax(flat, axis=1).astype(np.float64) - np.nanmin(flat, axis=1)
+    return value_ranges(flat[range_subsample(n)], means, contrasts)
 
 
 def range_subsample(n: int) -> np.ndarray:
@@ -107,16 +109,22 @@ def range_step(values: int) -> int:
     return max(1, values // 2_000_000)
 
 
-def value_ranges(sub: np.ndarray, means: np.ndarray) -> dict[str, float] | None:
+def value_ranges(
+    sub: np.ndarray, means: np.ndarray, contrasts: np.ndarray
+) -> dict[str, float] | None:
     """The stored range of an image/signal modality: value percentiles of the subsample ``sub``
-    (``(k, ...)``, at most ~2M values read) and the range of the per-sample ``means``."""
-    return ranges_of(sub.reshape(-1)[:: range_step(sub.size)], means)
+    (``(k, ...)``, at most ~2M values read), the range of the per-sample ``means`` and the least
+    of the per-sample ``contrasts`` (largest value less least)."""
+    return ranges_of(sub.reshape(-1)[:: range_step(sub.size)], means, contrasts)
 
 
-def ranges_of(vals: np.ndarray, means: np.ndarray) -> dict[str, float] | None:
+def ranges_of(
+    vals: np.ndarray, means: np.ndarray, contrasts: np.ndarray
+) -> dict[str, float] | None:
     """:func:`value_ranges` from the subsample's values already strided (:func:`range_step`)."""
     vals = vals[np.isfinite(vals)]
     means = means[np.isfinite(means)]
+    contrasts = contrasts[np.isfinite(contrasts)]
     if not vals.size or not means.size:
         return None
     lo, hi = np.percentile(vals, [0.5, 99.5])
@@ -125,6 +133,8 @@ def ranges_of(vals: np.ndarray, means: np.ndarray) -> dict[str, float] | None:
         "p99_5": float(hi),
         "mean_min": float(means.min()),
         "mean_max": float(means.max()),
+        # a sample flatter than half the least of these is flagged (core.inputs.plausibility)
+        "contrast_min": float(contrasts.min()) if contrasts.size else 0.0,
     }
 
 

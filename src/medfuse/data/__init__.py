@@ -379,6 +379,10 @@ def load_spec_data(
     if data is not None:
         if kind != "manifest":  # another source's options do not describe a CSV
             options = {}
+        # its relative paths resolve against its own folder (--data's help), never the training
+        # table's base_dir (medfuse.fit): a copy of the data at another site with the same file
+        # names was read from the training site's files
+        options.pop("base_dir", None)
         source = f"manifest:{Path(data).expanduser()}"
     elif kind == "manifest" and recorded:
         source = f"manifest:{locate_manifest(arg, recorded.get('manifest') or {}, data_dir)}"

@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medfuse.core.errors import DataError, SpecError, csv_rows, did_you_mean
+from medfuse.core.errors import (
+    DataError,
+    SpecError,
+    csv_rows,
+    did_you_mean,
+    refuse_duplicate_columns,
+)
 from medfuse.core.paths import require_contained
 from medfuse.core.readers import aspect_range, image_aspect, read_fitted
 from medfuse.core.readers.base import file_scale, mixed_scales_refusal
@@ -51,6 +57,22 @@ PATIENT_NAMES = ("patient_id", "patientid", "patient", "subject_id", "subjectid"
 def named_column(df: pd.DataFrame, names: tuple[str, ...]) -> str | None:
     """The first column of ``df`` whose name (lower case, stripped) is one of ``names``."""
     return next((str(c) for c in df.columns if str(c).strip().lower() in names), None)
+
+
+def split_column(df: pd.DataFrame, options: dict[str, Any]) -> str:
+    """The column assigning each row its split: ``data.options.split_column`` as given, else
+    the column named ``split`` in any case or spacing (``Split``, ``SPLIT``: a split column
+    spelled so was an input feature, and the split drawn by the seed, without a word); ``split``
+    when there is none (the split is then drawn)."""
+    if "split_column" in options:
+        return str(options["split_column"])
+    found = [str(c) for c in df.columns if str(c).strip().lower() == "split"]
+    if len(found) > 1:
+        raise DataError(
+            f"columns {', '.join(map(repr, found))} are each named like the split column; keep "
+            "one, or name the one to use in data.options.split_column"
+        )
+    return found[0] if found else "split"
 
 
 def patient_column(
@@ -103,7 +125,10 @@ def read_csv_frame(path: Path) -> pd.DataFrame:
         with warnings.catch_warnings():
             # index_col=False: a row with one cell too many warns (never shifts the columns)
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            return pd.read_csv(path, index_col=False)
+            df = pd.read_csv(path, index_col=False)
+        with open(path, newline="", encoding="utf-8-sig") as f:  # as written (pandas renames)
+            refuse_duplicate_columns(str(path), next(csv.reader(f), []))
+        return df
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: an empty manifest (no header line)") from None
     except pd.errors.ParserWarning:
@@ -698,7 +723,7 @@ def load_manifest(
         contain=[base, root] if options.get("contain_paths", False) else None,
         lazy=choose_stream(stream, len(df), modalities),
     )
-    split_col = options.get("split_column", "split")
+    split_col = split_column(df, options)
     patient_col = patient_column(df, options, where, drawn=split_col not in df.columns)
     groups = patient_groups(df[patient_col]) if patient_col else None
     if split_col in df.columns:

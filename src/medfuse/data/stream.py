@@ -77,7 +77,8 @@ log = logging.getLogger("medfuse.data")
 
 #: part of every cache's and recorded pass's key: raise it when what the readers decode or what
 #: the pass computes (statistics, ranges, hashes, checks) changes, so nothing older is reused
-CACHE_VERSION = 8  # 6: a DICOM's scale names its modality and bit depth; 7: signals'; 8: aspects
+CACHE_VERSION = 9  # 6: a DICOM's scale names its modality and bit depth; 7: signals'; 8: aspects;
+# 9: a DICOM's scale under window 'file' (its own window or none)
 VALUES = "values.npy"
 INDEX = "index.json"
 #: the recorded results of passes (statistics, values hashes), by :func:`pass_key`
@@ -834,7 +835,9 @@ class _Welford:
         return {"mean": self.mean.tolist(), "std": std.tolist(), "channel_axis": self.axis}
 
 
-def _ranges(col: LazyColumn, present_pos: np.ndarray, means: np.ndarray) -> dict[str, Any] | None:
+def _ranges(
+    col: LazyColumn, present_pos: np.ndarray, means: np.ndarray, contrasts: np.ndarray
+) -> dict[str, Any] | None:
     """``fit_ranges`` of an image/signal modality, from the cache: the same deterministic
     subsample of at most 512 present samples, the same value stride (:class:`RangeSample`; read
     a few rows at a time: the subsample is never held whole). The pass needs this only when its
@@ -846,7 +849,7 @@ def _ranges(col: LazyColumn, present_pos: np.ndarray, means: np.ndarray) -> dict
     for start in range(0, len(sub.rows), RANGE_ROWS):
         got = col.source.read(np.array(sub.rows[start : start + RANGE_ROWS]))
         parts += [sub.share(start + i, x.reshape(-1)) for i, x in enumerate(got)]
-    return ranges_of(np.concatenate(parts), means)
+    return ranges_of(np.concatenate(parts), means, contrasts)
 
 
 def pass_workers(workers: int) -> int:
@@ -1030,6 +1033,7 @@ class _ModalityPass:
         self.welford = _Welford(self.axis)
         self.lo, self.hi = math.inf, -math.inf
         self.means: list[np.ndarray] = []  # the training rows' sample means, per segment
+        self.contrasts: list[np.ndarray] = []  # and their largest less least value
         self.aspects: list[float] = []  # each image file's width / height (aspect_range)
         self.taken: dict[int, np.ndarray] = {}  # source row -> its strided subsample values
         self.scales: dict[str, list[int]] = {}  # each file scale found -> its rows
@@ -1085,6 +1089,7 @@ class _ModalityPass:
             self.lo = min(self.lo, min(r.lo for r in kept))
             self.hi = max(self.hi, max(r.hi for r in kept))
             self.means.append(np.array([r.mean for r in kept], np.float64))
+            self.contrasts.append(np.array([r.hi - r.lo for r in kept], np.float64))
 
     def _digest(self, g: Decoded) -> str:
         """A row's values digest (:data:`VALUES_SCHEME`)."""
@@ -1101,11 +1106,12 @@ class _ModalityPass:
         stat = self.welford.result(self.src.spec.shape[self.axis])
         present_pos = np.flatnonzero(np.asarray(train.masks[m]) > 0)
         means = np.concatenate(self.means) if self.means else np.zeros(0)
+        contrasts = np.concatenate(self.contrasts) if self.contrasts else np.zeros(0)
         strided = plan.values(present_pos, self.taken) if plan is not None else None
         if strided is not None:
-            rng = ranges_of(strided, means)
+            rng = ranges_of(strided, means, contrasts)
         else:  # no plan, or a training row was unreadable: the subsample read from the cache
-            rng = _ranges(train.arrays[m], present_pos, means)
+            rng = _ranges(train.arrays[m], present_pos, means, contrasts)
         if rng is not None:
             stat["range"] = rng
         info["stats"][m] = stat

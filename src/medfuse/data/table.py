@@ -48,6 +48,7 @@ from medfuse.data.manifest import (
     named_column,
     read_csv_frame,
     refuse_case_variants,
+    split_column,
 )
 
 #: what ``medfuse train --table`` / ``medfuse.fit`` train with when nothing is set; chosen by
@@ -418,18 +419,19 @@ def infer_table_spec(
     if patient_col:
         n_pat = df[patient_col].nunique()
         columns.append(Column(patient_col, "patient", f"{n_pat} patients; splits group by it"))
-    has_split = SPLIT_NAME in df.columns
+    split_col = split_column(df, {})  # "split" in any case
+    has_split = split_col in df.columns
     if has_split:
-        counts = df[SPLIT_NAME].astype(str).str.strip().str.lower().value_counts().to_dict()
+        counts = df[split_col].astype(str).str.strip().str.lower().value_counts().to_dict()
         columns.append(
-            Column(SPLIT_NAME, "split", ", ".join(f"{k}: {v}" for k, v in counts.items()))
+            Column(split_col, "split", ", ".join(f"{k}: {v}" for k, v in counts.items()))
         )
     modalities: dict[str, dict[str, Any]] = {}
     mapping: dict[str, str] = {}
     tabular: list[str] = []
     file_cols: list[tuple[str, str, list[str]]] = []
     for col in df.columns:
-        if col in (label, id_col, patient_col) or (has_split and col == SPLIT_NAME):
+        if col in (label, id_col, patient_col) or (has_split and col == split_col):
             continue
         s = df[col]
         cells = _cells(s)
@@ -512,7 +514,7 @@ def infer_table_spec(
         )
     n = len(df)
     n_train = (
-        int((df[SPLIT_NAME].astype(str).str.strip().str.lower() == "train").sum())
+        int((df[split_col].astype(str).str.strip().str.lower() == "train").sum())
         if has_split
         else round(n * (1 - VAL_FRACTION - TEST_FRACTION))
     )
@@ -523,6 +525,8 @@ def infer_table_spec(
         options["patient_column"] = patient_col
     if id_col:
         options["id_column"] = id_col
+    if has_split and split_col != SPLIT_NAME:
+        options["split_column"] = split_col
     if not has_split:
         options["val_fraction"], options["test_fraction"] = VAL_FRACTION, TEST_FRACTION
     if isinstance(table, pd.DataFrame) and mapping:

@@ -222,15 +222,28 @@ SIGNAL_LAYOUTS: Registry[Callable[[Path], tuple[float | None, list[str] | None]]
 )
 
 
+#: under ``window: 'file'``, what a file type's values mean when the file itself decides: ``fn(path)
+#: -> str`` (header only), e.g. DICOM's in ``medfuse.core.readers.medical``: its own window, or
+#: without one the stored bit range ('unit'). A type not registered reads alike under 'file'
+FILE_WINDOW_SCALES: Registry[Callable[[Path], str]] = Registry("file-window scale file type")
+
+
 def file_scale(path: str | Path, m: Any) -> str:
     """What a file's values mean that its modality ``m`` does not fix, ``""`` when it fixes all:
     an image read without a window, its :func:`native_scale`; a signal without ``rate``, its
     sampling rate, and without ``leads``, its lead names in order (:data:`SIGNAL_LAYOUTS`), as
     the reader then keeps them. The files of one modality must agree (a manifest mixing 100 and
     400 Hz records, or leads I, II with II, I, is refused), and a package refuses files on
-    another than its training files' (:func:`same_scale`)."""
+    another than its training files' (:func:`same_scale`). Under ``window: 'file'`` a DICOM's
+    scale is its own window, or the stored bit range when it has none
+    (:data:`FILE_WINDOW_SCALES`): a column of windowed and unwindowed DICOMs is two scales."""
     if m.kind == "image":
-        return native_scale(path) if m.window is None else ""
+        if m.window is None:
+            return native_scale(path)
+        suf = suffix_of(path)
+        if m.window == "file" and suf in FILE_WINDOW_SCALES:
+            return FILE_WINDOW_SCALES.get(suf)(Path(path))
+        return ""
     if m.kind != "signal" or (m.rate and m.leads):
         return ""
     suf = suffix_of(path)
@@ -313,14 +326,28 @@ def numeric_window(window: Window) -> tuple[float, float] | None:
     return None
 
 
+#: the EXIF tag saying how a camera's image is to be turned to be shown upright
+ORIENTATION = 0x0112
+
+
 def _pil(path: Path, *, window: Window = None) -> np.ndarray:
-    """Pillow: grey -> 1 channel, colour -> RGB. These are display images (already windowed):
+    """Pillow: grey -> 1 channel, colour -> RGB, turned as its EXIF orientation says (a phone's
+    photo is read as it is shown); a multi-page file is refused. Display images (already windowed):
     any ``window`` scales them to [0, 1] by their bit depth (8-bit: /255, 16-bit: /65535), to
     match windowed DICOM/NIfTI; 32-bit and float images have no bit depth: a numeric window."""
-    from PIL import Image  # lazy: Pillow, only when an image file is read
+    from PIL import Image, ImageOps  # lazy: Pillow, only when an image file is read
 
     with Image.open(path) as im:
+        frames = int(getattr(im, "n_frames", 1) or 1)
+        if frames > 1:  # a z-stack or animation: its first frame alone was read, without a word
+            raise DataError(
+                f"{path}: holds {frames} pages/frames; a {path.suffix} file is read as one "
+                "image: save the page to use as its own file, or give a stack as DICOM or NIfTI "
+                "(read as a volume)"
+            )
         im.load()
+        if im.getexif().get(ORIENTATION, 1) != 1:  # shown rotated/flipped: read as shown
+            ImageOps.exif_transpose(im, in_place=True)
         if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             arr = np.asarray(im, dtype=np.float32)[None]
             sixteen = im.mode.startswith("I;16") or (im.mode == "I" and path.suffix == ".png")

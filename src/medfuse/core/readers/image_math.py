@@ -106,29 +106,3 @@ def read_npy_bytes(data: bytes, *, max_elements: int = MAX_PIXELS * 4) -> np.nda
     except Exception as err:
         raise DataError(f"not a readable .npy array ({err})") from None
     return np.asarray(arr, dtype=np.float32)
-
-
-def read_image_bytes(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """A PNG/JPEG/BMP/TIFF payload as ``(C, H, W)`` float32 (Pillow: grey -> 1, colour -> RGB)."""
-    try:
-        # lazy: Pillow, only when an image file is read (optional: its absence is handled here)
-        from PIL import Image
-    except ImportError:  # pragma: no cover - only without Pillow
-        raise DataError("reading images needs Pillow: pip install pillow") from None
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise DataError(f"image of {w}x{h} pixels exceeds the limit of {max_pixels} pixels")
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                arr = np.asarray(im, dtype=np.float32)[None]
-            elif im.mode in ("L", "1", "LA"):
-                arr = np.asarray(im.convert("L"), dtype=np.float32)[None]
-            else:
-                arr = np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)
-    except DataError:
-        raise
-    except Exception as err:
-        raise DataError(f"not a readable image ({type(err).__name__}: {err})") from None
-    return np.ascontiguousarray(arr)

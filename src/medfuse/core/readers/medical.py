@@ -32,6 +32,7 @@ import numpy as np
 from medfuse.core.errors import DataError
 from medfuse.core.readers.base import (
     COMPANION_FILES,
+    FILE_WINDOW_SCALES,
     IMAGE_READERS,
     NATIVE_SCALES,
     SIGNAL_LAYOUTS,
@@ -199,6 +200,28 @@ def _dicom_scale(path: Path) -> str:
 for _ext in (".dcm", ".dicom"):
     NATIVE_SCALES.register(_ext, doc="DICOM: CT in HU; else modality, bit depth, sign")(
         _dicom_scale
+    )
+
+
+def _dicom_window_scale(path: Path) -> str:
+    """A DICOM's values under ``window: 'file'`` (header only): its own VOI LUT or window, or
+    without one the fraction of its stored bit range (what ``'unit'`` reads), another scale."""
+    import pydicom  # lazy: [medical] extra, only for DICOM files
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as err:  # the reader read it; a header that fails now: say which file
+        raise DataError(
+            f"{path}: cannot read the DICOM header ({type(err).__name__}: {err})"
+        ) from None
+    if "VOILUTSequence" in ds or "WindowCenter" in ds:
+        return "the DICOM's own window (window: file)"
+    return "no DICOM window: its stored bit range (window: file falls back to 'unit')"
+
+
+for _ext in (".dcm", ".dicom"):
+    FILE_WINDOW_SCALES.register(_ext, doc="DICOM: its own window, else the stored bit range")(
+        _dicom_window_scale
     )
 
 

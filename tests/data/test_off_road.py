@@ -1,0 +1,195 @@
+"""Silent wrong answers found by trying medfuse on a hospital-style table off the paved road:
+each test fails on the release before its fix."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from medfuse.core.errors import DataError
+from medfuse.core.readers import read_image
+from medfuse.core.readers.base import file_scale
+from medfuse.core.spec import ModalitySpec, parse_spec
+from medfuse.data import load_spec_data
+from medfuse.data.examples import write_dicom, write_png
+
+
+@pytest.fixture(scope="module")
+def image_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny image + age package fit on a table of 8x8 PNGs, read with window 'unit'."""
+    import medfuse
+
+    root = tmp_path_factory.mktemp("imgpkg")
+    df = _table(root, split="split")
+    df.to_csv(root / "cases.csv", index=False)
+    res = medfuse.fit(
+        root / "cases.csv",
+        "label",
+        "1",
+        out=root / "pkg",
+        # 'unit': every file on [0, 1] by its bit depth, so a 16-bit PNG is read, not refused
+        overrides=[*TINY, "modalities.image.window=unit"],
+        verbose=False,
+        device="cpu",
+        progress=False,
+    )
+    return Path(res.package)
+
+
+N = 30
+SPLITS = ["train", "train", "train", "val", "test"]
+TINY = [
+    "train.epochs=1",
+    "branches.image.width=4",
+    "branches.image.depth=1",
+    "train.batch_size=8",
+]
+
+
+def _table(root: Path, *, bright: int = 60, split: str | None = None) -> pd.DataFrame:
+    """N 8x8 PNGs under ``root/img`` (brighter when positive), an age column, the label and,
+    with ``split``, a split column of that name."""
+    rng = np.random.default_rng(0)
+    for i in range(N):
+        img = np.clip(rng.normal(90 + bright * (i % 2), 30, (8, 8)), 0, 255).astype(np.uint8)
+        write_png(root / "img" / f"{i}.png", img)
+    df = pd.DataFrame(
+        {
+            "image": [f"img/{i}.png" for i in range(N)],
+            "age": [40 + (i * 7) % 30 for i in range(N)],
+            "label": [i % 2 for i in range(N)],
+        }
+    )
+    if split:
+        df[split] = [SPLITS[i % 5] for i in range(N)]
+    return df
+
+
+def test_data_reads_its_own_folder_not_the_training_tables_base_dir(tmp_path: Path) -> None:
+    """A package fit on a DataFrame records where its relative paths resolve (``base_dir``);
+    ``evaluate --data other.csv`` kept it, so a copy of the data at another site with the same
+    file names was scored on the training site's images, without a word."""
+    import medfuse
+
+    site_a, site_b = tmp_path / "a", tmp_path / "b"
+    df = _table(site_a)
+    pkg = medfuse.fit(
+        df,
+        "label",
+        "1",
+        out=tmp_path / "pkg",
+        base_dir=site_a,
+        overrides=TINY,
+        verbose=False,
+        device="cpu",
+        progress=False,
+    ).package
+    shutil.copytree(site_a, site_b)
+    df.assign(split="test").to_csv(site_b / "ext.csv", index=False)
+    shutil.rmtree(site_a / "img")  # the training site's files are gone: site b's must be read
+    out = medfuse.evaluate(pkg, data=site_b / "ext.csv", device="cpu")
+    assert out["n"] == N
+
+
+def test_a_split_column_is_found_in_any_case(tmp_path: Path) -> None:
+    """A column ``Split`` was typed a categorical input and the split drawn by the seed (the
+    reported test metrics were not on the user's test rows)."""
+    from medfuse.data.table import infer_table_spec
+
+    df = _table(tmp_path, split="Split")
+    df.to_csv(tmp_path / "cases.csv", index=False)
+    spec = infer_table_spec(tmp_path / "cases.csv", label="label", positive="1").spec
+    assert "Split" not in spec["modalities"].get("clinical", {}).get("columns", [])
+    assert spec["data"]["options"]["split_column"] == "Split"
+    spec["data"]["options"].pop("split_column")  # the default name, "split", finds it too
+    b = load_spec_data(parse_spec(spec))
+    assert b.info["splits"]["column"] == "Split"
+    assert len(b.test) == N // 5  # the user's test rows, not a drawn 15%
+    df["split"] = df["Split"]
+    df.to_csv(tmp_path / "cases.csv", index=False)
+    with pytest.raises(DataError, match="each named like the split column"):
+        infer_table_spec(tmp_path / "cases.csv", label="label", positive="1")
+
+
+def test_window_file_refuses_a_column_of_windowed_and_unwindowed_dicoms(tmp_path: Path) -> None:
+    """Under ``window: file`` a DICOM without a window falls back to its stored bit range; in a
+    column of windowed DICOMs it was read on another scale without a word (the table's check
+    looked at the first 8 files only)."""
+    m = ModalitySpec(kind="image", channels=1, size=[8, 8], window="file")
+    stored = np.arange(64, dtype=np.uint16).reshape(8, 8) * 100
+    write_dicom(tmp_path / "w.dcm", stored, window=(2000.0, 4000.0))
+    write_dicom(tmp_path / "nw.dcm", stored)
+    png = write_png(tmp_path / "x.png", np.zeros((8, 8), np.uint8))
+    assert file_scale(tmp_path / "w.dcm", m) != file_scale(tmp_path / "nw.dcm", m)
+    assert file_scale(png, m) == ""  # a PNG: read alike under 'file' (by its bit depth)
+    files = ["w.dcm"] * 9 + ["x.png"] * 3 + ["nw.dcm"]
+    rows = [{"image": f, "label": i % 2, "split": SPLITS[i % 5]} for i, f in enumerate(files)]
+    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+    spec = {
+        "name": "win",
+        "task": {"type": "binary"},
+        "data": {"source": f"manifest:{tmp_path / 'm.csv'}", "stream": False},
+        "modalities": {"image": m.model_dump(exclude_none=True)},
+        "branches": {"image": {"type": "cnn", "width": 4, "depth": 1, "out_features": 4}},
+    }
+    with pytest.raises(DataError, match=r"different intensity scales.*no DICOM window"):
+        load_spec_data(parse_spec(spec))
+    rows[-1]["image"] = "w.dcm"  # every DICOM windowed, PNGs beside them: one scale
+    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+    assert load_spec_data(parse_spec(spec)).info["scales"]["image"].startswith("the DICOM's own")
+
+
+def test_a_duplicated_header_is_refused_by_every_reader(
+    image_package: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pandas (training, evaluate) read the first of two ``age`` columns, ``medfuse predict``'s
+    CSV reader the last: the same file scored on two columns."""
+    from medfuse.cli import main
+    from medfuse.data.manifest import read_csv_frame
+
+    write_png(tmp_path / "0.png", np.full((8, 8), 100, np.uint8))
+    p = tmp_path / "dup.csv"
+    p.write_text("image,age,age,label\n0.png,50,600,1\n")
+    with pytest.raises(DataError, match="'age' more than once"):
+        read_csv_frame(p)
+    assert main(["predict", str(image_package), "--input", str(p)]) != 0
+    assert "'age' more than once" in capsys.readouterr().err
+
+
+def test_a_blank_or_compressed_image_is_flagged(image_package: Path, tmp_path: Path) -> None:
+    """A flag said an image brighter than any training image was out of range, never a black
+    one or 8-bit values saved in a 16-bit PNG (read / 65535: near 0)."""
+    import medfuse
+
+    pred = medfuse.load(image_package)
+    rng = np.random.default_rng(1)
+    ok = write_png(tmp_path / "ok.png", np.clip(rng.normal(120, 30, (8, 8)), 0, 255).astype("u1"))
+    black = write_png(tmp_path / "black.png", np.zeros((8, 8), np.uint8))
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.asarray(Image.open(ok), np.uint16)).save(deep)  # 8-bit values, 16 bits
+    rows = [{"image": str(p), "age": 50} for p in (ok, black, deep)]
+    flags = [r["flags"] for r in pred.predict_table(rows)]
+    assert not flags[0] and all("under half the least span" in str(f) for f in flags[1:]), flags
+
+
+def test_exif_orientation_and_multipage_files(tmp_path: Path) -> None:
+    """A phone photo was read unrotated (as stored, not as shown); a multi-page TIFF (a
+    z-stack) as its first page alone."""
+    a = np.zeros((4, 8), np.uint8)
+    a[0, :] = 255  # the top row white, as stored
+    im = Image.fromarray(a)
+    exif = im.getexif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise
+    im.save(tmp_path / "r.jpg", exif=exif, quality=100)
+    x = read_image(tmp_path / "r.jpg")
+    assert x.shape == (1, 8, 4)  # as shown: 4 wide, 8 high
+    assert x[0, :, -1].mean() > 200  # the stored top row is now the right column
+    pages = [Image.fromarray(np.full((8, 8), v, np.uint8)) for v in (10, 200, 30)]
+    pages[0].save(tmp_path / "z.tif", save_all=True, append_images=pages[1:])
+    with pytest.raises(DataError, match="holds 3 pages/frames"):
+        read_image(tmp_path / "z.tif")
