@@ -193,3 +193,18 @@ def test_exif_orientation_and_multipage_files(tmp_path: Path) -> None:
     pages[0].save(tmp_path / "z.tif", save_all=True, append_images=pages[1:])
     with pytest.raises(DataError, match="holds 3 pages/frames"):
         read_image(tmp_path / "z.tif")
+
+
+def test_a_modality_the_model_never_trained_without_is_flagged_when_missing(
+    image_package: Path,
+) -> None:
+    """Every training row had an image and no modality dropout was trained: a case without an
+    image was scored with only ``present_image=0`` to say so, on inputs unlike any the model
+    learned from."""
+    import medfuse
+
+    pred = medfuse.load(image_package)
+    stats = pred.meta["preprocessing"]
+    assert stats["image"]["trained_without"] is False
+    rows = pred.predict_table([{"image": "", "age": 50}], on_bad_row="missing")
+    assert "image: missing, and the model never trained without it" in str(rows[0]["flags"])

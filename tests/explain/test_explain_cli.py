@@ -143,7 +143,9 @@ def test_explain_reads_inputs_as_predict_does(small_package, small_test, tmp_pat
     args = [*base, "--base-dir", str(data), "--on-bad-row", "missing", "-o", str(out)]
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert "2 of 4 rows need attention" in err and "p1: image missing:" in err
+    # every row lacks the signal every training sample had: flagged, with p1's unusable image
+    assert "4 of 4 rows need attention" in err and "p1: image missing:" in err
+    assert "signal: missing, and the model never trained without it" in err
     doc = json.loads((out / "explanation.json").read_text())
     assert [s["id"] for s in doc["samples"]] == ["p0", "p1", "p2"]
     s0, s1, _ = doc["samples"]

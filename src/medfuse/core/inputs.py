@@ -1313,14 +1313,23 @@ def plausibility(
     signals: the sample's 1st/99th percentile beyond the training 0.5/99.5 percentiles by more
     than half their span, or its mean beyond the training means by as much (a 0-255 image for
     a model trained on 0-1); or its span (largest less least value) under half the least span
-    of a training sample (a blank image, 8-bit values in a 16-bit file). Text: one that fills every token the model reads (a longer one is
-    cut there), or with a larger share of unknown words than the training texts had. Signals: a
-    record mostly zero padding (shorter than the model reads), or zero throughout. (An image
-    resized from other proportions than the training files' is flagged where it is read, the
-    only place that sees its shape: :func:`aspect_note`.)"""
+    of a training sample (a blank image, 8-bit values in a 16-bit file). Text: one that fills
+    every token the model reads (a longer one is cut there), or with a larger share of unknown
+    words than the training texts had. Signals: a record mostly zero padding (shorter than the
+    model reads), or zero throughout. Any modality: missing where the model never trained
+    without it (``trained_without``). (An image resized from other proportions than the
+    training files' is flagged where it is read, the only place that sees its shape:
+    :func:`aspect_note`.)"""
     n = len(next(iter(masks.values()))) if masks else 0
     out: list[list[str]] = [[] for _ in range(n)]
     for m, mod in schema.modalities.items():
+        if (schema.stats.get(m) or {}).get("trained_without") is False and m in masks:
+            for k in np.flatnonzero(np.asarray(masks[m]) <= 0):
+                out[k].append(
+                    f"{m}: missing, and the model never trained without it (every training "
+                    f"sample had it; train.modality_dropout.{m} trains for its absence): the "
+                    "prediction rests on inputs unlike any it learned from"
+                )
         if mod.kind == "text" and m in arrays:
             _text_flags(out, m, mod, arrays[m], masks[m], schema.stats.get(m) or {})
             continue
