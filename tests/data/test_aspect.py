@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 import medfuse
-from medfuse.core.inputs import Modality, aspect_note
+from medfuse.core.inputs import Modality, fit_note
 from medfuse.core.package import read_meta
 from medfuse.core.spec import parse_spec
 from medfuse.data import load_spec_data
@@ -133,14 +133,14 @@ def test_an_input_resized_from_other_proportions_is_flagged(package: Path, tmp_p
     assert all("width/height 4.00" in " ".join(f) for f in both.batch.flags)
 
 
-def test_aspect_note_needs_a_record_and_a_resize() -> None:
+def test_fit_note_needs_a_record_and_a_resize() -> None:
     m = Modality("image", "image", (1, 16, 16), channels=1, size=(16, 16), aspect=(1.0, 1.0))
-    assert aspect_note((1, 16, 20), m) == ""  # 1.25: within the margin
-    assert "width/height 1.50" in aspect_note((1, 16, 24), m)
-    assert "width/height 0.67" in aspect_note((1, 24, 16), m)
-    assert aspect_note((1, 16, 16), m) == ""  # already the model's size: not resized here
+    assert fit_note((1, 16, 20), m) == ""  # 1.25: within the margin
+    assert "width/height 1.50" in fit_note((1, 16, 24), m)
+    assert "width/height 0.67" in fit_note((1, 24, 16), m)
+    assert fit_note((1, 16, 16), m) == ""  # already the model's size: not resized here
     unrecorded = Modality("image", "image", (1, 16, 16), channels=1, size=(16, 16))
-    assert aspect_note((1, 16, 64), unrecorded) == ""  # an older package, or not from files
+    assert fit_note((1, 16, 64), unrecorded) == ""  # an older package, or not from files
 
 
 def test_evaluate_counts_the_rows_with_an_imputed_value(package: Path, capsys) -> None:

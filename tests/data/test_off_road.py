@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 
 from medfuse.core.errors import DataError
-from medfuse.core.readers import read_image
+from medfuse.core.readers import read_image, read_signal
 from medfuse.core.readers.base import file_scale
 from medfuse.core.spec import ModalitySpec, parse_spec
 from medfuse.data import load_spec_data
-from medfuse.data.examples import write_dicom, write_png
+from medfuse.data.examples import write_csv_signal, write_dicom, write_png
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +208,76 @@ def test_a_modality_the_model_never_trained_without_is_flagged_when_missing(
     assert stats["image"]["trained_without"] is False
     rows = pred.predict_table([{"image": "", "age": 50}], on_bad_row="missing")
     assert "image: missing, and the model never trained without it" in str(rows[0]["flags"])
+
+
+# ---- signals: invalid samples, records longer than the model reads, a lead off ---------------
+
+
+def _ecg(root: Path, i: int, seconds: float = 2.0, fs: float = 100.0) -> np.ndarray:
+    t = np.arange(int(seconds * fs)) / fs
+    return np.stack([np.sin(2 * np.pi * (1 + i % 2) * t), 0.5 * np.cos(2 * np.pi * t)]).astype(
+        np.float32
+    )
+
+
+@pytest.fixture(scope="module")
+def signal_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny two-lead (I, II) 100 Hz, 2 s CSV-signal + age package fit on a table."""
+    import medfuse
+
+    root = tmp_path_factory.mktemp("sigpkg")
+    for i in range(N):
+        write_csv_signal(root / "sig" / f"{i}.csv", _ecg(root, i), 100.0, ["I", "II"])
+    df = pd.DataFrame(
+        {
+            "ecg": [f"sig/{i}.csv" for i in range(N)],
+            "age": [40 + (i * 7) % 30 for i in range(N)],
+            "label": [i % 2 for i in range(N)],
+            "split": [SPLITS[i % 5] for i in range(N)],
+        }
+    )
+    df.to_csv(root / "cases.csv", index=False)
+    over = ["train.epochs=1", "train.batch_size=8", "branches.signal.width=4"]
+    res = medfuse.fit(
+        root / "cases.csv", "label", "1", out=root / "pkg", overrides=over, verbose=False,
+        device="cpu", progress=False,
+    )  # fmt: skip
+    return Path(res.package)
+
+
+def test_a_lead_mostly_invalid_is_refused_not_invented(tmp_path: Path) -> None:
+    """With a sampling rate (which a table of agreeing files always gets), NaN samples were
+    interpolated: a lead with no valid sample became 0, a 75% gap the edge values, and the
+    record was predicted on without a word."""
+    x = _ecg(tmp_path, 0).astype(np.float64)
+    gap = x.copy()
+    gap[:, :150] = np.nan  # 75% of both leads
+    blank = x.copy()
+    blank[1] = np.nan  # lead II: nothing valid
+    few = x.copy()
+    few[:, 10:30] = np.nan  # 10%: interpolated, as before
+    for name, sig in (("gap", gap), ("blank", blank), ("few", few)):
+        write_csv_signal(tmp_path / f"{name}.csv", sig, 100.0, ["I", "II"])
+    for name, share in (("gap", "75%"), ("blank", "100%")):
+        with pytest.raises(DataError, match=f"has {share} of its 200 samples invalid"):
+            read_signal(tmp_path / f"{name}.csv", rate=100.0)
+    got = read_signal(tmp_path / "few.csv", rate=100.0)
+    assert np.isfinite(got).all() and got.shape == (2, 200)
+
+
+def test_a_long_record_and_a_lead_off_are_flagged(signal_package: Path, tmp_path: Path) -> None:
+    """A 20 s record given to a 2 s model was scored on its middle 2 s with no flag; a lead of
+    zeros beside a live one was flagged only when every lead was zero."""
+    import medfuse
+
+    pred = medfuse.load(signal_package)
+    write_csv_signal(tmp_path / "ok.csv", _ecg(tmp_path, 1), 100.0, ["I", "II"])
+    write_csv_signal(tmp_path / "long.csv", _ecg(tmp_path, 1, seconds=20.0), 100.0, ["I", "II"])
+    off = _ecg(tmp_path, 1)
+    off[1] = 0.0
+    write_csv_signal(tmp_path / "off.csv", off, 100.0, ["I", "II"])
+    rows = [{"ecg": str(tmp_path / f"{n}.csv"), "age": 50} for n in ("ok", "long", "off")]
+    flags = [r["flags"] for r in pred.predict_table(rows)]
+    assert not flags[0], flags
+    assert "holds 2000 samples and the model reads its middle 200 (2 s of 20 s)" in flags[1]
+    assert "lead II is 0 throughout" in flags[2]

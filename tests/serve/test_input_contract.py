@@ -512,7 +512,7 @@ def test_a_signal_mostly_zero_padding_is_flagged(tmp_path: Path) -> None:
     assert b.flags[2] == ["ecg: every sample is 0 in every lead (no signal)"]
     seq = Modality("ecg", "signal", (4, 2, 50), channels=2, length=50, sequence=4)
     x = np.zeros((4, 2, 50), np.float32)
-    x[0, 1, :30] = 1.0  # 30 of 200 samples, in the first window
+    x[0, :, :30] = 1.0  # 30 of 200 samples, in the first window (both leads)
     got = coerce([{"ecg": x}], Schema({"ecg": seq})).flags[0]
     assert got == [
         "ecg: the record fills 30 of the 200 samples the model reads; the rest is zero padding"

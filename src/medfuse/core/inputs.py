@@ -390,11 +390,14 @@ def _fit(x: np.ndarray, m: Modality) -> np.ndarray:
 ASPECT_MARGIN = 1.25
 
 
-def aspect_note(shape: tuple[int, ...], m: Modality) -> str:
-    """Why an image of ``shape`` (before it was fitted) is distorted by its resizing to the
-    model's size: its width / height lies beyond its data's files' (``Modality.aspect``) by
-    more than :data:`ASPECT_MARGIN`; ``""`` when it does not, was not resized, or the package
-    recorded no proportions (not a manifest of files, or trained before this)."""
+def fit_note(shape: tuple[int, ...], m: Modality) -> str:
+    """What fitting a file's or array's sample of ``shape`` to the model's shape did to it that
+    the model's output does not show: an image whose width / height lies beyond its data's
+    files' (``Modality.aspect``) by more than :data:`ASPECT_MARGIN` is stretched; a signal over
+    :data:`CROPPED_SHARE` longer than the model reads is centre-cropped (most of it unseen).
+    ``""`` when neither (an image not resized, or of a package that recorded no proportions)."""
+    if m.kind == "signal" and m.length and len(shape) >= 2:
+        return _crop_note(int(shape[-1]), m)
     if m.kind != "image" or not m.aspect or not m.size or len(shape) < 2:
         return ""
     h, w = int(shape[-2]), int(shape[-1])
@@ -412,8 +415,24 @@ def aspect_note(shape: tuple[int, ...], m: Modality) -> str:
     )
 
 
+#: a signal record longer than the model reads by more than this share of itself is flagged:
+#: its middle alone is read (``fit_signal``), most of it unseen (as PADDED_SHARE for shorter)
+CROPPED_SHARE = 0.5
+
+
+def _crop_note(held: int, m: Modality) -> str:
+    reads = int(m.length or 0) * int(m.sequence or 1)
+    if not reads or held - reads <= CROPPED_SHARE * held:
+        return ""
+    secs = f" ({reads / float(m.rate):.3g} s of {held / float(m.rate):.3g} s)" if m.rate else ""
+    return (
+        f"{m.name}: the record holds {held} samples and the model reads its middle {reads}"
+        f"{secs}; the rest is not seen: give the part to read, or train on longer windows"
+    )
+
+
 def _read_path(path: Path, m: Modality) -> tuple[np.ndarray, str]:
-    """A file's sample, fitted, and :func:`aspect_note` of what it held."""
+    """A file's sample, fitted, and :func:`fit_note` of what it held."""
     # lazy: keeps the torch-free core's import light
     from medfuse.core.readers import read_fitted
     from medfuse.core.readers.base import file_scale, same_scale, scale_refusal
@@ -425,14 +444,14 @@ def _read_path(path: Path, m: Modality) -> tuple[np.ndarray, str]:
         found = file_scale(path, m) if was else ""
         if found and not same_scale(was, found):
             raise _Bad(scale_refusal(str(path), m.name, was, found, m.kind))
-        return np.asarray(x, np.float32), aspect_note(raw, m)
+        return np.asarray(x, np.float32), fit_note(raw, m)
     except DataError as err:
         raise _Bad(str(err)) from None
     except MemoryError:
         raise _Bad(f"{path}: the file is too large to decode") from None
 
 
-def _npy_signal(data: bytes, what: str, m: Modality) -> np.ndarray:
+def _npy_signal(data: bytes, what: str, m: Modality) -> tuple[np.ndarray, str]:
     """An ``.npy`` signal is an array in a file, fitted as an array is: it has no lead names and
     no sampling rate, so its rows are the model's leads in the model's order, sampled at the
     model's rate (nothing is picked by name or resampled). Images keep their reader (a numeric
@@ -445,7 +464,7 @@ def _npy_signal(data: bytes, what: str, m: Modality) -> np.ndarray:
     except DataError as err:
         raise _Bad(f"{what}: {err}") from None
     try:
-        return _fit(x, m)
+        return _fit(x, m), fit_note(x.shape, m)
     except InputError as err:
         raise _Bad(f"{what}: {err.msg}") from None
 
@@ -456,7 +475,7 @@ def _plain_name(name: str) -> bool:
 
 def _read_upload(up: Upload, m: Modality) -> tuple[np.ndarray, str]:
     if up.suffix == ".npy" and m.kind == "signal":
-        return _npy_signal(up.data, "the uploaded .npy file", m), ""
+        return _npy_signal(up.data, "the uploaded .npy file", m)
     name = up.name or f"upload{up.suffix}"
     for n in (name, *(c for c, _ in up.companions)):
         if not _plain_name(n):
@@ -493,7 +512,7 @@ def _tensor_value(
     v: Any, m: Modality, base: Path, roots: tuple[Path, ...] | None = None
 ) -> tuple[np.ndarray, str]:
     """An image/signal value (path, upload, bytes or array) as one fitted, finite sample, and
-    :func:`aspect_note` of what it held before it was fitted. ``roots``: the folders a file path
+    :func:`fit_note` of what it held before it was fitted. ``roots``: the folders a file path
     must lie in (a manifest's paths), None for no limit."""
     note = ""
     if isinstance(v, bytes | bytearray):
@@ -507,7 +526,7 @@ def _tensor_value(
                 data = p.read_bytes()
             except OSError as err:
                 raise _Bad(f"{p}: cannot be read ({err.strerror})") from None
-            x = _npy_signal(data, str(p), m)
+            x, note = _npy_signal(data, str(p), m)
         else:
             x, note = _read_path(p, m)
     elif isinstance(v, Mapping):
@@ -515,7 +534,7 @@ def _tensor_value(
     else:
         given = _as_array(v, m.kind)
         x = _fit(given, m)
-        note = aspect_note(given.shape, m)
+        note = fit_note(given.shape, m)
         unwindowed = _unwindowed(x, m)
         if unwindowed:
             raise _Bad(unwindowed)
@@ -840,7 +859,7 @@ def _from_batched(d: Mapping[str, Any], ctx: _Ctx, default_id: str) -> Batch:
                     f"arrays of shape {x.shape}; expected (N, {', '.join(map(str, mod.shape))})",
                     (None, m),
                 )
-            note = aspect_note(x.shape[1:], mod)
+            note = fit_note(x.shape[1:], mod)
             try:
                 x = (
                     np.stack([_fit(s, mod) for s in x])
@@ -1319,7 +1338,7 @@ def plausibility(
     model reads), or zero throughout. Any modality: missing where the model never trained
     without it (``trained_without``). (An image resized from other proportions than the
     training files' is flagged where it is read, the only place that sees its shape:
-    :func:`aspect_note`.)"""
+    :func:`fit_note`.)"""
     n = len(next(iter(masks.values()))) if masks else 0
     out: list[list[str]] = [[] for _ in range(n)]
     for m, mod in schema.modalities.items():
@@ -1454,11 +1473,22 @@ def _padding_flags(
 ) -> None:
     """:func:`plausibility`'s flags of a signal modality: a record shorter than the model reads
     is zero-padded at its end (``fit_signal``); one whose padding is over
-    :data:`PADDED_SHARE` of it, or that is zero in every lead throughout, is named."""
+    :data:`PADDED_SHARE` of it, or that is zero in every lead throughout, is named; so is a
+    lead that is zero throughout beside others that are not (a lead off)."""
     present = np.flatnonzero(np.asarray(mask) > 0)
     if not len(present):
         return
-    held, total = signal_fill(np.asarray(x)[present], bool(mod.sequence))
+    xs = np.asarray(x)[present]
+    # (N, C, T), or (N, S, C, T) with sequence: a lead with no non-zero sample anywhere
+    flat_leads = ~(xs != 0).any(axis=(1, 3) if mod.sequence else 2)
+    names = list(mod.leads or [])
+    for k in np.flatnonzero(flat_leads.any(axis=1) & ~flat_leads.all(axis=1)):
+        off = [names[c] if c < len(names) else f"{c + 1}" for c in np.flatnonzero(flat_leads[k])]
+        out[present[k]].append(
+            f"{m}: lead {', '.join(off)} is 0 throughout (a lead off, or a lead the file lacks "
+            "filled with 0?)"
+        )
+    held, total = signal_fill(xs, bool(mod.sequence))
     rate = float(mod.rate) if mod.rate else None
     for k in np.flatnonzero(total - held > PADDED_SHARE * total):
         if not held[k]:

@@ -274,15 +274,34 @@ def _pick(path: Path, names: list[str], leads: list[str] | None) -> list[int]:
     return idx
 
 
+#: a lead with more of its samples invalid (NaN: WFDB's invalid value, an empty CSV cell) than
+#: this share is refused: what interpolation would fill in is more invention than record
+MAX_INVALID_SHARE = 0.5
+
+
 def _fill_nan(x: np.ndarray) -> np.ndarray:
-    """Linear interpolation over NaN samples (WFDB invalid samples) so filters do not spread them."""
-    if not np.isnan(x).any():
+    """Linear interpolation over NaN samples (WFDB invalid samples) so filters do not spread
+    them; a lead over :data:`MAX_INVALID_SHARE` invalid (or with none valid) is refused: it was
+    filled with its edge values or 0 and predicted on as a record."""
+    bad_all = np.isnan(x)
+    if not bad_all.any():
         return x
+    share = bad_all.mean(axis=1)
+    over = np.flatnonzero(share > MAX_INVALID_SHARE)
+    if len(over):
+        c = int(over[0])
+        raise DataError(
+            f"lead {c + 1} of {x.shape[0]} (in the order read) has {share[c]:.0%} of its "
+            f"{x.shape[1]} samples invalid (NaN, empty, or WFDB's invalid value); over "
+            f"{MAX_INVALID_SHARE:.0%} filled in by interpolation would be invented: drop the "
+            "record (data.on_bad_row: missing) or leave that lead out (the modality's leads)"
+        )
     x = x.copy()
     t = np.arange(x.shape[1])
     for c in range(x.shape[0]):
-        bad = np.isnan(x[c])
-        x[c, bad] = np.interp(t[bad], t[~bad], x[c, ~bad]) if (~bad).any() else 0.0
+        bad = bad_all[c]
+        if bad.any():
+            x[c, bad] = np.interp(t[bad], t[~bad], x[c, ~bad])
     return x
 
 
