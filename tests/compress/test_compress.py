@@ -468,3 +468,25 @@ def test_teacher_views_full_masked_probe(tiny_package, tmp_path):
         medfuse.compress.distill(
             tiny_package, student=student, out=tmp_path / "z", device="cpu", teacher_view="half"
         )
+
+
+def test_prune_keeps_the_packages_operating_point_rule(tiny_package, tmp_path):
+    """A package whose threshold ``calibrate --threshold-method sensitivity`` set was pruned to
+    one at Youden's J (the spec's method) without a word."""
+    from medfuse.report.calibration import calibrate_package
+
+    cal = tmp_path / "sens"
+    calibrate_package(tiny_package, out=cal, threshold_method="sensitivity", target=0.9)
+    assert read_meta(cal)["threshold"]["method"] == "sensitivity"
+    res = prune(cal, out=tmp_path / "p", amount=0.3, finetune_epochs=0)
+    thr = read_meta(res.package)["threshold"]
+    assert thr["method"] == "sensitivity" and thr["target"] == 0.9
+    assert res.record["threshold"]["before"]["method"] == "sensitivity"
+    assert "package's own rule (sensitivity, target 0.9)" in res.record["threshold"]["note"]
+
+
+def test_prune_refuses_an_int8_package(quantized, tmp_path):
+    """Pruning an INT8 package gave an fp32 one named ``...-int8-pruned``, its "before" the
+    fp32 weights rather than the INT8 model the source deploys."""
+    with pytest.raises(SpecError, match="INT8 package.*Prune its fp32 source, then quantize"):
+        prune(quantized, out=tmp_path / "p", amount=0.3, finetune_epochs=0)

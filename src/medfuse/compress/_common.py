@@ -21,6 +21,7 @@ from medfuse.core.package import (
     package_out,
     write_package,
 )
+from medfuse.core.spec import Spec
 from medfuse.data import DataBundle, Split
 from medfuse.inference import helpers
 from medfuse.inference.package import Package
@@ -35,6 +36,25 @@ WEIGHT_BOUND_KEYS = ("runtime", "exports", "verification")
 def package_data(pkg: Package, data_dir: str | Path | None = None) -> DataBundle:
     """The package's own data source, loaded exactly as ``medfuse evaluate`` loads it."""
     return helpers.package_data(pkg.spec, pkg.meta, data_dir)
+
+
+def package_threshold(spec: Spec, meta: dict[str, Any]) -> Spec:
+    """``spec`` with the package's own operating-point rule (``meta['threshold']``: its method,
+    target, a fixed value), which ``medfuse calibrate --threshold-method`` may have changed from
+    the spec's: a model derived from the package and re-fitted chooses its threshold as the
+    package did (a screening point at sensitivity 0.95 was re-chosen by Youden's J)."""
+    rec = meta.get("threshold") or {}
+    method = rec.get("method")
+    if spec.task.type != "binary" or method not in (
+        "youden",
+        "sensitivity",
+        "specificity",
+        "fixed",
+    ):
+        return spec
+    upd: dict[str, Any] = {"method": method, "target": rec.get("target")}
+    upd["value"] = rec.get("value") if method == "fixed" else None
+    return spec.model_copy(update={"threshold": spec.threshold.model_copy(update=upd)})
 
 
 def eval_split(bundle: DataBundle) -> tuple[str, Split]:

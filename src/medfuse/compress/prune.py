@@ -39,6 +39,7 @@ from medfuse.compress._common import (
     eval_split,
     now,
     package_data,
+    package_threshold,
     source_info,
     summary,
     write_derived,
@@ -46,6 +47,7 @@ from medfuse.compress._common import (
 from medfuse.compress.measure import count_macs
 from medfuse.core.errors import PackageError, SpecError
 from medfuse.core.package import WEIGHTS
+from medfuse.core.predictor import deployed_onnx
 from medfuse.core.spec import Spec, parse_spec
 from medfuse.distributed.strategies import start_session
 from medfuse.inference.helpers import resolve_device, to_tensors
@@ -321,6 +323,13 @@ def prune(
             "Distill the ensemble into one model (medfuse distill, the ensemble as teacher) and "
             "prune that, or train with ensemble: 1",
         )
+    if deployed_onnx(meta):  # its "before" and its name would be of a model it does not deploy
+        raise SpecError(
+            "package",
+            f"{package} is an INT8 package (medfuse quantize): it deploys model.onnx, and pruning "
+            "works on weights, which would give an fp32 model named and compared as the INT8 "
+            "one. Prune its fp32 source, then quantize the result (quantization comes last)",
+        )
     seed = int(spec.train.seed if seed is None else seed)
     bundle = package_data(pkg, data_dir)
     stats = meta["preprocessing"]
@@ -343,6 +352,7 @@ def prune(
         new_spec, per_branch = spec, {}
         masks = prune_unstructured(model, amount)
 
+    new_spec = package_threshold(new_spec, meta)  # its threshold re-chosen as the package chose
     lr = float(finetune_lr or spec.train.lr * FINETUNE_LR_SCALE)
     ft: dict[str, Any] = {"epochs": int(finetune_epochs), "lr": lr, "stage": "end_to_end"}
     if finetune_epochs > 0:  # the fit pipeline, from the pruned weights and the source's stats
@@ -429,6 +439,14 @@ def prune(
     )
     if temp0 != 1.0:
         record["calibration_reset"] = "the source's temperature no longer applies; reset to 1.0"
+    record["threshold"] = {
+        "before": meta.get("threshold"),
+        "after": thr,
+        "note": "re-chosen on val for the pruned model by the package's own rule "
+        f"({new_spec.threshold.method}"
+        + (f", target {new_spec.threshold.target}" if new_spec.threshold.target else "")
+        + ")",
+    }
     path = write_derived(
         pkg,
         out,
