@@ -458,7 +458,14 @@ def test_teacher_views_full_masked_probe(tiny_package, tmp_path):
         progress=False,
         teacher_view="probe",
     )
-    assert read_meta(res.package)["compression"][0]["settings"]["teacher_view"] == "probe"
+    rec = read_meta(res.package)["compression"][0]
+    assert rec["settings"]["teacher_view"] == "probe"
+    assert "the auxiliary head of the student's one modality" in rec["settings"]["soft_targets"]
+    # "before" is the teacher as it decides (all its modalities; it was the probe's metrics,
+    # and auroc_retained their ratio); the view its soft targets came from is named beside it
+    whole = medfuse.evaluate(tiny_package, device="cpu")["auroc"]
+    assert rec["metrics"]["before"]["auroc"] == pytest.approx(whole, abs=1e-6)
+    assert rec["metrics"]["teacher_view_metrics"]["auroc"] != pytest.approx(whole, abs=1e-6)
     two = {"branches": {"signal": {"type": "cnn1d"}, "tabular": {"type": "mlp"}}}
     with pytest.raises(SpecError, match="ONE modality"):
         medfuse.compress.distill(
@@ -490,3 +497,10 @@ def test_prune_refuses_an_int8_package(quantized, tmp_path):
     fp32 weights rather than the INT8 model the source deploys."""
     with pytest.raises(SpecError, match="INT8 package.*Prune its fp32 source, then quantize"):
         prune(quantized, out=tmp_path / "p", amount=0.3, finetune_epochs=0)
+
+
+def test_distill_refuses_an_int8_teacher(quantized, tmp_path):
+    """An INT8 teacher was read as its fp32 weights: targets and "before" of another model."""
+    student = {"branches": {"signal": {"type": "cnn1d", "width": 4, "depth": 2}}}
+    with pytest.raises(SpecError, match="INT8 package.*Distill from its fp32 source"):
+        medfuse.compress.distill(quantized, student=student, out=tmp_path / "kd", device="cpu")

@@ -33,6 +33,7 @@ from torch.nn import functional as F
 
 from medfuse.compress._common import check_fraction, check_out, delta, now, source_info, summary
 from medfuse.core.errors import SpecError, not_allowed
+from medfuse.core.predictor import deployed_onnx
 from medfuse.core.spec import Spec, apply_overrides, complete_spec, load_spec_dict, parse_spec
 from medfuse.data import DataBundle, Split, load_data, own_tokenizers
 from medfuse.distributed.strategies import start_session
@@ -217,6 +218,14 @@ def student_reading(reading: dict[str, dict[str, Any]], spec: Spec) -> dict[str,
     return out
 
 
+#: what a teacher sees under each ``teacher_view``, as the record says it
+VIEW_TEXT = {
+    "full": "all its modalities",
+    "masked": "only the student's modalities (the others absent, mask 0)",
+    "probe": "the auxiliary head of the student's one modality",
+}
+
+
 def view_logits(p: Package, split: Split, view: str, s_mods: list[str]) -> np.ndarray:
     """Teacher ``p``'s logits on ``split`` as ``view`` says (``full``, ``masked``, ``probe``)."""
 
@@ -262,6 +271,15 @@ def distill(
         raise SpecError("teachers", "give at least one teacher package")
     check_out(out, *paths)
     pkgs: list[Package] = [load_package(p, device="cpu") for p in paths]
+    for path, p in zip(paths, pkgs, strict=True):
+        if deployed_onnx(p.meta):  # its soft targets and "before" would be of other weights
+            raise SpecError(
+                "teacher",
+                f"{path} is an INT8 package (medfuse quantize): it deploys model.onnx, and a "
+                "teacher is read as weights, so its targets and its row in the record would "
+                "come from a model it does not deploy. Distill from its fp32 source (quantize "
+                "the student afterwards: quantization comes last)",
+            )
     first = pkgs[0].spec
     for p in pkgs[1:]:
         s = p.spec
@@ -350,18 +368,24 @@ def distill(
     # teacher's threshold lives on that scale), mean probability, its own threshold(s)
     temps = [p.info.calibration.temperature for p in pkgs]
 
-    def ensemble_metrics(split: str) -> dict[str, Any]:
+    def ensemble_metrics(logits: list[np.ndarray]) -> dict[str, Any]:
         probs = np.mean(
-            [
-                probabilities(task, lg, t)
-                for lg, t in zip(teacher_logits[split], temps, strict=True)
-            ],
-            axis=0,
+            [probabilities(task, lg, t) for lg, t in zip(logits, temps, strict=True)], axis=0
         )
         thr_t = float(np.mean([p.info.threshold.value for p in pkgs]))
-        return compute_metrics(task, getattr(bundle, split).y, probs, thr_t, labels)
+        return compute_metrics(task, ev_split.y, probs, thr_t, labels)
 
-    teacher_eval = summary(ensemble_metrics(split_name))
+    # "before" is the teacher as it decides: every one of its modalities (its soft targets may
+    # have come from another view of it, reported beside it, named)
+    full = (
+        teacher_logits[split_name]
+        if teacher_view == "full"
+        else [view_logits(p, ev_split, "full", s_mods) for p in pkgs]
+    )
+    teacher_eval = summary(ensemble_metrics(full))
+    view_eval = (
+        None if teacher_view == "full" else summary(ensemble_metrics(teacher_logits[split_name]))
+    )
     student_eval = summary(metrics[split_name])
     t_params = sum(count_parameters(p.model) for p in pkgs)
     s_params = count_parameters(model)
@@ -392,7 +416,8 @@ def distill(
             "loss": "alpha*T^2*KD(student/T, teacher/T) + (1-alpha)*task loss (+ auxiliary heads)",
             "ensemble": "mean of the teachers' temperature-softened probabilities",
             "soft_targets": "computed once on the student's training samples; each teacher sees "
-            "all its modalities, normalised with its own statistics, without augmentation",
+            + VIEW_TEXT[teacher_view]
+            + ", normalised with its own statistics, without augmentation",
             "seed": spec.train.seed,
         },
         "student": {"modalities": s_mods, "parameters": s_params},
@@ -404,7 +429,15 @@ def distill(
             "after": student_eval,
             "delta": delta(teacher_eval, student_eval),
             "auroc_retained": retained,
-            "note": "before = the teacher (ensemble), after = the student",
+            "note": "before = the teacher (ensemble) as it decides, every modality it has; "
+            "after = the student"
+            + (
+                f"; teacher_view_metrics = the teacher as its soft targets saw it "
+                f"({teacher_view}: {VIEW_TEXT[teacher_view]})"
+                if view_eval is not None
+                else ""
+            ),
+            **({"teacher_view_metrics": view_eval} if view_eval is not None else {}),
         },
         "command": command,
     }
