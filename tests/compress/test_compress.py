@@ -504,3 +504,17 @@ def test_distill_refuses_an_int8_teacher(quantized, tmp_path):
     student = {"branches": {"signal": {"type": "cnn1d", "width": 4, "depth": 2}}}
     with pytest.raises(SpecError, match="INT8 package.*Distill from its fp32 source"):
         medfuse.compress.distill(quantized, student=student, out=tmp_path / "kd", device="cpu")
+
+
+def test_http_explain_of_an_int8_package_says_what_it_explains(quantized):
+    """/v1/explain on an INT8 package answered from the fp32 weights (its prediction differs
+    from /v1/predict's INT8 one) with only runtime 'torch' to hint at it."""
+    from fastapi.testclient import TestClient
+
+    from medfuse.serve.app import create_app
+
+    c = TestClient(create_app(quantized))
+    body = {"instances": [{"tabular": {"age": 50}}], "steps": 4, "pictures": False}
+    r = c.post("/v1/explain", json=body)
+    assert r.status_code == 200, r.text
+    assert "fp32 weights" in r.json()["explained_model"]["note"]

@@ -273,6 +273,15 @@ def test_openapi_schema_says_what_the_contract_accepts(client: TestClient) -> No
         "/v1/explain", {"instances": [{"tabular": {"age": 50}}], "steps": 8.0, "pictures": False}
     )
     assert r.status_code == 200, r.text  # an integer, as JSON Schema has it
+    got = r.json()
+    # a binary model's explained class is its positive class, labels[1] (index said 0)
+    assert got["explanations"][0]["explained"] == {
+        **got["explanations"][0]["explained"],
+        "label": "positive",
+        "index": 1,
+    }
+    assert got["explained_model"]["file"] == "model.safetensors"
+    assert "note" not in got["explained_model"]  # fp32: what /v1/predict runs too
     for bad in ({"steps": True}, {"steps": "8"}, {"pictures": 0}, {"target": "negative"}):
         r = post("/v1/explain", {"instances": [{"tabular": {"age": 50}}], **bad})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"][:2] == [

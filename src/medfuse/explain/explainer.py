@@ -265,7 +265,9 @@ class Explainer:
                     },
                     "explained": {
                         "class": label,
-                        "index": k,
+                        # the class's place in labels (binary: 1, the positive class, whose
+                        # single logit is explained; it said 0, the negative class's place)
+                        "index": 1 if self.task == "binary" else k,
                         "probability": prob,
                         "logit": float(lg[i, 0 if self.task == "binary" else k]),
                     },
@@ -438,7 +440,7 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "sample"
 
 
-def _explained_model(pred: Any) -> dict[str, Any]:
+def explained_model(pred: Any) -> dict[str, Any]:
     """The model the attributions are of (they need its gradients: the weights, in PyTorch);
     for an INT8 package, which deploys its INT8 ``model.onnx``, a note saying so."""
     out = dict(pred.scored)
@@ -562,7 +564,7 @@ def explain_file(
             "shapley": f"{SHAPLEY_SCALE} of the explained class (logit values beside)",
         },
         "modalities": {m: s.kind for m, s in ex.modalities.items()},
-        "model": _explained_model(pred),
+        "model": explained_model(pred),
         "on_bad_row": on_bad_row,
         "samples": samples,
         "not_explained": not_explained,

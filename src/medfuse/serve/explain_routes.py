@@ -33,7 +33,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 
 from medfuse.core.decision import NONFINITE
 from medfuse.core.errors import DataError, SpecError
-from medfuse.explain.explainer import Explainer, finite_or_none
+from medfuse.explain.explainer import Explainer, explained_model, finite_or_none
 from medfuse.serve.app import add_routes, extension
 from medfuse.serve.schemas import ErrorDetail, Prediction
 from medfuse.serve.service import InputError
@@ -115,6 +115,11 @@ class Explanation(_Closed):
 class ExplainResponse(_Closed):
     model: str
     runtime: str = Field(description="always 'torch': explanations need gradients")
+    explained_model: dict[str, str] = Field(
+        description="the model the attributions and the prediction here are of: its file and "
+        "precision; for an INT8 package (whose /v1/predict runs model.onnx) a note that these "
+        "are of its fp32 weights"
+    )
     explanations: list[Explanation]
 
 
@@ -244,7 +249,12 @@ def install(app: FastAPI) -> None:
                     "pictures": {k: _data_uri(v) for k, v in pics.items()},
                 }
             )
-        return {"model": service.name, "runtime": "torch", "explanations": out}
+        return {
+            "model": service.name,
+            "runtime": "torch",
+            "explained_model": {k: str(v) for k, v in explained_model(pred).items()},
+            "explanations": out,
+        }
 
     add_routes(app, router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
