@@ -495,14 +495,14 @@ def test_prune_keeps_the_packages_operating_point_rule(tiny_package, tmp_path):
 def test_prune_refuses_an_int8_package(quantized, tmp_path):
     """Pruning an INT8 package gave an fp32 one named ``...-int8-pruned``, its "before" the
     fp32 weights rather than the INT8 model the source deploys."""
-    with pytest.raises(SpecError, match="INT8 package.*Prune its fp32 source, then quantize"):
+    with pytest.raises(SpecError, match=r"INT8 package.*Prune its fp32 source, then quantize"):
         prune(quantized, out=tmp_path / "p", amount=0.3, finetune_epochs=0)
 
 
 def test_distill_refuses_an_int8_teacher(quantized, tmp_path):
     """An INT8 teacher was read as its fp32 weights: targets and "before" of another model."""
     student = {"branches": {"signal": {"type": "cnn1d", "width": 4, "depth": 2}}}
-    with pytest.raises(SpecError, match="INT8 package.*Distill from its fp32 source"):
+    with pytest.raises(SpecError, match=r"INT8 package.*Distill from its fp32 source"):
         medfuse.compress.distill(quantized, student=student, out=tmp_path / "kd", device="cpu")
 
 

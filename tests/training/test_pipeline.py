@@ -171,6 +171,30 @@ def test_resume_refuses_a_changed_spec_and_records_allowed_overrides(tiny_spec, 
     assert meta["spec"]["train"]["epochs"] == 2
 
 
+def test_resume_refuses_another_ranking_or_fewer_epochs_than_trained(tiny_spec, tmp_path) -> None:
+    """A resume allowed to change train.early_stopping compared the new metric's scores with the
+    checkpoint's best of the old one (a loss of 1.9 never beat an AUROC of 0.775: the package
+    kept the old epoch, its record said loss); one allowed fewer epochs than trained wrote a
+    spec of 1 epoch holding the weights of 2."""
+    spec = copy.deepcopy(tiny_spec)
+    spec["train"].update(epochs=4, keep="best", early_stopping={"metric": "auroc", "patience": 9})
+    out = tmp_path / "p"
+    with pytest.raises(KeyboardInterrupt):  # in epoch 3's end: the checkpoint holds 2
+        train(spec, out=out, device="cpu", progress=False, on_epoch=_crash_after(3))
+    by_loss = copy.deepcopy(spec)
+    by_loss["train"]["early_stopping"] = {"metric": "loss", "patience": 9}
+    with pytest.raises(SpecError, match=r"ranked its epochs by val_auroc.*ranks by val_loss"):
+        train(by_loss, out=out, device="cpu", progress=False, resume=True,
+              resume_overrides=["train.early_stopping"])  # fmt: skip
+    fewer = copy.deepcopy(spec)
+    fewer["train"]["epochs"] = 1
+    with pytest.raises(SpecError, match=r"has trained 2 epochs; this spec asks for 1"):
+        train(fewer, out=out, device="cpu", progress=False, resume=True,
+              resume_overrides=["train.epochs"])  # fmt: skip
+    # refused: the work directory still resumes with the spec it was trained with
+    assert train(spec, out=out, device="cpu", progress=False, resume=True).package.exists()
+
+
 def test_resume_of_an_unchanged_spec_needs_no_override(tiny_spec, tmp_path) -> None:
     out = tmp_path / "p"
     with pytest.raises(KeyboardInterrupt):

@@ -724,6 +724,8 @@ def coerce(
         )
         return b
     if hasattr(samples, "to_dict") and hasattr(samples, "columns") and hasattr(samples, "iloc"):
+        # a column named twice: to_dict keeps its last (training's reader, its first)
+        refuse_duplicate_columns(where or "the DataFrame", samples.columns)
         rows = samples.to_dict(orient="records")  # a DataFrame: one sample per row
         ctx = _Ctx(schema, on_bad_row, base, where or "", unseen, lambda i: f" row {i}")
         cols = [str(c) for c in samples.columns]
@@ -1331,8 +1333,8 @@ def plausibility(
     flags). Tabular: a value below the training minimum or above its maximum. Images and
     signals: the sample's 1st/99th percentile beyond the training 0.5/99.5 percentiles by more
     than half their span, or its mean beyond the training means by as much (a 0-255 image for
-    a model trained on 0-1); or its span (largest less least value) under half the least span
-    of a training sample (a blank image, 8-bit values in a 16-bit file). Text: one that fills
+    a model trained on 0-1); or its span (largest less least value) under half the 1st
+    percentile of the training samples' (a blank image, 8-bit values in a 16-bit file). Text: one that fills
     every token the model reads (a longer one is cut there), or with a larger share of unknown
     words than the training texts had. Signals: a record mostly zero padding (shorter than the
     model reads), or zero throughout. Any modality: missing where the model never trained
@@ -1406,7 +1408,7 @@ def plausibility(
         for k in np.flatnonzero(~off & (contrast < least / 2)):
             out[present[k]].append(
                 f"{m}: values {np.nanmin(flat2[k]):.4g}..{np.nanmax(flat2[k]):.4g} span "
-                f"{contrast[k]:.4g}, under half the least span of a training sample "
+                f"{contrast[k]:.4g}, under half the 1st percentile of the training samples' spans "
                 f"({least:.4g}): blank, or values on another scale (e.g. 8-bit values in a 16-bit "
                 "file)?"
             )

@@ -79,7 +79,7 @@ def fit_stats(
 def fit_ranges(x: np.ndarray, mask: np.ndarray, kind: str) -> dict[str, Any] | None:
     """What plausibility checks compare against, from the training split: tabular per-column
     min/max; images and signals value percentiles (0.5, 99.5), the range of sample means and
-    the least sample contrast (its largest value less its least)."""
+    the 1st percentile of the samples' spans (largest value less least)."""
     present = np.asarray(x)[np.asarray(mask) > 0]
     if present.shape[0] == 0:
         return None
@@ -133,8 +133,10 @@ def ranges_of(
         "p99_5": float(hi),
         "mean_min": float(means.min()),
         "mean_max": float(means.max()),
-        # a sample flatter than half the least of these is flagged (core.inputs.plausibility)
-        "contrast_min": float(contrasts.min()) if contrasts.size else 0.0,
+        # a sample flatter than half of this is flagged (core.inputs.plausibility): the 1st
+        # percentile of the training samples' spans, so one blank training image does not
+        # turn the flag off
+        "contrast_min": float(np.percentile(contrasts, 1)) if contrasts.size else 0.0,
     }
 
 

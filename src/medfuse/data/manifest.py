@@ -60,19 +60,20 @@ def named_column(df: pd.DataFrame, names: tuple[str, ...]) -> str | None:
 
 
 def split_column(df: pd.DataFrame, options: dict[str, Any]) -> str:
-    """The column assigning each row its split: ``data.options.split_column`` as given, else
-    the column named ``split`` in any case or spacing (``Split``, ``SPLIT``: a split column
-    spelled so was an input feature, and the split drawn by the seed, without a word); ``split``
-    when there is none (the split is then drawn)."""
-    if "split_column" in options:
-        return str(options["split_column"])
-    found = [str(c) for c in df.columns if str(c).strip().lower() == "split"]
+    """The column assigning each row its split: ``data.options.split_column`` (default
+    ``split``), in any case or spacing (``Split``, ``SPLIT``: a split column spelled so was an
+    input feature, and the split drawn by the seed, without a word; an external CSV's ``split``
+    is a package's recorded ``Split``); the name itself when there is none (the split is then
+    drawn)."""
+    name = str(options.get("split_column", "split"))
+    key = name.strip().lower()
+    found = [str(c) for c in df.columns if str(c).strip().lower() == key]
     if len(found) > 1:
         raise DataError(
-            f"columns {', '.join(map(repr, found))} are each named like the split column; keep "
-            "one, or name the one to use in data.options.split_column"
+            f"columns {', '.join(map(repr, found))} are each named like the split column "
+            f"{name!r}; keep one"
         )
-    return found[0] if found else "split"
+    return found[0] if found else name
 
 
 def patient_column(

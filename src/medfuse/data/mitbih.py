@@ -39,6 +39,7 @@ import pandas as pd
 from medfuse.core.errors import DataError, SpecError, did_you_mean
 from medfuse.core.paths import file_state
 from medfuse.core.readers.base import reader_versions
+from medfuse.core.readers.medical import fill_invalid
 from medfuse.core.spec import ModalitySpec
 from medfuse.data import DATASETS, DataBundle, Split, default_data_root
 
@@ -88,7 +89,7 @@ DEFAULTS: dict[str, Any] = {
     "train_fraction": None,  # e.g. {N: 0.3}: keep a seeded random fraction of a class in training
     "cache": True,
 }
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: invalid samples by the readers' rule (fill_invalid), not set to 0
 
 
 # -- caching shared with the other ECG datasets ------------------------------------------------
@@ -226,7 +227,10 @@ def extract_record(
         )
     fs_in = float(rec.fs)
     x = np.asarray(rec.p_signal[:, rec.sig_name.index(lead)], dtype=np.float64)
-    x = np.nan_to_num(x, nan=0.0)
+    try:  # invalid samples: the one rule of the signal readers (a lead mostly invalid: refused)
+        x = fill_invalid(x[None], [lead])[0]
+    except DataError as err:
+        raise DataError(f"{path}: {err}") from None
     x = _resample(_bandpass(x, fs_in, band), fs_in, float(fs))
 
     symbols = np.asarray(ann.symbol)

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from medfuse.core.errors import DataError, SpecError, did_you_mean
+from medfuse.core.readers.medical import fill_invalid
 from medfuse.core.spec import ModalitySpec
 from medfuse.data import DATASETS, DataBundle, Split
 from medfuse.data.mitbih import cached_arrays
@@ -108,7 +109,10 @@ def _read_signals(folder: Path, files: list[str], leads: list[str], length: int)
         x = np.asarray(rec.p_signal, np.float32)[:, _lead_index(rec.sig_name, leads, str(path))].T
         if x.shape[1] != length:
             raise DataError(f"{path}: {x.shape[1]} samples, expected {length} (10 s)")
-        out[i] = np.nan_to_num(x, nan=0.0)
+        try:  # invalid samples: the one rule of the signal readers (a lead mostly invalid: refused)
+            out[i] = fill_invalid(x, list(leads))
+        except DataError as err:
+            raise DataError(f"{path}: {err}") from None
     return out
 
 

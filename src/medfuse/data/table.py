@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from medfuse.core.errors import DataError, SpecError, did_you_mean
+from medfuse.core.errors import DataError, SpecError, did_you_mean, refuse_duplicate_columns
 from medfuse.core.readers import read_image, read_signal
 from medfuse.core.readers.base import SIGNAL_LAYOUTS, suffix_of
 from medfuse.core.spec import DEFAULT_BRANCH, apply_overrides, parse_spec
@@ -367,6 +367,7 @@ def _isnum(v: str) -> bool:
 def read_table(table: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, Path | None]:
     """The table and its CSV file (None for a DataFrame)."""
     if isinstance(table, pd.DataFrame):
+        refuse_duplicate_columns("the DataFrame", table.columns)
         return table.reset_index(drop=True), None
     path = Path(table).expanduser()
     if not path.exists():

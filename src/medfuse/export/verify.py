@@ -502,13 +502,13 @@ def _split_reference(
     root: Path, meta: dict[str, Any], split: str, data_dir: str | Path | None
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, str]:
     """Raw inputs of a whole split and the PyTorch (fp32, CPU) reference logits on them."""
-    from medfuse.data import load_spec_data  # lazy: [train] (pandas), only for data-derived inputs
-    from medfuse.inference.package import load_package  # lazy: torch, optional for verify
+    # lazy: torch and the data stack, optional for verify
+    from medfuse.inference.helpers import package_data
+    from medfuse.inference.package import load_package
 
     pkg = load_package(root, device="cpu")
     spec = pkg.spec
-    bundle = load_spec_data(spec, data_dir, preprocessing=meta.get("preprocessing"))
-    data = bundle.split(split)
+    data = package_data(spec, meta, data_dir, split=split).split(split)
     raw = {m: np.asarray(a, np.float32) for m, a in data.arrays.items()}
     masks = {m: np.asarray(k, np.float32) for m, k in data.masks.items()}
     feeds = feeds_from_raw(meta, raw, masks)
@@ -536,10 +536,10 @@ def build_verification(
     meta, spec = package.meta, package.spec
     modalities = modalities_from_meta(meta)
     try:
-        # lazy: [train] (pandas), only for data-derived inputs
-        from medfuse.data import load_spec_data
+        # lazy: torch and the data stack, only for data-derived inputs
+        from medfuse.inference.helpers import package_data
 
-        bundle = load_spec_data(spec, data_dir, preprocessing=meta.get("preprocessing"))
+        bundle = package_data(spec, meta, data_dir, split="val")
         raw, masks, idx = select_samples(
             bundle.val.arrays, bundle.val.masks, modalities, n=n, seed=seed
         )

@@ -9,6 +9,7 @@ training loop are trainer callbacks (``medfuse.training.callbacks``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -719,11 +720,14 @@ def run_fit(
     if torch.device(session.device).type == "cpu":
         tune_malloc()
     changed: list[str] = []
+    previous: str | None = None  # the checkpoint's spec record, put back if the resume is refused
     if workdir is not None:
         if session.resume(resume):  # asked, or a torchrun restart: its data checked as well
             changed = check_resume(
                 spec, workdir, resume_overrides, session, bundle.info.get("fingerprint")
             )
+            with contextlib.suppress(OSError):
+                previous = (workdir / RUN_SPEC).read_text()
         elif resume_overrides:
             raise SpecError("--resume-override", "is for --resume only")
         if session.rank == 0:
@@ -742,12 +746,21 @@ def run_fit(
     fit = FitContext(session, train_t, val_t, resume, progress, on_epoch, list(callbacks or []))
     fit.usage = rank_usage(bundle, session.rank)
     members = None
-    if spec.ensemble == 1:
-        fitted, stages, init_record = fit_member(spec, fit, workdir, model=model)
-    else:
-        if model is not None or workdir is None:
-            raise SpecError("ensemble", "an ensemble is fitted from its spec, in a work directory")
-        fitted, stages, init_record, members = fit_ensemble(spec, fit, workdir)
+    try:
+        if spec.ensemble == 1:
+            fitted, stages, init_record = fit_member(spec, fit, workdir, model=model)
+        else:
+            if model is not None or workdir is None:
+                raise SpecError(
+                    "ensemble", "an ensemble is fitted from its spec, in a work directory"
+                )
+            fitted, stages, init_record, members = fit_ensemble(spec, fit, workdir)
+    except SpecError:
+        # a checkpoint the trainer refused to resume (another ranking, fewer epochs, another
+        # architecture): its work directory keeps the spec it was trained with
+        if previous is not None and workdir is not None and session.rank == 0:
+            (workdir / RUN_SPEC).write_text(previous)
+        raise
     out = FitOutcome(spec, fitted, stats, stages=stages, init_record=init_record, members=members)
     out.resume_overrides = changed
     out.ranks = fit.ranks

@@ -313,6 +313,35 @@ class Trainer:
             return "val_loss"
         return f"val_{key} (mean over branches)" if stage == "branches" else f"val_{key}"
 
+    def _selection(self, stage: str) -> dict[str, Any]:
+        es = self.spec.train.early_stopping
+        return {"metric": self.selection_metric(stage), "keep": self.spec.train.keep,
+                "maximize": bool(es is None or es.maximize)}  # fmt: skip
+
+    def _check_selection(self, run: StageRun, ckpt: dict[str, Any]) -> None:
+        """A resumed stage must rank epochs as the checkpoint did (its best epoch and score were
+        kept by that ranking: a loss compared with an AUROC picks an epoch by neither), and have
+        at least the epochs the checkpoint already trained (its weights are of a later epoch
+        than the spec would say)."""
+        was, now = ckpt.get("selection"), self._selection(run.name)
+        if was is not None and was != now:
+            raise SpecError(
+                "train.early_stopping",
+                f"the checkpoint of stage {run.name!r} ranked its epochs by {was['metric']} "
+                f"(keep: {was['keep']}; best so far epoch {int(ckpt['best_epoch']) + 1}, "
+                f"{float(ckpt['best_score']):.4g}); this spec ranks by {now['metric']} (keep: "
+                f"{now['keep']}), whose scores cannot be compared with that best: keep the "
+                "checkpoint's metric and keep to resume, or start without --resume",
+            )
+        done = int(ckpt["epoch"])
+        if run.epochs < done:
+            raise SpecError(
+                "train.epochs",
+                f"the checkpoint of stage {run.name!r} has trained {done} epochs; this spec asks "
+                f"for {run.epochs}, fewer than it already has: give at least {done}, or start "
+                "without --resume",
+            )
+
     def score(self, stage: str, metrics: dict[str, Any]) -> tuple[float, str]:
         """The early-stopping metric on validation (for `branches`, the mean over branches), and
         its name (``val_loss`` where the metric is undefined, e.g. AUROC with one class)."""
@@ -520,6 +549,7 @@ class Trainer:
             aux_mode,
         )
         if ckpt is not None:
+            self._check_selection(run, ckpt)
             opt.load_state_dict(ckpt["optimizer"])
             run.sched.load_state_dict(ckpt["scheduler"])
             g_aug.set_state(ckpt["g_aug"])
@@ -844,6 +874,9 @@ class Trainer:
             "best_epoch": run.best_epoch,
             "bad": run.bad,
             "best_state": run.best_state,
+            # what ranked the epochs: a resume that ranks by another metric or keeps another
+            # way must not compare its scores with best_score (check_selection)
+            "selection": self._selection(run.name),
             "history": self.history,
             "stage_results": self.stage_results,
         }

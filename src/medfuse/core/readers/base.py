@@ -338,8 +338,10 @@ def _pil(path: Path, *, window: Window = None) -> np.ndarray:
     from PIL import Image, ImageOps  # lazy: Pillow, only when an image file is read
 
     with Image.open(path) as im:
-        frames = int(getattr(im, "n_frames", 1) or 1)
-        if frames > 1:  # a z-stack or animation: its first frame alone was read, without a word
+        # a z-stack or animation: its first frame alone was read, without a word (a phone's MPO
+        # JPEG holds its photo first and a depth or gain map after it: the photo is the image)
+        frames = int(getattr(im, "n_frames", 1) or 1) if im.format != "MPO" else 1
+        if frames > 1:
             raise DataError(
                 f"{path}: holds {frames} pages/frames; a {path.suffix} file is read as one "
                 "image: save the page to use as its own file, or give a stack as DICOM or NIfTI "

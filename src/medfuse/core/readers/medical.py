@@ -93,6 +93,18 @@ def _stored_range(ds: object) -> np.ndarray:
     return np.array([0, 2**bits - 1], np.int64)
 
 
+def _own_window(ds: object) -> bool:
+    """Whether a DICOM carries its own VOI LUT or window (what ``window: 'file'`` applies)."""
+    return "VOILUTSequence" in ds or "WindowCenter" in ds  # type: ignore[operator]
+
+
+def _colour(ds: object) -> bool:
+    """A colour DICOM (RGB or palette): display levels, divided by their bit depth whatever the
+    window."""
+    photometric = str(getattr(ds, "PhotometricInterpretation", "") or "").upper()
+    return int(getattr(ds, "SamplesPerPixel", 1) or 1) == 3 or photometric == "PALETTE COLOR"
+
+
 def _to_unit(x: np.ndarray, ds: object, window: Window) -> np.ndarray:
     """Modality values -> [0, 1]: pydicom's VOI LUT / windowing, divided by its output range;
     ``'unit'`` (or ``'file'`` without a VOI LUT or window in the file): the fraction of the
@@ -101,7 +113,7 @@ def _to_unit(x: np.ndarray, ds: object, window: Window) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing
 
     w = numeric_window(window)
-    has_voi = "VOILUTSequence" in ds or "WindowCenter" in ds  # type: ignore[operator]
+    has_voi = _own_window(ds)
     probe = np.array([-1e300, 1e300])  # below and above any window: its output range
     if w is not None:
         ds.WindowCenter, ds.WindowWidth = w  # type: ignore[attr-defined]
@@ -186,8 +198,7 @@ def _dicom_scale(path: Path) -> str:
         ) from None
     modality = str(ds.get("Modality", "") or "").strip().upper() or "unknown-modality"
     bits = int(ds.get("BitsStored", 0) or ds.get("BitsAllocated", 0) or 16)
-    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
-    if int(ds.get("SamplesPerPixel", 1) or 1) == 3 or photometric == "PALETTE COLOR":
+    if _colour(ds):
         return f"DICOM colour display levels ({bits}-bit)"
     rescale = str(ds.get("RescaleType", "") or "").strip().upper()
     if modality == "CT" and rescale in ("", "HU"):
@@ -214,7 +225,9 @@ def _dicom_window_scale(path: Path) -> str:
         raise DataError(
             f"{path}: cannot read the DICOM header ({type(err).__name__}: {err})"
         ) from None
-    if "VOILUTSequence" in ds or "WindowCenter" in ds:
+    if _colour(ds):  # read by its bit depth under any window: as a PNG is
+        return ""
+    if _own_window(ds):
         return "the DICOM's own window (window: file)"
     return "no DICOM window: its stored bit range (window: file falls back to 'unit')"
 
@@ -279,7 +292,7 @@ def _pick(path: Path, names: list[str], leads: list[str] | None) -> list[int]:
 MAX_INVALID_SHARE = 0.5
 
 
-def _fill_nan(x: np.ndarray) -> np.ndarray:
+def fill_invalid(x: np.ndarray, names: list[str] | None = None) -> np.ndarray:
     """Linear interpolation over NaN samples (WFDB invalid samples) so filters do not spread
     them; a lead over :data:`MAX_INVALID_SHARE` invalid (or with none valid) is refused: it was
     filled with its edge values or 0 and predicted on as a record."""
@@ -290,11 +303,13 @@ def _fill_nan(x: np.ndarray) -> np.ndarray:
     over = np.flatnonzero(share > MAX_INVALID_SHARE)
     if len(over):
         c = int(over[0])
+        lead = repr(names[c]) if names and c < len(names) else f"{c + 1} of {x.shape[0]}"
         raise DataError(
-            f"lead {c + 1} of {x.shape[0]} (in the order read) has {share[c]:.0%} of its "
-            f"{x.shape[1]} samples invalid (NaN, empty, or WFDB's invalid value); over "
-            f"{MAX_INVALID_SHARE:.0%} filled in by interpolation would be invented: drop the "
-            "record (data.on_bad_row: missing) or leave that lead out (the modality's leads)"
+            f"lead {lead} has {share[c]:.0%} of its {x.shape[1]} samples invalid (NaN, empty, or "
+            f"WFDB's invalid value); over {MAX_INVALID_SHARE:.0%} filled in by interpolation "
+            "would be invented: leave the record out (in training data.on_bad_row: missing, in "
+            "prediction --on-bad-row missing: the modality is then missing), or leave the lead "
+            "out (the modality's leads)"
         )
     x = x.copy()
     t = np.arange(x.shape[1])
@@ -327,17 +342,19 @@ def _check_resampled_size(channels: int, samples: float, fs: float, rate: float)
         )
 
 
-def resample(x: np.ndarray, fs: float, rate: float) -> np.ndarray:
+def resample(x: np.ndarray, fs: float, rate: float, names: list[str] | None = None) -> np.ndarray:
     """Polyphase resampling ``(C, T)`` from ``fs`` to ``rate`` Hz (anti-aliased); invalid
     (NaN) samples are interpolated first, also when the record is already at ``rate``, so a
     record's gaps do not depend on the rate it was stored at."""
     if abs(fs - rate) < 1e-9 * rate:
-        return _fill_nan(x)
+        return fill_invalid(x, names)
     _check_resampled_size(x.shape[0], x.shape[1], fs, rate)
     from scipy.signal import resample_poly  # lazy: scipy (with wfdb in [medical]), only to resample
 
     frac = Fraction(rate / fs).limit_denominator(1000)
-    out = resample_poly(_fill_nan(x.astype(np.float64)), frac.numerator, frac.denominator, axis=1)
+    out = resample_poly(
+        fill_invalid(x.astype(np.float64), names), frac.numerator, frac.denominator, axis=1
+    )
     return out.astype(np.float32)
 
 
@@ -433,7 +450,7 @@ def _wfdb(path: Path, *, leads: list[str] | None = None, rate: float | None = No
     for c, unit in enumerate(rec.units or []):
         x[c] *= _TO_MV.get(str(unit).strip().lower(), 1.0)
     if rate:
-        x = resample(x, float(rec.fs), float(rate))
+        x = resample(x, float(rec.fs), float(rate), [names[c] for c in channels])
     return np.ascontiguousarray(x)
 
 
@@ -518,8 +535,8 @@ def _csv_signal(
         raise DataError(f"{path}: the time column must increase strictly")
     step = float(np.median(dt))
     if np.abs(dt - step).max() <= 0.01 * step:  # regular: proper anti-aliased resampling
-        return resample(x, 1.0 / step, float(rate))
+        return resample(x, 1.0 / step, float(rate), [names[i] for i in idx])
     _check_resampled_size(x.shape[0], len(t), (len(t) - 1) / (t[-1] - t[0]), rate)  # irregular
     grid = t[0] + np.arange(int(np.floor((t[-1] - t[0]) * rate)) + 1) / rate
-    x = _fill_nan(x)
+    x = fill_invalid(x, [names[i] for i in idx])
     return np.stack([np.interp(grid, t, ch) for ch in x]).astype(np.float32)
