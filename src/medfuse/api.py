@@ -223,7 +223,33 @@ def evaluation_record(
     if rows is not None:
         rows["empty_splits"] = list(bundle.info.get("empty_splits") or [])
         out["data_rows"] = rows
+    if out["data_check"].get("same") is not False and (used := used_in_fitting(pred, split)):
+        out["optimistic"] = used
     return out
+
+
+def used_in_fitting(pred: Predictor, split: str) -> str | None:
+    """What the package's fitting took from ``split`` of its own data, so that its metrics
+    there are optimistic (``None`` for test, the held-out split): train fitted the weights;
+    val chose the kept epoch (``train.keep: best``), the threshold and the temperature."""
+    if split == "train":
+        return "the model was fitted on the train split: its metrics there are optimistic"
+    if split != "val":
+        return None
+    meta = pred.meta
+    chose = []
+    if pred.spec.train.keep == "best":
+        chose.append("the kept epoch (train.keep: best)")
+    if (meta.get("threshold") or {}).get("chosen_on") == "val":
+        chose.append("the threshold")
+    if (meta.get("calibration") or {}).get("method", "none") != "none":
+        chose.append("the temperature (medfuse calibrate)")
+    if not chose:
+        return None
+    return (
+        f"the val split chose {', '.join(chose)}: its metrics are optimistic; the test split "
+        "is the held-out estimate"
+    )
 
 
 def rows_evaluated(splits: dict[str, Any] | None, split: str, n: int) -> dict[str, Any] | None:

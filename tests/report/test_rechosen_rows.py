@@ -88,3 +88,18 @@ def test_evaluate_with_cis_reads_and_scores_the_split_once(
     alone = evaluate(tiny_package, threshold=out["threshold"])
     for k in ("auroc", "sensitivity", "branches", "without"):
         assert json.loads(json.dumps(alone[k])) == out[k], k
+
+
+def test_evaluating_the_split_that_chose_the_threshold_says_it_is_optimistic(
+    tiny_package: Path, capsys
+) -> None:
+    """``evaluate --split val`` printed its table under the same header as test, though val
+    chose the threshold (and with keep: best, the epoch)."""
+    from medfuse.api import evaluate
+
+    assert "optimistic" not in evaluate(tiny_package)
+    val = evaluate(tiny_package, split="val")
+    assert "the val split chose" in val["optimistic"] and "the threshold" in val["optimistic"]
+    assert "fitted on the train split" in evaluate(tiny_package, split="train")["optimistic"]
+    assert main(["evaluate", str(tiny_package), "--split", "val", "--no-ci"]) == 0
+    assert "optimistic:" in capsys.readouterr().err

@@ -155,3 +155,26 @@ def test_class_weights_balanced_and_sqrt() -> None:
     yb = np.array([0] * 80 + [1] * 20)
     assert float(TaskLoss("binary", yb, class_weights="sqrt").weight) == pytest.approx(2.0)
     assert TaskLoss("binary", yb).weight.numel() == 0  # none
+
+
+def test_a_threshold_chosen_on_little_or_inseparable_validation_is_cautioned() -> None:
+    """Youden's J on one positive and one negative the model ranked the wrong way round gave
+    0.2, recorded as chosen on val, and every test case was called positive without a word."""
+    from medfuse.core.spec import parse_spec
+    from medfuse.training.metrics import threshold_caution
+    from medfuse.training.pipeline import threshold_for
+
+    y, p = np.array([0, 1]), np.array([0.6, 0.4])
+    why = threshold_caution(y, p, "youden")
+    assert "1 positive and 1 negative" in why and "AUROC 0.000" in why
+    assert threshold_caution(y, p, "fixed") is None
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 20)
+    assert threshold_caution(y, y * 0.5 + rng.random(40) * 0.4, "youden") is None
+    spec = parse_spec(
+        {"data": {"source": "synthetic"}, "task": {"type": "binary"},
+         "modalities": {"t": {"kind": "tabular", "columns": ["a"]}},
+         "branches": {"t": {"type": "mlp"}}}
+    )  # fmt: skip
+    rec = threshold_for(spec, np.array([0, 1]), np.array([0.6, 0.4]))
+    assert rec["chosen_on"] == "val" and "does not separate" in rec["caution"]

@@ -232,6 +232,10 @@ def _data_lines(m: dict[str, Any]) -> None:
         c.print(escape(scored_text(m["model"])))
         if (m.get("missing_values") or {}).get("rows"):  # column names: the user's words
             c.print(escape(f"data: {missing_text(m['missing_values'])}"))
+    if m.get("optimistic"):  # the split chose the epoch, threshold or temperature, or fitted
+        from rich.markup import escape  # lazy: as console()
+
+        c.print("[bold yellow]optimistic:[/] " + escape(m["optimistic"]))
     chk = m.get("data_check") or {}
     if chk.get("same") is True:
         c.print("data: the same as recorded in the package for this split")

@@ -31,6 +31,7 @@ from medfuse.training.metrics import (
     compute_metrics,
     ece,
     probabilities,
+    threshold_caution,
     top_label_ece,
 )
 
@@ -228,6 +229,9 @@ def calibrate_package(
                 "chosen_on": "val",
                 "calibrated": True,
             }
+            if caution := threshold_caution(bundle.val.y, p_val, threshold_method):
+                log.warning("threshold (%s): %s", threshold_method, caution)
+                thr["caution"] = caution
         thr["value_before_calibration"] = old
     meta = read_meta(package)
     meta_new = {**meta, "calibration": record, "threshold": thr}

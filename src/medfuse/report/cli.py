@@ -151,6 +151,10 @@ def print_evaluation(ev: Evaluation) -> None:
         f"bootstrap resamples of {b['unit']} (seed {b['seed']}); n/a: too few of a class; "
         f"threshold {thr['value']:.4f} ({thr.get('method')}, {thr.get('source', 'package')})"
     )
+    if thr.get("caution"):  # chosen on few validation samples, or on a model that did not separate
+        from rich.markup import escape  # lazy: as console()
+
+        c.print(f"[bold yellow]threshold caution:[/] {escape(thr['caution'])}")
     pm = s.get("per_modality")
     if pm:
         t = Table(title="per modality")

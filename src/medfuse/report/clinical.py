@@ -38,6 +38,7 @@ from medfuse.training.metrics import (
     compute_metrics,
     paired_subsets,
     probabilities,
+    threshold_caution,
 )
 from medfuse.training.pipeline import SplitScores, score_split
 
@@ -135,7 +136,9 @@ def operating_point(
     if val is None:
         raise SpecError("threshold.method", "re-choosing a threshold needs a validation split")
     v = choose_threshold(val.y, val.p, method, target, value)
+    caution = threshold_caution(val.y, val.p, method)
     return {
+        **({"caution": caution} if caution else {}),
         "method": method,
         "target": target,
         "value": v,

@@ -76,6 +76,43 @@ def choose_threshold(
     return float(thr[ok[-1]]) if len(ok) else float(thr[0])
 
 
+#: an operating point chosen on fewer validation samples of a class than this is cautioned
+MIN_OPERATING_CLASS = 5
+
+
+def threshold_caution(y: np.ndarray, p: np.ndarray, method: str) -> str | None:
+    """Why an operating point chosen on validation (``method`` not ``fixed``) deserves little
+    trust, or ``None``: fewer than :data:`MIN_OPERATING_CLASS` samples of a class (another
+    split would move it), or a model that does not separate the validation classes (AUROC at
+    most 0.5: every cut is as good as another, and the one taken is arbitrary; Youden's J put it
+    where every test case was called positive)."""
+    if method == "fixed":
+        return None
+    y = np.asarray(y).astype(int).ravel()
+    p = np.asarray(p, float).ravel()
+    pos, neg = int((y == 1).sum()), int((y == 0).sum())
+    why = []
+    if min(pos, neg) < MIN_OPERATING_CLASS:
+        why.append(
+            f"it was chosen on {pos} positive and {neg} negative validation samples, few enough "
+            "that another split would move it"
+        )
+    if pos and neg:
+        auroc = _safe(skm.roc_auc_score, y, p)
+        if auroc <= 0.5:
+            why.append(
+                f"the model does not separate the validation classes (AUROC {auroc:.3f}): every "
+                "threshold is as good as another on them, so this one is arbitrary"
+            )
+    if not why:
+        return None
+    return (
+        "; ".join(why)
+        + ": check it on more data (medfuse evaluate --threshold-method on a larger val split, "
+        "or set threshold: {method: fixed, value: ...})"
+    )
+
+
 def check_operating_data(y: np.ndarray, method: str, labels: list[str] | None = None) -> None:
     """Refuse to choose an operating point (``method``: youden, sensitivity, specificity) on
     validation samples of one class: any threshold would be as good on them, and the one

@@ -48,6 +48,7 @@ from medfuse.training.metrics import (
     compute_metrics,
     paired_subsets,
     probabilities,
+    threshold_caution,
 )
 from medfuse.training.trainer import CHECKPOINT, HISTORY, Trainer
 
@@ -514,7 +515,11 @@ def threshold_for(spec: Spec, y_val: np.ndarray, p_val: np.ndarray) -> dict[str,
         fixed = t.method == "fixed" and t.value is not None
         return {"method": "fixed", "value": float(t.value) if fixed else 0.5}
     value = choose_threshold(y_val, p_val, t.method, t.target, t.value)
-    return {"method": t.method, "target": t.target, "value": value, "chosen_on": "val"}
+    out = {"method": t.method, "target": t.target, "value": value, "chosen_on": "val"}
+    if caution := threshold_caution(y_val, p_val, t.method):
+        log.warning("threshold (%s, %.4g): %s", t.method, value, caution)
+        out["caution"] = caution
+    return out
 
 
 @dataclass
