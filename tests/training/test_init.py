@@ -106,3 +106,26 @@ def test_resume_needs_the_checkpoint_not_the_source_package(
     # without the checkpoint, the missing source is an error again
     with pytest.raises(SpecError, match="cannot load"):
         train(spec, out=tmp_path / "c", device="cpu", progress=False, resume=True)
+
+
+def test_init_refuses_a_branch_whose_inputs_mean_something_else(tiny_spec, tiny_package) -> None:
+    """train.init copied a tabular branch into a spec listing the same columns in another order
+    (same shapes): its first layer multiplied one column by another's weights, and froze them,
+    without a word."""
+    from medfuse.core.spec import InitSpec, parse_spec
+    from medfuse.inference.package import load_package
+    from medfuse.models import build_model
+    from medfuse.training.init import init_from_package
+
+    src = load_package(tiny_package).spec.to_dict()
+    cols = src["modalities"]["tabular"]["columns"]
+    perm = copy.deepcopy(src)
+    perm["modalities"]["tabular"]["columns"] = cols[::-1]
+    spec = parse_spec(perm)
+    for modules in (["branches.tabular"], ["branches"]):
+        init = InitSpec(package=str(tiny_package), modules=modules)
+        with pytest.raises(SpecError, match=r"tabular\.columns: .* there, .* here"):
+            init_from_package(build_model(spec), init, spec)
+    same = parse_spec(src)  # the same inputs: copied
+    init = InitSpec(package=str(tiny_package), modules=["branches.tabular"])
+    assert init_from_package(build_model(same), init, same)["tensors"] > 0

@@ -13,14 +13,47 @@ from medfuse.core.package import WEIGHTS
 from medfuse.inference.package import load_package
 
 if TYPE_CHECKING:
-    from medfuse.core.spec import InitSpec
+    from medfuse.core.spec import InitSpec, Spec
+
+#: what a modality's inputs mean, element by element: a branch copied across a difference in
+#: these multiplies one input by the weights learned for another
+INPUT_MEANING = ("kind", "columns", "leads", "channels", "sequence")
 
 #: the init record, kept in the training work directory so that ``--resume`` needs only the
 #: checkpoint, not the source package
 INIT_RECORD = "init.json"
 
 
-def init_from_package(model: torch.nn.Module, init: InitSpec) -> dict[str, Any]:
+def _check_inputs(s_prefix: str, d_prefix: str, src: Spec, dst: Spec | None, where: str) -> None:
+    """A branch's weights copied from ``src`` (``branches.<m>``) must read inputs that mean the
+    same here: the same kind, tabular columns in the same order, the same leads in the same
+    order, channels and sequence (another image size or window is a legitimate transfer)."""
+    parts_s, parts_d = s_prefix.split("."), d_prefix.split(".")
+    if dst is None or parts_s[0] != "branches" or parts_d[0] != "branches":
+        return
+    if len(parts_s) >= 2 and len(parts_d) >= 2:  # one branch, maybe into another's place
+        pairs = [(parts_s[1], parts_d[1])]
+    else:  # every branch: each into its namesake
+        pairs = [(m, m) for m in src.modalities if m in dst.modalities]
+    differ = [
+        f"{m}.{f}: {getattr(ms, f)!r} there, {getattr(md, f)!r} here"
+        for m, n in pairs
+        if (ms := src.modalities.get(m)) is not None and (md := dst.modalities.get(n)) is not None
+        for f in INPUT_MEANING
+        if getattr(ms, f, None) != getattr(md, f, None)
+    ]
+    if differ:
+        raise SpecError(
+            f"train.init.modules.{s_prefix}",
+            f"its inputs in {where} mean something else than here ({'; '.join(differ)}): the "
+            "copied weights would read one input as another. Give the modality the source's "
+            "columns / leads in its order, or start that branch from scratch",
+        )
+
+
+def init_from_package(
+    model: torch.nn.Module, init: InitSpec, spec: Spec | None = None
+) -> dict[str, Any]:
     """Copy the tensors under ``init.modules`` (source prefix -> target prefix) from the package.
 
     The source package is verified as for prediction (checksums, strict load). Every copied tensor
@@ -36,6 +69,7 @@ def init_from_package(model: torch.nn.Module, init: InitSpec) -> dict[str, Any]:
     dst = model.state_dict()
     copied = 0
     for s_prefix, d_prefix in init.modules.items():
+        _check_inputs(s_prefix, d_prefix, src_pkg.spec, spec, str(init.package))
         keys = [k for k in src if k == s_prefix or k.startswith(s_prefix + ".")]
         if not keys:
             tops = sorted({".".join(k.split(".")[:2]) for k in src})

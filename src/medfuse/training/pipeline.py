@@ -424,7 +424,7 @@ def _init_weights(
     saved = workdir / INIT_RECORD if workdir is not None else None
     if resume and saved is not None and (saved.parent / CHECKPOINT).exists() and saved.exists():
         return json.loads(saved.read_text())  # the checkpoint has the weights
-    record = init_from_package(model, spec.train.init)
+    record = init_from_package(model, spec.train.init, spec)
     if main and saved is not None:
         saved.parent.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps(record))
