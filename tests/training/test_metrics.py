@@ -178,3 +178,15 @@ def test_a_threshold_chosen_on_little_or_inseparable_validation_is_cautioned() -
     )  # fmt: skip
     rec = threshold_for(spec, np.array([0, 1]), np.array([0.6, 0.4]))
     assert rec["chosen_on"] == "val" and "does not separate" in rec["caution"]
+
+
+def test_a_multilabel_macro_mean_says_which_labels_it_left_out() -> None:
+    """A label never positive in the split was dropped from the macro AUROC and sensitivity
+    (nanmean) but kept in accuracy and specificity, without a word."""
+    from medfuse.training.metrics import multilabel_metrics
+
+    y = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
+    p = np.array([[0.9, 0.2, 0.1], [0.1, 0.8, 0.3], [0.7, 0.6, 0.2], [0.2, 0.3, 0.1]])
+    out = multilabel_metrics(y, p, 0.5, ["A", "B", "C"])
+    assert out["macro_note"].startswith("1 of 3 labels (C) have one class only")
+    assert "macro_note" not in multilabel_metrics(y[:, :2], p[:, :2], 0.5, ["A", "B"])

@@ -232,6 +232,10 @@ def _data_lines(m: dict[str, Any]) -> None:
         c.print(escape(scored_text(m["model"])))
         if (m.get("missing_values") or {}).get("rows"):  # column names: the user's words
             c.print(escape(f"data: {missing_text(m['missing_values'])}"))
+    if m.get("macro_note"):  # multilabel: a label of one class only left out of some means
+        from rich.markup import escape  # lazy: as console()
+
+        c.print("[bold yellow]macro:[/] " + escape(m["macro_note"]))
     if m.get("optimistic"):  # the split chose the epoch, threshold or temperature, or fitted
         from rich.markup import escape  # lazy: as console()
 

@@ -233,6 +233,15 @@ def multilabel_metrics(
         for i in range(k)
     }
     out["n"] = len(y)
+    # a label with no positive (or no negative) in the split has no AUROC, AUPRC or sensitivity:
+    # those macro means leave it out, accuracy and specificity do not; said, never implied
+    undefined = [names[i] for i in range(k) if y[:, i].min() == y[:, i].max()]
+    if undefined:
+        out["macro_note"] = (
+            f"{len(undefined)} of {k} labels ({', '.join(undefined)}) have one class only in "
+            "this split: the macro AUROC and AUPRC (and sensitivity or specificity, whichever "
+            f"has no case) are over the other {k - len(undefined)}"
+        )
     return out
 
 
