@@ -615,10 +615,11 @@ def threshold_and_metrics(
     device: torch.device,
     y_val: np.ndarray,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The decision threshold chosen on validation, and the val (and test) metrics at it."""
-    val_logits, _ = predict_logits(model, val, device, bf16=spec.train.bf16)
-    thr = threshold_for(spec, y_val, probabilities(spec.task.type, val_logits))
-    metrics = {"val": split_metrics(model, spec, val, thr["value"], device)}
+    """The decision threshold chosen on validation, and the val (and test) metrics at it; each
+    split scored once (:func:`score_split`)."""
+    scored = score_split(model, spec, val, device)
+    thr = threshold_for(spec, y_val, probabilities(spec.task.type, scored.logits))
+    metrics = {"val": scores_metrics(spec, scored, thr["value"])}
     if test is not None:
         metrics["test"] = split_metrics(model, spec, test, thr["value"], device)
     return thr, metrics
