@@ -294,3 +294,30 @@ def test_a_long_record_and_a_lead_off_are_flagged(signal_package: Path, tmp_path
     assert not flags[0], flags
     assert "holds 2000 samples and the model reads its middle 200 (2 s of 20 s)" in flags[1]
     assert "lead II is 0 throughout" in flags[2]
+
+
+def test_an_older_package_flags_a_photo_it_would_have_read_unturned(
+    image_package: Path, tmp_path: Path
+) -> None:
+    """Photos are now read turned as their EXIF tag says; a package of an earlier release was
+    trained on such photos unturned, so a tagged photo given to it is flagged (it was turned
+    without a word, unlike its training photos)."""
+    import json
+
+    import medfuse
+
+    old = tmp_path / "old"
+    shutil.copytree(image_package, old)
+    meta = json.loads((old / "medfuse.json").read_text())
+    assert meta["preprocessing"]["image"].pop("exif_oriented") is True
+    (old / "medfuse.json").write_text(json.dumps(meta))
+    a = np.clip(np.random.default_rng(2).normal(120, 30, (8, 8)), 0, 255).astype(np.uint8)
+    im = Image.fromarray(a)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    Image.fromarray(a).save(tmp_path / "plain.jpg", quality=95)
+    rows = [{"image": str(tmp_path / n), "age": 50} for n in ("turned.jpg", "plain.jpg")]
+    for pkg, flagged in ((old, [True, False]), (image_package, [False, False])):
+        flags = [r["flags"] for r in medfuse.load(pkg).predict_table(rows)]
+        assert [("EXIF orientation (6)" in f) for f in flags] == flagged, (pkg, flags)

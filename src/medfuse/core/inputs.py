@@ -93,6 +93,9 @@ class Modality:
     #: the training manifest) before they were fitted (``data.aspects``); an input resized from
     #: far outside is flagged
     aspect: tuple[float, float] | None = None
+    #: the package's images were read turned as their EXIF orientation says (packages of
+    #: earlier releases read them as stored: a photo with the tag is flagged for them)
+    exif_oriented: bool = True
 
     @property
     def missing_value(self) -> float:
@@ -154,6 +157,7 @@ def modalities_from_meta(meta: dict[str, Any]) -> dict[str, Modality]:
             token_offset=int(stats.get(name, {}).get("token_offset", 0)),
             scale=scales.get(name),
             aspect=_aspect(aspects.get(name), name),
+            exif_oriented=kind != "image" or bool(stats.get(name, {}).get("exif_oriented")),
         )
     return out
 
@@ -435,7 +439,7 @@ def _read_path(path: Path, m: Modality) -> tuple[np.ndarray, str]:
     """A file's sample, fitted, and :func:`fit_note` of what it held."""
     # lazy: keeps the torch-free core's import light
     from medfuse.core.readers import read_fitted
-    from medfuse.core.readers.base import file_scale, same_scale, scale_refusal
+    from medfuse.core.readers.base import exif_orientation, file_scale, same_scale, scale_refusal
 
     try:
         x, raw = read_fitted(path, m)  # type: ignore[arg-type]
@@ -444,7 +448,14 @@ def _read_path(path: Path, m: Modality) -> tuple[np.ndarray, str]:
         found = file_scale(path, m) if was else ""
         if found and not same_scale(was, found):
             raise _Bad(scale_refusal(str(path), m.name, was, found, m.kind))
-        return np.asarray(x, np.float32), fit_note(raw, m)
+        note = fit_note(raw, m)
+        if not m.exif_oriented and (turn := exif_orientation(path)) != 1:
+            note = "; ".join(filter(None, [note, (
+                f"{m.name}: the file's EXIF orientation ({turn}) turns it, and it is read as "
+                "shown; this package is of an earlier medfuse, which read photos as stored: its "
+                "training photos with such a tag were read unturned"
+            )]))  # fmt: skip
+        return np.asarray(x, np.float32), note
     except DataError as err:
         raise _Bad(str(err)) from None
     except MemoryError:

@@ -330,6 +330,19 @@ def numeric_window(window: Window) -> tuple[float, float] | None:
 ORIENTATION = 0x0112
 
 
+def exif_orientation(path: str | Path) -> int:
+    """A Pillow image file's EXIF orientation (1: as stored; header only); 1 for other files."""
+    if suffix_of(path) not in PILLOW_SUFFIXES:
+        return 1
+    from PIL import Image  # lazy: Pillow, only when an image file is read
+
+    try:
+        with Image.open(path) as im:
+            return int(im.getexif().get(ORIENTATION, 1) or 1)
+    except Exception:  # the reader reports an unreadable file
+        return 1
+
+
 def _pil(path: Path, *, window: Window = None) -> np.ndarray:
     """Pillow: grey -> 1 channel, colour -> RGB, turned as its EXIF orientation says (a phone's
     photo is read as it is shown); a multi-page file is refused. Display images (already windowed):
