@@ -321,3 +321,32 @@ def test_an_older_package_flags_a_photo_it_would_have_read_unturned(
     for pkg, flagged in ((old, [True, False]), (image_package, [False, False])):
         flags = [r["flags"] for r in medfuse.load(pkg).predict_table(rows)]
         assert [("EXIF orientation (6)" in f) for f in flags] == flagged, (pkg, flags)
+
+
+def test_records_as_long_as_the_training_ones_are_not_flagged(tmp_path: Path) -> None:
+    """A model trained on 4 s records of which it reads 1 s: a 4 s record is what it learned
+    from (not flagged); a 20 s one is longer than any training record (flagged)."""
+    import medfuse
+
+    for i in range(N):
+        write_csv_signal(tmp_path / "sig" / f"{i}.csv", _ecg(tmp_path, i, 4.0), 100.0, ["I", "II"])
+    df = pd.DataFrame(
+        {
+            "ecg": [f"sig/{i}.csv" for i in range(N)],
+            "label": [i % 2 for i in range(N)],
+            "split": [SPLITS[i % 5] for i in range(N)],
+        }
+    )
+    df.to_csv(tmp_path / "cases.csv", index=False)
+    over = ["train.epochs=1", "train.batch_size=8", "branches.signal.width=4"]
+    res = medfuse.fit(
+        tmp_path / "cases.csv", "label", "1", out=tmp_path / "pkg", verbose=False, device="cpu",
+        progress=False, overrides=[*over, "modalities.signal.length=100"],
+    )  # fmt: skip
+    pred = medfuse.load(res.package)
+    assert pred.meta["data"]["aspects"]["signal"] == [400.0, 400.0]
+    write_csv_signal(tmp_path / "long.csv", _ecg(tmp_path, 1, 20.0), 100.0, ["I", "II"])
+    rows = [{"ecg": str(tmp_path / f)} for f in ("sig/1.csv", "long.csv")]
+    flags = [str(r["flags"]) for r in pred.predict_table(rows)]
+    assert "reads its middle" not in flags[0]
+    assert "holds 2000 samples" in flags[1] and "training records held 400..400" in flags[1]

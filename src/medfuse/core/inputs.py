@@ -89,9 +89,9 @@ class Modality:
     #: a signal's rate and leads without ``rate`` / ``leads``;
     #: ``medfuse.core.readers.base.file_scale``); a file on another is refused
     scale: str | None = None
-    #: an image modality's least and largest width / height of its data's files (every split of
-    #: the training manifest) before they were fitted (``data.aspects``); an input resized from
-    #: far outside is flagged
+    #: an image modality's least and largest width / height of its data's files (a signal's:
+    #: length in samples; every split of the training manifest) before they were fitted
+    #: (``data.aspects``); an input resized from far outside, or a record far longer, is flagged
     aspect: tuple[float, float] | None = None
     #: the package's images were read turned as their EXIF orientation says (packages of
     #: earlier releases read them as stored: a photo with the tag is flagged for them)
@@ -116,7 +116,8 @@ def _aspect(rec: Any, name: str) -> tuple[float, float] | None:
     if not ok:
         raise PackageError(
             f"medfuse.json data.aspects.{name} is {rec!r}; it must be [least, largest] "
-            "width/height of the training images, two positive numbers"
+            "width/height (images) or length (signals) of the training files, two positive "
+            "numbers"
         )
     return lo, hi
 
@@ -425,13 +426,20 @@ CROPPED_SHARE = 0.5
 
 
 def _crop_note(held: int, m: Modality) -> str:
+    """A record over :data:`CROPPED_SHARE` longer than the model reads, and (when the package
+    recorded its files' lengths) longer than its training records by more than
+    :data:`ASPECT_MARGIN`: a model trained on long records cropped alike is not flagged."""
     reads = int(m.length or 0) * int(m.sequence or 1)
     if not reads or held - reads <= CROPPED_SHARE * held:
         return ""
+    if m.aspect is not None and held <= m.aspect[1] * ASPECT_MARGIN:
+        return ""
     secs = f" ({reads / float(m.rate):.3g} s of {held / float(m.rate):.3g} s)" if m.rate else ""
+    trained = f" (the training records held {m.aspect[0]:g}..{m.aspect[1]:g})" if m.aspect else ""
     return (
         f"{m.name}: the record holds {held} samples and the model reads its middle {reads}"
-        f"{secs}; the rest is not seen: give the part to read, or train on longer windows"
+        f"{secs}{trained}; the rest is not seen: give the part to read, or train on longer "
+        "windows"
     )
 
 

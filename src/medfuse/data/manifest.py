@@ -24,7 +24,7 @@ from medfuse.core.errors import (
     refuse_duplicate_columns,
 )
 from medfuse.core.paths import require_contained
-from medfuse.core.readers import aspect_range, image_aspect, read_fitted
+from medfuse.core.readers import aspect_range, raw_extent, read_fitted
 from medfuse.core.readers.base import file_scale, mixed_scales_refusal
 from medfuse.core.spec import ModalitySpec
 from medfuse.data import DATASETS, DataBundle, Split, manifest_record
@@ -342,7 +342,7 @@ def read_rows(
         x = np.zeros((n, *m.shape), np.float32)
         mask = np.zeros(n, np.float32)
         scales: dict[str, list[int]] = {}  # each file's own scale (file_scale), one allowed
-        aspects: list[float] = []  # each image file's width / height before it was fitted
+        aspects: list[float] = []  # each file's width / height or length before it was fitted
         for i, cell in enumerate(df[col].tolist()):
             if _empty(cell):
                 continue
@@ -351,8 +351,7 @@ def read_rows(
                 x[i], raw = read_fitted(path, m)  # reader by file type, fitted to m.shape
                 scale = file_scale(path, m)  # an image's scale, a signal's rate and leads
                 mask[i] = 1.0  # read whole, as the stream pass counts a row
-                if m.kind == "image":
-                    aspects.append(image_aspect(raw))
+                aspects.append(raw_extent(raw, m.kind))
                 if scale:
                     scales.setdefault(scale, []).append(i)
             except DataError as err:

@@ -60,7 +60,7 @@ from medfuse.core.errors import DataError, SpecError
 from medfuse.core.package import sha256_file
 from medfuse.core.paths import default_data_root, file_state
 from medfuse.core.preprocess import EPS, normalize, range_step, range_subsample, ranges_of
-from medfuse.core.readers import aspect_range, files_read, image_aspect, read_fitted
+from medfuse.core.readers import aspect_range, files_read, raw_extent, read_fitted
 from medfuse.core.readers.base import file_scale, mixed_scales_refusal, reader_versions
 from medfuse.core.spec import ModalitySpec
 from medfuse.data.validate import (
@@ -77,8 +77,8 @@ log = logging.getLogger("medfuse.data")
 
 #: part of every cache's and recorded pass's key: raise it when what the readers decode or what
 #: the pass computes (statistics, ranges, hashes, checks) changes, so nothing older is reused
-CACHE_VERSION = 9  # 6: a DICOM's scale names its modality and bit depth; 7: signals'; 8: aspects;
-# 9: a DICOM's scale under window 'file' (its own window or none)
+CACHE_VERSION = 10  # 6: a DICOM's scale names its modality and bit depth; 7: signals'; 8: aspects;
+# 9: a DICOM's scale under window 'file' (its own window or none); 10: a signal's length
 VALUES = "values.npy"
 INDEX = "index.json"
 #: the recorded results of passes (statistics, values hashes), by :func:`pass_key`
@@ -566,7 +566,8 @@ class Decoded(NamedTuple):
     key: str = ""  # the file's stat key (file_key) before it was read (decoded rows)
     #: a row of the range subsample: its strided values (:class:`RangeSample`)
     sample: np.ndarray | None = None
-    #: an image file's width / height before it was fitted (decoded rows; ``image_aspect``)
+    #: a file's width / height (image) or length (signal) before it was fitted (decoded rows;
+    #: ``raw_extent``)
     aspect: float = 0.0
 
 
@@ -712,7 +713,7 @@ class _PassItems(Dataset[Any]):
             x = np.asarray(x, np.float32)
             scale = file_scale(cell, s.spec)  # an image's scale, a signal's rate and leads
             state, error = "ok", ""
-            aspect = image_aspect(raw) if s.spec.kind == "image" else 0.0
+            aspect = raw_extent(raw, s.spec.kind)
         except DataError as bad:
             x, scale, state, error = np.zeros(s.spec.shape, np.float32), "", "bad", str(bad)
             aspect = 0.0

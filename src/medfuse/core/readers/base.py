@@ -136,9 +136,20 @@ def image_aspect(shape: tuple[int, ...]) -> float:
     return float(shape[-1]) / float(shape[-2])
 
 
+def raw_extent(shape: tuple[int, ...], kind: str) -> float:
+    """What a package records of a file before it was fitted (``data.aspects``): an image's
+    width / height (:func:`image_aspect`), a signal's length in samples at the modality's rate
+    (its record is then centre-cropped or padded to ``length``); 0 for anything else."""
+    if kind == "image":
+        return image_aspect(shape)
+    if kind == "signal" and shape and shape[-1]:
+        return float(shape[-1])
+    return 0.0
+
+
 def aspect_range(aspects: list[float]) -> list[float] | None:
-    """What a package records of its image files' proportions (``data.aspects``): the least and
-    the largest width/height (:func:`image_aspect`), ``None`` for none."""
+    """What a package records of its files before they were fitted (``data.aspects``): the
+    least and the largest :func:`raw_extent`, ``None`` for none."""
     got = [a for a in aspects if a > 0]
     return [round(min(got), 4), round(max(got), 4)] if got else None
 
