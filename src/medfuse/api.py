@@ -223,6 +223,10 @@ def evaluation_record(
     if rows is not None:
         rows["empty_splits"] = list(bundle.info.get("empty_splits") or [])
         out["data_rows"] = rows
+    # the stored threshold chosen on little, or inseparable, validation data (a re-chosen one's
+    # caution comes with it: medfuse evaluate --threshold-method)
+    if threshold is None and (caution := (pred.meta.get("threshold") or {}).get("caution")):
+        out["threshold_caution"] = caution
     if out["data_check"].get("same") is not False and (used := used_in_fitting(pred, split)):
         out["optimistic"] = used
     return out

@@ -129,3 +129,20 @@ def test_init_refuses_a_branch_whose_inputs_mean_something_else(tiny_spec, tiny_
     same = parse_spec(src)  # the same inputs: copied
     init = InitSpec(package=str(tiny_package), modules=["branches.tabular"])
     assert init_from_package(build_model(same), init, same)["tensors"] > 0
+
+
+def test_init_refuses_a_head_over_modalities_in_another_order(tiny_package) -> None:
+    """The head reads the branches' features in the modalities' order: copied into a spec that
+    lists them in another order (equal widths), it read one modality's features as another's."""
+    from medfuse.core.spec import InitSpec, parse_spec
+    from medfuse.inference.package import load_package
+    from medfuse.models import build_model
+    from medfuse.training.init import init_from_package
+
+    src = load_package(tiny_package).spec.to_dict()
+    moved = copy.deepcopy(src)
+    moved["modalities"] = dict(reversed(list(src["modalities"].items())))
+    spec = parse_spec(moved)
+    init = InitSpec(package=str(tiny_package), modules=["head"])
+    with pytest.raises(SpecError, match=r"reads its modalities in the order"):
+        init_from_package(build_model(spec), init, spec)

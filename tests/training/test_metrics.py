@@ -186,7 +186,11 @@ def test_a_multilabel_macro_mean_says_which_labels_it_left_out() -> None:
     from medfuse.training.metrics import multilabel_metrics
 
     y = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
-    p = np.array([[0.9, 0.2, 0.1], [0.1, 0.8, 0.3], [0.7, 0.6, 0.2], [0.2, 0.3, 0.1]])
+    p = np.array([[0.9, 0.2, 0.1], [0.1, 0.8, 0.7], [0.7, 0.6, 0.2], [0.2, 0.3, 0.1]])
     out = multilabel_metrics(y, p, 0.5, ["A", "B", "C"])
     assert out["macro_note"].startswith("1 of 3 labels (C) have one class only")
+    two = multilabel_metrics(y[:, :2], p[:, :2], 0.5, ["A", "B"])
+    for key in ("auroc", "f1", "balanced_accuracy"):  # C counted in none (its F1 was a 0)
+        assert out[key] == pytest.approx(two[key]), key
+    assert out["accuracy"] != pytest.approx(two["accuracy"])  # over all three labels
     assert "macro_note" not in multilabel_metrics(y[:, :2], p[:, :2], 0.5, ["A", "B"])

@@ -195,6 +195,25 @@ def test_resume_refuses_another_ranking_or_fewer_epochs_than_trained(tiny_spec, 
     assert train(spec, out=out, device="cpu", progress=False, resume=True).package.exists()
 
 
+def test_resume_across_a_stage_boundary(tiny_synthetic, tmp_path) -> None:
+    """The checkpoint written when the branches stage ends holds that stage's ranking (the mean
+    over branches); a run killed before the next stage's first checkpoint resumes (it was
+    refused as ranking by another metric: a torchrun restart too)."""
+    spec = copy.deepcopy(tiny_synthetic)
+    spec["train"]["stages"] = [{"name": "branches", "epochs": 1}, {"name": "fusion", "epochs": 2}]
+
+    def crash(record: dict) -> None:
+        if record.get("stage") == "fusion":
+            raise KeyboardInterrupt("killed in the fusion stage's first epoch")
+
+    out = tmp_path / "p"
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, out=out, device="cpu", progress=False, on_epoch=crash)
+    res = train(spec, out=out, device="cpu", progress=False, resume=True)
+    stages = json.loads((res.package / "medfuse.json").read_text())["training"]["stages"]
+    assert [s["stage"] for s in stages] == ["branches", "fusion"]
+
+
 def test_resume_of_an_unchanged_spec_needs_no_override(tiny_spec, tmp_path) -> None:
     out = tmp_path / "p"
     with pytest.raises(KeyboardInterrupt):

@@ -232,6 +232,10 @@ def _data_lines(m: dict[str, Any]) -> None:
         c.print(escape(scored_text(m["model"])))
         if (m.get("missing_values") or {}).get("rows"):  # column names: the user's words
             c.print(escape(f"data: {missing_text(m['missing_values'])}"))
+    if m.get("threshold_caution"):  # chosen on little, or inseparable, validation data
+        from rich.markup import escape  # lazy: as console()
+
+        c.print("[bold yellow]threshold caution:[/] " + escape(m["threshold_caution"]))
     if m.get("macro_note"):  # multilabel: a label of one class only left out of some means
         from rich.markup import escape  # lazy: as console()
 
@@ -298,7 +302,8 @@ def setup_predict(p: argparse.ArgumentParser) -> Handler:
         from medfuse.core.package import read_meta  # lazy: as choose_runtime
         from medfuse.core.predictor import scored_model, scored_text
 
-        model = scored_model(read_meta(a.package, verify=False), runtime)
+        meta = read_meta(a.package, verify=False)
+        model = scored_model(meta, runtime)
         where = ""
         if runtime == "onnx" and a.device.startswith("cuda"):
             from medfuse.core.onnx import onnx_device  # lazy: as choose_runtime
@@ -306,6 +311,8 @@ def setup_predict(p: argparse.ArgumentParser) -> Handler:
             if onnx_device(model["precision"], a.device) == "cpu":  # OnnxPredictor's rule
                 where = f" on the CPU (not {a.device}: INT8 kernels are CPU kernels)"
         print(scored_text(model, "predictions of") + where, file=sys.stderr)
+        if caution := (meta.get("threshold") or {}).get("caution"):  # decisions at a weak threshold
+            print(f"threshold caution: {caution}", file=sys.stderr)
         try:
             # lazy: pandas (absent in the base install); streams manifests, Parquet out
             from medfuse.serve.batch import predict_stream

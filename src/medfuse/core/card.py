@@ -66,7 +66,12 @@ def model_card(meta: dict[str, Any], metrics: dict[str, Any]) -> str:
         + _ensemble_note(spec, meta),
         f"- Decision threshold: {meta['threshold']['value']:.4f} "
         f"({text(meta['threshold'].get('method'))}"
-        + (", chosen on validation)" if meta["threshold"].get("chosen_on") else ")"),
+        + (", chosen on validation)" if meta["threshold"].get("chosen_on") else ")")
+        + (
+            f"\n  - **Caution:** {text(meta['threshold']['caution'])}"
+            if meta["threshold"].get("caution")
+            else ""
+        ),
         _calibration_line(meta.get("calibration") or {}),
         "- Versions: "
         + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items() if k != "platform"),

@@ -460,8 +460,8 @@ def _read_path(path: Path, m: Modality) -> tuple[np.ndarray, str]:
         if not m.exif_oriented and (turn := exif_orientation(path)) != 1:
             note = "; ".join(filter(None, [note, (
                 f"{m.name}: the file's EXIF orientation ({turn}) turns it, and it is read as "
-                "shown; this package is of an earlier medfuse, which read photos as stored: its "
-                "training photos with such a tag were read unturned"
+                "shown; this package is of an earlier medfuse, which read photos as stored: if "
+                "its training photos carried such a tag, they were read unturned"
             )]))  # fmt: skip
         return np.asarray(x, np.float32), note
     except DataError as err:

@@ -106,6 +106,8 @@ def run_clinical_evaluate(
     # at the re-chosen operating point, when there is one: every row
     thr = s["threshold"]["value"] if a.threshold_method else None
     out = evaluation_record(ev.predictor, ev.bundle, a.split, scores, thr)
+    if s["threshold"].get("caution"):  # the stored one's, or the re-chosen one's
+        out["threshold_caution"] = s["threshold"]["caution"]
     if a.threshold_method:
         out.update({k: v["value"] for k, v in s["metrics"].items()})
         out["confusion_matrix"] = s["confusion_matrix"]
@@ -151,10 +153,6 @@ def print_evaluation(ev: Evaluation) -> None:
         f"bootstrap resamples of {b['unit']} (seed {b['seed']}); n/a: too few of a class; "
         f"threshold {thr['value']:.4f} ({thr.get('method')}, {thr.get('source', 'package')})"
     )
-    if thr.get("caution"):  # chosen on few validation samples, or on a model that did not separate
-        from rich.markup import escape  # lazy: as console()
-
-        c.print(f"[bold yellow]threshold caution:[/] {escape(thr['caution'])}")
     pm = s.get("per_modality")
     if pm:
         t = Table(title="per modality")

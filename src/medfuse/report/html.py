@@ -358,6 +358,7 @@ def _operating_point(ev: Any, ctx: dict[str, Any]) -> Section:
             f"- method <code>{esc(thr.get('method'))}</code>"
             + (f", target {esc(thr.get('target'))}" if thr.get("target") else "")
             + f"; {esc(thr.get('source', 'package'))}.</p>"
+            + (f"<p><b>Caution:</b> {esc(thr['caution'])}</p>" if thr.get("caution") else "")
         )
         rows = [
             (esc(k), ci(m.get(k)))

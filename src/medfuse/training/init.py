@@ -29,7 +29,21 @@ def _check_inputs(s_prefix: str, d_prefix: str, src: Spec, dst: Spec | None, whe
     same here: the same kind, tabular columns in the same order, the same leads in the same
     order, channels and sequence (another image size or window is a legitimate transfer)."""
     parts_s, parts_d = s_prefix.split("."), d_prefix.split(".")
-    if dst is None or parts_s[0] != "branches" or parts_d[0] != "branches":
+    if dst is None:
+        return
+    if parts_s[0] != "branches" or parts_d[0] != "branches":
+        # the head, fusion and auxiliary heads read the branches' features in the modalities'
+        # order and answer in the labels' order: both must be the same here
+        order_s, order_d = list(src.modalities), list(dst.modalities)
+        labels_s, labels_d = list(src.task.labels or []), list(dst.task.labels or [])
+        if order_s != order_d or (labels_s and labels_d and labels_s != labels_d):
+            raise SpecError(
+                f"train.init.modules.{s_prefix}",
+                f"{where} reads its modalities in the order {order_s} and answers labels "
+                f"{labels_s}; here {order_d} and {labels_d}: the copied weights would read one "
+                "modality's features, or answer one label, as another's. List the modalities "
+                "(and labels) in the source's order, or copy the branches only",
+            )
         return
     if len(parts_s) >= 2 and len(parts_d) >= 2:  # one branch, maybe into another's place
         pairs = [(parts_s[1], parts_d[1])]

@@ -216,6 +216,10 @@ def multiclass_metrics(
     }
 
 
+#: metrics a label of one class in a split has no value for (left out of the macro means)
+ONE_CLASS_UNDEFINED = ("auroc", "auprc", "f1", "balanced_accuracy", "kappa")
+
+
 def multilabel_metrics(
     y: np.ndarray,
     p: np.ndarray,
@@ -227,6 +231,9 @@ def multilabel_metrics(
     thr = np.broadcast_to(np.asarray(thresholds, float), (k,))
     per = [binary_metrics(y[:, i], p[:, i], float(thr[i])) for i in range(k)]
     names = labels or [str(i) for i in range(k)]
+    one_class = [i for i in range(k) if y[:, i].min() == y[:, i].max()]
+    for i in one_class:  # F1 0, balanced accuracy and kappa of one class: not a measurement
+        per[i].update({key: float("nan") for key in ONE_CLASS_UNDEFINED if key in per[i]})
     out: dict[str, Any] = {key: float(np.nanmean([m[key] for m in per])) for key in SUMMARY_KEYS}
     out["per_label"] = {
         names[i]: {key: per[i][key] for key in ("auroc", "auprc", "sensitivity", "specificity")}
@@ -235,12 +242,12 @@ def multilabel_metrics(
     out["n"] = len(y)
     # a label with no positive (or no negative) in the split has no AUROC, AUPRC or sensitivity:
     # those macro means leave it out, accuracy and specificity do not; said, never implied
-    undefined = [names[i] for i in range(k) if y[:, i].min() == y[:, i].max()]
-    if undefined:
+    if one_class:
         out["macro_note"] = (
-            f"{len(undefined)} of {k} labels ({', '.join(undefined)}) have one class only in "
-            "this split: the macro AUROC and AUPRC (and sensitivity or specificity, whichever "
-            f"has no case) are over the other {k - len(undefined)}"
+            f"{len(one_class)} of {k} labels ({', '.join(names[i] for i in one_class)}) have "
+            "one class only in this split: the macro AUROC, AUPRC, F1, balanced accuracy and "
+            "kappa (and sensitivity or specificity, whichever has no case) are over the other "
+            f"{k - len(one_class)}; accuracy and the other of sensitivity/specificity over all"
         )
     return out
 

@@ -315,8 +315,8 @@ class Trainer:
 
     def _selection(self, stage: str) -> dict[str, Any]:
         es = self.spec.train.early_stopping
-        return {"metric": self.selection_metric(stage), "keep": self.spec.train.keep,
-                "maximize": bool(es is None or es.maximize)}  # fmt: skip
+        return {"stage": stage, "metric": self.selection_metric(stage),
+                "keep": self.spec.train.keep, "maximize": bool(es is None or es.maximize)}  # fmt: skip
 
     def _check_selection(self, run: StageRun, ckpt: dict[str, Any]) -> None:
         """A resumed stage must rank epochs as the checkpoint did (its best epoch and score were
@@ -324,7 +324,10 @@ class Trainer:
         at least the epochs the checkpoint already trained (its weights are of a later epoch
         than the spec would say)."""
         was, now = ckpt.get("selection"), self._selection(run.name)
-        if was is not None and was != now:
+        started = int(ckpt["epoch"]) > 0 or int(ckpt.get("step", 0)) > 0
+        # a stage boundary's checkpoint (the last stage done, this one not begun) holds no best
+        # of this stage: nothing to compare (it records the finished stage's ranking)
+        if was is not None and started and was.get("stage", run.name) == run.name and was != now:
             raise SpecError(
                 "train.early_stopping",
                 f"the checkpoint of stage {run.name!r} ranked its epochs by {was['metric']} "
@@ -550,8 +553,10 @@ class Trainer:
         )
         if ckpt is not None:
             self._check_selection(run, ckpt)
-            opt.load_state_dict(ckpt["optimizer"])
-            run.sched.load_state_dict(ckpt["scheduler"])
+            if ckpt["optimizer"]:  # empty at a stage boundary: this stage's optimizer is new
+                opt.load_state_dict(ckpt["optimizer"])
+            if ckpt["scheduler"]:
+                run.sched.load_state_dict(ckpt["scheduler"])
             g_aug.set_state(ckpt["g_aug"])
             if "torch_rng" in ckpt:  # dropout draws continue exactly where they stopped
                 torch.set_rng_state(ckpt["torch_rng"])
