@@ -26,6 +26,7 @@ import re
 import warnings
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -183,19 +184,26 @@ for _ext in (".dcm", ".dicom"):
     IMAGE_READERS.register(_ext, doc="DICOM: rescale, window, MONOCHROME1, multi-frame")(_dicom)
 
 
+def _dicom_header(path: Path) -> Any:
+    """A DICOM's header (no pixels), for the scale checks; a header that fails is a DataError
+    naming the file (the reader read it; it changed, or pydicom reads the header alone
+    otherwise)."""
+    import pydicom  # lazy: [medical] extra, only for DICOM files
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as err:
+        raise DataError(
+            f"{path}: cannot read the DICOM header ({type(err).__name__}: {err})"
+        ) from None
+
+
 def _dicom_scale(path: Path) -> str:
     """A DICOM's values without a window (header only): CT in Hounsfield units whatever its bit
     depth (the rescale maps stored values to HU); other modalities' values carry no physical
     unit, so their scale is the modality, the stored bit depth and sign, and a declared rescale
     type (8-bit and 12-bit MR are two scales); colour images are display levels."""
-    import pydicom  # lazy: [medical] extra, only for DICOM files
-
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except Exception as err:  # the reader read it; a header that fails now: say which file
-        raise DataError(
-            f"{path}: cannot read the DICOM header ({type(err).__name__}: {err})"
-        ) from None
+    ds = _dicom_header(path)
     modality = str(ds.get("Modality", "") or "").strip().upper() or "unknown-modality"
     bits = int(ds.get("BitsStored", 0) or ds.get("BitsAllocated", 0) or 16)
     if _colour(ds):
@@ -217,14 +225,7 @@ for _ext in (".dcm", ".dicom"):
 def _dicom_window_scale(path: Path) -> str:
     """A DICOM's values under ``window: 'file'`` (header only): its own VOI LUT or window, or
     without one the fraction of its stored bit range (what ``'unit'`` reads), another scale."""
-    import pydicom  # lazy: [medical] extra, only for DICOM files
-
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except Exception as err:  # the reader read it; a header that fails now: say which file
-        raise DataError(
-            f"{path}: cannot read the DICOM header ({type(err).__name__}: {err})"
-        ) from None
+    ds = _dicom_header(path)
     if _colour(ds):  # read by its bit depth under any window: as a PNG is
         return ""
     if _own_window(ds):
