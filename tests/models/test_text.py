@@ -631,3 +631,21 @@ def test_explain_attributes_each_token_by_removing_it(tmp_path: Path, branch: st
             expected = full[i] - pred._batch_logits(occluded, masks)[i, 0]
             assert abs(f["attribution"] - expected) <= 1e-4, (f, expected)
         assert abs(entry["total"] - sum(f["attribution"] for f in entry["features"])) <= 1e-4
+
+
+def test_an_uploaded_text_is_never_read_as_a_path(tmp_path: Path) -> None:
+    """A note sent to the HTTP service (an upload: bytes) that ends in '.txt' was read from the
+    server's disk as a file (any path, relative to its working directory too), and scored on
+    that file's words without a word."""
+    if reason := unusable(("tokenizers",)):
+        pytest.skip(reason)
+    from medfuse.core.inputs import Modality, Upload, _text_value
+    from medfuse.core.text import encode, train_tokenizer
+
+    tok = train_tokenizer(["fever cough worse", "calm rest stable", "secret txt tmp"], 64)
+    m = Modality("note", "text", (8,), length=8, tokenizer=tok)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("fever fever fever")
+    got = _text_value(Upload(str(secret).encode(), ".txt"), m, tmp_path)
+    assert np.array_equal(got, encode([str(secret)], tok, 8))  # the string's own words
+    assert not np.array_equal(got, encode(["fever fever fever"], tok, 8))  # not the file's

@@ -598,14 +598,16 @@ def _input_path(v: str | os.PathLike[str], base: Path, roots: tuple[Path, ...] |
 def _text_value(
     v: Any, m: Modality, base: Path, roots: tuple[Path, ...] | None = None
 ) -> np.ndarray:
-    """One text (the text itself, or a path to a UTF-8 ``.txt`` file) as ``(1, length)`` ids."""
+    """One text (the text itself, or a path to a UTF-8 ``.txt`` file) as ``(1, length)`` ids.
+    Bytes or an upload (HTTP) are the text itself, never a path, whatever they end with: a note
+    ``.../x.txt`` sent to the service was read from the server's disk."""
     if isinstance(v, bytes | bytearray | Upload):
         data = v.data if isinstance(v, Upload) else bytes(v)
         try:
             v = data.decode("utf-8")
         except UnicodeDecodeError:
             raise _Bad("the uploaded text is not UTF-8") from None
-    if isinstance(v, os.PathLike) or (isinstance(v, str) and v.strip().endswith(".txt")):
+    elif isinstance(v, os.PathLike) or (isinstance(v, str) and v.strip().endswith(".txt")):
         p = _input_path(v, base, roots)
         try:
             v = p.read_text(encoding="utf-8")
