@@ -93,3 +93,49 @@ def test_compare_refuses_different_test_sets(packages, tiny_package, capsys) -> 
     rc = main(["compare", str(packages["fused"]), str(tiny_package), "--bootstrap", "50"])
     assert rc == 3
     assert "not scored on the same test set" in capsys.readouterr().err
+
+
+def test_compare_refuses_the_same_samples_read_with_other_inputs() -> None:
+    """Two packages of one data source whose options differ (70% of images missing for one)
+    share labels and ids: compare called the data's difference a significant one between the
+    models. The modalities both read must be the same presence and values."""
+    import numpy as np
+    import pandas as pd
+
+    from medfuse.data import Split
+    from medfuse.report.compare import _other_inputs
+
+    rng = np.random.default_rng(0)
+    x, t = rng.random((6, 1, 4, 4)).astype(np.float32), rng.random((6, 2)).astype(np.float32)
+    meta = pd.DataFrame({"id": [f"s{i}" for i in range(6)]})
+    y = np.array([0, 1, 0, 1, 0, 1])
+
+    def split(image_mask: list[float], image: np.ndarray = x) -> Split:
+        ones = np.ones(6, np.float32)
+        masks = {"image": np.array(image_mask, np.float32), "tab": ones}
+        return Split({"image": image, "tab": t}, masks, y, meta)
+
+    full = split([1] * 6)
+    assert _other_inputs(full, split([1] * 6)) is None
+    assert "present in other samples" in _other_inputs(full, split([1, 0, 1, 0, 1, 1]))
+    assert "holds other values" in _other_inputs(full, split([1] * 6, x * 2))
+    student = Split({"tab": t}, {"tab": np.ones(6, np.float32)}, y, meta)  # fewer modalities
+    assert _other_inputs(full, student) is None
+
+
+def test_a_paired_difference_of_sensitivities_from_three_positives_is_withheld() -> None:
+    """compare --metric sensitivity on 3 positives: +1.0 [1.0, 1.0], p 0.001, 'significant',
+    beside two sensitivities whose exact intervals overlap."""
+    import numpy as np
+
+    from medfuse.report.compare import paired_bootstrap
+
+    y = np.array([1, 1, 1] + [0] * 97)
+    rest = np.linspace(0.1, 0.4, 97)
+    pa, pb = np.r_[[0.9, 0.8, 0.7], rest], np.r_[[0.3, 0.2, 0.1], rest]
+    got = paired_bootstrap("binary", y, pa, pb, metric="sensitivity", n_boot=200)
+    assert got["diff"] == 1.0 and np.isnan(got["lo"]) and np.isnan(got["p"])
+    assert "3 positive samples" in got["method"]
+    y5 = np.array([1] * 8 + [0] * 92)  # enough of each class: tested
+    pa5, pb5 = np.r_[[0.9] * 8, rest[:92]], np.r_[[0.3] * 8, rest[:92]]
+    assert np.isfinite(paired_bootstrap("binary", y5, pa5, pb5, metric="sensitivity")["p"])

@@ -437,9 +437,17 @@ def difference_interval(
 ) -> dict[str, Any]:
     """The percentile interval of a paired difference of ``metric`` (two models, or a model with
     and without a modality, on the same resamples), withheld as :func:`too_few` says for a
-    ranking or both-class metric: a difference of two collapsed intervals is no better."""
-    why = too_few(task, y, groups) if metric in both_class_metrics(task) else None
+    ranking or both-class metric, and for a binary proportion (sensitivity, specificity, PPV,
+    NPV, accuracy: each alone gets an exact interval, their paired difference only this
+    bootstrap, which on 3 positives put a difference of 1 at [1, 1], p 0.001)."""
+    paired = both_class_metrics(task) + (PROPORTIONS if task == "binary" else ())
+    why = too_few(task, y, groups) if metric in paired else None
     return bootstrap_interval(value, dist, why, level)
+
+
+#: binary metrics that are proportions of a class (exact intervals alone; a paired difference of
+#: them is withheld from few of a class, as a ranking metric's)
+PROPORTIONS = ("sensitivity", "specificity", "ppv", "npv", "accuracy")
 
 
 def bootstrap_interval(

@@ -17,6 +17,7 @@ import numpy as np
 from scipy import stats
 
 from medfuse.core.errors import DataError, PackageError, SpecError, not_allowed
+from medfuse.data import is_lazy
 from medfuse.inference.helpers import package_data
 from medfuse.inference.predictor import load
 from medfuse.report.ci import (
@@ -158,6 +159,27 @@ def holm(pvalues: list[float]) -> list[float]:
     return adj.tolist()
 
 
+def _other_inputs(a: Any, b: Any) -> str | None:
+    """How two packages' reads of one split differ in the modalities both read (presence, or
+    values: a data option such as ``missing`` changed them), ``None`` when they agree. A student
+    reading fewer modalities than its teacher is compared on those it reads."""
+    for m in sorted(set(a.arrays) & set(b.arrays)):
+        if not np.array_equal(np.asarray(a.masks[m]), np.asarray(b.masks[m])):
+            return f"modality {m!r} present in other samples"
+        xa, xb = a.arrays[m], b.arrays[m]
+        if is_lazy(xa) or is_lazy(xb):  # streamed: the same files, row for row
+            same = (
+                is_lazy(xa)
+                and is_lazy(xb)
+                and [xa.source.paths[r] for r in xa.rows] == [xb.source.paths[r] for r in xb.rows]
+            )
+        else:
+            same = np.array_equal(np.asarray(xa), np.asarray(xb), equal_nan=True)
+        if not same:
+            return f"modality {m!r} holds other values"
+    return None
+
+
 def compare_packages(
     packages: list[str | Path],
     *,
@@ -203,6 +225,12 @@ def compare_packages(
                 f"{path} and {ref_path} were not scored on the same {split} set "
                 f"({pred.spec.data.source} vs {ref_pred.spec.data.source}); compare needs one test "
                 "set for every package (same data source and options)"
+            )
+        if differs := _other_inputs(data, ref):
+            raise DataError(
+                f"{path} and {ref_path} were scored on the same {split} samples with other "
+                f"inputs ({differs}): a difference between them would be the data's, not the "
+                "models'. Compare packages on one data source with the same options"
             )
     task = ref_pred.task
     y = np.asarray(ref.y)
