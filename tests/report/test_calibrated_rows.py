@@ -1,6 +1,7 @@
 """A calibrated package is scored as it decides, in every row: its stored threshold lives on the
-calibrated scale, so evaluate's rows (each modality removed, each branch alone) and the pruned
-package's "before" are scored at its temperature; calibration keeps decisions, so every
+calibrated scale, so evaluate's fused rows (each modality removed) and the pruned package's
+"before" are scored at its temperature (a branch alone is its auxiliary head: uncalibrated and
+threshold-free); calibration keeps decisions, so every
 threshold metric equals the uncalibrated package's. Subgroups of a text column are named by
 its categories, not by the codes the model reads."""
 
@@ -44,10 +45,13 @@ def test_every_evaluated_row_keeps_the_uncalibrated_decisions(
     raw, cal = evaluate(tiny_package, device="cpu"), evaluate(calibrated, device="cpu")
     assert cal["ece"] != raw["ece"]  # the temperature is applied (probabilities changed)
     assert set(cal["without"]) == {"image", "signal", "tabular"}
-    for group in ("without", "branches"):
-        for m, row in raw[group].items():
-            for k in DECISIONS:
-                assert cal[group][m][k] == pytest.approx(row[k]), (group, m, k)
+    for m, row in raw["without"].items():
+        for k in DECISIONS:
+            assert cal["without"][m][k] == pytest.approx(row[k]), ("without", m, k)
+    # a branch alone is its auxiliary head, which the package never decides with: reported
+    # uncalibrated and threshold-free, the same for both (as the clinical evaluation has it)
+    assert cal["branches"] == raw["branches"]
+    assert all(set(r) == {"n", "auroc", "auprc", "brier"} for r in cal["branches"].values())
     for k in DECISIONS:
         assert cal[k] == pytest.approx(raw[k])
 

@@ -1,7 +1,9 @@
 """Calibration: reliability bins, ECE/Brier, and temperature scaling fit on validation.
 
 Temperature scaling (Guo et al., 2017) divides the logits by one scalar ``T`` chosen to minimise
-the validation negative log-likelihood. It never changes the ranking (AUROC is unchanged) and,
+the validation negative log-likelihood. For a binary or multilabel model it never changes the
+ranking (AUROC is unchanged; a multiclass softmax's one-vs-rest AUROC does change, and the record
+says by how much on validation) and,
 because ``medfuse calibrate`` maps the stored decision threshold through the same transform,
 it never changes a decision either unless a new operating point is asked for; it only makes the
 probabilities honest. ECE uses ``ECE_BINS`` (10) equal-width bins over [0, 1] of P(positive)
@@ -207,6 +209,25 @@ def calibrate_package(
     if bound:
         record["note"] = bound
         log.warning("%s: %s", package, bound)
+    if task == "multiclass":  # a softmax temperature reorders each class's one-vs-rest scores
+        labels = pred.labels
+        before = compute_metrics(
+            task, bundle.val.y, probabilities(task, val_logits, t_old), 0.5, labels
+        )
+        after = compute_metrics(
+            task, bundle.val.y, probabilities(task, val_logits, t_new), 0.5, labels
+        )
+        record["auroc_change"] = {
+            "val_before": before.get("auroc"),
+            "val_after": after.get("auroc"),
+        }
+        change = (
+            f"a multiclass temperature changes each class's one-vs-rest ranking: validation "
+            f"AUROC {before.get('auroc', float('nan')):.4f} -> {after.get('auroc', float('nan')):.4f} "
+            "(decisions, by argmax, do not change)"
+        )
+        log.warning("%s: %s", package, change)
+        record["note"] = "; ".join(filter(None, [record.get("note"), change]))
     test_logits = pred.logits(bundle.test) if bundle.test is not None else None
     if bundle.test is not None:
         test = calibration_summary(task, test_logits, bundle.test.y, t_new)

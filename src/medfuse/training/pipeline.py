@@ -525,6 +525,10 @@ def threshold_for(spec: Spec, y_val: np.ndarray, p_val: np.ndarray) -> dict[str,
     return out
 
 
+#: what a branch's auxiliary head alone is reported with: threshold-free, uncalibrated
+BRANCH_KEYS = ("auroc", "auprc", "brier")
+
+
 @dataclass
 class SplitScores:
     """One split scored once: what every evaluation row is computed from (``medfuse evaluate``'s
@@ -564,9 +568,11 @@ def scores_metrics(
     spec: Spec, s: SplitScores, threshold: float, *, temperature: float = 1.0
 ) -> dict[str, Any]:
     """Fused metrics, the fully paired and partial samples' (when some miss a modality), each
-    branch alone on the rows that have it, each modality removed; every probability at
-    ``temperature`` (a calibrated package's: its threshold lives on that scale, so every row,
-    not only the fused one, is scored as the package decides)."""
+    branch alone on the rows that have it, each modality removed; every fused probability at
+    ``temperature`` (a calibrated package's: its threshold lives on that scale, so every fused
+    row is scored as the package decides). A branch alone is its auxiliary head, which the
+    package never decides with: uncalibrated and threshold-free (AUROC, AUPRC, Brier), as the
+    clinical evaluation reports it (it was at the fused temperature and threshold here)."""
     task, labels = spec.task.type, spec.task.labels
     y = s.y
 
@@ -589,7 +595,11 @@ def scores_metrics(
             present = s.masks[m] > 0
             if present.sum() >= 2:
                 # on the rows that have the modality: n says how many (the fused row's are all)
-                out["branches"][m] = {"n": int(present.sum()), **summary(present, lg[present])}
+                mm = compute_metrics(
+                    task, y[present], probabilities(task, lg[present]), 0.5, labels
+                )
+                out["branches"][m] = {"n": int(present.sum())}
+                out["branches"][m].update({k: mm[k] for k in BRANCH_KEYS if k in mm})
     if s.without:
         out["without"] = {m: summary(None, lg) for m, lg in s.without.items()}
     return out
