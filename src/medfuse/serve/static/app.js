@@ -243,10 +243,15 @@ function render(result) {
     ? `<div class="flags" data-testid="flags"><b>check these inputs</b> (outside what the model saw in training):<ul>` +
       p.flags.map((f) => `<li>${esc(f)}</li>`).join("") + `</ul></div>`
     : "";
+  // an INT8 package: these come from its fp32 weights (explanations need gradients), while
+  // /v1/predict runs its INT8 model.onnx; near the threshold the two can decide otherwise
+  const made = result.explained_model && result.explained_model.note
+    ? `<div class="flags" data-testid="model-note"><b>model:</b> ${esc(result.explained_model.note)}</div>`
+    : "";
   $("prediction").innerHTML =
     `<div>predicted: <span class="label ${positive ? "positive" : ""}" data-testid="label">${esc(label)}</span></div>
      <div data-testid="probability">${probs}</div>
-     <div data-testid="threshold">${thr}</div>${missing}${flags}`;
+     <div data-testid="threshold">${thr}</div>${made}${missing}${flags}`;
   $("explained-class").textContent = e.explained.label;
 
   const c = e.contributions;
