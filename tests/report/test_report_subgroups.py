@@ -62,3 +62,19 @@ def test_columns_from_meta_or_tabular_and_clear_errors() -> None:
         subgroup_values("sex", pd.DataFrame({"id": ["a"]}), {}, {})
     assert auto_column(meta) == "sex"
     assert auto_column(pd.DataFrame({"id": ["m-1", "m-2"]})) is None  # MedMNIST: none
+
+
+def test_a_multilabel_subgroup_of_one_gets_no_zero_width_accuracy_interval() -> None:
+    """A multilabel subgroup of one sample got accuracy 1.0 [1.0, 1.0] from the bootstrap (a
+    binary one of one gets Clopper-Pearson 0.025-1): withheld, as sensitivity's is."""
+    import numpy as np
+
+    from medfuse.report.subgroups import subgroup_metrics
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((60, 2)) > 0.5).astype(int)
+    p = np.clip(y * 0.6 + rng.random((60, 2)) * 0.4, 0, 1)
+    vals = np.array(["big"] * 59 + ["one"])
+    got = subgroup_metrics("multilabel", y, p, vals, 0.5, n_boot=50)
+    acc = got["groups"]["one"]["metrics"]["accuracy"]
+    assert np.isnan(acc["lo"]) and "no interval" in acc["method"]

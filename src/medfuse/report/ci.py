@@ -465,6 +465,8 @@ def both_class_metrics(task: str) -> tuple[str, ...]:
     """The metrics whose bootstrap interval :func:`too_few` can withhold for ``task``."""
     if task == "binary":
         return BOTH_CLASS_METRICS
+    if task == "multilabel":  # its accuracy is a mean over labels, resampled: no exact interval
+        return (*BOTH_CLASS_METRICS, "sensitivity", "specificity", "accuracy")
     return (*BOTH_CLASS_METRICS, "sensitivity", "specificity")
 
 
