@@ -118,9 +118,21 @@ def test_compare_refuses_the_same_samples_read_with_other_inputs() -> None:
     full = split([1] * 6)
     assert _other_inputs(full, split([1] * 6)) is None
     assert "present in other samples" in _other_inputs(full, split([1, 0, 1, 0, 1, 1]))
-    assert "holds other values" in _other_inputs(full, split([1] * 6, x * 2))
+    # another reading of the same files (size, window, tokenizer): the models' difference
+    assert _other_inputs(full, split([1] * 6, x * 2)) is None
     student = Split({"tab": t}, {"tab": np.ones(6, np.float32)}, y, meta)  # fewer modalities
     assert _other_inputs(full, student) is None
+    from medfuse.core.spec import parse_spec
+
+    def spec(**options: object) -> object:
+        return parse_spec({"data": {"source": "synthetic", "options": options},
+                           "modalities": {"t": {"kind": "tabular", "columns": ["a"]}},
+                           "branches": {"t": {"type": "mlp"}}})  # fmt: skip
+
+    a, b = spec(n_test=6, missing={"image": 0.7}), spec(n_test=6)
+    assert _other_inputs(full, full, a, b) is None  # set in one spec only: not compared
+    c = spec(n_test=6, missing={"image": 0.2})
+    assert "data option 'missing'" in _other_inputs(full, full, a, c)
 
 
 def test_a_paired_difference_of_sensitivities_from_three_positives_is_withheld() -> None:

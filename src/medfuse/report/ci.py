@@ -440,9 +440,30 @@ def difference_interval(
     ranking or both-class metric, and for a binary proportion (sensitivity, specificity, PPV,
     NPV, accuracy: each alone gets an exact interval, their paired difference only this
     bootstrap, which on 3 positives put a difference of 1 at [1, 1], p 0.001)."""
-    paired = both_class_metrics(task) + (PROPORTIONS if task == "binary" else ())
-    why = too_few(task, y, groups) if metric in paired else None
+    if task == "binary" and metric in PROPORTIONS:
+        why = _few_in_denominator(metric, y, groups)
+    else:
+        why = too_few(task, y, groups) if metric in both_class_metrics(task) else None
     return bootstrap_interval(value, dist, why, level)
+
+
+def _few_in_denominator(metric: str, y: np.ndarray, groups: Any = None) -> str | None:
+    """Why a paired difference of a binary proportion is withheld: fewer than
+    :data:`MIN_CLASS_COUNT` units in what it is a proportion of (sensitivity: positives;
+    specificity: negatives; accuracy: all; PPV and NPV, whose denominators are each model's own
+    calls: either class), else ``None``."""
+    unit = "patient" if groups is not None else "sample"
+    ((_, pos, neg),) = class_counts("binary", y, groups) or [("positive", 0, len(np.ravel(y)))]
+    need = {"sensitivity": [(pos, "positive")], "specificity": [(neg, "negative")],
+            "accuracy": [(pos + neg, "")]}.get(metric, [(pos, "positive"), (neg, "negative")])  # fmt: skip
+    for count, what in need:
+        if count < MIN_CLASS_COUNT:
+            kind = f"{what} " if what else ""
+            return (
+                f"no interval: {count} {kind}{unit}{'s' if count != 1 else ''} "
+                f"(fewer than {MIN_CLASS_COUNT})"
+            )
+    return None
 
 
 #: binary metrics that are proportions of a class (exact intervals alone; a paired difference of
@@ -465,8 +486,6 @@ def both_class_metrics(task: str) -> tuple[str, ...]:
     """The metrics whose bootstrap interval :func:`too_few` can withhold for ``task``."""
     if task == "binary":
         return BOTH_CLASS_METRICS
-    if task == "multilabel":  # its accuracy is a mean over labels, resampled: no exact interval
-        return (*BOTH_CLASS_METRICS, "sensitivity", "specificity", "accuracy")
     return (*BOTH_CLASS_METRICS, "sensitivity", "specificity")
 
 
@@ -493,8 +512,22 @@ def finish_intervals(
             out[k] = count_interval(values[k], *counts[k], groups=groups, level=level)
             out[k]["valid_resamples"] = int(np.isfinite(d).sum())
             continue
-        out[k] = bootstrap_interval(values[k], d, withheld if k in guarded else None, level)
+        why = withheld if k in guarded else None
+        if why is None and task == "multilabel" and k == "accuracy":
+            # a mean over labels, resampled (no exact interval): from few units it collapses
+            why = _few_units(len(np.asarray(y)), groups)
+        out[k] = bootstrap_interval(values[k], d, why, level)
     return out
+
+
+def _few_units(n: int, groups: Any = None) -> str | None:
+    """Why a bootstrap interval over ``n`` samples (or their patients) is withheld: fewer than
+    :data:`MIN_CLASS_COUNT` resampling units (a subgroup of one sample gave [1, 1])."""
+    units = n if groups is None else len(np.unique(cluster_codes(groups, n)[0]))
+    if units >= MIN_CLASS_COUNT:
+        return None
+    unit = "patient" if groups is not None else "sample"
+    return f"no interval: {units} {unit}{'s' if units != 1 else ''} (fewer than {MIN_CLASS_COUNT})"
 
 
 def metric_intervals(

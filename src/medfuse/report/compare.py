@@ -17,7 +17,6 @@ import numpy as np
 from scipy import stats
 
 from medfuse.core.errors import DataError, PackageError, SpecError, not_allowed
-from medfuse.data import is_lazy
 from medfuse.inference.helpers import package_data
 from medfuse.inference.predictor import load
 from medfuse.report.ci import (
@@ -159,25 +158,25 @@ def holm(pvalues: list[float]) -> list[float]:
     return adj.tolist()
 
 
-def _other_inputs(a: Any, b: Any) -> str | None:
-    """How two packages' reads of one split differ in the modalities both read (presence, or
-    values: a data option such as ``missing`` changed them), ``None`` when they agree. A student
-    reading fewer modalities than its teacher is compared on those it reads."""
-    for m in sorted(set(a.arrays) & set(b.arrays)):
+def _other_inputs(a: Any, b: Any, spec_a: Any = None, spec_b: Any = None) -> str | None:
+    """How two packages' reads of one split differ where it matters for a comparison, ``None``
+    when they agree: a data option both specs set to other values (e.g. ``missing``), or the
+    presence of a modality both read. What each model makes of the same files (its image size,
+    window, tokenizer, columns; streamed or in memory) is the models' difference, compared."""
+    if spec_a is not None and spec_b is not None and spec_a.data.source == spec_b.data.source:
+        oa, ob = dict(spec_a.data.options), dict(spec_b.data.options)
+        for k in sorted(set(oa) & set(ob)):
+            if oa[k] != ob[k] and k not in READING_OPTIONS:
+                return f"data option {k!r}: {oa[k]!r} vs {ob[k]!r}"
+    for m in sorted(set(a.masks) & set(b.masks)):
         if not np.array_equal(np.asarray(a.masks[m]), np.asarray(b.masks[m])):
             return f"modality {m!r} present in other samples"
-        xa, xb = a.arrays[m], b.arrays[m]
-        if is_lazy(xa) or is_lazy(xb):  # streamed: the same files, row for row
-            same = (
-                is_lazy(xa)
-                and is_lazy(xb)
-                and [xa.source.paths[r] for r in xa.rows] == [xb.source.paths[r] for r in xb.rows]
-            )
-        else:
-            same = np.array_equal(np.asarray(xa), np.asarray(xb), equal_nan=True)
-        if not same:
-            return f"modality {m!r} holds other values"
     return None
+
+
+#: data options that say how a model reads the data, not which data it is (the columns mapped
+#: to its modalities, its categories): two models may differ in them and be compared
+READING_OPTIONS = ("columns", "keep_columns", "categories")
 
 
 def compare_packages(
@@ -226,7 +225,7 @@ def compare_packages(
                 f"({pred.spec.data.source} vs {ref_pred.spec.data.source}); compare needs one test "
                 "set for every package (same data source and options)"
             )
-        if differs := _other_inputs(data, ref):
+        if differs := _other_inputs(data, ref, pred.spec, ref_pred.spec):
             raise DataError(
                 f"{path} and {ref_path} were scored on the same {split} samples with other "
                 f"inputs ({differs}): a difference between them would be the data's, not the "

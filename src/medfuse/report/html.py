@@ -467,8 +467,9 @@ def _calibration(ev: Any, ctx: dict[str, Any]) -> Section:
     )
     body += '<div class="figs">' + "".join(figs) + "</div>"
     body += (
-        '<p class="note">Temperature scaling divides the logits by T: ranking (AUROC) is '
-        "unchanged; `medfuse calibrate` maps the stored threshold through the same transform, "
+        '<p class="note">Temperature scaling divides the logits by T: the ranking (AUROC) of a '
+        "binary or multilabel model is unchanged (a multiclass softmax's one-vs-rest AUROC moves; "
+        "its argmax decisions do not); `medfuse calibrate` maps the stored threshold through the same transform, "
         "so decisions are unchanged unless a new operating point is asked for.</p>"
     )
     return Section("calibration", "Calibration", body)

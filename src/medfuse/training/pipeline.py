@@ -571,8 +571,9 @@ def scores_metrics(
     branch alone on the rows that have it, each modality removed; every fused probability at
     ``temperature`` (a calibrated package's: its threshold lives on that scale, so every fused
     row is scored as the package decides). A branch alone is its auxiliary head, which the
-    package never decides with: uncalibrated and threshold-free (AUROC, AUPRC, Brier), as the
-    clinical evaluation reports it (it was at the fused temperature and threshold here)."""
+    package never decides with: uncalibrated; for a binary task threshold-free (AUROC, AUPRC,
+    Brier, as the clinical evaluation reports it: it was at the fused temperature and threshold
+    here), for multiclass (argmax) and multilabel (0.5) with the head's own decisions."""
     task, labels = spec.task.type, spec.task.labels
     y = s.y
 
@@ -599,7 +600,10 @@ def scores_metrics(
                     task, y[present], probabilities(task, lg[present]), 0.5, labels
                 )
                 out["branches"][m] = {"n": int(present.sum())}
-                out["branches"][m].update({k: mm[k] for k in BRANCH_KEYS if k in mm})
+                # binary: no decision metric (the package's threshold is the fused model's);
+                # multiclass decides by argmax, multilabel at 0.5: the head's own decisions
+                keys = BRANCH_KEYS if task == "binary" else SUMMARY_KEYS
+                out["branches"][m].update({k: mm[k] for k in keys if k in mm})
     if s.without:
         out["without"] = {m: summary(None, lg) for m, lg in s.without.items()}
     return out
