@@ -141,3 +141,5 @@ def test_calibrating_a_multiclass_package_says_its_auroc_moves(tmp_path) -> None
     rec = calibrate_package(pkg, out=tmp_path / "cal")["calibration"]
     assert set(rec["auroc_change"]) == {"val_before", "val_after"}
     assert "one-vs-rest ranking" in rec["note"]
+    card = (tmp_path / "cal" / "README.md").read_text()
+    assert "**Note:**" in card and "one-vs-rest ranking" in card

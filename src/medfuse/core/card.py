@@ -31,6 +31,8 @@ def _calibration_line(c: dict[str, Any]) -> str:
             f", fitted on {c.get('fitted_on', 'val')}; validation ECE "
             f"{c['ece_before']:.4f} -> {c['ece_after']:.4f} ({c.get('binning', '10 bins')})"
         )
+    if c.get("note"):  # a temperature at a bound; a multiclass AUROC that moved
+        line += f"\n  - **Note:** {text(c['note'])}"
     return line
 
 

@@ -211,8 +211,8 @@ def calibrate_package(
         log.warning("%s: %s", package, bound)
     if task == "multiclass":  # a softmax temperature reorders each class's one-vs-rest scores
         labels = pred.labels
-        before = compute_metrics(
-            task, bundle.val.y, probabilities(task, val_logits, t_old), 0.5, labels
+        before = compute_metrics(  # at T = 1, as the record's other *_before
+            task, bundle.val.y, probabilities(task, val_logits, 1.0), 0.5, labels
         )
         after = compute_metrics(
             task, bundle.val.y, probabilities(task, val_logits, t_new), 0.5, labels

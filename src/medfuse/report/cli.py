@@ -332,6 +332,10 @@ def setup_calibrate(p: argparse.ArgumentParser) -> Handler:
                 + (f"; {thr['note']}" if thr.get("note") else "")
                 + ")"
             )
+        if r.get("note"):  # a temperature at a bound; a multiclass AUROC that moved
+            from rich.markup import escape  # lazy: as console()
+
+            c.print("[bold yellow]note:[/] " + escape(r["note"]))
         c.print(f"package: {res['package']}" + (f"; figure: {a.figure}" if a.figure else ""))
         return 0
 
