@@ -219,31 +219,24 @@ def setup_evaluate(p: argparse.ArgumentParser) -> Handler:
 def _data_lines(m: dict[str, Any]) -> None:
     """The positive class, whether the data is the one the package recorded, and how many of a
     manifest's rows were evaluated (stderr)."""
+    from rich.markup import escape  # lazy: as console(); the user's words are never markup
+
     c = console()
     c.stderr = True
     if m.get("positive"):
         c.print(f"positive class: {m['positive']!r} (probabilities are P({m['positive']}))")
     if m.get("model"):
-        from rich.markup import escape  # lazy: as console()
-
         from medfuse.core.inputs import missing_text  # lazy: numpy, not for --help
         from medfuse.core.predictor import scored_text
 
         c.print(escape(scored_text(m["model"])))
         if (m.get("missing_values") or {}).get("rows"):  # column names: the user's words
             c.print(escape(f"data: {missing_text(m['missing_values'])}"))
-    if m.get("threshold_caution"):  # chosen on little, or inseparable, validation data
-        from rich.markup import escape  # lazy: as console()
-
-        c.print("[bold yellow]threshold caution:[/] " + escape(m["threshold_caution"]))
-    if m.get("macro_note"):  # multilabel: a label of one class only left out of some means
-        from rich.markup import escape  # lazy: as console()
-
-        c.print("[bold yellow]macro:[/] " + escape(m["macro_note"]))
-    if m.get("optimistic"):  # the split chose the epoch, threshold or temperature, or fitted
-        from rich.markup import escape  # lazy: as console()
-
-        c.print("[bold yellow]optimistic:[/] " + escape(m["optimistic"]))
+    # a threshold chosen on little or inseparable validation data; a multilabel macro mean
+    # leaving a label out; a split that chose the epoch, threshold or temperature, or fitted
+    for key, head in CAUTIONS:
+        if m.get(key):
+            c.print(f"[bold yellow]{head}:[/] " + escape(m[key]))
     chk = m.get("data_check") or {}
     if chk.get("same") is True:
         c.print("data: the same as recorded in the package for this split")
@@ -254,10 +247,16 @@ def _data_lines(m: dict[str, Any]) -> None:
         )
     rows = m.get("data_rows") or {}
     if rows.get("text"):  # a manifest: how many of its rows, chosen how
-        from rich.markup import escape  # lazy: as console()
-
         seeded = rows.get("column") is None
         c.print(("[bold yellow]data:[/] " if seeded else "data: ") + escape(rows["text"]))
+
+
+#: evaluation keys that qualify its numbers, and the head of the line each gets (stderr)
+CAUTIONS = (
+    ("threshold_caution", "threshold caution"),
+    ("macro_note", "macro"),
+    ("optimistic", "optimistic"),
+)
 
 
 def setup_predict(p: argparse.ArgumentParser) -> Handler:

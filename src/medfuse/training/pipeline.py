@@ -143,7 +143,7 @@ def fit_preprocessing(spec: Spec, train: Split, info: dict[str, Any]) -> dict[st
     for m in stats:
         if spec.modalities[m].kind == "image":  # photos read turned as their EXIF tag says
             stats[m]["exif_oriented"] = True
-    for m in stats:  # whether the model learns from samples without it (a prediction flag)
+        # whether the model learns from samples without it (a prediction flag)
         some_missing = bool((np.asarray(train.masks[m]) <= 0).any())
         stats[m]["trained_without"] = some_missing or spec.train.modality_dropout.get(m, 0) > 0
     return stats
