@@ -146,3 +146,49 @@ def test_init_refuses_a_head_over_modalities_in_another_order(tiny_package) -> N
     init = InitSpec(package=str(tiny_package), modules=["head"])
     with pytest.raises(SpecError, match=r"reads its modalities in the order"):
         init_from_package(build_model(spec), init, spec)
+
+
+def _sex_table(path, values) -> str:
+    rng = __import__("numpy").random.default_rng(0)
+    rows = ["id,age,sex,label"] + [
+        f"c{i},{40 + i % 30},{values[i % len(values)]},{int(rng.random() < 0.5)}" for i in range(40)
+    ]
+    path.write_text("\n".join(rows) + "\n")
+    return f"manifest:{path}"
+
+
+def _sex_spec(source: str) -> dict:
+    return {
+        "name": "sex",
+        "task": {"type": "binary"},
+        "data": {"source": source},
+        "modalities": {"clinical": {"kind": "tabular", "columns": ["age", "sex"]}},
+        "branches": {"clinical": {"type": "mlp", "hidden": 4, "out_features": 4}},
+        "head": {"hidden": 4},
+        "train": {"epochs": 1, "batch_size": 8, "early_stopping": None, "seed": 0},
+    }
+
+
+def test_init_refuses_a_branch_whose_text_columns_are_coded_otherwise(tmp_path) -> None:
+    """The same column names in the same order, but the text values coded otherwise: a site
+    writing sex as M/W (M coded 0) got the branch trained where F was 0 and M 1, so each
+    patient's sex was read as the other, without a word."""
+    src = train(
+        _sex_spec(_sex_table(tmp_path / "a.csv", ["F", "M"])), out=tmp_path / "a", progress=False
+    ).package
+    spec = _sex_spec(_sex_table(tmp_path / "b.csv", ["M", "W"]))
+    spec["train"]["init"] = {"package": str(src), "modules": ["branches.clinical"]}
+    with pytest.raises(
+        SpecError, match=r"clinical\.sex: coded \['F', 'M'\] there, \['M', 'W'\] here"
+    ):
+        train(spec, out=tmp_path / "b", device="cpu", progress=False)
+    assert not (tmp_path / "b").exists()
+    # a number here where the source read text: refused alike
+    spec["data"]["source"] = _sex_table(tmp_path / "c.csv", ["0", "1"])
+    with pytest.raises(SpecError, match=r"clinical\.sex: coded \['F', 'M'\] there, 'as a number'"):
+        train(spec, out=tmp_path / "c", device="cpu", progress=False)
+    # the same values: copied
+    spec["data"]["source"] = _sex_table(tmp_path / "d.csv", ["M", "F"])
+    res = train(spec, out=tmp_path / "d", device="cpu", progress=False)
+    meta = json.loads((res.package / "medfuse.json").read_text())
+    assert meta["training"]["init"]["tensors"] > 0

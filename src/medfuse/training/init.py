@@ -4,6 +4,7 @@ large dataset reused for a small one, or an ECG encoder trained on PTB-XL reused
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,10 +25,19 @@ INPUT_MEANING = ("kind", "columns", "leads", "channels", "sequence")
 INIT_RECORD = "init.json"
 
 
-def _check_inputs(s_prefix: str, d_prefix: str, src: Spec, dst: Spec | None, where: str) -> None:
+def _check_inputs(
+    s_prefix: str,
+    d_prefix: str,
+    src: Spec,
+    dst: Spec | None,
+    where: str,
+    codes: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None,
+) -> None:
     """A branch's weights copied from ``src`` (``branches.<m>``) must read inputs that mean the
     same here: the same kind, tabular columns in the same order, the same leads in the same
-    order, channels and sequence (another image size or window is a legitimate transfer)."""
+    order, channels and sequence (another image size or window is a legitimate transfer), and
+    ``codes`` given (the source's and this run's text categories per modality and column), the
+    same code for the same text value."""
     parts_s, parts_d = s_prefix.split("."), d_prefix.split(".")
     if dst is None:
         return
@@ -56,23 +66,37 @@ def _check_inputs(s_prefix: str, d_prefix: str, src: Spec, dst: Spec | None, whe
         for f in INPUT_MEANING
         if getattr(ms, f, None) != getattr(md, f, None)
     ]
+    if codes is not None:
+        differ += [
+            f"{m}.{col}: coded {there!r} there, {here!r} here"
+            for m, n in pairs
+            for col in sorted(set(codes[0].get(m) or {}) | set(codes[1].get(n) or {}))
+            if (there := (codes[0].get(m) or {}).get(col, "as a number"))
+            != (here := (codes[1].get(n) or {}).get(col, "as a number"))
+        ]
     if differ:
         raise SpecError(
             f"train.init.modules.{s_prefix}",
             f"its inputs in {where} mean something else than here ({'; '.join(differ)}): the "
             "copied weights would read one input as another. Give the modality the source's "
-            "columns / leads in its order, or start that branch from scratch",
+            "columns / leads in its order (text values written as there), or start that branch "
+            "from scratch",
         )
 
 
 def init_from_package(
-    model: torch.nn.Module, init: InitSpec, spec: Spec | None = None
+    model: torch.nn.Module,
+    init: InitSpec,
+    spec: Spec | None = None,
+    categories: Mapping[str, Mapping[str, list[str]]] | None = None,
 ) -> dict[str, Any]:
     """Copy the tensors under ``init.modules`` (source prefix -> target prefix) from the package.
 
     The source package is verified as for prediction (checksums, strict load). Every copied tensor
     must exist in the target with the same shape; a prefix that matches nothing is an error. The
     returned record (package, its weights' sha256, prefixes, tensor count) goes into the package.
+    ``categories``: this run's text categories (modality -> column -> values in code order); a
+    branch is not copied across columns coded otherwise (``M`` as 0 there and 1 here).
     """
 
     try:
@@ -81,9 +105,13 @@ def init_from_package(
         raise SpecError("train.init.package", f"cannot load {init.package}: {err}") from None
     src = src_pkg.model.state_dict()
     dst = model.state_dict()
+    codes = None
+    if categories is not None:
+        pre = src_pkg.meta.get("preprocessing") or {}
+        codes = ({m: (st or {}).get("categories") or {} for m, st in pre.items()}, categories)
     copied = 0
     for s_prefix, d_prefix in init.modules.items():
-        _check_inputs(s_prefix, d_prefix, src_pkg.spec, spec, str(init.package))
+        _check_inputs(s_prefix, d_prefix, src_pkg.spec, spec, str(init.package), codes)
         keys = [k for k in src if k == s_prefix or k.startswith(s_prefix + ".")]
         if not keys:
             tops = sorted({".".join(k.split(".")[:2]) for k in src})

@@ -376,6 +376,8 @@ class FitContext:
     #: this rank's data reads (``rank_usage``), and every rank's once a member is fitted
     usage: dict[str, Any] = field(default_factory=dict)
     ranks: list[dict[str, Any]] = field(default_factory=list)
+    #: the text categories each tabular column was coded by (``train.init`` compares them)
+    categories: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
 
 def fit_member(
@@ -395,7 +397,7 @@ def fit_member(
     if model is None:
         model = build_model(spec)
         if spec.train.init is not None:  # before the trainer (and any checkpoint) takes over
-            init_record = _init_weights(model, spec, workdir, resume, fit.session.rank == 0)
+            init_record = _init_weights(model, spec, workdir, resume, fit)
     tuned = apply_finetune(model, spec)  # LoRA adapters in, before any checkpoint is restored
     trainer = fit.session.trainer(
         model,
@@ -420,15 +422,15 @@ def fit_member(
 
 
 def _init_weights(
-    model: nn.Module, spec: Spec, workdir: Path | None, resume: bool, main: bool
+    model: nn.Module, spec: Spec, workdir: Path | None, resume: bool, fit: FitContext
 ) -> dict[str, Any]:
 
     assert spec.train.init is not None
     saved = workdir / INIT_RECORD if workdir is not None else None
     if resume and saved is not None and (saved.parent / CHECKPOINT).exists() and saved.exists():
         return json.loads(saved.read_text())  # the checkpoint has the weights
-    record = init_from_package(model, spec.train.init, spec)
-    if main and saved is not None:
+    record = init_from_package(model, spec.train.init, spec, fit.categories)
+    if fit.session.rank == 0 and saved is not None:
         saved.parent.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps(record))
     return record
@@ -768,6 +770,7 @@ def run_fit(
     val_t = to_tensors(bundle.val, stats, workers=w)
     fit = FitContext(session, train_t, val_t, resume, progress, on_epoch, list(callbacks or []))
     fit.usage = rank_usage(bundle, session.rank)
+    fit.categories = {m: dict(st["categories"]) for m, st in stats.items() if st.get("categories")}
     members = None
     try:
         if spec.ensemble == 1:
