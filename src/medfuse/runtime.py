@@ -68,7 +68,9 @@ def choose_runtime(package: str | Path, runtime: str = "auto") -> str:
 
 
 def write_predictions(results: Iterable[Predictions], model: OnnxPredictor, out: Any) -> int:
-    """CSV rows in the ``medfuse predict`` layout (``Predictions.columns``)."""
+    """CSV rows in the ``medfuse predict`` layout (``Predictions.columns``), cell for cell as
+    the full install writes them: a row without a prediction has empty probability cells (as
+    pandas writes NaN), never ``nan``."""
     w = csv.DictWriter(
         out, fieldnames=table_columns(model.task, model.labels, list(model.schema.modalities))
     )
@@ -76,7 +78,7 @@ def write_predictions(results: Iterable[Predictions], model: OnnxPredictor, out:
     n = 0
     for res in results:
         for row in res.rows():
-            w.writerow(row)
+            w.writerow({k: "" if isinstance(v, float) and v != v else v for k, v in row.items()})
             n += 1
     return n
 

@@ -235,3 +235,26 @@ def test_npz_inputs_name_unknown_and_missing_modalities(tmp_path) -> None:
     (tmp_path / "broken.npz").write_bytes(ok.read_bytes()[:40])
     with pytest.raises(DataError, match=r"not a readable \.npz"):
         coerce(tmp_path / "broken.npz", schema)
+
+
+def test_runtime_csv_equals_the_predict_verbs_cell_for_cell(
+    exported_package: Path, tmp_path: Path
+) -> None:
+    """A row with no usable input: the torch-free runtime wrote ``nan`` where ``medfuse
+    predict`` leaves the probability empty, so the two files of one run differed."""
+    from medfuse.cli import main
+
+    np.save(tmp_path / "img.npy", np.zeros((1, 16, 16), np.float32))
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    (tmp_path / "m.csv").write_text(
+        "id,image,signal,age,bmi,marker\na,img.npy,,50,25,0.1\nb,,,,,\nc,bad.png,,,,\n"
+    )
+    args = ["--input", str(tmp_path / "m.csv"), "--on-bad-row", "missing"]
+    out = tmp_path / "torch.csv"
+    assert (
+        main(["predict", str(exported_package), *args, "--runtime", "onnx", "--out", str(out)]) == 0
+    )
+    assert runtime.main([str(exported_package), *args, "--out", str(tmp_path / "rt.csv")]) == 0
+    text = (tmp_path / "rt.csv").read_text()
+    assert text == out.read_text()
+    assert "\nb,,," in text
