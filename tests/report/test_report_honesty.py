@@ -217,3 +217,18 @@ def test_delong_makes_no_test_from_a_handful_of_one_class() -> None:
     t = delong_test(y, a, b)
     assert np.isnan(t["p"]) and np.isnan(t["lo"]) and "2 positive samples" in t["note"]
     assert t["auroc_a"] == pytest.approx(skm.roc_auc_score(y, a)) and t["diff"] > 0
+
+
+def test_a_sensitivity_gap_is_withheld_when_a_group_has_few_positives() -> None:
+    """The gap of a proportion (here sensitivity) was never withheld: a group with 2 positives
+    gave a bootstrap interval for the sensitivity gap as if it were measured."""
+    rng = np.random.default_rng(2)
+    y = np.r_[(rng.random(100) < 0.4).astype(float), np.r_[np.ones(2), np.zeros(20)]]
+    p = np.clip(0.5 * y + 0.5 * rng.random(122), 0, 1)
+    site = np.r_[np.repeat("A", 100), np.repeat("B", 22)]
+    gap = subgroup_metrics("binary", y, p, site, 0.5, n_boot=100, seed=0, gap_metric="sensitivity")
+    assert gap["gap"]["metric"] == "sensitivity"
+    assert math.isnan(gap["gap"]["lo"]) and "B: 2 positive samples" in gap["gap"]["method"]
+    # specificity's denominator is the negatives: 20 in B, so its gap keeps an interval
+    spec = subgroup_metrics("binary", y, p, site, 0.5, n_boot=100, seed=0, gap_metric="specificity")
+    assert math.isfinite(spec["gap"]["lo"]) and spec["gap"]["lo"] <= spec["gap"]["value"]

@@ -440,11 +440,17 @@ def difference_interval(
     ranking or both-class metric, and for a binary proportion (sensitivity, specificity, PPV,
     NPV, accuracy: each alone gets an exact interval, their paired difference only this
     bootstrap, which on 3 positives put a difference of 1 at [1, 1], p 0.001)."""
+    return bootstrap_interval(value, dist, difference_withheld(task, metric, y, groups), level)
+
+
+def difference_withheld(task: str, metric: str, y: np.ndarray, groups: Any = None) -> str | None:
+    """Why a bootstrap interval of a difference of ``metric`` involving these samples is
+    withheld (a paired difference of two models, a subgroup's part in a best-worst gap), else
+    ``None``: as :func:`too_few` says for a ranking or both-class metric, by its own
+    denominator for a binary proportion."""
     if task == "binary" and metric in PROPORTIONS:
-        why = _few_in_denominator(metric, y, groups)
-    else:
-        why = too_few(task, y, groups) if metric in both_class_metrics(task) else None
-    return bootstrap_interval(value, dist, why, level)
+        return _few_in_denominator(metric, y, groups)
+    return too_few(task, y, groups) if metric in both_class_metrics(task) else None
 
 
 def _few_in_denominator(metric: str, y: np.ndarray, groups: Any = None) -> str | None:

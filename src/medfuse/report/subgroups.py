@@ -22,12 +22,17 @@ from medfuse.report.ci import (
     RESAMPLES,
     bootstrap,
     bootstrap_interval,
-    both_class_metrics,
+    difference_withheld,
     finish_intervals,
     metric_rows,
     point_rows,
-    too_few,
 )
+
+
+def _of(groups: Any, sel: np.ndarray) -> Any:
+    """The patient ids of the selected samples (None when samples are the units)."""
+    return None if groups is None else np.asarray(groups)[sel]
+
 
 #: columns tried, in order, when no column is named
 CANDIDATES = (
@@ -189,15 +194,11 @@ def subgroup_metrics(
     dist = bootstrap(rows, len(y), groups=groups, n_boot=n_boot, seed=seed)
     result: dict[str, Any] = {"groups": {}, "gap": None, "metric": gap_metric}
     points = {}
-    few: dict[str, str] = {}
     for g in names:
         yy, pp = y[sel[g]], p[sel[g]]
-        gg = None if groups is None else np.asarray(groups)[sel[g]]
+        gg = _of(groups, sel[g])
         pt = point_rows(task, yy, pp, threshold)
         points[g] = pt
-        reason = too_few(task, yy, gg)
-        if reason:
-            few[g] = reason
         result["groups"][g] = {
             "n": int(sel[g].sum()),
             "positives": int(np.asarray(yy).sum()) if task == "binary" else None,
@@ -217,9 +218,14 @@ def subgroup_metrics(
         vals = {g: points[g][gap_metric] for g in rankable}
         best = max(vals, key=lambda g: vals[g])
         worst = min(vals, key=lambda g: vals[g])
-        thin = [g for g in rankable if g in few] if gap_metric in both_class_metrics(task) else []
+        # a group too thin for the gap's metric (a sensitivity gap: its positives)
+        thin = {
+            g: r
+            for g in rankable
+            if (r := difference_withheld(task, gap_metric, y[sel[g]], _of(groups, sel[g])))
+        }
         why = "no interval: " + "; ".join(
-            f"{g}: {few[g].removeprefix('no interval: ')}" for g in thin
+            f"{g}: {r.removeprefix('no interval: ')}" for g, r in thin.items()
         )
         result["gap"] = {
             "metric": gap_metric,
