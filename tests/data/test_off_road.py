@@ -350,3 +350,27 @@ def test_records_as_long_as_the_training_ones_are_not_flagged(tmp_path: Path) ->
     flags = [str(r["flags"]) for r in pred.predict_table(rows)]
     assert "reads its middle" not in flags[0]
     assert "holds 2000 samples" in flags[1] and "training records held 400..400" in flags[1]
+
+
+def test_a_relative_path_naming_files_in_two_folders_is_refused(
+    image_package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DataFrame's relative paths resolve against the training manifest's folder when it
+    exists here: a user predicting another site's copy (same file names) from its folder got
+    the training images' predictions, without a word. A path naming a file in both is refused;
+    base_dir says which."""
+    import medfuse
+
+    site = tmp_path / "site"
+    _table(site, bright=-60)  # other images under the same names
+    monkeypatch.chdir(site)
+    pred = medfuse.load(image_package)
+    df = pd.DataFrame({"image": ["img/1.png"], "age": [50]})
+    with pytest.raises(DataError, match=r"img/1.png names a file in the training .* base_dir"):
+        pred.predict_table(df)
+    here = pred.predict_table(df, base_dir=site)[0]
+    there = pred.predict_table(df, base_dir=image_package.parent)[0]
+    assert here["prob_1"] != there["prob_1"]
+    # a path only in the training folder still reads from there
+    (site / "img" / "2.png").unlink()
+    assert pred.predict_table(pd.DataFrame({"image": ["img/2.png"], "age": [50]}))[0]["error"] == ""

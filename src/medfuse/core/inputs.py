@@ -528,18 +528,22 @@ def _sniff(data: bytes) -> str:
 
 
 def _tensor_value(
-    v: Any, m: Modality, base: Path, roots: tuple[Path, ...] | None = None
+    v: Any,
+    m: Modality,
+    base: Path,
+    roots: tuple[Path, ...] | None = None,
+    alt: Path | None = None,
 ) -> tuple[np.ndarray, str]:
     """An image/signal value (path, upload, bytes or array) as one fitted, finite sample, and
     :func:`fit_note` of what it held before it was fitted. ``roots``: the folders a file path
-    must lie in (a manifest's paths), None for no limit."""
+    must lie in (a manifest's paths), None for no limit; ``alt``: :func:`_input_path`."""
     note = ""
     if isinstance(v, bytes | bytearray):
         v = Upload(bytes(v), _sniff(bytes(v)))
     if isinstance(v, Upload):
         x, note = _read_upload(v, m)
     elif isinstance(v, str | os.PathLike):
-        p = _input_path(v, base, roots)
+        p = _input_path(v, base, roots, alt)
         if m.kind == "signal" and p.suffix.lower() == ".npy":
             try:
                 data = p.read_bytes()
@@ -582,10 +586,25 @@ def _unwindowed(x: np.ndarray, m: Modality) -> str:
     )
 
 
-def _input_path(v: str | os.PathLike[str], base: Path, roots: tuple[Path, ...] | None) -> Path:
+def _input_path(
+    v: str | os.PathLike[str],
+    base: Path,
+    roots: tuple[Path, ...] | None,
+    alt: Path | None = None,
+) -> Path:
     """A file named in the input: relative to ``base``; inside ``roots`` (a manifest's folder
-    and the data root) when given, else refused."""
+    and the data root) when given, else refused. ``alt``: another folder the caller may have
+    meant (the working directory, when ``base`` is the training manifest's folder chosen for
+    want of one): a relative path naming a file in both is refused, not read from either."""
     p = Path(str(v).strip()).expanduser()
+    if not p.is_absolute() and alt is not None:
+        here, there = base / p, alt / p
+        if here.is_file() and there.is_file() and not os.path.samefile(here, there):
+            raise InputError(
+                f"{v} names a file in the training manifest's folder ({base}) and another in "
+                f"the working directory ({alt}); say which: base_dir=... (--base-dir), or "
+                "absolute paths"
+            )
     p = p if p.is_absolute() else base / p
     if roots is not None and not contained(p, roots):
         raise InputError(
@@ -596,7 +615,11 @@ def _input_path(v: str | os.PathLike[str], base: Path, roots: tuple[Path, ...] |
 
 
 def _text_value(
-    v: Any, m: Modality, base: Path, roots: tuple[Path, ...] | None = None
+    v: Any,
+    m: Modality,
+    base: Path,
+    roots: tuple[Path, ...] | None = None,
+    alt: Path | None = None,
 ) -> np.ndarray:
     """One text (the text itself, or a path to a UTF-8 ``.txt`` file) as ``(1, length)`` ids.
     Bytes or an upload (HTTP) are the text itself, never a path, whatever they end with: a note
@@ -608,7 +631,7 @@ def _text_value(
         except UnicodeDecodeError:
             raise _Bad("the uploaded text is not UTF-8") from None
     elif isinstance(v, os.PathLike) or (isinstance(v, str) and v.strip().endswith(".txt")):
-        p = _input_path(v, base, roots)
+        p = _input_path(v, base, roots, alt)
         try:
             v = p.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
@@ -639,7 +662,7 @@ def _texts(v: Any, m: Modality, ctx: _Ctx) -> np.ndarray:
         if _empty(t):
             continue
         try:
-            out[i] = _text_value(t, m, ctx.base, ctx.roots)[0]
+            out[i] = _text_value(t, m, ctx.base, ctx.roots, ctx.alt)[0]
         except (_Bad, InputError) as err:
             raise ctx.error(str(err), (i, m.name)) from None
     return out
@@ -658,6 +681,8 @@ class _Ctx:
     row_label: Any  # i -> "row 12" / "sample 3"
     #: the folders a file named in the input must lie in (a manifest's); None: no limit
     roots: tuple[Path, ...] | None = None
+    #: a folder relative paths may also have meant (``_input_path``)
+    alt: Path | None = None
 
     def bad(self, batch: Batch, i: int, m: str, msg: str) -> None:
         if self.on_bad_row == "fail":
@@ -723,7 +748,7 @@ def coerce(
             ),
             schema,
         )
-    base = _in_memory_base(schema, base_dir)
+    base, alt = _in_memory_base(schema, base_dir)
     if hasattr(samples, "arrays") and hasattr(samples, "masks"):  # a Split: the data pipeline's
         arrays = {m: split_values(samples.arrays[m]) for m in schema.modalities}
         masks = {m: np.asarray(samples.masks[m], np.float32) for m in schema.modalities}
@@ -748,7 +773,7 @@ def coerce(
         # a column named twice: to_dict keeps its last (training's reader, its first)
         refuse_duplicate_columns(where or "the DataFrame", samples.columns)
         rows = samples.to_dict(orient="records")  # a DataFrame: one sample per row
-        ctx = _Ctx(schema, on_bad_row, base, where or "", unseen, lambda i: f" row {i}")
+        ctx = _Ctx(schema, on_bad_row, base, where or "", unseen, lambda i: f" row {i}", alt=alt)
         cols = [str(c) for c in samples.columns]
         return _from_rows(
             [{str(k): v for k, v in r.items()} for r in rows], ctx, table=cols, default_id="row-{i}"
@@ -761,7 +786,9 @@ def coerce(
         samples = {str(k): v for k, v in samples.to_dict().items()}  # a Series: one sample
     if isinstance(samples, Mapping):
         if _is_batched(samples, schema):
-            ctx = _Ctx(schema, on_bad_row, base, where or "", unseen, lambda i: f" sample {i}")
+            ctx = _Ctx(
+                schema, on_bad_row, base, where or "", unseen, lambda i: f" sample {i}", alt=alt
+            )
             return _from_batched(samples, ctx, default_id="row-{i}")
         samples = [samples]
     if isinstance(samples, np.ndarray):
@@ -783,20 +810,23 @@ def coerce(
                     f"keyed by modality ({', '.join(schema.modalities)})",
                     (i,),
                 )
-        ctx = _Ctx(schema, on_bad_row, base, where or "", unseen, lambda i: f" sample {i}")
+        ctx = _Ctx(schema, on_bad_row, base, where or "", unseen, lambda i: f" sample {i}", alt=alt)
         return _from_rows([dict(r) for r in rows], ctx, table=None, default_id="row-{i}")
     raise InputError(f"a {type(samples).__name__} is not an accepted input; give {ACCEPTED}")
 
 
-def _in_memory_base(schema: Schema, base_dir: str | Path | None) -> Path:
+def _in_memory_base(schema: Schema, base_dir: str | Path | None) -> tuple[Path, Path | None]:
     """Relative file paths of in-memory samples: ``base_dir``, else the training manifest's
-    directory when it exists here, else the working directory."""
+    directory when it exists here, else the working directory; and, when the training folder
+    was taken for want of ``base_dir``, the working directory as the folder the caller may
+    have meant instead (a path naming a file in both is refused)."""
     if base_dir is not None:
-        return Path(base_dir).expanduser()
+        return Path(base_dir).expanduser(), None
     rec = schema.layout.base_dir
     if rec and Path(rec).is_dir():
-        return Path(rec)
-    return Path.cwd()
+        cwd = Path.cwd()
+        return Path(rec), (None if os.path.samefile(rec, cwd) else cwd)
+    return Path.cwd(), None
 
 
 def _is_batched(d: Mapping[str, Any], schema: Schema) -> bool:
@@ -986,10 +1016,10 @@ def _from_rows(
                 continue
             try:
                 if mod.kind == "text":
-                    b.arrays[m][i] = _text_value(v, mod, ctx.base, ctx.roots)[0]
+                    b.arrays[m][i] = _text_value(v, mod, ctx.base, ctx.roots, ctx.alt)[0]
                     b.masks[m][i] = float(b.arrays[m][i].any())  # no word: missing
                     continue
-                b.arrays[m][i], note = _tensor_value(v, mod, ctx.base, ctx.roots)
+                b.arrays[m][i], note = _tensor_value(v, mod, ctx.base, ctx.roots, ctx.alt)
                 b.masks[m][i] = 1.0
                 if note:
                     b.flags[i].append(note)

@@ -56,18 +56,40 @@ class Predictor(Protocol):
     @property
     def schema(self) -> Schema: ...
 
-    def inputs(self, samples: Any, *, on_bad_row: str = "fail") -> Batch: ...
+    def inputs(
+        self, samples: Any, *, on_bad_row: str = "fail", base_dir: str | Path | None = None
+    ) -> Batch: ...
     def predict_proba(
-        self, samples: Any, *, batch_size: int = 256, on_bad_row: str = "fail"
+        self,
+        samples: Any,
+        *,
+        batch_size: int = 256,
+        on_bad_row: str = "fail",
+        base_dir: str | Path | None = None,
     ) -> np.ndarray: ...
     def predict(
-        self, samples: Any, *, batch_size: int = 256, on_bad_row: str = "fail"
+        self,
+        samples: Any,
+        *,
+        batch_size: int = 256,
+        on_bad_row: str = "fail",
+        base_dir: str | Path | None = None,
     ) -> list[Any]: ...
     def predict_rows(
-        self, samples: Any, *, batch_size: int = 256, on_bad_row: str = "fail"
+        self,
+        samples: Any,
+        *,
+        batch_size: int = 256,
+        on_bad_row: str = "fail",
+        base_dir: str | Path | None = None,
     ) -> Predictions: ...
     def predict_table(
-        self, samples: Any, *, batch_size: int = 256, on_bad_row: str = "fail"
+        self,
+        samples: Any,
+        *,
+        batch_size: int = 256,
+        on_bad_row: str = "fail",
+        base_dir: str | Path | None = None,
     ) -> list[dict[str, Any]]: ...
 
 
@@ -329,44 +351,82 @@ class PredictorBase:
         labels = decide(self.task, p, self.labels, self.threshold, nonfinite="none")
         return Predictions(batch, p, labels, errors, self.task, self.labels, self.threshold)
 
-    def _by_part(self, split: Any, batch_size: int, on_bad_row: str) -> Iterator[Predictions]:
+    def _by_part(
+        self, split: Any, batch_size: int, on_bad_row: str, base_dir: str | Path | None = None
+    ) -> Iterator[Predictions]:
         """A streamed split (larger than memory) predicted :data:`STREAMED_ROWS` rows at a time;
         each part's values are dropped once the caller has taken what it needs."""
         for part in _parts(split):
-            yield self.predict_rows(part, batch_size=batch_size, on_bad_row=on_bad_row)
+            yield self.predict_rows(
+                part, batch_size=batch_size, on_bad_row=on_bad_row, base_dir=base_dir
+            )
 
     def predict_rows(
-        self, samples: Any, *, batch_size: int = 256, on_bad_row: str = "fail"
+        self,
+        samples: Any,
+        *,
+        batch_size: int = 256,
+        on_bad_row: str = "fail",
+        base_dir: str | Path | None = None,
     ) -> Predictions:
+        """``base_dir``: the folder relative file paths in in-memory samples (dicts, a
+        DataFrame) are read from; default: the training manifest's folder when it exists here
+        (a path naming a file there and another in the working directory is refused), else the
+        working directory. A manifest file's paths are relative to its own folder."""
         return self.predict_batch(
-            self.inputs(samples, on_bad_row=on_bad_row),
+            self.inputs(samples, on_bad_row=on_bad_row, base_dir=base_dir),
             batch_size=batch_size,
             on_bad_row=on_bad_row,
         )
 
     def predict_proba(
-        self, samples: Any, *, batch_size: int = 256, on_bad_row: str = "fail"
+        self,
+        samples: Any,
+        *,
+        batch_size: int = 256,
+        on_bad_row: str = "fail",
+        base_dir: str | Path | None = None,
     ) -> np.ndarray:
         """Binary: (N,) P(positive label); multiclass/multilabel: (N, K). Calibration applied.
-        NaN for a row that cannot be predicted (only with ``on_bad_row="missing"``)."""
+        NaN for a row that cannot be predicted (only with ``on_bad_row="missing"``).
+        ``base_dir``: :meth:`predict_rows`."""
         if is_streamed(samples):
-            return np.concatenate([r.proba for r in self._by_part(samples, batch_size, on_bad_row)])
-        return self.predict_rows(samples, batch_size=batch_size, on_bad_row=on_bad_row).proba
+            parts = self._by_part(samples, batch_size, on_bad_row, base_dir)
+            return np.concatenate([r.proba for r in parts])
+        return self.predict_rows(
+            samples, batch_size=batch_size, on_bad_row=on_bad_row, base_dir=base_dir
+        ).proba
 
     def predict(
-        self, samples: Any, *, batch_size: int = 256, on_bad_row: str = "fail"
+        self,
+        samples: Any,
+        *,
+        batch_size: int = 256,
+        on_bad_row: str = "fail",
+        base_dir: str | Path | None = None,
     ) -> list[Any]:
         """Labels (a list of labels per sample for multilabel); None for a row that cannot be
-        predicted (only with ``on_bad_row="missing"``)."""
+        predicted (only with ``on_bad_row="missing"``). ``base_dir``: :meth:`predict_rows`."""
         if is_streamed(samples):
-            return [v for r in self._by_part(samples, batch_size, on_bad_row) for v in r.labels]
-        return self.predict_rows(samples, batch_size=batch_size, on_bad_row=on_bad_row).labels
+            parts = self._by_part(samples, batch_size, on_bad_row, base_dir)
+            return [v for r in parts for v in r.labels]
+        return self.predict_rows(
+            samples, batch_size=batch_size, on_bad_row=on_bad_row, base_dir=base_dir
+        ).labels
 
     def predict_table(
-        self, samples: Any, *, batch_size: int = 256, on_bad_row: str = "fail"
+        self,
+        samples: Any,
+        *,
+        batch_size: int = 256,
+        on_bad_row: str = "fail",
+        base_dir: str | Path | None = None,
     ) -> list[dict[str, Any]]:
-        """One dict per row: id, probabilities, label, presence and reasons, flags, error."""
-        return self.predict_rows(samples, batch_size=batch_size, on_bad_row=on_bad_row).rows()
+        """One dict per row: id, probabilities, label, presence and reasons, flags, error.
+        ``base_dir``: :meth:`predict_rows`."""
+        return self.predict_rows(
+            samples, batch_size=batch_size, on_bad_row=on_bad_row, base_dir=base_dir
+        ).rows()
 
 
 def deployed_onnx(meta: dict[str, Any]) -> str | None:
