@@ -3,9 +3,11 @@ shared real-data root (tests that need it skip with a clear reason when it is ab
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -166,3 +168,39 @@ def browser(chromium_path: str):
             yield b
         finally:
             b.close()
+
+
+@pytest.fixture(scope="session")
+def serving() -> Any:
+    """:func:`_serving`: run an ASGI app on a real loopback server (``with serving(app) as url``)."""
+    return _serving
+
+
+@contextlib.contextmanager
+def _serving(app: Any) -> Iterator[str]:
+    """An ASGI ``app`` (``medfuse serve``'s) on a real uvicorn server at 127.0.0.1:<free port>,
+    stopped on exit. Yields its base URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not server.started:
+        if not thread.is_alive() or time.time() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

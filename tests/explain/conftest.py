@@ -132,33 +132,10 @@ TOKEN = "explain-test-token"
 
 
 @pytest.fixture(scope="session")
-def live_server(small_package: Path) -> Any:
+def live_server(small_package: Path, serving: Any) -> Any:
     """``medfuse serve``'s app on a real uvicorn server at 127.0.0.1:<free port> (torch runtime,
     bearer token ``TOKEN``). Yields ``(base_url, token)``."""
-    import socket
-    import threading
-    import time
-
-    import uvicorn
-
     from medfuse.serve.app import create_app
 
-    app = create_app(small_package, runtime="torch", token=TOKEN)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not server.started:
-        if not thread.is_alive() or time.time() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}", TOKEN
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving(create_app(small_package, runtime="torch", token=TOKEN)) as url:
+        yield url, TOKEN

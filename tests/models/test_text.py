@@ -649,3 +649,37 @@ def test_an_uploaded_text_is_never_read_as_a_path(tmp_path: Path) -> None:
     got = _text_value(Upload(str(secret).encode(), ".txt"), m, tmp_path)
     assert np.array_equal(got, encode([str(secret)], tok, 8))  # the string's own words
     assert not np.array_equal(got, encode(["fever fever fever"], tok, 8))  # not the file's
+
+
+def test_web_page_predicts_and_explains_a_text(tmp_path: Path, browser, serving) -> None:
+    """The web page had no field for a text modality (a text model's page could not be used):
+    a textarea now sends the text itself, and the page shows what ``/v1/explain`` gives for it,
+    with its token map."""
+    import httpx
+
+    from medfuse.serve.app import create_app
+
+    pkg = _package(tmp_path)
+    row = ROWS[0]
+    with serving(create_app(pkg, runtime="torch")) as url:
+        inst = {"note": row["note"], "vitals": {"hr": row["hr"], "temp": row["temp"]}}
+        ref = httpx.post(
+            url + "/v1/explain", json={"instances": [inst], "pictures": False}, timeout=60
+        ).json()["explanations"][0]
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        try:
+            page.goto(url + "/")
+            page.locator("[data-testid=text-note]").fill(row["note"])
+            page.locator("[data-testid=field-hr]").fill(str(row["hr"]))
+            page.locator("[data-testid=field-temp]").fill(str(row["temp"]))
+            page.locator("#submit").click()
+            tokens = page.locator("[data-testid=tokens-note]")
+            tokens.wait_for(state="visible", timeout=60_000)
+            prob = page.locator("[data-testid=probability]").inner_text()
+            caption = page.locator("#maps figcaption").first.inner_text()
+            assert page.locator("#error").is_hidden()
+        finally:
+            page.close()
+    p = ref["prediction"]["probabilities"]["p"]
+    assert f"P(p) = {p:.3f}" in prob, (prob, p)
+    assert "each token replaced by padding" in caption and "undefined" not in caption

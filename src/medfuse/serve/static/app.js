@@ -107,6 +107,11 @@ function buildForm(info) {
       } else {
         fs.innerHTML += `<div class="hint">${esc(signalHint(m))}</div>`;
       }
+    } else if (m.kind === "text") {
+      // the text itself, sent as a JSON string (never a path: the service reads no file)
+      fs.innerHTML += `<label>text <textarea id="${fieldId(name)}" data-testid="text-${esc(name)}"
+        rows="4" placeholder="missing"></textarea></label>
+        <div class="hint">tokenized as in training; the first ${esc(m.shape[m.shape.length - 1])} tokens are read</div>`;
     } else {
       const cats = m.categories || {};
       for (const col of m.columns || []) {
@@ -179,6 +184,11 @@ async function readWfdb(m, files) {
 async function readInstance() {
   const inst = {};
   for (const [name, m] of Object.entries(state.info.modalities)) {
+    if (m.kind === "text") {
+      const v = $(fieldId(name)).value;
+      if (v.trim() !== "") inst[name] = v;
+      continue;
+    }
     if (m.kind === "tabular") {
       const row = {};
       let any = false;
@@ -273,9 +283,11 @@ function render(result) {
   maps.innerHTML = "";
   for (const [m, mp] of Object.entries(e.maps)) {
     const kind = state.kinds[m];
-    const testid = kind === "image" ? "overlay" : kind === "signal" ? "attribution" : "features";
+    const testid = { image: "overlay", signal: "attribution", text: "tokens" }[kind] || "features";
     const fig = document.createElement("figure");
-    const how = mp.method === "grad-cam" ? `Grad-CAM at ${mp.layer}` : `integrated gradients (${mp.steps} steps)`;
+    const how = mp.method === "grad-cam" ? `Grad-CAM at ${mp.layer}`
+      : mp.method === "integrated-gradients" ? `integrated gradients (${mp.steps} steps)`
+      : mp.method === "token-occlusion" ? "each token replaced by padding" : mp.method;
     const src = e.pictures[m];
     fig.innerHTML = (src ? `<img id="picture-${esc(m)}" data-testid="${testid}-${esc(m)}" alt="${esc(how)} for ${esc(m)}" src="${src}">` : "") +
       `<figcaption>${esc(m)}: ${esc(how)}, towards ${esc(e.explained.label)}</figcaption>`;
