@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medfuse.core.inputs import missing_summary
+from medfuse.core.inputs import missing_summary, plausibility_summary
 from medfuse.core.package import read_meta
 from medfuse.core.spec import Spec, load_spec, parse_spec
 from medfuse.data import DataBundle, load_spec_data
@@ -215,6 +215,9 @@ def evaluation_record(
     out["model"] = pred.scored
     # the rows evaluated with a tabular value imputed (the training mean), as a prediction says
     out["missing_values"] = missing_summary(data_split.arrays, data_split.masks, pred.schema)
+    # the rows a prediction would flag (another unit, a value no training row held, a blank
+    # image): an external cohort in pounds was scored without a word
+    out["plausibility"] = plausibility_summary(data_split, pred.schema)
     out["positive"] = pred.spec.task.positive_class
     out["data_check"] = (bundle.info.get("fingerprint_check") or {}).get(
         split, {"same": None, "differences": ["no fingerprint recorded in this package"]}

@@ -374,3 +374,55 @@ def test_a_relative_path_naming_files_in_two_folders_is_refused(
     # a path only in the training folder still reads from there
     (site / "img" / "2.png").unlink()
     assert pred.predict_table(pd.DataFrame({"image": ["img/2.png"], "age": [50]}))[0]["error"] == ""
+
+
+def test_a_category_only_in_val_or_test_rows_is_flagged(tmp_path: Path) -> None:
+    """A package's categories come from every split: a value only in the test rows (``U``)
+    got a code and was predicted like a learnt one, while a numeric value off the training
+    range was flagged."""
+    import medfuse
+
+    n = 60
+    split = np.where(np.arange(n) < 40, "train", np.where(np.arange(n) < 50, "val", "test"))
+    df = pd.DataFrame(
+        {
+            "age": 40.0 + np.arange(n) % 30,
+            "sex": np.where(split == "test", "U", np.where(np.arange(n) % 2, "F", "M")),
+            "label": np.arange(n) % 2,
+            "split": split,
+        }
+    )
+    tiny = ["train.epochs=1", "train.batch_size=8"]
+    res = medfuse.fit(df, "label", 1, out=tmp_path / "p", overrides=tiny, verbose=False)
+    pred = medfuse.load(res.package)
+    assert pred.meta["preprocessing"]["clinical"]["categories"] == {"sex": ["F", "M", "U"]}
+    rows = pred.predict_table(pd.DataFrame({"age": [50.0] * 3, "sex": ["F", "M", "U"]}))
+    flags = [r["flags"] for r in rows]
+    assert flags[:2] == ["", ""]
+    assert "sex=U, a value no training row held" in flags[2] and "training saw F, M" in flags[2]
+
+
+def test_evaluate_counts_the_rows_a_prediction_would_flag(
+    image_package: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An external cohort exporting age in months (every value off the training range) was
+    evaluated without a word, while ``medfuse predict`` flagged every row of it."""
+    import medfuse
+    from medfuse.cli import main
+
+    site = tmp_path / "ext"
+    df = _table(site)
+    df["age"] = df["age"] * 12
+    df["split"] = "test"
+    df.to_csv(site / "ext.csv", index=False)
+    out = medfuse.evaluate(image_package, data=site / "ext.csv", device="cpu")
+    plaus = out["plausibility"]
+    assert plaus["rows"] == plaus["n"] == N and plaus["inputs"]["age"] == N
+    assert "outside the training range" in plaus["example"]
+    own = medfuse.evaluate(image_package, device="cpu")["plausibility"]
+    assert own["rows"] < own["n"]  # its own test rows: within (a few may lie off the range)
+    assert main(["evaluate", str(image_package), "--data", str(site / "ext.csv")]) == 0
+    err = capsys.readouterr().err
+    assert f"{N} of {N} rows hold an input unlike the training data (age {N}" in " ".join(
+        err.split()
+    )

@@ -175,6 +175,9 @@ def test_stream_true_trains_exactly_like_stream_false(
     from medfuse.report.clinical import clinical_evaluation
 
     monkeypatch.setattr(predictor_mod, "STREAMED_ROWS", 16)  # several parts, a short last one
+    from medfuse.core import inputs as inputs_mod
+
+    monkeypatch.setattr(inputs_mod, "SUMMARY_ROWS", 16)  # evaluate's plausibility count alike
     cal, ev, evc = {}, {}, {}
     for stream in (False, True):
         pkg = tmp_path / f"m{stream}"
@@ -192,6 +195,7 @@ def test_stream_true_trains_exactly_like_stream_false(
     assert {k: v for k, v in evc[True].items() if k != "data_check"} == {
         k: v for k, v in evc[False].items() if k != "data_check"
     }
+    assert evc[True]["plausibility"]["n"] == evc[True]["n"]  # every row, over two parts
 
 
 def test_worker_processes_serve_the_same_batches(manifest: Path) -> None:

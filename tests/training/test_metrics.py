@@ -194,3 +194,18 @@ def test_a_multilabel_macro_mean_says_which_labels_it_left_out() -> None:
         assert out[key] == pytest.approx(two[key]), key
     assert out["accuracy"] != pytest.approx(two["accuracy"])  # over all three labels
     assert "macro_note" not in multilabel_metrics(y[:, :2], p[:, :2], 0.5, ["A", "B"])
+
+
+def test_multiclass_macro_note_names_a_class_absent_from_the_split() -> None:
+    """A 3-class model evaluated on a split without one class: its macro AUROC and balanced
+    accuracy were means over 2 classes, reported as the model's, without a word."""
+    from medfuse.training.metrics import multiclass_metrics
+
+    y = np.array([0, 0, 1, 1, 0, 1])
+    p = np.array([[0.8, 0.1, 0.1], [0.1, 0.1, 0.8], [0.1, 0.8, 0.1]] * 2)
+    m = multiclass_metrics(y, p, ["low", "mid", "high"])
+    assert m["per_class"]["high"]["support"] == 0
+    assert "1 of 3 classes (high) have no sample" in m["macro_note"]
+    assert "called 2 sample(s) high" in m["macro_note"]
+    full = multiclass_metrics(np.array([0, 1, 2, 0, 1, 2]), p, ["low", "mid", "high"])
+    assert "macro_note" not in full

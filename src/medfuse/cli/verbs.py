@@ -226,12 +226,14 @@ def _data_lines(m: dict[str, Any]) -> None:
     if m.get("positive"):
         c.print(f"positive class: {m['positive']!r} (probabilities are P({m['positive']}))")
     if m.get("model"):
-        from medfuse.core.inputs import missing_text  # lazy: numpy, not for --help
+        from medfuse.core.inputs import missing_text, plausibility_text  # lazy: not for --help
         from medfuse.core.predictor import scored_text
 
         c.print(escape(scored_text(m["model"])))
         if (m.get("missing_values") or {}).get("rows"):  # column names: the user's words
             c.print(escape(f"data: {missing_text(m['missing_values'])}"))
+        if (m.get("plausibility") or {}).get("rows"):
+            c.print("[bold yellow]data:[/] " + escape(plausibility_text(m["plausibility"])))
     # a threshold chosen on little or inseparable validation data; a multilabel macro mean
     # leaving a label out; a split that chose the epoch, threshold or temperature, or fitted
     for key, head in CAUTIONS:

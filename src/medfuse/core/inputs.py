@@ -37,6 +37,7 @@ import csv
 import functools
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -1377,6 +1378,46 @@ def missing_text(summary: dict[str, Any], short: bool = False) -> str:
     )
 
 
+#: rows of a split read at a time by :func:`plausibility_summary` (a streamed split's values)
+SUMMARY_ROWS = 1024
+
+
+def plausibility_summary(split: Any, schema: Schema) -> dict[str, Any]:
+    """:func:`plausibility` over a split of a package's data (an evaluation's): how many rows
+    hold an input unlike the training data (``rows`` of ``n``), how many per input (a tabular
+    column, else the modality: ``inputs``), and the first flag as an ``example``. A streamed
+    split is read :data:`SUMMARY_ROWS` rows at a time."""
+    n = len(split)
+    per: dict[str, int] = {}
+    flagged, example = 0, ""
+    for s in range(0, n, SUMMARY_ROWS):
+        part = split if n <= SUMMARY_ROWS else split.subset(np.arange(s, min(s + SUMMARY_ROWS, n)))
+        mods = [m for m in schema.modalities if m in part.arrays]
+        arrays = {m: split_values(part.arrays[m]) for m in mods}
+        masks = {m: np.asarray(part.masks[m], np.float32) for m in mods}
+        for flags in plausibility(arrays, masks, schema):
+            if not flags:
+                continue
+            flagged += 1
+            example = example or flags[0]
+            for key in {re.split(r"[=:]", f, maxsplit=1)[0] for f in flags}:
+                per[key] = per.get(key, 0) + 1
+    ranked = dict(sorted(per.items(), key=lambda kv: (-kv[1], kv[0])))
+    return {"rows": flagged, "n": n, "inputs": ranked, "example": example}
+
+
+def plausibility_text(summary: dict[str, Any]) -> str:
+    """:func:`plausibility_summary` in words."""
+    if not summary.get("rows"):
+        return "every row within what the model saw in training"
+    inputs = ", ".join(f"{k} {v}" for k, v in summary["inputs"].items())
+    return (
+        f"{summary['rows']} of {summary['n']} rows hold an input unlike the training data "
+        f"({inputs}), e.g. {summary['example']}: another unit, scale or population? (medfuse "
+        "predict lists each row's flags)"
+    )
+
+
 def plausibility(
     arrays: dict[str, np.ndarray], masks: dict[str, np.ndarray], schema: Schema
 ) -> list[list[str]]:
@@ -1418,6 +1459,7 @@ def plausibility(
             flat = x.reshape(len(present), -1, len(mod.columns))
             for j, col in enumerate(mod.columns):
                 if col in mod.categories:
+                    _unseen_category(out, present, flat[..., j], col, mod, rng)
                     continue
                 lo, hi = rng["min"][j], rng["max"][j]
                 if lo is None or hi is None:
@@ -1464,6 +1506,36 @@ def plausibility(
                 "file)?"
             )
     return out
+
+
+def _unseen_category(
+    out: list[list[str]],
+    present: np.ndarray,
+    v: np.ndarray,
+    col: str,
+    mod: Modality,
+    rng: dict[str, Any],
+) -> None:
+    """:func:`plausibility`'s flag of a text column's value that no training row held (a
+    package knows its data's values from every split: one only in val or test has a code the
+    model never trained on). A package of an earlier release recorded none: no flag."""
+    seen = (rng.get("seen") or {}).get(col)
+    if seen is None:
+        return
+    names, known = mod.categories[col], set(seen)
+    a = np.asarray(v, np.float64).reshape(len(present), -1)
+    trained = [i for i, name in enumerate(names) if name in known]
+    with np.errstate(invalid="ignore"):
+        off = (np.isfinite(a) & ~np.isin(a, trained)).any(axis=1)
+    for k in np.flatnonzero(off):
+        codes = {int(c) for c in a[k] if np.isfinite(c)}
+        new = [names[c] for c in sorted(codes) if 0 <= c < len(names) and names[c] not in known]
+        if new:
+            out[present[k]].append(
+                f"{col}={', '.join(new)}, a value no training row held (the package knows it "
+                f"from its other splits; training saw {', '.join(seen) or 'none'}): the model "
+                "learned nothing for it"
+            )
 
 
 #: how far a text's share of unknown tokens may exceed the training texts' 99th percentile

@@ -98,6 +98,24 @@ def fit_ranges(x: np.ndarray, mask: np.ndarray, kind: str) -> dict[str, Any] | N
     return value_ranges(flat[range_subsample(n)], means, contrasts)
 
 
+def seen_categories(
+    x: np.ndarray, mask: np.ndarray, columns: list[str], categories: dict[str, list[str]]
+) -> dict[str, list[str]]:
+    """Per text column of a tabular modality, the values its training rows hold: a package's
+    categories come from every split of its data, so a value only in val or test has a code
+    the model never trained on (a prediction with it is flagged)."""
+    present = np.asarray(x)[np.asarray(mask) > 0]
+    flat = present.reshape(-1, present.shape[-1]) if present.size else present
+    out = {}
+    for col, names in categories.items():
+        if col not in columns:
+            continue
+        v = flat[:, columns.index(col)] if len(flat) else np.zeros(0)
+        codes = {int(c) for c in v[np.isfinite(v)]}
+        out[col] = [name for i, name in enumerate(names) if i in codes]
+    return out
+
+
 def range_subsample(n: int) -> np.ndarray:
     """Positions of the (at most 512) present samples whose values give an image/signal
     modality's percentiles: deterministic, spread over the split."""

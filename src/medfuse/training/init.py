@@ -3,8 +3,8 @@ large dataset reused for a small one, or an ECG encoder trained on PTB-XL reused
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch

@@ -213,6 +213,30 @@ def multiclass_metrics(
         },
         "confusion_matrix": cm.tolist(),
         "n": len(y),
+        **_absent_note(names, present, cm),
+    }
+
+
+def _absent_note(names: list[str], present: np.ndarray, cm: np.ndarray) -> dict[str, str]:
+    """A multiclass split missing a class: its macro means are over the classes it has (a
+    class without a sample has no sensitivity or AUROC): ``{"macro_note": ...}``, said, never
+    implied (as a multilabel label of one class). The model's calls of an absent class are
+    misses of the true classes (their sensitivity counts them); the absent class's own F1, 0
+    when it was called, is left out of the macro F1."""
+    absent = [i for i in range(len(names)) if i not in set(present.tolist())]
+    if not absent:
+        return {}
+    called = int(cm[:, absent].sum())
+    calls = f"; the model called {called} sample(s) {' or '.join(names[i] for i in absent)}" + (
+        " (misses of their true classes; the absent class's own F1, 0, is left out of the macro F1)"
+    )
+    return {
+        "macro_note": (
+            f"{len(absent)} of {len(names)} classes ({', '.join(names[i] for i in absent)}) have "
+            f"no sample in this split: the macro AUROC, AUPRC, sensitivity, specificity, "
+            f"balanced accuracy and F1 are over the other {len(names) - len(absent)}"
+            + (calls if called else "")
+        )
     }
 
 

@@ -28,7 +28,7 @@ from torch import nn
 from medfuse.core.errors import SpecError
 from medfuse.core.package import META
 from medfuse.core.paths import output_dir, write_output
-from medfuse.core.preprocess import channel_axis, fit_stats
+from medfuse.core.preprocess import channel_axis, fit_stats, seen_categories
 from medfuse.core.spec import Spec, complete_spec, parse_spec
 from medfuse.core.text import unknown_shares
 from medfuse.data import DataBundle, Split, load_spec_data
@@ -140,6 +140,10 @@ def fit_preprocessing(spec: Spec, train: Split, info: dict[str, Any]) -> dict[st
     for m, cats in (info.get("categories") or {}).items():
         if cats:
             stats[m]["categories"] = cats
+            if stats[m].get("range"):  # which values the training rows hold (plausibility)
+                stats[m]["range"]["seen"] = seen_categories(
+                    train.arrays[m], train.masks[m], spec.modalities[m].columns or [], cats
+                )
     for m in stats:
         if spec.modalities[m].kind == "image":  # photos read turned as their EXIF tag says
             stats[m]["exif_oriented"] = True
