@@ -72,7 +72,9 @@ def write_predictions(results: Iterable[Predictions], model: OnnxPredictor, out:
     the full install writes them: a row without a prediction has empty probability cells (as
     pandas writes NaN), never ``nan``."""
     w = csv.DictWriter(
-        out, fieldnames=table_columns(model.task, model.labels, list(model.schema.modalities))
+        out,
+        fieldnames=table_columns(model.task, model.labels, list(model.schema.modalities)),
+        lineterminator="\n",  # as pandas writes it (csv's default is \r\n)
     )
     w.writeheader()
     n = 0
