@@ -175,3 +175,29 @@ def test_page_shows_plausibility_flags(live_server, browser) -> None:
     finally:
         page.close()
     assert "age=300 outside the training range" in text
+
+
+def test_explain_refuses_a_package_changed_on_disk_since_startup(
+    small_package, small_test, tmp_path
+) -> None:
+    """/v1/explain loaded the package from disk on its first call: after ``medfuse calibrate``
+    in place it explained the new model (P 0.27 beside /v1/predict's 0.45 in one server), and a
+    package whose signature the service had checked at startup no longer had one."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from medfuse.report.calibration import calibrate_package
+    from medfuse.serve.app import create_app
+
+    pkg = shutil.copytree(small_package, tmp_path / "pkg")
+    body = {"instances": [_instance(small_test, 0)], "pictures": False}
+    client = TestClient(create_app(pkg, runtime="torch"))
+    calibrate_package(pkg)  # in place, after the service started
+    r = client.post("/v1/explain", json=body)
+    assert r.status_code == 503, r.text
+    assert "changed on disk since the service started" in r.text and "calibration" in r.text
+    assert client.post("/v1/predict", json={"instances": body["instances"]}).status_code == 200
+    # a service started on the package as it now is explains it
+    fresh = TestClient(create_app(pkg, runtime="torch"))
+    assert fresh.post("/v1/explain", json=body).status_code == 200

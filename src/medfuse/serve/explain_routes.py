@@ -130,8 +130,11 @@ def _data_uri(png: bytes) -> str:
 class _ExplainState:
     """The route's own PyTorch predictor, loaded on first use, and the lock serialising use."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
         self.path = path
+        #: the package as the service read it at startup (its signature checked then, when
+        #: the service requires one): the weights loaded later must be that package's
+        self.meta = meta
         self.predictor: Any = None
         self.lock = threading.Lock()
 
@@ -146,7 +149,22 @@ class _ExplainState:
                     detail=f"explanations need PyTorch and captum ({err}); "
                     "install medfuse with its full dependencies",
                 ) from None
-            self.predictor = load(self.path, device="cpu")
+            loaded = load(self.path, device="cpu")
+            if loaded.meta != self.meta:
+                # recalibrated, retrained or replaced since startup: explanations of another
+                # model than /v1/predict answers with (and one no signature check has seen)
+                changed = sorted(
+                    k
+                    for k in set(loaded.meta) | set(self.meta)
+                    if loaded.meta.get(k) != self.meta.get(k)
+                )
+                raise HTTPException(
+                    status_code=503,
+                    detail=f"the package at {self.path} changed on disk since the service "
+                    f"started ({', '.join(changed)} differ); explanations come only from the "
+                    "model the service answers with: restart the service to serve the new one",
+                )
+            self.predictor = loaded
         return self.predictor
 
 
@@ -154,7 +172,7 @@ class _ExplainState:
 def install(app: FastAPI) -> None:
     """Add ``POST /v1/explain`` (token enforced), the page at ``/`` and ``/static``."""
     service = app.state.service
-    state = _ExplainState(Path(service.path))
+    state = _ExplainState(Path(service.path), service.meta)
     app.state.explain = state
     Instance = service.instance_model
     labels = list(service.labels)
