@@ -232,6 +232,7 @@ ALLOWED = {
     "files.README.md",
     "files.metrics.jsonl",
     "training.ranks",  # each rank's peak RSS is a measurement, as the seconds are (checked below)
+    "meta_sha256",  # the digest of medfuse.json's content, which differs in the fields above
 }
 
 #: the per-rank fields that are measurements of this machine, not results

@@ -18,7 +18,7 @@ from medfuse.core.inputs import missing_summary, plausibility_summary
 from medfuse.core.package import read_meta
 from medfuse.core.spec import Spec, load_spec, parse_spec
 from medfuse.data import DataBundle, load_spec_data
-from medfuse.data.table import write_table_spec
+from medfuse.data.table import table_run
 from medfuse.distributed.strategies import start_session
 from medfuse.inference.helpers import package_data, to_tensors
 from medfuse.inference.package import save_package
@@ -147,28 +147,39 @@ def fit(
     progress: bool | None = None,
     verbose: bool = True,
     command: str | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """A table in, a model out: ``fit("cases.csv", label="diagnosis", positive="malignant")``.
 
     ``table`` is a CSV path or a pandas DataFrame: one row per sample, file paths for images and
     signals, clinical values, the label. Columns are typed and the spec inferred by
     ``medfuse.data.table`` (printed when ``verbose``), saved as ``<out>.spec.yaml`` beside the
-    package, and trained with ``train``: ``medfuse train <out>.spec.yaml`` repeats the run."""
+    package, and trained with ``train``: ``medfuse train <out>.spec.yaml`` repeats the run.
+    A package in ``out`` is replaced only with ``overwrite``; if training fails, the files
+    beside it are put back as they were."""
 
-    ts, out, spec_file = write_table_spec(
+    with table_run(
         table,
         label=label,
         positive=positive,
         out=out,
+        overwrite=overwrite,
         id_column=id_column,
         patient_column=patient_column,
         base_dir=base_dir,
         seed=seed,
         overrides=overrides,
-    )
-    if verbose:
-        print(f"{ts.describe()}\nspec saved: {spec_file}", flush=True)
-    return train(spec_file, out=out, device=device, progress=progress, command=command)
+    ) as (ts, pkg, spec_file):
+        if verbose:
+            print(f"{ts.describe()}\nspec saved: {spec_file}", flush=True)
+        return train(
+            spec_file,
+            out=pkg,
+            device=device,
+            progress=progress,
+            command=command,
+            overwrite=overwrite,
+        )
 
 
 def evaluate(

@@ -35,7 +35,7 @@ from medfuse.core.errors import (
 from medfuse.core.inputs import iter_batches
 from medfuse.core.onnx import OnnxPredictor, load
 from medfuse.core.optional import RUNTIMES, installed
-from medfuse.core.package import WEIGHTS, read_meta
+from medfuse.core.package import WEIGHTS, package_id, read_meta
 from medfuse.core.paths import output_file
 from medfuse.core.predictor import Predictions, RunResult, deployed_onnx, table_columns
 
@@ -117,25 +117,25 @@ def predict_file(
     model = load(package, device=device, threads=threads)
     batches = iter_batches(input_path, model.schema, on_bad_row=on_bad_row, base_dir=base_dir)
     first = next(batches, None)  # input errors before the output file is created
-    affected: list[dict[str, str]] = []
+    run = RunResult(0, package=package_id(model.meta))
 
     def results() -> Iterable[Predictions]:
         for b in itertools.chain([first] if first is not None else [], batches):
             res = model.predict_batch(b, batch_size=batch_size, on_bad_row=on_bad_row)
-            affected.extend(res.affected())
+            run.take(res)
             yield res
 
     if out is None:
-        n = write_predictions(results(), model, sys.stdout)
-        return RunResult(n, affected).list_issues(out, issues_out)
+        run.rows = write_predictions(results(), model, sys.stdout)
+        return run.list_issues(out, issues_out)
     tmp = Path(out).with_name(f".{Path(out).name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "w", newline="") as f:
-            n = write_predictions(results(), model, f)
+            run.rows = write_predictions(results(), model, f)
         tmp.replace(out)  # a failed run leaves no truncated output
     finally:
         tmp.unlink(missing_ok=True)
-    return RunResult(n, affected).list_issues(out, issues_out)
+    return run.list_issues(out, issues_out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             base_dir=a.base_dir,
             issues_out=a.issues,
         )
+        print(f"predictions of package {res.package}", file=sys.stderr)
         if a.out:
             print(f"{res.rows} predictions -> {a.out}", file=sys.stderr)
     except MedfuseError as err:

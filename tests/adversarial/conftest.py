@@ -57,12 +57,16 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _edit_meta(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
-    """Edit medfuse.json by hand, as an attacker or a careless user would (checksums untouched:
-    they do not cover medfuse.json itself)."""
+    """Edit medfuse.json as an attacker would: the checksums of the other files untouched, its
+    own digest (``meta_sha256``) recomputed, so the checks behind it are what refuses the edit
+    (a careless hand edit, digest untouched, is refused by the digest:
+    ``test_adv_schema.py::test_a_hand_edit_of_medfuse_json_is_refused``)."""
+    from medfuse.core.package import seal_meta
+
     f = path / "medfuse.json"
     meta = json.loads(f.read_text())
     change(meta)
-    f.write_text(json.dumps(meta, indent=2))
+    f.write_text(json.dumps(seal_meta(meta), indent=2))
 
 
 def _cli(*args: str) -> tuple[int, str]:

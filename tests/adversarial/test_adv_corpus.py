@@ -38,6 +38,7 @@ import yaml
 
 from medfuse.cli import main as cli_main
 from medfuse.core.errors import INTERNAL_ERROR, DataError, PackageError, SpecError
+from medfuse.core.package import seal_meta
 from medfuse.runtime import main as runtime_main
 
 USER_CODES = {1, 2, 3, 4}
@@ -73,7 +74,7 @@ def _rehash(pkg: Path, name: str) -> None:
     """Record the current sha256 of ``name`` (a damaged file the checksums no longer catch)."""
     meta = json.loads((pkg / "medfuse.json").read_text())
     meta["files"][name] = hashlib.sha256((pkg / name).read_bytes()).hexdigest()
-    (pkg / "medfuse.json").write_text(json.dumps(meta))
+    (pkg / "medfuse.json").write_text(json.dumps(seal_meta(meta)))
 
 
 def _truncate(path: Path, keep: float = 0.5) -> None:
@@ -85,7 +86,7 @@ def _drop_key(key: str) -> Callable[[Path], None]:
     def damage(pkg: Path) -> None:
         meta = json.loads((pkg / "medfuse.json").read_text())
         meta.pop(key)
-        (pkg / "medfuse.json").write_text(json.dumps(meta))
+        (pkg / "medfuse.json").write_text(json.dumps(seal_meta(meta)))
 
     return damage
 

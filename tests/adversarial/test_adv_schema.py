@@ -78,3 +78,29 @@ def test_serve_refuses_a_package_without_labels_before_binding(pkg, edit, capsys
     assert main(["serve", str(pkg), "--port", "8765"]) == PackageError.exit_code
     err = capsys.readouterr().err
     assert "labels" in err and "KeyError" not in err
+
+
+def test_a_hand_edit_of_medfuse_json_is_refused(pkg, cli) -> None:
+    """A threshold moved by hand in medfuse.json (checksums cover every other file) was used
+    by predict, the runtime and serve: every case decided at 0.95 without a word; only
+    ``medfuse verify`` noticed. The file's own digest refuses it on load; medfuse's writers
+    (calibrate) re-seal it."""
+    import json
+
+    from medfuse.runtime import load as runtime_load
+    from medfuse.serve.service import Service
+
+    f = pkg / "medfuse.json"
+    text = f.read_text()
+    meta = json.loads(text)
+    meta["threshold"]["value"] = 0.95
+    f.write_text(json.dumps(meta, indent=2))
+    for load in (read_meta, runtime_load, Service):
+        with pytest.raises(PackageError, match="changed after medfuse wrote it"):
+            load(pkg)
+    code, out = cli("predict", str(pkg), "--input", str(pkg / "verification.npz"))
+    assert code == PackageError.exit_code and "meta_sha256" in out
+    f.write_text(text)  # put back: loads; calibrate's own change is sealed
+    code, out = cli("calibrate", str(pkg), "--threshold-method", "fixed", "--value", "0.95")
+    assert code == 0, out
+    assert read_meta(pkg)["threshold"]["value"] == 0.95

@@ -17,7 +17,7 @@ from medfuse.cli import main
 from medfuse.compress.measure import benchmark, count_macs
 from medfuse.compress.prune import prune, prune_recurrent_hidden
 from medfuse.compress.quantize import quantize
-from medfuse.core.errors import SpecError
+from medfuse.core.errors import PackageError, SpecError
 from medfuse.core.package import read_meta
 from medfuse.core.spec import parse_spec
 from medfuse.export.onnx import export_onnx_bytes, input_names
@@ -518,3 +518,37 @@ def test_http_explain_of_an_int8_package_says_what_it_explains(quantized):
     r = c.post("/v1/explain", json=body)
     assert r.status_code == 200, r.text
     assert "fp32 weights" in r.json()["explained_model"]["note"]
+
+
+def test_writing_a_package_over_another_needs_overwrite(tiny_package, tmp_path):
+    """``calibrate --out``, ``quantize -o``, ``prune -o`` and ``distill -o`` replaced a package
+    already in their output (another model, lost) without a word; ``train`` asked for
+    --overwrite."""
+    import shutil
+
+    from medfuse.report.calibration import calibrate_package
+
+    victim = shutil.copytree(tiny_package, tmp_path / "victim")
+    before = (victim / "medfuse.json").read_bytes()
+    student = {"branches": {"signal": {"type": "cnn1d", "width": 4, "depth": 2}}}
+    attempts = [
+        lambda **kw: calibrate_package(tiny_package, out=victim, **kw),
+        lambda **kw: medfuse.compress.quantize(tiny_package, out=victim, calibration=8, **kw),
+        lambda **kw: prune(tiny_package, out=victim, amount=0.3, finetune_epochs=0, **kw),
+        lambda **kw: medfuse.compress.distill(
+            tiny_package, student=student, out=victim, device="cpu", **kw
+        ),
+    ]
+    for write in attempts:
+        with pytest.raises(PackageError, match="holds a package already; pass --overwrite"):
+            write()
+        assert (victim / "medfuse.json").read_bytes() == before
+    assert main(["quantize", str(tiny_package), "-o", str(victim), "--calibration", "8"]) != 0
+    assert (victim / "medfuse.json").read_bytes() == before
+    # asked for: replaced
+    code = main(
+        ["quantize", str(tiny_package), "-o", str(victim), "--calibration", "8", "--overwrite"]
+    )
+    assert code == 0 and read_meta(victim)["runtime"]["precision"] == "int8"
+    prune(tiny_package, out=victim, amount=0.3, finetune_epochs=0, overwrite=True)
+    assert read_meta(victim)["compression"][-1]["method"].startswith("prune")

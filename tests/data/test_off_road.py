@@ -310,6 +310,7 @@ def test_an_older_package_flags_a_photo_it_would_have_read_unturned(
     shutil.copytree(image_package, old)
     meta = json.loads((old / "medfuse.json").read_text())
     assert meta["preprocessing"]["image"].pop("exif_oriented") is True
+    meta.pop("meta_sha256")  # nor had that release a digest of medfuse.json
     (old / "medfuse.json").write_text(json.dumps(meta))
     a = np.clip(np.random.default_rng(2).normal(120, 30, (8, 8)), 0, 255).astype(np.uint8)
     im = Image.fromarray(a)
@@ -426,3 +427,95 @@ def test_evaluate_counts_the_rows_a_prediction_would_flag(
     assert f"{N} of {N} rows hold an input unlike the training data (age {N}" in " ".join(
         err.split()
     )
+
+
+def test_a_table_run_leaves_the_spec_beside_a_kept_package_as_it_was(tmp_path: Path) -> None:
+    """``train --table`` wrote ``<out>.spec.yaml`` before checking ``--out``: a run refused for
+    the package already there replaced the spec beside it, and a failed ``--overwrite`` run
+    (the old package kept) left a spec of the failed data beside it."""
+    import medfuse
+    from medfuse.cli import main
+
+    root = tmp_path / "site"
+    df = _table(root)
+    df.to_csv(root / "cases.csv", index=False)
+    out = tmp_path / "pkg"
+    medfuse.fit(root / "cases.csv", "label", "1", out=out, overrides=TINY, verbose=False)
+    spec, weights = out.with_name("pkg.spec.yaml"), (out / "model.safetensors").read_bytes()
+    before = spec.read_bytes()
+    other = df.assign(age=df["age"] + 1)
+    other.to_csv(root / "other.csv", index=False)
+    # refused: a package is there
+    args = ["train", "--table", str(root / "other.csv"), "--label", "label", "--out", str(out)]
+    assert main(args) != 0
+    assert spec.read_bytes() == before
+    with pytest.raises(Exception, match="holds a package already"):
+        medfuse.fit(root / "other.csv", "label", "1", out=out, overrides=TINY, verbose=False)
+    assert spec.read_bytes() == before
+    # --overwrite, but the training fails on an unreadable image: the package and its spec kept
+    (root / "img" / "3.png").write_bytes(b"not a png")
+    assert main([*args, "--overwrite", *(f"--set={o}" for o in TINY)]) != 0
+    assert spec.read_bytes() == before
+    assert (out / "model.safetensors").read_bytes() == weights
+
+
+def test_a_column_named_like_the_tabular_modality_is_read_as_a_column(tmp_path: Path) -> None:
+    """``train --table`` names its tabular modality ``clinical``: a table with a column of that
+    name trained, then could not predict its own rows (the cell was taken for the whole
+    modality: "a string is not tabular input", or "shape ()")."""
+    import medfuse
+
+    n = 40
+    df = pd.DataFrame(
+        {
+            "age": 40.0 + np.arange(n) % 30,
+            "clinical": (np.arange(n) * 7 % 11).astype(float),
+            "label": np.arange(n) % 2,
+        }
+    )
+    tiny = ["train.epochs=1", "train.batch_size=8"]
+    res = medfuse.fit(df, "label", 1, out=tmp_path / "p", overrides=tiny, verbose=False)
+    pred = medfuse.load(res.package)
+    assert pred.spec.modalities["clinical"].columns == ["age", "clinical"]
+    rows = pred.predict_table(df.head(3))
+    assert all(r["error"] == "" for r in rows)
+    as_dicts = pred.predict_proba(
+        [{"clinical": {"age": a, "clinical": c}} for a, c in zip(df.age[:3], df.clinical[:3])]
+    )
+    assert np.allclose([r["prob_1"] for r in rows], as_dicts)
+    top_level = pred.predict_proba(
+        [{"age": a, "clinical": c} for a, c in zip(df.age[:3], df.clinical[:3])]
+    )
+    assert np.allclose(top_level, as_dicts)
+
+
+def test_predict_says_how_many_rows_miss_a_tabular_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A column empty in every row was predicted at its training mean with no line on the
+    console (only the per-row ``missing_values`` column said so), unlike ``evaluate``."""
+    import medfuse
+    from medfuse import runtime
+    from medfuse.cli import main
+
+    n = 40
+    df = pd.DataFrame(
+        {"age": 40.0 + np.arange(n) % 30, "lab": np.arange(n) % 7 * 1.5, "label": np.arange(n) % 2}
+    )
+    tiny = ["train.epochs=1", "train.batch_size=8"]
+    pkg = medfuse.fit(df, "label", 1, out=tmp_path / "p", overrides=tiny, verbose=False).package
+    from medfuse.export.exporter import export_package
+
+    export_package(pkg, format="onnx")  # the torch-free runtime reads model.onnx
+    df.head(3).assign(lab=None).drop(columns=["label"]).to_csv(tmp_path / "new.csv", index=False)
+    capsys.readouterr()
+    for run in (
+        lambda: main(["predict", str(pkg), "--input", str(tmp_path / "new.csv")]),
+        lambda: runtime.main([str(pkg), "--input", str(tmp_path / "new.csv")]),
+    ):
+        assert run() == 0
+        err = " ".join(capsys.readouterr().err.split())
+        assert (
+            "3 of 3 rows miss a tabular value, each standardised to the training mean (lab 3)"
+            in err
+        )

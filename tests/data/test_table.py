@@ -266,3 +266,25 @@ def test_small_text_columns_are_categories_and_id_like_numbers_are_flagged(tmp_p
     assert any("'mrn_no' holds a different whole number in every row" in n for n in ts.notes)
     small = infer_table_spec(df.iloc[:4], label="y", csv_path=tmp_path / "b.csv")
     assert {c.name: c.kind for c in small.columns}["sex"] == "categorical"
+
+
+def test_text_that_starts_like_numbers_is_left_out_not_typed_categorical(tmp_path: Path) -> None:
+    """A visit month (``2021-03``) or a stage code (``1a``) was printed as a categorical input,
+    then training refused the column as numbers written as text: the inferred spec failed."""
+    n = 24
+    df = pd.DataFrame(
+        {
+            "visit": ["2021-03", "2021-04", "2021-05"] * (n // 3),
+            "stage": ["1a", "2b", "3c"] * (n // 3),
+            "sex": ["F", "M"] * (n // 2),
+            "age": np.arange(40, 40 + n),
+            "y": [0, 1] * (n // 2),
+        }
+    )
+    ts = infer_table_spec(df, label="y", csv_path=tmp_path / "a.csv")
+    kinds = {c.name: c.kind for c in ts.columns}
+    assert kinds["visit"] == kinds["stage"] == "ignored" and kinds["sex"] == "categorical"
+    assert any("'visit' holds text that starts like numbers" in x for x in ts.notes)
+    assert ts.spec["modalities"]["clinical"]["columns"] == ["sex", "age"]
+    spec = parse_spec(ts.spec)
+    load_spec_data(spec)  # the inferred spec reads its own table

@@ -393,3 +393,25 @@ def test_only_readable_file_formats_are_offered(monkeypatch: pytest.MonkeyPatch)
     assert list(schemas.file_fields(img)) == ["png", "npy"]
     props = schemas.modality_model(ecg).model_json_schema()["properties"]
     assert set(props) == {"array", "npy"}
+
+
+def test_every_answer_names_the_package_it_came_from(
+    exported_package: Path, cases: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    """A package keeps its name through ``medfuse calibrate``: answers before and after could
+    not be told apart. Each /v1/predict answer and /v1/model name the package's id, which
+    another threshold or temperature changes."""
+    import shutil
+
+    from medfuse.core.package import package_id, read_meta
+    from medfuse.report.calibration import calibrate_package
+
+    pkg = shutil.copytree(exported_package, tmp_path / "pkg")
+    body = {"instances": [_instance(cases, 0)]}
+    first = TestClient(create_app(pkg)).post("/v1/predict", json=body).json()
+    assert first["package"] == package_id(read_meta(pkg)) and len(first["package"]) == 16
+    calibrate_package(pkg)
+    client = TestClient(create_app(pkg))
+    after = client.post("/v1/predict", json=body).json()
+    assert after["model"] == first["model"] and after["package"] != first["package"]
+    assert client.get("/v1/model").json()["package"] == after["package"]

@@ -38,6 +38,19 @@ def _data_and_device(p: argparse.ArgumentParser) -> None:
     device_arg(p)
 
 
+class _Failed(Exception):
+    """A training run that ended with a non-zero exit code (a torchrun launch)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _bad_row(a: argparse.Namespace) -> list[str]:
+    """``--on-bad-row`` as the spec override it stands for."""
+    return [f"data.on_bad_row={a.on_bad_row}"] if a.on_bad_row else []
+
+
 def setup_train(p: argparse.ArgumentParser) -> Handler:
     p.add_argument(
         "config",
@@ -93,34 +106,46 @@ def setup_train(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--track-uri", help="MLflow tracking URI (default: local file store ./mlruns)")
 
     def run(a: argparse.Namespace) -> int:
-        from medfuse.api import train  # lazy: the training stack (torch) loads only to train
-        from medfuse.core.decision import SUMMARY_KEYS  # lazy: numpy, not for --help
-        from medfuse.core.spec import load_spec  # lazy: pydantic, not for --help
-
-        overrides = a.overrides + ([f"data.on_bad_row={a.on_bad_row}"] if a.on_bad_row else [])
         if (a.table is None) == (a.config is None):
             p.error("give a spec (CONFIG) or --table CSV --label COLUMN, not both")
-        if a.table is not None:  # infer and save <out>.spec.yaml, then train from it
-            # lazy: medfuse's heavier layers, off the --help and torch-free paths
-            from medfuse.data.table import write_table_spec
+        if a.table is None:
+            if a.label or a.positive or a.id_column or a.patient_column:
+                p.error("--label, --positive, --id-column and --patient-column go with --table")
+            return train_run(a, a.overrides + _bad_row(a))
+        if not a.label:
+            p.error("--table needs --label COLUMN")
+        # lazy: medfuse's heavier layers, off the --help and torch-free paths
+        from medfuse.data.table import table_run
 
-            if not a.label:
-                p.error("--table needs --label COLUMN")
-            ts, out, a.config = write_table_spec(
+        # infer and save <out>.spec.yaml, then train from it; a failed run puts back the files
+        # beside the package it kept
+        try:
+            with table_run(
                 a.table,
                 label=a.label,
                 positive=a.positive,
                 out=a.out,
+                overwrite=a.overwrite,
                 id_column=a.id_column,
                 patient_column=a.patient_column,
                 seed=0 if a.seed is None else a.seed,
-                overrides=overrides,
-            )
-            a.out, overrides = str(out), []
-            report = sys.stderr if a.json else sys.stdout  # --json: stdout is the JSON only
-            print(f"{ts.describe()}\nspec saved: {a.config}", file=report, flush=True)
-        elif a.label or a.positive or a.id_column or a.patient_column:
-            p.error("--label, --positive, --id-column and --patient-column go with --table")
+                overrides=a.overrides + _bad_row(a),
+            ) as (ts, out, spec_file):
+                a.out, a.config = str(out), str(spec_file)
+                report = sys.stderr if a.json else sys.stdout  # --json: stdout is the JSON only
+                print(f"{ts.describe()}\nspec saved: {a.config}", file=report, flush=True)
+                code = train_run(a, [])
+                if code:
+                    raise _Failed(code)
+                return 0
+        except _Failed as failed:
+            return failed.code
+
+    def train_run(a: argparse.Namespace, overrides: list[str]) -> int:
+        from medfuse.api import train  # lazy: the training stack (torch) loads only to train
+        from medfuse.core.decision import SUMMARY_KEYS  # lazy: numpy, not for --help
+        from medfuse.core.spec import load_spec  # lazy: pydantic, not for --help
+
         launched = launch_from_cli(p, a)  # --nproc/--nnodes: torchrun starts the workers
         if launched is not None:
             return launched
@@ -300,7 +325,7 @@ def setup_predict(p: argparse.ArgumentParser) -> Handler:
         from medfuse.runtime import choose_runtime, predict_file  # lazy: numpy, not for --help
 
         runtime = choose_runtime(a.package, a.runtime)
-        from medfuse.core.package import read_meta  # lazy: as choose_runtime
+        from medfuse.core.package import package_id, read_meta  # lazy: as choose_runtime
         from medfuse.core.predictor import scored_model, scored_text
 
         meta = read_meta(a.package, verify=False)
@@ -311,7 +336,10 @@ def setup_predict(p: argparse.ArgumentParser) -> Handler:
 
             if onnx_device(model["precision"], a.device) == "cpu":  # OnnxPredictor's rule
                 where = f" on the CPU (not {a.device}: INT8 kernels are CPU kernels)"
-        print(scored_text(model, "predictions of") + where, file=sys.stderr)
+        print(
+            scored_text(model, "predictions of") + where + f"; package {package_id(meta)}",
+            file=sys.stderr,
+        )
         if caution := (meta.get("threshold") or {}).get("caution"):  # decisions at a weak threshold
             print(f"threshold caution: {caution}", file=sys.stderr)
         try:

@@ -156,16 +156,15 @@ def compression_section(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_out(out: str | Path, *sources: str | Path) -> Path:
+def check_out(out: str | Path, *sources: str | Path, overwrite: bool = True) -> Path:
     """The output directory must not be one of the input packages, nor lie where it cannot be
-    written (checked before any work)."""
-    out = package_out(out)
+    written, nor (without ``overwrite``) hold a package (checked before any work)."""
     for src in sources:
-        if out.resolve() == Path(src).resolve():
+        if Path(out).resolve() == Path(src).resolve():
             raise SpecError(
                 "out", f"the output {out} is an input package ({src}); choose another directory"
             )
-    return out
+    return package_out(out, overwrite=overwrite)
 
 
 def write_derived(

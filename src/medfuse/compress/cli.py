@@ -12,6 +12,7 @@ from medfuse.core.console import (
     console,
     data_dir_arg,
     fraction,
+    overwrite_arg,
     positive_int,
 )
 
@@ -62,6 +63,7 @@ def setup_quantize(p: argparse.ArgumentParser) -> Handler:
         "--per-tensor", action="store_true", help="per-tensor weight scales (default per-channel)"
     )
     p.add_argument("-o", "--out", required=True, help="output package directory")
+    overwrite_arg(p)
     data_dir_arg(p)
     p.add_argument("--seed", type=int, default=0, help="which calibration samples (default 0)")
     p.add_argument("--json", action="store_true", help="print the compression record as JSON")
@@ -73,6 +75,7 @@ def setup_quantize(p: argparse.ArgumentParser) -> Handler:
         res = quantize(
             a.package,
             out=a.out,
+            overwrite=a.overwrite,
             method=a.method,
             calibration=a.calibration,
             per_channel=not a.per_tensor,
@@ -115,6 +118,7 @@ def setup_prune(p: argparse.ArgumentParser) -> Handler:
     )
     p.add_argument("--finetune-lr", type=float, help="default: 0.3 x the spec's train.lr")
     p.add_argument("-o", "--out", required=True, help="output package directory")
+    overwrite_arg(p)
     data_dir_arg(p)
     p.add_argument("--device", default="cpu", help="fine-tuning device (default cpu)")
     p.add_argument("--seed", type=int, help="default: the spec's train.seed")
@@ -127,6 +131,7 @@ def setup_prune(p: argparse.ArgumentParser) -> Handler:
         res = prune(
             a.package,
             out=a.out,
+            overwrite=a.overwrite,
             amount=a.amount,
             structured=a.structured,
             finetune_epochs=a.finetune_epochs,
@@ -169,6 +174,7 @@ def setup_distill(p: argparse.ArgumentParser) -> Handler:
         "or its auxiliary head of the student's one modality (probe)",
     )
     p.add_argument("-o", "--out", required=True, help="output package directory")
+    overwrite_arg(p)
     data_dir_arg(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, help="overrides the student's train.seed")
@@ -182,6 +188,7 @@ def setup_distill(p: argparse.ArgumentParser) -> Handler:
             a.teachers,
             student=a.student,
             out=a.out,
+            overwrite=a.overwrite,
             temperature=a.temperature,
             alpha=a.alpha,
             teacher_view=a.teacher_view,

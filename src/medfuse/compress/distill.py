@@ -257,6 +257,7 @@ def distill(
     overrides: list[str] | None = None,
     progress: bool | None = None,
     command: str | None = None,
+    overwrite: bool = False,
 ) -> DistillResult:
     """Distill ``teachers`` (one package or several: an ensemble) into a new ``student`` package."""
 
@@ -269,7 +270,7 @@ def distill(
     paths = [teachers] if isinstance(teachers, str | Path) else list(teachers)
     if not paths:
         raise SpecError("teachers", "give at least one teacher package")
-    check_out(out, *paths)
+    check_out(out, *paths, overwrite=overwrite)
     pkgs: list[Package] = [load_package(p, device="cpu") for p in paths]
     for path, p in zip(paths, pkgs, strict=True):
         if deployed_onnx(p.meta):  # its soft targets and "before" would be of other weights

@@ -298,6 +298,7 @@ def prune(
     device: str = "cpu",
     seed: int | None = None,
     command: str | None = None,
+    overwrite: bool = False,
 ) -> PruneResult:
     """Prune ``package`` (structured per branch, or unstructured), fine-tune, write ``out``.
 
@@ -312,7 +313,7 @@ def prune(
         raise SpecError("finetune_epochs", f"must be >= 0; got {finetune_epochs}")
     if finetune_lr is not None and not finetune_lr > 0:
         raise SpecError("finetune_lr", f"must be > 0; got {finetune_lr}")
-    check_out(out, package)
+    check_out(out, package, overwrite=overwrite)
     dev = resolve_device(device)
     pkg = load_package(package, device="cpu")
     spec, meta = pkg.spec, pkg.meta

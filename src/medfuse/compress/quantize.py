@@ -318,6 +318,7 @@ def quantize(
     data_dir: str | Path | None = None,
     seed: int = 0,
     command: str | None = None,
+    overwrite: bool = False,
 ) -> QuantizeResult:
     """Quantize ``package`` to INT8 (ONNX Runtime), evaluate it like the original, write ``out``.
 
@@ -333,7 +334,7 @@ def quantize(
         raise SpecError("method", not_allowed("quantization method", method, METHODS))
     if int(calibration) < 1:
         raise SpecError("calibration", f"must be a positive number of samples; got {calibration}")
-    check_out(out, package)
+    check_out(out, package, overwrite=overwrite)
     pkg = load_package(package, device="cpu")
     spec, meta = pkg.spec, pkg.meta
     mods = list(spec.modalities)

@@ -64,6 +64,13 @@ def data_dir_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data root (default: $MEDFUSE_DATA_DIR or ~/.cache/medfuse)")
 
 
+def overwrite_arg(p: argparse.ArgumentParser) -> None:
+    """``--overwrite``: a verb writing a new package may replace one already in its output."""
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the package already in the output"
+    )
+
+
 def data_arg(p: argparse.ArgumentParser) -> None:
     """``--data FILE``: the verbs that evaluate a package on its data can be pointed at it again."""
     p.add_argument(

@@ -1006,7 +1006,7 @@ def _from_rows(
     for i, r in enumerate(rows):
         for m, mod in mods.items():
             if mod.kind == "tabular":
-                _tab_row(b, i, r, mod, ctx)
+                _tab_row(b, i, r, mod, ctx, table is not None)
                 continue
             col = lay.column(m)
             if table is not None or m not in r:  # a table: the mapped column, as in training
@@ -1037,9 +1037,18 @@ def _id_str(v: Any) -> str:
     return str(v)
 
 
-def _tab_row(b: Batch, i: int, r: dict[str, Any], mod: Modality, ctx: _Ctx) -> None:
+def _tab_row(
+    b: Batch, i: int, r: dict[str, Any], mod: Modality, ctx: _Ctx, table: bool = False
+) -> None:
+    """One row's tabular modality: a ``{column: value}`` mapping or an array under its name,
+    else its columns as top-level keys. A table's row (CSV, DataFrame) holds columns only, and
+    a column named like the modality is that column (elsewhere too, unless a mapping): a
+    manifest with a ``clinical`` column (``medfuse train --table`` names its tabular modality
+    so) was read as the modality."""
     m = mod.name
-    v = r.get(m)
+    v = None if table else r.get(m)
+    if m in mod.columns and not isinstance(v, Mapping):  # the column, not the modality
+        v = None
     if v is not None and not isinstance(v, Mapping):  # an array of the columns' values
         if isinstance(v, str):
             raise ctx.error(

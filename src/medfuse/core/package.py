@@ -219,12 +219,19 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def package_out(path: str | Path) -> Path:
+def package_out(path: str | Path, *, overwrite: bool = True) -> Path:
     """``path`` checked as the directory a package will be written to (call before any work):
-    absent, empty or a package already, where it can be written."""
+    absent, empty or (``overwrite``) a package already, where it can be written. A verb that
+    writes a new package (``--out``) passes the user's ``--overwrite``; a package rewritten in
+    place is replaced by design."""
     dst = output_dir(path, "--out")  # a file in the way, a folder that is not writable
     if dst.exists() and not (dst / META).exists() and any(dst.iterdir()):
         raise PackageError(f"{dst} exists and is not a medfuse package; refusing to replace it")
+    if not overwrite and (dst / META).exists():
+        raise PackageError(
+            f"{dst} holds a package already; pass --overwrite (overwrite=True) to replace it, "
+            "or choose another directory"
+        )
     return dst
 
 
@@ -259,8 +266,9 @@ def write_package(
         meta = dict(meta)
         meta["format"], meta["format_version"] = FORMAT, FORMAT_VERSION
         meta["files"] = dict(sorted(checksums.items()))
+        meta = seal_meta(json.loads(json.dumps(meta, default=_json_default)))
         with open(tmp / META, "w") as f:
-            json.dump(meta, f, indent=2, default=_json_default)
+            json.dump(meta, f, indent=2)
             f.flush()
             os.fsync(f.fileno())
         _fsync_dir(tmp)
@@ -292,6 +300,34 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+#: ``medfuse.json``'s digest of its own content (every other key), written by medfuse's one
+#: writer (:func:`write_package`): a hand edit (a threshold moved in a text editor) is refused
+#: on load instead of deciding silently. It catches edits, not attackers (who can recompute it;
+#: signatures catch them), and packages of releases before it have none.
+META_DIGEST = "meta_sha256"
+
+
+def meta_digest(meta: dict[str, Any]) -> str:
+    """The sha256 of ``meta`` without :data:`META_DIGEST`, as canonical JSON."""
+    body = {k: v for k, v in meta.items() if k != META_DIGEST}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def package_id(meta: dict[str, Any]) -> str:
+    """A short identity of a package's exact state (its weights' and every file's checksums,
+    threshold, temperature, statistics): the first 16 hex digits of ``medfuse.json``'s digest
+    (a package of an earlier release, without one: of its content as read). Two packages of
+    one name, before and after ``medfuse calibrate``, have two ids: every prediction names
+    the one it came from."""
+    return str(meta.get(META_DIGEST) or meta_digest(meta))[:16]
+
+
+def seal_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` (as JSON would read it back) with its :data:`META_DIGEST`."""
+    return {**meta, META_DIGEST: meta_digest(meta)}
+
+
 def read_meta(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
     """Read ``medfuse.json``; with ``verify`` every listed file must exist with its sha256."""
     root = Path(path)
@@ -320,6 +356,13 @@ def read_meta(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
         raise PackageError(
             f"{root} uses package format {meta['format_version']!r}; this medfuse reads "
             f"<= {FORMAT_VERSION}"
+        )
+    if verify and META_DIGEST in meta and meta_digest(meta) != meta[META_DIGEST]:
+        raise PackageError(
+            f"{mfile} was changed after medfuse wrote it (its content no longer matches its "
+            f"{META_DIGEST}): a hand edit or a damaged copy, refused rather than decided with. "
+            "Change a threshold or temperature with medfuse calibrate (--threshold-method fixed "
+            "--value V), which re-derives the stored decisions; otherwise restore the package"
         )
     typed = validate_meta(meta, mfile)
     meta["calibration"] = typed.calibration.model_dump()  # defaults of old packages filled

@@ -21,7 +21,7 @@ import numpy as np
 
 from medfuse.core.decision import NONFINITE, decide, nonfinite_rows, probabilities
 from medfuse.core.errors import DataError, SpecError
-from medfuse.core.inputs import ON_BAD_ROW, Batch, Schema, coerce, is_streamed
+from medfuse.core.inputs import ON_BAD_ROW, Batch, Schema, coerce, is_streamed, missing_text
 from medfuse.core.paths import write_output
 
 #: rows of a streamed split read into memory at a time when a predictor scores it
@@ -189,13 +189,31 @@ class RunResult:
     rows: int
     affected: list[dict[str, str]] = field(default_factory=list)
     issues_file: Path | None = None
+    #: rows with a tabular value missing (each standardised to the training mean), per column
+    missing: dict[str, int] = field(default_factory=dict)
+    missing_rows: int = 0
+    #: the package the predictions came from (``medfuse.core.package.package_id``)
+    package: str = ""
 
     def __int__(self) -> int:
         return self.rows
 
+    def take(self, res: Predictions) -> None:
+        """Count one batch's affected rows and missing tabular values."""
+        self.affected.extend(res.affected())
+        for cols in res.batch.missing_values:
+            self.missing_rows += bool(cols)
+            for c in cols:
+                self.missing[c] = self.missing.get(c, 0) + 1
+
     def summary(self) -> list[str]:
-        """The end-of-run summary: every affected row, or the file that lists them."""
-        return attention_summary(self.affected, self.rows, self.issues_file)
+        """The end-of-run summary: how many rows miss a tabular value (a column empty in every
+        row is otherwise seen only in the ``missing_values`` column), every affected row, or
+        the file that lists them."""
+        ranked = dict(sorted(self.missing.items(), key=lambda kv: (-kv[1], kv[0])))
+        held = {"rows": self.missing_rows, "n": self.rows, "columns": ranked}
+        lines = [missing_text(held)] if self.missing_rows else []
+        return lines + attention_summary(self.affected, self.rows, self.issues_file)
 
     def list_issues(
         self, out: str | Path | None, issues_out: str | Path | None = None

@@ -251,6 +251,19 @@ def _boolean(s: pd.Series) -> bool:
 _NUMBER_LIKE = r"^\s*[<>~≤≥]?\s*[-+]?\d"
 
 
+def number_like_share(text: pd.Series) -> float:
+    """The share of text cells that start like a number (``12 mg``, ``>90``, ``2021-03``,
+    ``1a``): a column where it is at least half is read as numbers written as text, never as
+    categories (refused by :func:`encode_tabular`; ``--table`` leaves such a column out)."""
+    return (
+        float(text.astype(str).str.contains(_NUMBER_LIKE, regex=True).mean()) if len(text) else 0.0
+    )
+
+
+#: :func:`number_like_share` from which a text column is numbers written as text
+NUMBER_LIKE_SHARE = 0.5
+
+
 def _refuse_text_in_numeric(
     s: pd.Series, num: pd.Series, text: pd.Series, col: str, where: str
 ) -> None:
@@ -263,8 +276,7 @@ def _refuse_text_in_numeric(
             f"{where}: column {col!r} holds numbers and text ({csv_rows(text.index)}: {examples}); "
             "write the numbers alone (units in the column name) and leave a missing value empty"
         )
-    looks = text.astype(str).str.contains(_NUMBER_LIKE, regex=True)
-    if looks.mean() >= 0.5:
+    if number_like_share(text) >= NUMBER_LIKE_SHARE:
         raise DataError(
             f"{where}: column {col!r} holds numbers written as text ({csv_rows(text.index)}: "
             f"{examples}); it would be read as {text.nunique()} unrelated categories. Write the "

@@ -16,8 +16,9 @@ Column typing, in this order (each overridable by argument):
   WFDB headers (``.hea``) and CSV signals (``.csv``); ``.npy`` is an image or a signal by the
   array's shape. Shape (channels, size or length) is read from a few files;
 - **numeric** when every non-empty cell parses as a number; **categorical** when it is text with
-  at most ``MAX_CATEGORIES`` distinct values; any other text column (free text, dates) is
-  **ignored** and listed as such. All numeric and categorical columns form one tabular modality,
+  at most ``MAX_CATEGORIES`` distinct values, unless half of it starts like numbers (dates,
+  ``12 mg``, ``1a``: training refuses those as numbers written as text); any other text column
+  (free text, dates) is **ignored** and listed as such. All numeric and categorical columns form one tabular modality,
   ``clinical``.
 
 The task comes from the label column: ``;``-separated cells are multilabel; two distinct values
@@ -28,9 +29,11 @@ in numeric order, text sorted). The label order is written to both ``task.labels
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,12 +43,15 @@ import pandas as pd
 import yaml
 
 from medfuse.core.errors import DataError, SpecError, did_you_mean, refuse_duplicate_columns
+from medfuse.core.package import package_out
 from medfuse.core.readers import read_image, read_signal
 from medfuse.core.readers.base import SIGNAL_LAYOUTS, suffix_of
 from medfuse.core.spec import DEFAULT_BRANCH, apply_overrides, parse_spec
 from medfuse.data.manifest import (
+    NUMBER_LIKE_SHARE,
     PATIENT_NAMES,
     named_column,
+    number_like_share,
     read_csv_frame,
     refuse_case_variants,
     split_column,
@@ -466,6 +472,15 @@ def infer_table_spec(
             file_cols.append((col, kind, cells))
             continue
         uniq = sorted(set(cells))
+        text = pd.Series(cells)[num.isna()]
+        if number_like_share(text) >= NUMBER_LIKE_SHARE:  # training would refuse it
+            columns.append(Column(col, "ignored", f"numbers written as text ({uniq[0]!r}, ...)"))
+            notes.append(
+                f"column {col!r} holds text that starts like numbers ({', '.join(map(repr, uniq[:3]))}): "
+                "dates, values with units or codes such as '1a' are not used; write numbers "
+                "alone (units in the column name), or categories as words"
+            )
+            continue
         if len(uniq) <= MAX_CATEGORIES and (len(uniq) <= 2 or len(uniq) <= 0.5 * len(cells)):
             tabular.append(col)
             columns.append(Column(col, "categorical", ", ".join(uniq)))
@@ -559,6 +574,61 @@ def infer_table_spec(
     return TableSpec(spec, columns, src.resolve(), notes)
 
 
+@contextlib.contextmanager
+def table_run(
+    table: str | Path | pd.DataFrame,
+    *,
+    label: str,
+    positive: str | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    id_column: str | None = None,
+    patient_column: str | None = None,
+    base_dir: str | Path | None = None,
+    seed: int = 0,
+    overrides: list[str] | None = None,
+) -> Iterator[tuple[TableSpec, Path, Path]]:
+    """:func:`write_table_spec` for a run that trains from it: ``out`` is checked first (a
+    package there needs ``overwrite``: a refused run wrote its spec beside another package),
+    and when the body raises (the training failed, the package in ``out`` kept) the files
+    beside it are put back as they were, so the spec beside a package is the one it was
+    trained from."""
+    _, out = table_out(table, out)
+    package_out(out, overwrite=overwrite)
+    beside = [spec_path_for(out), out.with_name(out.name + ".table.csv")]
+    before = {f: f.read_bytes() for f in beside if f.is_file()}
+    try:
+        yield write_table_spec(
+            table,
+            label=label,
+            positive=positive,
+            out=out,
+            id_column=id_column,
+            patient_column=patient_column,
+            base_dir=base_dir,
+            seed=seed,
+            overrides=overrides,
+        )
+    except BaseException:
+        for f in beside:
+            if f in before:
+                f.write_bytes(before[f])
+            else:
+                f.unlink(missing_ok=True)
+        raise
+
+
+def table_out(table: str | Path | pd.DataFrame, out: str | Path | None) -> tuple[str, Path]:
+    """The model's name and package directory of a table run: the folder's name (``out=
+    "runs/hospital"``: ``hospital``), else the CSV's stem (``table`` for a DataFrame), and
+    ``runs/<name>`` by default."""
+    if out is not None:
+        name = _name(Path(out).name)
+    else:
+        name = "table" if isinstance(table, pd.DataFrame) else _name(Path(table).stem)
+    return name, Path(out) if out is not None else Path("runs") / name
+
+
 def write_table_spec(
     table: str | Path | pd.DataFrame,
     *,
@@ -578,11 +648,7 @@ def write_table_spec(
     name is the package folder's (``out="runs/hospital"``: ``hospital``), else the CSV's stem
     (``table`` for a DataFrame): a CSV and the DataFrame read from it make the same package."""
 
-    if out is not None:
-        name = _name(Path(out).name)
-    else:
-        name = "table" if isinstance(table, pd.DataFrame) else _name(Path(table).stem)
-    out = Path(out) if out is not None else Path("runs") / name
+    name, out = table_out(table, out)
     ts = infer_table_spec(
         table,
         label=label,

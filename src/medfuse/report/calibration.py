@@ -172,12 +172,13 @@ def calibrate_package(
     value: float | None = None,
     command: str | None = None,
     data: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Fit a temperature on the validation split and store it (and the operating point) in the
     package (atomically; ``out`` writes a calibrated copy instead). Returns the record stored in
     ``meta['calibration']`` plus the threshold and the package path."""
     if out is not None:  # before any work: a file in the way, a folder that is not writable
-        package_out(out)
+        package_out(out, overwrite=overwrite)
     if value is not None and not 0 <= value <= 1:
         raise SpecError("threshold.value", f"must be in [0, 1]; got {value}")
     pred = load(package, device=device, deployed=True)  # an INT8 package: its INT8 model

@@ -8,7 +8,14 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from medfuse.core.console import Handler, command_line, console, data_arg, data_dir_arg
+from medfuse.core.console import (
+    Handler,
+    command_line,
+    console,
+    data_arg,
+    data_dir_arg,
+    overwrite_arg,
+)
 from medfuse.core.paths import output_file, write_output
 
 if TYPE_CHECKING:
@@ -273,6 +280,7 @@ def setup_compare(p: argparse.ArgumentParser) -> Handler:
 def setup_calibrate(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("package")
     p.add_argument("--out", help="write a calibrated copy here (default: update in place)")
+    overwrite_arg(p)
     data_dir_arg(p)
     data_arg(p)
     p.add_argument("--device", default="cpu")
@@ -299,6 +307,7 @@ def setup_calibrate(p: argparse.ArgumentParser) -> Handler:
             value=a.value,
             command=command_line(),
             data=a.data,
+            overwrite=a.overwrite,
         )
         if a.figure:
             _calibration_figure(res["package"], a.data_dir, a.device, a.figure, a.data)

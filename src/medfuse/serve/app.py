@@ -299,7 +299,12 @@ def create_app(
             predictions = service.predict(instances)
         else:  # a big batch must not hold the loop: other connections keep being served
             predictions = await run_in_threadpool(service.predict, instances)
-        out = {"model": service.name, "runtime": service.runtime, "predictions": predictions}
+        out = {
+            "model": service.name,
+            "package": service.package_id,
+            "runtime": service.runtime,
+            "predictions": predictions,
+        }
         # built to PredictResponse's shape by Service.predict: serialised directly (the model
         # documents it; re-validating every response would cost a third of a small request)
         return Response(json.dumps(out, allow_nan=False), media_type="application/json")

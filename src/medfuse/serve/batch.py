@@ -154,14 +154,14 @@ def predict_stream(
         bar.start()
         job = bar.add_task("predict", total=total)
     columns = table_columns(pred.task, pred.labels, list(pred.schema.modalities))
-    affected: list[dict[str, str]] = []
+    run = RunResult(0)
     try:
         if first is None:
             writer.write(pd.DataFrame(columns=columns))
         for batch in itertools.chain([first] if first is not None else [], batches):
             res = pred.predict_batch(batch, batch_size=batch_size, on_bad_row=on_bad_row)
             writer.write(pd.DataFrame(res.rows(), columns=columns))
-            affected.extend(res.affected())
+            run.take(res)
             if bar is not None:
                 bar.advance(job, len(batch))
     except BaseException:
@@ -172,4 +172,5 @@ def predict_stream(
     finally:
         if bar is not None:
             bar.stop()
-    return RunResult(writer.rows, affected).list_issues(out, issues_out)
+    run.rows = writer.rows
+    return run.list_issues(out, issues_out)

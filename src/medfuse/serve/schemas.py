@@ -164,6 +164,10 @@ class Prediction(_Closed):
 
 class PredictResponse(_Closed):
     model: str
+    package: str = Field(
+        description="the package's id (medfuse.core.package.package_id): its exact weights, "
+        "threshold and temperature; another after medfuse calibrate"
+    )
     runtime: str = Field(description="onnx or torch")
     predictions: list[Prediction]
 
@@ -201,6 +205,7 @@ class ModalityDescription(_Closed):
 
 class ModelInfo(_Closed):
     name: str
+    package: str = Field(description="the package's id, as each /v1/predict answer names it")
     task: str
     labels: list[str]
     positive: str | None = Field(

@@ -22,7 +22,7 @@ import numpy as np
 from medfuse.core.errors import DataError, MedfuseError, PackageError
 from medfuse.core.inputs import Batch, Modality, Schema, Upload, modalities_from_meta
 from medfuse.core.inputs import InputError as CoreInputError
-from medfuse.core.package import read_meta, typed_meta, versions
+from medfuse.core.package import package_id, read_meta, typed_meta, versions
 from medfuse.core.readers.image_math import MAX_PIXELS, read_npy_bytes
 from medfuse.serve.schemas import file_fields, request_models
 
@@ -80,6 +80,7 @@ class Service:
     ) -> None:
         self.path = Path(package)
         self.meta = read_meta(self.path)
+        self.package_id = package_id(self.meta)
         self.runtime = runtime
         self.predictor = load_predictor(self.path, runtime, device=device, threads=threads)
         self.modalities: dict[str, Modality] = modalities_from_meta(self.meta)
@@ -279,6 +280,7 @@ class Service:
             }
         return {
             "name": self.name,
+            "package": self.package_id,
             "task": self.task,
             "labels": self.labels,
             "positive": self.labels[1] if self.task == "binary" else None,  # [negative, positive]
