@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import base64
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -69,32 +66,13 @@ def _medfuse_predict(pkg: Path, path: Path, runtime: str, tmp_path: Path) -> flo
 
 
 @pytest.fixture(scope="module")
-def ecg_server(ecg_package: tuple[Path, Path]) -> Iterator[str]:
+def ecg_server(ecg_package: tuple[Path, Path], serving: Any) -> Iterator[str]:
     """``medfuse serve``'s app for the ECG package on a real uvicorn at 127.0.0.1 (ONNX runtime
     for /v1/predict, a bearer token)."""
-    import uvicorn
-
     from medfuse.serve.app import create_app
 
-    app = create_app(ecg_package[0], token=TOKEN)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not server.started:
-        if not thread.is_alive() or time.time() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving(create_app(ecg_package[0], token=TOKEN)) as url:
+        yield url
 
 
 def test_model_advertises_what_it_reads(ecg_server: str) -> None:
