@@ -276,6 +276,20 @@ def test_a_lead_mostly_invalid_is_refused_not_invented(tmp_path: Path) -> None:
             read_signal(tmp_path / f"{name}.csv", rate=100.0)
     got = read_signal(tmp_path / "few.csv", rate=100.0)
     assert np.isfinite(got).all() and got.shape == (2, 200)
+    # the same gap as rows missing from the time column (an irregular record) was drawn as
+    # straight lines and predicted on: refused alike
+    write_csv_signal(tmp_path / "rows.csv", x, 100.0, ["I", "II"])
+    rows = pd.read_csv(tmp_path / "rows.csv")
+    rows.drop(index=range(20, 170)).to_csv(tmp_path / "rows.csv", index=False)  # 75% gone
+    with pytest.raises(DataError, match=r"its time column skips 75% of the record"):
+        read_signal(tmp_path / "rows.csv", rate=100.0)
+    rows = pd.read_csv(tmp_path / "few.csv").drop(index=range(40, 60))  # 10%: interpolated
+    rows.fillna(0.0).to_csv(tmp_path / "some.csv", index=False)
+    assert read_signal(tmp_path / "some.csv", rate=100.0).shape == (2, 200)
+    # saved with its pandas index: a lead named '' of row numbers, not a lead
+    rows.fillna(0.0).to_csv(tmp_path / "indexed.csv")
+    with pytest.raises(DataError, match=r"column 1 of its header has no name .*index=False"):
+        read_signal(tmp_path / "indexed.csv", rate=100.0)
 
 
 def test_a_long_record_and_a_lead_off_are_flagged(signal_package: Path, tmp_path: Path) -> None:
@@ -519,3 +533,60 @@ def test_predict_says_how_many_rows_miss_a_tabular_value(
             "3 of 3 rows miss a tabular value, each standardised to the training mean (lab 3)"
             in err
         )
+
+
+def test_a_multilabel_cell_of_separators_only_is_refused(tmp_path: Path) -> None:
+    """A cell ``;`` read as "none of the labels" without a word (25 NORM rows of an export
+    became negatives), while an empty cell is refused as unlabelled."""
+    n = 30
+    df = pd.DataFrame(
+        {"age": 40.0 + np.arange(n), "dx": ["MI;STTC", "NORM", "MI", ";", "STTC"] * (n // 5)}
+    )
+    df.to_csv(tmp_path / "m.csv", index=False)
+    spec = {
+        "name": "ml",
+        "task": {"type": "multilabel"},
+        "data": {"source": f"manifest:{tmp_path / 'm.csv'}", "options": {"label": "dx"}},
+        "modalities": {"clinical": {"kind": "tabular", "columns": ["age"]}},
+        "branches": {"clinical": {"type": "mlp", "hidden": 4, "out_features": 4}},
+    }
+    with pytest.raises(DataError, match=r"row 5: label ';' in column 'dx' names no label \(6 such"):
+        load_spec_data(parse_spec(spec))
+
+
+def test_signals_in_two_units_are_reported_at_training(caplog: pytest.LogCaptureFixture) -> None:
+    """CSV signals carry no unit: 65 records in µV trained beside 175 in mV without a word, and
+    widened the range that would have flagged a µV record at prediction."""
+    import logging
+
+    from medfuse.core.preprocess import fit_ranges, span_groups
+
+    rng = np.random.default_rng(0)
+    mv = rng.normal(0, 1, (175, 2, 100)) * rng.uniform(0.5, 3, (175, 1, 1))
+    uv = rng.normal(0, 1, (65, 2, 100)) * rng.uniform(500, 3000, (65, 1, 1))
+    both = np.concatenate([mv, uv]).astype(np.float32)
+    got = fit_ranges(both, np.ones(len(both)), "signal")["span_groups"]
+    assert got["low_n"] == 175 and got["high_n"] == 65 and got["high"] / got["low"] > 500
+    assert "span_groups" not in fit_ranges(mv.astype(np.float32), np.ones(175), "signal")
+    # one flat record (a lead off) among many is no second unit
+    flat = np.concatenate([mv, rng.normal(0, 0.001, (1, 2, 100))])
+    assert span_groups(flat.max(axis=(1, 2)) - flat.min(axis=(1, 2))) is None
+
+    from medfuse.training.pipeline import fit_preprocessing
+
+    spec = parse_spec(
+        {
+            "name": "units",
+            "data": {"source": "synthetic"},
+            "modalities": {"ecg": {"kind": "signal", "channels": 2, "length": 100}},
+            "branches": {"ecg": {"type": "cnn1d", "width": 4, "depth": 1}},
+        }
+    )
+
+    class _Split:
+        arrays = {"ecg": both}
+        masks = {"ecg": np.ones(len(both), np.float32)}
+
+    with caplog.at_level(logging.WARNING, logger="medfuse"):
+        fit_preprocessing(spec, _Split(), {})
+    assert "'ecg': the training samples' value spans fall in two groups" in caplog.text

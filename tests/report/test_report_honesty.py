@@ -232,3 +232,21 @@ def test_a_sensitivity_gap_is_withheld_when_a_group_has_few_positives() -> None:
     # specificity's denominator is the negatives: 20 in B, so its gap keeps an interval
     spec = subgroup_metrics("binary", y, p, site, 0.5, n_boot=100, seed=0, gap_metric="specificity")
     assert math.isfinite(spec["gap"]["lo"]) and spec["gap"]["lo"] <= spec["gap"]["value"]
+
+
+def test_multilabel_groups_averaged_over_different_labels_are_said_and_their_gap_withheld() -> None:
+    """A group without a positive of one label averaged its macro metrics over the other
+    labels: a sensitivity of 1/4 beside 1/5, reported as a gap between groups."""
+    rng = np.random.default_rng(0)
+    n = 80
+    y = (rng.random((n, 3)) < 0.4).astype(float)
+    sex = np.where(np.arange(n) < 40, "F", "M")
+    y[sex == "F", 2] = 0  # label C: no positive among F
+    p = np.clip(0.6 * y + 0.4 * rng.random((n, 3)), 0, 1)
+    res = subgroup_metrics("multilabel", y, p, sex, 0.5, n_boot=50, labels=["A", "B", "C"])
+    assert "C with one class only" in res["groups"]["F"]["macro_note"]
+    assert "macro_note" not in res["groups"]["M"]
+    assert "over different classes (left out: F: C; M: none)" in res["macro_note"]
+    assert math.isnan(res["gap"]["lo"]) and "unlike means" in res["gap"]["method"]
+    same = subgroup_metrics("multilabel", y[:, :2], p[:, :2], sex, 0.5, n_boot=50)
+    assert "macro_note" not in same and math.isfinite(same["gap"]["lo"])

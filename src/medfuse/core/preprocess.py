@@ -129,16 +129,14 @@ def range_step(values: int) -> int:
 
 def value_ranges(
     sub: np.ndarray, means: np.ndarray, contrasts: np.ndarray
-) -> dict[str, float] | None:
+) -> dict[str, Any] | None:
     """The stored range of an image/signal modality: value percentiles of the subsample ``sub``
     (``(k, ...)``, at most ~2M values read), the range of the per-sample ``means`` and the least
     of the per-sample ``contrasts`` (largest value less least)."""
     return ranges_of(sub.reshape(-1)[:: range_step(sub.size)], means, contrasts)
 
 
-def ranges_of(
-    vals: np.ndarray, means: np.ndarray, contrasts: np.ndarray
-) -> dict[str, float] | None:
+def ranges_of(vals: np.ndarray, means: np.ndarray, contrasts: np.ndarray) -> dict[str, Any] | None:
     """:func:`value_ranges` from the subsample's values already strided (:func:`range_step`)."""
     vals = vals[np.isfinite(vals)]
     means = means[np.isfinite(means)]
@@ -146,7 +144,7 @@ def ranges_of(
     if not vals.size or not means.size:
         return None
     lo, hi = np.percentile(vals, [0.5, 99.5])
-    return {
+    out: dict[str, Any] = {
         "p0_5": float(lo),
         "p99_5": float(hi),
         "mean_min": float(means.min()),
@@ -156,6 +154,36 @@ def ranges_of(
         # turn the flag off
         "contrast_min": float(np.percentile(contrasts, 1)) if contrasts.size else 0.0,
     }
+    if two := span_groups(contrasts):
+        out["span_groups"] = two
+    return out
+
+
+#: two groups of training samples whose spans lie at least this factor apart (their medians),
+#: each at least :data:`SPAN_GROUP_SHARE` of the samples, are reported (files in two units)
+SPAN_GROUP_FACTOR = 100.0
+SPAN_GROUP_SHARE = 0.02
+
+
+def span_groups(contrasts: np.ndarray) -> dict[str, float] | None:
+    """The training samples' spans (largest less least value) in two groups far apart: the
+    widest gap between consecutive sorted spans (on a log scale) with at least
+    :data:`SPAN_GROUP_SHARE` of the samples (2 at least) on each side, when its groups'
+    medians lie :data:`SPAN_GROUP_FACTOR` apart, as ``{low, high, low_n, high_n}``; else None.
+    A CSV signal carries no unit: records in µV beside records in mV train together, and widen
+    the range that would flag either at prediction."""
+    c = np.sort(contrasts[np.isfinite(contrasts) & (contrasts > 0)])
+    n = len(c)
+    k = max(2, math.ceil(SPAN_GROUP_SHARE * n))
+    if n < 2 * k:
+        return None
+    logs = np.log10(c)
+    gaps = logs[k : n - k + 1] - logs[k - 1 : n - k]  # between sample j - 1 and j, j in [k, n - k]
+    i = int(np.argmax(gaps)) + k  # the first sample of the high group
+    low, high = float(np.median(c[:i])), float(np.median(c[i:]))
+    if high < SPAN_GROUP_FACTOR * low:
+        return None
+    return {"low": low, "high": high, "low_n": i, "high_n": n - i}
 
 
 def _num(v: Any) -> float | None:

@@ -451,6 +451,12 @@ def _labels(
         names = [v if isinstance(v, str) else _label_text(v) for v in names]
     if task == "multilabel":  # one column of ';'-separated labels
         sets = [{t.strip() for t in v.split(";") if t.strip()} for v in vals]
+        if none := [r for r, s in enumerate(sets) if not s]:  # ';' alone: not "no label" unsaid
+            raise DataError(
+                f"{where} row {none[0] + 2}: label {vals.iloc[none[0]]!r} in column {col!r} names "
+                f"no label ({len(none)} such row(s)); a case with none of the labels is a row of "
+                "zeros in one 0/1 column per label (data.options.label: [MI, STTC, ...])"
+            )
         if names is None:
             names = sorted(set().union(*sets))
             refuse_case_variants(names, col, where)

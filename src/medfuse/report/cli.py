@@ -140,6 +140,7 @@ def run_clinical_evaluate(
 
 
 def print_evaluation(ev: Evaluation) -> None:
+    from rich.markup import escape  # lazy: as console(); the user's words are never markup
     from rich.table import Table  # lazy: rich, only to print
 
     # lazy: torch and the data stack, only when the verb runs
@@ -189,6 +190,8 @@ def print_evaluation(ev: Evaluation) -> None:
         if sg.get("gap"):
             gap = sg["gap"]
             c.print(f"gap ({gap['metric']}, {gap['best']} - {gap['worst']}): {fmt_interval(gap)}")
+        if sg.get("macro_note"):  # the groups' macro means over different classes
+            c.print("[bold yellow]subgroups:[/] " + escape(sg["macro_note"]))
     elif sg.get("note") and sg.get("note") != "subgroup analysis not requested":
         c.print(sg["note"])
 

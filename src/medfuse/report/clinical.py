@@ -385,7 +385,13 @@ def _subgroups(
     values, how = subgroup_values(column, data.meta, data.arrays, tab, cats)
     ev.subgroup_values = values
     res = subgroup_metrics(
-        ev.predictor.task, ev.predictions.y, ev.predictions.p, values, thr, **common
+        ev.predictor.task,
+        ev.predictions.y,
+        ev.predictions.p,
+        values,
+        thr,
+        labels=list(ev.predictor.labels),
+        **common,
     )
     return {"column": column, "source": how, **res}
 

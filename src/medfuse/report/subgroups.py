@@ -29,6 +29,45 @@ from medfuse.report.ci import (
 )
 
 
+def _unlike_macro_means(
+    result: dict[str, Any],
+    task: str,
+    y: np.ndarray,
+    sel: dict[str, np.ndarray],
+    ranked: list[str],
+    labels: list[str] | None,
+    k: int,
+) -> None:
+    """A multiclass or multilabel group's macro means leave out a class it lacks (a label of one
+    class in it): groups lacking different ones are averaged over different classes, so their
+    gap compares unlike means (a sensitivity of 1/4 beside 1/5 from one label left out).
+    Said per group (``macro_note``) and on the gap, whose interval is then withheld."""
+    lacking: dict[str, list[str]] = {}
+    for g in result["groups"]:
+        yy = np.asarray(y)[sel[g]]
+        if task == "multilabel":
+            ym = yy.reshape(len(yy), -1) > 0.5
+            idx = [j for j in range(k) if ym[:, j].all() or not ym[:, j].any()]
+        else:
+            present = set(np.asarray(yy).astype(int).ravel().tolist())
+            idx = [j for j in range(k) if j not in present]
+        lacking[g] = [labels[j] if labels and j < len(labels) else str(j) for j in idx]
+        if lacking[g]:
+            what = "one class only" if task == "multilabel" else "no sample"
+            result["groups"][g]["macro_note"] = (
+                f"{', '.join(lacking[g])} with {what} in this group: left out of its macro means"
+            )
+    if len({tuple(lacking[g]) for g in ranked}) > 1 and result.get("gap"):
+        differ = "; ".join(f"{g}: {', '.join(lacking[g]) or 'none'}" for g in ranked)
+        note = (
+            "the groups' macro means are over different classes (left out: " + differ + "): "
+            "their gap compares unlike means"
+        )
+        gap = result["gap"]
+        gap.update(lo=float("nan"), hi=float("nan"), method=f"no interval: {note}")
+        result["macro_note"] = note
+
+
 def _of(groups: Any, sel: np.ndarray) -> Any:
     """The patient ids of the selected samples (None when samples are the units)."""
     return None if groups is None else np.asarray(groups)[sel]
@@ -160,6 +199,7 @@ def subgroup_metrics(
     seed: int = 0,
     level: float = LEVEL,
     gap_metric: str = "auroc",
+    labels: list[str] | None = None,
 ) -> dict[str, Any]:
     """``{groups: {value: {n, positives, metrics}}, gap: {...}}``; each group's intervals as
     :func:`medfuse.report.ci.metric_intervals` gives them (exact for proportions, bootstrap for
@@ -235,6 +275,9 @@ def subgroup_metrics(
                 vals[best] - vals[worst], dist["\0gap"], why if thin else None, level
             ),
         }
+    if task != "binary":
+        k = int(np.asarray(p).reshape(len(p), -1).shape[1])
+        _unlike_macro_means(result, task, y, sel, rankable, labels, k)
     small = [g for g in names if g not in rankable]
     if small:
         result["note"] = (

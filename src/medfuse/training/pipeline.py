@@ -145,6 +145,19 @@ def fit_preprocessing(spec: Spec, train: Split, info: dict[str, Any]) -> dict[st
                     train.arrays[m], train.masks[m], spec.modalities[m].columns or [], cats
                 )
     for m in stats:
+        if two := (stats[m].get("range") or {}).get("span_groups"):
+            log.warning(
+                "%r: the training samples' value spans fall in two groups %.0fx apart (%d around "
+                "%.4g, %d around %.4g): files in two units (a CSV signal in µV beside records in "
+                "mV) or on two scales? Convert them to one: the model learns both as they are, "
+                "and its plausibility range then flags neither at prediction",
+                m,
+                two["high"] / two["low"],
+                two["low_n"],
+                two["low"],
+                two["high_n"],
+                two["high"],
+            )
         if spec.modalities[m].kind == "image":  # photos read turned as their EXIF tag says
             stats[m]["exif_oriented"] = True
         # whether the model learns from samples without it (a prediction flag)

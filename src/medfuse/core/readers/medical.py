@@ -466,6 +466,21 @@ def _wfdb_layout(path: Path) -> tuple[float | None, list[str] | None]:
     return (float(header.fs) if header.fs else None), (list(header.sig_name or []) or None)
 
 
+def _csv_header(path: Path, row: list[str]) -> list[str]:
+    """A CSV signal's header, every column named: a blank name (or pandas' ``Unnamed: 0``) is
+    refused, not read as a lead: a DataFrame saved with its index became a lead named '' of
+    row numbers, and the same record saved without it could not be predicted."""
+    header = [c.strip() for c in row]
+    blank = [i for i, c in enumerate(header) if not c or re.fullmatch(r"Unnamed: \d+", c)]
+    if blank:
+        raise DataError(
+            f"{path}: column {blank[0] + 1} of its header has no name (a pandas index saved "
+            "with it? df.to_csv(path, index=False)); a CSV signal's columns are its time and "
+            "its leads, each named: name it or drop it"
+        )
+    return header
+
+
 def _time_column(header: list[str]) -> tuple[int | None, float]:
     """A CSV signal's time column (:data:`TIME_UNITS`; ``None``: none) and its unit in seconds."""
     for i, c in enumerate(header):
@@ -479,7 +494,7 @@ def _time_column(header: list[str]) -> tuple[int | None, float]:
 def _csv_layout(path: Path) -> tuple[float | None, list[str] | None]:
     with open(path, newline="", encoding="utf-8-sig") as f:
         table = [r for r in csv.reader(f) if any(c.strip() for c in r)]
-    header = [c.strip() for c in table[0]] if table else []
+    header = _csv_header(path, table[0]) if table else []
     tcol, unit = _time_column(header)
     names = [c for i, c in enumerate(header) if i != tcol] or None
     if tcol is None or len(table) < 3:
@@ -501,7 +516,7 @@ def _csv_signal(
         table = [r for r in csv.reader(f) if any(c.strip() for c in r)]
     if len(table) < 2:
         raise DataError(f"{path}: CSV signal has no rows")
-    header, body = [c.strip() for c in table[0]], table[1:]
+    header, body = _csv_header(path, table[0]), table[1:]
     tcol, unit = _time_column(header)
     cols = [i for i in range(len(header)) if i != tcol]
     names = [header[i] for i in cols]
@@ -538,6 +553,15 @@ def _csv_signal(
     if np.abs(dt - step).max() <= 0.01 * step:  # regular: proper anti-aliased resampling
         return resample(x, 1.0 / step, float(rate), [names[i] for i in idx])
     _check_resampled_size(x.shape[0], len(t), (len(t) - 1) / (t[-1] - t[0]), rate)  # irregular
+    # rows missing from the time column are samples interpolation would invent, as invalid
+    # cells are (fill_invalid): a record mostly gaps is refused alike
+    gaps = float((dt - step)[dt > 2 * step].sum()) / float(t[-1] - t[0])
+    if gaps > MAX_INVALID_SHARE:
+        raise DataError(
+            f"{path}: its time column skips {gaps:.0%} of the record (gaps over twice its usual "
+            f"step of {step:g} s); over {MAX_INVALID_SHARE:.0%} filled in by interpolation "
+            "would be invented: leave the record out (data.on_bad_row / --on-bad-row missing)"
+        )
     grid = t[0] + np.arange(int(np.floor((t[-1] - t[0]) * rate)) + 1) / rate
     x = fill_invalid(x, [names[i] for i in idx])
     return np.stack([np.interp(grid, t, ch) for ch in x]).astype(np.float32)
