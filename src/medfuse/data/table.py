@@ -590,9 +590,10 @@ def table_run(
 ) -> Iterator[tuple[TableSpec, Path, Path]]:
     """:func:`write_table_spec` for a run that trains from it: ``out`` is checked first (a
     package there needs ``overwrite``: a refused run wrote its spec beside another package),
-    and when the body raises (the training failed, the package in ``out`` kept) the files
+    and when the body fails (the training failed, the package in ``out`` kept) the files
     beside it are put back as they were, so the spec beside a package is the one it was
-    trained from."""
+    trained from. An interrupted run (``KeyboardInterrupt``) keeps them: its checkpoint
+    resumes from that spec."""
     _, out = table_out(table, out)
     package_out(out, overwrite=overwrite)
     beside = [spec_path_for(out), out.with_name(out.name + ".table.csv")]
@@ -609,7 +610,7 @@ def table_run(
             seed=seed,
             overrides=overrides,
         )
-    except BaseException:
+    except Exception:  # a failure; an interrupted run (Ctrl-C) keeps its spec to --resume
         for f in beside:
             if f in before:
                 f.write_bytes(before[f])
