@@ -583,10 +583,9 @@ def test_signals_in_two_units_are_reported_at_training(caplog: pytest.LogCapture
         }
     )
 
-    class _Split:
-        arrays = {"ecg": both}
-        masks = {"ecg": np.ones(len(both), np.float32)}
+    from types import SimpleNamespace
 
+    train = SimpleNamespace(arrays={"ecg": both}, masks={"ecg": np.ones(len(both), np.float32)})
     with caplog.at_level(logging.WARNING, logger="medfuse"):
-        fit_preprocessing(spec, _Split(), {})
+        fit_preprocessing(spec, train, {})
     assert "'ecg': the training samples' value spans fall in two groups" in caplog.text

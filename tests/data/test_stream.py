@@ -880,3 +880,41 @@ def test_the_pass_flushes_the_cache_while_writing_and_stops_flushing(
         assert len(at_fork) >= 2  # the two workers
         assert not [names for names in at_fork if "medfuse-cache-flush" in names], at_fork
     assert not [t for t in threading.enumerate() if t.name == "medfuse-cache-flush"]
+
+
+def test_a_full_or_deleted_cache_and_a_damaged_pass_record_are_said(
+    manifest: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full cache disk was an internal error with a DataLoader worker's traceback (exit 70),
+    so was a cache folder deleted while a run read it; a pass record damaged on disk crashed on
+    a missing key instead of being rebuilt."""
+    import errno
+
+    import torch
+
+    from medfuse.inference.helpers import to_tensors
+
+    real_write = stream_mod.RowFile.write
+
+    def full(self: Any, row: int, small: np.ndarray) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(stream_mod.RowFile, "write", full)
+    with pytest.raises(DataError, match=r"cache folder .* is full \(no space left on device\)"):
+        _load(manifest, True)
+    monkeypatch.setattr(stream_mod.RowFile, "write", real_write)
+    st = _load(manifest, True)
+    assert st.info["stream"]["decoded"]["image"] == N - 1
+    # the record of that pass, damaged: rebuilt (read from the cache), not a KeyError
+    (record,) = (cache_dir / stream_mod.PASSES).glob("*.json")
+    record.write_text('{"stats": {}}')
+    again = _load(manifest, True)
+    assert again.info["stream"]["cached"]["image"] == N - 1
+    assert again.info["stream"]["stats"] == st.info["stream"]["stats"]
+    # the cache deleted under a run: said, not a worker's FileNotFoundError
+    stats = fit_preprocessing(parse_spec(_spec(manifest, True)), again.train, again.info)
+    t = to_tensors(again.train, stats)
+    for d in [p for p in cache_dir.iterdir() if p.is_dir()]:
+        shutil.rmtree(d)
+    with pytest.raises(DataError, match=r"lost a file this run was reading"):
+        next(iter(t.batches([torch.arange(4)], torch.device("cpu"))))

@@ -331,6 +331,48 @@ def _kill_after(ckpt: Path, pid: int | None = None) -> Iterator[list[int]]:
         t.join()
 
 
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its reaper does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_ranks_end_with_a_launcher_killed_by_sigkill(tmp_path) -> None:
+    """``kill -9`` of ``medfuse train --nproc 2`` (torchrun's agent) left both ranks training in
+    sessions of their own, writing checkpoints into the work folder a ``--resume`` then shared:
+    they now die with it."""
+    spec = copy.deepcopy(SPEC)
+    spec["train"].update(checkpoint_every=2, stages=[{"name": "end_to_end", "epochs": 500}])
+    cfg = _write(spec, tmp_path / "spec.yaml")
+    ckpt = tmp_path / "run.train" / "checkpoint.pt"
+    args = ["train", str(cfg), "--out", str(tmp_path / "run"), "--device", "cpu", "--nproc", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medfuse", *args],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        ranks = [c for c in _children(proc.pid) if _environ(c).get("LOCAL_RANK") is not None]
+        assert ckpt.exists() and len(ranks) == 2, "the ranks did not start training"
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher's process group, as `kill -9 -- -PID`
+        proc.wait(timeout=30)
+        deadline = time.time() + 20
+        while any(_alive(r) for r in ranks) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(r) for r in ranks), "a rank outlived its launcher"
+    finally:
+        for pid in [proc.pid, *_children(proc.pid)]:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
 def test_sigkilled_worker_is_restarted_and_resumes(
     strategy, reference, tmp_path, capfd, monkeypatch

@@ -417,3 +417,31 @@ def test_normalisation_statistics_are_exact_in_float64(monkeypatch: pytest.Monke
         got = preprocess.fit_stats({"s": x}, {"s": np.ones(40)}, {"s": 0})["s"]
         np.testing.assert_allclose(got["mean"], want_mean, rtol=1e-14)
         np.testing.assert_allclose(got["std"], want_std, rtol=1e-14)
+
+
+def test_resume_with_nothing_to_resume_says_so(tiny_spec, tmp_path, caplog) -> None:
+    """``--resume`` with a mistyped ``--out`` (no work folder) trained the whole run from the
+    start without a word, while the user believed it continued."""
+    import logging
+
+    from medfuse.api import train
+
+    with caplog.at_level(logging.WARNING, logger="medfuse"):
+        train(tiny_spec, out=tmp_path / "typo", device="cpu", progress=False, resume=True)
+    assert "--resume: no checkpoint in" in caplog.text and "training from the start" in caplog.text
+
+
+def test_keep_last_marks_no_epoch_best_in_the_record(tiny_spec, tmp_path) -> None:
+    """Under ``train.keep: last`` no epoch is selected, yet metrics.jsonl (and the report's
+    training curve) marked every epoch a new best."""
+    import json
+
+    from medfuse.api import train
+
+    spec = {**tiny_spec, "train": {**tiny_spec["train"], "keep": "last", "epochs": 3}}
+    res = train(spec, out=tmp_path / "p", device="cpu", progress=False)
+    records = [json.loads(x) for x in (res.package / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and not any(r["best"] for r in records)
+    best = train(tiny_spec, out=tmp_path / "b", device="cpu", progress=False)
+    first = json.loads((best.package / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["best"] is True  # keep: best marks the epochs it kept

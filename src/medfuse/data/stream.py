@@ -249,7 +249,10 @@ class Source:
     def read(self, rows: np.ndarray) -> np.ndarray:
         """The cached values of ``rows``, each checked against the digest written with it."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        return self.values().read(rows, self.stored, self._verify if self.digests else None)
+        try:
+            return self.values().read(rows, self.stored, self._verify if self.digests else None)
+        except OSError as err:
+            raise cache_failure(err, self.cache_dir) from None
 
     def _verify(self, row: int, kind: str, stored: memoryview) -> None:
         """Refuse a row read from the cache that is not the one this run's pass wrote or read
@@ -718,7 +721,10 @@ class _PassItems(Dataset[Any]):
             x, scale, state, error = np.zeros(s.spec.shape, np.float32), "", "bad", str(bad)
             aspect = 0.0
         stored, small = compact(x)
-        self._write(row, small)
+        try:
+            self._write(row, small)
+        except OSError as err:  # a full disk: said as such, not a worker's traceback
+            return Refused(str(cache_failure(err, self.values_dir)))
         summary = summarise(small, self.axis)  # from the bytes of an 8-bit row
         digest = stored_digest(stored, small)
         share = self._share(row, small)
@@ -925,19 +931,26 @@ def stream_pass(
             for m, scale in scales.items():
                 bundle.info.setdefault("scales", {})[m] = scale
             bundle.info.setdefault("aspects", {}).update(info["aspects"])
-        except BaseException:
+        except BaseException as err:
             for c in caches.values():
                 c.abort()
+            if isinstance(err, OSError) and err.errno in FULL:
+                raise cache_failure(err, root) from None
             raise
-        for m, c in caches.items():
-            c.commit()
-            info["cache"][m] = str(c.dir)
-        if done is None:
-            result = {k: info[k] for k in ("stats", "constant", "values_sha256", "aspects")}
-            result.update(missing=missing, scales=scales)
-            (root / PASSES).mkdir(exist_ok=True)
-            key = pass_key(splits, masks, caches, on_bad_row)  # the masks before the pass
-            _write_json(root / PASSES / f"{key}.json", result)
+        try:
+            for m, c in caches.items():
+                c.commit()
+                info["cache"][m] = str(c.dir)
+            if done is None:
+                result = {k: info[k] for k in ("stats", "constant", "values_sha256", "aspects")}
+                result.update(missing=missing, scales=scales)
+                (root / PASSES).mkdir(exist_ok=True)
+                key = pass_key(splits, masks, caches, on_bad_row)  # the masks before the pass
+                _write_json(root / PASSES / f"{key}.json", result)
+        except OSError as err:
+            if err.errno in FULL:
+                raise cache_failure(err, root) from None
+            raise
     info["seconds"] = round(time.perf_counter() - t0, 3)
     log.info(
         "streamed %s: %s decoded, %s read from the cache (%s) in %.1f s%s",
@@ -990,14 +1003,42 @@ def pass_key(
     return h.hexdigest()[:32]
 
 
+#: what a recorded pass holds (:func:`stream_pass` writes them; one without is not used)
+RECORDED = ("stats", "constant", "values_sha256", "aspects", "missing", "scales")
+
+
 def _recorded_pass(root: Path, key: str) -> dict[str, Any] | None:
+    """The result a pass over the same values recorded, or ``None`` (none, or a record damaged
+    on disk: the pass runs again rather than crash on a key it lacks)."""
     if not key:
         return None
     try:
         out = json.loads((root / PASSES / f"{key}.json").read_text())
-        return out if isinstance(out, dict) and "stats" in out else None
     except (OSError, ValueError):
         return None
+    return out if isinstance(out, dict) and all(k in out for k in RECORDED) else None
+
+
+#: the errors of a disk (or quota) that is full
+FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def cache_failure(err: OSError, folder: Path | None) -> DataError:
+    """An operating-system error on the decoded-data cache as the error a user can act on: a
+    full disk (it was an internal error with a worker's traceback), a folder deleted while a
+    run read it, any other with its reason."""
+    where = f"the decoded-data cache folder {folder}"
+    if err.errno in FULL:
+        return DataError(
+            f"{where} is full (no space left on device): free space there, or set "
+            "MEDFUSE_CACHE_DIR to a folder with room for the decoded data (docs/data.md)"
+        )
+    if err.errno == errno.ENOENT:
+        return DataError(
+            f"{where} lost a file this run was reading ({err.filename}): was it deleted while "
+            "a run used it? Run again (its pass rebuilds what is missing)"
+        )
+    return DataError(f"{where} cannot be used ({err.strerror or err}): set MEDFUSE_CACHE_DIR")
 
 
 def _segments(

@@ -256,6 +256,24 @@ def is_worker() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
 
 
+def die_with_agent() -> None:
+    """Have this torchrun worker killed when its parent (the agent: ``medfuse train --nproc N``)
+    dies. torchrun starts each worker in a session of its own, so a ``kill -9`` of the launcher
+    (or of its process group) left the ranks training, writing checkpoints into the work folder
+    a ``--resume`` would then share. Linux (``prctl(PR_SET_PDEATHSIG)``); elsewhere nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes  # lazy: only in a worker
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the agent died before the call: nothing would signal this worker
+        os._exit(1)
+
+
 def exit_worker(code: int) -> NoReturn:
     """End a torchrun worker with ``code`` once its work is done, skipping only the
     interpreter's finalization and the C++ static destructors.

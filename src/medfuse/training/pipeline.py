@@ -342,6 +342,11 @@ def check_resume(
     problem: Any = None
     changed: list[str] = []
     if session.rank == 0:
+        if not _has_checkpoint(workdir):  # a mistyped --out would retrain the whole run unsaid
+            log.warning(
+                "--resume: no checkpoint in %s (nothing to resume there): training from the start",
+                workdir,
+            )
         if not saved.exists():
             if _has_checkpoint(workdir):
                 problem = (

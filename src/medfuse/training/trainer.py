@@ -782,7 +782,8 @@ class Trainer:
             },
             "score": score,
             "metric": metric,
-            "best": improved,
+            # a new best validation score, kept for it (keep: last selects no epoch: never)
+            "best": improved and self.spec.train.keep == "best",
             "seconds": seconds,
             **self._throughput(),
             "val_s": round(val_s, 4),  # validating the epoch: this rank's reads, model, metrics
@@ -817,7 +818,7 @@ class Trainer:
         val_auroc 0.8712 *``: the throughput of this rank's training pass and the share of it
         spent waiting for batches (the log line; the progress bar has its own clock); the star
         only for an epoch kept for being the best so far (never with ``keep: last``)."""
-        star = " *" if record["best"] and self.spec.train.keep == "best" else ""
+        star = " *" if record["best"] else ""
         busy = record.get("data_wait_s", 0.0) + record.get("compute_s", 0.0)
         wait = 100 * record.get("data_wait_s", 0.0) / busy if busy > 0 else 0.0
         head = f"{run.name} epoch {record['epoch']}/{run.epochs} {record['seconds']:.1f} s"
