@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import medfuse
-from medfuse.core.errors import PackageError
+from medfuse.core.errors import PackageError, SpecError
 from medfuse.core.package import META, WEIGHTS, read_meta, update_package, write_package
 from medfuse.data import load_data
 from medfuse.inference.package import load_package
@@ -140,7 +140,7 @@ def test_refuses_to_overwrite_a_non_package(tmp_path) -> None:
     d = tmp_path / "precious"
     d.mkdir()
     (d / "thesis.tex").write_text("...")
-    with pytest.raises(PackageError, match="not a medfuse package"):
+    with pytest.raises(SpecError, match="not a medfuse package"):
         write_package(d, {"name": "x"}, {"a.bin": b"1"})
     assert (d / "thesis.tex").exists()
 

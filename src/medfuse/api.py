@@ -27,6 +27,7 @@ from medfuse.training.pipeline import (
     SplitScores,
     check_out,
     fit_preprocessing,
+    left_checkpoint,
     package_data_info,
     prepare_data,
     run_fit,
@@ -36,6 +37,7 @@ from medfuse.training.pipeline import (
     split_metrics,
     threshold_for,
     with_seed,
+    work_dir,
 )
 from medfuse.training.trainer import HISTORY
 
@@ -97,7 +99,7 @@ def train(
     spec, bundle = prepare_data(spec, data_dir)
 
     session = start_session(spec, device)  # rank, device, process group (single: no-op)
-    workdir = out.with_name(out.name + ".train")
+    workdir = work_dir(out)
     fitted = run_fit(
         spec,
         bundle,
@@ -169,6 +171,7 @@ def fit(
         base_dir=base_dir,
         seed=seed,
         overrides=overrides,
+        resumable=left_checkpoint,
     ) as (ts, pkg, spec_file):
         if verbose:
             print(f"{ts.describe()}\nspec saved: {spec_file}", flush=True)

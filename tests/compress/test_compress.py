@@ -17,7 +17,7 @@ from medfuse.cli import main
 from medfuse.compress.measure import benchmark, count_macs
 from medfuse.compress.prune import prune, prune_recurrent_hidden
 from medfuse.compress.quantize import quantize
-from medfuse.core.errors import PackageError, SpecError
+from medfuse.core.errors import SpecError
 from medfuse.core.package import read_meta
 from medfuse.core.spec import parse_spec
 from medfuse.export.onnx import export_onnx_bytes, input_names
@@ -540,7 +540,7 @@ def test_writing_a_package_over_another_needs_overwrite(tiny_package, tmp_path):
         ),
     ]
     for write in attempts:
-        with pytest.raises(PackageError, match="holds a package already; pass --overwrite"):
+        with pytest.raises(SpecError, match="holds a package already; pass --overwrite"):
             write()
         assert (victim / "medfuse.json").read_bytes() == before
     assert main(["quantize", str(tiny_package), "-o", str(victim), "--calibration", "8"]) != 0
@@ -552,3 +552,11 @@ def test_writing_a_package_over_another_needs_overwrite(tiny_package, tmp_path):
     assert code == 0 and read_meta(victim)["runtime"]["precision"] == "int8"
     prune(tiny_package, out=victim, amount=0.3, finetune_epochs=0, overwrite=True)
     assert read_meta(victim)["compression"][-1]["method"].startswith("prune")
+
+
+def test_an_output_written_with_a_tilde_is_still_the_input(tiny_package, monkeypatch):
+    """``-o ~/pkg`` naming the input package was compared unexpanded and, with --overwrite,
+    accepted: the input would have been replaced by its own pruned copy."""
+    monkeypatch.setenv("HOME", str(tiny_package.parent))
+    with pytest.raises(SpecError, match="is an input package"):
+        prune(tiny_package, out=f"~/{tiny_package.name}", amount=0.3, overwrite=True)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from medfuse.core.errors import DataError
+from medfuse.core.errors import DataError, SpecError
 from medfuse.core.readers import read_image, read_signal
 from medfuse.core.readers.base import file_scale
 from medfuse.core.spec import ModalitySpec, parse_spec
@@ -290,6 +290,13 @@ def test_a_lead_mostly_invalid_is_refused_not_invented(tmp_path: Path) -> None:
     rows.fillna(0.0).to_csv(tmp_path / "indexed.csv")
     with pytest.raises(DataError, match=r"column 1 of its header has no name .*index=False"):
         read_signal(tmp_path / "indexed.csv", rate=100.0)
+    # a trailing comma on every line (a spreadsheet's export): an empty column, not a lead
+    text = (tmp_path / "some.csv").read_text().splitlines()
+    (tmp_path / "comma.csv").write_text("\n".join(f"{line}," for line in text) + "\n")
+    assert np.array_equal(
+        read_signal(tmp_path / "comma.csv", rate=100.0),
+        read_signal(tmp_path / "some.csv", rate=100.0),
+    )
 
 
 def test_a_long_record_and_a_lead_off_are_flagged(signal_package: Path, tmp_path: Path) -> None:
@@ -459,11 +466,11 @@ def test_a_table_run_leaves_the_spec_beside_a_kept_package_as_it_was(tmp_path: P
     before = spec.read_bytes()
     other = df.assign(age=df["age"] + 1)
     other.to_csv(root / "other.csv", index=False)
-    # refused: a package is there
+    # refused: a package is there (a usage error, as `train spec.yaml --out` gives)
     args = ["train", "--table", str(root / "other.csv"), "--label", "label", "--out", str(out)]
-    assert main(args) != 0
+    assert main(args) == 2
     assert spec.read_bytes() == before
-    with pytest.raises(Exception, match="holds a package already"):
+    with pytest.raises(SpecError, match="holds a package already"):
         medfuse.fit(root / "other.csv", "label", "1", out=out, overrides=TINY, verbose=False)
     assert spec.read_bytes() == before
     # --overwrite, but the training fails on an unreadable image: the package and its spec kept
@@ -589,3 +596,20 @@ def test_signals_in_two_units_are_reported_at_training(caplog: pytest.LogCapture
     with caplog.at_level(logging.WARNING, logger="medfuse"):
         fit_preprocessing(spec, train, {})
     assert "'ecg': the training samples' value spans fall in two groups" in caplog.text
+
+
+def test_a_table_run_that_left_a_checkpoint_keeps_its_spec(tmp_path: Path) -> None:
+    """The files beside a package are put back when a run fails, but not when it left a
+    checkpoint (killed, interrupted, a rank lost under --nproc): ``--resume`` reads that spec."""
+    from medfuse.data.table import spec_path_for, table_run
+
+    df = pd.DataFrame({"age": 40.0 + np.arange(20), "label": np.arange(20) % 2})
+    out = tmp_path / "pkg"
+    for resumable, kept in ((lambda o: False, False), (lambda o: o == out, True)):
+        with (
+            pytest.raises(KeyboardInterrupt),
+            table_run(df, label="label", out=out, resumable=resumable),
+        ):
+            assert spec_path_for(out).exists()
+            raise KeyboardInterrupt
+        assert spec_path_for(out).exists() is kept

@@ -170,14 +170,12 @@ def test_stream_true_trains_exactly_like_stream_false(
 
     # calibration, the clinical evaluation (CIs, each modality removed) and the evaluation of the
     # calibrated package score the streamed splits a part at a time: the in-memory results
-    from medfuse.core import predictor as predictor_mod
+    from medfuse.core import inputs as inputs_mod
     from medfuse.report.calibration import calibrate_package
     from medfuse.report.clinical import clinical_evaluation
 
-    monkeypatch.setattr(predictor_mod, "STREAMED_ROWS", 16)  # several parts, a short last one
-    from medfuse.core import inputs as inputs_mod
-
-    monkeypatch.setattr(inputs_mod, "SUMMARY_ROWS", 16)  # evaluate's plausibility count alike
+    # several parts, a short last one: predictions, and evaluate's plausibility count alike
+    monkeypatch.setattr(inputs_mod, "STREAMED_ROWS", 16)
     cal, ev, evc = {}, {}, {}
     for stream in (False, True):
         pkg = tmp_path / f"m{stream}"

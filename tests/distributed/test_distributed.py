@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -1158,3 +1159,19 @@ def test_branch_placement_of_a_vit_and_a_text_encoder(vit_reference, tmp_path) -
     assert meta["training"]["strategy"] == "branch"
     assert meta["training"]["placement"] == {k: "cpu" for k in [*spec.modalities, "fusion"]}
     assert _maxdiff(_weights(res.package), _weights(vit_reference)) < TOL
+
+
+def test_train_table_with_nproc(tmp_path, capfd) -> None:
+    """``train --table t.csv --label y --nproc N`` failed on every rank ("give a spec or
+    --table, not both"): the workers were given the saved spec and the table flags too."""
+    from medfuse.cli import main
+
+    n = 48
+    pd.DataFrame(
+        {"age": 40.0 + np.arange(n) % 30, "lab": np.arange(n) % 7 * 1.5, "y": np.arange(n) % 2}
+    ).to_csv(tmp_path / "t.csv", index=False)
+    args = ["train", "--table", str(tmp_path / "t.csv"), "--label", "y", "--out"]
+    args += [str(tmp_path / "pkg"), "--device", "cpu", "--nproc", "1", "--set", "train.epochs=1"]
+    code = main(args)
+    assert code == 0, capfd.readouterr().err[-3000:]
+    assert (tmp_path / "pkg" / "medfuse.json").exists()

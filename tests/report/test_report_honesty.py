@@ -250,3 +250,19 @@ def test_multilabel_groups_averaged_over_different_labels_are_said_and_their_gap
     assert math.isnan(res["gap"]["lo"]) and "unlike means" in res["gap"]["method"]
     same = subgroup_metrics("multilabel", y[:, :2], p[:, :2], sex, 0.5, n_boot=50)
     assert "macro_note" not in same and math.isfinite(same["gap"]["lo"])
+
+
+def test_multiclass_groups_lacking_different_classes_are_said() -> None:
+    """The multiclass side of the rule above: a group without a sample of a class averages
+    its macro means over the others, by the labels' names."""
+    rng = np.random.default_rng(1)
+    n = 90
+    y = np.arange(n) % 3
+    site = np.where(np.arange(n) < 45, "A", "B")
+    y[(site == "A") & (y == 2)] = 0  # site A: no 'high'
+    p = np.clip(np.eye(3)[y] * 0.6 + 0.4 * rng.random((n, 3)), 0, None)
+    p = p / p.sum(axis=1, keepdims=True)
+    res = subgroup_metrics("multiclass", y, p, site, n_boot=50, labels=["low", "mid", "high"])
+    assert res["groups"]["A"]["macro_note"].startswith("high with no sample in this group")
+    assert "macro_note" not in res["groups"]["B"]
+    assert "left out: A: high; B: none" in res["macro_note"] and math.isnan(res["gap"]["lo"])

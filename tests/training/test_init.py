@@ -187,6 +187,13 @@ def test_init_refuses_a_branch_whose_text_columns_are_coded_otherwise(tmp_path) 
     spec["data"]["source"] = _sex_table(tmp_path / "c.csv", ["0", "1"])
     with pytest.raises(SpecError, match=r"clinical\.sex: coded \['F', 'M'\] there, 'as a number'"):
         train(spec, out=tmp_path / "c", device="cpu", progress=False)
+    # a site without one of the source's values: the shared ones coded alike, copied
+    three = _sex_spec(_sex_table(tmp_path / "e.csv", ["F", "M", "U"]))
+    src3 = train(three, out=tmp_path / "e", progress=False).package
+    spec["train"]["init"]["package"] = str(src3)
+    spec["data"]["source"] = _sex_table(tmp_path / "f.csv", ["F", "M"])
+    assert train(spec, out=tmp_path / "f", device="cpu", progress=False).package.exists()
+    spec["train"]["init"]["package"] = str(src)
     # the same values: copied
     spec["data"]["source"] = _sex_table(tmp_path / "d.csv", ["M", "F"])
     res = train(spec, out=tmp_path / "d", device="cpu", progress=False)

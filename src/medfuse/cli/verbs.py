@@ -116,6 +116,7 @@ def setup_train(p: argparse.ArgumentParser) -> Handler:
             p.error("--table needs --label COLUMN")
         # lazy: medfuse's heavier layers, off the --help and torch-free paths
         from medfuse.data.table import table_run
+        from medfuse.training.pipeline import left_checkpoint  # lazy: torch, as training
 
         # infer and save <out>.spec.yaml, then train from it; a failed run puts back the files
         # beside the package it kept
@@ -130,8 +131,12 @@ def setup_train(p: argparse.ArgumentParser) -> Handler:
                 patient_column=a.patient_column,
                 seed=0 if a.seed is None else a.seed,
                 overrides=a.overrides + _bad_row(a),
+                resumable=left_checkpoint,
             ) as (ts, out, spec_file):
                 a.out, a.config = str(out), str(spec_file)
+                # the workers of --nproc run the saved spec (worker_argv rebuilds the command
+                # from these: with --table left in, every rank refused "not both")
+                a.table = a.label = a.positive = a.id_column = a.patient_column = None
                 report = sys.stderr if a.json else sys.stdout  # --json: stdout is the JSON only
                 print(f"{ts.describe()}\nspec saved: {a.config}", file=report, flush=True)
                 code = train_run(a, [])

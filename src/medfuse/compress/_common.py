@@ -160,7 +160,7 @@ def check_out(out: str | Path, *sources: str | Path, overwrite: bool = True) -> 
     """The output directory must not be one of the input packages, nor lie where it cannot be
     written, nor (without ``overwrite``) hold a package (checked before any work)."""
     for src in sources:
-        if Path(out).resolve() == Path(src).resolve():
+        if Path(out).expanduser().resolve() == Path(src).expanduser().resolve():
             raise SpecError(
                 "out", f"the output {out} is an input package ({src}); choose another directory"
             )

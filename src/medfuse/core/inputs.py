@@ -716,6 +716,21 @@ def is_streamed(samples: Any) -> bool:
     return isinstance(arrays, dict) and any(hasattr(a, "read") for a in arrays.values())
 
 
+#: rows of a split (a streamed one: read from its cache) taken into memory at a time
+STREAMED_ROWS = 1024
+
+
+def split_parts(split: Any) -> list[Any]:
+    """A split as consecutive parts of :data:`STREAMED_ROWS` rows (``Split.subset``; a split of
+    no more rows: itself)."""
+    n = len(split)
+    if n <= STREAMED_ROWS:
+        return [split]
+    return [
+        split.subset(np.arange(s, min(s + STREAMED_ROWS, n))) for s in range(0, n, STREAMED_ROWS)
+    ]
+
+
 def split_values(a: Any) -> np.ndarray:
     """A ``Split`` column's values as float32: a streamed column's rows read from its cache
     (checked there against the digests the data pass wrote)."""
@@ -1387,24 +1402,17 @@ def missing_text(summary: dict[str, Any], short: bool = False) -> str:
     )
 
 
-#: rows of a split read at a time by :func:`plausibility_summary` (a streamed split's values)
-SUMMARY_ROWS = 1024
-
-
 def plausibility_summary(split: Any, schema: Schema) -> dict[str, Any]:
     """:func:`plausibility` over a split of a package's data (an evaluation's): how many rows
     hold an input unlike the training data (``rows`` of ``n``), how many per input (a tabular
-    column, else the modality: ``inputs``), and the first flag as an ``example``. A streamed
-    split is read :data:`SUMMARY_ROWS` rows at a time."""
+    column, else the modality: ``inputs``), and the first flag as an ``example``. Read
+    :data:`STREAMED_ROWS` rows at a time (:func:`split_parts`), as the coerced ``Batch``."""
     n = len(split)
     per: dict[str, int] = {}
     flagged, example = 0, ""
-    for s in range(0, n, SUMMARY_ROWS):
-        part = split if n <= SUMMARY_ROWS else split.subset(np.arange(s, min(s + SUMMARY_ROWS, n)))
-        mods = [m for m in schema.modalities if m in part.arrays]
-        arrays = {m: split_values(part.arrays[m]) for m in mods}
-        masks = {m: np.asarray(part.masks[m], np.float32) for m in mods}
-        for flags in plausibility(arrays, masks, schema):
+    for part in split_parts(split):
+        b = coerce(part, schema)
+        for flags in plausibility(b.arrays, b.masks, schema):
             if not flags:
                 continue
             flagged += 1

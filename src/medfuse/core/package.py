@@ -24,7 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medfuse.core.decision import reference_decisions
-from medfuse.core.errors import MedfuseError, PackageError
+from medfuse.core.errors import MedfuseError, PackageError, SpecError
 from medfuse.core.paths import output_dir
 from medfuse.core.spec import parse_spec
 
@@ -226,11 +226,16 @@ def package_out(path: str | Path, *, overwrite: bool = True) -> Path:
     place is replaced by design."""
     dst = output_dir(path, "--out")  # a file in the way, a folder that is not writable
     if dst.exists() and not (dst / META).exists() and any(dst.iterdir()):
-        raise PackageError(f"{dst} exists and is not a medfuse package; refusing to replace it")
+        raise SpecError(
+            "--out",
+            f"{dst} exists and is not a medfuse package (no {META}); refusing to replace it. "
+            "Choose another directory",
+        )
     if not overwrite and (dst / META).exists():
-        raise PackageError(
+        raise SpecError(
+            "--out",
             f"{dst} holds a package already; pass --overwrite (overwrite=True) to replace it, "
-            "or choose another directory"
+            "or choose another directory",
         )
     return dst
 

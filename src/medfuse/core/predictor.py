@@ -21,19 +21,16 @@ import numpy as np
 
 from medfuse.core.decision import NONFINITE, decide, nonfinite_rows, probabilities
 from medfuse.core.errors import DataError, SpecError
-from medfuse.core.inputs import ON_BAD_ROW, Batch, Schema, coerce, is_streamed, missing_text
+from medfuse.core.inputs import (
+    ON_BAD_ROW,
+    Batch,
+    Schema,
+    coerce,
+    is_streamed,
+    missing_text,
+    split_parts,
+)
 from medfuse.core.paths import write_output
-
-#: rows of a streamed split read into memory at a time when a predictor scores it
-STREAMED_ROWS = 1024
-
-
-def _parts(split: Any) -> list[Any]:
-    """A streamed split as consecutive parts of :data:`STREAMED_ROWS` rows (``Split.subset``)."""
-    n = len(split)
-    return [
-        split.subset(np.arange(s, min(s + STREAMED_ROWS, n))) for s in range(0, n, STREAMED_ROWS)
-    ]
 
 
 @runtime_checkable
@@ -337,7 +334,7 @@ class PredictorBase:
         if is_streamed(samples):  # a split larger than memory: its rows a part at a time
             parts = [
                 self.batch_logits(self.inputs(p, on_bad_row=on_bad_row), batch_size=batch_size)
-                for p in _parts(samples)
+                for p in split_parts(samples)
             ]
             return np.concatenate(parts) if parts else np.zeros((0, self.num_outputs), np.float32)
         return self.batch_logits(self.inputs(samples, on_bad_row=on_bad_row), batch_size=batch_size)
@@ -372,9 +369,9 @@ class PredictorBase:
     def _by_part(
         self, split: Any, batch_size: int, on_bad_row: str, base_dir: str | Path | None = None
     ) -> Iterator[Predictions]:
-        """A streamed split (larger than memory) predicted :data:`STREAMED_ROWS` rows at a time;
+        """A streamed split (larger than memory) predicted ``STREAMED_ROWS`` rows at a time;
         each part's values are dropped once the caller has taken what it needs."""
-        for part in _parts(split):
+        for part in split_parts(split):
             yield self.predict_rows(
                 part, batch_size=batch_size, on_bad_row=on_bad_row, base_dir=base_dir
             )

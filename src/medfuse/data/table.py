@@ -33,7 +33,7 @@ import contextlib
 import math
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -587,13 +587,14 @@ def table_run(
     base_dir: str | Path | None = None,
     seed: int = 0,
     overrides: list[str] | None = None,
+    resumable: Callable[[Path], bool] | None = None,
 ) -> Iterator[tuple[TableSpec, Path, Path]]:
     """:func:`write_table_spec` for a run that trains from it: ``out`` is checked first (a
     package there needs ``overwrite``: a refused run wrote its spec beside another package),
     and when the body fails (the training failed, the package in ``out`` kept) the files
     beside it are put back as they were, so the spec beside a package is the one it was
-    trained from. An interrupted run (``KeyboardInterrupt``) keeps them: its checkpoint
-    resumes from that spec."""
+    trained from; unless ``resumable(out)`` says the run left a checkpoint (killed, interrupted,
+    a rank lost): ``--resume`` continues it from that spec."""
     _, out = table_out(table, out)
     package_out(out, overwrite=overwrite)
     beside = [spec_path_for(out), out.with_name(out.name + ".table.csv")]
@@ -610,7 +611,9 @@ def table_run(
             seed=seed,
             overrides=overrides,
         )
-    except Exception:  # a failure; an interrupted run (Ctrl-C) keeps its spec to --resume
+    except BaseException:
+        if resumable is not None and resumable(out):
+            raise
         for f in beside:
             if f in before:
                 f.write_bytes(before[f])

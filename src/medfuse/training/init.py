@@ -71,8 +71,10 @@ def _check_inputs(
             f"{m}.{col}: coded {there!r} there, {here!r} here"
             for m, n in pairs
             for col in sorted(set(codes[0].get(m) or {}) | set(codes[1].get(n) or {}))
-            if (there := (codes[0].get(m) or {}).get(col, "as a number"))
-            != (here := (codes[1].get(n) or {}).get(col, "as a number"))
+            if _coded_otherwise(
+                there := (codes[0].get(m) or {}).get(col, "as a number"),
+                here := (codes[1].get(n) or {}).get(col, "as a number"),
+            )
         ]
     if differ:
         raise SpecError(
@@ -82,6 +84,16 @@ def _check_inputs(
             "columns / leads in its order (text values written as there), or start that branch "
             "from scratch",
         )
+
+
+def _coded_otherwise(there: Any, here: Any) -> bool:
+    """Whether a text column's codes mean something else here: read as a number on one side
+    and as text on the other, or a value both know under another code (``M`` 1 there, 0
+    here). A value one side lacks (a site without the rare ``U``) changes no shared code."""
+    if isinstance(there, str) or isinstance(here, str):
+        return there != here
+    pos = {v: i for i, v in enumerate(there)}
+    return any(pos[v] != i for i, v in enumerate(here) if v in pos) or not set(there) & set(here)
 
 
 def init_from_package(

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from medfuse.core.errors import SpecError
-from medfuse.core.package import META
-from medfuse.core.paths import output_dir, write_output
+from medfuse.core.package import package_out
+from medfuse.core.paths import write_output
 from medfuse.core.preprocess import channel_axis, fit_stats, seen_categories
 from medfuse.core.spec import Spec, complete_spec, parse_spec
 from medfuse.core.text import unknown_shares
@@ -243,23 +243,7 @@ def check_out(out: Path, *, overwrite: bool) -> None:
     and lie where it can be written."""
     if out.exists() and not out.is_dir():
         raise SpecError("--out", f"{out} exists and is a file, not a package directory")
-    output_dir(out, "--out")  # a file in the way of a missing folder, a folder not writable
-    if not out.exists():
-        return
-    if not any(out.iterdir()):
-        return
-    if not (out / META).exists():
-        raise SpecError(
-            "--out",
-            f"{out} exists and is not a medfuse package (no {META}); refusing to replace it. "
-            "Choose another directory",
-        )
-    if not overwrite:
-        raise SpecError(
-            "--out",
-            f"{out} holds a package already; pass --overwrite (overwrite=True) to replace it, or "
-            "choose another directory",
-        )
+    package_out(out, overwrite=overwrite)  # the one check every verb writing a package makes
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -276,7 +260,17 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 RESUMABLE = ("train.", "threshold.", "name", "data.stream", "data.workers")
 
 
-def _has_checkpoint(workdir: Path) -> bool:
+def work_dir(out: Path) -> Path:
+    """Where a run writing the package ``out`` keeps its checkpoints: ``<out>.train``."""
+    return out.with_name(out.name + ".train")
+
+
+def left_checkpoint(out: Path) -> bool:
+    """Whether a run writing ``out`` left something ``--resume`` continues."""
+    return has_checkpoint(work_dir(Path(out)))
+
+
+def has_checkpoint(workdir: Path) -> bool:
     """Whether ``workdir`` holds something a resume continues (a checkpoint, ensemble members)."""
     return (workdir / CHECKPOINT).exists() or bool(list(workdir.glob("member*")))
 
@@ -289,7 +283,7 @@ def data_problem(workdir: Path, now: dict[str, Any] | None) -> str | None:
     refused, it is logged as unchecked."""
     saved = workdir / RUN_DATA
     if not saved.exists() or now is None:
-        if _has_checkpoint(workdir):
+        if has_checkpoint(workdir):
             why = "it records no data fingerprint (an older medfuse wrote it)"
             if now is None:
                 why = "the data loaded now carries no fingerprint"
@@ -342,13 +336,13 @@ def check_resume(
     problem: Any = None
     changed: list[str] = []
     if session.rank == 0:
-        if not _has_checkpoint(workdir):  # a mistyped --out would retrain the whole run unsaid
+        if not has_checkpoint(workdir):  # a mistyped --out would retrain the whole run unsaid
             log.warning(
                 "--resume: no checkpoint in %s (nothing to resume there): training from the start",
                 workdir,
             )
         if not saved.exists():
-            if _has_checkpoint(workdir):
+            if has_checkpoint(workdir):
                 problem = (
                     f"the checkpoint in {workdir} records no spec (an older medfuse wrote it), so "
                     "it cannot be checked against this one; start without --resume"

@@ -466,19 +466,23 @@ def _wfdb_layout(path: Path) -> tuple[float | None, list[str] | None]:
     return (float(header.fs) if header.fs else None), (list(header.sig_name or []) or None)
 
 
-def _csv_header(path: Path, row: list[str]) -> list[str]:
-    """A CSV signal's header, every column named: a blank name (or pandas' ``Unnamed: 0``) is
-    refused, not read as a lead: a DataFrame saved with its index became a lead named '' of
-    row numbers, and the same record saved without it could not be predicted."""
-    header = [c.strip() for c in row]
+def _csv_header(path: Path, table: list[list[str]]) -> tuple[list[str], set[int]]:
+    """A CSV signal's header and the columns that are none: a blank name over empty cells (a
+    trailing comma on every line, as spreadsheets export). A blank name (or pandas' ``Unnamed:
+    0``) over values is refused, not read as a lead: a DataFrame saved with its index became a
+    lead named '' of row numbers, and the same record saved without it could not be
+    predicted."""
+    header = [c.strip() for c in table[0]]
     blank = [i for i, c in enumerate(header) if not c or re.fullmatch(r"Unnamed: \d+", c)]
-    if blank:
+    empty = {i for i in blank if all(i >= len(r) or not r[i].strip() for r in table[1:])}
+    named = [i for i in blank if i not in empty]
+    if named:
         raise DataError(
-            f"{path}: column {blank[0] + 1} of its header has no name (a pandas index saved "
+            f"{path}: column {named[0] + 1} of its header has no name (a pandas index saved "
             "with it? df.to_csv(path, index=False)); a CSV signal's columns are its time and "
             "its leads, each named: name it or drop it"
         )
-    return header
+    return header, empty
 
 
 def _time_column(header: list[str]) -> tuple[int | None, float]:
@@ -494,9 +498,9 @@ def _time_column(header: list[str]) -> tuple[int | None, float]:
 def _csv_layout(path: Path) -> tuple[float | None, list[str] | None]:
     with open(path, newline="", encoding="utf-8-sig") as f:
         table = [r for r in csv.reader(f) if any(c.strip() for c in r)]
-    header = _csv_header(path, table[0]) if table else []
+    header, empty = _csv_header(path, table) if table else ([], set())
     tcol, unit = _time_column(header)
-    names = [c for i, c in enumerate(header) if i != tcol] or None
+    names = [c for i, c in enumerate(header) if i != tcol and i not in empty] or None
     if tcol is None or len(table) < 3:
         return None, names
     try:
@@ -516,9 +520,9 @@ def _csv_signal(
         table = [r for r in csv.reader(f) if any(c.strip() for c in r)]
     if len(table) < 2:
         raise DataError(f"{path}: CSV signal has no rows")
-    header, body = _csv_header(path, table[0]), table[1:]
+    (header, empty), body = _csv_header(path, table), table[1:]
     tcol, unit = _time_column(header)
-    cols = [i for i in range(len(header)) if i != tcol]
+    cols = [i for i in range(len(header)) if i != tcol and i not in empty]
     names = [header[i] for i in cols]
     if not cols:
         raise DataError(f"{path}: CSV signal has no lead columns besides {header[0]!r}")
