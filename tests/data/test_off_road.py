@@ -44,12 +44,9 @@ def image_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 N = 30
 SPLITS = ["train", "train", "train", "val", "test"]
-TINY = [
-    "train.epochs=1",
-    "branches.image.width=4",
-    "branches.image.depth=1",
-    "train.batch_size=8",
-]
+#: a one-epoch run of a tabular-only table; TINY adds the image branch's size
+TINY_TAB = ["train.epochs=1", "train.batch_size=8"]
+TINY = [*TINY_TAB, "branches.image.width=4", "branches.image.depth=1"]
 
 
 def _table(root: Path, *, bright: int = 60, split: str | None = None) -> pd.DataFrame:
@@ -414,8 +411,7 @@ def test_a_category_only_in_val_or_test_rows_is_flagged(tmp_path: Path) -> None:
             "split": split,
         }
     )
-    tiny = ["train.epochs=1", "train.batch_size=8"]
-    res = medfuse.fit(df, "label", 1, out=tmp_path / "p", overrides=tiny, verbose=False)
+    res = medfuse.fit(df, "label", 1, out=tmp_path / "p", overrides=TINY_TAB, verbose=False)
     pred = medfuse.load(res.package)
     assert pred.meta["preprocessing"]["clinical"]["categories"] == {"sex": ["F", "M", "U"]}
     rows = pred.predict_table(pd.DataFrame({"age": [50.0] * 3, "sex": ["F", "M", "U"]}))
@@ -450,7 +446,9 @@ def test_evaluate_counts_the_rows_a_prediction_would_flag(
     )
 
 
-def test_a_table_run_leaves_the_spec_beside_a_kept_package_as_it_was(tmp_path: Path) -> None:
+def test_a_table_run_leaves_the_spec_beside_a_kept_package_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``train --table`` wrote ``<out>.spec.yaml`` before checking ``--out``: a run refused for
     the package already there replaced the spec beside it, and a failed ``--overwrite`` run
     (the old package kept) left a spec of the failed data beside it."""
@@ -475,7 +473,8 @@ def test_a_table_run_leaves_the_spec_beside_a_kept_package_as_it_was(tmp_path: P
     assert spec.read_bytes() == before
     # --overwrite, but the training fails on an unreadable image: the package and its spec kept
     (root / "img" / "3.png").write_bytes(b"not a png")
-    assert main([*args, "--overwrite", *(f"--set={o}" for o in TINY)]) != 0
+    assert main([*args, "--overwrite", *(f"--set={o}" for o in TINY)]) == DataError.exit_code
+    assert "3.png: not a readable image" in capsys.readouterr().err
     assert spec.read_bytes() == before
     assert (out / "model.safetensors").read_bytes() == weights
 
@@ -494,8 +493,7 @@ def test_a_column_named_like_the_tabular_modality_is_read_as_a_column(tmp_path: 
             "label": np.arange(n) % 2,
         }
     )
-    tiny = ["train.epochs=1", "train.batch_size=8"]
-    res = medfuse.fit(df, "label", 1, out=tmp_path / "p", overrides=tiny, verbose=False)
+    res = medfuse.fit(df, "label", 1, out=tmp_path / "p", overrides=TINY_TAB, verbose=False)
     pred = medfuse.load(res.package)
     assert pred.spec.modalities["clinical"].columns == ["age", "clinical"]
     rows = pred.predict_table(df.head(3))
@@ -523,8 +521,7 @@ def test_predict_says_how_many_rows_miss_a_tabular_value(
     df = pd.DataFrame(
         {"age": 40.0 + np.arange(n) % 30, "lab": np.arange(n) % 7 * 1.5, "label": np.arange(n) % 2}
     )
-    tiny = ["train.epochs=1", "train.batch_size=8"]
-    pkg = medfuse.fit(df, "label", 1, out=tmp_path / "p", overrides=tiny, verbose=False).package
+    pkg = medfuse.fit(df, "label", 1, out=tmp_path / "p", overrides=TINY_TAB, verbose=False).package
     from medfuse.export.exporter import export_package
 
     export_package(pkg, format="onnx")  # the torch-free runtime reads model.onnx

@@ -209,7 +209,16 @@ def test_resume_across_a_stage_boundary(tiny_synthetic, tmp_path) -> None:
     out = tmp_path / "p"
     with pytest.raises(KeyboardInterrupt):
         train(spec, out=out, device="cpu", progress=False, on_epoch=crash)
-    res = train(spec, out=out, device="cpu", progress=False, resume=True)
+    seen: list[tuple[str, int]] = []
+    res = train(
+        spec,
+        out=out,
+        device="cpu",
+        progress=False,
+        resume=True,
+        on_epoch=lambda r: seen.append((r["stage"], r["epoch"])),
+    )
+    assert seen == [("fusion", 1), ("fusion", 2)]  # continued: the branches stage not run again
     stages = json.loads((res.package / "medfuse.json").read_text())["training"]["stages"]
     assert [s["stage"] for s in stages] == ["branches", "fusion"]
 
@@ -422,26 +431,17 @@ def test_normalisation_statistics_are_exact_in_float64(monkeypatch: pytest.Monke
 def test_resume_with_nothing_to_resume_says_so(tiny_spec, tmp_path, caplog) -> None:
     """``--resume`` with a mistyped ``--out`` (no work folder) trained the whole run from the
     start without a word, while the user believed it continued."""
-    import logging
-
-    from medfuse.api import train
-
     with caplog.at_level(logging.WARNING, logger="medfuse"):
         train(tiny_spec, out=tmp_path / "typo", device="cpu", progress=False, resume=True)
     assert "--resume: no checkpoint in" in caplog.text and "training from the start" in caplog.text
 
 
-def test_keep_last_marks_no_epoch_best_in_the_record(tiny_spec, tmp_path) -> None:
+def test_keep_last_marks_no_epoch_best_in_the_record(tiny_spec, tiny_package, tmp_path) -> None:
     """Under ``train.keep: last`` no epoch is selected, yet metrics.jsonl (and the report's
     training curve) marked every epoch a new best."""
-    import json
-
-    from medfuse.api import train
-
     spec = {**tiny_spec, "train": {**tiny_spec["train"], "keep": "last", "epochs": 3}}
     res = train(spec, out=tmp_path / "p", device="cpu", progress=False)
     records = [json.loads(x) for x in (res.package / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 3 and not any(r["best"] for r in records)
-    best = train(tiny_spec, out=tmp_path / "b", device="cpu", progress=False)
-    first = json.loads((best.package / "metrics.jsonl").read_text().splitlines()[0])
+    first = json.loads((tiny_package / "metrics.jsonl").read_text().splitlines()[0])
     assert first["best"] is True  # keep: best marks the epochs it kept

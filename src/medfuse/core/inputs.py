@@ -1380,13 +1380,19 @@ def missing_summary(
 ) -> dict[str, Any]:
     """How many rows hold a missing tabular value (:func:`missing_values`: each standardised to
     the training mean) and how many of each column: ``{"rows", "n", "columns"}``."""
-    per_row = missing_values(arrays, masks, schema)
-    columns: dict[str, int] = {}
+    return tally_missing(missing_values(arrays, masks, schema))
+
+
+def tally_missing(per_row: list[list[str]], into: dict[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`missing_summary` of rows' missing columns (:func:`missing_values`), added to
+    ``into``, the summary of earlier rows (a prediction run's batches)."""
+    rows, n = (into["rows"], into["n"]) if into else (0, 0)
+    columns: dict[str, int] = dict(into["columns"]) if into else {}
     for cols in per_row:
         for c in cols:
             columns[c] = columns.get(c, 0) + 1
     ranked = dict(sorted(columns.items(), key=lambda kv: (-kv[1], kv[0])))
-    return {"rows": sum(1 for c in per_row if c), "n": len(per_row), "columns": ranked}
+    return {"rows": rows + sum(1 for c in per_row if c), "n": n + len(per_row), "columns": ranked}
 
 
 def missing_text(summary: dict[str, Any], short: bool = False) -> str:

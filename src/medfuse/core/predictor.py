@@ -29,6 +29,7 @@ from medfuse.core.inputs import (
     is_streamed,
     missing_text,
     split_parts,
+    tally_missing,
 )
 from medfuse.core.paths import write_output
 
@@ -187,8 +188,8 @@ class RunResult:
     affected: list[dict[str, str]] = field(default_factory=list)
     issues_file: Path | None = None
     #: rows with a tabular value missing (each standardised to the training mean), per column
-    missing: dict[str, int] = field(default_factory=dict)
-    missing_rows: int = 0
+    #: (``medfuse.core.inputs.missing_summary``)
+    missing: dict[str, Any] = field(default_factory=lambda: tally_missing([]))
     #: the package the predictions came from (``medfuse.core.package.package_id``)
     package: str = ""
 
@@ -198,18 +199,13 @@ class RunResult:
     def take(self, res: Predictions) -> None:
         """Count one batch's affected rows and missing tabular values."""
         self.affected.extend(res.affected())
-        for cols in res.batch.missing_values:
-            self.missing_rows += bool(cols)
-            for c in cols:
-                self.missing[c] = self.missing.get(c, 0) + 1
+        self.missing = tally_missing(res.batch.missing_values, self.missing)
 
     def summary(self) -> list[str]:
         """The end-of-run summary: how many rows miss a tabular value (a column empty in every
         row is otherwise seen only in the ``missing_values`` column), every affected row, or
         the file that lists them."""
-        ranked = dict(sorted(self.missing.items(), key=lambda kv: (-kv[1], kv[0])))
-        held = {"rows": self.missing_rows, "n": self.rows, "columns": ranked}
-        lines = [missing_text(held)] if self.missing_rows else []
+        lines = [missing_text(self.missing)] if self.missing["rows"] else []
         return lines + attention_summary(self.affected, self.rows, self.issues_file)
 
     def list_issues(

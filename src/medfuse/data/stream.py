@@ -906,7 +906,7 @@ def stream_pass(
     }
     t0 = time.perf_counter()
     root = cache_root()
-    with cache_lock(root, [cache_key(sources[m]) for m in lazy]):
+    with full_disk(root), cache_lock(root, [cache_key(sources[m]) for m in lazy]):
         try:
             for m in lazy:
                 caches[m] = Cache(sources[m], root)
@@ -931,26 +931,19 @@ def stream_pass(
             for m, scale in scales.items():
                 bundle.info.setdefault("scales", {})[m] = scale
             bundle.info.setdefault("aspects", {}).update(info["aspects"])
-        except BaseException as err:
+        except BaseException:
             for c in caches.values():
                 c.abort()
-            if isinstance(err, OSError) and err.errno in FULL:
-                raise cache_failure(err, root) from None
             raise
-        try:
-            for m, c in caches.items():
-                c.commit()
-                info["cache"][m] = str(c.dir)
-            if done is None:
-                result = {k: info[k] for k in ("stats", "constant", "values_sha256", "aspects")}
-                result.update(missing=missing, scales=scales)
-                (root / PASSES).mkdir(exist_ok=True)
-                key = pass_key(splits, masks, caches, on_bad_row)  # the masks before the pass
-                _write_json(root / PASSES / f"{key}.json", result)
-        except OSError as err:
-            if err.errno in FULL:
-                raise cache_failure(err, root) from None
-            raise
+        for m, c in caches.items():
+            c.commit()
+            info["cache"][m] = str(c.dir)
+        if done is None:
+            result = {k: info[k] for k in ("stats", "constant", "values_sha256", "aspects")}
+            result.update(missing=missing, scales=scales)
+            (root / PASSES).mkdir(exist_ok=True)
+            key = pass_key(splits, masks, caches, on_bad_row)  # the masks before the pass
+            _write_json(root / PASSES / f"{key}.json", result)
     info["seconds"] = round(time.perf_counter() - t0, 3)
     log.info(
         "streamed %s: %s decoded, %s read from the cache (%s) in %.1f s%s",
@@ -1021,6 +1014,18 @@ def _recorded_pass(root: Path, key: str) -> dict[str, Any] | None:
 
 #: the errors of a disk (or quota) that is full
 FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def full_disk(folder: Path) -> Iterator[None]:
+    """A full disk (or quota) met while the cache in ``folder`` is written, in this process, as
+    :func:`cache_failure` says it (the workers' writes return it as a ``Refused``)."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno in FULL:
+            raise cache_failure(err, folder) from None
+        raise
 
 
 def cache_failure(err: OSError, folder: Path | None) -> DataError:

@@ -139,6 +139,12 @@ class TableSpec:
         return p
 
 
+def table_path_for(out: str | Path) -> Path:
+    """Where a DataFrame trained into a package at ``out`` is written: ``<out>.table.csv``."""
+    out = Path(out)
+    return out.with_name(out.name + ".table.csv")
+
+
 def spec_path_for(out: str | Path) -> Path:
     """Where the inferred spec of a package at ``out`` is saved: ``<out>.spec.yaml`` beside it."""
     out = Path(out)
@@ -578,18 +584,13 @@ def infer_table_spec(
 def table_run(
     table: str | Path | pd.DataFrame,
     *,
-    label: str,
-    positive: str | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
-    id_column: str | None = None,
-    patient_column: str | None = None,
-    base_dir: str | Path | None = None,
-    seed: int = 0,
-    overrides: list[str] | None = None,
     resumable: Callable[[Path], bool] | None = None,
+    **infer: Any,
 ) -> Iterator[tuple[TableSpec, Path, Path]]:
-    """:func:`write_table_spec` for a run that trains from it: ``out`` is checked first (a
+    """:func:`write_table_spec` (``infer``: its arguments: label, positive, ...) for a run that
+    trains from it: ``out`` is checked first (a
     package there needs ``overwrite``: a refused run wrote its spec beside another package),
     and when the body fails (the training failed, the package in ``out`` kept) the files
     beside it are put back as they were, so the spec beside a package is the one it was
@@ -597,20 +598,10 @@ def table_run(
     a rank lost): ``--resume`` continues it from that spec."""
     _, out = table_out(table, out)
     package_out(out, overwrite=overwrite)
-    beside = [spec_path_for(out), out.with_name(out.name + ".table.csv")]
+    beside = [spec_path_for(out), table_path_for(out)]
     before = {f: f.read_bytes() for f in beside if f.is_file()}
     try:
-        yield write_table_spec(
-            table,
-            label=label,
-            positive=positive,
-            out=out,
-            id_column=id_column,
-            patient_column=patient_column,
-            base_dir=base_dir,
-            seed=seed,
-            overrides=overrides,
-        )
+        yield write_table_spec(table, out=out, **infer)
     except BaseException:
         if resumable is not None and resumable(out):
             raise
@@ -662,7 +653,7 @@ def write_table_spec(
         base_dir=base_dir,
         name=name,
         seed=seed,
-        csv_path=out.with_name(out.name + ".table.csv"),
+        csv_path=table_path_for(out),
     )
     ts.spec = apply_overrides(ts.spec, overrides)
     parse_spec(ts.spec)  # a bad --set fails here, naming the field

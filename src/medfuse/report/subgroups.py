@@ -27,6 +27,7 @@ from medfuse.report.ci import (
     metric_rows,
     point_rows,
 )
+from medfuse.training.metrics import left_out
 
 
 def _unlike_macro_means(
@@ -44,13 +45,7 @@ def _unlike_macro_means(
     Said per group (``macro_note``) and on the gap, whose interval is then withheld."""
     lacking: dict[str, list[str]] = {}
     for g in result["groups"]:
-        yy = np.asarray(y)[sel[g]]
-        if task == "multilabel":
-            ym = yy.reshape(len(yy), -1) > 0.5
-            idx = [j for j in range(k) if ym[:, j].all() or not ym[:, j].any()]
-        else:
-            present = set(np.asarray(yy).astype(int).ravel().tolist())
-            idx = [j for j in range(k) if j not in present]
+        idx = left_out(task, np.asarray(y)[sel[g]], k)
         lacking[g] = [labels[j] if labels and j < len(labels) else str(j) for j in idx]
         if lacking[g]:
             what = "one class only" if task == "multilabel" else "no sample"

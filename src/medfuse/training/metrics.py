@@ -213,17 +213,26 @@ def multiclass_metrics(
         },
         "confusion_matrix": cm.tolist(),
         "n": len(y),
-        **_absent_note(names, present, cm),
+        **_absent_note(names, left_out("multiclass", y, k), cm),
     }
 
 
-def _absent_note(names: list[str], present: np.ndarray, cm: np.ndarray) -> dict[str, str]:
+def left_out(task: str, y: np.ndarray, k: int) -> list[int]:
+    """The classes a multiclass or multilabel split's macro means leave out: a class without a
+    sample (multiclass), a label of one class only (multilabel)."""
+    if task == "multilabel":
+        ym = np.asarray(y).reshape(len(y), -1) > 0.5
+        return [j for j in range(k) if ym[:, j].all() or not ym[:, j].any()]
+    present = set(np.asarray(y).astype(int).ravel().tolist())
+    return [j for j in range(k) if j not in present]
+
+
+def _absent_note(names: list[str], absent: list[int], cm: np.ndarray) -> dict[str, str]:
     """A multiclass split missing a class: its macro means are over the classes it has (a
     class without a sample has no sensitivity or AUROC): ``{"macro_note": ...}``, said, never
     implied (as a multilabel label of one class). The model's calls of an absent class are
     misses of the true classes (their sensitivity counts them); the absent class's own F1, 0
     when it was called, is left out of the macro F1."""
-    absent = [i for i in range(len(names)) if i not in set(present.tolist())]
     if not absent:
         return {}
     called = int(cm[:, absent].sum())
@@ -255,7 +264,7 @@ def multilabel_metrics(
     thr = np.broadcast_to(np.asarray(thresholds, float), (k,))
     per = [binary_metrics(y[:, i], p[:, i], float(thr[i])) for i in range(k)]
     names = labels or [str(i) for i in range(k)]
-    one_class = [i for i in range(k) if y[:, i].min() == y[:, i].max()]
+    one_class = left_out("multilabel", y, k)
     for i in one_class:  # F1 0, balanced accuracy and kappa of one class: not a measurement
         per[i].update({key: float("nan") for key in ONE_CLASS_UNDEFINED if key in per[i]})
     out: dict[str, Any] = {key: float(np.nanmean([m[key] for m in per])) for key in SUMMARY_KEYS}

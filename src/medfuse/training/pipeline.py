@@ -392,8 +392,8 @@ class FitContext:
     #: this rank's data reads (``rank_usage``), and every rank's once a member is fitted
     usage: dict[str, Any] = field(default_factory=dict)
     ranks: list[dict[str, Any]] = field(default_factory=list)
-    #: the text categories each tabular column was coded by (``train.init`` compares them)
-    categories: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    #: the preprocessing the splits were normalised with (its text categories: ``train.init``)
+    stats: dict[str, Any] = field(default_factory=dict)
 
 
 def fit_member(
@@ -445,7 +445,8 @@ def _init_weights(
     saved = workdir / INIT_RECORD if workdir is not None else None
     if resume and saved is not None and (saved.parent / CHECKPOINT).exists() and saved.exists():
         return json.loads(saved.read_text())  # the checkpoint has the weights
-    record = init_from_package(model, spec.train.init, spec, fit.categories)
+    codes = {m: st["categories"] for m, st in fit.stats.items() if st.get("categories")}
+    record = init_from_package(model, spec.train.init, spec, codes)
     if fit.session.rank == 0 and saved is not None:
         saved.parent.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps(record))
@@ -786,7 +787,7 @@ def run_fit(
     val_t = to_tensors(bundle.val, stats, workers=w)
     fit = FitContext(session, train_t, val_t, resume, progress, on_epoch, list(callbacks or []))
     fit.usage = rank_usage(bundle, session.rank)
-    fit.categories = {m: dict(st["categories"]) for m, st in stats.items() if st.get("categories")}
+    fit.stats = stats
     members = None
     try:
         if spec.ensemble == 1:
