@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -196,7 +197,9 @@ def test_stream_true_trains_exactly_like_stream_false(
     assert evc[True]["plausibility"]["n"] == evc[True]["n"]  # every row, over two parts
 
 
-def test_worker_processes_serve_the_same_batches(manifest: Path) -> None:
+def test_reader_threads_serve_the_same_batches(manifest: Path) -> None:
+    """Batches read ahead by threads sharing one open cache file (reads by offset) are the
+    in-memory path's, in its order; and reading in turn gives the same."""
     import torch
 
     from medfuse.inference.helpers import to_tensors
@@ -208,15 +211,21 @@ def test_worker_processes_serve_the_same_batches(manifest: Path) -> None:
     mem = _load(manifest, False)
     t_mem = to_tensors(mem.train, stats)
     t_st = to_tensors(st.train, stats, workers=2)
-    order = [torch.randperm(len(t_mem), generator=torch.Generator().manual_seed(0))[:50]] * 3
-    for (i1, m1, y1), (i2, m2, y2) in zip(
-        t_mem.batches(order, torch.device("cpu")),
-        t_st.batches(order, torch.device("cpu")),
-        strict=True,
-    ):
-        for m in i1:
-            assert torch.equal(i1[m], i2[m]) and torch.equal(m1[m], m2[m])
-        assert torch.equal(y1, y2)
+    g = torch.Generator().manual_seed(0)
+    order = [torch.randperm(len(t_mem), generator=g)[:7] for _ in range(12)]
+    want = list(t_mem.batches(order, torch.device("cpu")))
+    for threads in (3, 0):
+        got = list(stream_mod.stream_loader(t_st.data, order, workers=threads, pin=False))
+        assert len(got) == len(want)
+        for (i1, m1, y1), (i2, m2, y2) in zip(want, got, strict=True):
+            for m in i1:
+                assert torch.equal(i1[m], i2[m]) and torch.equal(m1[m], m2[m])
+            assert torch.equal(y1, y2)
+    # a consumer that stops early stops the readers
+    it = stream_mod.stream_loader(t_st.data, order, workers=2, pin=False)
+    next(it)
+    it.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("medfuse-read")]
 
 
 def test_the_cache_is_reused_and_invalidated_per_file_and_per_spec(
@@ -366,20 +375,34 @@ def test_an_8_bit_row_is_summarised_from_its_bytes_as_from_its_floats(shape, axi
     np.testing.assert_allclose(b.channel_m2, a.channel_m2, rtol=1e-12)
 
 
-def test_workers_hold_a_bounded_amount_of_ready_batches() -> None:
-    """Ready batches sit in shared memory mapped into the training process: 4 per worker for a
-    training batch, fewer for evaluation's 256-sample batches of 224-px images (51 MiB each), so
-    the resident memory does not grow with the evaluated split."""
+def test_reader_threads_hold_a_bounded_amount_of_ready_batches() -> None:
+    """Batches read ahead: 2 per reader thread for a training batch, fewer for evaluation's
+    256-sample batches of 224-px images (51 MiB each), so the resident memory does not grow
+    with the evaluated split."""
     n = 300
     x = np.zeros((n, 1, 224, 224), np.float32)  # never touched: no memory used
     data = stream_mod.StreamBatches(
         {"image": x}, {"image": np.ones(n, np.float32)}, np.zeros(n), {}
     )
-    train = stream_mod._loader(data, [list(range(32))], workers=2, pin=False)
-    evaluate = stream_mod._loader(data, [list(range(256)), [256]], workers=2, pin=False)
-    assert train.prefetch_factor == 4 and evaluate.prefetch_factor == 1
-    held = evaluate.prefetch_factor * 2 * 256 * x[0].nbytes
-    assert held <= stream_mod.PREFETCH_BYTES
+    assert stream_mod.ready_ahead(data, [list(range(32))], 2) == 4
+    assert stream_mod.ready_ahead(data, [list(range(256)), [256]], 2) == 2
+    assert 2 * 256 * x[0].nbytes <= stream_mod.PREFETCH_BYTES
+    assert stream_mod.ready_ahead(data, [list(range(300))] * 9, 8) == 2  # not 16
+
+
+def test_reader_threads_leave_the_cores_to_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU, batches are read ahead only on cores PyTorch's threads leave free; on a GPU,
+    by data.workers threads."""
+    import torch
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(stream_mod, "usable_cores", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert stream_mod.reader_threads(2, cpu) == 0 and stream_mod.reader_threads(2, gpu) == 2
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert stream_mod.reader_threads(2, cpu) == 1 and stream_mod.reader_threads(0, gpu) == 0
+    monkeypatch.setattr(stream_mod, "usable_cores", lambda: 16)
+    assert stream_mod.reader_threads(2, cpu) == 2
 
 
 def test_a_cache_damaged_on_disk_is_refused_on_read(

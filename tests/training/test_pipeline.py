@@ -445,3 +445,30 @@ def test_keep_last_marks_no_epoch_best_in_the_record(tiny_spec, tiny_package, tm
     assert len(records) == 3 and not any(r["best"] for r in records)
     first = json.loads((tiny_package / "metrics.jsonl").read_text().splitlines()[0])
     assert first["best"] is True  # keep: best marks the epochs it kept
+
+
+def test_normalize_is_the_elementwise_formula_and_leaves_its_input() -> None:
+    """normalize works in place on its one new array: the values are (x - mean) / std in
+    float32, a NaN result 0, an infinite one kept, an absent sample (mask 0 or NaN) all 0; the
+    caller's array is not touched."""
+    import numpy as np
+
+    from medfuse.core.preprocess import normalize
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(3, 2, (6, 2, 5, 4)).astype(np.float32)
+    x[1, 0, 2, 3], x[2, 0, 0, 0] = np.nan, np.float32(3e38)
+    before = x.copy()
+    stat = {"channel_axis": 0, "mean": [1.5, -2.0], "std": [0.5, 3.0]}
+    mask = np.array([1, 1, 1, 0, np.nan, 1], np.float32)
+    mean = np.array([1.5, -2.0], np.float32).reshape(1, 2, 1, 1)
+    std = np.array([0.5, 3.0], np.float32).reshape(1, 2, 1, 1)
+    with np.errstate(over="ignore"):
+        want = (x - mean) / std
+    want[np.isnan(want)] = 0.0
+    want[[3, 4]] = 0.0
+    got = normalize(x, mask, stat)
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    assert np.isinf(got[2, 0, 0, 0]) and got[1, 0, 2, 3] == 0.0
+    assert np.array_equal(x, before, equal_nan=True)
+    assert np.array_equal(normalize(x, None, stat)[3], ((x[3] - mean) / std)[0])  # no mask

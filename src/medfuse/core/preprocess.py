@@ -200,11 +200,15 @@ def normalize(x: np.ndarray, mask: np.ndarray | None, stat: dict[str, Any]) -> n
     mean = np.asarray(stat["mean"], dtype=np.float32).reshape(shape)
     std = np.asarray(stat["std"], dtype=np.float32).reshape(shape)
     with np.errstate(over="ignore", invalid="ignore"):
-        out = (x - mean) / std
-    # NaN is a missing (tabular) value: the training mean. An infinite result (a huge input) is
-    # kept: the model's output becomes non-finite and the row is refused, never a silent 0.
-    out = np.where(np.isnan(out), np.float32(0.0), out)
-    if mask is not None:
-        keep = np.asarray(mask, dtype=np.float32).reshape((-1,) + (1,) * (x.ndim - 1)) > 0
-        out = np.where(keep, out, np.float32(0.0))
-    return out.astype(np.float32, copy=False)
+        out = np.subtract(x, mean, dtype=np.float32)  # the one new array: the rest in place
+        np.divide(out, std, out=out)
+        # NaN is a missing (tabular) value: the training mean. An infinite result (a huge
+        # input) is kept: the model's output becomes non-finite and the row is refused, never a
+        # silent 0. A NaN makes the sum NaN: the values are searched only then.
+        if out.size and not np.isfinite(np.add.reduce(out, axis=None)):
+            out[np.isnan(out)] = 0.0
+    if mask is not None and out.ndim:
+        keep = np.asarray(mask, dtype=np.float32).reshape(-1) > 0  # NaN: not kept
+        if not keep.all():
+            out[~np.broadcast_to(keep, out.shape[:1])] = 0.0
+    return out

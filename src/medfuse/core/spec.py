@@ -417,7 +417,11 @@ class DataSpec(_Strict):
         "auto streams when the decoded files would take more than 15% of the available memory",
     )
     workers: int = Field(
-        default=2, ge=0, le=64, description="worker processes that decode and load streamed data"
+        default=2,
+        ge=0,
+        le=64,
+        description="streamed data: the worker processes that decode its files once, and the "
+        "threads that read its batches ahead (on a CPU, only on cores the model leaves free)",
     )
     unseen_category: Literal["error", "flag"] = Field(
         default="error",

@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -47,7 +48,9 @@ import shutil
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -142,7 +145,8 @@ class RowFile:
     slot as :data:`STORED` says), read and written by offset (``readinto``/``write`` on an
     unbuffered file), never memory-mapped: the pages read or written stay in the kernel's page
     cache, which a process's resident memory does not count, so a pass or an epoch over a cache
-    larger than memory keeps its RSS flat. Read it only through this class: a compact row is
+    larger than memory keeps its RSS flat. Rows are read and written by offset (``preadv``,
+    ``pwrite``): threads share one open file. Read it only through this class: a compact row is
     not float32 in the file."""
 
     def __init__(self, path: Path, writable: bool = False) -> None:
@@ -156,12 +160,12 @@ class RowFile:
         self.row_bytes = 4 * self.size
         self.path = path
         self.f = open(path, "r+b" if writable else "rb", buffering=0)  # noqa: SIM115 (close())
+        self.fd = self.f.fileno()
 
     def _read_into(self, r: int, view: memoryview) -> None:
-        self.f.seek(self.offset + r * self.row_bytes)
-        got = 0
-        while got < len(view):  # a raw read may return less than asked
-            n = self.f.readinto(view[got:])
+        at, got = self.offset + r * self.row_bytes, 0
+        while got < len(view):  # a read may return less than asked; by offset: thread-safe
+            n = os.preadv(self.fd, [view[got:]], at + got)
             if not n:
                 raise DataError(
                     f"{self.path}: the cache ends inside row {r} of {self.rows}; delete "
@@ -204,10 +208,9 @@ class RowFile:
         data = small.tobytes()
         if small.size != self.size:
             raise ValueError(f"a row of {self.path} holds {self.size} values, not {small.size}")
-        self.f.seek(self.offset + row * self.row_bytes)
-        view, done = memoryview(data), 0
+        at, view, done = self.offset + row * self.row_bytes, memoryview(data), 0
         while done < len(data):
-            done += self.f.write(view[done:]) or 0
+            done += os.pwrite(self.fd, view[done:], at + done)
 
     def sync(self) -> None:
         os.fsync(self.f.fileno())
@@ -870,9 +873,25 @@ def pass_workers(workers: int) -> int:
         local = 1
     if workers <= 0 or local <= 1:
         return workers
+    return max(workers, min(workers * local, usable_cores() - 1))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, else the machine's)."""
     affinity = getattr(os, "sched_getaffinity", None)
-    cores = len(affinity(0)) if affinity else (os.cpu_count() or 1)
-    return max(workers, min(workers * local, cores - 1))
+    return len(affinity(0)) if affinity else (os.cpu_count() or 1)
+
+
+def reader_threads(workers: int, device: torch.device) -> int:
+    """The threads that read a streamed split's batches ahead of use (:func:`stream_loader`):
+    ``data.workers`` on a GPU; on a CPU, no more than the cores PyTorch's own threads leave
+    free, else none (each batch is read when asked). Reading is cheap next to a step, and a
+    reader thread on a core the model computes on costs the model more than it saves: on 2
+    cores, with PyTorch's 2 threads, 1 or 2 reader threads made a cached epoch 7-15% slower
+    than reading in turn (``benchmarks/scale.py``'s data, 5,000 images)."""
+    if workers <= 0 or device.type == "cuda":
+        return max(0, workers)
+    return max(0, min(workers, usable_cores() - torch.get_num_threads()))
 
 
 def stream_pass(
@@ -1259,13 +1278,7 @@ class StreamBatches(Dataset[Any]):
     def __len__(self) -> int:
         return len(self.y)
 
-    def __getitems__(self, idx: list[int]) -> Any:
-        try:
-            return self._batch(idx)
-        except DataError as err:  # raised again, as it is, by stream_loader's consumer
-            return Refused(str(err))
-
-    def _batch(
+    def __getitems__(
         self, idx: list[int]
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
         ix = np.asarray(idx, dtype=np.int64)
@@ -1283,42 +1296,59 @@ class StreamBatches(Dataset[Any]):
         return self.__getitems__([i])
 
 
-def _first(batch: Any) -> Any:
-    return batch
-
-
 def stream_loader(
     data: StreamBatches, batches: list[Any], *, workers: int, pin: bool
 ) -> Iterator[Any]:
-    """Batches of positions, in the order given, fetched by ``workers`` processes ahead of use.
-    The loader draws its seed from its own generator: the global RNG (dropout) is untouched. A
-    DataError in a worker (e.g. a damaged cache row) is raised here, with its own message."""
-    for got in _loader(data, batches, workers=workers, pin=pin):
-        if isinstance(got, Refused):
-            got.throw()
-        yield got
+    """Batches of positions, in the order given, read ahead by ``workers`` threads of this
+    process (0: each read when asked). A batch is read from the decode-once cache, checked and
+    normalised (:class:`StreamBatches`); on CUDA it is pinned in the thread that read it. Threads,
+    not worker processes: the values are decoded already, and reading them is I/O, hashing and
+    numpy work that runs without the GIL, so a thread costs no pickling, no shared-memory
+    batches and no second interpreter, and it leaves the cores to the model (worker processes
+    made a cached epoch 1.3x slower on 2 cores). At most :data:`PREFETCH_BYTES` of batches are
+    held ready (:func:`ready_ahead`). A DataError met reading a batch (e.g. a damaged cache row)
+    is raised here, with its own message."""
+    if workers <= 0 or len(batches) <= 1:
+        for b in batches:
+            yield _fetched(data, b, pin)
+        return
+    ahead = ready_ahead(data, batches, workers)
+    todo = iter(batches)
+    with ThreadPoolExecutor(workers, thread_name_prefix="medfuse-read") as pool:
+        pending: deque[Future[Any]] = deque(
+            pool.submit(_fetched, data, b, pin) for b in itertools.islice(todo, ahead)
+        )
+        try:
+            while pending:
+                got = pending.popleft().result()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append(pool.submit(_fetched, data, nxt, pin))
+                yield got
+        finally:  # a consumer that stops early: nothing more is read
+            for f in pending:
+                f.cancel()
 
 
-def prefetch_factor(batch_bytes: int, workers: int) -> int:
-    """Batches each worker may hold ready: up to 4, fewer when their values would exceed
-    ``PREFETCH_BYTES`` in all (e.g. evaluation's 256-sample batches of 224-px images), at least 1.
-    Ready batches live in shared memory mapped into the consuming process: more of them would
-    raise its resident memory, not its speed."""
-    return max(1, min(4, PREFETCH_BYTES // max(1, workers * batch_bytes)))
+def _fetched(data: StreamBatches, batch: Any, pin: bool) -> Any:
+    got = data.__getitems__([int(i) for i in batch])
+    if pin:
+        inputs, masks, y = got
+        got = (
+            {k: v.pin_memory() for k, v in inputs.items()},
+            {k: v.pin_memory() for k, v in masks.items()},
+            y.pin_memory(),
+        )
+    return got
 
 
-def _loader(data: StreamBatches, batches: list[Any], *, workers: int, pin: bool) -> DataLoader[Any]:
+def ready_ahead(data: StreamBatches, batches: list[Any], workers: int) -> int:
+    """Batches read ahead of use: 2 per thread, fewer when their values would exceed
+    ``PREFETCH_BYTES`` in all (e.g. evaluation's 256-sample batches of 224-px images), at least
+    1. More would raise the resident memory, not the speed."""
     per_sample = sum(4 * math.prod(x.shape[1:]) for x in data.arrays.values())
-    largest = max((len(b) for b in batches), default=1)
-    return DataLoader(
-        data,
-        batch_sampler=[[int(i) for i in b] for b in batches],
-        num_workers=workers,
-        collate_fn=_first,
-        pin_memory=pin,
-        prefetch_factor=prefetch_factor(largest * per_sample, workers) if workers else None,
-        generator=torch.Generator(),
-    )
+    largest = max((len(b) for b in batches), default=1) * per_sample
+    return max(1, min(2 * workers, PREFETCH_BYTES // max(1, largest)))
 
 
 def check_stream_source(kind: str, stream: bool | str) -> None:

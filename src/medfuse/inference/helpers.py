@@ -18,7 +18,7 @@ from medfuse.core.preprocess import normalize
 from medfuse.core.spec import Spec
 from medfuse.data import DataBundle, Split, is_lazy, load_spec_data
 from medfuse.data.manifest import reading_split
-from medfuse.data.stream import StreamBatches, stream_loader
+from medfuse.data.stream import StreamBatches, reader_threads, stream_loader
 
 Batch = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]
 
@@ -58,8 +58,8 @@ class Tensors:
 
 class StreamTensors:
     """A split with streamed modalities (``medfuse.data.stream``): targets and masks in memory,
-    inputs read from the decode-once cache and normalised by DataLoader workers, batch by batch,
-    in the order asked (the in-memory path's values and order: the same training)."""
+    inputs read from the decode-once cache and normalised batch by batch (ahead of use by
+    :func:`~medfuse.data.stream.reader_threads` threads), in the order asked (the in-memory path's values and order: the same training)."""
 
     def __init__(
         self,
@@ -97,8 +97,8 @@ class StreamTensors:
     ) -> Iterator[Batch]:
 
         nb = device.type == "cuda"
-        n = self.workers if workers is None else workers
-        loader = stream_loader(self.data, list(order), workers=min(n, len(order)), pin=nb)
+        n = reader_threads(self.workers if workers is None else workers, device)
+        loader = stream_loader(self.data, list(order), workers=n, pin=nb)
         for inputs, masks, y in loader:
             yield (
                 {k: v.to(device, non_blocking=nb) for k, v in inputs.items()},
