@@ -215,14 +215,14 @@ def test_reader_threads_serve_the_same_batches(manifest: Path) -> None:
     order = [torch.randperm(len(t_mem), generator=g)[:7] for _ in range(12)]
     want = list(t_mem.batches(order, torch.device("cpu")))
     for threads in (3, 0):
-        got = list(stream_mod.stream_loader(t_st.data, order, workers=threads, pin=False))
+        got = list(stream_mod.stream_loader(t_st.data, order, workers=threads, pin=None))
         assert len(got) == len(want)
         for (i1, m1, y1), (i2, m2, y2) in zip(want, got, strict=True):
             for m in i1:
                 assert torch.equal(i1[m], i2[m]) and torch.equal(m1[m], m2[m])
             assert torch.equal(y1, y2)
     # a consumer that stops early stops the readers
-    it = stream_mod.stream_loader(t_st.data, order, workers=2, pin=False)
+    it = stream_mod.stream_loader(t_st.data, order, workers=2, pin=None)
     next(it)
     it.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("medfuse-read")]

@@ -1297,24 +1297,27 @@ class StreamBatches(Dataset[Any]):
 
 
 def stream_loader(
-    data: StreamBatches, batches: list[Any], *, workers: int, pin: bool
+    data: StreamBatches, batches: list[Any], *, workers: int, pin: torch.device | None
 ) -> Iterator[Any]:
     """Batches of positions, in the order given, read ahead by ``workers`` threads of this
     process (0: each read when asked). A batch is read from the decode-once cache, checked and
-    normalised (:class:`StreamBatches`); on CUDA it is pinned in the thread that read it. Threads,
-    not worker processes: the values are decoded already, and reading them is I/O, hashing and
-    numpy work that runs without the GIL, so a thread costs no pickling, no shared-memory
-    batches and no second interpreter, and it leaves the cores to the model (worker processes
-    made a cached epoch 1.3x slower on 2 cores). At most :data:`PREFETCH_BYTES` of batches are
-    held ready (:func:`ready_ahead`). A DataError met reading a batch (e.g. a damaged cache row)
-    is raised here, with its own message."""
+    normalised (:class:`StreamBatches`); for a CUDA device ``pin``, pinned in the thread that
+    read it (made the thread's current device first, as DataLoader's pinning thread does).
+    Threads, not worker processes: the values are decoded already, and reading them is I/O,
+    hashing and NumPy work that runs without the GIL, so a thread costs no pickling, no
+    shared-memory batches and no second interpreter (worker processes made a cached epoch 1.3x
+    slower on 2 cores). At most :data:`PREFETCH_BYTES` of batches are held ready
+    (:func:`ready_ahead`). A DataError met reading a batch (e.g. a damaged cache row) is raised
+    here, with its own message."""
     if workers <= 0 or len(batches) <= 1:
         for b in batches:
             yield _fetched(data, b, pin)
         return
     ahead = ready_ahead(data, batches, workers)
     todo = iter(batches)
-    with ThreadPoolExecutor(workers, thread_name_prefix="medfuse-read") as pool:
+    with ThreadPoolExecutor(
+        workers, "medfuse-read", initializer=_reader_device, initargs=(pin,)
+    ) as pool:
         pending: deque[Future[Any]] = deque(
             pool.submit(_fetched, data, b, pin) for b in itertools.islice(todo, ahead)
         )
@@ -1330,9 +1333,14 @@ def stream_loader(
                 f.cancel()
 
 
-def _fetched(data: StreamBatches, batch: Any, pin: bool) -> Any:
+def _reader_device(pin: torch.device | None) -> None:
+    if pin is not None:
+        torch.cuda.set_device(pin)
+
+
+def _fetched(data: StreamBatches, batch: Any, pin: torch.device | None) -> Any:
     got = data.__getitems__([int(i) for i in batch])
-    if pin:
+    if pin is not None:
         inputs, masks, y = got
         got = (
             {k: v.pin_memory() for k, v in inputs.items()},

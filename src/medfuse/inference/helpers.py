@@ -98,7 +98,7 @@ class StreamTensors:
 
         nb = device.type == "cuda"
         n = reader_threads(self.workers if workers is None else workers, device)
-        loader = stream_loader(self.data, list(order), workers=n, pin=nb)
+        loader = stream_loader(self.data, list(order), workers=n, pin=device if nb else None)
         for inputs, masks, y in loader:
             yield (
                 {k: v.to(device, non_blocking=nb) for k, v in inputs.items()},
