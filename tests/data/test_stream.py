@@ -390,6 +390,44 @@ def test_reader_threads_hold_a_bounded_amount_of_ready_batches() -> None:
     assert stream_mod.ready_ahead(data, [list(range(300))] * 9, 8) == 2  # not 16
 
 
+def test_reader_threads_pin_for_the_training_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a CUDA device, each reader thread makes it current before pinning (``cuda`` without
+    an index: the device current where the loader started; torch.cuda.set_device refuses a
+    device without an index). This machine has no GPU: PyTorch's CUDA calls are recorded."""
+    import torch
+
+    n = 12
+    data = stream_mod.StreamBatches(
+        {"image": np.arange(n * 4, dtype=np.float32).reshape(n, 1, 2, 2)},
+        {"image": np.ones(n, np.float32)},
+        np.zeros(n),
+        {"image": {"channel_axis": 0, "mean": [0.0], "std": [1.0]}},
+    )
+    calls: list[tuple[str, int]] = []
+    pinned: list[str] = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(
+        torch.cuda,
+        "set_device",
+        lambda d: calls.append((threading.current_thread().name, int(d))),
+    )
+    monkeypatch.setattr(
+        torch.Tensor, "pin_memory", lambda t: pinned.append(threading.current_thread().name) or t
+    )
+    order = [[i, i + 1] for i in range(0, n, 2)]
+    for dev, want in ((torch.device("cuda"), 3), (torch.device("cuda:1"), 1)):
+        calls.clear()
+        pinned.clear()
+        got = list(stream_mod.stream_loader(data, order, workers=2, pin=dev))
+        assert [b[2].shape[0] for b in got] == [2] * 6
+        assert calls and {d for _, d in calls} == {want}
+        assert all(name.startswith("medfuse-read") for name, _ in calls)
+        assert len(pinned) == 6 * 3 and all(p.startswith("medfuse-read") for p in pinned)
+    calls.clear()
+    list(stream_mod.stream_loader(data, order, workers=2, pin=None))
+    assert not calls
+
+
 def test_reader_threads_leave_the_cores_to_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a CPU, batches are read ahead only on cores PyTorch's threads leave free; on a GPU,
     by data.workers threads."""

@@ -1315,8 +1315,9 @@ def stream_loader(
         return
     ahead = ready_ahead(data, batches, workers)
     todo = iter(batches)
+    index = None if pin is None else torch.cuda.current_device() if pin.index is None else pin.index
     with ThreadPoolExecutor(
-        workers, "medfuse-read", initializer=_reader_device, initargs=(pin,)
+        workers, "medfuse-read", initializer=_reader_device, initargs=(index,)
     ) as pool:
         pending: deque[Future[Any]] = deque(
             pool.submit(_fetched, data, b, pin) for b in itertools.islice(todo, ahead)
@@ -1333,9 +1334,11 @@ def stream_loader(
                 f.cancel()
 
 
-def _reader_device(pin: torch.device | None) -> None:
-    if pin is not None:
-        torch.cuda.set_device(pin)
+def _reader_device(index: int | None) -> None:
+    """A reader thread's current CUDA device: the training device (``cuda`` without an index:
+    the one current where the loader started), so its pinned memory is that device's."""
+    if index is not None:
+        torch.cuda.set_device(index)
 
 
 def _fetched(data: StreamBatches, batch: Any, pin: torch.device | None) -> Any:
