@@ -441,14 +441,73 @@ def test_reader_threads_leave_the_cores_to_the_model(monkeypatch: pytest.MonkeyP
     assert stream_mod.reader_threads(2, cpu) == 1 and stream_mod.reader_threads(0, gpu) == 0
     monkeypatch.setattr(stream_mod, "usable_cores", lambda: 16)
     assert stream_mod.reader_threads(2, cpu) == 2
+    # torchrun's ranks on one node (1 torch thread each): the cores they leave, shared
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+    assert stream_mod.reader_threads(2, cpu) == 0
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(stream_mod, "usable_cores", lambda: 2)
+    assert stream_mod.reader_threads(2, cpu) == 0 and stream_mod.reader_threads(2, gpu) == 2
+    monkeypatch.setattr(stream_mod, "usable_cores", lambda: 8)
+    assert stream_mod.reader_threads(4, cpu) == 3  # (8 - 2) // 2
+
+
+def test_threads_share_one_cache_file(
+    manifest: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reader threads asking a Source for its file at once get one open file, not one each;
+    and where the platform has no preadv/pwrite (Windows), rows are read and written by a seek
+    under a lock, with the same values."""
+    st = _load(manifest, True)
+    col = st.train.arrays["image"]
+    src = col.source
+    want = col.read(np.arange(len(col)))
+    for _ in range(5):
+        src.reopen(src.cache_dir)
+        start = threading.Barrier(8)
+        got: list[Any] = []
+
+        def ask(start: threading.Barrier = start, got: list[Any] = got) -> None:
+            start.wait()
+            got.append(src.values())
+
+        threads = [threading.Thread(target=ask) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len({id(v) for v in got}) == 1
+    monkeypatch.delattr(os, "preadv")
+    monkeypatch.delattr(os, "pwrite")
+    src.reopen(src.cache_dir)
+    n = len(col)
+    data = stream_mod.StreamBatches(
+        {"image": col},
+        {"image": np.ones(n, np.float32)},
+        np.zeros(n),
+        {"image": {"channel_axis": 0, "mean": [0.0], "std": [1.0]}},
+    )
+    order = [list(range(i, min(i + 3, n))) for i in range(0, n, 3)]
+    out = list(stream_mod.stream_loader(data, order, workers=3, pin=None))
+    assert np.array_equal(np.concatenate([b[0]["image"].numpy() for b in out]), want)
+    f = stream_mod.RowFile(src.cache_dir / stream_mod.VALUES, writable=True)
+    row = np.frombuffer(os.urandom(f.row_bytes), np.uint8).view(np.float32).copy()
+    row[~np.isfinite(row)] = 0.0
+    f.write(len(col.source.paths) - 1, row)
+    back = f.read(np.array([len(col.source.paths) - 1]), None)[0].reshape(-1)
+    f.close()
+    assert np.array_equal(back.view(np.uint32), row.view(np.uint32))
 
 
 def test_a_cache_damaged_on_disk_is_refused_on_read(
-    manifest: Path, tmp_path: Path, cache_dir: Path
+    manifest: Path, tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every row read from the cache is checked against the digest written with it: one float
     changed in a finished cache is refused (DataError: the row, its file, the folder to delete)
-    by the pass and by training's worker processes, never trained on."""
+    by the pass and by training's reader threads (2 of them here, whatever the cores), never
+    trained on."""
+    import medfuse.inference.helpers as helpers
+
+    monkeypatch.setattr(helpers, "reader_threads", lambda workers, device: 2)
     _load(manifest, True)  # builds the cache and records the pass
     (cache,) = _valid_caches(cache_dir)
     head = np.load(cache / stream_mod.VALUES, mmap_mode="r")
@@ -460,10 +519,11 @@ def test_a_cache_damaged_on_disk_is_refused_on_read(
         f.seek(offset + 3 * row_bytes + 40)
         f.write(np.float32(v + 1).tobytes())
     where = rf"row 5 \(image\): the decoded-data cache {cache}.* holds other values for .*3\.png"
-    # the recorded pass reads nothing; training's workers read row 3 and refuse it
+    # the recorded pass reads nothing; training's reader threads read row 3 and refuse it
     with pytest.raises(DataError, match=where) as err:
         medfuse.train(_spec(manifest, True, workers=2), out=tmp_path / "m", progress=False)
-    assert "Traceback" not in str(err.value)  # the worker's message as it is
+    assert "Traceback" not in str(err.value)  # the reader's message as it is
+    assert not [t for t in threading.enumerate() if t.name.startswith("medfuse-read")]
     assert not (tmp_path / "m").exists()
     # a pass that reads the cache (its record gone) refuses it too
     shutil.rmtree(cache_dir / stream_mod.PASSES)

@@ -472,3 +472,5 @@ def test_normalize_is_the_elementwise_formula_and_leaves_its_input() -> None:
     assert np.isinf(got[2, 0, 0, 0]) and got[1, 0, 2, 3] == 0.0
     assert np.array_equal(x, before, equal_nan=True)
     assert np.array_equal(normalize(x, None, stat)[3], ((x[3] - mean) / std)[0])  # no mask
+    with pytest.raises(ValueError, match="a mask of 5 values for a batch of 6"):
+        normalize(x, np.ones(5, np.float32), stat)  # every sample present: still refused

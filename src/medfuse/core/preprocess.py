@@ -209,6 +209,8 @@ def normalize(x: np.ndarray, mask: np.ndarray | None, stat: dict[str, Any]) -> n
             out[np.isnan(out)] = 0.0
     if mask is not None and out.ndim:
         keep = np.asarray(mask, dtype=np.float32).reshape(-1) > 0  # NaN: not kept
+        if keep.size not in (1, len(out)):
+            raise ValueError(f"a mask of {keep.size} values for a batch of {len(out)} samples")
         if not keep.all():
             out[~np.broadcast_to(keep, out.shape[:1])] = 0.0
     return out

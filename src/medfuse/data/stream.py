@@ -1,5 +1,6 @@
 """Manifest data larger than memory: file modalities read lazily, decoded once into an on-disk
-cache, and streamed to training and evaluation by a ``torch.utils.data.Dataset``.
+cache (by ``torch.utils.data`` DataLoader worker processes), and read back from it batch by
+batch for training and evaluation (:func:`stream_loader`).
 
 ``data.stream`` (``auto`` | ``true`` | ``false``) chooses the path for a manifest source;
 ``false`` is the in-memory path (every file decoded into one array per split). A streamed
@@ -49,7 +50,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +90,7 @@ PASSES = "passes"
 #: ``data.stream: auto`` streams when the decoded manifest would exceed this share of the memory
 #: available now (the in-memory path holds about three copies: read, split, normalised)
 AUTO_FRACTION = 0.15
-#: the values of the batches the DataLoader workers may hold ready, in all (:func:`prefetch_factor`)
+#: the values of the batches the reader threads may hold ready, in all (:func:`ready_ahead`)
 PREFETCH_BYTES = 128 << 20
 #: rows of the range subsample read at a time (:func:`_ranges`)
 RANGE_ROWS = 32
@@ -142,12 +143,12 @@ def choose_stream(stream: bool | str, rows: int, modalities: dict[str, ModalityS
 
 class RowFile:
     """The rows of a cache's ``values.npy`` (a ``(rows, *shape)`` float32 array, each row in its
-    slot as :data:`STORED` says), read and written by offset (``readinto``/``write`` on an
-    unbuffered file), never memory-mapped: the pages read or written stay in the kernel's page
-    cache, which a process's resident memory does not count, so a pass or an epoch over a cache
-    larger than memory keeps its RSS flat. Rows are read and written by offset (``preadv``,
-    ``pwrite``): threads share one open file. Read it only through this class: a compact row is
-    not float32 in the file."""
+    slot as :data:`STORED` says), read and written by offset on an unbuffered file, never
+    memory-mapped: the pages read or written stay in the kernel's page cache, which a process's
+    resident memory does not count, so a pass or an epoch over a cache larger than memory keeps
+    its RSS flat. Threads share one open file: ``preadv``/``pwrite`` carry their own offset
+    (where the platform lacks them, e.g. Windows, a seek and a read under a lock). Read it only
+    through this class: a compact row is not float32 in the file."""
 
     def __init__(self, path: Path, writable: bool = False) -> None:
         head = np.load(path, mmap_mode="r")  # the header only: no row is touched
@@ -161,11 +162,26 @@ class RowFile:
         self.path = path
         self.f = open(path, "r+b" if writable else "rb", buffering=0)  # noqa: SIM115 (close())
         self.fd = self.f.fileno()
+        self._seek = threading.Lock()  # the file position, where there is no preadv/pwrite
+
+    def _pread(self, view: memoryview, at: int) -> int:
+        if hasattr(os, "preadv"):
+            return os.preadv(self.fd, [view], at)
+        with self._seek:
+            self.f.seek(at)
+            return self.f.readinto(view) or 0
+
+    def _pwrite(self, view: memoryview, at: int) -> int:
+        if hasattr(os, "pwrite"):
+            return os.pwrite(self.fd, view, at)
+        with self._seek:
+            self.f.seek(at)
+            return self.f.write(view) or 0
 
     def _read_into(self, r: int, view: memoryview) -> None:
         at, got = self.offset + r * self.row_bytes, 0
-        while got < len(view):  # a read may return less than asked; by offset: thread-safe
-            n = os.preadv(self.fd, [view[got:]], at + got)
+        while got < len(view):  # a read may return less than asked
+            n = self._pread(view[got:], at + got)
             if not n:
                 raise DataError(
                     f"{self.path}: the cache ends inside row {r} of {self.rows}; delete "
@@ -210,13 +226,17 @@ class RowFile:
             raise ValueError(f"a row of {self.path} holds {self.size} values, not {small.size}")
         at, view, done = self.offset + row * self.row_bytes, memoryview(data), 0
         while done < len(data):
-            done += os.pwrite(self.fd, view[done:], at + done)
+            done += self._pwrite(view[done:], at + done)
 
     def sync(self) -> None:
         os.fsync(self.f.fileno())
 
     def close(self) -> None:
         self.f.close()
+
+
+#: held while a :class:`Source` opens its cache file (:meth:`Source.values`)
+_OPENING = threading.Lock()
 
 
 @dataclass
@@ -245,8 +265,10 @@ class Source:
         if self.cache_dir is None:
             raise DataError(f"modality {self.name!r}: its files are not decoded yet")
         if self._values is None or self._pid != os.getpid():
-            self._values = RowFile(self.cache_dir / VALUES)
-            self._pid = os.getpid()
+            with _OPENING:  # reader threads asking at once: one file
+                if self._values is None or self._pid != os.getpid():
+                    self._values = RowFile(self.cache_dir / VALUES)
+                    self._pid = os.getpid()
         return self._values  # type: ignore[no-any-return]
 
     def read(self, rows: np.ndarray) -> np.ndarray:
@@ -867,13 +889,18 @@ def pass_workers(workers: int) -> int:
     (torchrun's ``LOCAL_WORLD_SIZE``), those of every process, at most the usable cores less one:
     the process holding the caches' lock decodes for the node while the others wait on it and
     decode nothing, so their share of the cores would sit idle."""
-    try:
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    except ValueError:
-        local = 1
+    local = local_processes()
     if workers <= 0 or local <= 1:
         return workers
     return max(workers, min(workers * local, usable_cores() - 1))
+
+
+def local_processes() -> int:
+    """The processes of this job on this node (torchrun's ``LOCAL_WORLD_SIZE``; 1 alone)."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def usable_cores() -> int:
@@ -884,14 +911,17 @@ def usable_cores() -> int:
 
 def reader_threads(workers: int, device: torch.device) -> int:
     """The threads that read a streamed split's batches ahead of use (:func:`stream_loader`):
-    ``data.workers`` on a GPU; on a CPU, no more than the cores PyTorch's own threads leave
-    free, else none (each batch is read when asked). Reading is cheap next to a step, and a
+    ``data.workers`` on a GPU; on a CPU, no more than the cores PyTorch's threads leave free,
+    in every process of the job on this node (torchrun's ranks), shared among them, else none
+    (each batch is read when asked). Reading is cheap next to a step, and a
     reader thread on a core the model computes on costs the model more than it saves: on 2
     cores, with PyTorch's 2 threads, 1 or 2 reader threads made a cached epoch 7-15% slower
     than reading in turn (``benchmarks/scale.py``'s data, 5,000 images)."""
     if workers <= 0 or device.type == "cuda":
         return max(0, workers)
-    return max(0, min(workers, usable_cores() - torch.get_num_threads()))
+    local = local_processes()
+    free = usable_cores() - local * torch.get_num_threads()  # every rank of the node computes
+    return max(0, min(workers, free // local))
 
 
 def stream_pass(
@@ -1298,7 +1328,7 @@ class StreamBatches(Dataset[Any]):
 
 def stream_loader(
     data: StreamBatches, batches: list[Any], *, workers: int, pin: torch.device | None
-) -> Iterator[Any]:
+) -> Generator[Any, None, None]:
     """Batches of positions, in the order given, read ahead by ``workers`` threads of this
     process (0: each read when asked). A batch is read from the decode-once cache, checked and
     normalised (:class:`StreamBatches`); for a CUDA device ``pin``, pinned in the thread that

@@ -4,7 +4,8 @@ a model."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import contextlib
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,9 @@ class Tensors:
             self.y[idx].to(device, non_blocking=nb),
         )
 
-    def batches(self, order: Sequence[torch.Tensor], device: torch.device) -> Iterator[Batch]:
+    def batches(
+        self, order: Sequence[torch.Tensor], device: torch.device
+    ) -> Generator[Batch, None, None]:
         """The batches of positions ``order`` (one index tensor per batch), on ``device``."""
         for idx in order:
             yield self.batch(idx, device)
@@ -94,17 +97,18 @@ class StreamTensors:
 
     def batches(
         self, order: Sequence[torch.Tensor], device: torch.device, *, workers: int | None = None
-    ) -> Iterator[Batch]:
+    ) -> Generator[Batch, None, None]:
 
         nb = device.type == "cuda"
         n = reader_threads(self.workers if workers is None else workers, device)
         loader = stream_loader(self.data, list(order), workers=n, pin=device if nb else None)
-        for inputs, masks, y in loader:
-            yield (
-                {k: v.to(device, non_blocking=nb) for k, v in inputs.items()},
-                {k: v.to(device, non_blocking=nb) for k, v in masks.items()},
-                y.to(device, non_blocking=nb),
-            )
+        with contextlib.closing(loader):  # its reader threads stop when this stops
+            for inputs, masks, y in loader:
+                yield (
+                    {k: v.to(device, non_blocking=nb) for k, v in inputs.items()},
+                    {k: v.to(device, non_blocking=nb) for k, v in masks.items()},
+                    y.to(device, non_blocking=nb),
+                )
 
     def without(self, m: str) -> StreamTensors:
         return StreamTensors(self.split, self.stats, workers=self.workers, zero=(*self.zero, m))

@@ -4,6 +4,7 @@ with best restore, bf16 autocast, progress bar, ``metrics.jsonl``, and resumable
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -669,32 +670,37 @@ class Trainer:
             steps.append(step)
             batches.append(idx)
         wait, seen = 0.0, 0
-        loader = self.train_data.batches(batches, self.device)
-        for step, idx in zip(steps, batches, strict=True):
-            t0 = time.perf_counter()
-            batch = next(loader)
-            wait += time.perf_counter() - t0
-            order_sha = order_digest(order_sha, idx)
-            if global_sha is not None:  # the step's global batch, as every rank computes it
-                global_sha = order_digest(global_sha, glob[step * gb : (step + 1) * gb])
-            n = len(batch[2])
-            loss = self._train_step(run, batch, g_aug)
-            loss_sum += float(loss.detach()) * n
-            count += n
-            seen += n
-            if bar is not None:
-                bar.update(
-                    bar.task_ids[0],
-                    description=f"{run.name} epoch {epoch + 1}/{run.epochs} "
-                    f"loss {loss_sum / max(count, 1):.4f}",
-                )
-            if t.checkpoint_every and (step + 1) % t.checkpoint_every == 0 and step + 1 < n_steps:
-                state = self._state(run, epoch, step + 1, g_aug)
-                # DistributedCallback sums the loss over the ranks and gathers each rank's digest
-                state["partial_loss"] = (loss_sum, count)
-                state["partial_order"] = [order_sha]
-                state["partial_order_global"] = global_sha
-                self.save_checkpoint(state)
+        # closed on any exit: a streamed split's reader threads stop with the epoch
+        with contextlib.closing(self.train_data.batches(batches, self.device)) as loader:
+            for step, idx in zip(steps, batches, strict=True):
+                t0 = time.perf_counter()
+                batch = next(loader)
+                wait += time.perf_counter() - t0
+                order_sha = order_digest(order_sha, idx)
+                if global_sha is not None:  # the step's global batch, as every rank computes it
+                    global_sha = order_digest(global_sha, glob[step * gb : (step + 1) * gb])
+                n = len(batch[2])
+                loss = self._train_step(run, batch, g_aug)
+                loss_sum += float(loss.detach()) * n
+                count += n
+                seen += n
+                if bar is not None:
+                    bar.update(
+                        bar.task_ids[0],
+                        description=f"{run.name} epoch {epoch + 1}/{run.epochs} "
+                        f"loss {loss_sum / max(count, 1):.4f}",
+                    )
+                if (
+                    t.checkpoint_every
+                    and (step + 1) % t.checkpoint_every == 0
+                    and step + 1 < n_steps
+                ):
+                    state = self._state(run, epoch, step + 1, g_aug)
+                    # DistributedCallback sums the loss over the ranks and gathers each rank's digest
+                    state["partial_loss"] = (loss_sum, count)
+                    state["partial_order"] = [order_sha]
+                    state["partial_order_global"] = global_sha
+                    self.save_checkpoint(state)
         self.last_epoch = {"data_wait": wait, "samples": seen}
         #: this rank's share of the epoch (before and after a restart): for the record's "ranks"
         self.epoch_share = {"rank": self.rank, "samples": count, "order_sha256": order_sha}
