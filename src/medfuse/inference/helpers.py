@@ -62,7 +62,8 @@ class Tensors:
 class StreamTensors:
     """A split with streamed modalities (``medfuse.data.stream``): targets and masks in memory,
     inputs read from the decode-once cache and normalised batch by batch (ahead of use by
-    :func:`~medfuse.data.stream.reader_threads` threads), in the order asked (the in-memory path's values and order: the same training)."""
+    :func:`~medfuse.data.stream.reader_threads` threads), in the order asked (the in-memory
+    path's values and order: the same training)."""
 
     def __init__(
         self,

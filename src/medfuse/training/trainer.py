@@ -696,7 +696,8 @@ class Trainer:
                     and step + 1 < n_steps
                 ):
                     state = self._state(run, epoch, step + 1, g_aug)
-                    # DistributedCallback sums the loss over the ranks and gathers each rank's digest
+                    # DistributedCallback sums the loss over the ranks and gathers each
+                    # rank's digest
                     state["partial_loss"] = (loss_sum, count)
                     state["partial_order"] = [order_sha]
                     state["partial_order_global"] = global_sha
