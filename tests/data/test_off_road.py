@@ -247,7 +247,7 @@ def signal_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
         }
     )
     df.to_csv(root / "cases.csv", index=False)
-    over = ["train.epochs=1", "train.batch_size=8", "branches.signal.width=4"]
+    over = [*TINY_TAB, "branches.signal.width=4"]
     res = medfuse.fit(
         root / "cases.csv", "label", "1", out=root / "pkg", overrides=over, verbose=False,
         device="cpu", progress=False,
@@ -357,7 +357,7 @@ def test_records_as_long_as_the_training_ones_are_not_flagged(tmp_path: Path) ->
         }
     )
     df.to_csv(tmp_path / "cases.csv", index=False)
-    over = ["train.epochs=1", "train.batch_size=8", "branches.signal.width=4"]
+    over = [*TINY_TAB, "branches.signal.width=4"]
     res = medfuse.fit(
         tmp_path / "cases.csv", "label", "1", out=tmp_path / "pkg", verbose=False, device="cpu",
         progress=False, overrides=[*over, "modalities.signal.length=100"],

@@ -162,17 +162,18 @@ class RowFile:
         self.path = path
         self.f = open(path, "r+b" if writable else "rb", buffering=0)  # noqa: SIM115 (close())
         self.fd = self.f.fileno()
+        self._by_offset = hasattr(os, "preadv") and hasattr(os, "pwrite")  # not on Windows
         self._seek = threading.Lock()  # the file position, where there is no preadv/pwrite
 
     def _pread(self, view: memoryview, at: int) -> int:
-        if hasattr(os, "preadv"):
+        if self._by_offset:
             return os.preadv(self.fd, [view], at)
         with self._seek:
             self.f.seek(at)
             return self.f.readinto(view) or 0
 
     def _pwrite(self, view: memoryview, at: int) -> int:
-        if hasattr(os, "pwrite"):
+        if self._by_offset:
             return os.pwrite(self.fd, view, at)
         with self._seek:
             self.f.seek(at)
@@ -229,7 +230,7 @@ class RowFile:
             done += self._pwrite(view[done:], at + done)
 
     def sync(self) -> None:
-        os.fsync(self.f.fileno())
+        os.fsync(self.fd)
 
     def close(self) -> None:
         self.f.close()
@@ -913,10 +914,10 @@ def reader_threads(workers: int, device: torch.device) -> int:
     """The threads that read a streamed split's batches ahead of use (:func:`stream_loader`):
     ``data.workers`` on a GPU; on a CPU, no more than the cores PyTorch's threads leave free,
     in every process of the job on this node (torchrun's ranks), shared among them, else none
-    (each batch is read when asked). Reading is cheap next to a step, and a
-    reader thread on a core the model computes on costs the model more than it saves: on 2
-    cores, with PyTorch's 2 threads, 1 or 2 reader threads made a cached epoch 7-15% slower
-    than reading in turn (``benchmarks/scale.py``'s data, 5,000 images)."""
+    (each batch is read when asked). Reading is cheap next to a step, and a reader thread on a
+    core the model computes on costs the model more than it saves: on 2 cores, with PyTorch's 2
+    threads, 1 or 2 reader threads made a cached epoch 7-15% slower than reading in turn
+    (``benchmarks/scale.py``'s 5,000 images, measured by hand: docs/data.md)."""
     if workers <= 0 or device.type == "cuda":
         return max(0, workers)
     local = local_processes()
@@ -1290,9 +1291,9 @@ class Refused(NamedTuple):
         raise DataError(self.message)
 
 
-class StreamBatches(Dataset[Any]):
+class StreamBatches:
     """A split's normalised batches, read from the cache (streamed modalities) or memory
-    (tabular ones, masks, targets). ``__getitems__`` serves one batch of positions at a time, in
+    (tabular ones, masks, targets). :meth:`batch` serves one batch of positions at a time, in
     the order asked: the same values, in the same order, as the in-memory path's batches."""
 
     def __init__(
@@ -1305,10 +1306,7 @@ class StreamBatches(Dataset[Any]):
     ) -> None:
         self.arrays, self.masks, self.y, self.stats, self.zero = arrays, masks, y, stats, zero
 
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitems__(
+    def batch(
         self, idx: list[int]
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
         ix = np.asarray(idx, dtype=np.int64)
@@ -1321,9 +1319,6 @@ class StreamBatches(Dataset[Any]):
                 val, mask = np.zeros_like(val), np.zeros_like(mask)
             inputs[m], masks[m] = torch.from_numpy(val), torch.from_numpy(mask)
         return inputs, masks, torch.from_numpy(np.asarray(self.y[ix]))
-
-    def __getitem__(self, i: int) -> Any:
-        return self.__getitems__([i])
 
 
 def stream_loader(
@@ -1372,7 +1367,7 @@ def _reader_device(index: int | None) -> None:
 
 
 def _fetched(data: StreamBatches, batch: Any, pin: torch.device | None) -> Any:
-    got = data.__getitems__([int(i) for i in batch])
+    got = data.batch([int(i) for i in batch])
     if pin is not None:
         inputs, masks, y = got
         got = (

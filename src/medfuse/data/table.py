@@ -18,8 +18,8 @@ Column typing, in this order (each overridable by argument):
 - **numeric** when every non-empty cell parses as a number; **categorical** when it is text with
   at most ``MAX_CATEGORIES`` distinct values, unless half of it starts like numbers (dates,
   ``12 mg``, ``1a``: training refuses those as numbers written as text); any other text column
-  (free text, dates) is **ignored** and listed as such. All numeric and categorical columns form one tabular modality,
-  ``clinical``.
+  (free text, dates) is **ignored** and listed as such. All numeric and categorical columns
+  form one tabular modality, ``clinical``.
 
 The task comes from the label column: ``;``-separated cells are multilabel; two distinct values
 binary (string labels need ``positive``; numeric 0/1 take 1); more are multiclass (numeric labels
@@ -482,7 +482,8 @@ def infer_table_spec(
         if number_like_share(text) >= NUMBER_LIKE_SHARE:  # training would refuse it
             columns.append(Column(col, "ignored", f"numbers written as text ({uniq[0]!r}, ...)"))
             notes.append(
-                f"column {col!r} holds text that starts like numbers ({', '.join(map(repr, uniq[:3]))}): "
+                f"column {col!r} holds text that starts like numbers "
+                f"({', '.join(map(repr, uniq[:3]))}): "
                 "dates, values with units or codes such as '1a' are not used; write numbers "
                 "alone (units in the column name), or categories as words"
             )

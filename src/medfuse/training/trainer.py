@@ -690,11 +690,8 @@ class Trainer:
                         description=f"{run.name} epoch {epoch + 1}/{run.epochs} "
                         f"loss {loss_sum / max(count, 1):.4f}",
                     )
-                if (
-                    t.checkpoint_every
-                    and (step + 1) % t.checkpoint_every == 0
-                    and step + 1 < n_steps
-                ):
+                every = t.checkpoint_every
+                if every and (step + 1) % every == 0 and step + 1 < n_steps:
                     state = self._state(run, epoch, step + 1, g_aug)
                     # DistributedCallback sums the loss over the ranks and gathers each
                     # rank's digest
